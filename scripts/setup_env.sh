@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-step set-up used by `make demo` and `make test`: Debian packages, then .venv with the project.
+# Reuses an existing .venv and reinstalls only when pyproject.toml or setup.py changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# --- Debian packages -------------------------------------------------------------------------
+# libsndfile1: soundfile and fairseq2n load it at import time. espeak-ng itself comes in the
+# espeakng-loader wheel, so it needs no Debian package.
+missing=()
+ldconfig -p 2>/dev/null | grep -q 'libsndfile\.so\.1' || missing+=(libsndfile1)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing Debian packages: ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "[setup] missing system packages: ${missing[*]}" >&2
+        echo "[setup] install them first, e.g.: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+# --- virtual environment ---------------------------------------------------------------------
+"$PYTHON" - <<'PY' || { echo "[setup] Python 3.10-3.12 is required (found $($PYTHON --version 2>&1))" >&2; exit 1; }
+import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)
+PY
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.spiritlm-install"
+want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "import spiritlm" 2>/dev/null; then
+    echo "[setup] installing spiritlm and its dependencies into $VENV (first time: ~8 min, ~8 GB)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    echo "$want" > "$stamp"
+fi
+echo "[setup] ready: $("$VENV/bin/python" -c 'import torch, fairseq2, spiritlm; print("torch", torch.__version__, "| fairseq2", fairseq2.__version__, "| spiritlm", spiritlm.__version__)' 2>/dev/null)"

@@ -1,0 +1,103 @@
+"""The ``spiritlm`` console command.
+
+Each command group lives next to the code it drives and is imported only when it is used, so
+that ``spiritlm corpus check`` does not pay for importing torch, transformers and fairseq2.
+A group module exposes ``COMMANDS``: either one function (a single command such as
+``spiritlm tokenize``) or a dict of name -> function (``spiritlm corpus synth``). jsonargparse
+builds the parser, ``--help`` included, from each function's signature and docstring.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+import jsonargparse
+
+# name -> (module holding COMMANDS, one-line description)
+COMMAND_GROUPS: dict[str, tuple[str, str]] = {
+    "corpus": ("spiritlm.corpus.cli", "synthesise the aligned speech-text corpus; validate manifests"),
+    "formats": ("spiritlm.formats_cli", "convert between unit dicts and token strings; split generated strings"),
+}
+
+
+def register(name: str, module: str, description: str) -> None:
+    """Adds a command group (used by stages that ship their own CLI module)."""
+    COMMAND_GROUPS[name] = (module, description)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMAND_GROUPS)
+    lines = [
+        "usage: spiritlm <command> [<subcommand>] [options]",
+        "",
+        "Interleaved spoken and written language models, trainable end to end.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMAND_GROUPS.items()]
+    lines += ["", "Run `spiritlm <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def load_commands(group: str) -> Callable | dict[str, Callable]:
+    """Imports a group's module and returns its ``COMMANDS``."""
+    module_name, _ = COMMAND_GROUPS[group]
+    return importlib.import_module(module_name).COMMANDS
+
+
+def positional(fn: Callable) -> Callable:
+    """Marks a command whose required parameters are given positionally (``spiritlm corpus check M``).
+
+    Other commands take every parameter as ``--name value``.
+    """
+    fn.cli_positional = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _summary(fn: Callable) -> str:
+    doc = (fn.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _run(fn: Callable, args: list[str], prog: str):
+    return jsonargparse.CLI(fn, args=args, prog=prog, as_positional=getattr(fn, "cli_positional", False))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from spiritlm import __version__
+
+        print(f"spiritlm {__version__}")
+        return
+    group, rest = argv[0], argv[1:]
+    if group not in COMMAND_GROUPS:
+        print(f"spiritlm: unknown command {group!r}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    commands = load_commands(group)
+    if callable(commands):
+        _run(commands, rest, f"spiritlm {group}")
+        return
+    if not rest or rest[0] in ("-h", "--help"):
+        width = max(len(n) for n in commands)
+        print(f"usage: spiritlm {group} <subcommand> [options]\n\n{COMMAND_GROUPS[group][1]}\n\nsubcommands:")
+        for name, fn in commands.items():
+            print(f"  {name:<{width}}  {_summary(fn)}")
+        print(f"\nRun `spiritlm {group} <subcommand> --help` for its options.")
+        if not rest:
+            raise SystemExit(2)
+        return
+    sub = rest[0]
+    if sub not in commands:
+        print(f"spiritlm {group}: unknown subcommand {sub!r} (choose from {', '.join(commands)})", file=sys.stderr)
+        raise SystemExit(2)
+    _run(commands[sub], rest[1:], f"spiritlm {group} {sub}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""``spiritlm formats``: convert between unit dicts and token strings from the shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from spiritlm.cli import positional
+from spiritlm.formats import split_modalities, string_to_units, units_to_string
+
+
+def to_string(units: str, expressive: bool = False) -> None:
+    """Prints the token string of a unit dict.
+
+    Args:
+        units: the unit dict as JSON, e.g. '{"hubert": "1 1 2", "pitch": "3", "style": "4"}',
+            or '-' to read one dict per line from standard input (Meta's units JSONL).
+        expressive: include pitch and style tokens (Spirit LM Expressive).
+    """
+    lines = sys.stdin if units == "-" else [units]
+    for line in lines:
+        if line.strip():
+            d = json.loads(line)
+            print(units_to_string(d, has_pitch=expressive and "pitch" in d, has_style=expressive and "style" in d))
+
+
+@positional
+def to_units(string: str, duplicate_hubert_for_multiple_pitch: bool = False) -> None:
+    """Prints the unit dict (JSON) of a token string such as '[St3][Pi1][Hu5][Hu7]'.
+
+    Args:
+        string: the token string; text and markers are ignored.
+        duplicate_hubert_for_multiple_pitch: repeat a HuBERT token for consecutive pitch tokens.
+    """
+    print(json.dumps(string_to_units(string, duplicate_hubert_for_multiple_pitch=duplicate_hubert_for_multiple_pitch, fallback_style=0)))
+
+
+@positional
+def split(string: str) -> None:
+    """Prints the modality segments of a generated string, one per line ('text: ...' / 'speech: ...').
+
+    Args:
+        string: any string, e.g. '[Text]the cat[Speech][Hu3][Hu4]'.
+    """
+    for seg in split_modalities(string):
+        print(f"{seg.modality}: {seg.render()}")
+
+
+COMMANDS = {"to-string": to_string, "to-units": to_units, "split": split}
