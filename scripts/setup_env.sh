@@ -36,8 +36,12 @@ stamp="$VENV/.spiritlm-install"
 want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "import spiritlm" 2>/dev/null; then
     echo "[setup] installing spiritlm and its dependencies into $VENV (first time: ~8 min, ~8 GB)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    log="$VENV/pip-install.log"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip && "$VENV/bin/python" -m pip install -e '.[dev]'; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "[setup] pip install failed; full log: $log" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $("$VENV/bin/python" -c 'import torch, fairseq2, spiritlm; print("torch", torch.__version__, "| fairseq2", fairseq2.__version__, "| spiritlm", spiritlm.__version__)' 2>/dev/null)"

@@ -19,6 +19,11 @@ import jsonargparse
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "corpus": ("spiritlm.corpus.cli", "synthesise the aligned speech-text corpus; validate manifests"),
     "formats": ("spiritlm.formats_cli", "convert between unit dicts and token strings; split generated strings"),
+    "tokenizer": ("spiritlm.tokenizers.cli", "speech tokenizers: dump features, train, assemble from checkpoints"),
+    "tokenize": ("spiritlm.tokenizers.tokenize_cli", "tokenize a manifest's audio into Meta's units JSONL (sharded, resumable)"),
+    "data": ("spiritlm.data.cli", "text tokenizer, interleaved documents, token shards; inspect them"),
+    "train": ("spiritlm.recipes.train", "train the LM from a YAML recipe (single process, torchrun, Slurm)"),
+    "generate": ("spiritlm.generation_cli", "generate text and/or speech from a trained model"),
 }
 
 

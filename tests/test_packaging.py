@@ -1,0 +1,59 @@
+"""Layout of DESIGN.md: stage folders import as spiritlm.*, and never shadow Hugging Face's tokenizers."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("tokenizers", "vocoder", "recipes", "evals")
+
+
+def _run_python(code: str, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_tokenizers_from_repo_root_is_hugging_face():
+    where = _run_python("import tokenizers; print(tokenizers.__file__)", ROOT)
+    assert "site-packages" in where, where
+    assert _run_python("import tokenizers; print(hasattr(tokenizers, 'Tokenizer'))", ROOT) == "True"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_folder_has_no_top_level_init(stage):
+    # an __init__.py would make `import <stage>` from the repo root pick up our folder
+    assert not (ROOT / stage / "__init__.py").exists()
+    assert (ROOT / "spiritlm" / stage).resolve() == (ROOT / stage).resolve()
+
+
+@pytest.mark.parametrize("cwd", [ROOT, Path("/")])
+def test_stages_import_under_spiritlm_namespace(cwd):
+    code = "import importlib; " + "; ".join(
+        f"m = importlib.import_module('spiritlm.{s}'); print(m.__name__)" for s in STAGES
+    )
+    assert _run_python(code, cwd).split() == [f"spiritlm.{s}" for s in STAGES]
+
+
+def test_regular_wheel_maps_stage_folders_under_spiritlm(tmp_path):
+    """A non-editable build puts every stage under spiritlm/ and nothing at the top level."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("spiritlm-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops <= {"spiritlm", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    for stage in STAGES:
+        py_files = sorted(p.relative_to(ROOT / stage).as_posix() for p in (ROOT / stage).rglob("*.py") if "__pycache__" not in p.parts)
+        for rel in py_files:
+            assert f"spiritlm/{stage}/{rel}" in names, f"{stage}/{rel} missing from the wheel"
+    assert "spiritlm/formats.py" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
