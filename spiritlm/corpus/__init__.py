@@ -1,0 +1,39 @@
+"""The embedded aligned speech-text corpus and the manifest format.
+
+* :mod:`spiritlm.corpus.manifest` -- :class:`Utterance`, :class:`Word`, :class:`Phone`,
+  :func:`read_manifest`, :func:`write_manifest`, :func:`iter_manifest`, :func:`check_manifest`:
+  the JSONL manifest every stage reads (times in seconds, sample rates in Hz).
+* :mod:`spiritlm.corpus.synth` -- ``spiritlm corpus synth``: a synthetic corpus made with
+  libespeak-ng, with exact word and phone alignments, speakers, expressive styles, sentiment and
+  intent labels.
+* :mod:`spiritlm.corpus.espeak` -- the ctypes binding to libespeak-ng.
+* :mod:`spiritlm.corpus.text_sources` / :mod:`spiritlm.corpus.lexicon` -- the sentence generators.
+
+Only the manifest API is imported here (it is light); the synthesiser is imported on use.
+"""
+
+from spiritlm.corpus.manifest import (
+    CheckReport,
+    ManifestError,
+    Phone,
+    Problem,
+    Utterance,
+    Word,
+    check_manifest,
+    iter_manifest,
+    read_manifest,
+    write_manifest,
+)
+
+__all__ = [
+    "CheckReport",
+    "ManifestError",
+    "Phone",
+    "Problem",
+    "Utterance",
+    "Word",
+    "check_manifest",
+    "iter_manifest",
+    "read_manifest",
+    "write_manifest",
+]
