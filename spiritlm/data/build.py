@@ -1,0 +1,250 @@
+"""Builds a token directory from a manifest and units: documents -> token ids -> shards.
+
+Utterances (or groups of them, ``InterleaveConfig.group_words``) are cut into chunks of
+``chunk_size`` and processed by a pool of ``workers``
+processes (fork); results are written in manifest order, so the shards depend on the inputs,
+the tokenizer, the interleaving config and the seed only, never on the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spiritlm.data.shards import SUMMARY_FILE, ShardWriter, token_dtype, write_index
+from spiritlm.interleave import SUBSETS, InterleaveConfig, find_units, group_utterances, make_group_documents, read_units
+from spiritlm.text_tokenizer import DEFAULT_PAD_MULTIPLE, SpiritTextTokenizer
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def read_manifest_utterances(path: str | os.PathLike, split: str | None = None) -> list:
+    """The manifest's utterances (``spiritlm.corpus.manifest.read_manifest``), those of ``split`` only when given."""
+    from spiritlm.corpus.manifest import read_manifest
+
+    utts = list(read_manifest(path))
+    if split is not None:
+        utts = [u for u in utts if getattr(u, "split", None) == split]
+    return utts
+
+
+def make_tokenizer(
+    out_dir: str | os.PathLike,
+    texts: list[str] | None,
+    text_tokenizer: str | os.PathLike | None,
+    expressive: bool,
+    vocab_size: int = 1000,
+    num_hubert: int = 501,
+    pad_to_multiple: int = DEFAULT_PAD_MULTIPLE,
+) -> tuple[SpiritTextTokenizer, str]:
+    """The build's tokenizer and the path recorded in the index.
+
+    With ``text_tokenizer`` an extended model is loaded as is, and a text-only model (e.g.
+    LLaMA-2's ``tokenizer.model``) is extended and saved in ``out_dir``; without it a BPE model
+    is trained on ``texts`` and saved in ``out_dir``.
+    """
+    n_pitch, n_style = (64, 100) if expressive else (0, 0)
+    out = Path(out_dir) / TOKENIZER_FILE
+    if text_tokenizer is not None:
+        try:
+            tok = SpiritTextTokenizer.load(text_tokenizer)
+        except ValueError:  # not extended yet
+            tok = SpiritTextTokenizer.from_base_model(text_tokenizer, num_hubert, n_pitch, n_style, pad_to_multiple)
+            tok.save(out)
+            return tok, TOKENIZER_FILE
+        if expressive and not tok.expressive:
+            raise ValueError(f"{text_tokenizer}: an expressive build needs pitch and style tokens in the tokenizer")
+        return tok, str(Path(text_tokenizer).resolve())
+    if not texts:
+        raise ValueError("make_tokenizer: no text to train the text tokenizer on")
+    tok = SpiritTextTokenizer.train(texts, vocab_size, num_hubert, n_pitch, n_style, pad_to_multiple)
+    tok.save(out)
+    return tok, TOKENIZER_FILE
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+# Set in the parent before the pool forks: workers inherit the inputs instead of receiving them
+# pickled, and receive only (start, stop) ranges.
+_W: dict[str, Any] = {}
+
+
+def _init_worker(model: bytes, cfg: InterleaveConfig, seed: int) -> None:
+    _W["tok"] = SpiritTextTokenizer(model)
+    _W["cfg"] = cfg
+    _W["seed"] = seed
+
+
+def _process_range(bounds: tuple[int, int]) -> dict[str, Any]:
+    """Documents and token ids of the utterance groups ``_W["groups"][start:stop]``.
+
+    Returns ``{"docs": {subset: (doc ids, lengths int64 [n], tokens [sum(lengths)])},
+    "skipped": [(subset, reason)], "counts": {subset: {name: int}}}``.
+    """
+    tok: SpiritTextTokenizer = _W["tok"]
+    cfg: InterleaveConfig = _W["cfg"]
+    dtype = token_dtype(tok.vocab_size)
+    speech_mask = tok.speech_token_mask()
+    docs: dict[str, tuple[list[str], list[int], list[np.ndarray]]] = defaultdict(lambda: ([], [], []))
+    skipped: list[tuple[str, str]] = []
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for members in _W["groups"][bounds[0] : bounds[1]]:
+        made, skip = make_group_documents(members, cfg, _W["seed"])
+        skipped += skip
+        for doc in made:
+            try:
+                ids = np.asarray(tok.encode(doc.text), dtype=np.int64)
+            except KeyError as e:
+                raise ValueError(f"{doc.subset} document of {doc.id}: {e.args[0]} (units and tokenizer disagree?)") from None
+            ids_list, lengths, arrays = docs[doc.subset]
+            ids_list.append(doc.id)
+            lengths.append(len(ids))
+            arrays.append(ids.astype(dtype))
+            c = counts[doc.subset]
+            n_speech = int(speech_mask[ids].sum())
+            n_marker = int(((ids == tok.text_marker_id) | (ids == tok.speech_marker_id)).sum())
+            c["documents"] += 1
+            c["tokens"] += len(ids)
+            c["speech_tokens"] += n_speech
+            c["marker_tokens"] += n_marker
+            c["text_tokens"] += len(ids) - n_speech - n_marker
+    packed = {
+        subset: (ids_list, np.asarray(lengths, dtype=np.int64), np.concatenate(arrays) if arrays else np.zeros(0, dtype))
+        for subset, (ids_list, lengths, arrays) in docs.items()
+    }
+    return {"docs": packed, "skipped": skipped, "counts": {k: dict(v) for k, v in counts.items()}}
+
+
+# -- build --------------------------------------------------------------------------------------
+
+
+def build_dataset(
+    manifest: str | os.PathLike,
+    units: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    interleave: InterleaveConfig | None = None,
+    text_tokenizer: str | os.PathLike | None = None,
+    split: str | None = None,
+    workers: int = 2,
+    seed: int = 0,
+    vocab_size: int = 1000,
+    pad_to_multiple: int = DEFAULT_PAD_MULTIPLE,
+    shard_tokens: int = 1 << 26,
+    chunk_size: int = 256,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Builds ``out`` (index, shards, ``summary.json``, tokenizer); returns the summary.
+
+    Args: see ``spiritlm data build --help`` (:func:`spiritlm.data.cli.build`).
+    """
+    t0 = time.perf_counter()
+    cfg = interleave or InterleaveConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    utts = read_manifest_utterances(manifest, split)
+    if not utts:
+        raise ValueError(f"{manifest}: no utterances" + (f" in split {split!r}" if split else ""))
+    unit_map = read_units(units)
+    tok, tok_path = make_tokenizer(
+        out, [u.text for u in utts], text_tokenizer, cfg.expressive, vocab_size, pad_to_multiple=pad_to_multiple
+    )
+    if tok.num_units["hubert"] == 0:
+        raise ValueError(f"{tok_path}: the tokenizer has no HuBERT tokens")
+    t_tok = time.perf_counter()
+
+    pairs = [(u, find_units(unit_map, u)) for u in utts]
+    groups = [[pairs[i] for i in g] for g in group_utterances(utts, cfg.group_words)]
+    dtype = token_dtype(tok.vocab_size)
+    writers = {s: ShardWriter(out, s, dtype, shard_tokens) for s in SUBSETS}
+    skipped: dict[str, Counter] = {s: Counter() for s in SUBSETS}
+    counts: dict[str, Counter] = {s: Counter() for s in SUBSETS}
+
+    def consume(result: dict[str, Any]) -> None:
+        for subset, (doc_ids, lengths, flat) in result["docs"].items():
+            ends = np.cumsum(lengths)
+            for doc_id, a, b in zip(doc_ids, ends - lengths, ends):
+                writers[subset].add(flat[a:b], doc_id)
+        for subset, reason in result["skipped"]:
+            skipped[subset][reason] += 1
+        for subset, c in result["counts"].items():
+            counts[subset].update(c)
+
+    chunks = [(i, min(i + chunk_size, len(groups))) for i in range(0, len(groups), chunk_size)]
+    _W["groups"] = groups
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(utts), desc="build", unit="utt")
+    if workers > 1 and len(chunks) > 1:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.model_proto, cfg, seed)) as pool:
+            for (a, b), result in zip(chunks, pool.imap(_process_range, chunks)):
+                consume(result)
+                if bar:
+                    bar.update(sum(len(g) for g in groups[a:b]))
+    else:
+        _init_worker(tok.model_proto, cfg, seed)
+        for a, b in chunks:
+            consume(_process_range((a, b)))
+            if bar:
+                bar.update(sum(len(g) for g in groups[a:b]))
+    _W.clear()
+    if bar:
+        bar.close()
+
+    entries = {s: w.close() for s, w in writers.items()}
+    t_done = time.perf_counter()
+    write_index(
+        out, entries, vocab_size=tok.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, tokenizer=tok_path
+    )
+    elapsed = time.perf_counter() - t0
+    total_tokens = sum(c["tokens"] for c in counts.values())
+    subsets = {}
+    for s in SUBSETS:
+        c = counts[s]
+        subsets[s] = {
+            "documents": c["documents"],
+            "tokens": c["tokens"],
+            "speech_tokens": c["speech_tokens"],
+            "text_tokens": c["text_tokens"],
+            "marker_tokens": c["marker_tokens"],
+            "speech_text_ratio": (c["speech_tokens"] / c["text_tokens"]) if c["text_tokens"] else None,
+            "mean_tokens_per_document": (c["tokens"] / c["documents"]) if c["documents"] else None,
+            "skipped": dict(sorted(skipped[s].items())),
+        }
+    all_speech = sum(c["speech_tokens"] for c in counts.values())
+    all_text = sum(c["text_tokens"] for c in counts.values())
+    summary = {
+        "manifest": str(Path(manifest).resolve()),
+        "units": str(Path(units).resolve()),
+        "split": split,
+        "seed": seed,
+        "utterances": len(utts),
+        "utterances_without_units": sum(1 for _, u in pairs if u is None),
+        "tokenizer": tok_path,
+        "vocab_size": tok.vocab_size,
+        "interleave": asdict(cfg),
+        "subsets": subsets,
+        "tokens": total_tokens,
+        "speech_text_ratio": all_speech / all_text if all_text else None,
+        "skipped": {s: sum(skipped[s].values()) for s in SUBSETS},
+        "build_seconds": round(elapsed, 3),
+        "prepare_seconds": round(t_tok - t0, 3),
+        "tokenize_seconds": round(t_done - t_tok, 3),
+        "tokens_per_second": round(total_tokens / elapsed, 1) if elapsed > 0 else None,
+        "workers": workers,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary

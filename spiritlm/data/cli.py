@@ -1,0 +1,161 @@
+"""``spiritlm data``: build token directories, inspect them, train the text tokenizer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from spiritlm.cli import positional
+
+
+def build(
+    manifest: str,
+    units: str,
+    out: str,
+    expressive: bool = False,
+    text_tokenizer: str | None = None,
+    split: str | None = None,
+    workers: int = 2,
+    seed: int = 0,
+    vocab_size: int = 1000,
+    pad_to_multiple: int = 256,
+    text_span_min: int = 10,
+    text_span_max: int = 30,
+    speech_span_min: int = 5,
+    speech_span_max: int = 15,
+    duration_tolerance: float = 0.1,
+    group_words: int = 0,
+    shard_tokens: int = 1 << 26,
+    progress: bool = True,
+) -> None:
+    """Tokenize speech-only, text-only and interleaved documents into sharded token files.
+
+    Writes DIR/index.json, DIR/<subset>/*.bin|.idx.npy|.ids.txt, DIR/summary.json and, unless an
+    extended tokenizer is given, DIR/tokenizer.model.
+
+    Args:
+        manifest: manifest JSONL (utterances with text and word alignments).
+        units: units JSONL (Meta's unit dicts with an "id" or "audio" key, not deduplicated).
+        out: output directory.
+        expressive: Spirit LM Expressive: include pitch and style tokens (64 + 100 more ids).
+        text_tokenizer: sentencepiece model: an extended one is used as is, a text-only one
+            (e.g. LLaMA-2's tokenizer.model) is extended and saved in OUT; when omitted a BPE
+            model is trained on the manifest's text and saved in OUT.
+        split: keep only the manifest's utterances of this split (default: all).
+        workers: tokenizing processes.
+        seed: seed of the interleaving draws.
+        vocab_size: size of a trained BPE model before the speech tokens are added.
+        pad_to_multiple: pad the extended vocabulary to a multiple of this.
+        text_span_min: fewest words in a text span of an interleaved document.
+        text_span_max: most words in a text span.
+        speech_span_min: fewest words in a speech span.
+        speech_span_max: most words in a speech span.
+        duration_tolerance: largest gap in seconds between a stream's length and the duration.
+        group_words: 0 interleaves each utterance alone; N > 0 interleaves groups of consecutive
+            utterances of one speaker holding at least N words (for corpora of short sentences).
+        shard_tokens: most tokens in one shard file.
+        progress: show a progress bar.
+    """
+    from spiritlm.data.build import build_dataset
+    from spiritlm.interleave import InterleaveConfig
+
+    cfg = InterleaveConfig(
+        text_span_min=text_span_min,
+        text_span_max=text_span_max,
+        speech_span_min=speech_span_min,
+        speech_span_max=speech_span_max,
+        expressive=expressive,
+        duration_tolerance=duration_tolerance,
+        group_words=group_words,
+    )
+    summary = build_dataset(
+        manifest,
+        units,
+        out,
+        interleave=cfg,
+        text_tokenizer=text_tokenizer,
+        split=split,
+        workers=workers,
+        seed=seed,
+        vocab_size=vocab_size,
+        pad_to_multiple=pad_to_multiple,
+        shard_tokens=shard_tokens,
+        progress=progress,
+    )
+    for name, s in summary["subsets"].items():
+        skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
+        print(f"{name:>12}: {s['documents']} documents, {s['tokens']} tokens; skipped: {skipped}")
+    print(f"{summary['tokens']} tokens in {summary['build_seconds']} s ({summary['tokens_per_second']} tokens/s) -> {out}")
+
+
+@positional
+def inspect(
+    data_dir: str,
+    num_examples: int = 2,
+    max_speech_tokens: int = 24,
+    color: str = "auto",
+    tokenizer: str | None = None,
+) -> None:
+    """Print the summary and decoded documents of a token directory, spans tagged by modality.
+
+    Args:
+        data_dir: token directory written by `spiritlm data build`.
+        num_examples: documents shown per subset.
+        max_speech_tokens: speech tokens shown per speech span before cutting.
+        color: colour the modality tags: auto (when writing to a terminal), always or never.
+        tokenizer: sentencepiece model to decode with (default: the one named in the index).
+    """
+    from spiritlm.data.inspect import inspect_dir
+
+    if color not in ("auto", "always", "never"):
+        raise ValueError(f"--color must be auto, always or never, got {color!r}")
+    use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
+    print(inspect_dir(data_dir, num_examples, max_speech_tokens, use_color, tokenizer))
+
+
+def train_text_tokenizer(
+    out: str,
+    manifest: str | None = None,
+    text_file: str | None = None,
+    base_model: str | None = None,
+    split: str | None = None,
+    vocab_size: int = 1000,
+    expressive: bool = False,
+    num_hubert: int = 501,
+    pad_to_multiple: int = 256,
+) -> None:
+    """Train a BPE text tokenizer (or take an existing one) and extend it with the speech vocabulary.
+
+    Args:
+        out: output sentencepiece .model file.
+        manifest: train on the "text" of this manifest's utterances.
+        text_file: train on this text file, one sentence a line.
+        base_model: extend this sentencepiece model (e.g. LLaMA-2's tokenizer.model) instead of
+            training one.
+        split: with --manifest, use only this split's utterances.
+        vocab_size: BPE vocabulary size before the speech tokens are added.
+        expressive: add 64 pitch and 100 style tokens too.
+        num_hubert: number of HuBERT units.
+        pad_to_multiple: pad the vocabulary to a multiple of this.
+    """
+    from spiritlm.text_tokenizer import SpiritTextTokenizer
+
+    n_pitch, n_style = (64, 100) if expressive else (0, 0)
+    if sum(x is not None for x in (manifest, text_file, base_model)) != 1:
+        raise ValueError("give exactly one of --manifest, --text_file, --base_model")
+    if base_model is not None:
+        tok = SpiritTextTokenizer.from_base_model(base_model, num_hubert, n_pitch, n_style, pad_to_multiple)
+    else:
+        if manifest is not None:
+            from spiritlm.data.build import read_manifest_utterances
+
+            texts = [u.text for u in read_manifest_utterances(manifest, split)]
+        else:
+            texts = Path(text_file).read_text().splitlines()
+        tok = SpiritTextTokenizer.train(texts, vocab_size, num_hubert, n_pitch, n_style, pad_to_multiple)
+    tok.save(out)
+    print(json.dumps({"out": out, "vocab_size": tok.vocab_size, "text_pieces": tok.num_text_pieces, "units": tok.num_units}))
+
+
+COMMANDS = {"build": build, "inspect": inspect, "train-text-tokenizer": train_text_tokenizer}
