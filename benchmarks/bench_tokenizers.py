@@ -1,0 +1,132 @@
+"""Tokenization speed per stream: seconds of audio per second of wall time, batched vs one at a time.
+
+Streams: HuBERT-style units (MFCC backend, and a randomly initialised HuBERT-base-sized 25 Hz
+model cut at layer 11 — the compute of mHuBERT-25Hz, whose weights cannot be downloaded here),
+pitch (F0 extraction + VQ-VAE encoder) and style (CNN encoder + pooling + k-means). Speed does
+not depend on trained weights, so untrained models are used unless ``--tokenizer`` is given.
+
+Usage::
+
+    python benchmarks/bench_tokenizers.py [--tokenizer DIR] [--manifest M] [--num_utts 16]
+        [--batch_size 8] [--device cpu] [--threads 0] [--no_hubert] [--f0_backend pyworld-dio]
+
+Audio: the utterances of ``--manifest``, or clips of 3-9 s cut from the real LibriSpeech
+utterance in shared/data/real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real", "7143-88743-0029.flac")
+
+
+def _audio(args) -> list[np.ndarray]:
+    from spiritlm.audio import load_audio
+
+    if args.manifest:
+        from spiritlm.tokenizers.manifest import read_items
+
+        return [load_audio(it.audio) for it in read_items(args.manifest)[: args.num_utts]]
+    real = REAL if os.path.exists(REAL) else "/work/shared/data/real/7143-88743-0029.flac"
+    wav = load_audio(real)
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(args.num_utts):
+        n = int(rng.uniform(3, 9) * 16000)
+        s = int(rng.integers(0, len(wav) - n))
+        out.append(wav[s : s + n])
+    return out
+
+
+def _time(fn, wavs, batch_size: int, repeat: int = 1) -> float:
+    fn(wavs[:1])  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for i in range(0, len(wavs), batch_size):
+            fn(wavs[i : i + batch_size])
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _streams(args):
+    from spiritlm.tokenizers.f0 import F0Config
+    from spiritlm.tokenizers.features import FeatureConfig, HubertBackend, load_backend
+    from spiritlm.tokenizers.kmeans import KMeansQuantizer
+    from spiritlm.tokenizers.pitch import PitchConfig, PitchTokenizer
+    from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
+    from spiritlm.tokenizers.f0 import SpeakerStats
+    from spiritlm.tokenizers.style import StyleCNN, StyleConfig, StyleTokenizer
+    from spiritlm.tokenizers.vqvae import PitchVQVAE, VQVAEConfig
+
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    streams = {}
+    if args.tokenizer:
+        tok = SpeechTokenizer.load(args.tokenizer, device=dev)
+        streams[f"units ({tok.units.cfg.features.backend})"] = tok.units.encode
+        if tok.pitch is not None:
+            streams["pitch"] = tok.pitch.encode
+            streams["style"] = tok.style.encode
+    else:
+        mfcc = load_backend(FeatureConfig(backend="mfcc"), dev)
+        streams["units (mfcc)"] = UnitTokenizer(mfcc, np.random.randn(100, mfcc.dim).astype(np.float32), UnitConfig()).encode
+        pitch = PitchTokenizer(PitchVQVAE(VQVAEConfig(channels=48, latent_dim=32)).to(dev).eval(),
+                               SpeakerStats({}, float(np.log(150)), 0.25), PitchConfig(f0=F0Config(backend=args.f0_backend, device=str(dev))))
+        streams[f"pitch ({args.f0_backend})"] = pitch.encode
+        scfg = StyleConfig(n_mels=64, channels=96, layers=3, embed_dim=32, labels=["a", "b", "c", "d"])
+        streams["style (cnn)"] = StyleTokenizer(StyleCNN(scfg).to(dev), scfg, np.random.randn(16, 32).astype(np.float32)).to(dev).encode
+    if not args.no_hubert:
+        from transformers import HubertConfig, HubertModel
+
+        cfg = HubertConfig(conv_dim=[512] * 8, conv_stride=[5, 2, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2, 2])
+        hb = HubertBackend(HubertModel(cfg), layer=11).to(dev).eval()
+        q = KMeansQuantizer(np.random.randn(500, 768).astype(np.float32))
+        streams["units (hubert-base 25 Hz, L11, random weights)"] = UnitTokenizer(hb, q.centers.numpy(), UnitConfig()).encode
+    return streams
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokenizer", help="tokenizer directory (default: untrained models of the tiny sizes)")
+    ap.add_argument("--manifest", help="manifest whose audio to use (default: clips of the real utterance)")
+    ap.add_argument("--num_utts", type=int, default=16)
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--no_hubert", action="store_true", help="skip the HuBERT-base-sized model")
+    ap.add_argument("--f0_backend", default="pyworld-dio")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wavs = _audio(args)
+    seconds = sum(len(w) for w in wavs) / 16000
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    print(f"machine: {cpu}; {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    print(f"audio: {len(wavs)} utterances, {seconds:.1f} s; batched = {args.batch_size} per batch")
+    print(f"{'stream':<50} {'one at a time':>14} {'batched':>10}   (seconds of audio per second)")
+    for name, fn in _streams(args).items():
+        single = _time(fn, wavs, 1)
+        batched = _time(fn, wavs, args.batch_size)
+        print(f"{name:<50} {seconds / single:>13.1f}x {seconds / batched:>9.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

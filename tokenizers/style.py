@@ -1,0 +1,317 @@
+"""Style tokenizer: frame features of a style encoder, pooled over 1 s windows -> 1 Hz tokens.
+
+Encoder backends (``StyleConfig.backend``):
+
+* ``cnn`` (embedded default): log-mel frames at 50 Hz (25 ms windows, hop 320) through a small
+  1-D CNN and a projection, trained here with cross-entropy on the corpus' utterance style
+  labels (the masked mean of frame embeddings feeds a linear classifier);
+* ``w2v2``: a transformers ``Wav2Vec2ForSequenceClassification`` directory (the form of Meta's
+  ``style_encoder_w2v2``): last hidden states, then its ``projector``.
+
+Frame embeddings (50 Hz) are averaged over windows of 50 frames (1 s), the last window partial:
+``ceil(frames / 50)`` windows, e.g. 10 for 146,160 samples. Tokens are the nearest k-means centre
+of each pooled window (``mode="kmeans"``, Meta-format k-means file) or, for ``w2v2``, the
+argmax of its classifier (``mode="classifier"``, how Meta's style tokens are made).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._compat import lengths_to_mask, pad_batch
+from .kmeans import KMeansQuantizer, load_kmeans, save_kmeans
+
+SAMPLE_RATE = 16_000
+HOP = 320  # 50 Hz frames, as wav2vec 2.0
+WIN = 400
+
+
+def num_style_frames(num_samples: int) -> int:
+    """50 Hz frames of the CNN encoder (same count as wav2vec 2.0's front end)."""
+    return max((int(num_samples) - WIN) // HOP + 1, 0)
+
+
+@dataclass
+class StyleConfig:
+    """Style tokenizer settings.
+
+    Attributes:
+        backend: ``cnn`` (trained here) or ``w2v2`` (transformers directory).
+        checkpoint: the ``w2v2`` directory.
+        mode: ``kmeans`` (nearest centre of ``kmeans.pt``) or ``classifier`` (``w2v2`` argmax).
+        window_frames: encoder frames pooled per token (50 at 50 Hz = 1 s).
+        n_mels: log-mel bands of the CNN.
+        channels: CNN width.
+        layers: CNN convolution layers (kernel 5).
+        embed_dim: dimension of the pooled embeddings.
+        labels: style labels the CNN was trained on, in class order.
+    """
+
+    backend: str = "cnn"
+    checkpoint: str | None = None
+    mode: str = "kmeans"
+    window_frames: int = 50
+    n_mels: int = 64
+    channels: int = 128
+    layers: int = 3
+    embed_dim: int = 64
+    labels: list[str] = field(default_factory=list)
+
+
+class StyleCNN(nn.Module):
+    """Log-mel CNN style encoder. ``forward(wavs (B, S), lengths (B,))`` -> ``(emb (B, T, E), frames (B,))``."""
+
+    def __init__(self, cfg: StyleConfig):
+        super().__init__()
+        import torchaudio
+
+        self.cfg = cfg
+        self.mel = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=WIN, win_length=WIN, hop_length=HOP, n_mels=cfg.n_mels, center=False)
+        self.register_buffer("feat_mean", torch.zeros(cfg.n_mels))
+        self.register_buffer("feat_std", torch.ones(cfg.n_mels))
+        convs, c_in = [], cfg.n_mels
+        for _ in range(cfg.layers):
+            convs.append(nn.Conv1d(c_in, cfg.channels, 5, padding=2))
+            c_in = cfg.channels
+        self.convs = nn.ModuleList(convs)
+        self.proj = nn.Linear(cfg.channels, cfg.embed_dim)
+        self.classifier = nn.Linear(cfg.embed_dim, max(len(cfg.labels), 1))
+
+    def logmel(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, n_mels)`` raw log-mels (zero past each end) and frame counts."""
+        frames = torch.tensor([num_style_frames(int(n)) for n in lengths.cpu()], device=wavs.device)
+        T = int(frames.max())
+        x = torch.log(self.mel(wavs.float())[:, :, :T] + 1e-6).transpose(1, 2)
+        return x * lengths_to_mask(frames, T).unsqueeze(-1), frames
+
+    def embed_logmel(self, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, T, n_mels)`` log-mels -> ``(B, T, E)`` frame embeddings (zero on padding)."""
+        mask = lengths_to_mask(frames, x.shape[1]).unsqueeze(1).to(x.dtype)  # (B, 1, T)
+        h = ((x - self.feat_mean) / self.feat_std).transpose(1, 2) * mask
+        for conv in self.convs:
+            h = F.relu(conv(h)) * mask
+        return self.proj(h.transpose(1, 2)) * mask.transpose(1, 2)
+
+    def forward(self, wavs, lengths):
+        x, frames = self.logmel(wavs, lengths)
+        return self.embed_logmel(x, frames), frames
+
+    def utterance_logits(self, emb: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        m = lengths_to_mask(frames, emb.shape[1]).unsqueeze(-1).to(emb.dtype)
+        return self.classifier((emb * m).sum(1) / m.sum(1).clamp(min=1))
+
+
+class W2V2StyleEncoder(nn.Module):
+    """``Wav2Vec2ForSequenceClassification`` -> projector outputs at 50 Hz (one utterance at a
+    time, waveforms normalised to zero mean and unit variance as its feature extractor does)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> W2V2StyleEncoder:
+        from transformers import Wav2Vec2ForSequenceClassification
+
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: not a transformers wav2vec 2.0 directory")
+        return cls(Wav2Vec2ForSequenceClassification.from_pretrained(str(path)))
+
+    def forward(self, wavs, lengths):
+        outs = []
+        for i, n in enumerate(lengths.cpu()):
+            w = wavs[i : i + 1, : int(n)].float()
+            w = (w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-7)  # as Wav2Vec2FeatureExtractor
+            outs.append(self.model.projector(self.model.wav2vec2(w)[0])[0])
+        frames = torch.tensor([o.shape[0] for o in outs], device=wavs.device)
+        emb = torch.zeros(len(outs), int(frames.max()), outs[0].shape[-1], device=wavs.device)
+        for i, o in enumerate(outs):
+            emb[i, : o.shape[0]] = o
+        return emb, frames
+
+
+def pool_windows(emb: torch.Tensor, frames: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Averages ``(B, T, E)`` frames over windows of ``window`` frames (last one partial).
+
+    Returns ``(pooled (B, W, E), windows (B,))`` with ``windows = ceil(frames / window)``.
+    """
+    B, T, E = emb.shape
+    W = math.ceil(T / window)
+    pad = W * window - T
+    m = lengths_to_mask(frames, T).to(emb.dtype)
+    e = F.pad(emb * m.unsqueeze(-1), (0, 0, 0, pad)).reshape(B, W, window, E).sum(2)
+    c = F.pad(m, (0, pad)).reshape(B, W, window).sum(2)
+    return e / c.clamp(min=1).unsqueeze(-1), (frames + window - 1) // window
+
+
+@torch.inference_mode()
+def pooled_embeddings(encoder: nn.Module, wavs: Sequence[np.ndarray], window: int = 50) -> list[np.ndarray]:
+    """Window-pooled encoder embeddings ``(ceil(frames_i / window), E)`` of 16 kHz waveforms."""
+    device = next(encoder.parameters()).device
+    batch, lengths = pad_batch(wavs)
+    emb, frames = encoder(batch.to(device), lengths.to(device))
+    pooled, n = pool_windows(emb, frames, window)
+    return [pooled[i, : int(k)].float().cpu().numpy() for i, k in enumerate(n.cpu())]
+
+
+class StyleTokenizer:
+    """Style encoder + window pooling + k-means (or classifier) -> tokens at 1 Hz."""
+
+    def __init__(self, encoder: nn.Module, cfg: StyleConfig, centers: np.ndarray | None = None):
+        self.encoder = encoder.eval()
+        self.cfg = cfg
+        self.quantizer = KMeansQuantizer(centers) if centers is not None else None
+        if cfg.mode == "kmeans" and self.quantizer is None:
+            raise ValueError("style mode 'kmeans' needs k-means centres")
+        if cfg.mode == "classifier" and cfg.backend != "w2v2":
+            raise ValueError("style mode 'classifier' is for the w2v2 backend")
+
+    def to(self, device) -> StyleTokenizer:
+        self.encoder.to(device)
+        if self.quantizer is not None:
+            self.quantizer.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @property
+    def num_tokens_vocab(self) -> int:
+        if self.cfg.mode == "kmeans":
+            return self.quantizer.n_clusters
+        return int(self.encoder.model.config.num_labels)
+
+    def pooled(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Pooled 1 s embeddings ``(windows_i, E)`` of each 16 kHz waveform."""
+        return pooled_embeddings(self.encoder, wavs, self.cfg.window_frames)
+
+    @torch.inference_mode()
+    def encode(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Style tokens int64 ``(ceil(frames_i / 50),)`` of each waveform."""
+        batch, lengths = pad_batch(wavs)
+        emb, frames = self.encoder(batch.to(self.device), lengths.to(self.device))
+        pooled, n = pool_windows(emb, frames, self.cfg.window_frames)
+        if self.cfg.mode == "classifier":
+            codes = self.encoder.model.classifier(pooled).argmax(-1)
+        else:
+            codes = self.quantizer(pooled)
+        return [codes[i, : int(k)].cpu().numpy().astype(np.int64) for i, k in enumerate(n.cpu())]
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "style_config.json"), "w") as f:
+            json.dump(asdict(self.cfg), f, indent=1)
+        if self.cfg.backend == "cnn":
+            save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items() if not k.startswith("mel.")}, os.path.join(directory, "encoder.safetensors"))
+        if self.quantizer is not None:
+            save_kmeans(os.path.join(directory, "kmeans.pt"), self.quantizer.centers.cpu().numpy())
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> StyleTokenizer:
+        from safetensors.torch import load_file
+
+        path = os.path.join(directory, "style_config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: not a style tokenizer directory")
+        with open(path) as f:
+            cfg = StyleConfig(**json.load(f))
+        if cfg.backend == "cnn":
+            enc: nn.Module = StyleCNN(cfg)
+            missing, unexpected = enc.load_state_dict(load_file(os.path.join(directory, "encoder.safetensors")), strict=False)
+            missing = [k for k in missing if not k.startswith("mel.")]
+            if missing or unexpected:
+                raise ValueError(f"{directory}: style encoder weights do not match (missing {missing}, unexpected {unexpected})")
+        elif cfg.backend == "w2v2":
+            enc = W2V2StyleEncoder.from_pretrained(cfg.checkpoint)
+        else:
+            raise ValueError(f"{path}: unknown style backend {cfg.backend!r}")
+        km = os.path.join(directory, "kmeans.pt")
+        centers = load_kmeans(km) if os.path.isfile(km) else None
+        return cls(enc, cfg, centers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training the CNN encoder
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StyleTrainConfig:
+    """Style encoder training.
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: crops per step.
+        crop_frames: crop length in 50 Hz frames.
+        lr: Adam learning rate.
+        seed: random seed.
+        log_every: steps between log lines.
+    """
+
+    steps: int = 300
+    batch_size: int = 16
+    crop_frames: int = 150
+    lr: float = 1e-3
+    seed: int = 0
+    log_every: int = 50
+
+
+def train_style_cnn(wavs: Sequence[np.ndarray], labels: Sequence[str], cfg: StyleConfig, tcfg: StyleTrainConfig, log=print) -> tuple[StyleCNN, list[dict]]:
+    """Trains :class:`StyleCNN` to classify utterance style labels from random crops."""
+    torch.manual_seed(tcfg.seed)
+    rng = np.random.default_rng(tcfg.seed)
+    classes = sorted(set(labels))
+    cfg.labels = classes
+    model = StyleCNN(cfg)
+    with torch.no_grad():
+        mels = []
+        for i in range(0, len(wavs), 16):
+            batch, lengths = pad_batch(wavs[i : i + 16])
+            x, frames = model.logmel(batch, lengths)
+            mels += [x[j, : int(n)] for j, n in enumerate(frames)]
+        allm = torch.cat(mels)
+        model.feat_mean.copy_(allm.mean(0))
+        model.feat_std.copy_(allm.std(0).clamp(min=1e-3))
+    y_all = torch.tensor([classes.index(lab) for lab in labels])
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    records, t0, agg, acc = [], time.time(), 0.0, 0.0
+    model.train()
+    for step in range(1, tcfg.steps + 1):
+        idx = rng.integers(len(mels), size=tcfg.batch_size)
+        C = tcfg.crop_frames
+        x = torch.zeros(tcfg.batch_size, C, cfg.n_mels)
+        frames = torch.zeros(tcfg.batch_size, dtype=torch.long)
+        for b, i in enumerate(idx):
+            m = mels[i]
+            s = int(rng.integers(0, max(m.shape[0] - C, 0) + 1))
+            crop = m[s : s + C]
+            x[b, : crop.shape[0]] = crop
+            frames[b] = crop.shape[0]
+        emb = model.embed_logmel(x, frames)
+        logits = model.utterance_logits(emb, frames)
+        loss = F.cross_entropy(logits, y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        agg += float(loss.detach())
+        acc += float((logits.argmax(-1) == y_all[idx]).float().mean())
+        if step % tcfg.log_every == 0 or step == tcfg.steps:
+            n = tcfg.log_every if step % tcfg.log_every == 0 else step % tcfg.log_every
+            rec = {"step": step, "loss": agg / n, "accuracy": acc / n, "elapsed_s": round(time.time() - t0, 2)}
+            records.append(rec)
+            log(f"[style cnn] step {step}: loss={rec['loss']:.4f} accuracy={rec['accuracy']:.3f}")
+            agg, acc = 0.0, 0.0
+    return model.eval(), records
