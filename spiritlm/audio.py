@@ -19,7 +19,6 @@ from typing import Union
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 #: Shortest audio the speech tokenizers accept: 80 ms (the pitch tokenizer's 16x downsampling of
 #: 5 ms frames needs 1280 samples at 16 kHz; HuBERT needs 400).
@@ -116,6 +115,8 @@ def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
         return wav
     if orig_rate <= 0 or target_rate <= 0:
         raise ValueError(f"resample: sample rates must be positive, got {orig_rate} -> {target_rate}")
+    from scipy.signal import resample_poly  # imported here: scipy.signal takes seconds to import
+
     g = gcd(int(orig_rate), int(target_rate))
     return resample_poly(wav, target_rate // g, orig_rate // g, axis=-1).astype(np.float32)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 import types
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,9 +22,11 @@ def import_pyworld():
     if "pyworld" in sys.modules:
         return sys.modules["pyworld"]
     try:
-        import pkg_resources  # noqa: F401
+        with warnings.catch_warnings():  # setuptools<81 warns that pkg_resources is deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            import pkg_resources  # noqa: F401
 
-        import pyworld
+            import pyworld
 
         return pyworld
     except ImportError:

@@ -107,6 +107,7 @@ def tokenize(
     device: str = "cpu",
     batch_size: int = 8,
     use_speaker: bool = True,
+    threads: int = 1,
 ) -> None:
     """Tokenizes a manifest's audio into Meta's units JSONL (one line per utterance).
 
@@ -125,8 +126,15 @@ def tokenize(
         batch_size: utterances per batch.
         use_speaker: normalise F0 with the manifest speaker's statistics when the tokenizer
             knows the speaker (otherwise each utterance's own mean).
+        threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
+            To use more cores, run several shards in parallel.
     """
+    import torch
+
     from .speech_tokenizer import SpeechTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
 
     tok = SpeechTokenizer.load(tokenizer, device=device)
     report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker)

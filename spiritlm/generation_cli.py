@@ -1,0 +1,117 @@
+"""``spiritlm generate``: continue a text and/or speech prompt with a trained Spirit LM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def generate_fn(
+    model: str,
+    text: str | None = None,
+    speech: str | None = None,
+    speech_first: bool = False,
+    output_modality: str = "text",
+    max_new_tokens: int = 100,
+    min_new_tokens: int = 0,
+    do_sample: bool = True,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    top_k: int = 0,
+    seed: int | None = 0,
+    use_cache: bool = True,
+    speech_tokenizer: str | None = None,
+    vocoder: str | None = None,
+    output_dir: str = ".",
+    device: str = "cpu",
+    show_ids: bool = False,
+) -> None:
+    """Generate a continuation of a text and/or speech prompt and print it.
+
+    Text segments are printed as text; speech segments as their token string
+    (``[Hu12][Hu7]…``), or, with a vocoder, as the path of the WAV file written for them.
+
+    Args:
+        model: a Hugging Face LLaMA directory with ``tokenizer.model`` (e.g. Meta's
+            spirit-lm-base-7b, or a run's ``hf/``), a ``spiritlm train`` run directory, or a
+            checkpoint directory.
+        text: text prompt.
+        speech: speech prompt: a WAV file (needs ``speech_tokenizer``) or a token string
+            such as ``"[Hu12][Hu7]"``.
+        speech_first: with both prompts, put the speech before the text (default: text first).
+        output_modality: ``text``, ``speech`` or ``arbitrary``.
+        max_new_tokens: maximum number of generated tokens.
+        min_new_tokens: forbid EOS before this many generated tokens.
+        do_sample: sample (true) or decode greedily (false).
+        temperature: sampling temperature (paper: 0.8).
+        top_p: nucleus sampling mass (paper: 0.95).
+        top_k: keep only the k most likely tokens (0: off).
+        seed: sampling seed.
+        use_cache: incremental decoding with the KV cache.
+        speech_tokenizer: directory of a saved speech tokenizer (``spiritlm tokenizer``), used to
+            turn a WAV prompt into units.
+        vocoder: directory of a unit vocoder; speech outputs are then written as WAV files.
+        output_dir: where WAV files go.
+        device: ``cpu`` or ``cuda[:N]``.
+        show_ids: also print the prompt and generated token ids.
+    """
+    import torch
+
+    from spiritlm.generation import SpiritLM
+
+    if text is None and speech is None:
+        raise SystemExit("spiritlm generate: give --text and/or --speech")
+    stok = None
+    if speech_tokenizer is not None:
+        from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer
+
+        stok = SpeechTokenizer.load(speech_tokenizer, device=device)
+    voc = None
+    if vocoder is not None:
+        try:
+            from spiritlm.vocoder import load_vocoder  # type: ignore[attr-defined]
+        except ImportError as e:
+            raise SystemExit(f"spiritlm generate: no vocoder loader available ({e})") from e
+        voc = load_vocoder(vocoder, device=device)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    lm = SpiritLM.from_pretrained(model, speech_tokenizer=stok, vocoder=voc, device=device, dtype=dtype)
+    inputs = []
+    if text is not None:
+        inputs.append(("text", text))
+    if speech is not None:
+        inputs.insert(0 if speech_first else len(inputs), ("speech", speech))
+    result = lm.generate_with_details(
+        inputs,
+        output_modality=output_modality,  # type: ignore[arg-type]
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        use_cache=use_cache,
+    )
+    if show_ids:
+        print(f"prompt: {result['prompt']}")
+        print(f"prompt ids: {result['prompt_ids']}")
+        print(f"generated ids: {result['ids']}")
+    out_dir = Path(output_dir)
+    if not result["outputs"]:
+        print(f"[{output_modality}] (nothing: the model ended the sequence at once; try --min_new_tokens)")
+    for i, seg in enumerate(result["outputs"]):
+        if seg.modality == "text" or voc is None:
+            print(f"[{seg.modality}] {seg.content if seg.modality == 'text' else seg.tokens}")
+            continue
+        import numpy as np
+        import soundfile as sf
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"generation_{i:02d}.wav"
+        wav = seg.content
+        if hasattr(wav, "detach"):
+            wav = wav.detach().float().cpu().numpy()
+        sf.write(path, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)))
+        print(f"[speech] {path}")
+
+
+COMMANDS = generate_fn

@@ -1,0 +1,119 @@
+"""The Spirit LM language model: fairseq2's LLaMA with a speech-extended vocabulary.
+
+* :mod:`spiritlm.model.config`: presets (``tiny``, ``llama2-7b``, ``llama2-7b-base``,
+  ``llama2-7b-expressive``) as fairseq2 ``LLaMAConfig``\\ s, JSON (de)serialisation;
+* :mod:`spiritlm.model.build`: building the model, extending the vocabulary (new rows = mean of
+  the old rows + noise), saving/loading safetensors checkpoints with fairseq2 names;
+* :mod:`spiritlm.model.hf`: Hugging Face LLaMA import/export (fairseq2's converters).
+
+The model maps token ids ``[B, L]`` to logits ``[B, L, V]``::
+
+    from fairseq2.nn import BatchLayout
+    logits = model(ids, BatchLayout.of(ids))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from spiritlm.model.build import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    create_model,
+    extend_vocabulary,
+    load_model,
+    load_weights_into,
+    num_parameters,
+    save_model,
+)
+from spiritlm.model.config import (
+    PRESETS,
+    LLaMAConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    model_config,
+    save_config,
+)
+from spiritlm.model.hf import is_hf_dir, load_hf_model, save_hf_model
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "PRESETS",
+    "LLaMAConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "create_model",
+    "extend_vocabulary",
+    "find_latest_checkpoint",
+    "is_hf_dir",
+    "load_any_model",
+    "load_config",
+    "load_hf_model",
+    "load_model",
+    "load_weights_into",
+    "model_config",
+    "num_parameters",
+    "save_config",
+    "save_hf_model",
+    "save_model",
+]
+
+
+def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The ``checkpoints/step_N`` directory of ``run_dir`` with the largest complete N."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    if not ckpt_root.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for d in ckpt_root.glob("step_*"):
+        try:
+            step = int(d.name.removeprefix("step_"))
+        except ValueError:
+            continue
+        if (d / "COMPLETE").is_file() and (best is None or step > best[0]):
+            best = (step, d)
+    return best[1] if best else None
+
+
+def _find_tokenizer(directory: Path) -> Path | None:
+    for d in (directory, directory.parent, directory.parent.parent):
+        if (d / "tokenizer.model").is_file():
+            return d / "tokenizer.model"
+    return None
+
+
+def load_any_model(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32
+):
+    """Loads a model from a Hugging Face directory, a run directory or a checkpoint directory.
+
+    Returns:
+        ``(model, config, tokenizer_path or None)``.
+
+    Raises:
+        FileNotFoundError: naming ``path`` when it holds none of these layouts.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such model directory")
+    if is_hf_dir(path):
+        model, config = load_hf_model(path, device=device, dtype=dtype)
+        return model, config, _find_tokenizer(path)
+    if is_hf_dir(path / "hf"):
+        model, config = load_hf_model(path / "hf", device=device, dtype=dtype)
+        return model, config, _find_tokenizer(path / "hf")
+    if (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
+        model, config = load_model(path, device=device, dtype=dtype)
+        return model, config, _find_tokenizer(path)
+    latest = find_latest_checkpoint(path)
+    if latest is not None:
+        model, config = load_model(latest, device=device, dtype=dtype)
+        return model, config, _find_tokenizer(latest)
+    raise FileNotFoundError(
+        f"{path}: not a model directory (expected a Hugging Face config.json, hf/, "
+        f"{WEIGHTS_NAME} + {CONFIG_NAME}, or checkpoints/step_N)"
+    )

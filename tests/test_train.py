@@ -1,0 +1,200 @@
+"""Training recipe: configs, schedule, exact resume, vocabulary extension, the embedded recipe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spiritlm.model.testing import toy_token_dirs
+from spiritlm.train import load_train_config, train
+from spiritlm.train.loop import lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["model.overrides={model_dim: 64, num_layers: 2, num_attn_heads: 4, num_key_value_heads: 2, ffn_inner_dim: 128}"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    tok, train_dir, val_dir = toy_token_dirs(root, num_train=120, num_val=20)
+    return tok, train_dir, val_dir
+
+
+def cfg(data, out, *extra):
+    _, train_dir, val_dir = data
+    return load_train_config(
+        None,
+        SMALL
+        + [
+            f"data.data_dir={train_dir}", f"data.val_dir={val_dir}", "data.seq_len=64", "data.batch_size=4",
+            "data.val_batches=2", f"train.output_dir={out}", "train.log_every=1", "train.progress=false",
+            "train.tensorboard=false", "optim.lr=2e-3", "optim.warmup_steps=2", "train.num_threads=1",
+            *extra,
+        ],
+    )
+
+
+def read_train(out):
+    return {int(k): v for k, v in json.loads((Path(out) / "metrics.json").read_text())["train"].items()}
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(data, tmp_path):
+    extra = ["train.max_steps=6", "train.save_every=3", "train.val_every=3", "optim.grad_accum=2", "train.export_hf=false"]
+    full = train(cfg(data, tmp_path / "full", *extra))
+    part = train(cfg(data, tmp_path / "part", *extra, "train.stop_after=3"))
+    assert part["final_step"] == 3 and set(part["train_loss"]) == {1, 2, 3}
+    assert not (tmp_path / "part" / "checkpoints" / "step_6").exists()
+    rest = train(cfg(data, tmp_path / "part", *extra))
+    assert rest["final_step"] == 6 and set(rest["train_loss"]) == {4, 5, 6}
+    a, b = read_train(tmp_path / "full"), read_train(tmp_path / "part")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        assert a[step]["loss"] == b[step]["loss"], step  # bit-exact
+        assert a[step]["lr"] == b[step]["lr"]
+    assert full["val"][6] == rest["val"][6]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "full/checkpoints/step_6/model.safetensors"))
+    wb = load_file(str(tmp_path / "part/checkpoints/step_6/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # every checkpoint file loads without unpickling arbitrary objects
+    for f in (tmp_path / "part/checkpoints/step_6").glob("*.pt"):
+        torch.load(f, weights_only=True)
+    # losses do fall
+    assert a[6]["loss"] < a[1]["loss"]
+
+
+def test_text_stage_then_extended_vocabulary(data, tmp_path):
+    tok = data[0]
+    text = train(cfg(data, tmp_path / "text", "model.vocab_size=text", "data.subset_weights={text: 1.0}",
+                     "data.val_subsets=[text]", "train.max_steps=20", "train.val_every=20"))
+    assert text["val"][20]["text"] < text["val"][0]["text"]
+    from spiritlm.model import load_hf_model
+
+    m, c = load_hf_model(tmp_path / "text" / "hf")
+    assert c.vocab_size == tok.num_text_pieces + 2 < tok.vocab_size
+    assert set(text["val"][20]) == {"text"}
+    mixed = train(cfg(data, tmp_path / "mixed", f"model.init_from={tmp_path / 'text'}", "train.max_steps=30",
+                      "train.val_every=30"))
+    m2, c2 = load_hf_model(tmp_path / "mixed" / "hf")
+    assert c2.vocab_size == tok.vocab_size
+    # the embedded recipe in miniature: continued pretraining lowers the loss of every subset
+    assert set(mixed["val"][30]) == {"speech", "text", "interleaved"}
+    for subset in ("speech", "text", "interleaved"):
+        assert mixed["val"][30][subset] < mixed["val"][0][subset], subset
+    # the run directory generates directly (its hf/ export + tokenizer.model)
+    from spiritlm.generation import SpiritLM
+
+    lm = SpiritLM.from_pretrained(tmp_path / "mixed")
+    ids = lm.generate_with_details("the cat", output_modality="speech", max_new_tokens=10, do_sample=False)["ids"]
+    assert ids and all(tok.is_speech_id(i) or i == tok.eos_id for i in ids)
+
+
+def test_text_only_model_rejects_speech_data(data, tmp_path):
+    with pytest.raises(ValueError, match="vocabulary"):
+        train(cfg(data, tmp_path / "bad", "model.vocab_size=text", "train.max_steps=2", "data.val_subsets=[text]"))
+
+
+def test_lr_schedule():
+    kw = dict(warmup_steps=4, max_steps=14, min_lr_ratio=0.1)
+    assert [lr_factor(s, schedule="constant", **kw) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = [lr_factor(s, schedule="cosine", **kw) for s in range(15)]
+    assert cos[4] == 1.0 and abs(cos[9] - 0.55) < 1e-9 and abs(cos[14] - 0.1) < 1e-9
+    assert all(x >= y for x, y in zip(cos[4:], cos[5:]))
+
+
+def test_recipe_files_parse_and_errors_name_the_file(tmp_path):
+    names = sorted(p.name for p in (REPO / "recipes/configs").glob("*.yaml"))
+    assert {"tiny-text.yaml", "tiny-interleaved.yaml", "base-7b.yaml", "expressive-7b.yaml"} <= set(names)
+    for name in names:
+        load_train_config(REPO / "recipes/configs" / name)
+    base = load_train_config(REPO / "recipes/configs/base-7b.yaml", ["optim.lr=1e-5"])
+    assert base.optim.lr == 1e-5 and base.optim.schedule == "constant"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lrr: 1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml.*lrr"):
+        load_train_config(bad)
+    with pytest.raises(ValueError, match="schedule"):
+        load_train_config(None, ["optim.schedule=linear"])
+
+
+def test_train_cli(data, tmp_path):
+    _, train_dir, val_dir = data
+    out = tmp_path / "cli"
+    cmd = [
+        sys.executable, "-m", "spiritlm.cli", "train", "--config", str(REPO / "recipes/configs/tiny-interleaved.yaml"),
+        "--model.init_from", "null", "--model.overrides", "{num_layers: 1, model_dim: 64}",
+        "--data.data_dir", str(train_dir), "--data.val_dir", str(val_dir), "--data.seq_len", "32",
+        "--data.batch_size", "2", "--train.output_dir", str(out), "--train.max_steps", "2", "--train.progress", "false",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    assert (out / "hf" / "config.json").is_file() and (out / "hf" / "tokenizer.model").is_file()
+    assert (out / "checkpoints" / "step_2" / "COMPLETE").is_file()
+    assert list((out / "tb").iterdir())
+    assert json.loads((out / "metrics.json").read_text())["final_step"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_resume_exactly(data, tmp_path, parallel):
+    """2 CPU processes (gloo): a stopped and resumed run equals the uninterrupted one."""
+    _, train_dir, val_dir = data
+
+    def run(out, *extra):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "spiritlm.cli",
+            "train", "--data.data_dir", str(train_dir), "--data.val_dir", str(val_dir), "--data.seq_len", "32",
+            "--data.batch_size", "2", "--train.output_dir", str(out), "--train.max_steps", "4", "--train.log_every", "1",
+            "--train.save_every", "2", "--train.parallel", parallel, "--train.progress", "false", "--train.num_threads", "1",
+            "--model.overrides", "{num_layers: 2, model_dim: 64}", "--train.activation_checkpointing", "true", *extra,
+        ]
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+
+    run(tmp_path / "full")
+    run(tmp_path / "part", "--train.stop_after", "2")
+    run(tmp_path / "part")
+    a, b = read_train(tmp_path / "full"), read_train(tmp_path / "part")
+    assert sorted(a) == [1, 2, 3, 4]
+    for step in a:
+        drop = {"tokens_per_s"}
+        assert {k: v for k, v in a[step].items() if k not in drop} == {k: v for k, v in b[step].items() if k not in drop}
+
+
+def test_subset_losses_use_token_level_subsets():
+    from spiritlm.train.loop import subset_losses
+
+    losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    labels = torch.tensor([[7, 7, -100], [7, 7, 7]])
+    batch = {"subset_ids": torch.tensor([[0, 1, 1], [1, 1, 2]]), "subsets": ["speech", "text", "interleaved"],
+             "subset": ["speech", "text"]}
+    assert subset_losses(batch, losses, labels) == {"speech": (1.0, 1.0), "text": (11.0, 3.0), "interleaved": (6.0, 1.0)}
+    del batch["subset_ids"]
+    assert subset_losses(batch, losses, labels) == {"speech": (3.0, 2.0), "text": (15.0, 3.0)}
+
+
+def test_continued_pretraining_from_a_hf_llama(data, tmp_path):
+    """base-7b.yaml's path in miniature: HF LLaMA (text vocabulary, theta 1e4) -> extended, theta 1e5."""
+    from spiritlm.model import load_hf_model
+    from spiritlm.model.testing import tiny_hf_llama
+
+    tok = data[0]
+    hf = tiny_hf_llama(tmp_path / "llama", vocab_size=tok.num_text_pieces, rope_theta=1e4, logit_scale=1.0)
+    _, train_dir, val_dir = data
+    config = load_train_config(None, [
+        f"model.init_from={hf}", "model.overrides={rope_theta: 100000.0}", f"data.data_dir={train_dir}",
+        f"data.val_dir={val_dir}", "data.seq_len=64", "data.batch_size=2", f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=2", "train.progress=false", "train.tensorboard=false", "optim.lr=1e-3",
+    ])
+    train(config)
+    model, cfg = load_hf_model(tmp_path / "run" / "hf")
+    assert cfg.vocab_size == tok.vocab_size and cfg.rope_theta == 1e5 and cfg.model_dim == 64
+    orig, _ = load_hf_model(hf)
+    # the text rows moved by 2 AdamW steps only; the new rows exist and differ from each other
+    emb = model.state_dict()["decoder_frontend.embed.weight"]
+    assert emb.shape[0] == tok.vocab_size
+    assert (emb[: tok.num_text_pieces] - orig.state_dict()["decoder_frontend.embed.weight"]).abs().max() < 0.01
