@@ -177,3 +177,26 @@ def test_random_inputs_build_cleanly(tmp_path):
     summary = build_dataset(manifest, units, tmp_path / "out", interleave=cfg, workers=1, vocab_size=300)
     assert summary["subsets"]["speech"]["skipped"] == {}
     assert summary["subsets"]["interleaved"]["documents"] > 0
+
+
+def test_extra_text_joins_the_text_subset(tmp_path):
+    from spiritlm.corpus.text_sources import text_corpus
+
+    extra = text_corpus(50, seed=1)
+    assert text_corpus(50, seed=1) == extra and text_corpus(60, seed=1)[:50] == extra != text_corpus(50, seed=2)
+    path = tmp_path / "extra.txt"
+    path.write_text("\n".join(extra) + "\n\n")
+    out = tmp_path / "b"
+    summary = build_dataset(MANIFEST, UNITS, out, interleave=SMALL_SPANS, workers=1, seed=3, vocab_size=400, extra_text=path)
+    assert summary["extra_text_documents"] == 50
+    assert summary["subsets"]["text"]["documents"] == 24 + 50
+    assert summary["subsets"]["speech"]["documents"] == 23  # other subsets unchanged
+    tok = SpiritTextTokenizer.load(out / "tokenizer.model")
+    sub = TokenDir(out)["text"]
+    ids = [sub.doc_id(i) for i in range(sub.num_docs)]
+    last = sub.doc(ids.index("extra:49"))
+    assert tok.decode(last) == "[Text]" + extra[49]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"empty\.txt: no text documents"):
+        build_dataset(MANIFEST, UNITS, tmp_path / "c", extra_text=empty, vocab_size=400)

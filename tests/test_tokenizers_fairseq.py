@@ -23,15 +23,6 @@ from spiritlm.tokenizers.features import FeatureConfig, HubertBackend, conv_chai
 CONV = "[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 3"  # 25 Hz chain, narrow
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: extra intra-op threads only thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def small_cfg(**kw) -> dict:
     cfg = dict(

@@ -25,15 +25,6 @@ if os.path.exists(_here_real):
     REAL = _here_real
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: extra intra-op threads only thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_preset() -> TrainPreset:
     return TrainPreset(
         features=FeatureConfig(backend="mfcc", mfcc=MfccConfig(cmvn=False)),

@@ -35,15 +35,6 @@ REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "re
 REAL = os.path.abspath(REAL) if os.path.exists(REAL) else "/work/shared/data/real/7143-88743-0029.flac"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: extra intra-op threads only thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def test_spirit_lm_pitch_framing():
     assert num_f0_frames(146_160) == 1828

@@ -16,15 +16,6 @@ from spiritlm.tokenizers.style import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: extra intra-op threads only thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_spirit_lm_style_framing():
     frames = num_style_frames(146_160)
     assert frames == 456  # wav2vec 2.0's 50 Hz frame count

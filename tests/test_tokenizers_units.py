@@ -12,15 +12,6 @@ from spiritlm.tokenizers.features import MfccBackend, MfccConfig, conv_chain_fra
 from spiritlm.tokenizers.kmeans import KMeansConfig, KMeansQuantizer, load_kmeans, save_kmeans, train_kmeans
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: extra intra-op threads only thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def _speechlike(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -100,4 +100,27 @@ def check(manifest: str, audio: bool = True, sample_rate: int | None = None) -> 
 # `spiritlm corpus check MANIFEST` takes its manifest positionally (see spiritlm.cli.positional).
 check.cli_positional = True  # type: ignore[attr-defined]
 
-COMMANDS = {"synth": synth, "check": check}
+def text(out: str, num_sentences: int = 20000, seed: int = 0, mix: dict[str, float] | None = None) -> None:
+    """Write a text-only corpus (one document a line) from the spoken corpus' sentence generators.
+
+    It stands in for the text a real run inherits from LLaMA-2's pretraining; pass it to
+    ``spiritlm data build --extra_text`` to enlarge the text-only subset.
+
+    Args:
+        out: output text file (UTF-8, one document a line).
+        num_sentences: number of documents.
+        seed: random seed (item i depends only on the seed and i).
+        mix: text source to weight, as JSON (default {"narrative": 0.6, "sentiment": 0.2, "intent": 0.2}).
+    """
+    from pathlib import Path
+
+    from spiritlm.corpus.text_sources import text_corpus
+
+    docs = text_corpus(num_sentences, seed, mix)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(d + "\n" for d in docs), encoding="utf-8")
+    words = sum(len(d.split()) for d in docs)
+    print(f"wrote {out}: {len(docs)} documents, {words} words, vocabulary {len({w for d in docs for w in d.split()})}")
+
+
+COMMANDS = {"synth": synth, "check": check, "text": text}

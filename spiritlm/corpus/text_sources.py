@@ -733,3 +733,27 @@ def vocabulary() -> set[str]:
 
 #: Verbs used by the grammar outside the lexicon tables.
 VERBS_EXTRA = (("go", "went"), ("give", "gave"), ("want", "wanted"), ("arrive", "arrived"), ("travel", "traveled"), ("say", "said"))
+
+
+def text_corpus(num_sentences: int, seed: int, mix: dict[str, float] | None = None) -> list[str]:
+    """Text-only documents from the same generators as the spoken corpus, one string each.
+
+    The stand-in for the text data a real run inherits from LLaMA-2's pretraining: cheap to make
+    in any amount, with the spoken corpus' vocabulary and grammar. Item ``i`` is drawn from its
+    own generator seeded with ``(seed, i)``, so a longer corpus extends a shorter one.
+
+    Args:
+        num_sentences: number of documents (each holds one to a few sentences).
+        seed: random seed.
+        mix: text source -> weight (default: narrative 0.6, sentiment 0.2, intent 0.2).
+    """
+    mix = mix or {"narrative": 0.6, "sentiment": 0.2, "intent": 0.2}
+    unknown = set(mix) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown text sources {sorted(unknown)}; choose from {SOURCES}")
+    names, weights = zip(*sorted(mix.items()))
+    docs = []
+    for i in range(num_sentences):
+        rng = random.Random(f"text-corpus/{seed}/{i}")
+        docs.append(generate(rng.choices(names, weights)[0], rng).text)
+    return docs

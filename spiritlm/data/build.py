@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from spiritlm.data.shards import SUMMARY_FILE, ShardWriter, token_dtype, write_index
+from spiritlm.formats import TEXT_MARKER
 from spiritlm.interleave import SUBSETS, InterleaveConfig, find_units, group_utterances, make_group_documents, read_units
 from spiritlm.text_tokenizer import DEFAULT_PAD_MULTIPLE, SpiritTextTokenizer
 
@@ -124,6 +125,30 @@ def _process_range(bounds: tuple[int, int]) -> dict[str, Any]:
     return {"docs": packed, "skipped": skipped, "counts": {k: dict(v) for k, v in counts.items()}}
 
 
+def read_extra_text(path: str | os.PathLike) -> list[str]:
+    """Text-only documents, one a line (blank lines skipped); raises naming the file if unreadable."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read extra text ({e})") from None
+    docs = [line.strip() for line in lines if line.strip()]
+    if not docs:
+        raise ValueError(f"{path}: no text documents")
+    return docs
+
+
+def _extra_text_documents(tok: SpiritTextTokenizer, texts: list[str]) -> dict[str, Any]:
+    """Text-subset documents ``[Text] + line`` for :func:`build_dataset`'s ``extra_text``, ids ``extra:<line>``."""
+    dtype = token_dtype(tok.vocab_size)
+    arrays = [np.asarray(tok.encode(TEXT_MARKER + t), dtype=dtype) for t in texts]
+    lengths = np.asarray([len(a) for a in arrays], dtype=np.int64)
+    n_tokens = int(lengths.sum())
+    counts = {"documents": len(texts), "tokens": n_tokens, "speech_tokens": 0,
+              "marker_tokens": len(texts), "text_tokens": n_tokens - len(texts)}
+    docs = ([f"extra:{i}" for i in range(len(texts))], lengths, np.concatenate(arrays))
+    return {"docs": {"text": docs}, "skipped": [], "counts": {"text": counts}}
+
+
 # -- build --------------------------------------------------------------------------------------
 
 
@@ -134,6 +159,7 @@ def build_dataset(
     *,
     interleave: InterleaveConfig | None = None,
     text_tokenizer: str | os.PathLike | None = None,
+    extra_text: str | os.PathLike | None = None,
     split: str | None = None,
     workers: int = 2,
     seed: int = 0,
@@ -155,8 +181,9 @@ def build_dataset(
     if not utts:
         raise ValueError(f"{manifest}: no utterances" + (f" in split {split!r}" if split else ""))
     unit_map = read_units(units)
+    extra = read_extra_text(extra_text) if extra_text else []
     tok, tok_path = make_tokenizer(
-        out, [u.text for u in utts], text_tokenizer, cfg.expressive, vocab_size, pad_to_multiple=pad_to_multiple
+        out, [u.text for u in utts] + extra, text_tokenizer, cfg.expressive, vocab_size, pad_to_multiple=pad_to_multiple
     )
     if tok.num_units["hubert"] == 0:
         raise ValueError(f"{tok_path}: the tokenizer has no HuBERT tokens")
@@ -202,6 +229,8 @@ def build_dataset(
     _W.clear()
     if bar:
         bar.close()
+    if extra:
+        consume(_extra_text_documents(tok, extra))
 
     entries = {s: w.close() for s, w in writers.items()}
     t_done = time.perf_counter()
@@ -232,6 +261,8 @@ def build_dataset(
         "seed": seed,
         "utterances": len(utts),
         "utterances_without_units": sum(1 for _, u in pairs if u is None),
+        "extra_text": str(Path(extra_text).resolve()) if extra_text else None,
+        "extra_text_documents": len(extra),
         "tokenizer": tok_path,
         "vocab_size": tok.vocab_size,
         "interleave": asdict(cfg),

@@ -15,6 +15,7 @@ def build(
     out: str,
     expressive: bool = False,
     text_tokenizer: str | None = None,
+    extra_text: str | None = None,
     split: str | None = None,
     workers: int = 2,
     seed: int = 0,
@@ -42,6 +43,8 @@ def build(
         text_tokenizer: sentencepiece model: an extended one is used as is, a text-only one
             (e.g. LLaMA-2's tokenizer.model) is extended and saved in OUT; when omitted a BPE
             model is trained on the manifest's text and saved in OUT.
+        extra_text: text file with one text-only document a line (e.g. from
+            ``spiritlm corpus text``), added to the text subset and to the BPE training text.
         split: keep only the manifest's utterances of this split (default: all).
         workers: tokenizing processes.
         seed: seed of the interleaving draws.
@@ -75,6 +78,7 @@ def build(
         out,
         interleave=cfg,
         text_tokenizer=text_tokenizer,
+        extra_text=extra_text,
         split=split,
         workers=workers,
         seed=seed,
