@@ -133,11 +133,14 @@ def tokenize(
 
     from .speech_tokenizer import SpeechTokenizer
 
+    prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-
-    tok = SpeechTokenizer.load(tokenizer, device=device)
-    report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker)
+    try:
+        tok = SpeechTokenizer.load(tokenizer, device=device)
+        report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker)
+    finally:  # callers in the same process (e.g. the demo) keep their own setting
+        torch.set_num_threads(prev_threads)
     err_path = out + ".errors.json"
     if report.errors:
         with open(err_path, "w") as f:
