@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import sys
 import types
@@ -74,3 +75,37 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} requested but CUDA is not available on this machine")
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Sets torch's intra-op CPU threads inside the block and restores the caller's count after.
+
+    ``None`` or 0 leaves torch's setting alone. One thread avoids the thrashing of oversubscribed
+    shared CPUs for these small models.
+    """
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def load_audio_batch(items: Sequence, errors: list[dict]) -> tuple[list, list[np.ndarray]]:
+    """Loads the audio of manifest items (``.id``, ``.audio``) as 16 kHz float32 waveforms.
+
+    Unreadable audio is skipped and appended to ``errors`` as ``{"id", "audio", "error"}`` so a
+    batch job can go on; returns the readable items and their waveforms, in order.
+    """
+    from spiritlm.audio import AudioError, load_audio
+
+    kept, wavs = [], []
+    for it in items:
+        try:
+            wavs.append(load_audio(it.audio))
+            kept.append(it)
+        except AudioError as exc:
+            errors.append({"id": it.id, "audio": it.audio, "error": str(exc)})
+    return kept, wavs

@@ -34,7 +34,7 @@ def dump_features(
     import numpy as np
     from tqdm import tqdm
 
-    from ..audio import AudioError, load_audio
+    from ._compat import load_audio_batch
     from .features import FeatureConfig, load_backend
     from .manifest import read_items
 
@@ -44,13 +44,7 @@ def dump_features(
     errors = []
     todo = [it for it in items if not os.path.exists(os.path.join(out, f"{it.id}.npy"))]
     for i in tqdm(range(0, len(todo), batch_size), desc="features", unit="batch"):
-        batch, wavs = [], []
-        for it in todo[i : i + batch_size]:
-            try:
-                wavs.append(load_audio(it.audio))
-                batch.append(it)
-            except AudioError as exc:
-                errors.append({"id": it.id, "audio": it.audio, "error": str(exc)})
+        batch, wavs = load_audio_batch(todo[i : i + batch_size], errors)
         if not wavs:
             continue
         for it, f in zip(batch, model.extract(wavs)):

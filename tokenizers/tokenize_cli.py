@@ -53,7 +53,7 @@ def tokenize_manifest(
     ``i % num_shards``) into ``out``, appending; see :func:`tokenize` for the behaviour."""
     from tqdm import tqdm
 
-    from ..audio import AudioError, load_audio
+    from ._compat import load_audio_batch
     from .manifest import read_items
 
     if not 0 <= shard < num_shards:
@@ -66,13 +66,7 @@ def tokenize_manifest(
     bar = tqdm(total=len(todo), desc=f"tokenize shard {shard}/{num_shards}", unit="utt", disable=not progress)
     with open(out, "a") as fout:
         for i in range(0, len(todo), batch_size):
-            batch, wavs = [], []
-            for it in todo[i : i + batch_size]:
-                try:
-                    wavs.append(load_audio(it.audio))
-                    batch.append(it)
-                except AudioError as exc:
-                    report.errors.append({"id": it.id, "audio": it.audio, "error": str(exc)})
+            batch, wavs = load_audio_batch(todo[i : i + batch_size], report.errors)
             speakers = [it.speaker if use_speaker else None for it in batch]
             try:
                 results = tokenizer.encode_streams(wavs, speakers) if wavs else []
@@ -129,18 +123,12 @@ def tokenize(
         threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
             To use more cores, run several shards in parallel.
     """
-    import torch
-
+    from ._compat import torch_threads
     from .speech_tokenizer import SpeechTokenizer
 
-    prev_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
         tok = SpeechTokenizer.load(tokenizer, device=device)
         report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker)
-    finally:  # callers in the same process (e.g. the demo) keep their own setting
-        torch.set_num_threads(prev_threads)
     err_path = out + ".errors.json"
     if report.errors:
         with open(err_path, "w") as f:

@@ -29,6 +29,7 @@ import torch
 
 from ..audio import AudioError, load_audio
 from . import metrics as M
+from ._compat import torch_threads
 from .f0 import compute_speaker_stats, extract_f0_batch, normalise
 from .features import FeatureConfig, MfccConfig, load_backend
 from .kmeans import KMeansConfig, train_kmeans
@@ -123,12 +124,8 @@ def train_tokenizer(
     oversubscribed shared CPUs; None keeps torch's default).
     """
     if threads:
-        prev = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log)
-        finally:
-            torch.set_num_threads(prev)
     t_start = time.time()
     p = preset if isinstance(preset, TrainPreset) else make_preset(preset, hubert, layer, style_encoder)
     p = replace(p, units_kmeans=replace(p.units_kmeans, seed=seed), style_kmeans=replace(p.style_kmeans, seed=seed),
