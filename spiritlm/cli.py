@@ -10,6 +10,7 @@ builds the parser, ``--help`` included, from each function's signature and docst
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -71,7 +72,33 @@ def _run(fn: Callable, args: list[str], prog: str):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Runs ``spiritlm <command> …``; errors end in one line unless ``--debug``/``SPIRITLM_DEBUG=1``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SPIRITLM_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if debug:
+        _main(argv)
+        return
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        print("spiritlm: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:  # every command ends in one line; --debug shows the traceback
+        where = " ".join(argv[:2]) if len(argv) > 1 and not argv[1].startswith("-") else (argv[0] if argv else "")
+        print(f"spiritlm {where}: error: {_describe(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _describe(exc: BaseException) -> str:
+    from spiritlm.errors import UserError, one_line
+
+    if isinstance(exc, (UserError, OSError)) or type(exc).__name__.endswith("Error") and type(exc).__module__.startswith("spiritlm"):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)} (unexpected; rerun with --debug for the traceback)"
+
+
+def _main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
