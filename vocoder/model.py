@@ -1,0 +1,424 @@
+"""The unit HiFi-GAN generator (speechbrain's ``HifiganGenerator`` behind embedding tables) and its duration predictor.
+
+Input streams and their rates (16 kHz audio):
+
+* HuBERT units at 25 Hz (``unit_hop`` = 640 samples), ``[B, T]`` long;
+* pitch codes at 12.5 Hz, ``[B, Tp]``, repeated ×2 to the unit rate;
+* style codes at 1 Hz, ``[B, Ts]``, repeated ×25;
+* a speaker id (and, for Meta's base vocoder, a style id) per utterance, ``[B]``.
+
+The embeddings are concatenated on channels in the order unit, pitch, style, speaker, style id,
+and speechbrain's generator upsamples them by 5·4·4·4·2 = 640 samples per unit. Every
+convolution pads with zeros as Meta's generator does (speechbrain's ``Conv1d`` reflects by
+default, which changes the edges and fails on inputs shorter than the pad).
+
+Deduplicated units (what the LM emits) are first given durations by a
+:class:`DurationPredictor` trained on ``log(1 + frames)``; at inference a unit lasts
+``clamp(round(exp(x) - 1), min=1)`` frames.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from speechbrain.lobes.models.HifiGAN import LRELU_SLOPE, HifiganGenerator, ResBlock1
+from speechbrain.nnet.CNN import Conv1d as SBConv1d
+from speechbrain.nnet.CNN import ConvTranspose1d as SBConvTranspose1d
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .config import VocoderConfig
+
+__all__ = [
+    "DurationPredictor",
+    "UnitHifiGAN",
+    "durations_from_log",
+    "upsample_codes",
+    "expand_by_durations",
+    "length_mask",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure tensor helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def upsample_codes(codes: Tensor, ratio: int, num_units: int) -> Tensor:
+    """Repeats low-rate codes to the unit rate, pads with the last code, cuts to ``num_units``.
+
+    Args:
+        codes: ``[B, K]`` long (pitch at 12.5 Hz, style at 1 Hz), ``K >= 1``.
+        ratio: units per code (2 for pitch, 25 for style).
+        num_units: ``T``, the number of units.
+
+    Returns:
+        ``[B, T]`` long.
+
+    >>> upsample_codes(torch.tensor([[3, 4]]), 2, 5).tolist()
+    [[3, 3, 4, 4, 4]]
+    >>> upsample_codes(torch.tensor([[3, 4, 5]]), 2, 3).tolist()
+    [[3, 3, 4]]
+    """
+    if codes.dim() != 2 or codes.size(1) == 0:
+        raise ValueError(f"codes must be [B, K] with K >= 1, got shape {tuple(codes.shape)}")
+    up = codes.repeat_interleave(ratio, dim=1)
+    if up.size(1) < num_units:
+        pad = up[:, -1:].expand(-1, num_units - up.size(1))
+        up = torch.cat([up, pad], dim=1)
+    return up[:, :num_units]
+
+
+def durations_from_log(log_durations: Tensor) -> Tensor:
+    """Frames per unit from predicted ``log(1 + frames)``: ``clamp(round(exp(x) - 1), min=1)``.
+
+    ``torch.round`` rounds halves to even, as Meta's vocoder does.
+
+    >>> durations_from_log(torch.log1p(torch.tensor([0.0, 2.4, 2.5, 3.5, 7.0]))).tolist()
+    [1, 2, 2, 4, 7]
+    """
+    return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
+
+
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``[B, max_len]`` bool, true inside each sequence.
+
+    >>> length_mask(torch.tensor([1, 3]), 3).tolist()
+    [[True, False, False], [True, True, True]]
+    """
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def expand_by_durations(x: Tensor, durations: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Repeats each time step of ``x`` by its duration (frames), per sequence.
+
+    Args:
+        x: ``[B, C, T]`` embeddings at one step per deduplicated unit.
+        durations: ``[B, T]`` long, frames per unit (``>= 0``).
+        lengths: ``[B]`` valid units per sequence (default: all ``T``); steps beyond are dropped.
+
+    Returns:
+        ``(y, frames)``: ``y`` ``[B, C, T']`` with ``T' = max(frames)``, right-padded with zeros,
+        and ``frames`` ``[B]`` long, the expanded length of each sequence.
+
+    >>> y, n = expand_by_durations(torch.tensor([[[1.0, 2.0, 9.0]]]), torch.tensor([[2, 1, 3]]), torch.tensor([2]))
+    >>> y.tolist(), n.tolist()
+    ([[[1.0, 1.0, 2.0]]], [3])
+    """
+    B, C, T = x.shape
+    if durations.shape != (B, T):
+        raise ValueError(f"durations shape {tuple(durations.shape)} does not match x {tuple(x.shape)}")
+    if lengths is None:
+        lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
+    durations = durations.long() * length_mask(lengths, T)
+    frames = durations.sum(dim=1)
+    out = x.new_zeros(B, C, int(frames.max().item()) if B else 0)
+    for b in range(B):
+        row = torch.repeat_interleave(x[b], durations[b], dim=1)
+        out[b, :, : row.size(1)] = row
+    return out, frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Duration predictor
+# ---------------------------------------------------------------------------------------------
+
+
+class DurationPredictor(nn.Module):
+    """Predicts ``log(1 + frames)`` of each deduplicated unit from its embedding.
+
+    Conv1d (kernel 3, zero padding) + ReLU → LayerNorm → dropout, twice, then a linear layer to
+    one value per unit (the variance predictor of FastSpeech 2 / speech-resynthesis).
+
+    Args:
+        in_channels: embedding width ``C``.
+        hidden: channels of the two convolutions.
+        kernel_size: odd kernel, in units.
+        dropout: dropout probability after each layer norm (training only).
+
+    >>> dp = DurationPredictor(16, 32)
+    >>> dp(torch.randn(2, 16, 7)).shape
+    torch.Size([2, 7])
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 128, kernel_size: int = 3, dropout: float = 0.5) -> None:
+        super().__init__()
+        pad = (kernel_size - 1) // 2
+        self.conv1 = nn.Conv1d(in_channels, hidden, kernel_size, padding=pad)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.conv2 = nn.Conv1d(hidden, hidden, kernel_size, padding=pad)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.proj = nn.Linear(hidden, 1)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` ``[B, C, T]`` → ``[B, T]`` log-durations.
+
+        ``mask`` ``[B, T]`` (true = valid) zeroes padded steps before each convolution so that a
+        padded batch gives the same values as one sequence at a time.
+        """
+        m = None if mask is None else mask[:, None, :].to(x.dtype)
+        h = x if m is None else x * m
+        h = torch.relu(self.conv1(h))
+        h = F.dropout(self.norm1(h.transpose(1, 2)), self.dropout, self.training).transpose(1, 2)
+        if m is not None:
+            h = h * m
+        h = torch.relu(self.conv2(h))
+        h = F.dropout(self.norm2(h.transpose(1, 2)), self.dropout, self.training)
+        return self.proj(h).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator
+# ---------------------------------------------------------------------------------------------
+
+
+class UnitHifiGAN(HifiganGenerator):
+    """speechbrain's HiFi-GAN generator conditioned on units, pitch, style and speaker embeddings.
+
+    Keeps speechbrain's ``conv_pre``, ``ups``, ``resblocks`` and ``conv_post`` (type-1 residual
+    blocks, multi-receptive-field fusion) with zero padding, and adds ``unit_embedding``,
+    ``pitch_embedding``, ``style_embedding``, ``speaker_embedding``, ``style_id_embedding``
+    (absent tables are ``None``) and ``duration_predictor``.
+
+    Args:
+        config: the architecture.
+
+    Example (one second = 25 units → 16000 samples)::
+
+        >>> cfg = VocoderConfig.preset("tiny", num_pitch=8, num_style=4, num_speakers=2,
+        ...                            upsample_initial_channel=32, embedding_dim=8)
+        >>> voc = UnitHifiGAN(cfg)
+        >>> units = torch.randint(0, 501, (2, 25))
+        >>> pitch = torch.randint(0, 8, (2, 13))      # 12.5 Hz
+        >>> style = torch.randint(0, 4, (2, 1))       # 1 Hz
+        >>> voc.embed(units, pitch, style, speaker=torch.tensor([0, 1])).shape
+        torch.Size([2, 32, 25])
+        >>> voc(units, pitch, style, speaker=torch.tensor([0, 1])).shape
+        torch.Size([2, 1, 16000])
+        >>> voc.predict_durations(units).shape
+        torch.Size([2, 25])
+    """
+
+    def __init__(self, config: VocoderConfig) -> None:
+        config.validate()
+        super().__init__(
+            in_channels=config.in_channels,
+            out_channels=1,
+            resblock_type="1",
+            resblock_dilation_sizes=config.resblock_dilation_sizes,
+            resblock_kernel_sizes=config.resblock_kernel_sizes,
+            upsample_kernel_sizes=config.upsample_kernel_sizes,
+            upsample_initial_channel=config.upsample_initial_channel,
+            upsample_factors=config.upsample_rates,
+            inference_padding=0,
+        )
+        self.config = config
+        # Meta's generator (and jik876's HiFi-GAN) pad with zeros; speechbrain's Conv1d reflects.
+        # "constant" is F.pad's name for zero padding, and works on inputs shorter than the pad.
+        for module in self.modules():
+            if isinstance(module, SBConv1d):
+                module.padding_mode = "constant"
+        self._init_conv_weights()
+
+        dim = config.embedding_dim
+        self.unit_embedding = nn.Embedding(config.num_units, dim)
+        self.pitch_embedding = nn.Embedding(config.num_pitch, dim) if config.num_pitch else None
+        self.style_embedding = nn.Embedding(config.num_style, dim) if config.num_style else None
+        self.speaker_embedding = nn.Embedding(config.num_speakers, dim) if config.num_speakers else None
+        self.style_id_embedding = nn.Embedding(config.num_style_ids, dim) if config.num_style_ids else None
+        self.duration_predictor = (
+            DurationPredictor(dim, config.duration_hidden, config.duration_kernel, config.duration_dropout)
+            if config.duration_predictor
+            else None
+        )
+
+    @torch.no_grad()
+    def _init_conv_weights(self, std: float = 0.01) -> None:
+        """HiFi-GAN's initialisation: conv weights ~ N(0, 0.01) (set through the weight norm)."""
+        for module in self.modules():
+            if isinstance(module, (SBConv1d, SBConvTranspose1d)):
+                conv = module.conv
+                # assigning a parametrized weight goes through weight norm's right_inverse
+                conv.weight = torch.randn_like(conv.weight) * std
+
+    # -- embeddings ------------------------------------------------------------------------------
+
+    @property
+    def hop(self) -> int:
+        """Output samples per unit (640)."""
+        return self.config.unit_hop
+
+    def embed(
+        self,
+        units: Tensor,
+        pitch: Tensor | None = None,
+        style: Tensor | None = None,
+        speaker: Tensor | None = None,
+        style_id: Tensor | None = None,
+        *,
+        aligned: bool = False,
+    ) -> Tensor:
+        """The generator's input: concatenated embeddings ``[B, C, T]`` at the unit rate.
+
+        Args:
+            units: ``[B, T]`` long unit ids.
+            pitch: ``[B, Tp]`` pitch codes at their own rate (required when the vocoder has a
+                pitch table; ignored otherwise).
+            style: ``[B, Ts]`` style codes at their own rate (likewise).
+            speaker: ``[B]`` speaker ids (default 0 for every utterance).
+            style_id: ``[B]`` style ids of a multistyle vocoder (default 0).
+            aligned: ``pitch`` and ``style`` are already one code per unit (``[B, T]``), as for
+                deduplicated units, instead of at 12.5 Hz / 1 Hz.
+
+        ``C = embedding_dim * config.num_streams``.
+        """
+        if units.dim() != 2:
+            raise ValueError(f"units must be [B, T], got shape {tuple(units.shape)}")
+        B, T = units.shape
+        parts = [self.unit_embedding(units)]  # each [B, T, D]
+        for name, table, codes, ratio in (
+            ("pitch", self.pitch_embedding, pitch, self.config.pitch_ratio),
+            ("style", self.style_embedding, style, self.config.style_ratio),
+        ):
+            if table is None:
+                continue
+            if codes is None:
+                raise ValueError(f"this vocoder has a {name} table: give {name} codes")
+            codes = codes.to(units.device).long()
+            if not aligned:
+                codes = upsample_codes(codes, ratio, T)
+            elif codes.shape != units.shape:
+                raise ValueError(f"aligned {name} codes must have the units' shape {tuple(units.shape)}, got {tuple(codes.shape)}")
+            parts.append(table(codes))
+        for table, ids in ((self.speaker_embedding, speaker), (self.style_id_embedding, style_id)):
+            if table is None:
+                continue
+            ids = torch.zeros(B, dtype=torch.long, device=units.device) if ids is None else ids.to(units.device).long().reshape(B)
+            parts.append(table(ids)[:, None, :].expand(B, T, -1))
+        return torch.cat(parts, dim=-1).transpose(1, 2)
+
+    # -- waveform ----------------------------------------------------------------------------------
+
+    def forward(  # type: ignore[override]
+        self,
+        units: Tensor,
+        pitch: Tensor | None = None,
+        style: Tensor | None = None,
+        speaker: Tensor | None = None,
+        style_id: Tensor | None = None,
+    ) -> Tensor:
+        """Frame-rate units (+ streams) → waveform ``[B, 1, T * 640]`` in [-1, 1].
+
+        Arguments as :meth:`embed` (pitch and style at their own rates).
+        """
+        return self.vocode(self.embed(units, pitch, style, speaker, style_id))
+
+    def vocode(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Embeddings ``[B, C, T]`` → waveform ``[B, 1, T * hop]``.
+
+        Args:
+            x: generator input at the unit rate.
+            lengths: ``[B]`` valid steps per sequence for a right-padded batch. The input of
+                every convolution is then zeroed beyond each sequence's end, so each row equals
+                what the sequence alone gives (zero padding); samples beyond ``length * hop``
+                are zero. ``None``: all rows are full (speechbrain's forward).
+        """
+        if lengths is None:
+            return super().forward(x)
+        lengths = lengths.to(x.device).long()
+        mask = length_mask(lengths, x.size(-1))[:, None, :].to(x.dtype)
+        o = self.conv_pre(x * mask)
+        scale = 1
+        for i in range(self.num_upsamples):
+            o = self.ups[i](F.leaky_relu(o, LRELU_SLOPE) * mask)
+            scale *= self.config.upsample_rates[i]
+            mask = length_mask(lengths * scale, o.size(-1))[:, None, :].to(o.dtype)
+            z = None
+            for j in range(self.num_kernels):
+                y = _masked_resblock(self.resblocks[i * self.num_kernels + j], o, mask)
+                z = y if z is None else z + y
+            o = z / self.num_kernels
+        o = self.conv_post(F.leaky_relu(o) * mask)  # final slope 0.01, as speechbrain and Meta
+        return torch.tanh(o) * mask
+
+    # -- durations ---------------------------------------------------------------------------------
+
+    def predict_durations(self, units_dedup: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Predicted ``log(1 + frames)`` ``[B, T]`` for deduplicated units ``[B, T]``.
+
+        Uses the unit embedding only (as Meta's vocoder does). ``lengths`` ``[B]`` masks a
+        right-padded batch.
+        """
+        if self.duration_predictor is None:
+            raise ValueError("this vocoder has no duration predictor (config.duration_predictor=False)")
+        x = self.unit_embedding(units_dedup).transpose(1, 2)
+        mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
+        return self.duration_predictor(x, mask)
+
+    @staticmethod
+    def expand_by_durations(x: Tensor, durations: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """See :func:`expand_by_durations`: ``[B, C, T]`` × ``[B, T]`` frames → ``([B, C, T'], [B])``."""
+        return expand_by_durations(x, durations, lengths)
+
+    @torch.no_grad()
+    def infer(
+        self,
+        units: Tensor,
+        pitch: Tensor | None = None,
+        style: Tensor | None = None,
+        speaker: Tensor | None = None,
+        style_id: Tensor | None = None,
+        *,
+        lengths: Tensor | None = None,
+        dur_pred: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Inference on a right-padded batch with codes aligned to the units.
+
+        Args:
+            units: ``[B, T]`` units: frame-rate (``dur_pred=False``) or deduplicated.
+            pitch, style: ``[B, T]`` one code per unit (see :meth:`embed`, ``aligned=True``).
+            speaker, style_id: ``[B]``.
+            lengths: ``[B]`` valid units per row (default: all).
+            dur_pred: give each unit its predicted duration first.
+
+        Returns:
+            ``(wav [B, N], samples [B])``: waveforms right-padded with zeros, and their lengths.
+        """
+        B, T = units.shape
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=units.device)
+        x = self.embed(units, pitch, style, speaker, style_id, aligned=True)
+        if dur_pred:
+            frames = durations_from_log(self.predict_durations(units, lengths))
+            x, lengths = expand_by_durations(x, frames, lengths)
+        full = bool((lengths == x.size(-1)).all())
+        wav = self.vocode(x, None if full else lengths)
+        return wav[:, 0, :], lengths * self.hop
+
+    # -- weight norm ---------------------------------------------------------------------------------
+
+    @property
+    def has_weight_norm(self) -> bool:
+        """Whether the convolutions still carry weight-norm parametrizations."""
+        return parametrize.is_parametrized(self.conv_pre.conv)
+
+    def remove_weight_norm(self) -> None:
+        """Folds weight norm into plain weights (inference; idempotent)."""
+        if self.has_weight_norm:
+            super().remove_weight_norm()
+
+
+def _masked_resblock(block: ResBlock1, x: Tensor, mask: Tensor) -> Tensor:
+    """speechbrain's ``ResBlock1.forward`` with each convolution's input zeroed beyond ``mask``."""
+    for c1, c2 in zip(block.convs1, block.convs2):
+        xt = c1(F.leaky_relu(x, LRELU_SLOPE) * mask)
+        xt = c2(F.leaky_relu(xt, LRELU_SLOPE) * mask)
+        x = xt + x
+    return x
+
+
+def num_parameters(module: nn.Module) -> int:
+    """Trainable parameter count."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
