@@ -1,8 +1,20 @@
-"""k-means for discrete units: training (scikit-learn), Meta's file format, assignment in torch.
+"""Unit quantizers: k-means (training with scikit-learn, GSLM/Meta file format) and Meta's linear quantizer.
 
-Meta's k-means file (e.g. ``hubert_25hz/L11_quantizer_500.pt``) is a torch file holding
-``{"cluster_centers": numpy array (K, D), "n_clusters": K}``. It is loaded here with
-``torch.load(weights_only=True)``, allow-listing only what numpy arrays need to be rebuilt.
+Two file layouts are read (both with ``torch.load(weights_only=True)``; :func:`load_quantizer`
+detects which from the file's keys):
+
+* **k-means** (GSLM, Meta's ``KmeansModel``): ``{"cluster_centers": numpy array (K, D),
+  "n_clusters": K}``; numpy arrays are rebuilt through an allow-list of numpy globals only.
+  Units are the nearest centre.
+* **linear quantizer** (Meta's released ``hubert_25hz/L11_quantizer_500.pt``):
+  ``{"model_cfg": {"vocab_size": V, "dim": D, "upstream_dim": U}, "model_weight": state_dict}``
+  of an MLP ``Linear(D, D - m//4)``, LeakyReLU, ``Linear(D - m//4, D - m//2)``, LeakyReLU,
+  ``Linear(D - m//2, V + 1)`` with ``m = U - (V + 1)`` (state-dict keys ``0.*``, ``2.*``,
+  ``4.*``). Logit ``V`` is a CTC blank. Units are the arg-max; a frame whose arg-max is the
+  blank takes the unit of the nearest non-blank frame before it, cyclically within the
+  utterance (so blanks at the start take the utterance's last non-blank unit) — the fixed point
+  of Meta's ``code[blank] = roll(code, 1)[blank]`` on one utterance. An utterance with no
+  non-blank frame keeps the blank id ``V`` everywhere, as Meta's loop leaves it.
 """
 
 from __future__ import annotations
@@ -14,6 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..errors import UserError
+
+
+class QuantizerError(UserError, ValueError):
+    """A quantizer file that cannot be read (its message names the file)."""
 
 
 @dataclass
@@ -99,6 +117,16 @@ def _numpy_safe_globals() -> list:
     return out
 
 
+def _torch_load(path: str):
+    """``torch.load(weights_only=True)`` with numpy arrays allowed (k-means files hold one)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_kmeans(path: str | os.PathLike) -> np.ndarray:
     """Reads a k-means file in Meta's format; returns float32 centres ``(K, D)``.
 
@@ -108,29 +136,29 @@ def load_kmeans(path: str | os.PathLike) -> np.ndarray:
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: k-means file not found")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a k-means file in Meta's format ({str(exc).splitlines()[0]})") from None
+    try:
+        obj = _torch_load(path)
+    except Exception as exc:
+        raise QuantizerError(f"{path}: not a k-means file in Meta's format ({str(exc).splitlines()[0]})") from None
     if not isinstance(obj, dict) or "cluster_centers" not in obj:
-        raise ValueError(f"{path}: expected a dict with 'cluster_centers' and 'n_clusters'")
+        raise QuantizerError(f"{path}: expected a dict with 'cluster_centers' and 'n_clusters'")
+    return _centers_from(obj, path)
+
+
+def _centers_from(obj: dict, path: str) -> np.ndarray:
     centers = np.asarray(obj["cluster_centers"] if not isinstance(obj["cluster_centers"], torch.Tensor) else obj["cluster_centers"].numpy(), dtype=np.float32)
     if centers.ndim != 2:
-        raise ValueError(f"{path}: cluster_centers has shape {centers.shape}, expected (K, D)")
+        raise QuantizerError(f"{path}: cluster_centers has shape {centers.shape}, expected (K, D)")
     if "n_clusters" in obj and int(obj["n_clusters"]) != centers.shape[0]:
-        raise ValueError(f"{path}: n_clusters={obj['n_clusters']} but {centers.shape[0]} centres")
+        raise QuantizerError(f"{path}: n_clusters={obj['n_clusters']} but {centers.shape[0]} centres")
     return centers
 
 
 class KMeansQuantizer(torch.nn.Module):
     """Nearest-centre assignment in torch (any device).
 
-    ``forward(x)``: ``(..., D)`` features -> ``(...)`` int64 unit ids.
+    ``forward(x, lengths=None)``: ``(..., D)`` features -> ``(...)`` int64 unit ids (``lengths``
+    is accepted for symmetry with :class:`LinearQuantizer`; frames are independent here).
     """
 
     def __init__(self, centers: np.ndarray | torch.Tensor):
@@ -151,10 +179,133 @@ class KMeansQuantizer(torch.nn.Module):
     def load(cls, path: str | os.PathLike) -> KMeansQuantizer:
         return cls(load_kmeans(path))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"k-means: features of dim {x.shape[-1]}, centres of dim {self.dim}")
         shape = x.shape[:-1]
         x = x.reshape(-1, self.dim).to(self.centers)
         d = (x**2).sum(-1, keepdim=True) - 2 * x @ self.centers.T + self.centers_sq[None, :]
         return d.argmin(-1).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Meta's linear quantizer (MLP + CTC blank)
+# ---------------------------------------------------------------------------------------------
+
+
+def linear_quantizer_sizes(vocab_size: int, dim: int, upstream_dim: int) -> list[int]:
+    """Widths of the MLP's layers: ``[D, D - m//4, D - m//2, V + 1]``, ``m = U - (V + 1)``."""
+    m = int(upstream_dim) - (int(vocab_size) + 1)
+    return [int(dim), int(dim) - m // 4, int(dim) - m // 2, int(vocab_size) + 1]
+
+
+def fill_blanks(codes: np.ndarray | torch.Tensor, blank: int):
+    """Replaces each ``blank`` in a 1-D unit sequence by the nearest non-blank unit before it,
+    wrapping around (leading blanks take the last non-blank unit). A sequence of blanks only is
+    returned unchanged. Same type as the input."""
+    is_torch = isinstance(codes, torch.Tensor)
+    c = codes.detach().cpu().numpy() if is_torch else np.asarray(codes)
+    keep = np.flatnonzero(c != blank)
+    if len(keep) == 0 or len(keep) == len(c):
+        out = c.copy()
+    else:
+        # index of the last non-blank at or before each position; -1 before the first one
+        last = np.maximum.accumulate(np.where(c != blank, np.arange(len(c)), -1))
+        last[last < 0] = keep[-1]  # wrap around to the utterance's last non-blank frame
+        out = c[last]
+    return torch.as_tensor(out, device=codes.device) if is_torch else out
+
+
+class LinearQuantizer(torch.nn.Module):
+    """Meta's linear quantizer (see the module docstring).
+
+    ``forward(x, lengths=None)``: ``(T, D)`` or ``(B, T, D)`` features -> ``(T,)`` / ``(B, T)``
+    int64 units with blanks filled within each utterance's first ``lengths[b]`` frames (frames
+    past the length are padding and left as they are).
+    """
+
+    def __init__(self, vocab_size: int, dim: int, upstream_dim: int):
+        super().__init__()
+        self.vocab_size, self.upstream_dim = int(vocab_size), int(upstream_dim)
+        w = linear_quantizer_sizes(vocab_size, dim, upstream_dim)
+        if min(w) <= 0:
+            raise ValueError(f"linear quantizer: layer widths {w} from vocab_size={vocab_size}, dim={dim}, upstream_dim={upstream_dim}")
+        self.encoder = torch.nn.Sequential(
+            torch.nn.Linear(w[0], w[1]), torch.nn.LeakyReLU(), torch.nn.Linear(w[1], w[2]), torch.nn.LeakyReLU(), torch.nn.Linear(w[2], w[3])
+        )
+
+    @property
+    def n_clusters(self) -> int:
+        """Units it emits (the blank excluded)."""
+        return self.vocab_size
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder[0].in_features)
+
+    @property
+    def blank(self) -> int:
+        return self.vocab_size
+
+    def model_cfg(self) -> dict[str, int]:
+        return {"vocab_size": self.vocab_size, "dim": self.dim, "upstream_dim": self.upstream_dim}
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"linear quantizer: features of dim {x.shape[-1]}, quantizer input dim {self.dim}")
+        codes = self.encoder(x.to(self.encoder[0].weight)).argmax(-1)
+        if codes.ndim == 1:
+            return fill_blanks(codes, self.blank)
+        out = codes.clone()
+        for b in range(codes.shape[0]):
+            n = int(lengths[b]) if lengths is not None else codes.shape[1]
+            out[b, :n] = fill_blanks(codes[b, :n], self.blank)
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes Meta's layout ``{"model_cfg": {...}, "model_weight": state_dict}`` (atomically)."""
+        path = str(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        sd = {k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
+        torch.save({"model_cfg": self.model_cfg(), "model_weight": sd}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_checkpoint(cls, obj: dict, path: str = "<checkpoint>") -> LinearQuantizer:
+        """Builds the quantizer from a loaded file in Meta's layout (``path`` names it in errors)."""
+        cfg, sd = obj.get("model_cfg"), obj.get("model_weight")
+        if not isinstance(cfg, dict) or not isinstance(sd, dict):
+            raise QuantizerError(f"{path}: expected {{'model_cfg': {{...}}, 'model_weight': state_dict}} (Meta's linear quantizer)")
+        try:
+            q = cls(int(cfg["vocab_size"]), int(cfg["dim"]), int(cfg["upstream_dim"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QuantizerError(f"{path}: model_cfg needs integer vocab_size, dim and upstream_dim ({exc})") from None
+        want = q.encoder.state_dict()
+        bad = [k for k in want if k not in sd] + [k for k in sd if k not in want]
+        bad += [f"{k} {tuple(sd[k].shape)} != {tuple(want[k].shape)}" for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
+        if bad:
+            raise QuantizerError(f"{path}: model_weight does not match model_cfg {q.model_cfg()}: {', '.join(bad[:4])}")
+        q.encoder.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()}, strict=True)
+        return q.eval()
+
+
+def load_quantizer(path: str | os.PathLike) -> KMeansQuantizer | LinearQuantizer:
+    """Reads a unit quantizer file in either layout (detected from its keys, see the module
+    docstring). Raises FileNotFoundError / :class:`QuantizerError` naming the file."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: quantizer file not found")
+    try:
+        obj = _torch_load(path)
+    except Exception as exc:
+        raise QuantizerError(f"{path}: cannot be read with torch.load(weights_only=True) ({str(exc).splitlines()[0]})") from None
+    if isinstance(obj, dict) and "cluster_centers" in obj:
+        return KMeansQuantizer(_centers_from(obj, path))
+    if isinstance(obj, dict) and "model_cfg" in obj and "model_weight" in obj:
+        return LinearQuantizer.from_checkpoint(obj, path)
+    keys = sorted(map(str, obj))[:6] if isinstance(obj, dict) else type(obj).__name__
+    raise QuantizerError(
+        f"{path}: neither a k-means file ('cluster_centers', 'n_clusters') nor Meta's linear quantizer "
+        f"('model_cfg', 'model_weight'); found {keys}"
+    )

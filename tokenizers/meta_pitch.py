@@ -9,9 +9,19 @@ each downsampling step, ``(Conv1d(k=2s, stride s), Resnet1D)`` with residual blo
 codebook is ``vq.level_blocks.0.k`` ``(bins, width)``. Only the encoder and the codebook are
 needed to make tokens; decoder weights are ignored.
 
-Input features (Meta's recipe): interpolated F0 in Hz minus the speaker's mean F0 in Hz (or the
-utterance's voiced mean), stacked with voicing: ``(2, T)`` at 200 Hz. Files are read with
-``torch.load(weights_only=True)`` and ``yaml.safe_load``.
+Input features (Meta's ``F0Tokenizer``): the F0 extractor's contour at 200 Hz — interpolated
+over unvoiced frames by the backend itself (see :func:`spiritlm.tokenizers.f0.extract_f0_batch`,
+``interpolated=True``) when ``features`` names ``interp`` — and, when ``features`` starts with
+``norm_`` or ``speaker_norm`` is set, minus a mean F0 **in Hz** (linear, not log) on its non-zero
+frames: the speaker's ``f0_mean`` from the ``speaker_stats`` file, else the mean of the
+contour over the utterance's voiced frames. Stacked with voicing: ``(2, T)``.
+
+The ``speaker_stats`` file (``{speaker: {"f0_mean": Hz, ...}}``, a torch file) is looked up at the
+path ``config.yaml`` names, then under that name inside the folder; an explicit path can be
+given instead. F0 comes from FCPE by default, as in Meta's ``spiritlm_expressive()``; pYAAPT
+(Meta's alternative) and this project's other backends can be chosen.
+
+Files are read with ``torch.load(weights_only=True)`` and ``yaml.safe_load``.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .f0 import F0Config, interpolate_f0
+from .f0 import F0Config, extract_f0_batch, load_meta_speaker_stats
 from .pitch import PitchConfig, PitchTokenizer
 
 
@@ -128,21 +138,42 @@ def load_meta_f0_encoder(directory: str | os.PathLike) -> tuple[MetaF0Encoder, d
     return model.eval(), cfg
 
 
+def find_speaker_stats(directory: str | os.PathLike, meta_cfg: dict) -> str | None:
+    """The ``speaker_stats`` file a quantizer config names: the path as written (relative to the
+    folder when relative), else a file of that name inside the folder; None when there is none
+    (Meta's released config names a path on their cluster, so utterance means are used)."""
+    name = meta_cfg.get("speaker_stats")
+    if not name:
+        return None
+    name = str(name)
+    for cand in (name if os.path.isabs(name) else os.path.join(directory, name), os.path.join(directory, os.path.basename(name))):
+        if os.path.isfile(cand):
+            return os.path.abspath(cand)
+    return None
+
+
 class MetaPitchTokenizer(PitchTokenizer):
     """Pitch tokens from Meta's released quantizer (see the module docstring).
 
     Args:
         directory: the ``vqvae_f0_quantizer`` folder.
         speaker_means: speaker -> mean F0 in Hz (Meta's ``speaker_stats`` ``f0_mean``); unknown
-            speakers use the utterance's voiced mean.
-        cfg: F0 extraction settings (Meta used pYAAPT/FCPE; DIO is the default here).
+            speakers use the utterance's voiced mean. None: read the ``speaker_stats`` file of
+            ``speaker_stats`` or of the folder's config when there is one.
+        cfg: F0 extraction settings (default: FCPE, as Meta's release).
+        speaker_stats: a Meta-format speaker stats file (overrides the config's).
     """
 
-    def __init__(self, directory: str | os.PathLike, speaker_means: dict[str, float] | None = None, cfg: PitchConfig | None = None):
+    def __init__(self, directory: str | os.PathLike, speaker_means: dict[str, float] | None = None, cfg: PitchConfig | None = None,
+                 speaker_stats: str | os.PathLike | None = None):
         model, meta_cfg = load_meta_f0_encoder(directory)
         self.directory = os.path.abspath(directory)
         self.meta_cfg = meta_cfg
-        self.speaker_means = dict(speaker_means or {})
+        self.speaker_stats_path = None
+        if speaker_means is None:
+            self.speaker_stats_path = str(speaker_stats) if speaker_stats else find_speaker_stats(directory, meta_cfg)
+            speaker_means = load_meta_speaker_stats(self.speaker_stats_path) if self.speaker_stats_path else {}
+        self.speaker_means = {str(k): float(v) for k, v in speaker_means.items()}
         feats = str(meta_cfg.get("features", "norm_f0_interp,vuv"))
         if feats not in ("f0_interp,vuv", "f0,vuv", "norm_f0_interp,vuv", "norm_f0,vuv"):
             raise ValueError(f"{directory}: unsupported features {feats!r}")
@@ -150,19 +181,27 @@ class MetaPitchTokenizer(PitchTokenizer):
         self.interpolate = "interp" in feats
         self.model = model
         self.stats = None  # type: ignore[assignment]
-        self.cfg = cfg or PitchConfig(f0=F0Config())
+        self.cfg = cfg or PitchConfig(f0=F0Config(backend="fcpe"))
 
     @property
     def codebook_size(self) -> int:
         return int(self.model.vq.level_blocks[0].k.shape[0])
 
+    def f0(self, wavs):
+        """``[(contour Hz (T,), vuv (T,))]`` at 200 Hz: interpolated by the backend when the
+        quantizer's ``features`` say ``interp`` (as Meta's extractors with ``interpolate=True``)."""
+        return extract_f0_batch(wavs, self.cfg.f0, interpolated=self.interpolate)
+
     def features(self, f0, vuv, speaker=None) -> np.ndarray:
-        x = interpolate_f0(f0) if self.interpolate else np.asarray(f0, np.float32).copy()
+        """``(2, T)``: the contour of :meth:`f0` minus the mean F0 in Hz on its non-zero frames
+        (speaker's ``f0_mean``, else the contour's mean over voiced frames), and voicing."""
+        x = np.asarray(f0, np.float64).copy()
+        vuv = np.asarray(vuv, np.float32)
         if self.normalise_f0:
-            if speaker is not None and speaker in self.speaker_means:
-                mean = self.speaker_means[speaker]
-            else:
-                mean = float(np.mean(f0[vuv > 0])) if np.any(vuv > 0) else 0.0
+            if speaker is not None and str(speaker) in self.speaker_means:
+                mean = self.speaker_means[str(speaker)]
+            else:  # Meta: the mean over voiced frames of the (interpolated) contour
+                mean = float(np.mean(x[vuv != 0])) if np.any(vuv != 0) else 0.0
             x = np.where(x != 0, x - mean, 0.0)
         return np.stack([x, vuv]).astype(np.float32)
 
@@ -177,4 +216,5 @@ class MetaPitchTokenizer(PitchTokenizer):
         from dataclasses import asdict
 
         with open(os.path.join(directory, "pitch_config.json"), "w") as f:
-            json.dump({"format": "meta", "checkpoint": self.directory, "speaker_means": self.speaker_means, **asdict(self.cfg)}, f, indent=1)
+            json.dump({"format": "meta", "checkpoint": self.directory, "speaker_stats": self.speaker_stats_path,
+                       "speaker_means": self.speaker_means, **asdict(self.cfg)}, f, indent=1)

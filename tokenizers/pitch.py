@@ -1,7 +1,11 @@
 """Pitch tokenizer: 16 kHz audio -> F0 at 200 Hz -> pitch VQ-VAE codes at 12.5 Hz.
 
 A directory holds ``pitch_config.json`` (:class:`PitchConfig`), ``vqvae_config.json``,
-``model.safetensors`` and ``f0_stats.json`` (per-speaker log-F0 statistics).
+``model.safetensors``, ``f0_stats.json`` (per-speaker log-F0 statistics this tokenizer uses) and,
+when trained by ``spiritlm tokenizer train``, ``speaker_stats.pt`` (the same speakers in Meta's
+``speaker_stats`` format, ``{speaker: {"f0_mean", "f0_std", "logf0_mean", "logf0_std"}}``).
+A directory whose ``pitch_config.json`` has ``"format": "meta"`` refers to Meta's released
+quantizer instead (:mod:`spiritlm.tokenizers.meta_pitch`).
 """
 
 from __future__ import annotations
@@ -115,5 +119,7 @@ class PitchTokenizer:
             from .meta_pitch import MetaPitchTokenizer
 
             ckpt, means = d.pop("checkpoint"), d.pop("speaker_means", {})
-            return MetaPitchTokenizer(ckpt, means, PitchConfig.from_dict(d))
+            tok = MetaPitchTokenizer(ckpt, means, PitchConfig.from_dict({k: v for k, v in d.items() if k != "speaker_stats"}))
+            tok.speaker_stats_path = d.get("speaker_stats")  # where the means were read from (kept in the config)
+            return tok
         return cls(load_vqvae(directory), SpeakerStats.load(os.path.join(directory, "f0_stats.json")), PitchConfig.from_dict(d))

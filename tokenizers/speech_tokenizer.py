@@ -4,6 +4,7 @@ A tokenizer directory::
 
     DIR/config.json          {"format": "spiritlm-speech-tokenizer", "version": 1, "kind": ...}
     DIR/units/unit_config.json + kmeans.pt          (Meta's k-means format)
+                       or + linear_quantizer.pt (Meta's linear quantizer layout)
     DIR/pitch/...            (expressive only; see spiritlm.tokenizers.pitch)
     DIR/style/...            (expressive only; see spiritlm.tokenizers.style)
 
@@ -26,7 +27,7 @@ from ..audio import AudioSource, load_audio
 from ..formats import units_to_string
 from ._compat import resolve_device
 from .features import FeatureBackend, FeatureConfig, load_backend
-from .kmeans import KMeansQuantizer, load_kmeans, save_kmeans
+from .kmeans import KMeansQuantizer, LinearQuantizer, load_quantizer, save_kmeans
 from .pitch import PitchTokenizer
 from .style import StyleTokenizer
 
@@ -52,14 +53,16 @@ class UnitConfig:
 
 
 class UnitTokenizer:
-    """Feature backend + k-means: 16 kHz waveforms -> unit ids at 25 Hz."""
+    """Feature backend + quantizer (k-means centres, or a :class:`KMeansQuantizer` /
+    :class:`LinearQuantizer`): 16 kHz waveforms -> unit ids at 25 Hz."""
 
-    def __init__(self, backend: FeatureBackend, centers: np.ndarray, cfg: UnitConfig):
+    def __init__(self, backend: FeatureBackend, centers: np.ndarray | KMeansQuantizer | LinearQuantizer, cfg: UnitConfig):
         self.backend = backend.eval()
-        self.quantizer = KMeansQuantizer(centers).to(backend.device)
+        q = centers if isinstance(centers, torch.nn.Module) else KMeansQuantizer(centers)
+        self.quantizer = q.to(backend.device)
         self.cfg = cfg
         if self.quantizer.dim != backend.dim:
-            raise ValueError(f"k-means centres have dim {self.quantizer.dim} but the {cfg.features.backend} features have dim {backend.dim}")
+            raise ValueError(f"the unit quantizer takes features of dim {self.quantizer.dim} but the {cfg.features.backend} features have dim {backend.dim}")
 
     @property
     def n_units(self) -> int:
@@ -78,14 +81,23 @@ class UnitTokenizer:
         batch, lengths = pad_batch(wavs)
         dev = self.backend.device
         feats, n = self.backend(batch.to(dev), lengths.to(dev))
-        codes = self.quantizer(feats).cpu().numpy().astype(np.int64)
+        codes = self.quantizer(feats, n).cpu().numpy().astype(np.int64)
         return [codes[i, : int(k)] for i, k in enumerate(n.cpu())]
 
     def save(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "unit_config.json"), "w") as f:
             json.dump(asdict(self.cfg), f, indent=1)
-        save_kmeans(os.path.join(directory, "kmeans.pt"), self.quantizer.centers.cpu().numpy())
+        files = {"kmeans.pt", "linear_quantizer.pt"}
+        if isinstance(self.quantizer, LinearQuantizer):
+            keep = "linear_quantizer.pt"
+            self.quantizer.save(os.path.join(directory, keep))
+        else:
+            keep = "kmeans.pt"
+            save_kmeans(os.path.join(directory, keep), self.quantizer.centers.cpu().numpy())
+        for stale in files - {keep}:  # a directory rewritten with the other layout
+            if os.path.exists(os.path.join(directory, stale)):
+                os.remove(os.path.join(directory, stale))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device="cpu") -> UnitTokenizer:
@@ -94,7 +106,10 @@ class UnitTokenizer:
             raise FileNotFoundError(f"{path}: not a unit tokenizer directory")
         with open(path) as f:
             cfg = UnitConfig.from_dict(json.load(f))
-        return cls(load_backend(cfg.features, device), load_kmeans(os.path.join(directory, "kmeans.pt")), cfg)
+        qpath = os.path.join(directory, "linear_quantizer.pt")
+        if not os.path.isfile(qpath):
+            qpath = os.path.join(directory, "kmeans.pt")
+        return cls(load_backend(cfg.features, device), load_quantizer(qpath), cfg)
 
 
 class SpeechTokenizer:

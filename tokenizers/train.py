@@ -30,7 +30,7 @@ import torch
 from ..audio import AudioError, load_audio
 from . import metrics as M
 from ._compat import torch_threads
-from .f0 import compute_speaker_stats, extract_f0_batch, normalise
+from .f0 import compute_speaker_stats, extract_f0_batch, meta_speaker_stats, normalise, save_meta_speaker_stats
 from .features import FeatureConfig, MfccConfig, load_backend
 from .kmeans import KMeansConfig, train_kmeans
 from .manifest import Item, read_items
@@ -176,6 +176,9 @@ def train_tokenizer(
         stats = compute_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx)
         ex = [normalise(f, v, stats.mean_for(items[i].speaker, f), stats.global_std) for i, (f, v) in enumerate(f0s)]
         os.makedirs(os.path.join(out, "pitch"), exist_ok=True)
+        # the same speakers in Meta's speaker_stats format (f0_mean in Hz), for Meta's pitch quantizer config
+        save_meta_speaker_stats(os.path.join(out, "pitch", "speaker_stats.pt"),
+                                meta_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx))
         model, vq_log = train_vqvae([ex[i] for i in train_idx], p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"), device=device, log=log)
         pitch_tok = PitchTokenizer(model, stats, pitch_cfg)
         metrics["pitch_train_last_log"] = vq_log[-1] if vq_log else None
