@@ -37,6 +37,7 @@ InputItem = tuple[str, Any]  # ("text", str) | ("speech", path | array)
 
 __all__ = [
     "SpiritLM",
+    "ContinuationScore",
     "GenerationOutput",
     "SpeechTokenizerLike",
     "VocoderLike",
@@ -429,3 +430,475 @@ class SpiritLM:
                     content = self.vocoder.decode(units)
                 outputs.append(GenerationOutput("speech", content, tokens=tokens, units=units))
         return {"prompt": prompt, "prompt_ids": prompt_ids, "ids": ids, "string": string, "outputs": outputs}
+
+    # -- batched decoding and scoring (evaluations) -------------------------------------------
+
+    def generate_batch_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        allowed: Tensor | Sequence[Tensor | None] | None = None,
+        max_new_tokens: int = 200,
+        do_sample: bool = False,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int = 0,
+        seed: int | None = None,
+        min_new_tokens: int = 0,
+        batch_size: int = 16,
+        stop_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        stop_at_eos: bool = True,
+        progress: bool = False,
+    ) -> list[list[int]]:
+        """Continues many prompts at once: left padding, a KV cache, per-row masks and stopping.
+
+        Greedy output is the same as :meth:`generate_ids` run on each prompt alone (same RoPE
+        positions, same masks, same arg-max tie rule). Sampling gives prompt ``i`` its own generator
+        seeded ``seed + i``, so results do not depend on ``batch_size`` or on the other prompts, and
+        prompt ``i`` samples as ``generate_ids(prompts[i], seed=seed + i)`` would (up to float
+        rounding of the batched kernels).
+
+        Prompts are sorted by length and cut into batches of ``batch_size``; a finished row leaves
+        the batch (and the cache) at once. Tokens/s of the last call are in :attr:`last_stats`.
+
+        Args:
+            prompts: token-id lists (BOS included if wanted), each non-empty.
+            allowed: bool mask ``[vocab_size]`` for all rows, or one per prompt (``None``: all ids).
+            max_new_tokens: per prompt, also capped by ``max_seq_len`` minus its length.
+            do_sample, temperature, top_p, top_k: see :func:`sample_next`.
+            seed: base seed of the per-row generators (``None``: nondeterministic).
+            min_new_tokens: EOS is forbidden before this many tokens.
+            batch_size: rows decoded together.
+            stop_ids: extra ids that end a row (kept in its output, like EOS): one list for all
+                rows or one per prompt (e.g. the modality markers and a newline for ASR).
+            stop_at_eos: stop a row after it emits EOS.
+            progress: show a tqdm bar over prompts.
+
+        Returns:
+            The generated ids of each prompt, in the order of ``prompts`` (prompt excluded).
+        """
+        import time
+
+        n = len(prompts)
+        if n == 0:
+            return []
+        V = self.config.vocab_size
+        max_len = self.config.max_seq_len
+        device = self.device
+        eos = self.tokenizer.eos_id
+        budgets = []
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"generate_batch_ids: prompt {i} is empty")
+            budget = min(max_new_tokens, max_len - len(p))
+            if budget <= 0:
+                raise ValueError(f"prompt {i} of {len(p)} tokens leaves no room in max_seq_len {max_len}")
+            budgets.append(budget)
+        masks = _per_row_masks(allowed, n, V)
+        if stop_ids is None:
+            stops: list[set[int]] = [set()] * n
+        elif stop_ids and not isinstance(next(iter(stop_ids)), int):
+            stops = [set(s) for s in stop_ids]  # type: ignore[arg-type]
+            if len(stops) != n:
+                raise ValueError(f"stop_ids: {len(stops)} lists for {n} prompts")
+        else:
+            stops = [set(stop_ids)] * n  # type: ignore[arg-type]
+        if stop_at_eos and eos is not None:
+            stops = [s | {eos} for s in stops]
+        gens: list[torch.Generator | None] = [None] * n
+        if do_sample:
+            if temperature <= 0:
+                raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+            base = seed if seed is not None else int(torch.seed() % (2**62))
+            gens = [torch.Generator(device="cpu").manual_seed(base + i) for i in range(n)]
+        outputs: list[list[int]] = [[] for _ in range(n)]
+        if not _LeftPaddedDecoder.supports(self.model):  # an unknown architecture: exact fallback
+            for i, p in enumerate(prompts):
+                outputs[i] = self.generate_ids(
+                    p, max_new_tokens=max_new_tokens, allowed=masks[i], do_sample=do_sample, temperature=temperature,
+                    top_p=top_p, top_k=top_k, seed=None if seed is None else seed + i, min_new_tokens=min_new_tokens,
+                    stop_at_eos=stop_at_eos,
+                )
+            return outputs
+        order = sorted(range(n), key=lambda i: -len(prompts[i]))
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc="generate", unit="prompt")
+        with torch.inference_mode():
+            for b0 in range(0, n, batch_size):
+                rows = order[b0 : b0 + batch_size]
+                self._decode_rows(
+                    rows, prompts, budgets, masks, stops, gens, outputs, do_sample=do_sample, temperature=temperature,
+                    top_p=top_p, top_k=top_k, min_new_tokens=min_new_tokens, device=device,
+                )
+                if bar is not None:
+                    bar.update(len(rows))
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(o) for o in outputs)
+        self.last_stats = {
+            "prompts": n, "new_tokens": tokens, "prompt_tokens": sum(len(p) for p in prompts), "seconds": seconds,
+            "tokens_per_s": tokens / seconds if seconds > 0 else float("inf"),
+        }
+        return outputs
+
+    def _decode_rows(
+        self,
+        rows: list[int],
+        prompts: Sequence[Sequence[int]],
+        budgets: list[int],
+        masks: list[Tensor | None],
+        stops: list[set[int]],
+        gens: list[torch.Generator | None],
+        outputs: list[list[int]],
+        *,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        min_new_tokens: int,
+        device: torch.device,
+    ) -> None:
+        """Decodes one batch of prompts (indices ``rows``) into ``outputs`` (see generate_batch_ids)."""
+        eos = self.tokenizer.eos_id
+        V = self.config.vocab_size
+        lengths = [len(prompts[i]) for i in rows]
+        W = max(lengths)
+        pad = eos if eos is not None and eos >= 0 else 0
+        ids = torch.full((len(rows), W), pad, dtype=torch.long, device=device)
+        for r, i in enumerate(rows):
+            ids[r, W - lengths[r] :] = torch.tensor(list(prompts[i]), dtype=torch.long, device=device)
+        ban = torch.zeros(len(rows), V, dtype=torch.bool, device=device)
+        for r, i in enumerate(rows):
+            if masks[i] is not None:
+                ban[r] = ~masks[i].to(device=device, dtype=torch.bool)[:V]  # type: ignore[union-attr]
+        capacity = W + max(budgets[i] for i in rows)
+        dec = _LeftPaddedDecoder(self.model)
+        logits = dec.start(ids, lengths, capacity)
+        active = list(rows)  # prompt index of each current batch row
+        positions = torch.tensor(lengths, dtype=torch.long, device=device)
+        column = W
+        while True:
+            last = logits.float().masked_fill(ban, float("-inf"))
+            if eos is not None and 0 <= eos < V:
+                young = torch.tensor([len(outputs[i]) < min_new_tokens for i in active], device=device)
+                last[:, eos] = last[:, eos].masked_fill(young, float("-inf"))
+            if do_sample:
+                cpu = last.cpu()
+                picks = [
+                    sample_next(cpu[r], do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, generator=gens[i])
+                    for r, i in enumerate(active)
+                ]
+            else:
+                picks = torch.argmax(last, dim=-1).tolist()
+            keep = []
+            for r, (i, tok) in enumerate(zip(active, picks)):
+                outputs[i].append(int(tok))
+                if int(tok) not in stops[i] and len(outputs[i]) < budgets[i]:
+                    keep.append(r)
+            if not keep:
+                return
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, dtype=torch.long, device=device)
+                dec.keep(idx)
+                ban, positions = ban[idx], positions[idx]
+                active = [active[r] for r in keep]
+                picks = [picks[r] for r in keep]
+            step_ids = torch.tensor(picks, dtype=torch.long, device=device)
+            logits = dec.step(step_ids, positions, column)
+            positions = positions + 1
+            column += 1
+
+    def score_continuations(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[ContinuationScore]:
+        """Log-probabilities of ``continuations[i]`` after ``prompts[i]`` (natural log).
+
+        Each pair is scored as one sequence ``prompt + continuation``; pairs are sorted by length
+        and run ``batch_size`` at a time as right-padded batches (fairseq2's ``BatchLayout`` with
+        ``seq_lens``), and only the continuation positions go through the output projection (the
+        full ``[B, L, V]`` logits of a 7B model would not fit). The result equals scoring each
+        pair alone (``batch_size=1``) up to float rounding. Prompts may repeat (one prompt, many
+        candidate continuations).
+
+        Args:
+            prompts: token-id lists, each non-empty (include BOS if the model was trained with it).
+            continuations: token-id lists (an empty one scores 0).
+            batch_size: sequences per forward pass.
+            progress: show a tqdm bar.
+
+        Returns:
+            One :class:`ContinuationScore` per pair, in input order.
+        """
+        import time
+
+        if len(prompts) != len(continuations):
+            raise ValueError(f"score_continuations: {len(prompts)} prompts but {len(continuations)} continuations")
+        max_len = self.config.max_seq_len
+        seqs = []
+        for i, (p, c) in enumerate(zip(prompts, continuations)):
+            if not p:
+                raise ValueError(f"score_continuations: prompt {i} is empty")
+            if len(p) + len(c) > max_len:
+                raise ValueError(f"score_continuations: pair {i} has {len(p) + len(c)} tokens > max_seq_len {max_len}")
+            seqs.append(list(p) + list(c))
+        results: list[ContinuationScore | None] = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        device = self.device
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(seqs), desc="score", unit="seq")
+        with torch.inference_mode():
+            for b0 in range(0, len(order), batch_size):
+                rows = order[b0 : b0 + batch_size]
+                lens = [len(seqs[i]) for i in rows]
+                W = max(lens)
+                ids = torch.zeros(len(rows), W, dtype=torch.long, device=device)
+                for r, i in enumerate(rows):
+                    ids[r, : lens[r]] = torch.tensor(seqs[i], dtype=torch.long, device=device)
+                layout = BatchLayout.of(ids, lens if min(lens) < W else None)
+                x, layout = self.model.decoder_frontend(ids, layout)
+                hidden = self.model.decoder(x, layout)  # [B, W, M]
+                # position t predicts token t + 1: gather the positions before each continuation token
+                sel_b, sel_t, targets, owner = [], [], [], []
+                for r, i in enumerate(rows):
+                    n_p, n_c = len(prompts[i]), len(continuations[i])
+                    for j in range(n_c):
+                        sel_b.append(r)
+                        sel_t.append(n_p - 1 + j)
+                        targets.append(seqs[i][n_p + j])
+                        owner.append(i)
+                if sel_b:
+                    h = hidden[torch.tensor(sel_b, device=device), torch.tensor(sel_t, device=device)]
+                    logp = self.model.final_proj(h).float().log_softmax(-1)
+                    tok_lp = logp.gather(1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1).tolist()
+                else:
+                    tok_lp = []
+                per: dict[int, list[float]] = {i: [] for i in rows}
+                for i, lp in zip(owner, tok_lp):
+                    per[i].append(float(lp))
+                for i in rows:
+                    results[i] = ContinuationScore(sum_logprob=float(sum(per[i])), token_logprobs=per[i])
+                if bar is not None:
+                    bar.update(len(rows))
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(s) for s in seqs)
+        self.last_stats = {"sequences": len(seqs), "tokens": tokens, "seconds": seconds,
+                           "tokens_per_s": tokens / seconds if seconds > 0 else float("inf")}
+        return [r for r in results if r is not None]
+
+    def generate_batch(
+        self,
+        inputs: Sequence[Sequence[InputItem] | str],
+        output_modality: OutputModality | Sequence[OutputModality] = "text",
+        **kwargs: Any,
+    ) -> list[list[GenerationOutput]]:
+        """:meth:`generate` for many prompts at once (keyword arguments of :meth:`generate_batch_ids`).
+
+        ``output_modality`` is one modality for all prompts or one per prompt; each row gets its
+        modality's vocabulary mask. Returns the segments of each prompt, in input order.
+        """
+        n = len(inputs)
+        modalities = [output_modality] * n if isinstance(output_modality, str) else list(output_modality)
+        if len(modalities) != n:
+            raise ValueError(f"generate_batch: {len(modalities)} output modalities for {n} inputs")
+        rendered_all, prompt_ids = [], []
+        for items, modality in zip(inputs, modalities):
+            if isinstance(items, str):
+                items = [("text", items)]
+            if not items:
+                raise ValueError("generate_batch: an input list is empty")
+            rendered = [self._render_input(item) for item in items]
+            rendered_all.append(rendered)
+            prompt_ids.append(self.tokenizer.encode(build_prompt(rendered, modality), bos=True, eos=False))
+        allowed = [self.allowed_tokens(m) for m in modalities]
+        kwargs.setdefault("do_sample", True)
+        ids_all = self.generate_batch_ids(prompt_ids, allowed=allowed, **kwargs)
+        return [self._outputs_of(ids, rendered, m) for ids, rendered, m in zip(ids_all, rendered_all, modalities)]
+
+    def _outputs_of(
+        self, ids: Sequence[int], rendered: Sequence[tuple[str, str]], output_modality: str
+    ) -> list[GenerationOutput]:
+        """Generated ids → segments (as :meth:`generate_with_details` builds them)."""
+        eos = self.tokenizer.eos_id
+        body = list(ids[:-1]) if ids and ids[-1] == eos else list(ids)
+        string = decode_tokens(self.tokenizer, body)
+        lead = rendered[-1][0] if output_modality == "arbitrary" else output_modality
+        outputs = []
+        for seg in split_modalities((TEXT_MARKER if lead == "text" else SPEECH_MARKER) + string):
+            if seg.modality == "text":
+                outputs.append(GenerationOutput("text", seg.text))
+            else:
+                tokens, units = seg.render(), seg.units()
+                content: Any = self.vocoder.decode(units) if self.vocoder is not None else tokens
+                outputs.append(GenerationOutput("speech", content, tokens=tokens, units=units))
+        return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched decoding and scoring (used by the evaluations)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContinuationScore:
+    """Log-probability of a continuation given its prompt (natural log).
+
+    Attributes:
+        sum_logprob: ``sum(token_logprobs)``.
+        token_logprobs: ``log p(c_i | prompt, c_<i)`` for each continuation token, in order.
+    """
+
+    sum_logprob: float
+    token_logprobs: list[float]
+
+
+class _LeftPaddedDecoder:
+    """Runs a fairseq2 LLaMA ``TransformerLM`` on left-padded batches with its own KV cache.
+
+    fairseq2 0.8.1's ``BatchLayout`` describes right padding only (``position_indices`` are
+    ``0..len-1`` then ``-1``), and its incremental attention refuses padded batches
+    (``"`keys` must not be a padded batch."``). Left padding is what batched decoding needs (every
+    row's next token lands in the same column), so this class calls the model's own modules
+    (embedding, RMSNorms, projections, GLU FFN, the ``RotaryEncoder``'s frequency table) with
+    explicit per-row positions and a key mask:
+
+    * row ``b`` with ``p_b`` pad columns gives its real tokens RoPE positions ``0, 1, …`` (the
+      positions one-at-a-time decoding uses, so greedy paths agree);
+    * keys in pad columns are masked out; a pad query attends to itself only (so no row of the
+      attention is empty, which would give NaN); its output is never read.
+
+    The cache holds ``k``/``v`` per layer, ``[B, H_kv, T, head_dim]``, preallocated for the
+    longest row; finished rows are dropped from it (:meth:`keep`).
+    """
+
+    def __init__(self, model: TransformerLM) -> None:
+        self.model = model
+        self.layers = list(model.decoder.layers)  # type: ignore[attr-defined]
+        self.final_norm = getattr(model.decoder, "layer_norm", None)
+        attn0 = self.layers[0].self_attn
+        self.freqs = torch.view_as_complex(attn0.pos_encoder.freqs.float())  # [max_seq_len + 1, E / 2]
+        self.k: list[Tensor] = []
+        self.v: list[Tensor] = []
+        self.key_valid: Tensor | None = None  # [B, T] bool
+
+    @staticmethod
+    def supports(model: Any) -> bool:
+        """Whether ``model`` has the pre-norm LLaMA structure this decoder reimplements."""
+        from fairseq2.models.transformer import CausalAttentionBias, TransformerNormOrder
+        from fairseq2.nn import RotaryEncoder
+
+        try:
+            layers = list(model.decoder.layers)
+            if getattr(model.decoder_frontend, "pos_encoder", None) is not None:
+                return False
+            if getattr(model.decoder_frontend, "scale", 1.0) != 1.0:
+                return False
+            for layer in layers:
+                attn = layer.self_attn
+                if layer.norm_order != TransformerNormOrder.PRE or not isinstance(attn.pos_encoder, RotaryEncoder):
+                    return False
+                if attn.q_norm is not None or attn.k_norm is not None or getattr(attn, "v_norm", None) is not None:
+                    return False
+                bias = attn.sdpa.bias
+                if not isinstance(bias, CausalAttentionBias) or getattr(bias, "attn_window_len", None) is not None:
+                    return False
+                if getattr(attn.sdpa, "scale", None) is not None:
+                    return False
+            return bool(layers)
+        except AttributeError:
+            return False
+
+    def _rope(self, x: Tensor, positions: Tensor) -> Tensor:
+        """``x`` ``[B, S, H, D]`` rotated by ``positions`` ``[B, S]`` (``-1``: pad, no rotation data)."""
+        freqs = self.freqs[positions + 1]  # row 0 of the table is fairseq2's pad entry
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(xc * freqs.unsqueeze(2)).flatten(-2).type_as(x)
+
+    def start(self, ids: Tensor, lengths: Sequence[int], capacity: int) -> Tensor:
+        """Prefills left-padded ``ids`` ``[B, W]`` (row ``b`` real in its last ``lengths[b]``
+        columns); allocates ``capacity`` cache columns; returns the last column's logits ``[B, V]``."""
+        B, W = ids.shape
+        device = ids.device
+        lens = torch.tensor(list(lengths), device=device)
+        pads = W - lens
+        cols = torch.arange(W, device=device)
+        positions = cols.unsqueeze(0) - pads.unsqueeze(1)  # [B, W]
+        positions = positions.masked_fill(positions < 0, -1)
+        self.key_valid = torch.zeros(B, capacity, dtype=torch.bool, device=device)
+        self.key_valid[:, :W] = positions >= 0
+        dtype = next(self.model.parameters()).dtype
+        self.k, self.v = [], []
+        for layer in self.layers:
+            attn = layer.self_attn
+            shape = (B, attn.num_key_value_heads, capacity, attn.head_dim)
+            self.k.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.v.append(torch.zeros(shape, dtype=dtype, device=device))
+        causal = cols.unsqueeze(0) <= cols.unsqueeze(1)  # [W(query), W(key)]
+        mask = causal.unsqueeze(0) & self.key_valid[:, None, :W]
+        mask |= torch.eye(W, dtype=torch.bool, device=device).unsqueeze(0)
+        return self._forward(ids, positions, mask.unsqueeze(1), 0)
+
+    def step(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
+        """Feeds one token per row (``ids``, ``positions`` ``[B]``) written at cache ``column``;
+        returns logits ``[B, V]``."""
+        assert self.key_valid is not None
+        self.key_valid[:, column] = True
+        mask = self.key_valid[:, None, None, : column + 1]
+        return self._forward(ids.unsqueeze(1), positions.unsqueeze(1), mask, column)
+
+    def keep(self, rows: Tensor) -> None:
+        """Keeps only ``rows`` (indices into the current batch) in the cache."""
+        assert self.key_valid is not None
+        self.key_valid = self.key_valid[rows]
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
+    def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor, column: int) -> Tensor:
+        from torch.nn.functional import scaled_dot_product_attention
+
+        S = ids.size(1)
+        x, _ = self.model.decoder_frontend(ids, BatchLayout.of(ids))
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = self._rope(attn.q_proj(h).unflatten(-1, (-1, attn.head_dim)), positions)
+            k = self._rope(attn.k_proj(h).unflatten(-1, (-1, attn.head_dim)), positions)
+            v = attn.v_proj(h).unflatten(-1, (-1, attn.head_dim))
+            self.k[i][:, :, column : column + S] = k.transpose(1, 2)
+            self.v[i][:, :, column : column + S] = v.transpose(1, 2)
+            keys, values = self.k[i][:, :, : column + S], self.v[i][:, :, : column + S]
+            if attn.num_query_groups > 1:  # grouped-query attention: kv head j serves heads j*g … j*g+g-1
+                keys = keys.repeat_interleave(attn.num_query_groups, dim=1)
+                values = values.repeat_interleave(attn.num_query_groups, dim=1)
+            o = scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+            x = x + attn.output_proj(o.transpose(1, 2).flatten(-2))
+            x = x + layer.ffn(layer.ffn_layer_norm(x))
+        last = x[:, -1]
+        if self.final_norm is not None:
+            last = self.final_norm(last)
+        return self.model.final_proj(last)
+
+
+def _per_row_masks(allowed: Tensor | Sequence[Tensor] | None, n: int, vocab_size: int) -> list[Tensor | None]:
+    if allowed is None:
+        return [None] * n
+    if isinstance(allowed, Tensor):
+        return [allowed] * n
+    masks = list(allowed)
+    if len(masks) != n:
+        raise ValueError(f"allowed: {len(masks)} masks for {n} prompts")
+    return masks

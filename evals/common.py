@@ -1,0 +1,375 @@
+"""What every evaluation shares: the model bundle, inputs, metrics with bootstrap intervals, output files.
+
+* :func:`load_eval_model` → :class:`EvalModel` (the LM, optional vocoder and speech tokenizer);
+* inputs: :func:`load_manifest_items` (a manifest split as dicts), :func:`load_units` (Meta's
+  units JSONL), :func:`speech_string` (a unit dict → the LM's token string), :func:`draw_shots`
+  (seeded few-shot examples that never include the target);
+* metrics: :func:`normalize_text`, :func:`word_error_rate` / :func:`char_error_rate` (jiwer),
+  :func:`bootstrap_ci` (95% percentile bootstrap), :func:`metric` (one headline metric's record);
+* outputs: :class:`EvalResult` and :func:`write_eval_outputs` (``metrics.json`` +
+  ``predictions.jsonl``, written atomically, byte-identical for the same seed, and one summary line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spiritlm.errors import UserError
+
+__all__ = [
+    "EvalModel",
+    "EvalResult",
+    "bootstrap_ci",
+    "char_error_rate",
+    "draw_shots",
+    "edit_counts",
+    "load_eval_model",
+    "load_manifest_items",
+    "load_units",
+    "metric",
+    "normalize_text",
+    "speech_string",
+    "units_of",
+    "word_error_rate",
+    "write_eval_outputs",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model bundle
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalModel:
+    """An LM ready for evaluation, with what speech outputs and inputs need.
+
+    Attributes:
+        lm: the :class:`spiritlm.generation.SpiritLM`.
+        vocoder: turns unit dicts into 16 kHz waveforms (``decode(units)``), or None.
+        speech_tokenizer: turns audio into unit dicts / token strings, or None.
+        expressive: the LM's vocabulary has pitch (``[Pi…]``) and style (``[St…]``) tokens.
+        name: the model path as given (recorded in ``metrics.json``).
+    """
+
+    lm: Any
+    vocoder: Any | None = None
+    speech_tokenizer: Any | None = None
+    expressive: bool = False
+    name: str = ""
+
+
+def _load_vocoder(path: str, device: str) -> Any:
+    import importlib
+
+    for module in ("spiritlm.vocoder", "spiritlm.vocoder.inference", "spiritlm.vocoder.model"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        cls = getattr(mod, "Vocoder", None)
+        if cls is not None and hasattr(cls, "load"):
+            return cls.load(path, device=device)
+    raise UserError(f"{path}: this installation has no loadable vocoder class (spiritlm.vocoder.Vocoder) (--vocoder)")
+
+
+def load_eval_model(
+    model: str, *, vocoder: str | None = None, speech_tokenizer: str | None = None, device: str = "cpu"
+) -> EvalModel:
+    """Loads a model directory (any layout :meth:`SpiritLM.from_pretrained` reads) for evaluation.
+
+    Args:
+        model: Hugging Face LLaMA folder, ``spiritlm train`` run folder or checkpoint folder.
+        vocoder: a vocoder folder (needed by the tasks that output speech).
+        speech_tokenizer: a :class:`spiritlm.tokenizers.speech_tokenizer.SpeechTokenizer`
+            folder (needed when the inputs are audio rather than units).
+        device: ``cpu`` or ``cuda[:N]``.
+    """
+    from spiritlm.generation import SpiritLM
+
+    if not Path(model).is_dir():
+        raise UserError(f"{model}: no such model directory (--model)")
+    try:
+        lm = SpiritLM.from_pretrained(model, device=device)
+    except FileNotFoundError as e:
+        raise UserError(f"{e} (--model)") from None
+    stok = None
+    if speech_tokenizer is not None:
+        from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer
+
+        if not Path(speech_tokenizer).is_dir():
+            raise UserError(f"{speech_tokenizer}: no such speech tokenizer directory (--speech_tokenizer)")
+        stok = SpeechTokenizer.load(speech_tokenizer, device=device)
+        lm.speech_tokenizer = stok
+    voc = None
+    if vocoder is not None:
+        if not Path(vocoder).is_dir():
+            raise UserError(f"{vocoder}: no such vocoder directory (--vocoder)")
+        voc = _load_vocoder(vocoder, device)
+    expressive = bool(getattr(lm.tokenizer, "expressive", False))
+    return EvalModel(lm=lm, vocoder=voc, speech_tokenizer=stok, expressive=expressive, name=str(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def load_manifest_items(manifest: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """The lines of a manifest (``audio`` made absolute) as dicts, keeping only ``split`` if given.
+
+    Raises:
+        UserError: unreadable manifest, bad line (``path:line: …``), or no line of that split.
+    """
+    from spiritlm.corpus.manifest import ManifestError, read_manifest
+
+    if not Path(manifest).is_file():
+        raise UserError(f"{manifest}: no such manifest (--manifest)")
+    try:
+        utts = read_manifest(manifest)
+    except ManifestError as e:
+        raise UserError(f"{e} (--manifest)") from None
+    items = [u.to_json() for u in utts if split is None or u.split == split]
+    if not items:
+        splits = sorted({str(u.split) for u in utts})
+        raise UserError(f"{manifest}: no utterance of split {split!r} (splits present: {', '.join(splits)}) (--manifest)")
+    return items
+
+
+def load_units(path: str | os.PathLike) -> dict[str, dict]:
+    """Meta's units JSONL (``{"id", "audio", "hubert", ["pitch", "style"]}`` a line) → ``{key: row}``.
+
+    Rows are keyed by ``id`` and by ``audio`` path (as written and absolute), as
+    :func:`spiritlm.interleave.read_units` does; use :func:`units_of` to look an item up.
+    """
+    from spiritlm.interleave import read_units
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such units file (--units)")
+    try:
+        return read_units(path)
+    except ValueError as e:
+        raise UserError(f"{e} (--units)") from None
+
+
+def units_of(item: dict, units: dict[str, dict]) -> dict | None:
+    """The units row of a manifest item: by ``id``, else by its ``audio`` path; None if absent."""
+    row = units.get(str(item.get("id")))
+    if row is None and item.get("audio"):
+        row = units.get(str(item["audio"])) or units.get(str(Path(item["audio"]).resolve()))
+    return row
+
+
+def speech_string(units_row: dict, expressive: bool) -> str:
+    """A unit dict → the LM's token string (``formats.units_to_string``; deduplicated HuBERT).
+
+    ``expressive`` adds the pitch and style streams (both must be present); a Base model's
+    string has the HuBERT tokens only, whatever else the row holds.
+    """
+    from spiritlm.formats import units_to_string
+
+    if expressive:
+        missing = [k for k in ("pitch", "style") if not units_row.get(k)]
+        if missing:
+            raise ValueError(f"units of {units_row.get('id', units_row.get('audio'))!r} lack {', '.join(missing)} "
+                             "(an expressive model needs them)")
+    return units_to_string(units_row, has_pitch=expressive, has_style=expressive)
+
+
+def draw_shots(pool: Sequence[dict], k: int, seed: int, target_id: str) -> list[dict]:
+    """``k`` few-shot examples from ``pool`` for the item ``target_id``, never the target itself.
+
+    The draw depends only on ``(seed, target_id)`` and the pool, so an item gets the same shots
+    whatever else is evaluated and in whatever order. Fewer than ``k`` come back only when the
+    pool (minus the target) is smaller.
+    """
+    candidates = [p for p in pool if str(p["id"]) != str(target_id)]
+    rng = random.Random(f"{seed}:{target_id}")  # str seeds hash deterministically (sha512)
+    return rng.sample(candidates, min(k, len(candidates)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+_PUNCT_RE = re.compile(r"[^\w\s']|_")
+_SPACE_RE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, punctuation replaced by spaces (apostrophes inside words kept), spaces collapsed.
+
+    >>> normalize_text("  Hello, World!  It's  ME. ")
+    "hello world it's me"
+    """
+    text = _PUNCT_RE.sub(" ", text.lower())
+    text = " ".join(w.strip("'") for w in text.split())
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+def edit_counts(ref: str, hyp: str, unit: str = "word") -> tuple[int, int]:
+    """``(errors, reference length)`` of one utterance after :func:`normalize_text`.
+
+    ``errors`` = substitutions + deletions + insertions (jiwer's alignment); ``unit`` is
+    ``"word"`` or ``"char"`` (characters of the normalised string, spaces included, as jiwer's
+    CER). An empty reference has length 0 and one error per hypothesis unit.
+    """
+    import jiwer
+
+    ref, hyp = normalize_text(ref), normalize_text(hyp)
+    if unit == "word":
+        if not ref:
+            return len(hyp.split()), 0
+        out = jiwer.process_words(ref, hyp if hyp else "")
+        return out.substitutions + out.deletions + out.insertions, len(ref.split())
+    if unit == "char":
+        if not ref:
+            return len(hyp), 0
+        out = jiwer.process_characters(ref, hyp)
+        return out.substitutions + out.deletions + out.insertions, len(ref)
+    raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+
+
+def _rate(counts: Sequence[tuple[int, int]]) -> float:
+    errors = sum(e for e, _ in counts)
+    total = sum(n for _, n in counts)
+    return errors / total if total else float("nan")
+
+
+def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus WER: all word errors / all reference words (jiwer, after :func:`normalize_text`)."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    return _rate([edit_counts(r, h, "word") for r, h in zip(refs, hyps)])
+
+
+def char_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus CER: all character errors / all reference characters (after :func:`normalize_text`)."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    return _rate([edit_counts(r, h, "char") for r, h in zip(refs, hyps)])
+
+
+def ratio_of_sums(rows: np.ndarray) -> float:
+    """Statistic for :func:`bootstrap_ci` over ``(errors, length)`` rows: a corpus error rate."""
+    total = rows[:, 1].sum()
+    return float(rows[:, 0].sum() / total) if total else float("nan")
+
+
+def bootstrap_ci(
+    values: Sequence[Any], *, n_resamples: int = 1000, seed: int = 0, statistic: Callable[[np.ndarray], float] = np.mean
+) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``statistic(values)``.
+
+    Items (rows of ``values``: numbers, or tuples such as ``(errors, length)`` with
+    :func:`ratio_of_sums`) are resampled with replacement ``n_resamples`` times with a seeded
+    generator; the interval is the 2.5th and 97.5th percentiles of the resampled statistic.
+    Returns ``(nan, nan)`` for no items.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    n = len(arr)
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    stats = np.array([statistic(arr[i]) for i in idx], dtype=np.float64)
+    low, high = np.nanpercentile(stats, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def metric(value: float, ci95: tuple[float, float], chance: float | None, n: int, **extra: Any) -> dict[str, Any]:
+    """A headline metric's record in ``metrics.json``: ``{"value", "ci95", "chance", "n", …}``."""
+    return {"value": _num(value), "ci95": [_num(ci95[0]), _num(ci95[1])], "chance": _num(chance), "n": int(n), **extra}
+
+
+def _num(x: Any) -> Any:
+    """Floats rounded to 6 decimals (stable text across runs); NaN → None (valid JSON)."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if x != x else round(x, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """What a task returns and writes.
+
+    Attributes:
+        task: task name (``asr``, ``ic``, ``zeroshot``, …).
+        metrics: headline metrics by name (each from :func:`metric`), plus ``"config"`` (model,
+            seed, shots, …) and any task extras (confusion matrix, per-set scores).
+        predictions: one dict per evaluated item (``id``, ``shot_ids``, ``seed``, ``output``,
+            ``score``, …).
+        throughput: timing of the run (tokens/s); printed, kept out of ``metrics.json`` so that
+            the same seed gives the same file.
+    """
+
+    task: str
+    metrics: dict[str, Any]
+    predictions: list[dict] = field(default_factory=list)
+    throughput: dict[str, Any] = field(default_factory=dict)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def summary_line(result: EvalResult) -> str:
+    """``[eval <task>] name=value name_ci95=low..high name_chance=c … n=N`` for the headline metrics."""
+    parts = [f"[eval {result.task}]"]
+    n = None
+    for name, rec in result.metrics.items():
+        if not (isinstance(rec, dict) and "value" in rec and "ci95" in rec):
+            continue
+        fmt = lambda x: "nan" if x is None else f"{x:.4f}"  # noqa: E731
+        parts.append(f"{name}={fmt(rec['value'])}")
+        parts.append(f"{name}_ci95={fmt(rec['ci95'][0])}..{fmt(rec['ci95'][1])}")
+        if rec.get("chance") is not None:
+            parts.append(f"{name}_chance={fmt(rec['chance'])}")
+        n = rec.get("n", n)
+    if n is not None:
+        parts.append(f"n={n}")
+    if result.throughput.get("tokens_per_s") is not None:
+        parts.append(f"tokens_per_s={result.throughput['tokens_per_s']:.1f}")
+    return " ".join(parts)
+
+
+def write_eval_outputs(out_dir: str | os.PathLike, result: EvalResult) -> None:
+    """Writes ``out_dir/metrics.json`` and ``out_dir/predictions.jsonl`` atomically; prints one line.
+
+    Both files depend only on the model, the inputs and the seed (floats rounded by
+    :func:`metric`, keys in insertion order), so a rerun with the same seed writes the same
+    bytes. Timing goes to ``out_dir/throughput.json`` (not reproducible by nature).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"task": result.task, **result.metrics}
+    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
+    _atomic_write(out / "predictions.jsonl", lines)
+    if result.throughput:
+        _atomic_write(out / "throughput.json", json.dumps(result.throughput, indent=2) + "\n")
+    print(summary_line(result), flush=True)

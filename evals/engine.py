@@ -1,0 +1,122 @@
+"""Evaluation-side helpers over the batched engine of :class:`spiritlm.generation.SpiritLM`.
+
+The engine itself (``generate_batch_ids``, ``score_continuations``, ``generate_batch``) lives
+on ``SpiritLM``; this module holds what the tasks build with it:
+
+* :func:`fit_shots`: how many few-shot examples fit in the model's context;
+* :func:`text_stop_ids`: ids that end a text answer (markers, newline pieces);
+* :func:`choose_by_likelihood`: pick one of several candidate continuations per prompt;
+* :class:`Throughput`: tokens/s accumulated over the engine calls of a task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Throughput", "choose_by_likelihood", "fit_shots", "text_stop_ids"]
+
+
+@dataclass
+class Throughput:
+    """Sums ``SpiritLM.last_stats`` over calls: generated (or scored) tokens and seconds."""
+
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+    scored_tokens: int = 0
+    scoring_seconds: float = 0.0
+    calls: list[dict] = field(default_factory=list)
+
+    def add(self, stats: dict[str, Any] | None) -> None:
+        if not stats:
+            return
+        if "new_tokens" in stats:
+            self.generated_tokens += int(stats["new_tokens"])
+            self.generation_seconds += float(stats["seconds"])
+        else:
+            self.scored_tokens += int(stats.get("tokens", 0))
+            self.scoring_seconds += float(stats["seconds"])
+
+    def as_dict(self) -> dict[str, Any]:
+        gen = self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else None
+        sco = self.scored_tokens / self.scoring_seconds if self.scoring_seconds > 0 else None
+        out: dict[str, Any] = {
+            "generated_tokens": self.generated_tokens, "generation_seconds": round(self.generation_seconds, 3),
+            "generated_tokens_per_s": gen, "scored_tokens": self.scored_tokens,
+            "scoring_seconds": round(self.scoring_seconds, 3), "scored_tokens_per_s": sco,
+        }
+        out["tokens_per_s"] = gen if gen is not None else sco
+        return out
+
+
+def fit_shots(shot_lengths: Sequence[int], fixed_length: int, max_seq_len: int, reserve: int) -> int:
+    """How many of the shots (in order) fit: ``fixed_length + sum(shots[:k]) + reserve <= max_seq_len``.
+
+    Args:
+        shot_lengths: token count of each rendered shot.
+        fixed_length: tokens of everything else in the prompt (BOS, the target's part).
+        max_seq_len: the model's context.
+        reserve: tokens kept free for the answer (generation budget or longest label).
+
+    Returns:
+        The largest ``k`` that fits (0 if not even the target fits; the caller then skips it).
+    """
+    room = max_seq_len - fixed_length - reserve
+    k = 0
+    for n in shot_lengths:
+        if room - n < 0:
+            break
+        room -= n
+        k += 1
+    return k
+
+
+def text_stop_ids(tokenizer: Any) -> list[int]:
+    """Ids that end a generated text answer: both modality markers and pieces holding a newline.
+
+    A k-shot prompt's answers are followed by the next example's marker, so a model that
+    learnt the format emits a marker (or EOS) after its answer.
+    """
+    ids = [tokenizer.text_marker_id, tokenizer.speech_marker_id]
+    for i in range(tokenizer.vocab_size):
+        piece = tokenizer.piece_of(i)
+        if piece == "<0x0A>" or "\n" in piece:
+            ids.append(i)
+    return sorted(set(ids))
+
+
+def choose_by_likelihood(
+    lm: Any,
+    prompts: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    normalize: bool = False,
+    progress: bool = False,
+) -> tuple[list[int], list[list[float]]]:
+    """For each prompt, the index of the candidate continuation with the highest log-probability.
+
+    Every (prompt, candidate) pair is scored in one batched ``score_continuations`` call (the
+    prompt repeats across its candidates). ``normalize`` divides by the candidate's token count
+    (length-normalised score; the plain sum favours short candidates).
+
+    Returns:
+        ``(best index per prompt, scores[prompt][candidate])``; ties go to the first candidate.
+    """
+    flat_p, flat_c = [], []
+    for p in prompts:
+        for c in candidates:
+            flat_p.append(p)
+            flat_c.append(c)
+    scores = lm.score_continuations(flat_p, flat_c, batch_size=batch_size, progress=progress)
+    k = len(candidates)
+    table: list[list[float]] = []
+    for i in range(len(prompts)):
+        row = []
+        for j in range(k):
+            s = scores[i * k + j]
+            row.append(s.sum_logprob / max(1, len(candidates[j])) if normalize else s.sum_logprob)
+        table.append(row)
+    best = [max(range(k), key=lambda j: (row[j], -j)) for row in table]
+    return best, table
