@@ -1,0 +1,216 @@
+"""Vocoder training: data alignment, bad lines, loss going down, exact resume, the saved folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from spiritlm.errors import UserError
+from spiritlm.vocoder.data import (
+    SegmentSampler,
+    collate,
+    cut_segment,
+    load_utterances,
+    repeat_codes,
+)
+from spiritlm.vocoder.model import upsample_codes
+from spiritlm.vocoder.train import TrainConfig, latest_checkpoint, train_vocoder
+
+SR = 16_000
+HOP = 640
+
+
+def make_corpus(root, n_utts: int = 6, seed: int = 0, n_units: int = 20, n_pitch: int = 8, n_style: int = 4):
+    """A tiny aligned corpus: harmonic tones whose F0 follows the pitch codes, units from the
+    codes too (so audio is predictable from units), 2 speakers, splits train/valid/test."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root / "audio", exist_ok=True)
+    man, units = [], []
+    for i in range(n_utts):
+        T = int(rng.integers(30, 60))  # units (1.2 - 2.4 s)
+        pitch = rng.integers(0, n_pitch, size=-(-T // 2))
+        style = rng.integers(0, n_style, size=-(-T // 25))
+        per_unit_pitch = repeat_codes(pitch, 2, T)
+        f0 = np.repeat(110.0 * 2 ** (per_unit_pitch / 12.0), HOP)
+        phase = 2 * np.pi * np.cumsum(f0) / SR
+        wav = 0.3 * np.sin(phase) + 0.1 * np.sin(2 * phase)
+        wav = np.concatenate([wav, np.zeros(int(rng.integers(0, HOP)))]).astype(np.float32)  # partial last frame
+        uid = f"u{i}"
+        sf.write(root / "audio" / f"{uid}.wav", wav, SR)
+        split = "valid" if i == n_utts - 2 else "test" if i == n_utts - 1 else "train"
+        man.append({"id": uid, "audio": f"audio/{uid}.wav", "sample_rate": SR, "duration": len(wav) / SR,
+                    "speaker": f"spk{i % 2}", "style": "default", "text": "x", "words": [], "split": split})
+        hub = (per_unit_pitch * 2 + rng.integers(0, 2, size=T)) % n_units
+        units.append({"id": uid, "audio": f"audio/{uid}.wav", "hubert": " ".join(map(str, hub)),
+                      "pitch": " ".join(map(str, pitch)), "style": " ".join(map(str, style))})
+    with open(root / "manifest.jsonl", "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in man)
+    with open(root / "units.jsonl", "w") as f:
+        f.writelines(json.dumps(u) + "\n" for u in units)
+    return str(root / "manifest.jsonl"), str(root / "units.jsonl")
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(config="tiny", max_steps=4, batch_size=2, segment_units=4, disc_width_div=32, log_every=1,
+                val_every=0, save_every=2, threads=1, max_val_utts=1, num_samples=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_repeat_codes_matches_model_upsampling():
+    for codes, ratio, n in (([3, 4], 2, 5), ([3, 4, 5], 2, 3), ([7], 25, 30), ([1, 2], 25, 26)):
+        ours = repeat_codes(np.array(codes), ratio, n)
+        theirs = upsample_codes(torch.tensor([codes]), ratio, n)[0].numpy()
+        assert ours.tolist() == theirs.tolist()
+
+
+def test_segments_are_aligned(tmp_path):
+    manifest, units = make_corpus(tmp_path)
+    utts, report = load_utterances(manifest, units)
+    assert report.skipped == 0 and len(utts) == 6
+    raw = {json.loads(line)["id"]: json.loads(line) for line in open(units)}
+    for u in utts:
+        hub = np.array(raw[u.id]["hubert"].split(), dtype=np.int64)
+        assert len(u.wav) == u.num_units * HOP  # samples = units x 640, the partial frame dropped
+        assert u.num_units == min(len(hub), len(sf.read(tmp_path / "audio" / f"{u.id}.wav")[0]) // HOP)
+    u = utts[0]
+    pitch = np.array(raw[u.id]["pitch"].split(), dtype=np.int64)
+    style = np.array(raw[u.id]["style"].split(), dtype=np.int64)
+    for start in (0, 1, 7, u.num_units - 10):
+        seg = cut_segment(u, start, 10)
+        assert seg["audio"].shape == (10 * HOP,)
+        np.testing.assert_array_equal(seg["audio"], u.wav[start * HOP : (start + 10) * HOP])
+        np.testing.assert_array_equal(seg["units"], u.units[start : start + 10])
+        # unit t of the utterance has pitch code t // 2 and style code t // 25
+        t = np.arange(start, start + 10)
+        np.testing.assert_array_equal(seg["pitch"], pitch[np.minimum(t // 2, len(pitch) - 1)])
+        np.testing.assert_array_equal(seg["style"], style[np.minimum(t // 25, len(style) - 1)])
+        # dedup + run lengths expand back to the segment's units
+        np.testing.assert_array_equal(np.repeat(seg["dedup"], seg["durations"]), seg["units"])
+
+
+def test_short_utterance_is_tiled_and_collate_pads(tmp_path):
+    manifest, units = make_corpus(tmp_path)
+    utts, _ = load_utterances(manifest, units)
+    u = utts[0]
+    seg = cut_segment(u, 0, u.num_units + 5)
+    np.testing.assert_array_equal(seg["units"][u.num_units :], u.units[:5])
+    np.testing.assert_array_equal(seg["audio"][u.num_units * HOP :], u.wav[: 5 * HOP])
+    b = collate([cut_segment(utts[0], 0, 8), cut_segment(utts[1], 3, 8)])
+    assert b["audio"].shape == (2, 1, 8 * HOP) and b["units"].shape == (2, 8) and b["pitch"].shape == (2, 8)
+    assert b["durations"].sum(1).tolist() == [8, 8]
+    assert (b["durations"] > 0).sum(1).tolist() == b["dedup_lengths"].tolist()
+
+
+def test_sampler_state_round_trip(tmp_path):
+    manifest, units = make_corpus(tmp_path)
+    utts, _ = load_utterances(manifest, units)
+    a = SegmentSampler(utts, 3, 6, seed=1)
+    a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))
+    b = SegmentSampler(utts, 3, 6, seed=99)
+    b.load_state_dict(state)
+    for _ in range(4):
+        x, y = a.next_batch(), b.next_batch()
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_bad_lines_are_skipped_with_file_and_line(tmp_path):
+    manifest, units = make_corpus(tmp_path)
+    lines = open(units).read().splitlines()
+    rec = json.loads(lines[1])
+    rec["hubert"] = "1 2 x"
+    lines[1] = json.dumps(rec)
+    lines.insert(2, "{not json")
+    rec = json.loads(lines[3])
+    rec["hubert"] = " ".join(["1"] * 500)  # far more units than the audio has
+    lines[3] = json.dumps(rec)
+    lines.append(json.dumps({"id": "nobody", "hubert": "1 2"}))
+    with open(units, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    utts, report = load_utterances(manifest, units, num_units=20)
+    assert len(utts) == 4 and report.skipped == 4
+    assert report.errors[0].startswith(f"{units}:2: 'hubert' has a non-integer id 'x'")
+    assert report.errors[1].startswith(f"{units}:3: not a JSON object")
+    assert report.errors[2].startswith(f"{units}:4: 500 units for") and "--units" in report.errors[2]
+    assert "nobody" in report.errors[3] and report.errors[3].startswith(f"{units}:8:")
+    with pytest.raises(UserError, match=r"no usable utterance: 8 line\(s\) skipped \(first: .*units.jsonl:1: unit \d+ is beyond the vocoder's 10 units"):
+        load_utterances(manifest, units, num_units=10)
+    with pytest.raises(UserError, match=r"file not found \(--units\)"):
+        load_utterances(manifest, str(tmp_path / "missing.jsonl"))
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    ckpt = latest_checkpoint(run_dir)
+    return load_file(str(ckpt / "generator.safetensors")) | {
+        f"D.{k}": v for k, v in load_file(str(ckpt / "discriminator.safetensors")).items()
+    }
+
+
+def test_exact_resume(tmp_path):
+    manifest, units = make_corpus(tmp_path)
+    quiet = dict(progress=False, log=lambda s: None)
+    train_vocoder(manifest, units, str(tmp_path / "full"), tiny_cfg(), **quiet)
+    train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(), stop_after=2, **quiet)
+    assert latest_checkpoint(tmp_path / "split").name == "step_2"
+    assert not (tmp_path / "split" / "config.json").exists()  # not finished: no vocoder yet
+    s = train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(), resume=True, **quiet)
+    assert s["final_step"] == 4
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())["train"]
+    split = json.loads((tmp_path / "split" / "metrics.json").read_text())["train"]
+    assert [full[k]["loss_g"] for k in ("3", "4")] == [split[k]["loss_g"] for k in ("3", "4")]
+    # only the newest complete checkpoint is kept, no temporary folder is left
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir()) == ["step_4"]
+
+
+def test_loss_goes_down_and_folder_loads(tmp_path):
+    from spiritlm.vocoder import Vocoder
+
+    manifest, units = make_corpus(tmp_path)
+    cfg = tiny_cfg(max_steps=30, batch_size=4, segment_units=6, lr=2e-3, log_every=10, save_every=0, val_every=30)
+    s = train_vocoder(manifest, units, str(tmp_path / "run"), cfg, progress=False, log=lambda s: None)
+    mel = [s["train"][k]["mel_l1"] for k in ("10", "20", "30")]
+    assert mel[-1] < mel[0] * 0.9, mel
+    dur = [s["train"][k]["dur_mse"] for k in ("10", "30")]
+    assert dur[-1] < dur[0], dur
+    assert "30" in s["val"] and (tmp_path / "run" / "samples" / "step_30" / "u4.wav").is_file()
+    assert (tmp_path / "run" / "tb").is_dir()
+    voc = Vocoder.from_pretrained(tmp_path / "run")
+    assert voc.speakers == ["spk0", "spk1"]
+    assert voc.config.num_pitch == 64 and voc.config.num_style == 100  # tiny has none: Meta's sizes
+    line = json.loads(open(units).readline())
+    wav = voc.synthesize({k: line[k] for k in ("hubert", "pitch", "style")}, speaker="spk1")
+    assert wav.shape == (len(line["hubert"].split()) * HOP,)
+
+
+def test_tokenizer_sizes_and_mismatch(tmp_path):
+    manifest, units = make_corpus(tmp_path)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "config.json").write_text(json.dumps({"format": "spiritlm-speech-tokenizer", "kind": "expressive",
+                                                 "n_units": 10, "n_pitch": 8, "n_style": 4}))
+    with pytest.raises(UserError, match=r"no usable utterance.*unit \d+ is beyond the vocoder's 10 units"):
+        train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tok), progress=False, log=lambda s: None)
+    with pytest.raises(UserError, match=r"config.json: not a speech tokenizer directory \(--tokenizer\)"):
+        train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tmp_path), progress=False, log=lambda s: None)

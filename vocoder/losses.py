@@ -1,0 +1,180 @@
+"""Discriminators and loss objects of vocoder training, built from speechbrain's HiFi-GAN classes.
+
+* :func:`build_discriminator`: speechbrain's ``HifiganDiscriminator`` (multi-period over periods
+  2, 3, 5, 7, 11 + multi-scale over 3 scales) at full width, or the same architecture with every
+  channel count divided by ``width_div`` (the ``tiny`` recipe: a full-width discriminator costs
+  ~20x the tiny generator per step on a CPU). The narrow one subclasses speechbrain's
+  ``DiscriminatorP`` / ``DiscriminatorS`` / ``MultiPeriodDiscriminator`` /
+  ``MultiScaleDiscriminator`` / ``HifiganDiscriminator`` and only changes their constructors:
+  the forward passes (and so the scores and feature maps) are speechbrain's.
+* :func:`build_losses`: speechbrain's ``GeneratorLoss`` (LSGAN ``MSEGLoss`` summed over the
+  discriminators, ``MelganFeatureLoss``, ``L1SpecLoss`` on 80-band log-mel spectrograms, duration
+  MSE on ``log(1 + frames)``) and ``DiscriminatorLoss`` (``MSEDLoss`` summed over the
+  discriminators).
+
+Loss weights (the choice the issue asks to make on purpose): speech-resynthesis / HiFi-GAN use
+``45 * mel L1 + sum_D LSGAN + 2 * sum_maps mean|f_real - f_fake| + 1 * duration MSE``.
+speechbrain's ``MelganFeatureLoss`` is the *mean* over the feature maps, not the sum, so its
+weight here is ``2 * number of feature maps`` (108 for MPD + MSD: 5 x 6 + 3 x 8 maps) — the same
+objective as speech-resynthesis, not speechbrain's recipe weight 10 (which is ~11x weaker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechbrain.lobes.models.HifiGAN import (
+    DiscriminatorLoss,
+    DiscriminatorP,
+    DiscriminatorS,
+    GeneratorLoss,
+    HifiganDiscriminator,
+    L1SpecLoss,
+    MelganFeatureLoss,
+    MSEDLoss,
+    MSEGLoss,
+    MultiPeriodDiscriminator,
+    MultiScaleDiscriminator,
+)
+from speechbrain.nnet.CNN import Conv2d
+from torch import nn
+
+PERIODS = (2, 3, 5, 7, 11)
+
+
+class NarrowDiscriminatorP(DiscriminatorP):
+    """speechbrain's period discriminator with channels ``32, 128, 512, 1024, 1024`` divided by ``div``.
+
+    >>> import torch
+    >>> d = NarrowDiscriminatorP(3, div=8)
+    >>> score, feats = d(torch.randn(2, 1, 3000))
+    >>> len(feats), feats[-2].shape[1]
+    (6, 128)
+    """
+
+    def __init__(self, period: int, div: int = 1, kernel_size: int = 5, stride: int = 3) -> None:
+        nn.Module.__init__(self)
+        self.period = period
+        ch = [1] + [max(4, c // div) for c in (32, 128, 512, 1024, 1024)]
+        self.convs = nn.ModuleList(
+            Conv2d(in_channels=ch[i], out_channels=ch[i + 1], kernel_size=(kernel_size, 1),
+                   stride=(stride, 1) if i < 4 else 1, padding="same", skip_transpose=True, weight_norm=True)
+            for i in range(5)
+        )
+        self.conv_post = Conv2d(in_channels=ch[-1], out_channels=1, kernel_size=(3, 1), stride=1,
+                                padding="same", skip_transpose=True, weight_norm=True)
+
+
+class NarrowDiscriminatorS(DiscriminatorS):
+    """speechbrain's scale discriminator with channels ``128 … 1024`` divided by ``div`` (groups kept)."""
+
+    def __init__(self, div: int = 1, use_spectral_norm: bool = False) -> None:
+        nn.Module.__init__(self)
+        norm = nn.utils.spectral_norm if use_spectral_norm else nn.utils.parametrizations.weight_norm
+        # (out channels, kernel, stride, groups) of each layer, as in HiFi-GAN's DiscriminatorS
+        layers = [(128, 15, 1, 1), (128, 41, 2, 4), (256, 41, 2, 16), (512, 41, 4, 16),
+                  (1024, 41, 4, 16), (1024, 41, 1, 16), (1024, 5, 1, 1)]
+        convs, c_in = [], 1
+        for c, k, s, g in layers:
+            c_out = max(16, c // div)  # >= the largest group count, so every grouped conv divides
+            convs.append(norm(nn.Conv1d(c_in, c_out, k, s, groups=g, padding=(k - 1) // 2)))
+            c_in = c_out
+        self.convs = nn.ModuleList(convs)
+        self.conv_post = norm(nn.Conv1d(c_in, 1, 3, 1, padding=1))
+
+
+class NarrowMultiPeriodDiscriminator(MultiPeriodDiscriminator):
+    """speechbrain's MPD built from :class:`NarrowDiscriminatorP`."""
+
+    def __init__(self, div: int = 1) -> None:
+        nn.Module.__init__(self)
+        self.discriminators = nn.ModuleList(NarrowDiscriminatorP(p, div) for p in PERIODS)
+
+
+class NarrowMultiScaleDiscriminator(MultiScaleDiscriminator):
+    """speechbrain's MSD built from :class:`NarrowDiscriminatorS` (spectral norm on the first)."""
+
+    def __init__(self, div: int = 1) -> None:
+        nn.Module.__init__(self)
+        self.discriminators = nn.ModuleList(
+            [NarrowDiscriminatorS(div, use_spectral_norm=True), NarrowDiscriminatorS(div), NarrowDiscriminatorS(div)]
+        )
+        self.meanpools = nn.ModuleList([nn.AvgPool1d(4, 2, padding=2), nn.AvgPool1d(4, 2, padding=2)])
+
+
+class NarrowHifiganDiscriminator(HifiganDiscriminator):
+    """speechbrain's ``HifiganDiscriminator`` (MPD + MSD) with channels divided by ``div``.
+
+    >>> import torch
+    >>> scores, feats = NarrowHifiganDiscriminator(div=16)(torch.randn(1, 1, 4000))
+    >>> len(scores), sum(len(f) for f in feats)
+    (8, 54)
+    """
+
+    def __init__(self, div: int = 1) -> None:
+        nn.Module.__init__(self)
+        self.mpd = NarrowMultiPeriodDiscriminator(div)
+        self.msd = NarrowMultiScaleDiscriminator(div)
+
+
+def build_discriminator(width_div: int = 1) -> HifiganDiscriminator:
+    """speechbrain's full ``HifiganDiscriminator`` (``width_div == 1``) or a narrow copy."""
+    if width_div < 1:
+        raise ValueError(f"width_div must be >= 1, got {width_div}")
+    return HifiganDiscriminator() if width_div == 1 else NarrowHifiganDiscriminator(width_div)
+
+
+def num_feature_maps(discriminator: HifiganDiscriminator) -> int:
+    """Feature maps the discriminator returns (each layer of each sub-discriminator): 54 for MPD + MSD."""
+    return sum(len(d.convs) + 1 for part in (discriminator.mpd, discriminator.msd) for d in part.discriminators)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the generator's loss terms (see the module docstring for the choice).
+
+    Attributes:
+        mel: weight of the L1 distance between log-mel spectrograms (45, HiFi-GAN).
+        adversarial: weight of the LSGAN generator loss summed over discriminators (1).
+        feature_matching: weight of speechbrain's *mean* feature-matching loss; None = 2 x the
+            number of feature maps (= speech-resynthesis' 2 x sum).
+        duration: weight of the duration MSE on ``log(1 + frames)`` (1).
+    """
+
+    mel: float = 45.0
+    adversarial: float = 1.0
+    feature_matching: float | None = None
+    duration: float = 1.0
+
+
+@dataclass
+class MelConfig:
+    """Mel spectrogram of the L1 loss (HiFi-GAN's: 1024-point FFT, hop 256, 80 slaney bands, 0–8 kHz, log magnitude)."""
+
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float = 8000.0
+
+
+def build_losses(discriminator: HifiganDiscriminator, weights: LossWeights, mel: MelConfig, sample_rate: int = 16_000,
+                 duration: bool = True) -> tuple[GeneratorLoss, DiscriminatorLoss, float]:
+    """speechbrain's ``GeneratorLoss`` and ``DiscriminatorLoss`` with our weights.
+
+    Returns ``(generator_loss, discriminator_loss, feature_matching_weight)``.
+    """
+    fm = weights.feature_matching if weights.feature_matching is not None else 2.0 * num_feature_maps(discriminator)
+    spec = L1SpecLoss(
+        sample_rate=sample_rate, hop_length=mel.hop_length, win_length=mel.win_length, n_mel_channels=mel.n_mels,
+        n_fft=mel.n_fft, mel_fmin=mel.f_min, mel_fmax=mel.f_max, mel_normalized=False, power=1.0,
+        norm="slaney", mel_scale="slaney", dynamic_range_compression=True,
+    )
+    g = GeneratorLoss(
+        mseg_loss=MSEGLoss(), mseg_loss_weight=weights.adversarial,
+        feat_match_loss=MelganFeatureLoss(), feat_match_loss_weight=fm,
+        l1_spec_loss=spec, l1_spec_loss_weight=weights.mel,
+        mseg_dur_loss=duration, mseg_dur_loss_weight=weights.duration,
+    )
+    return g, DiscriminatorLoss(msed_loss=MSEDLoss()), fm

@@ -1,0 +1,693 @@
+"""Training the unit HiFi-GAN: random aligned segments, MPD + MSD, exact resume, the final vocoder folder.
+
+The recipe follows speechbrain's discrete-unit HiFi-GAN and speech-resynthesis (both HiFi-GAN
+V1 training): each step draws ``batch_size`` random segments of ``segment_units`` units
+(``segment_units * 640`` samples), updates the discriminator on the generator's detached output
+(LSGAN), then the generator on ``45 * mel L1 + LSGAN + feature matching + duration MSE`` (weights
+in :mod:`spiritlm.vocoder.losses`); AdamW (2e-4, betas 0.8/0.99) and an exponential decay of the
+learning rate for both. The duration predictor learns the run lengths of each segment's
+deduplicated units (MSE on ``log(1 + frames)``).
+
+Outputs in ``out``:
+
+* the vocoder itself (``Vocoder.save``'s files: ``config.json``, weights, ``speakers.txt``), so
+  ``spiritlm vocoder synth --vocoder OUT`` works, written when the run reaches ``max_steps``;
+* ``train_config.json`` (this recipe), ``metrics.jsonl`` (one record per log / validation),
+  ``metrics.json`` (summary), ``tb/`` (TensorBoard scalars and audio), ``samples/step_N/*.wav``;
+* ``checkpoints/step_N/`` (``generator.safetensors``, ``discriminator.safetensors``,
+  ``optimizers.pt`` — weights-only optimiser states, ``rng.pt`` — torch RNG, ``trainer_state.json``
+  — step, schedulers and the segment sampler). A checkpoint is written into a temporary folder and
+  renamed, and older ones are deleted only after, so an interrupted save leaves the previous one
+  intact. ``resume=True`` continues from the newest and reproduces an uninterrupted run exactly
+  on CPU.
+
+GPU: bf16 autocast for the generator and discriminator (losses in float32), DDP under
+``torchrun`` (each rank draws its own utterances; rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .config import VocoderConfig
+from .data import SegmentSampler, Utterance, load_utterances, read_speakers
+from .losses import LossWeights, MelConfig, build_discriminator, build_losses
+from .model import UnitHifiGAN, num_parameters
+
+#: Meta's table sizes, used for a stream the data has and neither the preset nor a tokenizer sizes
+DEFAULT_PITCH_CODES = 64
+DEFAULT_STYLE_CODES = 100
+
+
+@dataclass
+class TrainConfig:
+    """A vocoder training run.
+
+    Attributes:
+        config: vocoder preset (``tiny``, ``base``, ``expressive``); table sizes are then set from
+            the tokenizer (or the data) and the manifest's speakers.
+        max_steps: optimiser steps (each: one discriminator and one generator update).
+        batch_size: segments per step (per process under DDP).
+        segment_units: units per segment (640 samples each).
+        lr: peak learning rate of both AdamW optimisers.
+        betas: AdamW betas.
+        lr_decay: ExponentialLR factor, applied every ``decay_every`` steps (speech-resynthesis:
+            0.999 per epoch).
+        decay_every: steps between two decays.
+        disc_width_div: divide the discriminator's channels by this (1 = speechbrain's full
+            ``HifiganDiscriminator``; the tiny recipe uses 8).
+        weights: loss weights.
+        mel: mel spectrogram of the L1 loss.
+        seed: seeds the model initialisation, the segment sampler and dropout.
+        log_every: steps between metrics records.
+        val_every: steps between validations (mel L1 of whole validation utterances) and audio
+            samples; 0 = only at the end.
+        save_every: steps between checkpoints (0 = only at the end).
+        keep_checkpoints: complete checkpoints kept.
+        num_samples: validation utterances written as audio samples.
+        max_val_utts: validation utterances scored.
+        threads: torch CPU threads (0 = torch's default).
+        dtype: ``auto`` (bfloat16 autocast on GPU, float32 on CPU), ``float32`` or ``bfloat16``.
+    """
+
+    config: str = "tiny"
+    max_steps: int = 1000
+    batch_size: int = 8
+    segment_units: int = 12
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.8, 0.99)
+    lr_decay: float = 0.999
+    decay_every: int = 1000
+    disc_width_div: int = 8
+    weights: LossWeights = field(default_factory=LossWeights)
+    mel: MelConfig = field(default_factory=MelConfig)
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 200
+    save_every: int = 200
+    keep_checkpoints: int = 1
+    num_samples: int = 2
+    max_val_utts: int = 8
+    threads: int = 1
+    dtype: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def recipe_defaults(config: str) -> dict[str, Any]:
+    """Per-preset defaults of :class:`TrainConfig` (the full discriminator and HiFi-GAN's batch for base sizes)."""
+    if config == "tiny":
+        return {"disc_width_div": 8, "batch_size": 8, "segment_units": 12}
+    return {"disc_width_div": 1, "batch_size": 16, "segment_units": 14}
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------------
+
+
+class _Dist:
+    """Rank, world size and device (one process unless started by torchrun)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.initialised_here = False
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.initialised_here = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.initialised_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def tokenizer_sizes(tokenizer: str | None) -> dict[str, int] | None:
+    """``{"num_units", "num_pitch", "num_style"}`` from a speech tokenizer directory's config.json."""
+    if tokenizer is None:
+        return None
+    path = os.path.join(tokenizer, "config.json")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        return {"num_units": int(meta["n_units"]), "num_pitch": int(meta.get("n_pitch", 0)), "num_style": int(meta.get("n_style", 0))}
+    except FileNotFoundError:
+        raise UserError(f"{path}: not a speech tokenizer directory (--tokenizer)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not a speech tokenizer config ({exc}) (--tokenizer)") from None
+
+
+def _streams_in(units: str) -> set[str]:
+    """Which of ``pitch``/``style`` the first parsable line of a units JSONL has."""
+    with open(units) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "hubert" in rec:
+                return {k for k in ("pitch", "style") if k in rec}
+    return set()
+
+
+def vocoder_config(preset: str, units: str, speakers: list[str], tokenizer: str | None) -> VocoderConfig:
+    """The preset with table sizes for this data: the tokenizer's unit/pitch/style counts when
+    given (else the preset's, and Meta's 64 / 100 for a stream the preset lacks), one speaker
+    entry per manifest speaker."""
+    try:
+        base = VocoderConfig.preset(preset)
+    except ValueError as exc:
+        raise UserError(f"{exc} (--config)") from None
+    sizes = tokenizer_sizes(tokenizer)
+    streams = _streams_in(units)
+    if sizes is None:
+        sizes = {"num_units": base.num_units,
+                 "num_pitch": (base.num_pitch or DEFAULT_PITCH_CODES) if "pitch" in streams else 0,
+                 "num_style": (base.num_style or DEFAULT_STYLE_CODES) if "style" in streams else 0}
+    else:
+        for name in ("pitch", "style"):
+            if sizes[f"num_{name}"] and name not in streams:
+                raise UserError(f"{units}: no '{name}' stream, but the tokenizer has one: were the units made by it? (--units / --tokenizer)")
+            if not sizes[f"num_{name}"] and name in streams:
+                sizes[f"num_{name}"] = 0  # a base tokenizer: ignore extra streams
+    return VocoderConfig.preset(preset, num_speakers=len(speakers), **sizes)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def _f32(x):
+    """Casts nested lists of tensors to float32 (losses run outside autocast)."""
+    if isinstance(x, (list, tuple)):
+        return [_f32(v) for v in x]
+    return x.float()
+
+
+class GeneratorStep(nn.Module):
+    """One generator forward for training (a module, so DDP can wrap it).
+
+    ``forward(batch) -> (wav [B, 1, N*640], log_dur_pred [B, K] or None)`` with the batch of
+    :func:`spiritlm.vocoder.data.collate` (pitch/style one code per unit).
+    """
+
+    def __init__(self, generator: UnitHifiGAN) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        g = self.generator
+        x = g.embed(batch["units"], batch.get("pitch"), batch.get("style"), batch["speaker"], aligned=True)
+        wav = g.vocode(x)
+        log_dur = g.predict_durations(batch["dedup"], batch["dedup_lengths"]) if g.duration_predictor is not None else None
+        return wav, log_dur
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+CKPT_FILES = ("generator.safetensors", "discriminator.safetensors", "optimizers.pt", "rng.pt", "trainer_state.json")
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    m = module.module if hasattr(module, "module") else module
+    return {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The complete ``checkpoints/step_N`` with the largest N (temporary folders are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    best = None
+    for p in root.glob("step_*") if root.is_dir() else []:
+        try:
+            n = int(p.name.removeprefix("step_"))
+        except ValueError:
+            continue
+        if all((p / f).is_file() for f in CKPT_FILES) and (best is None or n > best[0]):
+            best = (n, p)
+    return best[1] if best else None
+
+
+def save_checkpoint(run_dir: Path, step: int, generator, discriminator, opt_g, opt_d, sched_g, sched_d,
+                    sampler: SegmentSampler, keep: int) -> Path:
+    """Writes ``checkpoints/step_N`` atomically (temporary folder, then rename) and prunes old ones after."""
+    from safetensors.torch import save_file
+
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".step_{step}.tmp"
+    final = root / f"step_{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_state(generator), str(tmp / "generator.safetensors"))
+    save_file(_state(discriminator), str(tmp / "discriminator.safetensors"))
+    torch.save({"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()}, tmp / "optimizers.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    state = {"step": step, "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(), "sampler": sampler.state_dict()}
+    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    done = sorted((int(p.name.removeprefix("step_")), p) for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
+    for _, p in done[: max(0, len(done) - max(1, keep))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Path, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler: SegmentSampler) -> int:
+    """Restores everything :func:`save_checkpoint` wrote; returns the step."""
+    from safetensors.torch import load_file
+
+    g = generator.module if hasattr(generator, "module") else generator
+    d = discriminator.module if hasattr(discriminator, "module") else discriminator
+    g.load_state_dict(load_file(str(ckpt / "generator.safetensors")))
+    d.load_state_dict(load_file(str(ckpt / "discriminator.safetensors")))
+    opts = torch.load(ckpt / "optimizers.pt", map_location="cpu", weights_only=True)
+    opt_g.load_state_dict(opts["generator"])
+    opt_d.load_state_dict(opts["discriminator"])
+    rng = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    sched_g.load_state_dict(state["sched_g"])
+    sched_d.load_state_dict(state["sched_d"])
+    sampler.load_state_dict(state["sampler"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and samples
+# ---------------------------------------------------------------------------------------------
+
+
+def utterance_inputs(utt: Utterance, device) -> dict[str, torch.Tensor]:
+    """Batch-of-one tensors of a whole utterance (pitch/style one code per unit)."""
+    d = {"units": torch.from_numpy(utt.units)[None].to(device), "speaker": torch.tensor([utt.speaker], device=device)}
+    if utt.pitch is not None:
+        d["pitch"] = torch.from_numpy(utt.pitch)[None].to(device)
+    if utt.style is not None:
+        d["style"] = torch.from_numpy(utt.style)[None].to(device)
+    return d
+
+
+@torch.no_grad()
+def resynthesize(generator: UnitHifiGAN, utt: Utterance, device=None) -> np.ndarray:
+    """Frame-rate units of a whole utterance → float32 waveform ``(T * 640,)`` (no duration prediction)."""
+    device = device or next(generator.parameters()).device
+    b = utterance_inputs(utt, device)
+    x = generator.embed(b["units"], b.get("pitch"), b.get("style"), b["speaker"], aligned=True)
+    return generator.vocode(x)[0, 0].float().cpu().numpy()
+
+
+@torch.no_grad()
+def validate(generator: UnitHifiGAN, utts: list[Utterance], mel_loss: nn.Module, device) -> float:
+    """Mean mel L1 (the loss's spectrogram) of whole validation utterances."""
+    was = generator.training
+    generator.eval()
+    vals = []
+    for u in utts:
+        y_hat = torch.from_numpy(resynthesize(generator, u, device))[None, None]
+        vals.append(float(mel_loss(y_hat, torch.from_numpy(u.wav)[None, None])))
+    generator.train(was)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+class _Logger:
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                self.tb = None
+
+    def record(self, kind: str, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def audio(self, tag: str, wav: np.ndarray, step: int, sample_rate: int) -> None:
+        if self.tb is not None:
+            self.tb.add_audio(tag, torch.from_numpy(np.clip(wav, -1, 1))[None], step, sample_rate)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train_vocoder(
+    manifest: str,
+    units: str,
+    out: str,
+    cfg: TrainConfig | None = None,
+    *,
+    tokenizer: str | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes) a vocoder into ``out``; see the module docstring for the outputs.
+
+    Args:
+        manifest: corpus manifest (``speaker`` and ``split`` per line; training uses the lines
+            whose split is ``train`` or absent, validation the ``valid`` split, else ``test``).
+        units: units JSONL (Meta's format) of the manifest's audio.
+        out: run directory.
+        cfg: the recipe (default :class:`TrainConfig`).
+        tokenizer: the speech tokenizer directory that made the units (sizes the tables and
+            checks the ids); optional.
+        resume: continue from the newest complete checkpoint in ``out`` (a fresh run otherwise).
+        stop_after: stop (with a checkpoint) after this many steps in total, as if interrupted;
+            the schedule still assumes ``max_steps``.
+        progress: show a tqdm bar.
+        log: line logger (default: print on rank 0).
+
+    Returns:
+        Summary: ``{"final_step", "train": {step: record}, "val": {step: record}, "seconds",
+        "out"}``.
+    """
+    cfg = cfg or TrainConfig()
+    d = _Dist()
+    log = log or (lambda s: print(f"[vocoder train] {s}", flush=True) if d.main else None)
+    prev_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(manifest, units, out, cfg, tokenizer, resume, stop_after, progress, log, d)
+    finally:
+        torch.set_num_threads(prev_threads)
+        d.close()
+
+
+def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after, progress, log, d: _Dist) -> dict[str, Any]:
+    from speechbrain import Stage
+
+    t_start = time.time()
+    run_dir = Path(out)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    d.barrier()
+    for path, flag in ((manifest, "--manifest"), (units, "--units")):
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: file not found ({flag})")
+    speakers = read_speakers(manifest)
+    vcfg = vocoder_config(cfg.config, units, speakers, tokenizer)
+    sizes = {"num_units": vcfg.num_units, "num_pitch": vcfg.num_pitch, "num_style": vcfg.num_style}
+    train_utts, report = load_utterances(manifest, units, splits=["train", None], speakers=speakers, **sizes)
+    for e in report.errors[:20]:
+        log(f"skipped {e}")
+    if report.skipped > 20:
+        log(f"... and {report.skipped - 20} more skipped lines")
+    try:
+        val_utts, _ = load_utterances(manifest, units, splits=["valid"], speakers=speakers, max_utts=cfg.max_val_utts, **sizes)
+    except UserError:
+        try:
+            val_utts, _ = load_utterances(manifest, units, splits=["test"], speakers=speakers, max_utts=cfg.max_val_utts, **sizes)
+        except UserError:
+            val_utts = []
+    log(f"{len(train_utts)} training utterances ({report.skipped} lines skipped), {len(val_utts)} for validation, "
+        f"{len(speakers)} speakers; streams: units{' + pitch' if vcfg.num_pitch else ''}{' + style' if vcfg.num_style else ''}")
+
+    torch.manual_seed(cfg.seed)  # same seed -> same initial generator (the untrained baseline of the eval)
+    generator = UnitHifiGAN(vcfg).to(d.device)
+    discriminator = build_discriminator(cfg.disc_width_div).to(d.device)
+    torch.manual_seed(cfg.seed + 1000 * d.rank)  # dropout differs by rank
+    g_loss, d_loss, fm_weight = build_losses(discriminator, cfg.weights, cfg.mel, vcfg.sample_rate, vcfg.duration_predictor)
+    log(f"generator {num_parameters(generator) / 1e6:.2f} M parameters ({cfg.config}), discriminator "
+        f"{num_parameters(discriminator) / 1e6:.2f} M (width / {cfg.disc_width_div}); feature-matching weight {fm_weight:g}")
+
+    step_module: nn.Module = GeneratorStep(generator)
+    disc: nn.Module = discriminator
+    if d.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        step_module = DDP(step_module, device_ids=ids)
+        disc = DDP(discriminator, device_ids=ids)
+    opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
+    sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
+    sampler = SegmentSampler(train_utts, cfg.batch_size, cfg.segment_units, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
+
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        step = load_checkpoint(ckpt, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler)
+        log(f"resumed from {ckpt} (step {step})")
+    elif d.main:
+        for stale in ("metrics.jsonl", "metrics.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+    if d.main:
+        _write_json(run_dir / "train_config.json", {**cfg.to_dict(), "vocoder": vcfg.to_dict(), "manifest": os.path.abspath(manifest),
+                                                    "units": os.path.abspath(units), "tokenizer": tokenizer, "speakers": speakers})
+    logger = _Logger(run_dir, d.main)
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
+    end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+
+    bar = None
+    if progress and d.main and step < end:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=end, initial=step, desc="vocoder train", unit="step", dynamic_ncols=True)
+    window: dict[str, list[float]] = {}
+    t0, steps_here = time.perf_counter(), 0
+    generator.train()
+    discriminator.train()
+    while step < end:
+        batch = {k: v.to(d.device) for k, v in sampler.next_batch().items()}
+        y = batch["audio"]
+        with _autocast(d.device, use_bf16):
+            y_hat, log_dur = step_module(batch)
+        y_hat = y_hat.float()
+
+        # discriminator: real -> 1, generated (detached) -> 0; one pass over [real; generated]
+        B = y.size(0)
+        with _autocast(d.device, use_bf16):
+            scores, _ = disc(torch.cat([y, y_hat.detach()]))
+        scores = _f32(scores)
+        loss_d = d_loss([s[B:] for s in scores], [s[:B] for s in scores])
+        opt_d.zero_grad(set_to_none=True)
+        loss_d["D_loss"].backward()
+        opt_d.step()
+
+        # generator, against the updated discriminator (real feature maps are targets: detached)
+        with _autocast(d.device, use_bf16):
+            scores, feats = disc(torch.cat([y, y_hat]))
+        scores, feats = _f32(scores), _f32(feats)
+        scores_fake = [s[B:] for s in scores]
+        feats_fake = [[f[B:] for f in fs] for fs in feats]
+        feats_real = [[f[:B].detach() for f in fs] for fs in feats]
+        mask = batch["durations"] > 0
+        loss_g = g_loss(
+            Stage.TRAIN, y_hat, y, scores_fake, feats_fake, feats_real,
+            log_dur.float()[mask] if log_dur is not None else None,
+            torch.log1p(batch["durations"].float())[mask],
+        )
+        opt_g.zero_grad(set_to_none=True)
+        loss_g["G_loss"].backward()
+        opt_g.step()
+        step += 1
+        steps_here += 1
+        if step % cfg.decay_every == 0:
+            sched_g.step()
+            sched_d.step()
+        if bar is not None:
+            bar.update(1)
+
+        rec = {"loss_g": loss_g["G_loss"], "loss_d": loss_d["D_loss"], "mel_l1": loss_g["G_l1_spec_loss"],
+               "adv": loss_g["G_mse_fake_loss"], "feat_match": loss_g["G_feat_match_loss"]}
+        if "G_dur_loss" in loss_g:
+            rec["dur_mse"] = loss_g["G_dur_loss"]
+        for k, v in rec.items():
+            window.setdefault(k, []).append(float(v.detach()))
+
+        if step % cfg.log_every == 0 or step == end:
+            values = {k: float(np.mean(v)) for k, v in window.items()}
+            values["lr"] = sched_g.get_last_lr()[0]
+            values["steps_per_s"] = steps_here / max(time.perf_counter() - t0, 1e-9)
+            logger.record("train", step, values)
+            if bar is not None:
+                bar.set_postfix(mel=f"{values['mel_l1']:.3f}", g=f"{values['loss_g']:.2f}", d=f"{values['loss_d']:.2f}")
+            window = {}
+
+        if d.main and val_utts and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
+            _validate_and_sample(generator, val_utts, g_loss.l1_spec_loss, d.device, run_dir, step, cfg, logger, vcfg.sample_rate, log)
+
+        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
+            if d.main:
+                save_checkpoint(run_dir, step, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler, cfg.keep_checkpoints)
+            d.barrier()
+
+    if bar is not None:
+        bar.close()
+    if d.main and step >= cfg.max_steps:
+        save_trained_vocoder(generator, speakers, run_dir)
+        log(f"vocoder written to {run_dir} (load with Vocoder.from_pretrained)")
+    summary: dict[str, Any] = {"final_step": step, "out": str(run_dir), "seconds": round(time.time() - t_start, 1)}
+    if d.main:
+        summary.update(_read_history(run_dir / "metrics.jsonl"))
+        _write_json(run_dir / "metrics.json", {k: v for k, v in summary.items() if k != "out"})
+    logger.close()
+    return summary
+
+
+def _validate_and_sample(generator, val_utts, mel_loss, device, run_dir: Path, step: int, cfg: TrainConfig, logger, sr, log) -> None:
+    from ..audio import save_wav
+
+    val = validate(generator, val_utts, mel_loss, device)
+    logger.record("val", step, {"mel_l1": val})
+    log(f"step {step}: validation mel L1 {val:.4f}")
+    generator.eval()
+    for u in val_utts[: cfg.num_samples]:
+        wav = resynthesize(generator, u, device)
+        save_wav(run_dir / "samples" / f"step_{step}" / f"{u.id}.wav", np.clip(wav, -1, 1), sr)
+        logger.audio(f"samples/{u.id}", wav, step, sr)
+    generator.train()
+
+
+def save_trained_vocoder(generator: UnitHifiGAN, speakers: list[str], out: Path) -> None:
+    """The trained generator in the vocoder folder format (:meth:`spiritlm.vocoder.Vocoder.save`)."""
+    from .api import Vocoder
+
+    g = copy.deepcopy(generator).cpu().eval()
+    Vocoder(g, speakers=speakers).save(out)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_history(path: Path) -> dict[str, Any]:
+    """Per-step train and validation records, the last record of a step winning (resumed runs)."""
+    train: dict[int, dict] = {}
+    val: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            kind, step = rec.pop("kind"), rec.pop("step")
+            (train if kind == "train" else val)[step] = rec
+    return {"train": {str(k): v for k, v in sorted(train.items())}, "val": {str(k): v for k, v in sorted(val.items())}}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def train_command(
+    manifest: str,
+    units: str,
+    out: str,
+    config: str = "tiny",
+    tokenizer: str | None = None,
+    max_steps: int = 1000,
+    batch_size: int | None = None,
+    segment_units: int | None = None,
+    disc_width_div: int | None = None,
+    lr: float = 2e-4,
+    seed: int = 0,
+    log_every: int = 10,
+    val_every: int = 200,
+    save_every: int = 200,
+    threads: int = 1,
+    dtype: str = "auto",
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> None:
+    """Trains a unit HiFi-GAN vocoder on a manifest's audio and its units.
+
+    Example::
+
+        spiritlm vocoder train --manifest corpus/manifest.jsonl --units units.jsonl \\
+            --tokenizer tokenizer --out vocoder --config tiny --max_steps 1000
+
+    OUT then holds the vocoder (``spiritlm vocoder synth --vocoder OUT``), checkpoints,
+    metrics.jsonl / metrics.json, TensorBoard logs (tb/) and audio samples (samples/).
+
+    Args:
+        manifest: corpus manifest (JSONL with id, audio, speaker, split).
+        units: units JSONL of that audio (``spiritlm tokenize`` output, Meta's format).
+        out: run directory; the trained vocoder is written there.
+        config: vocoder preset: tiny, base or expressive.
+        tokenizer: the speech tokenizer directory that made the units (sizes the unit/pitch/style
+            tables and checks every id); without it the preset's sizes are used.
+        max_steps: training steps.
+        batch_size: segments per step (default: 8 for tiny, 16 otherwise).
+        segment_units: units per training segment, 640 samples each (default: 12 for tiny, 14 otherwise).
+        disc_width_div: divide the discriminator's channels by this (default: 8 for tiny, 1 = full).
+        lr: AdamW learning rate of generator and discriminator.
+        seed: seed of initialisation, sampling and dropout.
+        log_every: steps between metric records.
+        val_every: steps between validations and audio samples.
+        save_every: steps between checkpoints.
+        threads: torch CPU threads (0: torch's default).
+        dtype: auto (bf16 autocast on GPU), float32 or bfloat16.
+        resume: continue from the newest checkpoint in OUT.
+        stop_after: stop after this many steps in total (the schedule still assumes max_steps).
+    """
+    d = recipe_defaults(config)
+    cfg = TrainConfig(
+        config=config, max_steps=max_steps,
+        batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
+        disc_width_div=disc_width_div or d["disc_width_div"], lr=lr, seed=seed, log_every=log_every,
+        val_every=val_every, save_every=save_every, threads=threads, dtype=dtype,
+    )
+    if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
+        raise UserError("--max_steps, --batch_size and --segment_units must be positive")
+    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, resume=resume, stop_after=stop_after)
+    last = s["train"][max(s["train"], key=int)] if s.get("train") else {}
+    print(f"vocoder train: step {s['final_step']}, mel L1 {last.get('mel_l1', float('nan')):.4f}, {s['seconds']:.0f} s -> {out}")
