@@ -222,7 +222,13 @@ class Vocoder:
         prepared = [
             self.prepare(u, speaker=s, dur_pred=dur_pred, style_id=y) for u, s, y in zip(items, speakers, style_ids)
         ]
-        out: list[np.ndarray | None] = [None] * len(items)
+        return self.synthesize_prepared(prepared, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def synthesize_prepared(self, prepared: Sequence[dict[str, Any]], *, batch_size: int = 16) -> list[np.ndarray]:
+        """Runs inputs already checked by :meth:`prepare` (batch jobs prepare each item first,
+        so that one bad item is reported and skipped without losing the others)."""
+        out: list[np.ndarray | None] = [None] * len(prepared)
         for mode in (False, True):
             idx = sorted((i for i, p in enumerate(prepared) if p["dur_pred"] == mode), key=lambda i: len(prepared[i]["units"]))
             for start in range(0, len(idx), max(1, batch_size)):

@@ -1,0 +1,155 @@
+"""``spiritlm vocoder``: the unit vocoder's commands (``synth``; ``train`` lives in ``vocoder/train.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from spiritlm.errors import UserError
+
+
+def synth(
+    vocoder: str,
+    units: str,
+    out: str,
+    speaker: str | None = None,
+    dur_pred: bool | None = None,
+    style_id: str = "0",
+    batch_size: int = 8,
+    device: str = "cpu",
+    threads: int = 0,
+) -> None:
+    """Synthesize one WAV file per line of a units JSONL file.
+
+    Example::
+
+        spiritlm vocoder synth --vocoder runs/vocoder --units demo_out/units.jsonl --out wavs/
+
+    Each line is Meta's unit dict (``{"id", "hubert", "pitch", "style", …}``, frame-rate streams,
+    as ``spiritlm tokenize`` writes), or ``{"id", "tokens": "[St3][Pi1][Hu5]…"}`` (an LM token
+    string). The output is ``OUT/<id>.wav`` (16-bit, the vocoder's sample rate), written under a
+    temporary name and renamed. Lines without an ``id`` are named ``line<N>``. A bad line (bad
+    JSON, empty or unparsable streams, ids beyond the vocoder's tables, an unknown speaker) is
+    reported with its line number and skipped; every other line is written. Exits non-zero when
+    every line was skipped. A summary goes to ``OUT/synth_report.json``.
+
+    Args:
+        vocoder: vocoder folder: ours (``config.json`` + ``model.safetensors``) or Meta's
+            (``generator.pt`` + ``config.json``).
+        units: JSONL file of unit dicts or token strings.
+        out: output folder.
+        speaker: speaker index or name (``speakers.txt``) for every line; default: each line's
+            ``speaker`` field if it has one, else speaker 0.
+        dur_pred: predict unit durations; default: false for unit dicts, true for token strings.
+        style_id: style id (index or name from ``styles.txt``) of a multistyle vocoder.
+        batch_size: utterances per forward pass.
+        device: ``cpu`` or ``cuda[:N]``.
+        threads: torch CPU threads (0: torch's default).
+    """
+    import soundfile as sf
+    import torch
+    from tqdm import tqdm
+
+    from .api import Vocoder
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    src = Path(units)
+    if not src.is_file():
+        raise UserError(f"{src}: file not found (--units)")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size} (--batch_size)")
+    voc = Vocoder.from_pretrained(vocoder, device=device)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    errors: list[dict[str, Any]] = []
+    jobs: list[tuple[str, dict[str, Any]]] = []  # (id, prepared input)
+    seen: set[str] = set()
+    total = 0
+    with open(src, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            total += 1
+            try:
+                uid, item, line_speaker = _parse_line(line, lineno)
+                if uid in seen:
+                    raise UserError(f"duplicate id {uid!r}")
+                spk = speaker if speaker is not None else (line_speaker if line_speaker is not None else 0)
+                prepared = voc.prepare(item, speaker=spk, dur_pred=dur_pred, style_id=style_id)
+            except UserError as exc:
+                msg = f"{src}:{lineno}: {exc}"
+                print(f"spiritlm vocoder synth: skipped {msg}", file=sys.stderr)
+                errors.append({"line": lineno, "error": str(exc)})
+                continue
+            seen.add(uid)
+            jobs.append((uid, prepared))
+    if total == 0:
+        raise UserError(f"{src}: no lines (--units)")
+
+    order = sorted(range(len(jobs)), key=lambda i: (jobs[i][1]["dur_pred"], jobs[i][1]["units"].size))
+    written = 0
+    audio_s = 0.0
+    start = time.perf_counter()
+    with tqdm(total=len(jobs), desc="synth", unit="utt", disable=not jobs) as bar:
+        for b in range(0, len(order), batch_size):
+            chunk = [jobs[i] for i in order[b : b + batch_size]]
+            wavs = voc.synthesize_prepared([p for _, p in chunk], batch_size=batch_size)
+            for (uid, _), wav in zip(chunk, wavs):
+                path = out_dir / f"{uid}.wav"
+                tmp = out_dir / f".{uid}.wav.tmp{os.getpid()}"
+                sf.write(str(tmp), wav, voc.sample_rate, subtype="PCM_16", format="WAV")
+                os.replace(tmp, path)
+                written += 1
+                audio_s += wav.size / voc.sample_rate
+            bar.update(len(chunk))
+    elapsed = time.perf_counter() - start
+    report = {
+        "units": str(src), "vocoder": str(vocoder), "lines": total, "written": written, "skipped": len(errors),
+        "audio_seconds": round(audio_s, 3), "synthesis_seconds": round(elapsed, 3),
+        "realtime_factor": round(audio_s / elapsed, 2) if elapsed > 0 and written else None,
+        "errors": errors,
+    }
+    tmp_report = out_dir / f".synth_report.json.tmp{os.getpid()}"
+    tmp_report.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp_report, out_dir / "synth_report.json")
+    print(
+        f"spiritlm vocoder synth: wrote {written} of {total} lines to {out_dir} "
+        f"({audio_s:.1f} s of audio, {len(errors)} skipped)"
+    )
+    if written == 0:
+        raise UserError(f"{src}: every line was skipped ({len(errors)} bad lines; first: line {errors[0]['line']}: {errors[0]['error']})")
+
+
+def _parse_line(line: str, lineno: int) -> tuple[str, Any, Any]:
+    """One JSONL line → ``(id, unit dict or token string, the line's speaker or None)``."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if isinstance(rec, str):
+        return f"line{lineno:06d}", rec, None
+    if not isinstance(rec, dict):
+        raise UserError(f"expected a JSON object, got {type(rec).__name__}")
+    uid = str(rec.get("id", f"line{lineno:06d}"))
+    if not uid or "/" in uid or "\\" in uid or uid.startswith(".") or "\0" in uid:
+        raise UserError(f"id {uid!r} cannot be a file name")
+    if "hubert" in rec:
+        item: Any = {k: rec[k] for k in ("hubert", "pitch", "style") if k in rec}
+    elif isinstance(rec.get("tokens"), str):
+        item = rec["tokens"]
+    else:
+        raise UserError("no 'hubert' stream and no 'tokens' string")
+    return uid, item, rec.get("speaker")
+
+
+# name -> command. `spiritlm vocoder train` is added here by vocoder/train.py's owner:
+#     from .train import train_command  (imported lazily inside a small wrapper is fine)
+COMMANDS: dict[str, Any] = {
+    "synth": synth,
+}
