@@ -57,51 +57,133 @@ def dump_features(
             print(f"  skipped {e['id']}: {e['error']}", file=sys.stderr)
 
 
+# Meta's release, relative to its checkpoints/speech_tokenizer folder (facebookresearch/spiritlm)
+META_HUBERT = ("hubert_25hz", "mhubert_base_25hz.pt")
+META_QUANTIZER = ("hubert_25hz", "L11_quantizer_500.pt")
+META_PITCH = "vqvae_f0_quantizer"  # config.yaml + model.pt
+META_STYLE = "style_encoder_w2v2"  # config.json + pytorch_model.bin (transformers)
+
+
+def meta_release_paths(directory: str, expressive: bool) -> dict[str, str]:
+    """The files of Meta's released speech tokenizer under ``directory`` (the ``checkpoints``
+    folder or its ``speech_tokenizer`` subfolder). Raises a one-line UserError naming the first
+    missing file."""
+    from ..errors import UserError
+
+    root = directory
+    if os.path.isdir(os.path.join(directory, "speech_tokenizer")):
+        root = os.path.join(directory, "speech_tokenizer")
+    if not os.path.isdir(root):
+        raise UserError(f"{directory}: not a folder (--meta_checkpoints)")
+    paths = {"hubert": os.path.join(root, *META_HUBERT), "kmeans": os.path.join(root, *META_QUANTIZER)}
+    need = [paths["hubert"], paths["kmeans"]]
+    if expressive:
+        paths["pitch"], paths["style"] = os.path.join(root, META_PITCH), os.path.join(root, META_STYLE)
+        need += [os.path.join(paths["pitch"], "config.yaml"), os.path.join(paths["pitch"], "model.pt"), os.path.join(paths["style"], "config.json")]
+    for f in need:
+        if not os.path.isfile(f):
+            raise UserError(f"{f}: missing from Meta's checkpoint folder (--meta_checkpoints {directory}"
+                            + (", --expressive true" if expressive else "") + ")")
+    if expressive and not any(os.path.isfile(os.path.join(paths["style"], w)) for w in ("pytorch_model.bin", "model.safetensors")):
+        raise UserError(f"{os.path.join(paths['style'], 'pytorch_model.bin')}: missing from Meta's checkpoint folder "
+                        f"(--meta_checkpoints {directory}, --expressive true)")
+    return paths
+
+
 def assemble(
-    hubert: str,
-    kmeans: str,
     out: str,
+    hubert: str | None = None,
+    kmeans: str | None = None,
     layer: int = 11,
     pitch: str | None = None,
     style: str | None = None,
     style_kmeans: str | None = None,
     normalize: bool = False,
+    f0: str | None = None,
+    speaker_stats: str | None = None,
+    meta_checkpoints: str | None = None,
+    expressive: bool = False,
 ) -> None:
     """Builds a tokenizer directory from existing checkpoints (Meta's released ones included).
 
+    Either ``--meta_checkpoints DIR`` (Meta's whole release; ``--expressive true`` adds pitch and
+    style) or ``--hubert`` and ``--kmeans`` (and optionally ``--pitch`` and ``--style``).
+
     Args:
+        out: output tokenizer directory.
         hubert: a transformers HuBERT directory, a fairseq HuBERT checkpoint file
             (e.g. Meta's ``hubert_25hz/mhubert_base_25hz.pt``), or ``mfcc``.
-        kmeans: k-means file in Meta's format (e.g. ``hubert_25hz/L11_quantizer_500.pt``).
-        out: output tokenizer directory.
-        layer: HuBERT layer the k-means was trained on (1-based).
+        kmeans: unit quantizer file: a k-means file (``{"cluster_centers", "n_clusters"}``) or
+            Meta's linear quantizer (``{"model_cfg", "model_weight"}``, e.g.
+            ``hubert_25hz/L11_quantizer_500.pt``); the layout is detected from the file.
+        layer: HuBERT layer the quantizer was trained on (1-based).
         pitch: a pitch tokenizer directory written by this project, or Meta's
-            ``vqvae_f0_quantizer`` folder (``config.yaml`` + ``model.pt``; F0 from
-            pyworld DIO, speaker means from each utterance) (expressive).
+            ``vqvae_f0_quantizer`` folder (``config.yaml`` + ``model.pt``) (expressive).
         style: a style tokenizer directory written by this project, or a transformers
             ``Wav2Vec2ForSequenceClassification`` directory (Meta's ``style_encoder_w2v2``;
             tokens are its classifier's argmax unless ``style_kmeans`` is given).
         style_kmeans: k-means file over pooled style embeddings, for a w2v2 ``style``.
-        normalize: normalise waveforms before HuBERT.
+        normalize: normalise waveforms before HuBERT (mHuBERT-25Hz: false).
+        f0: F0 backend of the pitch tokenizer: ``fcpe``, ``pyaapt``, ``dio``, ``harvest`` or
+            ``crepe``. Default: ``fcpe`` with Meta's quantizer (as Meta's release), the
+            directory's own backend for a pitch tokenizer trained here.
+        speaker_stats: Meta-format speaker stats file (``{speaker: {"f0_mean": Hz}}``) for
+            Meta's quantizer; default: the file its ``config.yaml`` names, when present (else
+            each utterance's own voiced mean F0 is subtracted).
+        meta_checkpoints: Meta's ``checkpoints`` folder (or its ``speech_tokenizer``
+            subfolder): ``hubert_25hz/{mhubert_base_25hz.pt, L11_quantizer_500.pt}``, and with
+            ``--expressive true`` ``vqvae_f0_quantizer/`` and ``style_encoder_w2v2/``.
+        expressive: with ``--meta_checkpoints``: build the expressive tokenizer (HuBERT units +
+            pitch with FCPE + style) instead of the base one.
     """
+    from dataclasses import replace
+
+    from ..errors import UserError
+    from .f0 import ALIASES, BACKENDS, resolve_backend
     from .features import FeatureConfig, load_backend
-    from .kmeans import load_kmeans
+    from .kmeans import load_kmeans, load_quantizer
     from .pitch import PitchTokenizer
     from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
     from .style import StyleConfig, StyleTokenizer, W2V2StyleEncoder
+
+    if meta_checkpoints:
+        given = [f"--{k}" for k, v in (("hubert", hubert), ("kmeans", kmeans), ("pitch", pitch), ("style", style)) if v]
+        if given:
+            raise UserError(f"--meta_checkpoints takes every checkpoint from {meta_checkpoints}: drop {', '.join(given)}")
+        paths = meta_release_paths(meta_checkpoints, expressive)
+        hubert, kmeans, pitch, style = paths["hubert"], paths["kmeans"], paths.get("pitch"), paths.get("style")
+    elif expressive:
+        raise UserError("--expressive true goes with --meta_checkpoints (otherwise give --pitch and --style)")
+    if not hubert or not kmeans:
+        raise UserError("give --hubert and --kmeans, or --meta_checkpoints DIR")
+    backend_name = None
+    if f0 is not None:
+        try:
+            backend_name = resolve_backend(f0)
+        except ValueError:
+            raise UserError(f"--f0 {f0}: choose from {', '.join(list(ALIASES) + [b for b in BACKENDS if b not in ALIASES.values()])}") from None
 
     if hubert == "mfcc":
         fcfg = FeatureConfig(backend="mfcc")
     else:
         fcfg = FeatureConfig(backend="hubert" if os.path.isdir(hubert) else "fairseq-hubert", checkpoint=os.path.abspath(hubert), layer=layer, normalize=normalize)
-    units = UnitTokenizer(load_backend(fcfg, "cpu"), load_kmeans(kmeans), UnitConfig(features=fcfg))
+    units = UnitTokenizer(load_backend(fcfg, "cpu"), load_quantizer(kmeans), UnitConfig(features=fcfg))
     pitch_tok = None
     if pitch and os.path.isfile(os.path.join(pitch, "config.yaml")) and os.path.isfile(os.path.join(pitch, "model.pt")):
+        from .f0 import F0Config
         from .meta_pitch import MetaPitchTokenizer
+        from .pitch import PitchConfig
 
-        pitch_tok = MetaPitchTokenizer(pitch)  # Meta's vqvae_f0_quantizer folder
+        # Meta's vqvae_f0_quantizer folder; FCPE unless --f0 says otherwise
+        pitch_tok = MetaPitchTokenizer(pitch, cfg=PitchConfig(f0=F0Config(backend=backend_name or "fcpe")), speaker_stats=speaker_stats)
     elif pitch:
         pitch_tok = PitchTokenizer.load(pitch)
+        if backend_name:
+            pitch_tok.cfg = replace(pitch_tok.cfg, f0=replace(pitch_tok.cfg.f0, backend=backend_name))
+    if speaker_stats and not (pitch_tok is not None and getattr(pitch_tok, "speaker_stats_path", None)):
+        raise UserError(f"{speaker_stats}: --speaker_stats is for Meta's vqvae_f0_quantizer (--pitch or --meta_checkpoints --expressive true)")
+    if f0 is not None and pitch_tok is None:
+        raise UserError(f"--f0 {f0}: no pitch tokenizer to use it (give --pitch, or --meta_checkpoints with --expressive true)")
     style_tok = None
     if style:
         if os.path.isfile(os.path.join(style, "style_config.json")):
@@ -109,8 +191,13 @@ def assemble(
         else:
             cfg = StyleConfig(backend="w2v2", checkpoint=os.path.abspath(style), mode="kmeans" if style_kmeans else "classifier")
             style_tok = StyleTokenizer(W2V2StyleEncoder.from_pretrained(style), cfg, load_kmeans(style_kmeans) if style_kmeans else None)
+    if (pitch_tok is None) != (style_tok is None):
+        raise UserError("an expressive tokenizer needs both --pitch and --style (a base one neither)")
     SpeechTokenizer(units, pitch_tok, style_tok).save(out)
-    print(f"assemble: {'expressive' if pitch_tok else 'base'} tokenizer with {units.n_units} units -> {out}")
+    kind = "expressive" if pitch_tok else "base"
+    qkind = type(units.quantizer).__name__
+    extra = f", pitch F0 from {pitch_tok.cfg.f0.backend}" if pitch_tok else ""
+    print(f"assemble: {kind} tokenizer with {units.n_units} units ({qkind}){extra} -> {out}")
 
 
 def train(
