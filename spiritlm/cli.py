@@ -26,6 +26,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "train": ("spiritlm.recipes.train", "train the LM from a YAML recipe (single process, torchrun, Slurm)"),
     "generate": ("spiritlm.generation_cli", "generate text and/or speech from a trained model"),
     "vocoder": ("spiritlm.vocoder.cli", "unit vocoder: synthesize units or token strings to WAV files; train one"),
+    "demo": ("spiritlm.recipes.demo", "the whole pipeline on the synthetic corpus, ending in a report (make demo)"),
 }
 
 
