@@ -12,7 +12,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m spiritlm.recipes.demo --out $(DEMO_DIR)
+	$(PY) -m spiritlm.recipes.demo --preset full --out $(DEMO_DIR)
 
 test: setup
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15 tests

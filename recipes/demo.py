@@ -1,138 +1,512 @@
-"""The embedded pipeline on the synthetic corpus: what ``make demo`` runs.
+"""The embedded pipeline on the synthetic corpus, from audio to a report: what ``make demo`` runs.
 
-Every stage is the ``spiritlm`` command a user would type (printed before it runs), so this file
-doubles as a walkthrough::
+``spiritlm demo --preset quick|full [--out demo_out] [--fresh true] [--only STAGE]`` (or
+``python -m spiritlm.recipes.demo …``). Every stage is the ``spiritlm`` command a user would type,
+printed before it runs, so the demo doubles as a walkthrough::
 
-    corpus synth      -> OUT/corpus/{manifest.jsonl, wavs/}
-    corpus check      -> validates the manifest
-    corpus text       -> OUT/text.txt, text-only documents (the stand-in for LLaMA-2's text)
-    tokenizer train   -> OUT/tokenizer (tiny preset: MFCC units + pitch VQ-VAE + style), metrics.json
-    tokenize          -> OUT/units.jsonl (Meta's units format)
-    data build        -> OUT/data/{train,valid} (speech / text / interleaved token shards)
-    train (text)      -> OUT/lm/tiny-text          the stand-in for LLaMA-2
-    train (mixture)   -> OUT/lm/tiny-interleaved   continued pretraining, as Spirit LM
-    generate          -> a text and a speech continuation
+    corpus          corpus synth + check  -> OUT/corpus/{manifest.jsonl, wavs/, stats.json}
+    text            corpus text           -> OUT/text.txt (text-only documents: the stand-in for LLaMA-2's text)
+    tokenizer       tokenizer train       -> OUT/tokenizer (MFCC units + pitch VQ-VAE + style), metrics.json
+    tokenize        tokenize              -> OUT/units.jsonl (Meta's units format)
+    data            data build ×2         -> OUT/data/{train,valid} (speech / text / interleaved shards)
+    lm-text         train                 -> OUT/lm/tiny-text          the stand-in for LLaMA-2
+    lm-interleaved  train                 -> OUT/lm/tiny-interleaved   continued pretraining, as Spirit LM
+    vocoder         vocoder train         -> OUT/vocoder (unit HiFi-GAN + duration predictor)
+    resynthesis     vocoder eval + synth  -> OUT/vocoder_eval/metrics.json, OUT/resynth/wavs/<id>.wav
+    generate        generate ×3           -> OUT/generate/{t2t,t2s,s2s}/ (T→T text, T→S and S→S WAVs)
+    judges          eval judges           -> OUT/judges (CTC ASR + sentiment classifiers, their own scores)
+    eval-asr, eval-tts, eval-ic, eval-stsp, eval-zeroshot
+                    eval <task>           -> OUT/evals/<task>/{metrics.json, predictions.jsonl}
+    report          (spiritlm demo --only report) -> OUT/report/report.md, PNGs, WAVs
 
-Stages whose outputs already exist are skipped, so an interrupted demo resumes; ``--fresh``
-starts over. ``--quick`` shrinks every stage (used by the slow end-to-end test).
+A stage is complete when its marker ``OUT/.demo/<stage>.json`` (written after its commands
+succeed) and its outputs exist; complete stages are skipped, so an interrupted demo resumes where
+it stopped. ``--only STAGE`` reruns one stage from the outputs of the stages before it (its own
+outputs are deleted first); ``--fresh true`` starts over. A failing command stops the demo with
+its error and the ``--only`` line that reruns the stage. ``OUT/demo_summary.json`` holds the
+preset, the seconds of each stage and the headline numbers.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
 import json
+import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from spiritlm.cli import main as spiritlm
+from spiritlm.errors import UserError
+from spiritlm.evals.report import EVAL_TASKS, DemoLayout, build_report
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def _run(argv: list[str]) -> None:
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of every stage.
+
+    Attributes:
+        num_utts: utterances in the synthetic corpus.
+        text_docs: documents in the text-only corpus.
+        text_steps: steps of text-only LM pretraining.
+        mixture_steps: steps of continued pretraining on the speech/text/interleaved mixture.
+        vocoder_steps: vocoder training steps.
+        resynth_utts: test utterances resynthesized for the report.
+        eval_items: test items per evaluation (``--max_items``).
+        asr_shots, ic_shots, tts_shots: in-context examples of the few-shot evals.
+        gen_tokens: most tokens of the demo's generations.
+    """
+
+    num_utts: int
+    text_docs: int
+    text_steps: int
+    mixture_steps: int
+    vocoder_steps: int
+    resynth_utts: int
+    eval_items: int
+    asr_shots: int
+    ic_shots: int
+    tts_shots: int
+    gen_tokens: int
+
+
+PRESETS: dict[str, Preset] = {
+    # a smoke run of every stage (the end-to-end test); numbers mean nothing at this size
+    "quick": Preset(num_utts=120, text_docs=2000, text_steps=10, mixture_steps=10, vocoder_steps=20, resynth_utts=2,
+                    eval_items=8, asr_shots=2, ic_shots=4, tts_shots=2, gen_tokens=30),
+    # what `make demo` runs: ~45 minutes on 2 CPU cores
+    "full": Preset(num_utts=1500, text_docs=20000, text_steps=300, mixture_steps=300, vocoder_steps=1500, resynth_utts=4,
+                   eval_items=100, asr_shots=10, ic_shots=30, tts_shots=10, gen_tokens=120),
+}
+
+
+@dataclass
+class Stage:
+    """One step of the demo.
+
+    Attributes:
+        name: what ``--only`` takes.
+        commands: ``spiritlm`` argument lists, run in order.
+        outputs: files that exist when the stage is complete.
+        owns: paths removed before a forced rerun (``--only``).
+        needs: paths (other stages' outputs) that must exist before it runs.
+        before: Python step run before the commands (prepares an input file).
+        after: Python step run after the commands (gets the captured command output).
+        make_commands: builds ``commands`` when the stage runs, for commands that depend on an
+            earlier stage's outputs (a prompt taken from the corpus).
+    """
+
+    name: str
+    commands: list[list[str]]
+    outputs: list[Path]
+    owns: list[Path]
+    needs: list[Path] = field(default_factory=list)
+    before: Callable[[], None] | None = None
+    after: Callable[[list[str]], None] | None = None
+    make_commands: Callable[[], list[list[str]]] | None = None
+
+
+class DemoError(UserError):
+    """A stage failed; the message names the stage, the command and how to rerun it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Running commands
+# ---------------------------------------------------------------------------------------------
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the real stdout and keeps a copy (a command's printed result, e.g. generated text)."""
+
+    def __init__(self, stream):
+        self.stream, self.buffer_ = stream, io.StringIO()
+
+    def write(self, s: str) -> int:
+        self.buffer_.write(s)
+        return self.stream.write(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def run_command(argv: list[str]) -> str:
+    """Runs ``spiritlm ARGV`` in this process (printed first); returns what it printed.
+
+    Raises:
+        SystemExit: with the command's non-zero status when it fails (it has printed its error).
+    """
+    from spiritlm.cli import main as spiritlm
+
     print(f"\n$ spiritlm {' '.join(argv)}", flush=True)
+    tee = _Tee(sys.stdout)
     try:
-        spiritlm(argv)
-    except SystemExit as exc:  # jsonargparse / commands exit; only a failure stops the demo
+        with contextlib.redirect_stdout(tee):
+            spiritlm(argv)
+    except SystemExit as exc:  # jsonargparse and commands exit; only a failure stops the demo
         if exc.code not in (None, 0):
             raise
+    finally:
+        sys.stdout.flush()
+    return tee.buffer_.getvalue()
 
 
-def run_demo(out: Path, num_utts: int, text_docs: int, seed: int, text_steps: int, mixture_steps: int) -> dict:
-    """Runs the whole pipeline into ``out``; returns a summary (also written to OUT/demo_summary.json)."""
+# ---------------------------------------------------------------------------------------------
+# The stages
+# ---------------------------------------------------------------------------------------------
+
+
+def build_stages(out: Path, preset: Preset, seed: int) -> list[Stage]:
+    """The demo's stages for folder ``out``, in order."""
+    L = DemoLayout(out)
+    s = str(seed)
+    manifest, units, tok = str(L.manifest), str(L.units), str(L.tokenizer)
+    common = ["--units", units, "--expressive", "true", "--group_words", "40", "--seed", s]
+    data_opts = ["--data.data_dir", str(L.data_train), "--data.val_dir", str(L.data_valid)]
+    model = str(L.lm_mix)
+    stages = [
+        Stage("corpus", [["corpus", "synth", "--out", str(L.corpus), "--num_utts", str(preset.num_utts), "--seed", s],
+                         ["corpus", "check", manifest]],
+              outputs=[L.manifest, L.corpus / "stats.json"], owns=[L.corpus]),
+        Stage("text", [["corpus", "text", "--out", str(L.text), "--num_sentences", str(preset.text_docs), "--seed", s]],
+              outputs=[L.text], owns=[L.text]),
+        Stage("tokenizer", [["tokenizer", "train", "--manifest", manifest, "--out", tok, "--preset", "tiny", "--seed", s]],
+              outputs=[L.tokenizer / "metrics.json"], owns=[L.tokenizer], needs=[L.manifest]),
+        Stage("tokenize", [["tokenize", "--manifest", manifest, "--tokenizer", tok, "--out", units]],
+              outputs=[L.units], owns=[L.units, Path(f"{L.units}.errors.json")], needs=[L.manifest, L.tokenizer / "metrics.json"]),
+        Stage("data", [["data", "build", "--manifest", manifest, "--out", str(L.data_train), "--split", "train",
+                        "--extra_text", str(L.text), *common],
+                       ["data", "build", "--manifest", manifest, "--out", str(L.data_valid), "--split", "valid",
+                        "--text_tokenizer", str(L.data_train / "tokenizer.model"), *common]],
+              outputs=[L.data_train / "summary.json", L.data_valid / "summary.json"], owns=[L.root / "data"],
+              needs=[L.manifest, L.units, L.text]),
+        Stage("lm-text", [["train", "--config", str(CONFIGS / "tiny-text.yaml"), *data_opts,
+                           "--train.output_dir", str(L.lm_text), "--train.max_steps", str(preset.text_steps)]],
+              outputs=[L.lm_text / "metrics.json"], owns=[L.lm_text], needs=[L.data_valid / "summary.json"]),
+        Stage("lm-interleaved", [["train", "--config", str(CONFIGS / "tiny-interleaved.yaml"), *data_opts,
+                                  "--model.init_from", str(L.lm_text), "--train.output_dir", model,
+                                  "--train.max_steps", str(preset.mixture_steps)]],
+              outputs=[L.lm_mix / "metrics.json"], owns=[L.lm_mix], needs=[L.lm_text / "metrics.json"]),
+        *vocoder_stages(L, preset, seed),
+        generate_stage(L, preset, seed),
+        *eval_stages(L, preset, seed),
+    ]
+    return stages
+
+
+def vocoder_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
+    """Vocoder training, then its resynthesis metrics and a few resynthesized test utterances."""
+    train = Stage("vocoder", [["vocoder", "train", "--manifest", str(L.manifest), "--units", str(L.units), "--out", str(L.vocoder),
+                               "--config", "tiny", "--max_steps", str(preset.vocoder_steps), "--seed", str(seed)]],
+                  outputs=[L.vocoder / "config.json"], owns=[L.vocoder], needs=[L.manifest, L.units])
+
+    def pick_test_units() -> None:
+        write_test_units(L.manifest, L.units, L.resynth_units, preset.resynth_utts)
+
+    resynth = Stage("resynthesis",
+                    [["vocoder", "eval", "--vocoder", str(L.vocoder), "--manifest", str(L.manifest), "--units", str(L.units),
+                      "--tokenizer", str(L.tokenizer), "--out", str(L.vocoder_eval), "--max_items", str(preset.eval_items)],
+                     ["vocoder", "synth", "--vocoder", str(L.vocoder), "--units", str(L.resynth_units), "--out", str(L.resynth)]],
+                    outputs=[L.vocoder_eval / "metrics.json", L.resynth], owns=[L.vocoder_eval, L.resynth_units.parent],
+                    needs=[L.vocoder / "config.json", L.units], before=pick_test_units)
+    return [train, resynth]
+
+
+def generate_stage(L: DemoLayout, preset: Preset, seed: int) -> Stage:
+    """T→T, T→S and S→S continuations of a test utterance by the interleaved LM, spoken by the vocoder."""
+    gens: list[tuple[str, str, list[str], str]] = []  # (folder, direction, options, prompt as shown)
+
+    def make_commands() -> list[list[str]]:
+        # the prompt is the first test utterance: its first words (text) or its audio (speech)
+        item = first_test_item(L.manifest)
+        if item is None:
+            raise UserError(f"{L.manifest}: no test-split utterance to prompt the LM with (--out: rerun the corpus stage)")
+        prompt_text = " ".join(item["text"].split()[:4])
+        gens[:] = [
+            ("t2t", "T→T", ["--text", prompt_text, "--output_modality", "text"], prompt_text),
+            ("t2s", "T→S", ["--text", prompt_text, "--output_modality", "speech"], prompt_text),
+            ("s2s", "S→S", ["--speech", item["audio"], "--speech_tokenizer", str(L.tokenizer), "--output_modality", "speech"],
+             f"audio of `{item['id']}`: “{item['text']}”"),
+        ]
+        return [["generate", "--model", str(L.lm_mix), *opts, "--vocoder", str(L.vocoder), "--output_dir", str(L.generate / name),
+                 "--max_new_tokens", str(preset.gen_tokens), "--min_new_tokens", "10", "--seed", str(seed)]
+                for name, _, opts, _ in gens]
+
+    def record(printed: list[str]) -> None:
+        # what the report shows next to each output: the prompt, and for T→T the text printed
+        entries = []
+        for (name, direction, opts, prompt), text in zip(gens, printed):
+            lines = [ln[len("[text] "):] for ln in text.splitlines() if ln.startswith("[text] ")]
+            entries.append({"name": name, "direction": direction, "prompt": prompt, "output_text": " ".join(lines) or None,
+                            "prompt_audio": opts[1] if opts[0] == "--speech" else None})
+        _write_json(L.generate / "prompts.json", entries)
+
+    return Stage("generate", [], outputs=[L.generate / "prompts.json"], owns=[L.generate],
+                 needs=[L.lm_mix / "metrics.json", L.vocoder / "config.json", L.manifest], after=record, make_commands=make_commands)
+
+
+def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
+    """The judges, then every evaluation of the interleaved LM on the corpus's test split."""
+    judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--units", str(L.units),
+                               "--out", str(L.judges), "--seed", str(seed)]],
+                   outputs=[L.judges / "judges_metrics.json"], owns=[L.judges], needs=[L.manifest, L.units])
+    shots = {"asr": preset.asr_shots, "ic": preset.ic_shots, "tts": preset.tts_shots}
+    stages = [judges]
+    for task in EVAL_TASKS:
+        argv = ["eval", task, "--model", str(L.lm_mix), "--manifest", str(L.manifest), "--units", str(L.units),
+                "--out", str(L.eval_dir(task)), "--max_items", str(preset.eval_items), "--seed", str(seed)]
+        needs = [L.lm_mix / "metrics.json"]
+        if task in shots:
+            argv += ["--shots", str(shots[task])]
+        if task in ("tts", "stsp"):  # speech outputs are spoken by the vocoder and judged
+            argv += ["--vocoder", str(L.vocoder), "--judges", str(L.judges)]
+            needs += [L.vocoder / "config.json", L.judges / "judges_metrics.json"]
+        if task == "zeroshot":  # spoken pseudo-words are tokenized with the demo's tokenizer
+            argv += ["--speech_tokenizer", str(L.tokenizer)]
+        stages.append(Stage(f"eval-{task}", [argv], outputs=[L.eval_dir(task) / "metrics.json"], owns=[L.eval_dir(task)], needs=needs))
+    return stages
+
+
+# ---------------------------------------------------------------------------------------------
+# Small file helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def first_test_item(manifest: Path) -> dict | None:
+    """The manifest's first test-split line (audio made absolute), or None."""
+    for line in manifest.read_text().splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if item.get("split") == "test":
+            if not os.path.isabs(item["audio"]):
+                item["audio"] = str(manifest.parent / item["audio"])
+            return item
+    return None
+
+
+def write_test_units(manifest: Path, units: Path, out: Path, n: int) -> int:
+    """Copies the units lines of the manifest's first ``n`` test utterances to ``out``; returns how many."""
+    test_ids = [json.loads(ln)["id"] for ln in manifest.read_text().splitlines() if ln.strip() and json.loads(ln).get("split") == "test"]
+    rows = {}
+    for line in units.read_text().splitlines():
+        if line.strip():
+            rows[str(json.loads(line).get("id"))] = line
+    picked = [rows[i] for i in test_ids if i in rows][:n]
+    if not picked:
+        raise UserError(f"{units}: no units for the test utterances of {manifest} (--out: rerun the tokenize stage)")
+    print(f"[demo] resynthesis: {len(picked)} test utterances of {units} -> {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join(picked) + "\n")
+    os.replace(tmp, out)
+    return len(picked)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+
+def _marker(out: Path, name: str) -> Path:
+    return out / ".demo" / f"{name}.json"
+
+
+def is_complete(out: Path, stage: Stage) -> bool:
+    """The stage's marker and every output exist."""
+    return _marker(out, stage.name).is_file() and all(p.exists() for p in stage.outputs)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def run_stage(out: Path, stage: Stage, rerun_hint: str) -> float:
+    """Runs one stage (its inputs must exist); writes its marker; returns its seconds."""
+    missing = [p for p in stage.needs if not p.exists()]
+    if missing:
+        raise DemoError(f"{missing[0]}: missing, needed by stage {stage.name!r} (--only: run the stages before it first)")
+    _remove(_marker(out, stage.name))
+    print(f"\n[demo] ==== {stage.name} ====", flush=True)
     t0 = time.time()
-    corpus, tok_dir, units = out / "corpus", out / "tokenizer", out / "units.jsonl"
-    manifest = corpus / "manifest.jsonl"
-    extra_text = out / "text.txt"
-    data_train, data_valid = out / "data" / "train", out / "data" / "valid"
-    lm_text, lm_mix = out / "lm" / "tiny-text", out / "lm" / "tiny-interleaved"
-    timings: dict[str, float] = {}
+    if stage.before is not None:
+        stage.before()
+    if stage.make_commands is not None:
+        stage.commands = stage.make_commands()
+    printed = []
+    for argv in stage.commands:
+        try:
+            printed.append(run_command(argv))
+        except SystemExit as exc:
+            raise DemoError(f"stage {stage.name!r} failed: `spiritlm {' '.join(argv[:2])} …` exited with status {exc.code} "
+                            f"(its error is above; rerun the stage with `{rerun_hint} --only {stage.name}`)") from None
+    if stage.after is not None:
+        stage.after(printed)
+    absent = [p for p in stage.outputs if not p.exists()]
+    if absent:
+        raise DemoError(f"{absent[0]}: stage {stage.name!r} ran but did not write it")
+    seconds = round(time.time() - t0, 1)
+    _write_json(_marker(out, stage.name), {"seconds": seconds, "commands": stage.commands, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return seconds
 
-    def stage(name: str, done: bool, argv_list: list[list[str]]) -> None:
-        if done:
-            print(f"\n[demo] {name}: already done, skipping")
-            return
-        t = time.time()
-        for argv in argv_list:
-            _run(argv)
-        timings[name] = round(time.time() - t, 1)
 
-    stage("corpus", manifest.exists(), [
-        ["corpus", "synth", "--out", str(corpus), "--num_utts", str(num_utts), "--seed", str(seed)],
-    ])
-    _run(["corpus", "check", str(manifest)])
-    stage("text corpus", extra_text.exists(), [
-        ["corpus", "text", "--out", str(extra_text), "--num_sentences", str(text_docs), "--seed", str(seed)],
-    ])
-    stage("speech tokenizer", (tok_dir / "metrics.json").exists(), [
-        ["tokenizer", "train", "--manifest", str(manifest), "--out", str(tok_dir), "--preset", "tiny", "--seed", str(seed)],
-    ])
-    stage("tokenize", units.exists() and not (out / "units.jsonl.errors.json").exists() and _lines(units) == _lines(manifest), [
-        ["tokenize", "--manifest", str(manifest), "--tokenizer", str(tok_dir), "--out", str(units)],
-    ])
-    common = ["--units", str(units), "--expressive", "true", "--group_words", "40", "--seed", str(seed)]
-    stage("data", (data_valid / "summary.json").exists(), [
-        ["data", "build", "--manifest", str(manifest), "--out", str(data_train), "--split", "train",
-         "--extra_text", str(extra_text), *common],
-        ["data", "build", "--manifest", str(manifest), "--out", str(data_valid), "--split", "valid",
-         "--text_tokenizer", str(data_train / "tokenizer.model"), *common],
-    ])
-    data_opts = ["--data.data_dir", str(data_train), "--data.val_dir", str(data_valid)]
-    stage("lm text-only", (lm_text / "metrics.json").exists(), [
-        ["train", "--config", str(CONFIGS / "tiny-text.yaml"), *data_opts,
-         "--train.output_dir", str(lm_text), "--train.max_steps", str(text_steps)],
-    ])
-    stage("lm interleaved", (lm_mix / "metrics.json").exists(), [
-        ["train", "--config", str(CONFIGS / "tiny-interleaved.yaml"), *data_opts, "--model.init_from", str(lm_text),
-         "--train.output_dir", str(lm_mix), "--train.max_steps", str(mixture_steps)],
-    ])
-    first_test = next(json.loads(line) for line in manifest.read_text().splitlines() if json.loads(line)["split"] == "test")
-    prompt = " ".join(first_test["text"].split()[:4])
-    _run(["generate", "--model", str(lm_mix), "--text", prompt, "--output_modality", "text",
-          "--max_new_tokens", "20", "--do_sample", "false"])
-    _run(["generate", "--model", str(lm_mix), "--text", prompt, "--output_modality", "speech",
-          "--max_new_tokens", "40", "--min_new_tokens", "10", "--do_sample", "false"])
+def _check_preset(out: Path, preset_name: str, seed: int) -> None:
+    """OUT keeps the preset and seed it was made with; another one would mix sizes."""
+    path = out / ".demo" / "config.json"
+    current = {"preset": preset_name, "seed": seed}
+    if path.is_file():
+        made = json.loads(path.read_text())
+        if made != current:
+            raise UserError(f"{out}: made with --preset {made.get('preset')} --seed {made.get('seed')}, not --preset {preset_name} "
+                            f"--seed {seed} (--fresh true starts over; or choose another --out)")
+    else:
+        _write_json(path, current)
 
-    summary = {
-        "out": str(out),
-        "seconds": round(time.time() - t0, 1),
-        "stage_seconds": timings,
-        "corpus": json.loads((corpus / "stats.json").read_text()),
-        "tokenizer_metrics": json.loads((tok_dir / "metrics.json").read_text()),
-        "data": {s: json.loads((d / "summary.json").read_text()) for s, d in (("train", data_train), ("valid", data_valid))},
-        "lm": {name: json.loads((d / "metrics.json").read_text()) for name, d in (("text", lm_text), ("interleaved", lm_mix))},
-    }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+
+def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | None = None, threads: int = 0) -> dict:
+    """Runs the demo's stages into ``out`` (or only one of them); writes the report and ``demo_summary.json``.
+
+    Returns the summary.
+    """
+    import torch
+
+    if preset_name not in PRESETS:
+        raise UserError(f"unknown preset {preset_name!r} (--preset: choose from {', '.join(PRESETS)})")
+    preset = PRESETS[preset_name]
+    stages = build_stages(out, preset, seed)
+    names = [s.name for s in stages] + ["report"]
+    if only is not None and only not in names:
+        raise UserError(f"unknown stage {only!r} (--only: choose from {', '.join(names)})")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_preset(out, preset_name, seed)
+    rerun_hint = f"spiritlm demo --preset {preset_name} --out {out}"
+
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or _cpus())
+    t0 = time.time()
+    try:
+        for stage in stages:
+            if only is not None and stage.name != only:
+                continue
+            if only is None and is_complete(out, stage):
+                print(f"\n[demo] {stage.name}: already done, skipping")
+                continue
+            if only is not None:  # a rerun starts from the stages before it, not from its own leftovers
+                for path in stage.owns:
+                    _remove(path)
+            run_stage(out, stage, rerun_hint)
+    finally:
+        torch.set_num_threads(prev_threads)
+    summary = write_summary(out, preset_name, stages, time.time() - t0)
+    print(f"\n$ spiritlm demo --out {out} --only report")
+    report = build_report(out)
+    print(f"[demo] report: {report}")
     return summary
 
 
-def _lines(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
+def write_summary(out: Path, preset_name: str, stages: list[Stage], seconds: float) -> dict:
+    """``OUT/demo_summary.json``: preset, seconds per stage (from the markers, so resumed runs add up) and headline numbers."""
+    L = DemoLayout(out)
+    stage_seconds = {}
+    for stage in stages:
+        marker = _marker(out, stage.name)
+        if marker.is_file():
+            stage_seconds[stage.name] = json.loads(marker.read_text())["seconds"]
+
+    def load(path: Path):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    summary = {
+        "out": str(out),
+        "preset": preset_name,
+        "preset_sizes": asdict(PRESETS[preset_name]),
+        "seconds": round(sum(stage_seconds.values()), 1),
+        "this_run_seconds": round(seconds, 1),
+        "stage_seconds": stage_seconds,
+        "incomplete_stages": [s.name for s in stages if not is_complete(out, s)],
+        "corpus": load(L.corpus / "stats.json"),
+        "tokenizer_metrics": load(L.tokenizer / "metrics.json"),
+        "data": {name: load(d / "summary.json") for name, d in (("train", L.data_train), ("valid", L.data_valid))},
+        "lm": {name: load(d / "metrics.json") for name, d in (("text", L.lm_text), ("interleaved", L.lm_mix))},
+        "vocoder": load(L.vocoder_eval / "metrics.json"),
+        "judges": load(L.judges / "judges_metrics.json"),
+        "evals": {task: load(L.eval_dir(task) / "metrics.json") for task in EVAL_TASKS},
+    }
+    _write_json(L.summary, summary)
+    return summary
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def demo(preset: str = "full", out: str = "demo_out", fresh: bool = False, only: str | None = None,
+         seed: int = 0, threads: int = 0) -> None:
+    """Run the whole pipeline on the synthetic corpus and write a report (what ``make demo`` runs).
+
+    Stages: corpus, text, tokenizer, tokenize, data, lm-text, lm-interleaved, vocoder,
+    resynthesis, generate, judges, eval-asr, eval-tts, eval-ic, eval-stsp, eval-zeroshot, report.
+    Each prints the ``spiritlm`` command it runs; complete stages are skipped.
+
+    Example: ``spiritlm demo --preset quick --out /tmp/demo`` (a few minutes), then
+    ``spiritlm demo --preset quick --out /tmp/demo --only report`` to rebuild the report alone.
+
+    Args:
+        preset: ``quick`` (every stage at toy size, a few minutes) or ``full`` (about 45 minutes
+            on 2 CPU cores).
+        out: output folder; ``OUT/report/report.md`` is the report.
+        fresh: delete ``OUT`` first and start over.
+        only: run only this stage, again, from the outputs of the stages before it
+            (``report`` rebuilds the report alone).
+        seed: seed of every stage.
+        threads: torch CPU threads for the whole demo (0: one per CPU core).
+    """
+    path = Path(out)
+    if fresh and only is not None:
+        raise UserError("--fresh true deletes every stage's outputs, so --only cannot run one stage from them")
+    if fresh and path.exists():
+        print(f"[demo] --fresh: deleting {path}")
+        shutil.rmtree(path)
+    if only == "report":
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r} (--preset: choose from {', '.join(PRESETS)})")
+        print(f"[demo] report: {build_report(path)}")
+        return
+    summary = run_demo(path, preset, seed, only, threads)
+    print(f"\n[demo] done: {summary['seconds']} s of stages ({summary['this_run_seconds']} s this run); "
+          f"summary in {path / 'demo_summary.json'}, report in {path / 'report' / 'report.md'}")
+    if summary["incomplete_stages"] and only is None:
+        raise DemoError(f"{path}: stages not complete: {', '.join(summary['incomplete_stages'])}")
+
+
+COMMANDS = demo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m spiritlm.recipes.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--num_utts", type=int, default=1500, help="utterances in the synthetic corpus")
-    parser.add_argument("--text_docs", type=int, default=20000, help="documents in the text-only corpus")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
-    parser.add_argument("--text_steps", type=int, default=300, help="steps of text-only pretraining")
-    parser.add_argument("--mixture_steps", type=int, default=300, help="steps of continued pretraining")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes everywhere (a smoke run)")
-    parser.add_argument("--fresh", action="store_true", help="delete OUT first")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.num_utts, args.text_docs, args.text_steps, args.mixture_steps = 120, 2000, 20, 20
-    out = Path(args.out)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = run_demo(out, args.num_utts, args.text_docs, args.seed, args.text_steps, args.mixture_steps)
-    print("\n[demo] done in", summary["seconds"], "s; summary in", out / "demo_summary.json")
-    sys.stdout.flush()
+    """``python -m spiritlm.recipes.demo …`` = ``spiritlm demo …``."""
+    from spiritlm.cli import main as spiritlm
+
+    spiritlm(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

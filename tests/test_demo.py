@@ -1,27 +1,139 @@
-"""`make demo`'s pipeline, shrunk (`--quick`): every stage runs and hands its output to the next."""
+"""`spiritlm demo`: stage skipping, resuming and rerunning (on cheap stand-in stages), failures, and the quick preset end to end."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from spiritlm.recipes.demo import main
+import spiritlm.recipes.demo as demo_mod
+from spiritlm.errors import UserError
+from spiritlm.recipes.demo import DemoError, Stage, main, run_demo
+
+
+def _text_stage(name: str, path: Path, needs=(), n: int = 5) -> Stage:
+    """A real, cheap command: `spiritlm corpus text` writing ``path``."""
+    return Stage(name, [["corpus", "text", "--out", str(path), "--num_sentences", str(n), "--seed", "0"]],
+                 outputs=[path], owns=[path], needs=list(needs))
+
+
+@pytest.fixture()
+def two_stages(tmp_path, monkeypatch):
+    out = tmp_path / "demo"
+    a, b = out / "a.txt", out / "b.txt"
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s: [_text_stage("a", a), _text_stage("b", b, needs=[a], n=7)])
+    return out, a, b
+
+
+def test_stages_run_once_then_skip_and_resume(two_stages, capsys):
+    out, a, b = two_stages
+    summary = run_demo(out, "quick", threads=1)
+    first = capsys.readouterr().out
+    assert first.count("$ spiritlm corpus text") == 2
+    assert a.is_file() and b.is_file() and len(b.read_text().splitlines()) == 7
+    assert set(summary["stage_seconds"]) == {"a", "b"} and summary["incomplete_stages"] == []
+    assert json.loads((out / "demo_summary.json").read_text())["preset"] == "quick"
+    assert (out / "report" / "report.md").is_file()
+    # a second run finds both complete and runs nothing
+    run_demo(out, "quick", threads=1)
+    second = capsys.readouterr().out
+    assert "$ spiritlm corpus text" not in second
+    assert "[demo] a: already done, skipping" in second and "[demo] b: already done, skipping" in second
+    # an output that disappeared makes its stage (only) run again
+    b.unlink()
+    run_demo(out, "quick", threads=1)
+    third = capsys.readouterr().out
+    assert third.count("$ spiritlm corpus text") == 1 and f"--out {b}" in third and b.is_file()
+
+
+def test_only_reruns_one_stage_from_scratch(two_stages, capsys):
+    out, a, b = two_stages
+    run_demo(out, "quick", threads=1)
+    capsys.readouterr()
+    b.write_text("stale\n")
+    run_demo(out, "quick", only="b", threads=1)
+    printed = capsys.readouterr().out
+    assert printed.count("$ spiritlm corpus text") == 1 and f"--out {b}" in printed
+    assert len(b.read_text().splitlines()) == 7  # rewritten, not the stale file
+    # a stage whose inputs are missing says which and does not run
+    a.unlink()
+    with pytest.raises(DemoError, match=r"a\.txt: missing, needed by stage 'b'"):
+        run_demo(out, "quick", only="b", threads=1)
+    with pytest.raises(UserError, match=r"unknown stage 'c' \(--only: choose from a, b, report\)"):
+        run_demo(out, "quick", only="c", threads=1)
+
+
+def test_a_failing_command_stops_the_demo_loudly(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "demo"
+    bad = Stage("check", [["corpus", "check", str(tmp_path / "absent.jsonl")]], outputs=[out / "never"], owns=[])
+    after = _text_stage("after", out / "after.txt")
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s: [bad, after])
+    with pytest.raises(DemoError, match=r"stage 'check' failed: `spiritlm corpus check …` exited with status \d+ .*--only check"):
+        run_demo(out, "quick", threads=1)
+    assert not (out / ".demo" / "check.json").exists()  # not marked complete
+    assert not (out / "after.txt").exists()  # later stages did not run
+    # a stage that "succeeds" without writing its outputs is a failure too
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s: [Stage("x", [["corpus", "text", "--out", str(out / "y.txt"), "--num_sentences", "2"]],
+                                                                          outputs=[out / "x.txt"], owns=[])])
+    with pytest.raises(DemoError, match=r"x\.txt: stage 'x' ran but did not write it"):
+        run_demo(out, "quick", threads=1)
+
+
+def test_out_remembers_its_preset(two_stages):
+    out, _, _ = two_stages
+    run_demo(out, "quick", threads=1)
+    with pytest.raises(UserError, match="made with --preset quick --seed 0, not --preset full --seed 0"):
+        run_demo(out, "full", threads=1)
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        run_demo(out, "huge", threads=1)
+
+
+def test_only_report_rebuilds_the_report_alone(two_stages, capsys):
+    out, a, _ = two_stages
+    main(["--preset", "quick", "--out", str(out), "--only", "report"])
+    printed = capsys.readouterr().out
+    assert "$ spiritlm" not in printed and not a.exists()
+    assert (out / "report" / "report.md").is_file()
+
+
+def test_demo_is_a_spiritlm_command():
+    cmd = [sys.executable, "-m", "spiritlm.cli", "demo", "--help"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--preset" in res.stdout and "--only" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "spiritlm.recipes.demo", "--preset", "tiny", "--out", "/nonexistent/x"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("spiritlm demo: error: unknown preset 'tiny'")
+
+
+def test_stage_names_are_unique_and_cover_the_pipeline(tmp_path):
+    names = [s.name for s in demo_mod.build_stages(tmp_path, demo_mod.PRESETS["quick"], 0)]
+    assert len(names) == len(set(names))
+    assert names[:7] == ["corpus", "text", "tokenizer", "tokenize", "data", "lm-text", "lm-interleaved"]
+    for needed in ("vocoder", "resynthesis", "generate", "judges", "eval-asr", "eval-tts", "eval-ic", "eval-stsp", "eval-zeroshot"):
+        assert needed in names
 
 
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    main(["--out", str(out), "--quick"])
+    main(["--preset", "quick", "--out", str(out), "--threads", "1"])
+    first = capsys.readouterr().out
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["corpus"]["num_utts"] == 120
-    metrics = summary["tokenizer_metrics"]
+    assert summary["incomplete_stages"] == [] and summary["corpus"]["num_utts"] == 120
     for key in ("pnmi", "phone_purity", "f0_rmse_cents", "vuv_error", "codebook_perplexity", "style_purity"):
-        assert isinstance(metrics[key], float)
+        assert isinstance(summary["tokenizer_metrics"][key], float)
     train = summary["data"]["train"]
-    assert train["extra_text_documents"] == 2000
     assert all(train["subsets"][s]["documents"] > 0 for s in ("speech", "text", "interleaved"))
-    assert set(summary["lm"]) == {"text", "interleaved"}
-    printed = capsys.readouterr().out
-    assert "[text]" in printed and "[speech]" in printed
-    # a second run finds every stage done and skips it
-    main(["--out", str(out), "--quick"])
-    assert printed.count("$ spiritlm corpus synth") == 1 and "already done" in capsys.readouterr().out
+    for task in ("asr", "tts", "ic", "stsp", "zeroshot"):
+        assert summary["evals"][task], task
+    md = (out / "report" / "report.md").read_text()
+    for png in ("loss_curves.png", "utterance_tokens.png", "f0_resynthesis.png", "metrics_vs_chance.png"):
+        assert (out / "report" / png).is_file() and f"]({png})" in md
+    assert "Not available" not in md and "missing" not in md
+    assert list((out / "report" / "audio").glob("t2s_*.wav")) and list((out / "report" / "audio").glob("resynth_*.wav"))
+    assert "$ spiritlm corpus synth" in first and "$ spiritlm eval zeroshot" in first
+    # a second run finds every stage complete and runs no command
+    main(["--preset", "quick", "--out", str(out), "--threads", "1"])
+    second = capsys.readouterr().out
+    assert "$ spiritlm corpus" not in second and "$ spiritlm train" not in second and second.count("already done") == len(summary["stage_seconds"])
