@@ -5,10 +5,16 @@ model cut at layer 11 — the compute of mHuBERT-25Hz, whose weights cannot be d
 pitch (F0 extraction + VQ-VAE encoder) and style (CNN encoder + pooling + k-means). Speed does
 not depend on trained weights, so untrained models are used unless ``--tokenizer`` is given.
 
+Then the F0 backends alone (``--f0_backends``, default all: pyworld DIO and Harvest, torchcrepe
+``tiny``, FCPE — Meta's default — and pYAAPT — Meta's alternative): the real-time factor
+(seconds of compute per second of audio, one utterance at a time, after a warm-up that also
+loads the models) over ``--f0_seconds`` of the same audio.
+
 Usage::
 
     python benchmarks/bench_tokenizers.py [--tokenizer DIR] [--manifest M] [--num_utts 16]
         [--batch_size 8] [--device cpu] [--threads 0] [--no_hubert] [--f0_backend pyworld-dio]
+        [--f0_backends dio,harvest,crepe,fcpe,pyaapt] [--f0_seconds 30] [--no_streams]
 
 Audio: the utterances of ``--manifest``, or clips of 3-9 s cut from the real LibriSpeech
 utterance in shared/data/real.
@@ -96,6 +102,29 @@ def _streams(args):
     return streams
 
 
+def _f0_speed(args, wavs) -> None:
+    from spiritlm.tokenizers.f0 import F0Config, extract_f0_batch
+
+    clips, total = [], 0.0
+    for w in wavs:  # the first --f0_seconds of audio, whole utterances
+        if total >= args.f0_seconds:
+            break
+        clips.append(w)
+        total += len(w) / 16000
+    print(f"F0 backends: {len(clips)} utterances, {total:.1f} s, one at a time, {torch.get_num_threads()} torch threads")
+    print(f"{'F0 backend':<20} {'real-time factor':>17} {'speed':>10}")
+    for name in [b for b in args.f0_backends.split(",") if b]:
+        cfg = F0Config(backend=name, device=args.device)
+        extract_f0_batch([clips[0][:16000]], cfg)  # warm-up, model loading
+        t = time.perf_counter()
+        for w in clips:
+            extract_f0_batch([w], cfg)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        print(f"{name:<20} {dt / total:>17.3f} {total / dt:>9.1f}x", flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", help="tokenizer directory (default: untrained models of the tiny sizes)")
@@ -105,7 +134,10 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no_hubert", action="store_true", help="skip the HuBERT-base-sized model")
-    ap.add_argument("--f0_backend", default="pyworld-dio")
+    ap.add_argument("--f0_backend", default="pyworld-dio", help="F0 backend of the pitch stream")
+    ap.add_argument("--f0_backends", default="dio,harvest,crepe,fcpe,pyaapt", help="F0 backends timed alone (comma-separated; empty: none)")
+    ap.add_argument("--f0_seconds", type=float, default=30.0, help="seconds of audio for the F0 backend timings")
+    ap.add_argument("--no_streams", action="store_true", help="time the F0 backends only")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,11 +153,14 @@ def main(argv=None) -> None:
     print(f"machine: {cpu}; {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
     print(f"audio: {len(wavs)} utterances, {seconds:.1f} s; batched = {args.batch_size} per batch")
-    print(f"{'stream':<50} {'one at a time':>14} {'batched':>10}   (seconds of audio per second)")
-    for name, fn in _streams(args).items():
-        single = _time(fn, wavs, 1)
-        batched = _time(fn, wavs, args.batch_size)
-        print(f"{name:<50} {seconds / single:>13.1f}x {seconds / batched:>9.1f}x", flush=True)
+    if not args.no_streams:
+        print(f"{'stream':<50} {'one at a time':>14} {'batched':>10}   (seconds of audio per second)")
+        for name, fn in _streams(args).items():
+            single = _time(fn, wavs, 1)
+            batched = _time(fn, wavs, args.batch_size)
+            print(f"{name:<50} {seconds / single:>13.1f}x {seconds / batched:>9.1f}x", flush=True)
+    if args.f0_backends:
+        _f0_speed(args, wavs)
 
 
 if __name__ == "__main__":

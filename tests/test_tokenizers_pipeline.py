@@ -71,6 +71,12 @@ def test_metrics_far_above_chance(trained):
     assert m["f0_rmse_cents"] < 0.5 * m["f0_rmse_cents_speaker_mean_baseline"]
     assert m["vuv_error"] < 0.5  # 300 steps; voicing is learnt later (see the slow test)
     assert 0.5 < m["codebook_usage"] <= 1 and 8 <= m["codebook_perplexity"] <= 64
+    # the training speakers' F0 means, also in Meta's speaker_stats format (Hz)
+    from spiritlm.tokenizers.f0 import load_meta_speaker_stats
+
+    means = load_meta_speaker_stats(out / "pitch" / "speaker_stats.pt")
+    assert set(means) == set(SpeechTokenizer.load(out).pitch.stats.speakers) and len(means) >= 2
+    assert all(50 < v < 600 for v in means.values())
 
 
 @pytest.mark.slow
@@ -278,9 +284,10 @@ def test_meta_pitch_quantizer_layout_and_assemble(trained, tmp_path):
     wav = (0.3 * np.sin(2 * np.pi * 140 * np.arange(146_160) / 16000)).astype(np.float32)
     codes = tok.encode([wav])[0]
     assert codes.shape == (114,) == (tok.num_tokens(146_160),)
-    # Meta's input: interpolated F0 in Hz minus the speaker (here: utterance) mean, and voicing
-    f0 = np.array([0, 100, 0, 300, 0], np.float32)
-    np.testing.assert_allclose(tok.features(f0, (f0 > 0).astype(np.float32)), [[-100, -100, 0, 100, 100], [0, 1, 0, 1, 0]])
+    # Meta's input: the backend's interpolated F0 in Hz minus the speaker (here: utterance) mean
+    # over voiced frames, and voicing
+    contour = np.array([100, 100, 200, 300, 300], np.float32)
+    np.testing.assert_allclose(tok.features(contour, np.array([0, 1, 0, 1, 0], np.float32)), [[-100, -100, 0, 100, 100], [0, 1, 0, 1, 0]])
     assemble(hubert="mfcc", kmeans=str(out / "units" / "kmeans.pt"), out=str(tmp_path / "asm"),
              pitch=str(tmp_path / "vqvae_f0_quantizer"), style=str(out / "style"))
     asm = SpeechTokenizer.load(tmp_path / "asm")
