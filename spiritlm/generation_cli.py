@@ -22,6 +22,7 @@ def generate_fn(
     speech_tokenizer: str | None = None,
     vocoder: str | None = None,
     output_dir: str = ".",
+    out: str | None = None,
     device: str = "cpu",
     show_ids: bool = False,
 ) -> None:
@@ -50,7 +51,9 @@ def generate_fn(
         speech_tokenizer: directory of a saved speech tokenizer (``spiritlm tokenizer``), used to
             turn a WAV prompt into units.
         vocoder: directory of a unit vocoder; speech outputs are then written as WAV files.
-        output_dir: where WAV files go.
+        output_dir: where WAV files go (``generation_NN.wav``) when ``out`` is not given.
+        out: WAV path of the (first) speech output, with ``vocoder``; further speech segments
+            of an ``arbitrary`` generation go next to it as ``<stem>_<N>.wav``.
         device: ``cpu`` or ``cuda[:N]``.
         show_ids: also print the prompt and generated token ids.
     """
@@ -67,11 +70,9 @@ def generate_fn(
         stok = SpeechTokenizer.load(speech_tokenizer, device=device)
     voc = None
     if vocoder is not None:
-        try:
-            from spiritlm.vocoder import load_vocoder  # type: ignore[attr-defined]
-        except ImportError as e:
-            raise SystemExit(f"spiritlm generate: no vocoder loader available ({e})") from e
-        voc = load_vocoder(vocoder, device=device)
+        from spiritlm.vocoder import Vocoder
+
+        voc = Vocoder.from_pretrained(vocoder, device=device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     lm = SpiritLM.from_pretrained(model, speech_tokenizer=stok, vocoder=voc, device=device, dtype=dtype)
     inputs = []
@@ -98,6 +99,7 @@ def generate_fn(
     out_dir = Path(output_dir)
     if not result["outputs"]:
         print(f"[{output_modality}] (nothing: the model ended the sequence at once; try --min_new_tokens)")
+    n_speech = 0
     for i, seg in enumerate(result["outputs"]):
         if seg.modality == "text" or voc is None:
             print(f"[{seg.modality}] {seg.content if seg.modality == 'text' else seg.tokens}")
@@ -105,12 +107,19 @@ def generate_fn(
         import numpy as np
         import soundfile as sf
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"generation_{i:02d}.wav"
+        if out is not None:
+            first = Path(out)
+            path = first if n_speech == 0 else first.with_name(f"{first.stem}_{n_speech}{first.suffix or '.wav'}")
+        else:
+            path = out_dir / f"generation_{i:02d}.wav"
+        n_speech += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
         wav = seg.content
         if hasattr(wav, "detach"):
             wav = wav.detach().float().cpu().numpy()
-        sf.write(path, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)), format="WAV")
+        tmp.replace(path)
         print(f"[speech] {path}")
 
 

@@ -11,6 +11,7 @@ import torch
 
 from spiritlm.cli import main
 from spiritlm.errors import UserError
+from spiritlm.formats import string_to_units
 from spiritlm.vocoder import Vocoder, VocoderConfig
 from spiritlm.vocoder.api import save_pretrained
 from spiritlm.vocoder.model import UnitHifiGAN
@@ -162,6 +163,13 @@ def test_lengths_and_defaults(voc):
     assert voc.synthesize(s).shape == (n * 640,)
     assert voc.sample_rate == 16000
     np.testing.assert_array_equal(voc.decode(s), voc.synthesize(s))
+    # decode follows Meta's decoder: a per-unit dict (what SpiritLM passes) gets durations,
+    # a frame-rate dict (pitch not one code per unit) does not
+    per_unit = string_to_units(s)
+    np.testing.assert_array_equal(voc.decode(per_unit), voc.synthesize(s))
+    assert voc.decode(frames).shape == (9 * 640,)
+    with pytest.raises(UserError, match="deduplicated streams need --dur_pred true"):
+        voc.decode(per_unit, dur_pred=False)  # per-unit pitch read as 12.5 Hz does not fit
 
 
 def test_batch_equals_one_at_a_time(voc):
@@ -194,3 +202,57 @@ def test_base_vocoder_without_tables(tmp_path):
     voc.save(tmp_path / "v")
     again = Vocoder.from_pretrained(tmp_path / "v")
     np.testing.assert_array_equal(again.synthesize({"hubert": "1 2 3"}), wav)
+
+
+# -- integration: SpeechTokenizer.decode, SpiritLM(vocoder=…), spiritlm generate --vocoder --------
+
+
+def test_speech_tokenizer_decode_uses_the_vocoder(voc):
+    from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer
+
+    s = "[St1][Pi1][Hu1][Hu2][Pi2][Hu3]"
+    tok = SpeechTokenizer(units=None, vocoder=voc)  # decode needs only the vocoder
+    np.testing.assert_array_equal(tok.decode(s, speaker="bob"), voc.synthesize(s, speaker="bob"))
+    with pytest.raises(ValueError, match="needs a vocoder"):
+        SpeechTokenizer(units=None).decode(s)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    from spiritlm.model.testing import tiny_hf_llama, toy_tokenizer
+    from spiritlm.text_tokenizer import SpiritTextTokenizer
+
+    d = tmp_path_factory.mktemp("lm")
+    toy_tokenizer(d, num_hubert=64)
+    tok = SpiritTextTokenizer.load(d / "tokenizer.model")
+    return tiny_hf_llama(tmp_path_factory.mktemp("hf"), vocab_size=tok.vocab_size, seed=5, tokenizer_model=d / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def base_voc_dir(tmp_path_factory):
+    torch.manual_seed(4)
+    d = tmp_path_factory.mktemp("base_voc")
+    save_pretrained(random_model(tiny_config(num_units=64, num_pitch=0, num_style=0)), d, speakers=["alice", "bob"])
+    return d
+
+
+def test_spiritlm_with_vocoder_returns_audio(lm_dir, base_voc_dir):
+    from spiritlm.generation import SpiritLM
+
+    voc = Vocoder.from_pretrained(base_voc_dir)
+    lm = SpiritLM.from_pretrained(lm_dir, vocoder=voc)
+    out = lm.generate([("text", "the cat")], output_modality="speech", max_new_tokens=6, min_new_tokens=6, seed=0)
+    assert len(out) == 1 and out[0].modality == "speech"
+    wav = out[0].content
+    assert isinstance(wav, np.ndarray) and wav.dtype == np.float32
+    np.testing.assert_array_equal(wav, voc.synthesize(out[0].tokens))  # durations predicted for LM tokens
+
+
+def test_generate_cli_writes_wav(lm_dir, base_voc_dir, tmp_path, capsys):
+    out = tmp_path / "gen" / "x.wav"
+    main(["generate", "--model", str(lm_dir), "--text", "the cat", "--output_modality", "speech",
+          "--vocoder", str(base_voc_dir), "--out", str(out), "--max_new_tokens", "6", "--min_new_tokens", "6"])
+    assert f"[speech] {out}" in capsys.readouterr().out
+    wav, sr = sf.read(out, dtype="float32")
+    assert sr == 16000 and wav.size > 0 and wav.size % 640 == 0
+    assert not list(out.parent.glob(".*tmp"))

@@ -119,12 +119,21 @@ class SpeechTokenizer:
         units: the unit tokenizer.
         pitch: the pitch tokenizer (expressive).
         style: the style tokenizer (expressive).
+        vocoder: a :class:`spiritlm.vocoder.Vocoder` for :meth:`decode` (optional; can be set later
+            as ``tokenizer.vocoder``).
     """
 
-    def __init__(self, units: UnitTokenizer, pitch: PitchTokenizer | None = None, style: StyleTokenizer | None = None):
+    def __init__(
+        self,
+        units: UnitTokenizer,
+        pitch: PitchTokenizer | None = None,
+        style: StyleTokenizer | None = None,
+        vocoder=None,
+    ):
         if (pitch is None) != (style is None):
             raise ValueError("an expressive tokenizer needs both pitch and style (a base one neither)")
         self.units, self.pitch, self.style = units, pitch, style
+        self.vocoder = vocoder
 
     @property
     def kind(self) -> str:
@@ -195,6 +204,21 @@ class SpeechTokenizer:
             return units_to_string(u, has_pitch=expressive, has_style=expressive, **kwargs)
 
         return [render(u) for u in units] if isinstance(units, list) else render(units)
+
+    def decode(self, units: dict | str, speaker: int | str = 0, dur_pred: bool | None = None, vocoder=None) -> np.ndarray:
+        """Units back to a 16 kHz float32 waveform with a unit vocoder (Meta's ``decode``).
+
+        Args:
+            units: a token string (``"[St3][Pi1][Hu5]…"``) or a unit dict.
+            speaker: speaker index or name of the vocoder.
+            dur_pred: predict unit durations; default as in Meta's decoder (see
+                :meth:`spiritlm.vocoder.Vocoder.decode`).
+            vocoder: the :class:`spiritlm.vocoder.Vocoder` to use (default: ``self.vocoder``).
+        """
+        voc = vocoder if vocoder is not None else self.vocoder
+        if voc is None:
+            raise ValueError("decode needs a vocoder: SpeechTokenizer(..., vocoder=Vocoder.from_pretrained(dir)) or decode(..., vocoder=)")
+        return voc.decode(units, speaker=speaker, dur_pred=dur_pred)
 
     # -----------------------------------------------------------------------------------------
 

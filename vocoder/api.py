@@ -190,9 +190,22 @@ class Vocoder:
         """
         return self.synthesize_batch([units], speaker=speaker, dur_pred=dur_pred, style_id=style_id)[0]
 
-    def decode(self, units: UnitsInput, **kwargs: Any) -> np.ndarray:
-        """Alias of :meth:`synthesize` (the ``VocoderLike`` protocol of :class:`spiritlm.generation.SpiritLM`)."""
-        return self.synthesize(units, **kwargs)
+    def decode(
+        self, units: UnitsInput, *, speaker: int | str = 0, dur_pred: bool | None = None, style_id: int | str = 0
+    ) -> np.ndarray:
+        """:meth:`synthesize` with the defaults of Meta's ``SpiritLMTokenizer.decode``.
+
+        This is the ``VocoderLike`` protocol of :class:`spiritlm.generation.SpiritLM`, which
+        passes the per-unit dict ``string_to_units`` makes of a generated token string. So, as
+        in Meta's decoder, ``dur_pred=None`` means: predict durations (when the vocoder has a
+        duration predictor) unless the dict's pitch stream does not have one code per unit,
+        which marks frame-rate streams (resynthesis). Token strings: as :meth:`synthesize`.
+        """
+        if dur_pred is None and isinstance(units, dict):
+            hubert, pitch = units.get("hubert"), units.get("pitch")
+            per_unit = pitch is None or len(_as_list(pitch)) == len(_as_list(hubert))
+            dur_pred = self.model.duration_predictor is not None and per_unit
+        return self.synthesize(units, speaker=speaker, dur_pred=dur_pred, style_id=style_id)
 
     @torch.inference_mode()
     def synthesize_batch(
@@ -383,3 +396,12 @@ def _per_item(value: Any, n: int, what: str) -> list:
             raise UserError(f"{len(value)} {what} values for {n} items")
         return list(value)
     return [value] * n
+
+
+def _as_list(value: Any) -> list:
+    """A stream as a list of its items (for counting; parsing happens in :meth:`Vocoder.prepare`)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    return list(np.asarray(value).reshape(-1))
