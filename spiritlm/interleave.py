@@ -48,7 +48,7 @@ from typing import Any, Literal, Protocol
 
 from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER, deduplicate, speech_token, units_to_string
 
-SUBSETS: tuple[str, ...] = ("speech", "text", "interleaved")
+from spiritlm.constants import SUBSETS  # noqa: F401  (re-exported)
 
 #: why an utterance gave no document of a subset
 SKIP_REASONS = {

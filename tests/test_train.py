@@ -12,7 +12,7 @@ import torch
 
 from spiritlm.model.testing import toy_token_dirs
 from spiritlm.train import load_train_config, train
-from spiritlm.train.loop import lr_factor
+from spiritlm.train.recipe import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model.overrides={model_dim: 64, num_layers: 2, num_attn_heads: 4, num_key_value_heads: 2, ffn_inner_dim: 128}"]
@@ -131,6 +131,7 @@ def test_train_cli(data, tmp_path):
         "--model.init_from", "null", "--model.overrides", "{num_layers: 1, model_dim: 64}",
         "--data.data_dir", str(train_dir), "--data.val_dir", str(val_dir), "--data.seq_len", "32",
         "--data.batch_size", "2", "--train.output_dir", str(out), "--train.max_steps", "2", "--train.progress", "false",
+        "--optim.warmup_steps", "1",
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     assert (out / "hf" / "config.json").is_file() and (out / "hf" / "tokenizer.model").is_file()
@@ -166,7 +167,7 @@ def test_torchrun_two_processes_resume_exactly(data, tmp_path, parallel):
 
 
 def test_subset_losses_use_token_level_subsets():
-    from spiritlm.train.loop import subset_losses
+    from spiritlm.train.recipe import subset_losses
 
     losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     labels = torch.tensor([[7, 7, -100], [7, 7, 7]])
@@ -198,3 +199,144 @@ def test_continued_pretraining_from_a_hf_llama(data, tmp_path):
     emb = model.state_dict()["decoder_frontend.embed.weight"]
     assert emb.shape[0] == tok.vocab_size
     assert (emb[: tok.num_text_pieces] - orig.state_dict()["decoder_frontend.embed.weight"]).abs().max() < 0.01
+
+
+# --- issue 12 (reliability) and issue 10 item 3 (one recipe parser) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def six_step_run(data, tmp_path_factory):
+    """A finished 6-step run with checkpoints at steps 3 and 6 (the reference for resumes)."""
+    out = tmp_path_factory.mktemp("six") / "run"
+    extra = ["train.max_steps=6", "train.save_every=3", "train.keep_checkpoints=2", "train.export_hf=false"]
+    train(cfg(data, out, *extra))
+    return out, extra
+
+
+@pytest.mark.parametrize("bad_file", ["model.safetensors", "optimizer.pt", "trainer_state_rank0.pt"])
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(data, six_step_run, tmp_path, capsys, bad_file):
+    """Issue 12 case 3: a truncated file in the newest checkpoint -> one-line warning naming it,
+    resume from the previous complete checkpoint, same weights as the uninterrupted run; the
+    resumed run's metrics.jsonl holds each step once (case 16)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    ref, extra = six_step_run
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    victim = run / "checkpoints" / "step_6" / bad_file
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    capsys.readouterr()
+    rest = train(cfg(data, run, *extra))
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and str(victim) in warnings[0], err
+    assert "Traceback" not in err
+    assert rest["final_step"] == 6 and set(rest["train_loss"]) == {4, 5, 6}
+    assert (run / "checkpoints" / "step_6.bad" / bad_file).is_file()  # kept for inspection, never resumed from
+    wa = load_file(str(ref / "checkpoints/step_6/model.safetensors"))
+    wb = load_file(str(run / "checkpoints/step_6/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["kind"], r["step"]) for r in records]
+    assert len(keys) == len(set(keys)), keys
+    assert [s for k, s in keys if k == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
+    """Issue 12 case 3: keep_checkpoints counts complete checkpoints up to the one just written;
+    a stale step_N with a larger N (a set-aside or abandoned timeline) cannot push it out."""
+    from spiritlm.train.checkpoint import prune_checkpoints
+
+    for step in (2, 3, 6, 4):
+        (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"step_{step}" / "COMPLETE").write_text(f"{step}\n")
+    prune_checkpoints(tmp_path, newest=4, keep=1)
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == ["step_4", "step_6"]
+    prune_checkpoints(tmp_path, newest=4, keep=0)  # 0 keeps all
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_4", "step_6"]
+
+
+def test_export_is_atomic_and_load_any_model_takes_the_newest(data, tmp_path):
+    """Issue 12 case 4 (hf part), case 9 (a changed --optim.lr is refused) and case 16 (loss lines
+    without a progress bar)."""
+    from safetensors.torch import load_file
+
+    from spiritlm.model import export_step, load_any_model, load_hf_model, save_hf_model
+    from spiritlm.train import RecipeError
+
+    run = tmp_path / "run"
+    lines: list[str] = []
+    train(cfg(data, run, "train.max_steps=4", "train.save_every=2"), log=lines.append)
+    assert [ln for ln in lines if ln.startswith("step 4/4: loss ")], lines  # progress=false still logs the loss
+    assert export_step(run / "hf") == 4
+    # continue the run (a longer schedule) without reaching the end: no new export
+    train(cfg(data, run, "train.max_steps=8", "train.stop_after=6", "train.save_every=2"))
+    model, _, _ = load_any_model(run)
+    newest = load_file(str(run / "checkpoints/step_6/model.safetensors"))
+    assert torch.equal(model.state_dict()["decoder_frontend.embed.weight"], newest["decoder_frontend.embed.weight"])
+
+    # a resume with another learning rate is refused, naming the flag; config.yaml is unchanged
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(RecipeError, match=r"config.yaml.*--optim.lr"):
+        train(cfg(data, run, "train.max_steps=8", "optim.lr=5e-3"))
+    assert (run / "config.yaml").read_text() == before
+
+    # an export that fails half-way leaves the previous one whole, and no temporary directory
+    old = (run / "hf" / "model.safetensors").read_bytes()
+    hf_model, hf_cfg = load_hf_model(run / "hf")
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            p.add_(1.0)
+    with pytest.raises(FileNotFoundError):
+        save_hf_model(hf_model, hf_cfg, run / "hf", tokenizer_model=tmp_path / "missing.model", step=9)
+    assert (run / "hf" / "model.safetensors").read_bytes() == old and export_step(run / "hf") == 4
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_recipe_values_are_checked_with_flag_names():
+    """Issue 12 case 12: warmup longer than the run, negative or zero learning rates, and
+    negative numbers written as separate arguments."""
+    from spiritlm.train import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match=r"--optim.warmup_steps 50 .*--train.max_steps 10"):
+        load_train_config(None, ["optim.warmup_steps=50", "train.max_steps=10"])
+    with pytest.raises(RecipeError, match=r"--optim.lr must be positive, got -0.001"):
+        parse_recipe(["--optim.lr", "-1e-3"])  # argparse alone reads -1e-3 as an option
+    with pytest.raises(RecipeError, match=r"--optim.lr must be positive"):
+        load_train_config(None, ["optim.lr=0"])
+    assert parse_recipe(["--optim.min_lr_ratio", "-0"]).optim.min_lr_ratio == 0.0
+
+
+def test_one_parser_with_typed_overrides(tmp_path):
+    """Issue 10 item 3: the API and the CLI parse recipes the same way, typed by field."""
+    from spiritlm.train import RecipeError, parse_recipe
+
+    for path in sorted((REPO / "recipes/configs").glob("*.yaml")):
+        api = load_train_config(path, ["optim.lr=2e-5", "data.data_dir=1e5", "model.overrides={num_layers: 2}"])
+        cli = parse_recipe(["--config", str(path), "--optim.lr", "2e-5", "--data.data_dir", "1e5",
+                            "--model.overrides", "{num_layers: 2}"])
+        assert api == cli, path
+        assert api.data.data_dir == "1e5"  # a path that looks like a number stays a path
+        assert api.optim.lr == 2e-5 and api.model.overrides == {"num_layers": 2}
+    with pytest.raises(RecipeError, match=r"optim.lr"):
+        load_train_config(None, ["optim.lr=abc"])
+    with pytest.raises(RecipeError, match=r"missing.yaml: no such recipe file \(--config\)"):
+        load_train_config(tmp_path / "missing.yaml")
+
+
+def test_train_command_checks_paths_before_importing_torch(tmp_path):
+    """Issue 12 case 12: a wrong --data.data_dir fails in one line before torch is imported."""
+    code = (
+        "import sys\n"
+        "from spiritlm.cli import main\n"
+        "try:\n"
+        f"    main(['train', '--config', {str(REPO / 'recipes/configs/tiny-text.yaml')!r}, '--data.data_dir', {str(tmp_path / 'nope')!r}])\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "exit 1 False", (out.stdout, out.stderr)
+    assert out.stderr.strip() == f"spiritlm train: error: {tmp_path / 'nope'}: no such directory (--data.data_dir)"

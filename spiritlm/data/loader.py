@@ -37,10 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from spiritlm.constants import IGNORE_INDEX, SUBSETS
 from spiritlm.data.shards import SubsetTokens, TokenDir
-from spiritlm.interleave import SUBSETS
 
-IGNORE_INDEX = -100
 _BLOCK = 4096
 
 

@@ -37,10 +37,14 @@ from spiritlm.model.config import (
     model_config,
     save_config,
 )
-from spiritlm.model.hf import is_hf_dir, load_hf_model, save_hf_model
+from spiritlm.model.hf import EXPORT_INFO, export_step, is_hf_dir, load_hf_model, save_hf_model
 
 __all__ = [
     "CONFIG_NAME",
+    "EXPORT_INFO",
+    "checkpoint_step",
+    "complete_checkpoints",
+    "export_step",
     "WEIGHTS_NAME",
     "PRESETS",
     "LLaMAConfig",
@@ -63,20 +67,36 @@ __all__ = [
 ]
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """N of a ``step_N`` directory name (None for other names, e.g. a set-aside ``step_N.bad``)."""
+    name = Path(path).name
+    if not name.startswith("step_") or not name.removeprefix("step_").isdigit():
+        return None
+    return int(name.removeprefix("step_"))
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(N, checkpoints/step_N)`` of ``run_dir`` marked ``COMPLETE``, oldest first."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    found = []
+    for d in ckpt_root.glob("step_*") if ckpt_root.is_dir() else ():
+        step = checkpoint_step(d)
+        if step is not None and (d / "COMPLETE").is_file():
+            found.append((step, d))
+    return sorted(found)
+
+
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The ``checkpoints/step_N`` directory of ``run_dir`` with the largest complete N."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    if not ckpt_root.is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for d in ckpt_root.glob("step_*"):
-        try:
-            step = int(d.name.removeprefix("step_"))
-        except ValueError:
-            continue
-        if (d / "COMPLETE").is_file() and (best is None or step > best[0]):
-            best = (step, d)
-    return best[1] if best else None
+    done = complete_checkpoints(run_dir)
+    return done[-1][1] if done else None
+
+
+def _checkpoint_is_newer(checkpoint: Path, export: Path) -> bool:
+    step = export_step(export)
+    if step is not None:
+        return checkpoint_step(checkpoint) > step  # type: ignore[operator]
+    return (checkpoint / "COMPLETE").stat().st_mtime > (export / "config.json").stat().st_mtime
 
 
 def _find_tokenizer(directory: Path) -> Path | None:
@@ -91,6 +111,10 @@ def load_any_model(
 ):
     """Loads a model from a Hugging Face directory, a run directory or a checkpoint directory.
 
+    In a run directory the newer of its ``hf/`` export and its newest complete checkpoint is
+    loaded: the export records its step (``spiritlm_export.json``; an export without one is
+    dated by its files' modification time against the checkpoint's ``COMPLETE`` marker).
+
     Returns:
         ``(model, config, tokenizer_path or None)``.
 
@@ -103,13 +127,13 @@ def load_any_model(
     if is_hf_dir(path):
         model, config = load_hf_model(path, device=device, dtype=dtype)
         return model, config, _find_tokenizer(path)
-    if is_hf_dir(path / "hf"):
-        model, config = load_hf_model(path / "hf", device=device, dtype=dtype)
-        return model, config, _find_tokenizer(path / "hf")
     if (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
         model, config = load_model(path, device=device, dtype=dtype)
         return model, config, _find_tokenizer(path)
     latest = find_latest_checkpoint(path)
+    if is_hf_dir(path / "hf") and (latest is None or not _checkpoint_is_newer(latest, path / "hf")):
+        model, config = load_hf_model(path / "hf", device=device, dtype=dtype)
+        return model, config, _find_tokenizer(path / "hf")
     if latest is not None:
         model, config = load_model(latest, device=device, dtype=dtype)
         return model, config, _find_tokenizer(latest)

@@ -29,7 +29,7 @@ from fairseq2.models.llama.interop import _LLaMAHuggingFaceConverter
 from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import RMSNorm
 
-from spiritlm.model.build import create_model, load_weights_into
+from spiritlm.model.build import create_model, load_weights_into, replace_dir
 from spiritlm.model.config import ffn_hidden_dim
 
 __all__ = [
@@ -40,6 +40,9 @@ __all__ = [
     "load_hf_model",
     "save_hf_model",
 ]
+
+
+EXPORT_INFO = "spiritlm_export.json"
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -211,8 +214,13 @@ def save_hf_model(
     eos_token_id: int | None = 2,
     pad_token_id: int | None = None,
     dtype: torch.dtype | None = None,
+    step: int | None = None,
 ) -> Path:
-    """Exports the model as a Hugging Face LLaMA directory.
+    """Exports the model as a Hugging Face LLaMA directory, atomically.
+
+    The files are written to a temporary sibling directory which then replaces ``directory``
+    (an existing export is swapped out, never overwritten in place), so a reader sees the old
+    export or the new one, never a mix.
 
     Args:
         model: the fairseq2 model (unwrapped: no DDP/FSDP).
@@ -223,14 +231,31 @@ def save_hf_model(
         rms_norm_eps: epsilon written to ``config.json`` (default: the model's).
         bos_token_id, eos_token_id, pad_token_id: special ids written to the configs.
         dtype: dtype of the stored weights (default: the model's).
+        step: the training step the weights are from, recorded in ``spiritlm_export.json`` so
+            that :func:`spiritlm.model.load_any_model` can tell a stale export from newer
+            checkpoints.
 
     Returns:
         ``directory``.
     """
+    with replace_dir(directory) as tmp:
+        _write_hf(model, config, tmp, tokenizer_model, rms_norm_eps, bos_token_id, eos_token_id, pad_token_id, dtype)
+        if step is not None:
+            (tmp / EXPORT_INFO).write_text(json.dumps({"step": int(step)}) + "\n")
+    return Path(directory)
+
+
+def export_step(directory: str | Path) -> int | None:
+    """The training step recorded by :func:`save_hf_model` in ``directory`` (None: not recorded)."""
+    try:
+        return int(json.loads((Path(directory) / EXPORT_INFO).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_hf(model, config, directory: Path, tokenizer_model, rms_norm_eps, bos_token_id, eos_token_id, pad_token_id, dtype) -> None:
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     if rms_norm_eps is None:
         rms_norm_eps = next((m.eps for m in model.modules() if isinstance(m, RMSNorm)), 1e-5)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
@@ -262,4 +287,3 @@ def save_hf_model(
             "model_max_length": config.max_seq_len,
         }
         (directory / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-    return directory

@@ -1,4 +1,4 @@
-"""Typed configuration of a training run, read from YAML with dotted overrides.
+"""The training recipe's typed configuration and its one parser.
 
 A recipe file has four sections, each a dataclass below::
 
@@ -7,21 +7,33 @@ A recipe file has four sections, each a dataclass below::
     optim: {lr: 3.0e-4, schedule: cosine, warmup_steps: 50, grad_clip: 1.0, grad_accum: 1}
     train: {output_dir: runs/tiny, max_steps: 300, val_every: 50, save_every: 100}
 
-Overrides are ``"dotted.key=value"`` strings whose value is parsed as YAML
-(``optim.lr=1e-4``, ``data.subset_weights={text: 1.0}``, ``model.init_from=null``).
+Every way of starting a run reads it through :func:`parse_recipe` (a jsonargparse parser built
+from these dataclasses): ``spiritlm train --config F --optim.lr 1e-4`` (the CLI, torchrun and
+the Slurm script all run that command) and :func:`load_train_config` (the Python API, whose
+``"optim.lr=1e-4"`` overrides become ``--optim.lr=1e-4``). Values are typed by the field they
+set: ``data.data_dir=1e5`` stays the string ``"1e5"``; ``optim.lr=abc`` is an error.
 Relative paths in the file are resolved against the current directory, not the file's.
+
+:func:`validate` checks what the types cannot (ranges, warmup versus max_steps) and
+:func:`check_inputs` the files a run needs; both are cheap and run before torch is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_origin, get_type_hints
+from typing import Any, Union
 
 import yaml
 
-SUBSETS = ("speech", "text", "interleaved")
+from spiritlm.constants import SUBSETS
+from spiritlm.errors import UserError
+
+
+class RecipeError(UserError, ValueError):
+    """A recipe value or file that cannot work; the message names the flag (``--optim.lr``)."""
 
 
 @dataclass
@@ -29,17 +41,17 @@ class ModelSection:
     """The model to train.
 
     Attributes:
-        preset: architecture preset of :func:`spiritlm.model.model_config` (``tiny``,
-            ``llama2-7b``, ``llama2-7b-base``, ``llama2-7b-expressive``); ignored when
-            ``init_from`` is given (the checkpoint's architecture is used).
-        overrides: ``LLaMAConfig`` fields replacing the preset's (e.g. ``{num_layers: 2}``).
-        vocab_size: rows of the embedding/output tables: ``"tokenizer"`` (the text tokenizer's
-            padded size, speech pieces included), ``"text"`` (the text pieces and the two
+        preset: architecture preset (tiny,
+            llama2-7b, llama2-7b-base, llama2-7b-expressive); ignored when
+            init_from is given (the checkpoint's architecture is used).
+        overrides: LLaMAConfig fields replacing the preset's (e.g. {num_layers: 2}).
+        vocab_size: rows of the embedding/output tables: "tokenizer" (the text tokenizer's
+            padded size, speech pieces included), "text" (the text pieces and the two
             modality markers, which begin every document, but no unit token: the text-only LM
             standing in for LLaMA-2), or an integer.
         init_from: start from these weights (a Hugging Face LLaMA directory, a training run
             directory or a checkpoint directory); when its vocabulary is smaller than
-            ``vocab_size`` the new rows are the mean of the old rows plus noise.
+            vocab_size the new rows are the mean of the old rows plus noise.
         new_rows_noise_std: noise of the new rows, relative to the per-dimension standard
             deviation of the old rows.
         seed: seed of the random initialisation and of the new rows.
@@ -55,21 +67,21 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """The token data (built by ``spiritlm data build``).
+    """The token data (built by spiritlm data build).
 
     Attributes:
-        data_dir: token directory of the training split (``spiritlm data build --out``).
+        data_dir: token directory of the training split (spiritlm data build --out).
         val_dir: token directory of the validation split, built with the training split's
-            tokenizer (``None``: no validation).
+            tokenizer (None: no validation).
         tokenizer: the text tokenizer's sentencepiece model (default: the one in
-            ``data_dir``).
+            data_dir).
         seq_len: tokens per training sequence.
         batch_size: sequences per micro-batch on each rank.
-        subset_weights: sampling weights of the ``speech``, ``text`` and ``interleaved``
-            subsets (paper: 1/3 each; ``{text: 1.0}`` trains on text only).
+        subset_weights: sampling weights of the speech, text and interleaved
+            subsets (paper: 1/3 each; {text: 1.0} trains on text only).
         val_batches: micro-batches per subset in each validation.
         val_subsets: subsets whose validation loss is reported (a text-only model cannot
-            score speech tokens: use ``[text]`` with ``model.vocab_size: text``).
+            score speech tokens: use [text] with model.vocab_size: text).
         seed: seed of the data order.
     """
 
@@ -93,10 +105,10 @@ class OptimSection:
         betas: AdamW betas.
         eps: AdamW epsilon.
         weight_decay: decoupled weight decay of the matrices (norms are not decayed).
-        schedule: ``constant`` (after warmup) or ``cosine`` (decays to ``min_lr_ratio * lr``
-            at ``train.max_steps``).
+        schedule: constant (after warmup) or cosine (decays to min_lr_ratio * lr
+            at train.max_steps).
         warmup_steps: linear warmup from 0.
-        min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
+        min_lr_ratio: final learning rate of the cosine schedule, relative to lr.
         grad_clip: clip the global gradient norm to this (0: off).
         grad_accum: micro-batches accumulated per optimiser step.
     """
@@ -122,19 +134,24 @@ class TrainSection:
         log_every: steps between training-loss log records.
         val_every: steps between validations (0: only at the end).
         save_every: steps between checkpoints (0: only at the end).
-        keep_checkpoints: most recent checkpoints kept (0: all).
+        keep_checkpoints: most recent complete checkpoints kept (0: all); the one just
+            written is never removed.
         seed: seed of torch/python/numpy RNGs.
-        dtype: ``auto`` (bfloat16 autocast on GPU, float32 on CPU), ``float32`` or
-            ``bfloat16``.
-        parallel: under ``torchrun`` with several processes: ``ddp`` or ``fsdp``
+        dtype: auto (bfloat16 autocast on GPU, float32 on CPU), float32 or
+            bfloat16.
+        parallel: under torchrun with several processes: ddp or fsdp
             (parameters, gradients and optimiser state sharded with torch FSDP2).
         activation_checkpointing: recompute each decoder layer's activations in the backward
             pass (fairseq2's layer-wise checkpointing): needed for 7B at 4k context.
-        resume: continue from the latest complete checkpoint of ``output_dir`` if any.
+        resume: continue from the newest readable complete checkpoint of output_dir if any
+            (an unreadable one is set aside as step_N.bad with a warning). The optimiser
+            settings (optim.lr, betas, eps, weight_decay) must equal the run's config.yaml:
+            the saved optimiser state would silently override new values, so a change is
+            refused (start a new train.output_dir instead).
         stop_after: stop (after saving a checkpoint) once this step is reached, as if the
-            job were interrupted; the next run with ``resume`` continues to ``max_steps``.
-        export_hf: write ``output_dir/hf`` (Hugging Face LLaMA + ``tokenizer.model``) at the end.
-        tensorboard: write TensorBoard event files to ``output_dir/tb``.
+            job were interrupted; the next run with resume continues to max_steps.
+        export_hf: write output_dir/hf (Hugging Face LLaMA + tokenizer.model) at the end.
+        tensorboard: write TensorBoard event files to output_dir/tb.
         progress: show a tqdm progress bar (rank 0).
         num_threads: torch CPU threads (0: torch's default).
     """
@@ -159,7 +176,7 @@ class TrainSection:
 
 @dataclass
 class TrainConfig:
-    """A whole recipe: ``model``, ``data``, ``optim``, ``train`` sections."""
+    """A whole recipe: model, data, optim, train sections."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -171,91 +188,204 @@ class TrainConfig:
         d["optim"]["betas"] = list(d["optim"]["betas"])
         return d
 
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(names)})")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            value = _build(hint, value or {}, f"{where}.{key}")
-        elif get_origin(hint) is tuple and isinstance(value, list):
-            value = tuple(value)
-        elif hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"{where}.{key}: expected a number, got {value!r}") from None
-        kwargs[key] = value
-    return cls(**kwargs)
+    def to_yaml(self) -> str:
+        """The recipe as YAML: spiritlm train --config of this text reproduces the config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Applies ``"a.b=value"`` overrides (values parsed as YAML) to a nested dict, in place."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
-        if isinstance(value, str):  # YAML 1.1 reads "2e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = value
-    return data
+SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "train": TrainSection}
+
+# Optimiser settings stored in the optimiser state of a checkpoint: on resume the saved values
+# win, so a run may not change them (see TrainSection.resume).
+RESUME_FIXED = ("lr", "betas", "eps", "weight_decay")
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Reads a recipe YAML (or starts from the defaults when ``path`` is None) and applies overrides.
+def recipe_parser(prog: str = "spiritlm train"):
+    """The jsonargparse parser of a recipe: ``--config FILE`` then ``--section.key value`` options."""
+    import jsonargparse
+
+    parser = jsonargparse.ArgumentParser(
+        prog=prog,
+        exit_on_error=False,
+        description=(
+            "Train the LM from a recipe: --config recipes/configs/NAME.yaml, then --section.key value "
+            "overrides (later ones win). Rerunning the same command resumes from the newest complete "
+            "checkpoint of --train.output_dir."
+        ),
+    )
+    parser.add_argument("--config", action=jsonargparse.ActionConfigFile, help="a recipe YAML (recipes/configs/*.yaml)")
+    for name, cls in SECTIONS.items():
+        parser.add_class_arguments(cls, name)
+    return parser
+
+
+def _joined_negatives(argv: Sequence[str]) -> list[str]:
+    """``--optim.lr -1e-3`` -> ``--optim.lr=-1e-3`` (argparse takes ``-1e-3`` for an option)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_recipe(argv: Sequence[str], prog: str = "spiritlm train") -> TrainConfig:
+    """Parses ``--config FILE --section.key value …`` into a validated :class:`TrainConfig`.
 
     Raises:
-        ValueError: naming the file and key on unknown keys or malformed YAML.
+        RecipeError: one line naming the file or flag (unknown key, wrong type, bad value).
     """
-    data: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise FileNotFoundError(f"{path}: cannot read the recipe ({e})") from e
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: malformed YAML ({e})") from e
-    apply_overrides(data, overrides)
-    config = _build(TrainConfig, data, where)
-    validate(config, where)
+    import jsonargparse
+
+    parser = recipe_parser(prog)
+    argv = _joined_negatives(argv)
+    where = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if where is None and "--config" in argv[:-1]:
+        where = argv[argv.index("--config") + 1]
+    if where is not None and not Path(where).is_file():
+        raise RecipeError(f"{where}: no such recipe file (--config)")
+    try:
+        ns = parser.parse_args(argv)
+        sections = parser.instantiate(ns)
+    except (jsonargparse.ArgumentError, ValueError, TypeError) as exc:
+        message = " ".join(str(exc).split())
+        raise RecipeError(f"{where + ': ' if where else ''}{message}") from None
+    config = TrainConfig(**{name: sections[name] for name in SECTIONS})
+    if isinstance(config.optim.betas, list):
+        config.optim.betas = tuple(config.optim.betas)  # type: ignore[assignment]
+    validate(config, where or "spiritlm train")
     return config
 
 
-def validate(config: TrainConfig, where: str = "config") -> None:
-    """Checks values that the dataclasses cannot type-check."""
+def load_train_config(path: str | Path | None, overrides: Sequence[str] | None = None) -> TrainConfig:
+    """Reads a recipe (the defaults when ``path`` is None) with ``"section.key=value"`` overrides.
+
+    The same parser as ``spiritlm train``: ``load_train_config(F, ["optim.lr=1e-4"])`` equals
+    ``spiritlm train --config F --optim.lr 1e-4``.
+    """
+    argv = [] if path is None else ["--config", str(path)]
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item!r} is not of the form section.key=value")
+        argv.append(f"--{key.strip()}={value}")
+    return parse_recipe(argv)
+
+
+def validate(config: TrainConfig, where: str = "spiritlm train") -> None:
+    """Checks values that the types cannot; raises :class:`RecipeError` naming the flag."""
     o, t, d, m = config.optim, config.train, config.data, config.model
+
+    def bad(message: str) -> RecipeError:
+        return RecipeError(f"{where}: {message}")
+
     if o.schedule not in ("constant", "cosine"):
-        raise ValueError(f"{where}: optim.schedule must be constant or cosine, got {o.schedule!r}")
+        raise bad(f"--optim.schedule must be constant or cosine, got {o.schedule!r}")
+    if not o.lr > 0:
+        raise bad(f"--optim.lr must be positive, got {o.lr}")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise bad(f"--optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if o.weight_decay < 0 or o.eps <= 0 or o.grad_clip < 0:
+        raise bad("--optim.weight_decay and --optim.grad_clip must be >= 0 and --optim.eps > 0")
+    if not all(0 <= b < 1 for b in o.betas) or len(o.betas) != 2:
+        raise bad(f"--optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
     if o.grad_accum < 1:
-        raise ValueError(f"{where}: optim.grad_accum must be >= 1")
-    if t.dtype not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"{where}: train.dtype must be auto, float32 or bfloat16, got {t.dtype!r}")
-    if t.parallel not in ("ddp", "fsdp"):
-        raise ValueError(f"{where}: train.parallel must be ddp or fsdp, got {t.parallel!r}")
+        raise bad(f"--optim.grad_accum must be >= 1, got {o.grad_accum}")
     if t.max_steps < 1:
-        raise ValueError(f"{where}: train.max_steps must be >= 1")
-    bad = (set(d.subset_weights) | set(d.val_subsets)) - set(SUBSETS)
-    if bad:
-        raise ValueError(f"{where}: data.subset_weights /val_subsets have unknown subsets {sorted(bad)} (use {SUBSETS})")
+        raise bad(f"--train.max_steps must be >= 1, got {t.max_steps}")
+    if o.warmup_steps < 0 or o.warmup_steps > t.max_steps:
+        raise bad(f"--optim.warmup_steps {o.warmup_steps} must be in [0, --train.max_steps {t.max_steps}]")
+    for key in ("log_every", "val_every", "save_every", "keep_checkpoints", "num_threads"):
+        if getattr(t, key) < 0:
+            raise bad(f"--train.{key} must be >= 0, got {getattr(t, key)}")
+    if t.log_every < 1:
+        raise bad(f"--train.log_every must be >= 1, got {t.log_every}")
+    if t.stop_after is not None and t.stop_after < 1:
+        raise bad(f"--train.stop_after must be >= 1, got {t.stop_after}")
+    if t.dtype not in ("auto", "float32", "bfloat16"):
+        raise bad(f"--train.dtype must be auto, float32 or bfloat16, got {t.dtype!r}")
+    if t.parallel not in ("ddp", "fsdp"):
+        raise bad(f"--train.parallel must be ddp or fsdp, got {t.parallel!r}")
+    if d.seq_len < 2 or d.batch_size < 1 or d.val_batches < 0:
+        raise bad("--data.seq_len must be >= 2, --data.batch_size >= 1 and --data.val_batches >= 0")
+    unknown = (set(d.subset_weights) | set(d.val_subsets)) - set(SUBSETS)
+    if unknown:
+        raise bad(f"--data.subset_weights / --data.val_subsets name unknown subsets {sorted(unknown)} (use {list(SUBSETS)})")
+    if any(w < 0 for w in d.subset_weights.values()) or not any(w > 0 for w in d.subset_weights.values()):
+        raise bad(f"--data.subset_weights must be >= 0 with one > 0, got {d.subset_weights}")
     if not (isinstance(m.vocab_size, int) or m.vocab_size in ("tokenizer", "text")):
-        raise ValueError(f"{where}: model.vocab_size must be an integer, 'tokenizer' or 'text'")
+        raise bad(f"--model.vocab_size must be an integer, tokenizer or text, got {m.vocab_size!r}")
+
+
+def _is_token_dir(path: Path) -> bool:
+    return (path / "index.json").is_file()
+
+
+def check_inputs(config: TrainConfig, *, data: bool = True, tokenizer: bool = True) -> None:
+    """Checks the files a run reads and the run directory it resumes, before anything heavy.
+
+    Raises:
+        RecipeError: naming the path and the flag: a missing token directory
+            (``--data.data_dir``, ``--data.val_dir``), tokenizer (``--data.tokenizer``),
+            ``--model.init_from``, an ``--train.output_dir`` that is a file, or a resumed run whose
+            optimiser settings differ from its ``config.yaml`` (see ``TrainSection.resume``).
+            ``data=False`` / ``tokenizer=False`` skip the checks of inputs a caller provides itself.
+    """
+    d, m, t = config.data, config.model, config.train
+    for flag, value in (("--data.data_dir", d.data_dir), ("--data.val_dir", d.val_dir)):
+        if data and value and not _is_token_dir(Path(value)):
+            what = "no such directory" if not Path(value).exists() else "no index.json: not a token directory of `spiritlm data build`"
+            raise RecipeError(f"{value}: {what} ({flag})")
+    tok = Path(d.tokenizer) if d.tokenizer else Path(d.data_dir) / "tokenizer.model"
+    if tokenizer and not tok.is_file():
+        raise RecipeError(f"{tok}: text tokenizer not found (--data.tokenizer, or build the data with `spiritlm data build`)")
+    if m.init_from and not Path(m.init_from).is_dir():
+        raise RecipeError(f"{m.init_from}: no such model directory (--model.init_from)")
+    out = Path(t.output_dir)
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"{out}: exists and is not a directory (--train.output_dir)")
+    if t.resume:
+        check_resume(config)
+
+
+def check_resume(config: TrainConfig) -> None:
+    """Refuses to resume a run with other optimiser settings than it was started with.
+
+    The optimiser state saved in a checkpoint holds ``lr``, ``betas``, ``eps`` and
+    ``weight_decay`` and wins over the recipe on resume; accepting a new ``--optim.lr`` would
+    train with the old one while ``config.yaml`` claimed the new one.
+    """
+    run = Path(config.train.output_dir)
+    saved_file = run / "config.yaml"
+    if not saved_file.is_file() or not any((p / "COMPLETE").is_file() for p in (run / "checkpoints").glob("step_*")):
+        return
+    try:
+        saved = (yaml.safe_load(saved_file.read_text()) or {}).get("optim", {})
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{saved_file}: unreadable ({' '.join(str(exc).split())}); move it away to resume") from None
+    now = config.to_dict()["optim"]
+    for key in RESUME_FIXED:
+        if key in saved and _differs(saved[key], now[key]):
+            raise RecipeError(
+                f"{saved_file}: this run was started with optim.{key} {saved[key]}; resuming with "
+                f"--optim.{key} {now[key]} would be overridden by the saved optimiser state "
+                f"(keep {saved[key]}, or start a new --train.output_dir)"
+            )
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    try:
+        return float(a) != float(b)
+    except (TypeError, ValueError):
+        return a != b

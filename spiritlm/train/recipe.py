@@ -1,0 +1,624 @@
+"""The LM training recipe: continued pretraining of the fairseq2 LLaMA on the interleaved data.
+
+:class:`TrainRecipe` reads like the run it performs (torchtune style)::
+
+    recipe = TrainRecipe(config)
+    recipe.setup()        # run directory, tokenizer, model (fresh or resumed), optimiser, data
+    recipe.train()        # the loop: train_step -> log -> evaluate -> save_checkpoint
+    recipe.export()       # output_dir/hf, written atomically with its step
+    recipe.cleanup()
+
+(:meth:`TrainRecipe.run` does the four.) Choice: a plain PyTorch loop around the fairseq2 model,
+not fairseq2's ``Trainer``: fairseq2 0.8.1's recipes are bound to its asset store, dataset
+registry and dependency container and to its own data pipeline; wiring our resumable packed
+loader into them costs more than this file and makes exact resumption (loader, RNG and optimiser
+state in plain ``weights_only`` files) harder to guarantee and test. The model, its
+initialisation, the Hugging Face interop and the KV cache are fairseq2's.
+
+What it does: AdamW (no decay on norms), linear warmup then constant or cosine, gradient
+clipping and accumulation, bfloat16 autocast on GPU / float32 on CPU, DDP or FSDP2 under
+``torchrun``, per-subset validation loss, TensorBoard + JSONL metrics + a log line per record
+(tqdm bar optional), and checkpoints (:mod:`spiritlm.train.checkpoint`) from which a resumed
+run reproduces the uninterrupted run's losses exactly on CPU. An unreadable newest checkpoint
+is set aside (``step_N.bad``) with a one-line warning and the previous one is used.
+
+Memory note for 7B: every process builds the initial model on CPU in float32 (27 GB for
+LLaMA-2 7B; 8 processes per node need ~220 GB of host memory) before moving it to its GPU and
+sharding it (FSDP); parameters and AdamW state stay float32 (bfloat16 compute).
+
+Outputs in ``output_dir``: ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (one
+record per log/validation and step; a resume drops the records after its checkpoint),
+``metrics.json`` (summary), ``tb/`` (TensorBoard), ``tokenizer.model``, ``checkpoints/``,
+``hf/`` (Hugging Face export at the end, with ``spiritlm_export.json`` naming its step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fairseq2.nn import BatchLayout, RMSNorm
+
+from spiritlm.constants import IGNORE_INDEX, SUBSETS
+from spiritlm.model import (
+    complete_checkpoints,
+    create_model,
+    extend_vocabulary,
+    load_any_model,
+    load_weights_into,
+    model_config,
+    num_parameters,
+    save_hf_model,
+)
+from spiritlm.model.config import config_from_dict, config_to_dict
+from spiritlm.train.checkpoint import (
+    CheckpointError,
+    CheckpointState,
+    apply_optimizer_state,
+    full_model_state,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_aside,
+    set_rng_state,
+)
+from spiritlm.train.config import TrainConfig, check_inputs
+from spiritlm.train.distributed import Dist
+
+IGNORE = IGNORE_INDEX
+
+# ---------------------------------------------------------------------------------------------
+# Schedule, optimiser, seeds
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, *, warmup_steps: int, max_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (embeddings and projections), not on norms."""
+    o = config.optim
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model setup
+# ---------------------------------------------------------------------------------------------
+
+
+def text_vocab_size(tokenizer: Any) -> int:
+    """Ids of a text-only model: the text pieces and the two markers (up to the first unit)."""
+    mask = torch.as_tensor(tokenizer.speech_token_mask(), dtype=torch.bool)
+    markers = max(tokenizer.text_marker_id, tokenizer.speech_marker_id) + 1
+    first_unit = int(mask.nonzero()[0].item()) if mask.any() else markers
+    return max(markers, first_unit)
+
+
+def resolve_vocab_size(config: TrainConfig, tokenizer: Any) -> int:
+    v = config.model.vocab_size
+    if v == "tokenizer":
+        return int(tokenizer.vocab_size)
+    if v == "text":
+        return text_vocab_size(tokenizer)
+    return int(v)
+
+
+def build_initial_model(config: TrainConfig, tokenizer: Any, device: torch.device, log: Callable[[str], None]):
+    """The model a fresh run starts from: random (preset) or ``init_from`` (+ vocabulary extension)."""
+    m = config.model
+    vocab = resolve_vocab_size(config, tokenizer)
+    if m.init_from:
+        model, mcfg, _ = load_any_model(m.init_from, device="cpu", dtype=torch.float32)
+        log(f"initialised from {m.init_from} ({num_parameters(model) / 1e6:.2f} M parameters, vocabulary {mcfg.vocab_size})")
+        if m.overrides:  # e.g. rope_theta 1e4 -> 1e5 when LLaMA-2 becomes Spirit LM
+            d = {**config_to_dict(mcfg), **m.overrides}
+            d["vocab_size"] = mcfg.vocab_size
+            mcfg = config_from_dict(d)
+            eps = next((x.eps for x in model.modules() if isinstance(x, RMSNorm)), 1e-5)
+            rebuilt = create_model(mcfg, init=False, rms_norm_eps=eps)
+            load_weights_into(rebuilt, model.state_dict(), source=f"{m.init_from} with overrides {m.overrides}")
+            model = rebuilt
+        if vocab > mcfg.vocab_size:
+            model, mcfg = extend_vocabulary(model, mcfg, vocab, noise_std=m.new_rows_noise_std, seed=m.seed)
+            log(f"vocabulary extended to {vocab} (new rows: mean + {m.new_rows_noise_std} x std noise)")
+        elif vocab < mcfg.vocab_size:
+            raise ValueError(f"{m.init_from}: vocabulary {mcfg.vocab_size} is larger than the requested {vocab} (--model.vocab_size)")
+    else:
+        mcfg = model_config(m.preset, **{**m.overrides, "vocab_size": vocab})
+        model = create_model(mcfg, seed=m.seed)
+        log(f"random {m.preset} model ({num_parameters(model) / 1e6:.2f} M parameters, vocabulary {vocab})")
+    return model.to(device), mcfg
+
+
+def wrap_model(model: nn.Module, config: TrainConfig, d: Dist, compute_dtype: torch.dtype) -> nn.Module:
+    """Activation checkpointing, then DDP or FSDP2 wrapping when running with several processes."""
+    if config.train.activation_checkpointing:
+        from fairseq2.models.transformer_lm.ac import apply_ac_to_transformer_lm
+
+        apply_ac_to_transformer_lm(model, every_nth_layer=1)  # type: ignore[arg-type]
+    if d.world_size == 1:
+        return model
+    if config.train.parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        for layer in model.decoder.layers:  # type: ignore[attr-defined]
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+
+
+def token_losses(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
+    """Per-token cross-entropy ``[B, L]`` in float32 (0 where ``labels == -100``), nats."""
+    logits = model(input_ids, BatchLayout.of(input_ids))
+    losses = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none"
+    )
+    return losses.view(labels.shape)
+
+
+def subset_losses(batch: dict[str, Any], losses: Tensor, labels: Tensor) -> dict[str, tuple[float, float]]:
+    """``{subset: (loss sum, target count)}`` of a batch.
+
+    Uses the per-token ``subset_ids`` ``[B, L]`` + ``subsets`` names of
+    :class:`~spiritlm.data.loader.PackedLoader` batches (a packed row mixes documents of several
+    subsets); falls back to one ``subset`` name per row, or to nothing.
+    """
+    valid = labels != IGNORE
+    out: dict[str, tuple[float, float]] = {}
+    ids, names = batch.get("subset_ids"), batch.get("subsets")
+    if isinstance(ids, Tensor) and names is not None and ids.shape == labels.shape:
+        ids = ids.to(losses.device)
+        for k, name in enumerate(names):
+            m = valid & (ids == k)
+            if m.any():
+                out[str(name)] = (float(losses[m].sum()), float(m.sum()))
+        return out
+    rows = batch.get("subset")
+    if isinstance(rows, str):
+        rows = [rows] * labels.size(0)
+    if rows is None or len(rows) != labels.size(0):
+        return out
+    for name, l, c in zip(rows, (losses * valid).sum(1).tolist(), valid.sum(1).tolist()):
+        prev = out.get(str(name), (0.0, 0.0))
+        out[str(name)] = (prev[0] + l, prev[1] + c)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one record per kind and step) and TensorBoard, written by rank 0."""
+
+    def __init__(self, run_dir: Path, d: Dist, tensorboard: bool) -> None:
+        self.d = d
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if d.main and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                self.tb = None
+
+    def start(self, resumed_step: int | None) -> None:
+        """A fresh run starts an empty file; a resumed one keeps the records up to its checkpoint
+        (those after it are from the lost part of the interrupted run and will be redone)."""
+        if not self.d.main or not self.path.exists():
+            return
+        if resumed_step is None:
+            self.path.unlink()
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill: its step is redone anyway
+                continue
+            if isinstance(rec, dict) and int(rec.get("step", 0)) <= resumed_step:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{ln}\n" for ln in kept))
+        os.replace(tmp, self.path)
+
+    def record(self, kind: str, step: int, values: dict[str, float]) -> None:
+        if not self.d.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_history(path: Path) -> dict[str, Any]:
+    """Per-step train and validation records of ``metrics.jsonl`` (the last record of a step wins)."""
+    train: dict[int, dict[str, float]] = {}
+    val: dict[int, dict[str, float]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            kind, step = rec.pop("kind"), rec.pop("step")
+            (train if kind == "train" else val)[step] = rec
+    return {"train": {str(k): v for k, v in sorted(train.items())}, "val": {str(k): v for k, v in sorted(val.items())}}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+
+LoaderFactory = Callable[[TrainConfig, Any, int, int], tuple[Any, dict[str, Callable[[], Iterable[dict[str, Any]]]]]]
+
+
+class TrainRecipe:
+    """One training run (fresh or resumed) of a :class:`~spiritlm.train.config.TrainConfig`.
+
+    Args:
+        config: the recipe.
+        tokenizer: the text tokenizer (default: loaded from ``data.tokenizer`` or the data
+            directory).
+        loaders: ``(config, tokenizer, rank, world_size) -> (train_loader, {subset: make_val})``
+            (default: :func:`spiritlm.train.data.build_loaders`). The train loader is iterable
+            over ``{"input_ids": [B, L], "labels": [B, L], "subset": …}`` and has
+            ``state_dict()``/``load_state_dict()``; each ``make_val()`` returns a fresh iterable
+            over a subset's validation batches.
+        log: line logger (default: print on rank 0).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        tokenizer: Any | None = None,
+        loaders: LoaderFactory | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self._loaders = loaders
+        self._log = log
+        self.step = 0
+        self.summary: dict[str, Any] = {"train_loss": {}, "val": {}, "output_dir": str(config.train.output_dir)}
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Everything before the first step, in the order that keeps runs reproducible."""
+        t = self.config.train
+        check_inputs(self.config, data=self._loaders is None, tokenizer=self.tokenizer is None)
+        self.d = d = Dist()
+        self.log = self._log or (lambda s: print(f"[spiritlm train] {s}", flush=True) if d.main else None)
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.run_dir = Path(t.output_dir)
+        self.end = t.max_steps if t.stop_after is None else min(t.max_steps, t.stop_after)
+        self._setup_run_dir()
+        seed_everything(t.seed + d.rank)
+        self._setup_tokenizer()
+        use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and d.device.type == "cuda")
+        self.compute_dtype = torch.bfloat16 if use_bf16 else torch.float32
+        # Under FSDP the MixedPrecisionPolicy casts instead of autocast.
+        self.use_autocast = use_bf16 and not (d.world_size > 1 and t.parallel == "fsdp")
+        resumed = self._find_resume_point() if t.resume else None
+        self._setup_model(resumed)
+        self._setup_optimizer()
+        self._setup_data()
+        if resumed is not None:
+            self._restore(resumed)
+        self.metrics = MetricsLog(self.run_dir, d, t.tensorboard)
+        self.metrics.start(self.step if resumed is not None else None)
+        self.resumed = resumed is not None
+
+    def _setup_run_dir(self) -> None:
+        if self.d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
+        self.d.barrier()
+
+    def _setup_tokenizer(self) -> None:
+        from spiritlm.train import data as data_mod
+
+        if self.tokenizer is None:
+            self.tokenizer = data_mod.load_tokenizer(self.config)
+        tok_file = data_mod.tokenizer_path(self.config)
+        if self.d.main and tok_file is not None and tok_file.is_file():
+            tmp = self.run_dir / f".tokenizer.model.tmp-{os.getpid()}"
+            shutil.copyfile(tok_file, tmp)
+            os.replace(tmp, self.run_dir / "tokenizer.model")
+
+    def _find_resume_point(self) -> CheckpointState | None:
+        """The newest complete checkpoint every rank can read; unreadable ones are set aside."""
+        d = self.d
+        for step, ckpt in reversed(complete_checkpoints(self.run_dir)):
+            try:
+                state, error = read_checkpoint(ckpt, d.rank), None
+            except CheckpointError as exc:
+                state, error = None, exc
+            if d.all_have(error is None):
+                self.log(f"resuming from {ckpt}")
+                return state
+            if error is not None:  # one line whatever the rank; the library's traceback is not news
+                print(f"[spiritlm train] warning: {error}; set aside as {ckpt.name}.bad, "
+                      "resuming from the previous complete checkpoint", file=sys.stderr, flush=True)
+            d.barrier()
+            if d.main:
+                set_aside(ckpt)
+            d.barrier()
+        if complete_checkpoints(self.run_dir) == [] and any((self.run_dir / "checkpoints").glob("step_*.bad*")):
+            print("[spiritlm train] warning: no readable checkpoint left; starting from step 0", file=sys.stderr, flush=True)
+        return None
+
+    def _setup_model(self, resumed: CheckpointState | None) -> None:
+        if resumed is not None:
+            inner = create_model(resumed.model_config, init=False, device=self.d.device, dtype=torch.float32)
+            load_weights_into(inner, {k: v.float() for k, v in resumed.model.items()}, source=str(resumed.path / "model.safetensors"))
+            self.model_config = resumed.model_config
+        else:
+            inner, self.model_config = build_initial_model(self.config, self.tokenizer, self.d.device, self.log)
+        inner.train()
+        self.model = wrap_model(inner, self.config, self.d, self.compute_dtype)
+
+    def _setup_optimizer(self) -> None:
+        o, t = self.config.optim, self.config.train
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, warmup_steps=o.warmup_steps, max_steps=t.max_steps, schedule=o.schedule, min_lr_ratio=o.min_lr_ratio),
+        )
+
+    def _setup_data(self) -> None:
+        from spiritlm.train import data as data_mod
+
+        self.train_loader, val = (self._loaders or data_mod.build_loaders)(self.config, self.tokenizer, self.d.rank, self.d.world_size)
+        self.val_loaders = {k: v for k, v in val.items() if k in self.config.data.val_subsets}
+
+    def _restore(self, state: CheckpointState) -> None:
+        apply_optimizer_state(self.model, self.optimizer, state.optimizer)
+        self.scheduler.load_state_dict(state.trainer["scheduler"])
+        set_rng_state(state.trainer["rng"])
+        self.train_loader.load_state_dict(state.trainer["loader"])
+        self.step = state.step
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.use_autocast:
+            return torch.autocast(device_type=self.d.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train(self) -> None:
+        """Steps until ``train.max_steps`` (or ``train.stop_after``), logging, validating and saving."""
+        t = self.config.train
+        if not self.resumed and self.val_loaders and t.val_every and self.step < self.end:
+            self._record_val(0)  # the starting point
+        bar = None
+        if t.progress and self.d.main and self.step < self.end:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self._window = {"loss": 0.0, "count": 0.0, "subsets": {}, "tokens": 0, "t0": time.perf_counter()}
+        batches: Iterator[dict[str, Any]] = iter(self.train_loader)
+        while self.step < self.end:
+            grad_norm = self.train_step(batches)
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+            if self.step % t.log_every == 0 or self.step == self.end:
+                self._record_train(grad_norm, bar)
+            if self.val_loaders and ((t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps):
+                self._record_val(self.step, bar)
+            if (t.save_every and self.step % t.save_every == 0) or self.step == self.end:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+
+    def train_step(self, batches: Iterator[dict[str, Any]]) -> float:
+        """One optimiser step over ``optim.grad_accum`` micro-batches; returns the gradient norm."""
+        o, t, d, w = self.config.optim, self.config.train, self.d, self._window
+        micro = [next(batches) for _ in range(o.grad_accum)]
+        n_targets = d.all_sum([float(sum(int((b["labels"] != IGNORE).sum()) for b in micro))])[0]
+        vocab = self.model_config.vocab_size
+        for i, batch in enumerate(micro):
+            ids, labels = batch["input_ids"].to(d.device), batch["labels"].to(d.device)
+            if int(ids.max()) >= vocab:
+                raise ValueError(
+                    f"{self.config.data.data_dir}: token id {int(ids.max())} >= model vocabulary {vocab} "
+                    "(a text-only model cannot read speech tokens: check --data.subset_weights / --model.vocab_size)"
+                )
+            sync = contextlib.nullcontext()
+            if d.world_size > 1 and t.parallel == "ddp" and i < len(micro) - 1:
+                sync = self.model.no_sync()  # type: ignore[operator]
+            with sync:
+                with self.autocast():
+                    losses = token_losses(self.model, ids, labels)
+                # Sum over the whole accumulated (global) batch, so the gradient is the mean
+                # over its target tokens whatever the split into micro-batches and ranks.
+                loss = losses.sum() * (d.world_size / n_targets)
+                loss.backward()
+            w["loss"] += float(losses.sum().detach())
+            w["count"] += float((labels != IGNORE).sum())
+            for name, (l, c) in subset_losses(batch, losses.detach(), labels).items():
+                acc = w["subsets"].setdefault(name, [0.0, 0.0])
+                acc[0] += l
+                acc[1] += c
+            w["tokens"] += ids.numel()
+        grad_norm = 0.0
+        if o.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _record_train(self, grad_norm: float, bar=None) -> None:
+        d, w = self.d, self._window
+        total, count = d.all_sum([w["loss"], w["count"]])
+        elapsed = time.perf_counter() - w["t0"]
+        rec = {
+            "loss": total / max(count, 1.0),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "tokens_per_s": w["tokens"] * d.world_size / max(elapsed, 1e-9),
+        }
+        # one collective for every subset, whatever this rank saw (ranks must agree on calls)
+        flat = d.all_sum([x for name in SUBSETS for x in w["subsets"].get(name, [0.0, 0.0])])
+        for i, name in enumerate(SUBSETS):
+            if flat[2 * i + 1] > 0:
+                rec[f"loss_{name}"] = flat[2 * i] / flat[2 * i + 1]
+        self.metrics.record("train", self.step, rec)
+        self.summary["train_loss"][self.step] = rec["loss"]
+        self.summary["tokens_per_s"] = rec["tokens_per_s"]
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}")
+        parts = [f"{k.removeprefix('loss_')} {rec[k]:.3f}" for k in rec if k.startswith("loss_")]
+        line = (f"step {self.step}/{self.end}: loss {rec['loss']:.3f}" + (f" ({', '.join(parts)})" if parts else "")
+                + f", lr {rec['lr']:.2e}, {rec['tokens_per_s']:.0f} tokens/s")
+        self._print(line, bar)
+        w.update(loss=0.0, count=0.0, subsets={})
+
+    def _print(self, line: str, bar=None) -> None:
+        if bar is not None:
+            bar.write(f"[spiritlm train] {line}")
+        else:
+            self.log(line)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean validation loss (nats per target token) of each subset over ``data.val_batches``."""
+        d, model = self.d, self.model
+        was_training = model.training
+        model.eval()
+        out = {}
+        for subset, make in self.val_loaders.items():
+            total, count = 0.0, 0.0
+            batches = iter(make())
+            for _ in range(self.config.data.val_batches):
+                batch = next(batches, None)
+                # every rank runs the same number of forward passes (FSDP gathers in each one)
+                if not d.all_have(batch is not None):
+                    break
+                ids, labels = batch["input_ids"].to(d.device), batch["labels"].to(d.device)
+                with self.autocast():
+                    losses = token_losses(model, ids, labels)
+                total += float(losses.sum())
+                count += float((labels != IGNORE).sum())
+            total, count = d.all_sum([total, count])
+            out[subset] = total / max(count, 1.0)
+        model.train(was_training)
+        return out
+
+    def _record_val(self, step: int, bar=None) -> None:
+        val = self.evaluate()
+        self.metrics.record("val", step, val)
+        self.summary["val"][step] = val
+        self._print(f"step {step}: val " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()), bar)
+
+    def save_checkpoint(self) -> Path:
+        trainer_state = {"scheduler": self.scheduler.state_dict(), "rng": rng_state(), "loader": self.train_loader.state_dict()}
+        return save_checkpoint(
+            self.run_dir, self.step, self.model, self.model_config, self.optimizer, trainer_state, self.d,
+            self.config.train.keep_checkpoints,
+        )
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def export(self) -> None:
+        """``output_dir/hf`` (Hugging Face LLaMA + tokenizer), atomically, once ``max_steps`` is reached."""
+        if self.step < self.config.train.max_steps or not self.config.train.export_hf:
+            return
+        state = full_model_state(self.model)  # collective under FSDP
+        if self.d.main:
+            export = create_model(self.model_config, init=False)
+            export.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            tok_file = self.run_dir / "tokenizer.model"
+            save_hf_model(
+                export,
+                self.model_config,
+                self.run_dir / "hf",
+                tokenizer_model=tok_file if tok_file.is_file() else None,
+                bos_token_id=getattr(self.tokenizer, "bos_id", 1),
+                eos_token_id=getattr(self.tokenizer, "eos_id", 2),
+                step=self.step,
+            )
+            self.log(f"exported {self.run_dir / 'hf'} (step {self.step})")
+        self.d.barrier()
+
+    def cleanup(self) -> None:
+        if self.d.main:
+            history = read_history(self.run_dir / "metrics.jsonl")
+            _write_atomic(self.run_dir / "metrics.json", json.dumps({**history, "final_step": self.step}, indent=1) + "\n")
+        self.metrics.close()
+        self.d.close()
+
+    def run(self) -> dict[str, Any]:
+        """setup, train, export, cleanup; returns the summary of the steps run by this invocation:
+        ``{"train_loss": {step: loss}, "val": {step: {subset: loss}}, "final_step", "tokens_per_s",
+        "output_dir"}``."""
+        self.setup()
+        self.train()
+        self.export()
+        self.cleanup()
+        self.summary["final_step"] = self.step
+        return self.summary
+
+
+def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+    """Runs (or resumes) a training run: ``TrainRecipe(config, **kwargs).run()``."""
+    return TrainRecipe(config, **kwargs).run()
