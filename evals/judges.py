@@ -1,0 +1,819 @@
+"""Judges of generated text and speech: a CTC ASR and sentiment classifiers (trained here or Hugging Face folders).
+
+Evaluations of speech output need an ASR (TTS: CER of the transcript) and sentiment classifiers
+(STSP: is the continuation's sentiment the prompt's?). Any local Hugging Face folder can be a judge
+(transformers ``pipeline``: ``automatic-speech-recognition``, ``text-classification``,
+``audio-classification``); for the embedded synthetic corpus, where nothing can be downloaded,
+:func:`train_judges` trains small ones on the corpus' TRAIN split and measures them on its TEST
+split before any LM is judged by them:
+
+* **ASR** (:class:`CtcAsr`): log-mel frames (80 bands, 100 Hz, per-utterance mean/variance
+  normalisation) -> two 1-D convolutions (the second one stride 2: 50 Hz) -> a
+  ``torchaudio.models.Conformer`` -> characters, trained with ``torch.nn.CTCLoss`` and
+  SpecAugment masks (``torchaudio.transforms``), decoded greedily;
+* **text sentiment**: scikit-learn ``TfidfVectorizer`` (word 1-2 grams) + ``LogisticRegression``;
+* **speech sentiment**: pooled prosodic features of the waveform (:func:`pooled_speech_features`:
+  mean/std of 40 log-mel bands, F0 statistics from :mod:`spiritlm.tokenizers.f0`, energy and
+  voicing statistics) + ``StandardScaler`` + ``LogisticRegression``. It hears prosody, not words,
+  as Meta's emotion classifier does.
+
+A judge directory holds ``judge.json`` (``{"format": "spiritlm-judge", "kind": ...}``); the ASR's
+weights are ``model.safetensors``; the scikit-learn judges are stored as their fitted arrays in
+JSON and rebuilt on load, so nothing is ever unpickled. ``train_judges`` writes
+``OUT/{asr,text_sentiment,speech_sentiment}/`` and ``OUT/judges_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16_000
+FORMAT = "spiritlm-judge"
+LABELS = ("positive", "negative", "neutral")
+METRICS_NAME = "judges_metrics.json"
+JUDGE_DIRS = {"asr": "asr", "text-sentiment": "text_sentiment", "speech-sentiment": "speech_sentiment"}
+
+#: How emotion labels of Meta's STSP data and of emotion classifiers map to sentiments
+#: (Expresso / EmoV: happy and amused are positive, angry and sad negative, default neutral).
+EMOTION_TO_SENTIMENT = {
+    "positive": "positive", "negative": "negative", "neutral": "neutral",
+    "happy": "positive", "amused": "positive", "joy": "positive",
+    "angry": "negative", "anger": "negative", "sad": "negative", "sadness": "negative", "disgusted": "negative",
+    "default": "neutral", "calm": "neutral",
+}
+
+
+def to_sentiment(label: str) -> str:
+    """Maps an emotion or sentiment label (any case) to ``positive``/``negative``/``neutral`` (others kept, lower-cased)."""
+    key = str(label).strip().lower()
+    return EMOTION_TO_SENTIMENT.get(key, key)
+
+
+def normalize_transcript(text: str, alphabet: str) -> str:
+    """Lower-cases ``text``, turns characters outside ``alphabet`` into spaces and collapses spaces."""
+    text = text.lower()
+    allowed = set(alphabet)
+    text = "".join(c if c in allowed else " " for c in text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def _read_judge_json(directory: Path) -> dict | None:
+    path = directory / "judge.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a spiritlm judge (format {meta.get('format')!r})")
+    return meta
+
+
+# =============================================================================================
+# ASR
+# =============================================================================================
+
+
+@dataclass
+class AsrConfig:
+    """The CTC ASR judge.
+
+    Attributes:
+        alphabet: output characters (CTC blank is index 0, character ``i`` is ``i + 1``).
+        n_mels: log-mel bands (25 ms windows, 10 ms hop at 16 kHz).
+        d_model: width of the conformer.
+        num_layers: conformer blocks.
+        num_heads: attention heads.
+        ffn_dim: feed-forward width.
+        conv_kernel: depthwise convolution kernel of the conformer (frames at 50 Hz).
+        dropout: dropout inside the conformer.
+    """
+
+    alphabet: str = " 'abcdefghijklmnopqrstuvwxyz"
+    n_mels: int = 80
+    d_model: int = 144
+    num_layers: int = 4
+    num_heads: int = 4
+    ffn_dim: int = 576
+    conv_kernel: int = 15
+    dropout: float = 0.1
+
+
+class LogMel(nn.Module):
+    """16 kHz waveforms ``(B, samples)`` -> normalised log-mel frames ``(B, frames, n_mels)`` at 100 Hz.
+
+    Each utterance is normalised to zero mean and unit variance per band over its own valid
+    frames, so loudness (a vocoder's gain, a whisper) does not move the features.
+
+    >>> feats, n = LogMel(80)(torch.randn(2, 16000), torch.tensor([16000, 8000]))
+    >>> feats.shape, n.tolist()
+    (torch.Size([2, 101, 80]), [101, 51])
+    """
+
+    hop = 160
+
+    def __init__(self, n_mels: int = 80):
+        super().__init__()
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=self.hop, n_mels=n_mels
+        )
+
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.log(self.mel(wavs) + 1e-6).transpose(1, 2)  # (B, frames, n_mels)
+        frames = lengths // self.hop + 1
+        mask = (torch.arange(x.shape[1])[None, :] < frames[:, None]).unsqueeze(-1).float()
+        count = mask.sum(1, keepdim=True).clamp(min=1)
+        mean = (x * mask).sum(1, keepdim=True) / count
+        var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / count
+        x = (x - mean) / torch.sqrt(var + 1e-5) * mask
+        return x, frames
+
+
+class CtcAsr(nn.Module):
+    """Log-mel frames -> CTC log-probabilities over ``blank + alphabet``.
+
+    ``forward(feats (B, T, n_mels), lengths (B,)) -> (log_probs (B, ceil(T/2), V), lengths (B,))``
+    with ``V = len(alphabet) + 1`` (frames at 50 Hz).
+
+    >>> m = CtcAsr(AsrConfig(d_model=32, num_layers=1, num_heads=2, ffn_dim=64))
+    >>> lp, n = m(torch.randn(2, 101, 80), torch.tensor([101, 51]))
+    >>> lp.shape, n.tolist()
+    (torch.Size([2, 51, 29]), [51, 26])
+    """
+
+    def __init__(self, cfg: AsrConfig):
+        super().__init__()
+        from torchaudio.models import Conformer
+
+        self.cfg = cfg
+        self.front = nn.Sequential(
+            nn.Conv1d(cfg.n_mels, cfg.d_model, 3, padding=1), nn.GELU(),
+            nn.Conv1d(cfg.d_model, cfg.d_model, 3, stride=2, padding=1), nn.GELU(),
+        )
+        self.encoder = Conformer(
+            input_dim=cfg.d_model, num_heads=cfg.num_heads, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+            depthwise_conv_kernel_size=cfg.conv_kernel, dropout=cfg.dropout,
+        )
+        self.out = nn.Linear(cfg.d_model, len(cfg.alphabet) + 1)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.front(feats.transpose(1, 2)).transpose(1, 2)
+        lengths = torch.clamp((lengths + 1) // 2, min=1, max=x.shape[1])
+        x, lengths = self.encoder(x, lengths)
+        return self.out(x).log_softmax(-1), lengths
+
+
+def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, alphabet: str) -> list[str]:
+    """Best path: arg-max per frame, repeats collapsed, blanks (index 0) dropped; ``(B, T, V)`` -> B strings."""
+    best = log_probs.argmax(-1).cpu().numpy()
+    out = []
+    for row, n in zip(best, lengths.cpu().numpy()):
+        chars, prev = [], 0
+        for idx in row[: int(n)]:
+            if idx != prev and idx != 0:
+                chars.append(alphabet[idx - 1])
+            prev = idx
+        out.append(re.sub(r"\s+", " ", "".join(chars)).strip())
+    return out
+
+
+class AsrJudge:
+    """A trained :class:`CtcAsr` with its features: ``transcribe(16 kHz waveforms) -> texts``."""
+
+    kind = "asr"
+
+    def __init__(self, model: CtcAsr, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.features = LogMel(model.cfg.n_mels).to(device)
+        self.device = torch.device(device)
+
+    @property
+    def alphabet(self) -> str:
+        return self.model.cfg.alphabet
+
+    @torch.inference_mode()
+    def transcribe(self, wavs: Sequence[np.ndarray], batch_size: int = 16) -> list[str]:
+        """Transcripts of 16 kHz float waveforms ``(samples,)`` (lower-case, the judge's alphabet)."""
+        from spiritlm.tokenizers.utils import pad_batch
+
+        out: list[str] = []
+        order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))  # similar lengths share a batch
+        texts: dict[int, str] = {}
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            batch, lengths = pad_batch([_min_wav(wavs[i]) for i in idx])
+            feats, frames = self.features(batch.to(self.device), lengths.to(self.device))
+            lp, n = self.model(feats, frames)
+            for i, t in zip(idx, ctc_greedy_decode(lp, n, self.alphabet)):
+                texts[i] = t
+        out = [texts[i] for i in range(len(wavs))]
+        return out
+
+    def save(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f"model.safetensors.tmp{os.getpid()}"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
+        os.replace(tmp, d / "model.safetensors")
+        _write_json(d / "judge.json", {"format": FORMAT, "kind": "asr", "config": asdict(self.model.cfg), "metrics": metrics or {}})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> AsrJudge:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta = _read_judge_json(d)
+        if meta is None or meta.get("kind") != "asr":
+            raise ValueError(f"{d}: not an ASR judge directory (judge.json kind 'asr')")
+        model = CtcAsr(AsrConfig(**meta["config"]))
+        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        return cls(model, device)
+
+
+def _min_wav(w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float32).reshape(-1)
+    return w if len(w) >= 400 else np.pad(w, (0, 400 - len(w)))  # one STFT window at least
+
+
+class HfAsrJudge:
+    """A transformers ASR folder (e.g. a ``Wav2Vec2ForCTC`` with its processor) as the ASR judge."""
+
+    kind = "asr"
+
+    def __init__(self, directory: str | os.PathLike, device: str | torch.device = "cpu"):
+        from transformers import pipeline
+
+        self.pipe = pipeline("automatic-speech-recognition", model=str(directory), device=torch.device(device))
+
+    def transcribe(self, wavs: Sequence[np.ndarray], batch_size: int = 8) -> list[str]:
+        inputs = [{"raw": _min_wav(w), "sampling_rate": SAMPLE_RATE} for w in wavs]
+        return [r["text"].strip().lower() for r in self.pipe(inputs, batch_size=batch_size)]
+
+
+def load_asr_judge(directory: str | os.PathLike, device: str | torch.device = "cpu") -> AsrJudge | HfAsrJudge:
+    """The ASR judge of ``directory``: ours (``judge.json``) or a Hugging Face ASR folder (``config.json``)."""
+    d = Path(directory)
+    if _read_judge_json(d) is not None:
+        return AsrJudge.load(d, device)
+    if (d / "config.json").is_file():
+        return HfAsrJudge(d, device)
+    raise FileNotFoundError(f"{d}: not an ASR judge (no judge.json, no Hugging Face config.json)")
+
+
+# ---------------------------------------------------------------------------------------------
+# ASR training
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AsrTrainConfig:
+    """Training of the CTC ASR judge.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: utterances per batch (batches group utterances of similar length).
+        lr: peak learning rate of the one-cycle schedule (AdamW).
+        weight_decay: AdamW weight decay.
+        freq_masks: SpecAugment frequency masks per utterance (width up to ``freq_mask_width`` bands).
+        freq_mask_width: see ``freq_masks``.
+        time_masks: SpecAugment time masks per utterance (width up to ``time_mask_width`` frames).
+        time_mask_width: see ``time_masks`` (frames at 100 Hz).
+        eval_every: steps between validation CER measurements (0: only at the end).
+    """
+
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    freq_masks: int = 2
+    freq_mask_width: int = 12
+    time_masks: int = 2
+    time_mask_width: int = 20
+    eval_every: int = 0
+
+
+def _encode_text(text: str, alphabet: str) -> list[int]:
+    index = {c: i + 1 for i, c in enumerate(alphabet)}
+    return [index[c] for c in normalize_transcript(text, alphabet)]
+
+
+def _cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    import jiwer
+
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+    if not pairs:
+        return float("nan")
+    return float(jiwer.cer([r for r, _ in pairs], [h for _, h in pairs]))
+
+
+def train_asr(
+    train: Sequence[tuple[np.ndarray, str]],
+    cfg: AsrConfig | None = None,
+    tcfg: AsrTrainConfig | None = None,
+    *,
+    valid: Sequence[tuple[np.ndarray, str]] = (),
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> tuple[AsrJudge, list[dict]]:
+    """Trains the CTC ASR judge on ``(16 kHz waveform, transcript)`` pairs.
+
+    Returns ``(judge, history)``: history rows ``{"step", "loss", "valid_cer"?}``.
+    """
+    from tqdm import tqdm
+
+    cfg, tcfg = cfg or AsrConfig(), tcfg or AsrTrainConfig()
+    if not train:
+        raise ValueError("train_asr: no training utterances")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    feat = LogMel(cfg.n_mels)
+    with torch.no_grad():  # features once: the front end is fixed
+        feats = [feat(torch.as_tensor(_min_wav(w))[None], torch.tensor([len(_min_wav(w))]))[0][0] for w, _ in train]
+    targets = [_encode_text(t, cfg.alphabet) for _, t in train]
+    keep = [i for i, t in enumerate(targets) if t and len(t) <= (feats[i].shape[0] + 1) // 2]
+    if not keep:
+        raise ValueError("train_asr: no utterance has a transcript that fits its frames")
+    model = CtcAsr(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=tcfg.steps, pct_start=0.1)
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+    import torchaudio
+
+    fmask = torchaudio.transforms.FrequencyMasking(tcfg.freq_mask_width, iid_masks=True)
+    tmask = torchaudio.transforms.TimeMasking(tcfg.time_mask_width, iid_masks=True)
+    keep.sort(key=lambda i: feats[i].shape[0])
+    batches = [keep[b : b + tcfg.batch_size] for b in range(0, len(keep), tcfg.batch_size)]
+    history: list[dict] = []
+    queue: list[list[int]] = []
+    judge = AsrJudge(model)
+    model.train()
+    bar = tqdm(range(tcfg.steps), desc="asr judge", disable=not progress, mininterval=5)
+    for step in bar:
+        if not queue:
+            queue = list(batches)
+            rng.shuffle(queue)
+        idx = queue.pop()
+        lens = torch.tensor([feats[i].shape[0] for i in idx])
+        x = torch.zeros(len(idx), int(lens.max()), cfg.n_mels)
+        for j, i in enumerate(idx):
+            x[j, : lens[j]] = feats[i]
+        x = x.transpose(1, 2)  # SpecAugment works on (B, freq, time)
+        for _ in range(tcfg.freq_masks):
+            x = fmask(x)
+        for _ in range(tcfg.time_masks):
+            x = tmask(x)
+        x = x.transpose(1, 2)
+        lp, out_lens = model(x, lens)
+        tgt = torch.tensor([c for i in idx for c in targets[i]])
+        tgt_lens = torch.tensor([len(targets[i]) for i in idx])
+        loss = ctc(lp.transpose(0, 1), tgt, out_lens, tgt_lens)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        row: dict = {"step": step + 1, "loss": round(loss.item(), 4)}
+        last = step + 1 == tcfg.steps
+        if valid and ((tcfg.eval_every and (step + 1) % tcfg.eval_every == 0) or last):
+            model.eval()
+            row["valid_cer"] = round(_cer([normalize_transcript(t, cfg.alphabet) for _, t in valid], judge.transcribe([w for w, _ in valid])), 4)
+            model.train()
+            log(f"[asr judge] step {step + 1}: loss {row['loss']:.3f} valid CER {row['valid_cer']:.3f}")
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+        history.append(row)
+    model.eval()
+    return judge, history
+
+
+# =============================================================================================
+# Sentiment judges (scikit-learn, stored as JSON arrays)
+# =============================================================================================
+
+
+def _logreg_to_json(clf) -> dict:
+    return {"classes": [str(c) for c in clf.classes_], "coef": clf.coef_.tolist(), "intercept": clf.intercept_.tolist()}
+
+
+def _logreg_from_json(d: dict):
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression()
+    clf.classes_ = np.array(d["classes"])
+    clf.coef_ = np.array(d["coef"], dtype=np.float64)
+    clf.intercept_ = np.array(d["intercept"], dtype=np.float64)
+    clf.n_features_in_ = clf.coef_.shape[1]
+    return clf
+
+
+@dataclass
+class TextSentimentConfig:
+    """Text sentiment judge: TF-IDF of word n-grams + logistic regression.
+
+    Attributes:
+        ngram_max: longest word n-gram.
+        C: inverse regularisation strength of the logistic regression.
+    """
+
+    ngram_max: int = 2
+    C: float = 10.0
+
+
+class TextSentimentJudge:
+    """``predict(texts) -> labels`` with a fitted ``TfidfVectorizer`` + ``LogisticRegression``."""
+
+    kind = "text-sentiment"
+
+    def __init__(self, vectorizer, classifier, cfg: TextSentimentConfig):
+        self.vectorizer, self.classifier, self.cfg = vectorizer, classifier, cfg
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], labels: Sequence[str], cfg: TextSentimentConfig | None = None, seed: int = 0) -> TextSentimentJudge:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        cfg = cfg or TextSentimentConfig()
+        vec = TfidfVectorizer(ngram_range=(1, cfg.ngram_max), sublinear_tf=True)
+        x = vec.fit_transform(list(texts))
+        clf = LogisticRegression(C=cfg.C, max_iter=2000, random_state=seed).fit(x, list(labels))
+        return cls(vec, clf, cfg)
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        if not len(texts):
+            return []
+        return [str(p) for p in self.classifier.predict(self.vectorizer.transform([t or "" for t in texts]))]
+
+    def save(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        vec = self.vectorizer
+        _write_json(d / "judge.json", {
+            "format": FORMAT, "kind": self.kind, "config": asdict(self.cfg), "metrics": metrics or {},
+            "vectorizer": {"vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()}, "idf": vec.idf_.tolist()},
+            "classifier": _logreg_to_json(self.classifier),
+        })
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> TextSentimentJudge:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        d = Path(directory)
+        meta = _read_judge_json(d)
+        if meta is None or meta.get("kind") != cls.kind:
+            raise ValueError(f"{d}: not a text sentiment judge (judge.json kind {cls.kind!r})")
+        cfg = TextSentimentConfig(**meta["config"])
+        vec = TfidfVectorizer(ngram_range=(1, cfg.ngram_max), sublinear_tf=True, vocabulary=meta["vectorizer"]["vocabulary"])
+        vec.idf_ = np.array(meta["vectorizer"]["idf"], dtype=np.float64)
+        return cls(vec, _logreg_from_json(meta["classifier"]), cfg)
+
+
+@dataclass
+class SpeechFeatureConfig:
+    """Pooled speech features of the speech sentiment judge.
+
+    Attributes:
+        n_mels: log-mel bands whose mean and standard deviation over speech frames are kept.
+        silence_db: frames quieter than the utterance's loudest frame minus this (dB) are silence.
+    """
+
+    n_mels: int = 40
+    silence_db: float = 40.0
+
+
+def pooled_speech_features(wav: np.ndarray, cfg: SpeechFeatureConfig | None = None) -> np.ndarray:
+    """One utterance (16 kHz float ``(samples,)``) -> a float64 vector of ``2 * n_mels + 12`` prosodic statistics.
+
+    Log-mel mean and standard deviation over speech frames (10 ms hop); loudness (RMS dB) mean,
+    standard deviation and range; the fraction of speech frames; F0 (pyworld DIO, 200 Hz):
+    voiced fraction of speech frames, mean, standard deviation, 10th and 90th percentile of
+    log-F0 over voiced frames, mean absolute frame-to-frame change of log-F0 (semitone-like
+    intonation activity); speech duration in seconds.
+    """
+    import torchaudio
+
+    from spiritlm.tokenizers.f0 import extract_f0
+
+    cfg = cfg or SpeechFeatureConfig()
+    w = _min_wav(wav).astype(np.float32)
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=cfg.n_mels)
+    logmel = torch.log(mel(torch.from_numpy(w)) + 1e-8).numpy().T  # (frames, n_mels)
+    frames = torch.from_numpy(np.pad(w, (200, 200))).unfold(0, 400, 160).numpy()
+    rms_db = 20 * np.log10(np.sqrt((frames**2).mean(1)) + 1e-8)
+    n = min(len(rms_db), len(logmel))
+    rms_db, logmel = rms_db[:n], logmel[:n]
+    speech = rms_db > rms_db.max() - cfg.silence_db
+    if speech.sum() < 2:
+        speech = np.ones_like(speech)
+    sm = logmel[speech]
+    loud = rms_db[speech]
+    f0, vuv = extract_f0(w)
+    t_f0 = np.minimum((np.arange(len(f0)) / 2).astype(int), n - 1)  # 200 Hz -> 100 Hz frame index
+    voiced = (vuv > 0.5) & speech[t_f0] & (f0 > 0)
+    lf0 = np.log(f0[voiced]) if voiced.sum() >= 2 else np.zeros(2)
+    delta = np.abs(np.diff(lf0)).mean() if len(lf0) > 2 else 0.0
+    stats = [
+        loud.mean(), loud.std(), loud.max() - np.percentile(loud, 10), speech.mean(),
+        voiced.sum() / max(speech[t_f0].sum(), 1), lf0.mean(), lf0.std(),
+        np.percentile(lf0, 10), np.percentile(lf0, 90), delta, speech.sum() / 100.0, len(w) / SAMPLE_RATE,
+    ]
+    return np.concatenate([sm.mean(0), sm.std(0), np.asarray(stats, dtype=np.float64)]).astype(np.float64)
+
+
+@dataclass
+class SpeechSentimentConfig:
+    """Speech sentiment judge: pooled prosodic features + standardisation + logistic regression.
+
+    Attributes:
+        features: the pooled features.
+        C: inverse regularisation strength.
+    """
+
+    features: SpeechFeatureConfig = field(default_factory=SpeechFeatureConfig)
+    C: float = 1.0
+
+
+class SpeechSentimentJudge:
+    """``predict(16 kHz waveforms) -> labels`` from :func:`pooled_speech_features`."""
+
+    kind = "speech-sentiment"
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, classifier, cfg: SpeechSentimentConfig):
+        self.mean, self.scale, self.classifier, self.cfg = mean, scale, classifier, cfg
+
+    def features(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, dim)`` standardised features."""
+        x = np.stack([pooled_speech_features(w, self.cfg.features) for w in wavs])
+        return (x - self.mean) / self.scale
+
+    @classmethod
+    def fit(cls, wavs: Sequence[np.ndarray], labels: Sequence[str], cfg: SpeechSentimentConfig | None = None, seed: int = 0) -> SpeechSentimentJudge:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        cfg = cfg or SpeechSentimentConfig()
+        x = np.stack([pooled_speech_features(w, cfg.features) for w in wavs])
+        scaler = StandardScaler().fit(x)
+        clf = LogisticRegression(C=cfg.C, max_iter=5000, random_state=seed).fit(scaler.transform(x), list(labels))
+        return cls(scaler.mean_, scaler.scale_, clf, cfg)
+
+    def predict(self, wavs: Sequence[np.ndarray]) -> list[str]:
+        if not len(wavs):
+            return []
+        return [str(p) for p in self.classifier.predict(self.features(wavs))]
+
+    def save(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        _write_json(d / "judge.json", {
+            "format": FORMAT, "kind": self.kind, "config": asdict(self.cfg), "metrics": metrics or {},
+            "scaler": {"mean": self.mean.tolist(), "scale": self.scale.tolist()},
+            "classifier": _logreg_to_json(self.classifier),
+        })
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> SpeechSentimentJudge:
+        d = Path(directory)
+        meta = _read_judge_json(d)
+        if meta is None or meta.get("kind") != cls.kind:
+            raise ValueError(f"{d}: not a speech sentiment judge (judge.json kind {cls.kind!r})")
+        c = meta["config"]
+        cfg = SpeechSentimentConfig(features=SpeechFeatureConfig(**c["features"]), C=c["C"])
+        return cls(np.array(meta["scaler"]["mean"]), np.array(meta["scaler"]["scale"]), _logreg_from_json(meta["classifier"]), cfg)
+
+
+class HfSentimentJudge:
+    """A transformers text or audio classification folder as a sentiment judge.
+
+    Its labels go through :func:`to_sentiment` (emotion classifiers: happy -> positive, ...), or
+    through ``label_map`` when given.
+    """
+
+    def __init__(self, directory: str | os.PathLike, task: str, device: str | torch.device = "cpu", label_map: dict[str, str] | None = None):
+        from transformers import pipeline
+
+        if task not in ("text-classification", "audio-classification"):
+            raise ValueError(f"task must be text-classification or audio-classification, got {task!r}")
+        self.task = task
+        self.kind = "text-sentiment" if task == "text-classification" else "speech-sentiment"
+        self.pipe = pipeline(task, model=str(directory), device=torch.device(device))
+        self.label_map = {k.lower(): v for k, v in (label_map or {}).items()}
+
+    def _map(self, label: str) -> str:
+        return self.label_map.get(label.lower(), to_sentiment(label))
+
+    def predict(self, items: Sequence, batch_size: int = 8) -> list[str]:
+        if not len(items):
+            return []
+        if self.task == "text-classification":
+            res = self.pipe([t or "" for t in items], batch_size=batch_size, top_k=1)
+        else:
+            res = self.pipe([{"raw": _min_wav(w), "sampling_rate": SAMPLE_RATE} for w in items], batch_size=batch_size, top_k=1)
+        return [self._map((r[0] if isinstance(r, list) else r)["label"]) for r in res]
+
+
+def load_text_sentiment_judge(directory: str | os.PathLike, device: str | torch.device = "cpu", label_map: dict[str, str] | None = None):
+    """The text sentiment judge of ``directory``: ours (``judge.json``) or a Hugging Face text classifier."""
+    d = Path(directory)
+    if _read_judge_json(d) is not None:
+        return TextSentimentJudge.load(d)
+    if (d / "config.json").is_file():
+        return HfSentimentJudge(d, "text-classification", device, label_map)
+    raise FileNotFoundError(f"{d}: not a text sentiment judge (no judge.json, no Hugging Face config.json)")
+
+
+def load_speech_sentiment_judge(directory: str | os.PathLike, device: str | torch.device = "cpu", label_map: dict[str, str] | None = None):
+    """The speech sentiment judge of ``directory``: ours (``judge.json``) or a Hugging Face audio classifier."""
+    d = Path(directory)
+    if _read_judge_json(d) is not None:
+        return SpeechSentimentJudge.load(d)
+    if (d / "config.json").is_file():
+        return HfSentimentJudge(d, "audio-classification", device, label_map)
+    raise FileNotFoundError(f"{d}: not a speech sentiment judge (no judge.json, no Hugging Face config.json)")
+
+
+# =============================================================================================
+# Training all judges on a manifest
+# =============================================================================================
+
+
+@dataclass
+class JudgesConfig:
+    """What :func:`train_judges` trains.
+
+    Attributes:
+        asr: the ASR architecture.
+        asr_train: its training.
+        text: the text sentiment judge.
+        speech: the speech sentiment judge.
+        max_asr_train: cap on ASR training utterances (0: all of the train split).
+    """
+
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    asr_train: AsrTrainConfig = field(default_factory=AsrTrainConfig)
+    text: TextSentimentConfig = field(default_factory=TextSentimentConfig)
+    speech: SpeechSentimentConfig = field(default_factory=SpeechSentimentConfig)
+    max_asr_train: int = 0
+
+
+def _accuracy(gold: Sequence[str], pred: Sequence[str]) -> float:
+    return float(np.mean([g == p for g, p in zip(gold, pred)])) if gold else float("nan")
+
+
+def _majority_rate(train_labels: Sequence[str], test_labels: Sequence[str]) -> float:
+    """Accuracy on ``test_labels`` of always answering the commonest training label."""
+    from collections import Counter
+
+    if not train_labels or not test_labels:
+        return float("nan")
+    top = Counter(train_labels).most_common(1)[0][0]
+    return _accuracy(list(test_labels), [top] * len(test_labels))
+
+
+def train_judges(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    cfg: JudgesConfig | None = None,
+    which: Sequence[str] = ("asr", "text-sentiment", "speech-sentiment"),
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
+    """Trains the judges on the manifest's ``train`` split and scores them on its ``test`` split.
+
+    The ASR trains on every train utterance with a transcript; the sentiment judges on the train
+    utterances that carry a ``sentiment`` label. Unreadable audio is skipped and counted.
+
+    Writes ``out_dir/{asr,text_sentiment,speech_sentiment}/`` and ``out_dir/judges_metrics.json``:
+    per judge its test score (``cer`` for the ASR; ``accuracy`` and the majority-class rate
+    ``chance`` for the classifiers), the number of train/test items and the seconds it took.
+
+    Returns:
+        The metrics dict written to ``judges_metrics.json``.
+
+    Raises:
+        spiritlm.errors.UserError: the manifest has no train or no test split, or no sentiment
+            labels when a sentiment judge is asked for.
+    """
+    from spiritlm.corpus import read_manifest
+    from spiritlm.errors import UserError
+    from spiritlm.tokenizers.utils import load_audio_batch
+
+    cfg = cfg or JudgesConfig()
+    unknown = set(which) - set(JUDGE_DIRS)
+    if unknown:
+        raise UserError(f"unknown judges {sorted(unknown)} (choose from {', '.join(JUDGE_DIRS)})")
+    utts = read_manifest(manifest)
+    train = [u for u in utts if u.split == "train"]
+    test = [u for u in utts if u.split == "test"]
+    valid = [u for u in utts if u.split == "valid"]
+    if not train or not test:
+        raise UserError(f"{manifest}: judges need a 'train' and a 'test' split (found {len(train)} train, {len(test)} test lines) (--manifest)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {"manifest": str(manifest), "seed": seed, "config": asdict(cfg)}
+    errors: list[dict] = []
+    audio_cache: dict[str, np.ndarray] = {}
+
+    def wavs_of(items):
+        todo = [u for u in items if u.id not in audio_cache]
+        kept, wavs = load_audio_batch(todo, errors)
+        audio_cache.update({u.id: w for u, w in zip(kept, wavs)})
+        ok = [u for u in items if u.id in audio_cache]
+        return ok, [audio_cache[u.id] for u in ok]
+
+    if "text-sentiment" in which or "speech-sentiment" in which:
+        s_train = [u for u in train if u.sentiment]
+        s_test = [u for u in test if u.sentiment]
+        if not s_train or not s_test:
+            raise UserError(f"{manifest}: sentiment judges need 'sentiment' labels in the train and test splits (found {len(s_train)}, {len(s_test)}) (--manifest)")
+    if "text-sentiment" in which:
+        t0 = time.time()
+        judge = TextSentimentJudge.fit([u.text for u in s_train], [u.sentiment for u in s_train], cfg.text, seed)
+        acc = _accuracy([u.sentiment for u in s_test], judge.predict([u.text for u in s_test]))
+        m = {"accuracy": acc, "chance": _majority_rate([u.sentiment for u in s_train], [u.sentiment for u in s_test]),
+             "n_train": len(s_train), "n_test": len(s_test), "seconds": round(time.time() - t0, 2)}
+        judge.save(out / JUDGE_DIRS["text-sentiment"], m)
+        metrics["text-sentiment"] = m
+        log(f"[judges] text sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(s_test)})")
+    if "speech-sentiment" in which:
+        t0 = time.time()
+        tr, tr_w = wavs_of(s_train)
+        te, te_w = wavs_of(s_test)
+        judge = SpeechSentimentJudge.fit(tr_w, [u.sentiment for u in tr], cfg.speech, seed)
+        acc = _accuracy([u.sentiment for u in te], judge.predict(te_w))
+        m = {"accuracy": acc, "chance": _majority_rate([u.sentiment for u in tr], [u.sentiment for u in te]),
+             "n_train": len(tr), "n_test": len(te), "seconds": round(time.time() - t0, 2)}
+        judge.save(out / JUDGE_DIRS["speech-sentiment"], m)
+        metrics["speech-sentiment"] = m
+        log(f"[judges] speech sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(te)})")
+    if "asr" in which:
+        t0 = time.time()
+        pool = [u for u in train if u.text.strip()]
+        if cfg.max_asr_train and len(pool) > cfg.max_asr_train:
+            pool = random.Random(seed).sample(pool, cfg.max_asr_train)
+        tr, tr_w = wavs_of(pool)
+        va, va_w = wavs_of(valid[:64])
+        judge, history = train_asr(
+            list(zip(tr_w, [u.text for u in tr])), cfg.asr, cfg.asr_train, valid=list(zip(va_w, [u.text for u in va])),
+            seed=seed, log=log, progress=progress,
+        )
+        te, te_w = wavs_of(test)
+        hyps = judge.transcribe(te_w)
+        refs = [normalize_transcript(u.text, cfg.asr.alphabet) for u in te]
+        import jiwer
+
+        m = {"cer": _cer(refs, hyps), "wer": float(jiwer.wer(refs, hyps)) if refs else float("nan"),
+             "n_train": len(tr), "n_test": len(te), "steps": cfg.asr_train.steps, "seconds": round(time.time() - t0, 1),
+             "final_loss": history[-1]["loss"], "valid_cer": history[-1].get("valid_cer")}
+        judge.save(out / JUDGE_DIRS["asr"], m)
+        _write_json(out / JUDGE_DIRS["asr"] / "history.json", history)
+        metrics["asr"] = m
+        log(f"[judges] asr: test CER {m['cer']:.3f} WER {m['wer']:.3f} (n={len(te)}, {m['seconds']:.0f} s)")
+    metrics["skipped_audio"] = errors
+    metrics = _nan_to_none(metrics)
+    _write_json(out / METRICS_NAME, metrics)
+    return metrics
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def load_judges_metrics(judges_dir: str | os.PathLike) -> dict:
+    """``judges_metrics.json`` of a judges directory (``{}`` when absent: e.g. Hugging Face judges)."""
+    path = Path(judges_dir) / METRICS_NAME
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,236 @@
+"""Judges of the evaluations: trained ASR / sentiment judges learn and round-trip; Hugging Face folders load as judges."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from spiritlm.errors import UserError
+from spiritlm.evals import judges as J
+
+SR = 16000
+FREQ = {"a": 400.0, "b": 900.0, "c": 1800.0}
+
+
+def _tone_speech(text: str, rng: np.random.Generator) -> np.ndarray:
+    """Toy "speech": each letter a tone of its own frequency (70-100 ms), a space is silence."""
+    out = [np.zeros(int(SR * rng.uniform(0.03, 0.08)), np.float32)]
+    for ch in text:
+        n = int(SR * rng.uniform(0.07, 0.10))
+        t = np.arange(n) / SR
+        out.append(np.zeros(n, np.float32) if ch == " " else (0.3 * np.sin(2 * np.pi * FREQ[ch] * t)).astype(np.float32))
+    out.append(np.zeros(800, np.float32))
+    w = np.concatenate(out)
+    return w + 0.003 * rng.standard_normal(len(w)).astype(np.float32)
+
+
+def _toy_pairs(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    rng, r = np.random.default_rng(seed), random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = []
+        for _ in range(r.randint(1, 3)):
+            w = "".join(r.choice("abc") for _ in range(r.randint(1, 3)))
+            words.append("".join(c for i, c in enumerate(w) if i == 0 or c != w[i - 1]))
+        text = " ".join(words)
+        pairs.append((_tone_speech(text, rng), text))
+    return pairs
+
+
+def _sentiment_wav(label: str, rng: np.random.Generator) -> np.ndarray:
+    """Prosody carries the label: positive high and loud, negative low and quiet, neutral in between."""
+    f0, amp = {"positive": (260.0, 0.5), "negative": (110.0, 0.08), "neutral": (170.0, 0.2)}[label]
+    n = int(SR * rng.uniform(0.6, 1.2))
+    t = np.arange(n) / SR
+    f = f0 * rng.uniform(0.93, 1.07) * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
+    phase = 2 * np.pi * np.cumsum(f) / SR
+    w = sum(np.sin(k * phase) / k for k in range(1, 6)) * amp * rng.uniform(0.8, 1.2)
+    return (w + 0.002 * rng.standard_normal(n)).astype(np.float32)
+
+
+TINY_ASR = J.AsrConfig(alphabet=" abc", n_mels=40, d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
+
+
+def test_ctc_asr_learns_toy_speech_and_round_trips(tmp_path):
+    train, test = _toy_pairs(64, 0), _toy_pairs(16, 1)
+    tcfg = J.AsrTrainConfig(steps=120, batch_size=8, lr=5e-3, freq_masks=0, time_masks=0)
+    untrained = J.AsrJudge(J.CtcAsr(TINY_ASR))
+    refs = [t for _, t in test]
+    before = J._cer(refs, untrained.transcribe([w for w, _ in test]))
+    judge, history = J.train_asr(train, TINY_ASR, tcfg, seed=0, progress=False)
+    hyps = judge.transcribe([w for w, _ in test])
+    after = J._cer(refs, hyps)
+    assert history[-1]["loss"] < history[0]["loss"] / 5
+    assert after < 0.2 < before, (before, after, list(zip(refs, hyps)))
+    judge.save(tmp_path / "asr", {"cer": after})
+    again = J.load_asr_judge(tmp_path / "asr")
+    assert isinstance(again, J.AsrJudge)
+    assert again.transcribe([w for w, _ in test]) == hyps
+    meta = json.loads((tmp_path / "asr" / "judge.json").read_text())
+    assert meta["kind"] == "asr" and meta["metrics"]["cer"] == after
+
+
+def test_ctc_greedy_decode_collapses_repeats_and_blanks():
+    # frames: a a <b> a b b <b> <b> -> "aab" ; index 0 blank, 1 ' ', 2 'a', 3 'b'
+    path = [2, 2, 0, 2, 3, 3, 0, 0]
+    lp = torch.full((1, len(path), 4), -10.0)
+    lp[0, torch.arange(len(path)), torch.tensor(path)] = 0.0
+    assert J.ctc_greedy_decode(lp, torch.tensor([8]), " ab") == ["aab"]
+    assert J.ctc_greedy_decode(lp, torch.tensor([3]), " ab") == ["a"]
+
+
+def test_text_sentiment_judge_learns_and_round_trips(tmp_path):
+    pos, neg, neu = ["wonderful", "great", "lovely", "happy"], ["awful", "terrible", "sad", "broken"], ["plain", "usual", "grey", "normal"]
+    nouns = ["day", "meal", "trip", "room", "film", "game"]
+    train = [(f"the {n} was {w}", lab) for lab, ws in (("positive", pos), ("negative", neg), ("neutral", neu)) for w in ws[:3] for n in nouns[:4]]
+    test = [(f"my {n} is {ws[3]}", lab) for lab, ws in (("positive", pos), ("negative", neg), ("neutral", neu)) for n in nouns[4:]]
+    judge = J.TextSentimentJudge.fit([t for t, _ in train], [l for _, l in train])
+    assert judge.predict([t for t, _ in train]) == [l for _, l in train]
+    judge.save(tmp_path / "ts")
+    again = J.load_text_sentiment_judge(tmp_path / "ts")
+    texts = [t for t, _ in test] + ["what a wonderful and lovely film", "an awful broken day"]
+    assert again.predict(texts) == judge.predict(texts)
+    assert again.predict(["what a wonderful and lovely film", "an awful broken day"]) == ["positive", "negative"]
+    # the stored form is JSON arrays, nothing pickled
+    meta = json.loads((tmp_path / "ts" / "judge.json").read_text())
+    assert set(meta["classifier"]) == {"classes", "coef", "intercept"}
+
+
+def test_speech_sentiment_judge_learns_prosody_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = list(J.LABELS) * 8
+    wavs = [_sentiment_wav(l, rng) for l in labels]
+    test_labels = list(J.LABELS) * 3
+    test_wavs = [_sentiment_wav(l, rng) for l in test_labels]
+    judge = J.SpeechSentimentJudge.fit(wavs, labels)
+    pred = judge.predict(test_wavs)
+    acc = np.mean([p == g for p, g in zip(pred, test_labels)])
+    assert acc >= 0.8, (acc, pred)
+    judge.save(tmp_path / "ss")
+    assert J.load_speech_sentiment_judge(tmp_path / "ss").predict(test_wavs) == pred
+
+
+def test_pooled_speech_features_shape_and_pitch():
+    rng = np.random.default_rng(1)
+    cfg = J.SpeechFeatureConfig(n_mels=40)
+    hi, lo = J.pooled_speech_features(_sentiment_wav("positive", rng), cfg), J.pooled_speech_features(_sentiment_wav("negative", rng), cfg)
+    assert hi.shape == lo.shape == (2 * 40 + 12,)
+    assert np.isfinite(hi).all() and np.isfinite(lo).all()
+    mean_lf0 = 2 * 40 + 5  # index of the mean log-F0 in the statistics
+    assert np.exp(hi[mean_lf0]) == pytest.approx(260, rel=0.1) and np.exp(lo[mean_lf0]) == pytest.approx(110, rel=0.1)
+
+
+def test_to_sentiment_maps_emotions():
+    assert [J.to_sentiment(x) for x in ("Happy", "amused", "angry", "sad", "default", "neutral", "POSITIVE")] == [
+        "positive", "positive", "negative", "negative", "neutral", "neutral", "positive"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face folders as judges
+# ---------------------------------------------------------------------------------------------
+
+
+def test_hf_wav2vec2_ctc_folder_is_an_asr_judge(tmp_path):
+    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
+                              Wav2Vec2Processor)
+
+    torch.manual_seed(0)
+    (tmp_path / "vocab.json").write_text(json.dumps({"<pad>": 0, "|": 1, "a": 2, "b": 3, "c": 4}))
+    tok = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), pad_token="<pad>", unk_token="<pad>", word_delimiter_token="|")
+    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True)
+    processor = Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok)
+    processor.save_pretrained(tmp_path)
+    cfg = Wav2Vec2Config(vocab_size=5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=4,
+                         num_conv_pos_embedding_groups=2, pad_token_id=0)
+    model = Wav2Vec2ForCTC(cfg).eval()
+    model.save_pretrained(tmp_path)
+    wav = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+    judge = J.load_asr_judge(tmp_path)
+    assert isinstance(judge, J.HfAsrJudge)
+    got = judge.transcribe([wav])
+    with torch.no_grad():  # the reference: the model and processor called by hand
+        logits = model(processor(wav, sampling_rate=SR, return_tensors="pt").input_values).logits
+    expected = processor.batch_decode(logits.argmax(-1))[0].strip().lower()
+    assert got == [expected] and expected
+
+
+def test_hf_text_classifier_folder_is_a_sentiment_judge(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    torch.manual_seed(0)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "food", "was", "great", "awful", "ok"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = BertTokenizer(str(tmp_path / "vocab.txt"))
+    tok.save_pretrained(tmp_path)
+    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32, num_labels=3, id2label={0: "happy", 1: "sad", 2: "default"},
+                     label2id={"happy": 0, "sad": 1, "default": 2})
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(tmp_path)
+    texts = ["the food was great", "the food was awful", "ok", "the the ok great"]
+    judge = J.load_text_sentiment_judge(tmp_path)
+    assert isinstance(judge, J.HfSentimentJudge)
+    got = judge.predict(texts)
+    with torch.no_grad():
+        idx = [int(model(**tok(t, return_tensors="pt")).logits.argmax()) for t in texts]
+    assert got == [{0: "positive", 1: "negative", 2: "neutral"}[i] for i in idx]
+    mapped = J.load_text_sentiment_judge(tmp_path, label_map={"happy": "negative", "sad": "positive"})
+    assert mapped.predict(texts) == [{0: "negative", 1: "positive", 2: "neutral"}[i] for i in idx]
+
+
+def test_missing_judge_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        J.load_asr_judge(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# train_judges on a manifest
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_manifest(root, n_per_split: dict[str, int], seed: int = 0) -> str:
+    rng, r = np.random.default_rng(seed), random.Random(seed)
+    lines = []
+    words = {"positive": "great", "negative": "awful", "neutral": "plain"}
+    for split, n in n_per_split.items():
+        for i in range(n):
+            label = J.LABELS[i % 3]
+            wav = _sentiment_wav(label, rng)
+            path = root / f"{split}{i}.wav"
+            sf.write(path, wav, SR)
+            text = f"the day was {words[label]}" if r.random() < 0.9 else f"it was {words[label]} indeed"
+            lines.append({"id": f"{split}{i}", "audio": path.name, "sample_rate": SR, "duration": len(wav) / SR,
+                          "speaker": "s0", "style": "neutral", "text": text, "words": [], "sentiment": label, "split": split})
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(manifest)
+
+
+def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
+    manifest = _write_manifest(tmp_path, {"train": 24, "valid": 3, "test": 9})
+    cfg = J.JudgesConfig(asr=J.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
+                         asr_train=J.AsrTrainConfig(steps=3, batch_size=8))
+    out = tmp_path / "judges"
+    metrics = J.train_judges(manifest, out, cfg=cfg, seed=0, log=lambda s: None, progress=False)
+    saved = json.loads((out / J.METRICS_NAME).read_text())
+    assert saved == metrics
+    assert saved["text-sentiment"]["accuracy"] == 1.0 and saved["text-sentiment"]["n_test"] == 9
+    assert saved["speech-sentiment"]["accuracy"] >= 0.8
+    assert saved["text-sentiment"]["chance"] == pytest.approx(1 / 3)
+    assert 0.0 <= saved["asr"]["cer"] and saved["asr"]["n_train"] == 24 and saved["asr"]["steps"] == 3
+    assert J.load_judges_metrics(out) == saved
+    for kind, sub in J.JUDGE_DIRS.items():
+        assert json.loads((out / sub / "judge.json").read_text())["kind"] == kind
+    assert J.load_speech_sentiment_judge(out / "speech_sentiment").predict([_sentiment_wav("positive", np.random.default_rng(5))]) == ["positive"]
+
+
+def test_train_judges_needs_train_and_test_splits(tmp_path):
+    manifest = _write_manifest(tmp_path, {"train": 6})
+    with pytest.raises(UserError, match="'train' and a 'test' split"):
+        J.train_judges(manifest, tmp_path / "j", which=("text-sentiment",), log=lambda s: None, progress=False)
