@@ -1,0 +1,206 @@
+"""Few-shot speech recognition with the LM: ``[Speech]<units>[Text]<transcript>`` × k, then the target.
+
+The prompt (paper: k = 10, LibriSpeech clean) is::
+
+    <s>[Speech][Hu12][Hu7]…[Text]the cat sat on the mat[Speech][Hu3]…[Text]a dog ran   (k shots)
+       [Speech]<the target's units>[Text]                                               (target)
+
+The shots are drawn from the shot split (``train``) with :func:`spiritlm.evals.common.draw_shots`
+(seeded by ``(seed, target id)``, never the target itself). Shots that would not leave
+``max_new_tokens`` free in the model's context are dropped from the end (the number used is
+recorded per item). Decoding is greedy over text pieces, markers and EOS, batched
+(``SpiritLM.generate_batch_ids``); an answer ends at the next modality marker, EOS or a newline,
+which is what the shots teach. WER and CER are computed with jiwer after
+:func:`~spiritlm.evals.common.normalize_text`, with 95% bootstrap intervals over utterances.
+
+Chance level: a model that ignores the speech and answers with a transcript of the training
+distribution. For each target we take the transcript of one seeded random shot-split utterance as
+the hypothesis; its corpus WER/CER is ``chance``. (The empty answer gives WER 1.0 exactly; it is
+recorded as ``empty_wer``.)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from spiritlm.errors import UserError
+from spiritlm.evals.common import (
+    EvalModel,
+    EvalResult,
+    bootstrap_ci,
+    draw_shots,
+    edit_counts,
+    load_manifest_items,
+    load_units,
+    metric,
+    ratio_of_sums,
+    speech_string,
+    units_of,
+    write_eval_outputs,
+)
+from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
+from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER
+
+__all__ = ["build_asr_prompt", "clean_answer", "render_shot", "run_asr", "select_items"]
+
+
+def select_items(items: Sequence[dict], max_items: int | None, seed: int) -> list[dict]:
+    """Up to ``max_items`` items, a seeded sample kept in file order (all items when None)."""
+    if max_items is None or max_items >= len(items):
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), max_items))
+    return [it for i, it in enumerate(items) if i in keep]
+
+
+def render_shot(speech: str, text: str) -> str:
+    """One in-context example: ``[Speech]<speech string>[Text]<text>``."""
+    return f"{SPEECH_MARKER}{speech}{TEXT_MARKER}{text}"
+
+
+def build_asr_prompt(shots: Sequence[tuple[str, str]], target_speech: str) -> str:
+    """``[(speech string, transcript), …]`` shots + the target's speech string → prompt text (no BOS).
+
+    >>> build_asr_prompt([("[Hu1][Hu2]", "hi there")], "[Hu3]")
+    '[Speech][Hu1][Hu2][Text]hi there[Speech][Hu3][Text]'
+    """
+    return "".join(render_shot(speech, text) for speech, text in shots) + render_shot(target_speech, "")
+
+
+def clean_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
+    """Generated ids → answer text: cut at the first stop id (marker, newline piece) or EOS, decode, first line."""
+    stops = set(stop_ids) | {tokenizer.eos_id}
+    body = []
+    for i in ids:
+        if i in stops:
+            break
+        body.append(i)
+    return tokenizer.decode(body).split("\n")[0].strip()
+
+
+def _with_units(items: Sequence[dict], units: dict, expressive: bool) -> tuple[list[tuple[dict, str]], list[str]]:
+    ok, missing = [], []
+    for it in items:
+        row = units_of(it, units)
+        if row is None:
+            missing.append(str(it["id"]))
+            continue
+        try:
+            ok.append((it, speech_string(row, expressive)))
+        except (ValueError, KeyError):
+            missing.append(str(it["id"]))
+    return ok, missing
+
+
+def run_asr(
+    model: EvalModel,
+    manifest: str | Path,
+    units: str | Path,
+    out_dir: str | Path,
+    *,
+    shots: int = 10,
+    seed: int = 0,
+    split: str = "test",
+    shot_split: str = "train",
+    max_items: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    progress: bool = True,
+) -> EvalResult:
+    """k-shot ASR on a manifest split; writes ``metrics.json`` and ``predictions.jsonl`` to ``out_dir``.
+
+    Args:
+        model: from :func:`~spiritlm.evals.common.load_eval_model`.
+        manifest: manifest JSONL with ``text`` and ``split``.
+        units: Meta units JSONL of the manifest's audio (``spiritlm tokenize``).
+        out_dir: output folder.
+        shots: in-context examples per target (clamped to what fits in ``max_seq_len``).
+        seed: seeds the shots, the item sample and the chance baseline.
+        split: the split evaluated; ``shot_split``: the split shots come from.
+        max_items: evaluate a seeded sample of this many items (None: all).
+        batch_size: prompts decoded together.
+        max_new_tokens: longest answer (tokens).
+        progress: tqdm bar.
+
+    Items without units, or whose target alone does not fit, are skipped and counted
+    (``config.skipped``); :class:`UserError` if every item is skipped.
+    """
+    lm = model.lm
+    tok = lm.tokenizer
+    unit_rows = load_units(units)
+    targets, missing_t = _with_units(select_items(load_manifest_items(manifest, split), max_items, seed), unit_rows,
+                                     model.expressive)
+    pool, _ = _with_units(load_manifest_items(manifest, shot_split), unit_rows, model.expressive)
+    if shots > 0 and not pool:
+        raise UserError(f"{manifest}: no {shot_split!r} utterance has units in {units} (--units)")
+    pool_items = [p for p, _ in pool]
+    pool_speech = {str(p["id"]): s for p, s in pool}
+    max_len = lm.config.max_seq_len
+
+    prompts, records, skipped = [], [], [{"id": i, "reason": "no units"} for i in missing_t]
+    for item, speech in targets:
+        chosen = draw_shots(pool_items, shots, seed, str(item["id"])) if shots > 0 else []
+        # markers split the sentencepiece runs, so encoding the parts = encoding their concatenation
+        shot_ids = [tok.encode(render_shot(pool_speech[str(s["id"])], s["text"])) for s in chosen]
+        target_ids = tok.encode(render_shot(speech, ""))
+        if 1 + len(target_ids) >= max_len:
+            skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
+            continue
+        k = fit_shots([len(s) for s in shot_ids], 1 + len(target_ids), max_len, max_new_tokens)
+        ids = [tok.bos_id] + [t for s in shot_ids[:k] for t in s] + target_ids
+        prompts.append(ids)
+        records.append((item, [str(s["id"]) for s in chosen[:k]]))
+    if not prompts:
+        raise UserError(f"{manifest}: no {split!r} item could be evaluated ({len(skipped)} skipped: "
+                        f"{skipped[0]['reason'] if skipped else 'none found'}) (--manifest/--units)")
+
+    allowed = lm.allowed_tokens("text").clone()
+    stop = text_stop_ids(tok)
+    allowed[[i for i in stop if i < allowed.numel()]] = True
+    thr = Throughput()
+    outs = lm.generate_batch_ids(prompts, allowed=allowed, max_new_tokens=max_new_tokens, do_sample=False,
+                                 batch_size=batch_size, stop_ids=stop, progress=progress)
+    thr.add(lm.last_stats)
+
+    chance_rng = random.Random(f"{seed}:asr-chance")
+    refs, hyps, w_counts, c_counts, wc_chance, cc_chance, predictions = [], [], [], [], [], [], []
+    for (item, shot_ids), ids, prompt in zip(records, outs, prompts):
+        hyp = clean_answer(tok, ids, stop)
+        ref = item["text"]
+        w, c = edit_counts(ref, hyp, "word"), edit_counts(ref, hyp, "char")
+        guess = chance_rng.choice(pool_items)["text"] if pool_items else ""
+        wc_chance.append(edit_counts(ref, guess, "word"))
+        cc_chance.append(edit_counts(ref, guess, "char"))
+        refs.append(ref)
+        hyps.append(hyp)
+        w_counts.append(w)
+        c_counts.append(c)
+        predictions.append({
+            "id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompt),
+            "reference": ref, "output": hyp,
+            "score": {"word_errors": w[0], "ref_words": w[1], "char_errors": c[0], "ref_chars": c[1]},
+        })
+    n = len(predictions)
+    wer, cer = ratio_of_sums(np.asarray(w_counts, float)), ratio_of_sums(np.asarray(c_counts, float))
+    shots_used = [len(p["shot_ids"]) for p in predictions]
+    metrics = {
+        "wer": metric(wer, bootstrap_ci(w_counts, seed=seed, statistic=ratio_of_sums),
+                      ratio_of_sums(np.asarray(wc_chance, float)), n, lower_is_better=True),
+        "cer": metric(cer, bootstrap_ci(c_counts, seed=seed, statistic=ratio_of_sums),
+                      ratio_of_sums(np.asarray(cc_chance, float)), n, lower_is_better=True),
+        "empty_wer": 1.0,
+        "chance_method": "hypothesis = transcript of a seeded random shot-split utterance (speech ignored)",
+        "config": {
+            "model": model.name, "manifest": str(manifest), "units": str(units), "split": split,
+            "shot_split": shot_split, "seed": seed, "shots": shots, "shots_used_min": min(shots_used),
+            "shots_used_mean": round(float(np.mean(shots_used)), 3), "shots_used_max": max(shots_used),
+            "max_seq_len": max_len, "max_new_tokens": max_new_tokens, "max_items": max_items,
+            "decoding": "greedy", "skipped": len(skipped), "skipped_items": skipped[:50],
+        },
+    }
+    result = EvalResult("asr", metrics, predictions, thr.as_dict())
+    write_eval_outputs(out_dir, result)
+    return result
