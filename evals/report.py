@@ -198,7 +198,7 @@ class MetricRow:
 
 
 #: Keys of metrics files that are settings or bookkeeping, not metrics.
-SKIP_KEYS = ("config", "seed", "timings", "last_log", "elapsed", "seconds", "steps")
+SKIP_KEYS = ("config", "seed", "timings", "last_log", "elapsed", "seconds", "steps", "by_style", "skipped")
 #: The speech tokenizer's headline metrics and the key of each one's baseline in its metrics.json
 #: (majority-class rate for purities, a per-speaker mean F0 for the F0 error), shown as chance.
 TOKENIZER_METRICS = (
@@ -219,7 +219,8 @@ def _number(x: Any) -> float | None:
 
 
 def _is_count(key: str) -> bool:
-    return key == "n" or key.startswith(("n_", "num_"))
+    """Sizes (items, pairs, frames counted), shown as ``n`` rather than as metrics."""
+    return key in ("n", "pairs") or key.startswith(("n_", "num_")) or "frames_voiced" in key
 
 
 def metric_rows(section: str, metrics: Any, prefix: str = "") -> list[MetricRow]:
@@ -269,6 +270,24 @@ def tokenizer_rows(metrics: Any) -> list[MetricRow]:
     return rows
 
 
+def vocoder_rows(metrics: Any) -> list[MetricRow]:
+    """``spiritlm vocoder eval``'s metrics: the trained vocoder's, each with the untrained one's as baseline; then the controls."""
+    if not isinstance(metrics, dict):
+        return []
+    trained, untrained = metrics.get("trained"), metrics.get("untrained")
+    rows = []
+    if isinstance(trained, dict):
+        base = untrained if isinstance(untrained, dict) else {}
+        n = _number(metrics.get("num_utterances"))
+        for r in metric_rows("vocoder", trained):
+            rows.append(MetricRow("vocoder", r.name, r.value, r.ci95, r.chance if r.chance is not None else _number(base.get(r.name)),
+                                  r.n if r.n is not None else (int(n) if n is not None else None)))
+    for key in ("control_pitch", "control_style"):
+        rows += metric_rows("vocoder", metrics.get(key), f"{key}.")
+    # a metrics file in the evals' own layout (headline dicts) still shows
+    return rows or metric_rows("vocoder", metrics)
+
+
 def _fmt(x: float | None) -> str:
     if x is None:
         return "—"
@@ -279,7 +298,7 @@ def _fmt(x: float | None) -> str:
 
 def metrics_table(rows: Sequence[MetricRow]) -> str:
     """The rows as a Markdown table (value, 95% CI, chance level, n, where the CI lies against chance)."""
-    lines = ["| section | metric | value | 95% CI | chance | n | vs chance |", "|---|---|---|---|---|---|---|"]
+    lines = ["| section | metric | value | 95% CI | chance / baseline | n | vs chance |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]" if r.ci95 is not None else "—"
         lines.append(f"| {r.section} | {r.name} | {_fmt(r.value)} | {ci} | {_fmt(r.chance)} | "
@@ -523,7 +542,7 @@ def _collect_rows(layout: DemoLayout) -> tuple[list[MetricRow], list[str]]:
     )
     for section, path in sources:
         data = _read_json(path)
-        found = tokenizer_rows(data) if section == "speech tokenizer" else metric_rows(section, data)
+        found = {"speech tokenizer": tokenizer_rows, "vocoder": vocoder_rows}.get(section, lambda d: metric_rows(section, d))(data)
         rows += found
         if not found:
             notes.append(f"{section}: `{_rel(path, layout.root)}` missing or without metrics")
@@ -565,7 +584,10 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
            "Every metric with its 95% bootstrap interval and chance level where the evaluation gives them; "
            "*vs chance* says whether the interval lies above or below chance or overlaps it "
            "(for error rates such as WER/CER, lower is better). The judges' rows are the judges' own "
-           "scores on the test split, before any LM is judged by them.", ""]
+           "scores on the test split, before any LM is judged by them, against the majority-class rate. "
+           "Baselines in the chance column: an untrained vocoder of the same architecture for the vocoder's "
+           "resynthesis metrics (lower is better for all but the controls); the majority-class rate and a "
+           "per-speaker mean F0 for the speech tokenizer.", ""]
     md.append(metrics_table(rows) if rows else "*No metrics found.*")
     if notes:
         md += ["", "Missing:", *[f"- {n}" for n in notes]]

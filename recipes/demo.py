@@ -55,6 +55,7 @@ class Preset:
         text_docs: documents in the text-only corpus.
         text_steps: steps of text-only LM pretraining.
         mixture_steps: steps of continued pretraining on the speech/text/interleaved mixture.
+        warmup_steps: learning-rate warm-up of both LM stages.
         vocoder_steps: vocoder training steps.
         resynth_utts: test utterances resynthesized for the report.
         eval_items: test items per evaluation (``--max_items``).
@@ -66,6 +67,7 @@ class Preset:
     text_docs: int
     text_steps: int
     mixture_steps: int
+    warmup_steps: int
     vocoder_steps: int
     resynth_utts: int
     eval_items: int
@@ -77,10 +79,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # a smoke run of every stage (the end-to-end test); numbers mean nothing at this size
-    "quick": Preset(num_utts=120, text_docs=2000, text_steps=10, mixture_steps=10, vocoder_steps=20, resynth_utts=2,
+    "quick": Preset(num_utts=120, text_docs=2000, text_steps=10, mixture_steps=10, warmup_steps=3, vocoder_steps=20, resynth_utts=2,
                     eval_items=8, asr_shots=2, ic_shots=4, tts_shots=2, gen_tokens=30),
     # what `make demo` runs: ~45 minutes on 2 CPU cores
-    "full": Preset(num_utts=1500, text_docs=20000, text_steps=300, mixture_steps=300, vocoder_steps=1500, resynth_utts=4,
+    "full": Preset(num_utts=1500, text_docs=20000, text_steps=300, mixture_steps=300, warmup_steps=30, vocoder_steps=400, resynth_utts=4,
                    eval_items=100, asr_shots=10, ic_shots=30, tts_shots=10, gen_tokens=120),
 }
 
@@ -160,13 +162,13 @@ def run_command(argv: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_stages(out: Path, preset: Preset, seed: int) -> list[Stage]:
-    """The demo's stages for folder ``out``, in order."""
+def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list[Stage]:
+    """The demo's stages for folder ``out``, in order (``threads``: torch CPU threads of the commands that take them)."""
     L = DemoLayout(out)
     s = str(seed)
     manifest, units, tok = str(L.manifest), str(L.units), str(L.tokenizer)
     common = ["--units", units, "--expressive", "true", "--group_words", "40", "--seed", s]
-    data_opts = ["--data.data_dir", str(L.data_train), "--data.val_dir", str(L.data_valid)]
+    data_opts = ["--data.data_dir", str(L.data_train), "--data.val_dir", str(L.data_valid), "--optim.warmup_steps", str(preset.warmup_steps)]
     model = str(L.lm_mix)
     stages = [
         Stage("corpus", [["corpus", "synth", "--out", str(L.corpus), "--num_utts", str(preset.num_utts), "--seed", s],
@@ -191,25 +193,28 @@ def build_stages(out: Path, preset: Preset, seed: int) -> list[Stage]:
                                   "--model.init_from", str(L.lm_text), "--train.output_dir", model,
                                   "--train.max_steps", str(preset.mixture_steps)]],
               outputs=[L.lm_mix / "metrics.json"], owns=[L.lm_mix], needs=[L.lm_text / "metrics.json"]),
-        *vocoder_stages(L, preset, seed),
+        *vocoder_stages(L, preset, seed, threads),
         generate_stage(L, preset, seed),
-        *eval_stages(L, preset, seed),
+        *eval_stages(L, preset, seed, threads),
     ]
     return stages
 
 
-def vocoder_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
+def vocoder_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> list[Stage]:
     """Vocoder training, then its resynthesis metrics and a few resynthesized test utterances."""
-    train = Stage("vocoder", [["vocoder", "train", "--manifest", str(L.manifest), "--units", str(L.units), "--out", str(L.vocoder),
-                               "--config", "tiny", "--max_steps", str(preset.vocoder_steps), "--seed", str(seed)]],
-                  outputs=[L.vocoder / "config.json"], owns=[L.vocoder], needs=[L.manifest, L.units])
+    train = Stage("vocoder", [["vocoder", "train", "--manifest", str(L.manifest), "--units", str(L.units), "--tokenizer", str(L.tokenizer),
+                               "--out", str(L.vocoder), "--config", "tiny", "--max_steps", str(preset.vocoder_steps),
+                               "--val_every", str(preset.vocoder_steps), "--save_every", str(max(preset.vocoder_steps // 4, 1)),
+                               "--seed", str(seed), "--threads", str(threads)]],
+                  outputs=[L.vocoder / "config.json"], owns=[L.vocoder], needs=[L.manifest, L.units, L.tokenizer / "metrics.json"])
 
     def pick_test_units() -> None:
         write_test_units(L.manifest, L.units, L.resynth_units, preset.resynth_utts)
 
     resynth = Stage("resynthesis",
                     [["vocoder", "eval", "--vocoder", str(L.vocoder), "--manifest", str(L.manifest), "--units", str(L.units),
-                      "--tokenizer", str(L.tokenizer), "--out", str(L.vocoder_eval), "--max_items", str(preset.eval_items)],
+                      "--tokenizer", str(L.tokenizer), "--out", str(L.vocoder_eval), "--max_utts", str(preset.eval_items),
+                      "--control_pairs", str(min(preset.eval_items, 20)), "--threads", str(threads)],
                      ["vocoder", "synth", "--vocoder", str(L.vocoder), "--units", str(L.resynth_units), "--out", str(L.resynth)]],
                     outputs=[L.vocoder_eval / "metrics.json", L.resynth], owns=[L.vocoder_eval, L.resynth_units.parent],
                     needs=[L.vocoder / "config.json", L.units], before=pick_test_units)
@@ -249,7 +254,7 @@ def generate_stage(L: DemoLayout, preset: Preset, seed: int) -> Stage:
                  needs=[L.lm_mix / "metrics.json", L.vocoder / "config.json", L.manifest], after=record, make_commands=make_commands)
 
 
-def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
+def eval_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> list[Stage]:
     """The judges, then every evaluation of the interleaved LM on the corpus's test split."""
     judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--units", str(L.units),
                                "--out", str(L.judges), "--seed", str(seed)]],
@@ -258,7 +263,7 @@ def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
     stages = [judges]
     for task in EVAL_TASKS:
         argv = ["eval", task, "--model", str(L.lm_mix), "--manifest", str(L.manifest), "--units", str(L.units),
-                "--out", str(L.eval_dir(task)), "--max_items", str(preset.eval_items), "--seed", str(seed)]
+                "--out", str(L.eval_dir(task)), "--max_items", str(preset.eval_items), "--seed", str(seed), "--threads", str(threads)]
         needs = [L.lm_mix / "metrics.json"]
         if task in shots:
             argv += ["--shots", str(shots[task])]
@@ -387,7 +392,8 @@ def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | No
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset {preset_name!r} (--preset: choose from {', '.join(PRESETS)})")
     preset = PRESETS[preset_name]
-    stages = build_stages(out, preset, seed)
+    threads = threads or _cpus()
+    stages = build_stages(out, preset, seed, threads)
     names = [s.name for s in stages] + ["report"]
     if only is not None and only not in names:
         raise UserError(f"unknown stage {only!r} (--only: choose from {', '.join(names)})")
@@ -396,7 +402,7 @@ def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | No
     rerun_hint = f"spiritlm demo --preset {preset_name} --out {out}"
 
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or _cpus())
+    torch.set_num_threads(threads)
     t0 = time.time()
     try:
         for stage in stages:

@@ -22,7 +22,7 @@ def _text_stage(name: str, path: Path, needs=(), n: int = 5) -> Stage:
 def two_stages(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     a, b = out / "a.txt", out / "b.txt"
-    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s: [_text_stage("a", a), _text_stage("b", b, needs=[a], n=7)])
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s, t: [_text_stage("a", a), _text_stage("b", b, needs=[a], n=7)])
     return out, a, b
 
 
@@ -68,13 +68,13 @@ def test_a_failing_command_stops_the_demo_loudly(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
     bad = Stage("check", [["corpus", "check", str(tmp_path / "absent.jsonl")]], outputs=[out / "never"], owns=[])
     after = _text_stage("after", out / "after.txt")
-    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s: [bad, after])
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s, t: [bad, after])
     with pytest.raises(DemoError, match=r"stage 'check' failed: `spiritlm corpus check …` exited with status \d+ .*--only check"):
         run_demo(out, "quick", threads=1)
     assert not (out / ".demo" / "check.json").exists()  # not marked complete
     assert not (out / "after.txt").exists()  # later stages did not run
     # a stage that "succeeds" without writing its outputs is a failure too
-    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s: [Stage("x", [["corpus", "text", "--out", str(out / "y.txt"), "--num_sentences", "2"]],
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s, t: [Stage("x", [["corpus", "text", "--out", str(out / "y.txt"), "--num_sentences", "2"]],
                                                                           outputs=[out / "x.txt"], owns=[])])
     with pytest.raises(DemoError, match=r"x\.txt: stage 'x' ran but did not write it"):
         run_demo(out, "quick", threads=1)

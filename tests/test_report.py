@@ -85,7 +85,11 @@ def demo_dir(tmp_path) -> Path:
                                                    "text-sentiment": {"accuracy": 0.97, "chance": 0.34, "n_train": 100, "n_test": 30, "seconds": 1.0},
                                                    "asr": {"cer": 0.12, "wer": 0.3, "n_train": 90, "n_test": 30, "steps": 600}})
     _write_json(L.tokenizer / "metrics.json", {"pnmi": 0.43, "phone_purity": 0.40, "phone_majority_rate": 0.14, "timings": {"total_s": 3.0}})
-    _write_json(L.vocoder_eval / "metrics.json", {"mcd_db": {"value": 7.5, "ci95": [7.0, 8.0], "chance": 12.0, "n": 2}})
+    _write_json(L.vocoder_eval / "metrics.json", {"num_utterances": 2, "seconds": 3.0, "method": {"mcd": "WORLD"},
+                                                  "trained": {"mcd_db": 7.5, "f0_rmse_cents": 90.0, "f0_frames_voiced_in_both": 100},
+                                                  "untrained": {"mcd_db": 12.0, "f0_rmse_cents": 900.0},
+                                                  "control_pitch": {"pairs": 2, "corr_before": 0.1, "corr_after": 0.6},
+                                                  "control_style": {"energy_db": {"same_sign_fraction": 1.0}, "corpus_properties_by_style": {"a": {"x": 1.0}}}})
     # the resynthesis of utt1 is 10% sharp: 1200 * log2(1.1) = 165 cents
     L.resynth.mkdir(parents=True)
     sf.write(L.resynth / "utt1.wav", _tone(220.0, 1.2), SR)
@@ -133,9 +137,13 @@ def test_report_plots_table_and_audio(demo_dir):
     assert _row(md, "judges", "text-sentiment.accuracy")[2:] == ["0.97", "—", "0.34", "30", "above"]
     assert _row(md, "judges", "asr.cer")[2] == "0.12"
     names = _metric_names(md)
-    assert not [n for n in names if any(k in n for k in ("n_train", "n_test", "seconds", "steps", "confusion", "total_s", "seed"))], names
+    assert not [n for n in names if any(k in n for k in ("n_train", "n_test", "seconds", "steps", "confusion", "total_s", "seed", "frames_voiced", "by_style", "method", "pairs"))], names
     assert _row(md, "speech tokenizer", "phone_purity")[2:5] == ["0.4", "—", "0.14"]
-    assert _row(md, "vocoder", "mcd_db")[6] == "below"
+    # the vocoder against an untrained one of the same architecture, then its control experiments
+    assert _row(md, "vocoder", "mcd_db")[2:] == ["7.5", "—", "12", "2", "below"]
+    assert _row(md, "vocoder", "f0_rmse_cents")[4] == "900"
+    assert _row(md, "vocoder", "control_pitch.corr_after")[2] == "0.6"
+    assert _row(md, "vocoder", "control_style.energy_db.same_sign_fraction")[2] == "1"
     assert _row(md, "LM interleaved", "valid loss speech (step 20)")[2] == "3"
     # evals with no outputs are named as missing; present ones are not
     assert "eval `tts`: `evals/tts/metrics.json` missing" in md and "eval `asr`:" not in md
