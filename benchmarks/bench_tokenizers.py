@@ -38,9 +38,9 @@ def _audio(args) -> list[np.ndarray]:
     from spiritlm.audio import load_audio
 
     if args.manifest:
-        from spiritlm.tokenizers.manifest import read_items
+        from spiritlm.corpus.manifest import read_audio_manifest
 
-        return [load_audio(it.audio) for it in read_items(args.manifest)[: args.num_utts]]
+        return [load_audio(it.audio) for it in read_audio_manifest(args.manifest)[: args.num_utts]]
     real = REAL if os.path.exists(REAL) else "/work/shared/data/real/7143-88743-0029.flac"
     wav = load_audio(real)
     rng = np.random.default_rng(0)

@@ -20,6 +20,8 @@ from typing import Union
 import numpy as np
 import soundfile as sf
 
+from spiritlm.constants import SAMPLE_RATE
+
 #: Shortest audio the speech tokenizers accept: 80 ms (the pitch tokenizer's 16x downsampling of
 #: 5 ms frames needs 1280 samples at 16 kHz; HuBERT needs 400).
 MIN_DURATION_S = 0.08
@@ -59,7 +61,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 
 def load_audio(
     source: AudioSource,
-    target_rate: int = 16_000,
+    target_rate: int = SAMPLE_RATE,
     sample_rate: int | None = None,
     channel: int | None = None,
     min_duration: float = MIN_DURATION_S,

@@ -9,8 +9,10 @@ builds the parser, ``--help`` included, from each function's signature and docst
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -68,7 +70,25 @@ def _summary(fn: Callable) -> str:
 def _run(fn: Callable, args: list[str], prog: str):
     if getattr(fn, "cli_argv", False):  # a command with its own parser (spiritlm train's recipe parser)
         return fn(args, prog=prog)
-    return jsonargparse.CLI(fn, args=args, prog=prog, as_positional=getattr(fn, "cli_positional", False))
+    return jsonargparse.CLI(_plain_help(fn), args=args, prog=prog, as_positional=getattr(fn, "cli_positional", False))
+
+
+_RST_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj|exc):`~?([^`]+)`")
+
+
+def _plain_help(fn: Callable) -> Callable:
+    """``fn`` with its docstring in plain words for ``--help`` (no ``x``, :class:`X` markup)."""
+    doc = fn.__doc__ or ""
+    plain = _RST_ROLE.sub(r"\1", doc).replace("``", "")
+    if plain == doc:
+        return fn
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    command.__doc__ = plain
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> None:

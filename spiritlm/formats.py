@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from spiritlm.errors import UserError
+
 TEXT_MARKER = "[Text]"
 SPEECH_MARKER = "[Speech]"
 
@@ -47,6 +49,75 @@ MOST_COMMON_STYLES = (71, 68, 98)
 
 SPEECH_TOKEN_RE = re.compile(r"\[(Hu|Pi|St)(\d+)\]")
 _SEGMENT_RE = re.compile(r"\[(?:Hu|Pi|St)\d+\]|\[Text\]|\[Speech\]")
+_UNIT_ID_RE = re.compile(r"[0-9]+")
+
+
+class UnitFormatError(UserError, ValueError):
+    """A unit dict, units file or speech token string that is not well formed; the message says where."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_unit_stream(value: str | Sequence, stream: str = "hubert") -> list[int]:
+    """The unit ids of one stream of a unit dict (``"12 7 7"`` or a list of ints / digit strings).
+
+    Raises:
+        UnitFormatError: ``"<stream>: 'abc' is not a unit id (token 2)"`` for anything that is not
+            a non-negative decimal integer (``abc``, ``-5``, ``1.5``, ``True``).
+    """
+    tokens = value.split() if isinstance(value, str) else list(value)
+    out = []
+    for i, tok in enumerate(tokens):
+        if isinstance(tok, bool) or not (
+            (isinstance(tok, int) and tok >= 0) or (isinstance(tok, str) and _UNIT_ID_RE.fullmatch(tok))
+        ):
+            raise UnitFormatError(f"{stream}: {str(tok)!r} is not a unit id (token {i + 1}; expected an integer >= 0)")
+        out.append(int(tok))
+    return out
+
+
+def check_unit_dict(units: dict, streams: Iterable[str] = ("hubert", "pitch", "style")) -> None:
+    """Checks the streams of a unit dict that are present (``hubert`` is required).
+
+    Raises:
+        UnitFormatError: naming the stream and the bad value (see :func:`parse_unit_stream`).
+    """
+    if not isinstance(units, dict):
+        raise UnitFormatError(f"a unit dict must be a JSON object, got {type(units).__name__}")
+    if "hubert" not in units:
+        raise UnitFormatError("a unit dict needs a 'hubert' stream")
+    for name in streams:
+        if name in units and units[name] is not None:
+            if not isinstance(units[name], (str, list)):
+                raise UnitFormatError(f"{name}: expected a string of unit ids, got {type(units[name]).__name__}")
+            parse_unit_stream(units[name], name)
+
+
+def parse_speech_string(s: str) -> list[str]:
+    """The tokens of a speech token string such as ``"[St3][Pi1][Hu5][Hu7]"`` (spaces allowed).
+
+    Raises:
+        UnitFormatError: for anything else, naming the first bad piece (``[Hu7`` of ``"[Hu12][Hu7"``).
+    """
+    tokens, pos = [], 0
+    for match in re.finditer(r"\s*(\[(?:Hu|Pi|St)\d+\])", s):
+        if match.start() != pos:
+            break
+        tokens.append(match.group(1))
+        pos = match.end()
+    rest = s[pos:].strip()
+    if not rest and not tokens:
+        raise UnitFormatError("empty speech token string (expected [HuN], [PiN] or [StN] tokens, e.g. [Hu12][Hu7])")
+    if rest:
+        end = rest.find("]")
+        piece = rest[: end + 1] if 0 <= end < 20 else rest[:20]
+        raise UnitFormatError(
+            f"{piece!r} is not a speech token (expected [HuN], [PiN] or [StN], e.g. [Hu12][Hu7]; at character {pos})"
+        )
+    return tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +209,9 @@ def units_to_string(
 
     Returns:
         The token string. At equal times style tokens come first, then pitch, then HuBERT.
+
+    Raises:
+        UnitFormatError: a value that is not a unit id (``abc``, ``-5``), naming the stream.
     """
     streams = []
     if has_style:
@@ -145,6 +219,8 @@ def units_to_string(
     if has_pitch:
         streams.append(("Pi", units[pitch_key], pitch_rate, pitch_dedup))
     streams.append(("Hu", units[hubert_key], hubert_rate, hubert_dedup))
+    for prefix, stream, _, _ in streams:  # "abc" or "-5" would become text pieces such as [Huabc]
+        parse_unit_stream(stream, PREFIX_STREAM[prefix])
 
     # (time, stream rank, token): within a stream times strictly increase, so ranking by stream
     # reproduces a stable sort over the concatenation style + pitch + hubert.

@@ -6,7 +6,8 @@ import json
 import sys
 
 from spiritlm.cli import positional
-from spiritlm.formats import split_modalities, string_to_units, units_to_string
+from spiritlm.errors import UserError
+from spiritlm.formats import UnitFormatError, check_unit_dict, split_modalities, string_to_units, units_to_string
 
 
 def to_string(units: str, expressive: bool = False) -> None:
@@ -14,14 +15,23 @@ def to_string(units: str, expressive: bool = False) -> None:
 
     Args:
         units: the unit dict as JSON, e.g. '{"hubert": "1 1 2", "pitch": "3", "style": "4"}',
-            or '-' to read one dict per line from standard input (Meta's units JSONL).
+            or '-' to read one dict per line from standard input (Meta's units JSONL). Unit
+            values must be integers >= 0; anything else is an error naming the line.
         expressive: include pitch and style tokens (Spirit LM Expressive).
     """
     lines = sys.stdin if units == "-" else [units]
-    for line in lines:
-        if line.strip():
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"<stdin>:{lineno}" if units == "-" else "--units"
+        try:
             d = json.loads(line)
-            print(units_to_string(d, has_pitch=expressive and "pitch" in d, has_style=expressive and "style" in d))
+            check_unit_dict(d)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+        except UnitFormatError as e:
+            raise UserError(f"{where}: {e}") from None
+        print(units_to_string(d, has_pitch=expressive and "pitch" in d, has_style=expressive and "style" in d), flush=True)
 
 
 @positional

@@ -168,21 +168,22 @@ def test_tokenize_skips_bad_audio_and_resumes(trained, corpus, tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     units = tmp_path / "units.jsonl"
-    tokenize(manifest=str(manifest), tokenizer=str(out), out=str(units), batch_size=3)
+    tokenize(manifest=str(manifest), tokenizer=str(out), out=str(units), batch_size=3, allow_skips=True)
     written = [json.loads(x) for x in units.read_text().splitlines()]
     assert [w["id"] for w in written] == [g["id"] for g in good]
     errors = json.loads((tmp_path / "units.jsonl.errors.json").read_text())
     assert errors["skipped"] == 3
     assert {e["id"] for e in errors["errors"]} == {"missing", "garbage", "short"}
     assert any("nope.wav" in e["error"] for e in errors["errors"])
-    # rerun: nothing new; a truncated last line (interrupted run) is repaired and redone
+    # rerun: nothing new; a truncated last line (interrupted run) is ignored, kept apart, and redone
     text = units.read_text()
     units.write_text(text[: -len(text.splitlines()[-1]) // 2 - 1])
     tok = SpeechTokenizer.load(out)
     rep = tokenize_manifest(str(manifest), tok, str(units), progress=False)
-    assert rep.written == 1 and rep.already_done == 3 and rep.skipped == 3
-    assert [json.loads(x)["id"] for x in units.read_text().splitlines()] == [g["id"] for g in good]
-    assert json.loads(units.read_text().splitlines()[-1]) == written[-1]
+    assert rep.written == 1 and rep.already_done == 3 and rep.skipped == 3 and rep.torn_lines == 1
+    lines = units.read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines[:3] + lines[4:]] == [g["id"] for g in good]
+    assert json.loads(lines[-1]) == written[-1]
 
 
 def test_tokenize_shards_partition_the_manifest(trained, corpus, tmp_path):

@@ -34,11 +34,11 @@ def dump_features(
     import numpy as np
     from tqdm import tqdm
 
-    from ._compat import load_audio_batch
+    from .utils import load_audio_batch
     from .features import FeatureConfig, load_backend
-    from .manifest import read_items
+    from ..corpus.manifest import read_audio_manifest
 
-    items = read_items(manifest)
+    items = read_audio_manifest(manifest)
     model = load_backend(FeatureConfig(backend=backend, checkpoint=checkpoint, layer=layer, normalize=normalize), device)
     os.makedirs(out, exist_ok=True)
     errors = []

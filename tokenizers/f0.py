@@ -45,13 +45,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from ._compat import import_pyworld
+from ..constants import SAMPLE_RATE
+from .utils import import_pyworld
 
 
 class F0StatsError(UserError, ValueError):
     """An F0 statistics file that cannot be read (its message names the file)."""
 
-SAMPLE_RATE = 16_000
 HOP = 80
 F0_RATE = SAMPLE_RATE / HOP  # 200 Hz
 

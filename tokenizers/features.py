@@ -26,9 +26,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ._compat import lengths_to_mask, pad_batch, resolve_device
-
-SAMPLE_RATE = 16_000
+from ..constants import SAMPLE_RATE
+from .utils import lengths_to_mask, pad_batch, resolve_device
 
 #: (kernel, stride) of the convolutional front end of a 25 Hz HuBERT: the 50 Hz chain of
 #: HuBERT base plus one more stride-2 layer; 640 samples per frame.

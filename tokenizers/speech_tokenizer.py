@@ -25,7 +25,7 @@ import torch
 
 from ..audio import AudioSource, load_audio
 from ..formats import units_to_string
-from ._compat import resolve_device
+from .utils import resolve_device
 from .features import FeatureBackend, FeatureConfig, load_backend
 from .kmeans import KMeansQuantizer, LinearQuantizer, load_quantizer, save_kmeans
 from .pitch import PitchTokenizer
@@ -76,7 +76,7 @@ class UnitTokenizer:
     @torch.inference_mode()
     def encode(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Units int64 ``(frames_i,)`` of each waveform (frames as a 25 Hz HuBERT)."""
-        from ._compat import pad_batch
+        from .utils import pad_batch
 
         batch, lengths = pad_batch(wavs)
         dev = self.backend.device

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._compat import lengths_to_mask, pad_batch
+from .utils import lengths_to_mask, pad_batch
+from ..constants import SAMPLE_RATE
 from .kmeans import KMeansQuantizer, load_kmeans, save_kmeans
 
-SAMPLE_RATE = 16_000
 HOP = 320  # 50 Hz frames, as wav2vec 2.0
 WIN = 400
 

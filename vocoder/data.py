@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from ..audio import AudioError, load_audio
+from ..constants import SAMPLE_RATE
 from ..errors import UserError
 from ..formats import deduplicate
 
-SAMPLE_RATE = 16_000
 UNIT_HOP = 640
 PITCH_RATIO = 2
 STYLE_RATIO = 25
@@ -114,9 +114,9 @@ def parse_stream(value, name: str) -> np.ndarray:
 
 def read_speakers(manifest: str) -> list[str]:
     """Sorted distinct speaker names of a manifest (``"default"`` for lines without one)."""
-    from ..tokenizers.manifest import read_items
+    from ..corpus.manifest import read_audio_manifest
 
-    return sorted({it.speaker or "default" for it in read_items(manifest)})
+    return sorted({it.speaker or "default" for it in read_audio_manifest(manifest)})
 
 
 def load_utterances(
@@ -149,13 +149,13 @@ def load_utterances(
     Raises:
         UserError: a missing file, a bad manifest line, or no usable line at all.
     """
-    from ..tokenizers.manifest import read_items
+    from ..corpus.manifest import read_audio_manifest
 
     for path, flag in ((manifest, "--manifest"), (units, "--units")):
         if not os.path.isfile(path):
             raise UserError(f"{path}: file not found ({flag})")
     try:
-        items = {it.id: it for it in read_items(manifest)}
+        items = {it.id: it for it in read_audio_manifest(manifest)}
     except ValueError as exc:
         raise UserError(f"{exc} (--manifest)") from None
     speakers = list(speakers) if speakers is not None else sorted({it.speaker or "default" for it in items.values()})

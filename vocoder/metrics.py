@@ -64,7 +64,7 @@ def mel_cepstra(wav: np.ndarray, f0: np.ndarray | None = None, n_coeffs: int = N
     WORLD's CheapTrick spectral envelope (F0-adaptive window; F0 from :func:`extract_f0` unless
     given) coded with ``pyworld.code_spectral_envelope``.
     """
-    from ..tokenizers._compat import import_pyworld
+    from ..tokenizers.utils import import_pyworld
 
     pw = import_pyworld()
     x = np.ascontiguousarray(wav, dtype=np.float64)

@@ -21,7 +21,8 @@ Format (``DESIGN.md``): each line is a JSON object with
 Other keys (``source``, ``slots``, ...) are kept in :attr:`Utterance.extra` and written back.
 
 Use :func:`read_manifest` / :func:`iter_manifest` to load (strict schema: a bad line raises
-:class:`ManifestError` naming the file and line), :func:`write_manifest` to save, and
+:class:`ManifestError` naming the file and line; ``required=AUDIO_KEYS`` reads the manifests of
+other corpora that only list ``id`` and ``audio``, checking whatever other keys they have), :func:`write_manifest` to save, and
 :func:`check_manifest` to validate a whole file -- schema, audio files, durations, alignments --
 collecting every problem instead of stopping at the first.
 """
@@ -37,6 +38,8 @@ from typing import Any
 
 #: Keys every line must have.
 REQUIRED_KEYS = ("id", "audio", "sample_rate", "duration", "speaker", "style", "text", "words")
+#: The keys a manifest needs for tokenizing and vocoding audio (``read_manifest(path, required=AUDIO_KEYS)``).
+AUDIO_KEYS = ("id", "audio")
 #: Optional keys with a field of their own in :class:`Utterance`.
 OPTIONAL_KEYS = ("phones", "sentiment", "intent", "split")
 #: ``duration`` may differ from the audio file's length by this much (seconds).
@@ -96,15 +99,18 @@ class Utterance:
         intent: intent label or None.
         split: split name or None.
         extra: any other keys of the line, written back unchanged.
+
+    A manifest read with ``required=AUDIO_KEYS`` may leave ``sample_rate``, ``duration``,
+    ``speaker``, ``style`` and ``text`` None and ``words`` empty.
     """
 
     id: str
     audio: str
-    sample_rate: int
-    duration: float
-    speaker: str
-    style: str
-    text: str
+    sample_rate: int | None
+    duration: float | None
+    speaker: str | None
+    style: str | None
+    text: str | None
     words: list[Word]
     phones: list[Phone] | None = None
     sentiment: str | None = None
@@ -115,7 +121,14 @@ class Utterance:
     @property
     def num_samples(self) -> int:
         """``duration * sample_rate``, rounded."""
-        return int(round(self.duration * self.sample_rate))
+        return int(round(self.duration * self.sample_rate))  # type: ignore[operator]
+
+    def segments(self, kind: str = "phones") -> list[tuple[str, float, float]] | None:
+        """``phones`` or ``words`` as ``(label, start s, end s)`` tuples (None when absent)."""
+        spans = self.phones if kind == "phones" else self.words
+        if spans is None:
+            return None
+        return [(s.phone if isinstance(s, Phone) else s.word, s.start, s.end) for s in spans]
 
     def to_json(self, base_dir: str | None = None) -> dict[str, Any]:
         """The line as a dict; ``audio`` is made relative to ``base_dir`` when it lies under it."""
@@ -149,12 +162,13 @@ class Utterance:
         return d
 
     @classmethod
-    def from_json(cls, obj: Any, base_dir: str | None = None) -> Utterance:
+    def from_json(cls, obj: Any, base_dir: str | None = None, required: tuple[str, ...] = REQUIRED_KEYS) -> Utterance:
         """Builds an utterance from a parsed line; raises ValueError listing its schema problems.
 
-        ``audio`` is resolved against ``base_dir`` when relative.
+        ``audio`` is resolved against ``base_dir`` when relative. ``required``: the keys the line
+        must have (the others are checked when present and None when absent).
         """
-        problems = schema_problems(obj)
+        problems = schema_problems(obj, required)
         if problems:
             raise ValueError("; ".join(problems))
         audio = obj["audio"]
@@ -164,12 +178,12 @@ class Utterance:
         return cls(
             id=obj["id"],
             audio=audio,
-            sample_rate=int(obj["sample_rate"]),
-            duration=float(obj["duration"]),
-            speaker=obj["speaker"],
-            style=obj["style"],
-            text=obj["text"],
-            words=[Word(w["word"], float(w["start"]), float(w["end"])) for w in obj["words"]],
+            sample_rate=None if obj.get("sample_rate") is None else int(obj["sample_rate"]),
+            duration=None if obj.get("duration") is None else float(obj["duration"]),
+            speaker=obj.get("speaker"),
+            style=obj.get("style"),
+            text=obj.get("text"),
+            words=[Word(w["word"], float(w["start"]), float(w["end"])) for w in obj.get("words", [])],
             phones=None if phones is None else [Phone(p["phone"], float(p["start"]), float(p["end"])) for p in phones],
             sentiment=obj.get("sentiment"),
             intent=obj.get("intent"),
@@ -206,14 +220,14 @@ def _segments_schema(obj: dict, key: str, label: str) -> list[str]:
     return problems
 
 
-def schema_problems(obj: Any) -> list[str]:
-    """Every schema problem of one parsed line (empty when it is valid)."""
+def schema_problems(obj: Any, required: tuple[str, ...] = REQUIRED_KEYS) -> list[str]:
+    """Every schema problem of one parsed line (empty when it is valid); ``required``: the keys it must have."""
     if not isinstance(obj, dict):
         return [f"line must be a JSON object, got {type(obj).__name__}"]
-    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    missing = [k for k in required if k not in obj]
     problems = [f"missing key {k!r}" for k in missing]
     for key in ("id", "audio", "speaker", "style", "text"):
-        if key in obj and not isinstance(obj[key], str):
+        if key in obj and not isinstance(obj[key], str) and (key in required or obj[key] is not None):
             problems.append(f"{key!r} must be a string, got {type(obj[key]).__name__}")
     for key in ("id", "audio"):
         if isinstance(obj.get(key), str) and not obj[key]:
@@ -291,8 +305,13 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[Utterance]:
             raise ManifestError(path, lineno, str(e)) from None
 
 
-def read_manifest(path: str | os.PathLike) -> list[Utterance]:
+def read_manifest(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIRED_KEYS) -> list[Utterance]:
     """All utterances of a manifest, in file order, with absolute ``audio`` paths.
+
+    Args:
+        path: the JSONL file.
+        required: the keys every line must have: the whole schema (default) or ``AUDIO_KEYS``
+            for the tokenizers and the vocoder, which need only ``id`` and ``audio``.
 
     Raises:
         ManifestError: unreadable file, bad JSON, schema problem or duplicate id, naming the
@@ -305,7 +324,7 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     for lineno, line in _lines(path):
         obj = _parse(path, lineno, line)
         try:
-            utt = Utterance.from_json(obj, base)
+            utt = Utterance.from_json(obj, base, required)
         except ValueError as e:
             raise ManifestError(path, lineno, str(e)) from None
         if utt.id in seen:
@@ -313,6 +332,12 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
         seen[utt.id] = lineno
         utts.append(utt)
     return utts
+
+
+def read_audio_manifest(path: str | os.PathLike) -> list[Utterance]:
+    """``read_manifest(path, required=AUDIO_KEYS)``: the reader of the tokenizers and the vocoder,
+    which need only ``id`` and ``audio`` (``speaker``, ``style``, ``split``, ``phones`` when given)."""
+    return read_manifest(path, required=AUDIO_KEYS)
 
 
 def _relative_audio(audio: str, base_dir: str) -> str:

@@ -14,18 +14,26 @@ import os
 import platform
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from spiritlm.errors import UserError
 from spiritlm.data.shards import SUMMARY_FILE, ShardWriter, token_dtype, write_index
 from spiritlm.formats import TEXT_MARKER
 from spiritlm.interleave import SUBSETS, InterleaveConfig, find_units, group_utterances, make_group_documents, read_units
 from spiritlm.text_tokenizer import DEFAULT_PAD_MULTIPLE, SpiritTextTokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
+#: units per stream the build's units file uses: ``{"hubert": N, "pitch": P, "style": S}``;
+#: generation keeps its speech vocabulary to these (see ``spiritlm.generation``)
+SPEECH_UNITS_FILE = "speech_units.json"
+
+
+class DataBuildError(UserError, ValueError):
+    """A build that cannot go on (no utterances, unusable tokenizer, nothing interleaved)."""
 
 
 def read_manifest_utterances(path: str | os.PathLike, split: str | None = None) -> list:
@@ -101,6 +109,9 @@ def _process_range(bounds: tuple[int, int]) -> dict[str, Any]:
     for members in _W["groups"][bounds[0] : bounds[1]]:
         made, skip = make_group_documents(members, cfg, _W["seed"])
         skipped += skip
+        if any(doc.subset == "interleaved" for doc in made):
+            # members left out of the group's interleaved document each counted one skip
+            counts["interleaved"]["utterances"] += len(members) - sum(1 for sub, _ in skip if sub == "interleaved")
         for doc in made:
             try:
                 ids = np.asarray(tok.encode(doc.text), dtype=np.int64)
@@ -168,31 +179,81 @@ def build_dataset(
     shard_tokens: int = 1 << 26,
     chunk_size: int = 256,
     progress: bool = False,
+    overwrite: bool = False,
+    allow_skips: bool = True,
 ) -> dict[str, Any]:
-    """Builds ``out`` (index, shards, ``summary.json``, tokenizer); returns the summary.
+    """Builds ``out`` (index, shards, ``summary.json``, ``speech_units.json``, tokenizer); returns the summary.
 
-    Args: see ``spiritlm data build --help`` (:func:`spiritlm.data.cli.build`).
+    The directory is built under a temporary name next to ``out`` and renamed when complete: a
+    failed build leaves nothing behind, and an existing ``out`` is replaced only with
+    ``overwrite`` (and only once the new build succeeded). ``group_words=-1`` in ``interleave``
+    picks the grouping from the corpus (:func:`auto_group_words`).
+
+    Args: see ``spiritlm data build --help`` (:func:`spiritlm.data.cli.build`); with
+    ``allow_skips=False`` a build that gives no speech or no interleaved document is an error.
     """
+    from spiritlm.atomic import atomic_dir, check_new_output
+
+    check_new_output(out, overwrite)  # before the slow parts
+    out = Path(out)
+    with atomic_dir(out, overwrite) as tmp:
+        return _build(manifest, units, out, tmp, interleave, text_tokenizer, extra_text, split, workers, seed,
+                      vocab_size, pad_to_multiple, shard_tokens, chunk_size, progress, allow_skips)
+
+
+def auto_group_words(utterances: list, cfg: InterleaveConfig) -> int:
+    """``group_words`` suited to a corpus: 0 (each utterance alone, Meta's setting) when the median
+    utterance holds at least ``text_span_min + speech_span_min`` words, else
+    ``text_span_max + speech_span_max`` (groups long enough for several spans)."""
+    words = sorted(len(u.words or []) for u in utterances)
+    if not words or words[len(words) // 2] >= cfg.text_span_min + cfg.speech_span_min:
+        return 0
+    return cfg.text_span_max + cfg.speech_span_max
+
+
+def speech_units_of(unit_map: dict[str, dict], expressive: bool) -> dict[str, int]:
+    """Units per stream a units file uses (largest id + 1; 0 for a stream left out of the build)."""
+    seen = {id(rec): rec for rec in unit_map.values()}.values()
+    out = {}
+    for stream in ("hubert", "pitch", "style"):
+        if stream != "hubert" and not expressive:
+            out[stream] = 0
+            continue
+        top = -1
+        for rec in seen:
+            value = rec.get(stream)
+            if value:
+                ids = value.split() if isinstance(value, str) else value
+                top = max(top, max((int(v) for v in ids), default=-1))
+        out[stream] = top + 1
+    return out
+
+
+def _build(manifest, units, out: Path, tmp: Path, interleave, text_tokenizer, extra_text, split, workers, seed,
+           vocab_size, pad_to_multiple, shard_tokens, chunk_size, progress, allow_skips) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = interleave or InterleaveConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     utts = read_manifest_utterances(manifest, split)
     if not utts:
-        raise ValueError(f"{manifest}: no utterances" + (f" in split {split!r}" if split else ""))
+        raise DataBuildError(f"{manifest}: no utterances" + (f" in split {split!r} (--split)" if split else ""))
+    if cfg.group_words < 0:
+        cfg = replace(cfg, group_words=auto_group_words(utts, cfg))
     unit_map = read_units(units)
     extra = read_extra_text(extra_text) if extra_text else []
     tok, tok_path = make_tokenizer(
-        out, [u.text for u in utts] + extra, text_tokenizer, cfg.expressive, vocab_size, pad_to_multiple=pad_to_multiple
+        tmp, [u.text for u in utts] + extra, text_tokenizer, cfg.expressive, vocab_size, pad_to_multiple=pad_to_multiple
     )
+    if tok_path != TOKENIZER_FILE and Path(tok_path).is_relative_to(out.resolve()):
+        tok.save(tmp / TOKENIZER_FILE)  # the tokenizer lives in the directory being replaced: keep a copy
+        tok_path = TOKENIZER_FILE
     if tok.num_units["hubert"] == 0:
-        raise ValueError(f"{tok_path}: the tokenizer has no HuBERT tokens")
+        raise DataBuildError(f"{tok_path}: the tokenizer has no HuBERT tokens (--text_tokenizer)")
     t_tok = time.perf_counter()
 
     pairs = [(u, find_units(unit_map, u)) for u in utts]
     groups = [[pairs[i] for i in g] for g in group_utterances(utts, cfg.group_words)]
     dtype = token_dtype(tok.vocab_size)
-    writers = {s: ShardWriter(out, s, dtype, shard_tokens) for s in SUBSETS}
+    writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in SUBSETS}
     skipped: dict[str, Counter] = {s: Counter() for s in SUBSETS}
     counts: dict[str, Counter] = {s: Counter() for s in SUBSETS}
 
@@ -233,9 +294,10 @@ def build_dataset(
         consume(_extra_text_documents(tok, extra))
 
     entries = {s: w.close() for s, w in writers.items()}
+    speech_units = speech_units_of(unit_map, cfg.expressive)
     t_done = time.perf_counter()
     write_index(
-        out, entries, vocab_size=tok.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, tokenizer=tok_path
+        tmp, entries, vocab_size=tok.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, tokenizer=tok_path
     )
     elapsed = time.perf_counter() - t0
     total_tokens = sum(c["tokens"] for c in counts.values())
@@ -261,10 +323,12 @@ def build_dataset(
         "seed": seed,
         "utterances": len(utts),
         "utterances_without_units": sum(1 for _, u in pairs if u is None),
+        "interleaved_utterances": counts["interleaved"]["utterances"],
         "extra_text": str(Path(extra_text).resolve()) if extra_text else None,
         "extra_text_documents": len(extra),
         "tokenizer": tok_path,
         "vocab_size": tok.vocab_size,
+        "speech_units": speech_units,
         "interleave": asdict(cfg),
         "subsets": subsets,
         "tokens": total_tokens,
@@ -277,5 +341,14 @@ def build_dataset(
         "workers": workers,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    if not allow_skips:
+        for s in ("speech", "interleaved"):
+            if not counts[s]["documents"]:
+                reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped[s].items())) or "none"
+                raise DataBuildError(
+                    f"{units}: no {s} documents from {len(utts)} utterances (skipped: {reasons}); "
+                    "pass --allow_skips true to write the build anyway"
+                )
+    (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    (tmp / SPEECH_UNITS_FILE).write_text(json.dumps(speech_units) + "\n")
     return summary

@@ -26,14 +26,20 @@ def build(
     speech_span_min: int = 5,
     speech_span_max: int = 15,
     duration_tolerance: float = 0.1,
-    group_words: int = 0,
+    group_words: int = -1,
     shard_tokens: int = 1 << 26,
     progress: bool = True,
+    overwrite: bool = False,
+    allow_skips: bool = False,
 ) -> None:
     """Tokenize speech-only, text-only and interleaved documents into sharded token files.
 
-    Writes DIR/index.json, DIR/<subset>/*.bin|.idx.npy|.ids.txt, DIR/summary.json and, unless an
-    extended tokenizer is given, DIR/tokenizer.model.
+    Writes OUT/index.json, OUT/<subset>/*.bin|.idx.npy|.ids.txt, OUT/summary.json,
+    OUT/speech_units.json (units per stream in the units file, which generation keeps to) and,
+    unless an extended tokenizer is given, OUT/tokenizer.model. The directory appears only when
+    the build is complete; a failed build leaves nothing behind.
+
+    Example: spiritlm data build --manifest corpus/manifest.jsonl --units units.jsonl --out data/train --split train
 
     Args:
         manifest: manifest JSONL (utterances with text and word alignments).
@@ -44,7 +50,7 @@ def build(
             (e.g. LLaMA-2's tokenizer.model) is extended and saved in OUT; when omitted a BPE
             model is trained on the manifest's text and saved in OUT.
         extra_text: text file with one text-only document a line (e.g. from
-            ``spiritlm corpus text``), added to the text subset and to the BPE training text.
+            spiritlm corpus text), added to the text subset and to the BPE training text.
         split: keep only the manifest's utterances of this split (default: all).
         workers: tokenizing processes.
         seed: seed of the interleaving draws.
@@ -55,11 +61,27 @@ def build(
         speech_span_min: fewest words in a speech span.
         speech_span_max: most words in a speech span.
         duration_tolerance: largest gap in seconds between a stream's length and the duration.
-        group_words: 0 interleaves each utterance alone; N > 0 interleaves groups of consecutive
-            utterances of one speaker holding at least N words (for corpora of short sentences).
+        group_words: 0 interleaves each utterance alone (Meta's setting, for utterances of 15
+            words or more); N > 0 interleaves groups of consecutive utterances of one speaker
+            holding at least N words. Needed for corpora of short sentences (such as the
+            synthetic corpus): alone, an utterance shorter than its first span gives no
+            interleaved document (counted as too_short_to_interleave). -1 (default): 0 when the
+            median utterance has at least text_span_min + speech_span_min words, else
+            text_span_max + speech_span_max. The value used is in summary.json.
         shard_tokens: most tokens in one shard file.
         progress: show a progress bar.
+        overwrite: replace OUT if it already holds something (only once the new build is complete).
+        allow_skips: accept a build without any speech or interleaved document (by default that
+            is an error, so scripts can tell).
     """
+    from spiritlm.atomic import check_new_output
+    from spiritlm.errors import UserError
+
+    for flag, path in (("--manifest", manifest), ("--units", units), ("--text_tokenizer", text_tokenizer), ("--extra_text", extra_text)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{path}: no such file ({flag})")
+    check_new_output(out, overwrite)
+
     from spiritlm.data.build import build_dataset
     from spiritlm.interleave import InterleaveConfig
 
@@ -86,10 +108,15 @@ def build(
         pad_to_multiple=pad_to_multiple,
         shard_tokens=shard_tokens,
         progress=progress,
+        overwrite=overwrite,
+        allow_skips=allow_skips,
     )
     for name, s in summary["subsets"].items():
         skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
         print(f"{name:>12}: {s['documents']} documents, {s['tokens']} tokens; skipped: {skipped}")
+    n = summary["interleave"]["group_words"]
+    grouped = f"groups of >= {n} words of one speaker" if n else "each utterance alone"
+    print(f"interleaved: {summary['interleaved_utterances']} of {summary['utterances']} utterances ({grouped})")
     print(f"{summary['tokens']} tokens in {summary['build_seconds']} s ({summary['tokens_per_second']} tokens/s) -> {out}")
 
 

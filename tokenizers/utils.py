@@ -1,4 +1,4 @@
-"""Small compatibility shims and helpers shared by the speech tokenizers."""
+"""Utilities the speech tokenizers share: batching and padding waveforms, masks, devices, torch threads, the pyworld import."""
 
 from __future__ import annotations
 

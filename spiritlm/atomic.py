@@ -1,0 +1,104 @@
+"""Atomic outputs: files and directories that appear whole under their final name, or not at all.
+
+Later runs trust what they find (resume checks, ``index.json``, ``tokenizer.model``), so an
+interrupted or failed run must leave either the previous output or nothing: outputs are written
+under a temporary name in the same folder and renamed (``os.replace``) once complete, and the
+folders a failed run created are removed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from spiritlm.errors import UserError
+
+
+def make_parents(path: str | os.PathLike) -> list[Path]:
+    """Creates the missing parent folders of ``path``; returns them, outermost first."""
+    created: list[Path] = []
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    created.reverse()
+    for d in created:
+        d.mkdir(exist_ok=True)
+    return created
+
+
+def remove_empty(dirs: list[Path]) -> None:
+    """Removes the folders of :func:`make_parents` that are still empty (innermost first)."""
+    for d in reversed(dirs):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
+    """Opens a temporary file next to ``path``; renames it to ``path`` when the block succeeds.
+
+    On an exception the temporary file (and any parent folder made for it) is removed and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    created = make_parents(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        remove_empty(created)
+        raise
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Refuses an existing non-empty ``path`` unless ``overwrite`` (message names ``flag``)."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) or path.is_file():
+        if not overwrite:
+            raise UserError(f"{path}: already exists; pass {flag} true to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> Iterator[Path]:
+    """Yields a temporary folder next to ``path`` to build an output directory in.
+
+    When the block succeeds the folder becomes ``path`` (an existing ``path`` is replaced only
+    with ``overwrite``, and only then); when it fails the folder, and parent folders made for it,
+    are removed, and an existing ``path`` is left untouched.
+
+    Raises:
+        UserError: ``path`` exists, is not empty and ``overwrite`` is false (checked first).
+    """
+    path = Path(path)
+    check_new_output(path, overwrite, flag)
+    created = make_parents(path)
+    tmp = _tmp_name(path)
+    if tmp.exists():  # left by a killed run of this same process id
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(created)
+        raise
