@@ -437,9 +437,15 @@ def test_assemble_meta_release_expressive(meta_release, tmp_path):
     assert len(s["pitch"]) == tok.pitch.num_tokens(len(wav)) == (len(wav) // 80 + 1) // 16
     assert len(s["style"]) == 2 and s["style"].max() < 7
     assert tok.encode_string(wav).startswith("[St")
-    # --f0 picks another backend for Meta's quantizer
+    # --f0 picks another backend for Meta's quantizer; pYAAPT gives Meta's N // 80 frames
     assemble(meta_checkpoints=str(root), expressive=True, layer=2, f0="pyaapt", out=str(tmp_path / "expr2"))
-    assert SpeechTokenizer.load(tmp_path / "expr2").pitch.cfg.f0.backend == "pyaapt"
+    tok2 = SpeechTokenizer.load(tmp_path / "expr2")
+    assert tok2.pitch.cfg.f0.backend == "pyaapt"
+    wav = wav[: 16 * 80 * 10]  # N // 80 = 160 frames -> 10 tokens (N // 80 + 1 would give 10 too, but 161 frames)
+    (contour, vuv), = tok2.pitch.f0([wav])
+    assert len(contour) == len(vuv) == 160 and tok2.pitch.num_tokens(len(wav)) == 10
+    assert len(tok2.encode_streams([wav])[0]["pitch"]) == 10
+    assert tok.pitch.num_tokens(16 * 80 * 10 - 80) == 10 and tok2.pitch.num_tokens(16 * 80 * 10 - 80) == 9
 
 
 def test_assemble_meta_release_errors_name_the_missing_file(meta_release, tmp_path):

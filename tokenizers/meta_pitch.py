@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .f0 import F0Config, extract_f0_batch, load_meta_speaker_stats
+from .f0 import F0Config, extract_f0_batch, load_meta_speaker_stats, resolve_backend
 from .pitch import PitchConfig, PitchTokenizer
 
 
@@ -187,10 +187,16 @@ class MetaPitchTokenizer(PitchTokenizer):
     def codebook_size(self) -> int:
         return int(self.model.vq.level_blocks[0].k.shape[0])
 
+    def _frames(self, num_samples: int) -> int:
+        """F0 frames Meta's extractor gives: ``N // 80 + 1`` (FCPE), ``N // 80`` (pYAAPT)."""
+        return int(num_samples) // 80 + (0 if resolve_backend(self.cfg.f0.backend) == "pyaapt" else 1)
+
     def f0(self, wavs):
         """``[(contour Hz (T,), vuv (T,))]`` at 200 Hz: interpolated by the backend when the
-        quantizer's ``features`` say ``interp`` (as Meta's extractors with ``interpolate=True``)."""
-        return extract_f0_batch(wavs, self.cfg.f0, interpolated=self.interpolate)
+        quantizer's ``features`` say ``interp`` (as Meta's extractors with ``interpolate=True``),
+        with as many frames as Meta's extractor gives (pYAAPT: one fewer)."""
+        out = extract_f0_batch(wavs, self.cfg.f0, interpolated=self.interpolate)
+        return [(f[: self._frames(len(w))], v[: self._frames(len(w))]) for (f, v), w in zip(out, wavs)]
 
     def features(self, f0, vuv, speaker=None) -> np.ndarray:
         """``(2, T)``: the contour of :meth:`f0` minus the mean F0 in Hz on its non-zero frames
@@ -209,7 +215,7 @@ class MetaPitchTokenizer(PitchTokenizer):
         raise NotImplementedError("Meta's quantizer is loaded for encoding only (no decoder)")
 
     def num_tokens(self, num_samples: int) -> int:
-        return (int(num_samples) // 80 + 1) // self.model.downsample
+        return self._frames(num_samples) // self.model.downsample
 
     def save(self, directory) -> None:
         os.makedirs(directory, exist_ok=True)
