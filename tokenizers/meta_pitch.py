@@ -14,7 +14,9 @@ over unvoiced frames by the backend itself (see :func:`spiritlm.tokenizers.f0.ex
 ``interpolated=True``) when ``features`` names ``interp`` — and, when ``features`` starts with
 ``norm_`` or ``speaker_norm`` is set, minus a mean F0 **in Hz** (linear, not log) on its non-zero
 frames: the speaker's ``f0_mean`` from the ``speaker_stats`` file, else the mean of the
-contour over the utterance's voiced frames. Stacked with voicing: ``(2, T)``.
+contour over the utterance's voiced frames. Stacked with voicing: ``(2, T)``, with
+``T = N // 80 + 1`` frames for N samples (FCPE and the other backends) or ``N // 80`` (pYAAPT, as
+Meta's extractor returns it); tokens: ``T // 16``.
 
 The ``speaker_stats`` file (``{speaker: {"f0_mean": Hz, ...}}``, a torch file) is looked up at the
 path ``config.yaml`` names, then under that name inside the folder; an explicit path can be
