@@ -292,3 +292,20 @@ def test_unweighted_checkpoint_and_bad_files(expressive, tmp_path):
         Vocoder.from_pretrained(bad)
     with pytest.raises(UserError, match="not found"):
         Vocoder.from_pretrained(tmp_path / "nowhere")
+
+
+def test_reflection_padding_would_differ_at_the_edges(expressive):
+    """Why the padding is switched: speechbrain's default (reflection) changes the first and last frames."""
+    from speechbrain.nnet.CNN import Conv1d as SBConv1d
+
+    d, cfg, sd = expressive
+    voc = Vocoder.from_pretrained(d)
+    hubert = list(range(1, 33))
+    units = {"hubert": " ".join(map(str, hubert)), "pitch": " ".join(str(i % 16) for i in range(16)), "style": "2 5"}
+    ref = reference_meta_vocoder(sd, cfg, hubert, [i % 16 for i in range(16)], [2, 5])
+    for m in voc.model.modules():
+        if isinstance(m, SBConv1d):
+            m.padding_mode = "reflect"
+    diff = np.abs(voc.synthesize(units) - ref)
+    assert diff[:640].max() > 1e-2 and diff[-640:].max() > 1e-2  # first / last 40 ms
+    assert diff[4 * 640 : -4 * 640].max() < 1e-3  # the middle barely changes
