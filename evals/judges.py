@@ -110,10 +110,10 @@ class AsrConfig:
 
     alphabet: str = " 'abcdefghijklmnopqrstuvwxyz"
     n_mels: int = 80
-    d_model: int = 144
-    num_layers: int = 4
+    d_model: int = 96
+    num_layers: int = 3
     num_heads: int = 4
-    ffn_dim: int = 576
+    ffn_dim: int = 192
     conv_kernel: int = 15
     dropout: float = 0.1
 
@@ -305,8 +305,8 @@ class AsrTrainConfig:
     """
 
     steps: int = 1500
-    batch_size: int = 16
-    lr: float = 2e-3
+    batch_size: int = 8
+    lr: float = 3e-3
     weight_decay: float = 1e-2
     freq_masks: int = 2
     freq_mask_width: int = 12

@@ -1,0 +1,304 @@
+"""Few-shot TTS: text in, speech units out, judged by an ASR (CER) and against the reference units (unit edit rate).
+
+The prompt of a target utterance (paper: k = 10) is ``k`` examples from the TRAIN split, then
+the target's text and the speech marker (the markers separate the examples, as in the ASR task)::
+
+    [Text]<shot text>[Speech]<shot units>  × k
+    [Text]<target text>[Speech]
+
+Shots are drawn per target with :func:`spiritlm.evals.common.draw_shots` (seeded by
+``(seed, target id)``; never the target). As many shots as fit the model's context are kept
+(:func:`spiritlm.evals.engine.fit_shots`). Decoding is greedy by default; the output may hold
+speech tokens only, and ends at EOS, a modality marker (what follows a speech answer in the
+shots) or a newline, or after ``min(max_new_tokens, length_ratio × reference tokens + 10)`` tokens.
+
+Scores:
+
+* ``cer``: the generated units → vocoder → the ASR judge → character error rate against the
+  target text (jiwer after :func:`~spiritlm.evals.common.normalize_text`; corpus rate with a
+  bootstrap interval). Chance: the CER of another target's text in place of the transcript
+  (an output that ignores its text).
+* ``unit_edit_rate``: edit distance between the generated and the reference utterance's
+  deduplicated HuBERT units over the reference length. Chance: another target's units.
+* toplines for reading them: ``judge_cer`` (the ASR judge on the targets' own audio) and
+  ``resynth_cer`` (the judge on the vocoder's rendering of the reference units), the best CER
+  this pipeline can show.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spiritlm.errors import UserError
+from spiritlm.formats import SPEECH_MARKER, SPEECH_TOKEN_RE, TEXT_MARKER, deduplicate
+
+SHOT_SEPARATOR = ""
+
+
+@dataclass
+class TtsConfig:
+    """Settings of :func:`run_tts`.
+
+    Attributes:
+        shots: examples per prompt (paper: 10); fewer when the context is full.
+        seed: seeds the shot draws (and sampling).
+        do_sample: sample instead of greedy decoding.
+        temperature: sampling temperature.
+        top_p: nucleus mass.
+        max_new_tokens: hard budget of a generation (tokens).
+        length_ratio: budget relative to the reference's token count (+10).
+        max_items: at most this many targets (0: all).
+        batch_size: rows decoded together.
+        speaker: vocoder speaker.
+    """
+
+    shots: int = 10
+    seed: int = 0
+    do_sample: bool = False
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 300
+    length_ratio: float = 2.0
+    max_items: int = 0
+    batch_size: int = 16
+    speaker: int | str = 0
+
+
+def tts_shot(text: str, speech: str) -> str:
+    """One example: ``[Text]text[Speech]units`` followed by the separator."""
+    return f"{TEXT_MARKER}{text}{SPEECH_MARKER}{speech}{SHOT_SEPARATOR}"
+
+
+def build_tts_prompt(target_text: str, shots: Sequence[tuple[str, str]]) -> str:
+    """The k-shot prompt: ``shots`` as ``(text, speech token string)`` pairs, then the target's text and ``[Speech]``.
+
+    >>> build_tts_prompt("a cat", [("a dog", "[Hu1][Hu2]")])
+    '[Text]a dog[Speech][Hu1][Hu2][Text]a cat[Speech]'
+    """
+    return "".join(tts_shot(t, s) for t, s in shots) + f"{TEXT_MARKER}{target_text}{SPEECH_MARKER}"
+
+
+def hubert_sequence(speech: str) -> list[str]:
+    """The deduplicated HuBERT unit ids of a token string (pitch and style tokens dropped)."""
+    units = [m.group(2) for m in SPEECH_TOKEN_RE.finditer(speech) if m.group(1) == "Hu"]
+    return deduplicate(units)[0]
+
+
+def _rolled(values: Sequence[Any]) -> list[Any]:
+    return list(values[1:]) + list(values[:1]) if len(values) > 1 else list(values)
+
+
+def run_tts(
+    model: Any,
+    targets: Sequence[dict],
+    pool: Sequence[dict],
+    units: dict[str, dict],
+    *,
+    asr_judge: Any = None,
+    cfg: TtsConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    judges_metrics: dict | None = None,
+    extra_config: dict | None = None,
+    progress: bool = False,
+) -> Any:
+    """Few-shot TTS of ``targets`` (manifest dicts with ``id``, ``text``, ``audio``) with shots from ``pool``.
+
+    Targets and shots without units are skipped (counted in ``skipped``); without a vocoder or
+    an ASR judge only the unit edit rate is reported.
+
+    Returns:
+        :class:`spiritlm.evals.common.EvalResult` (task ``tts``); written to ``out_dir`` when given.
+    """
+    from spiritlm.audio import AudioError, load_audio
+    from spiritlm.evals.common import (EvalResult, bootstrap_ci, draw_shots, edit_counts, metric, ratio_of_sums,
+                                       speech_string, units_of, write_eval_outputs)
+    from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
+
+    cfg = cfg or TtsConfig()
+    lm = model.lm
+    tok = lm.tokenizer
+    skipped: dict[str, int] = {}
+
+    def with_speech(items: Sequence[dict]) -> list[dict]:
+        out = []
+        for it in items:
+            row = units_of(it, units)
+            if row is None or not it.get("text", "").strip():
+                skipped["no_units_or_text"] = skipped.get("no_units_or_text", 0) + 1
+                continue
+            out.append({**it, "speech": speech_string(row, model.expressive)})
+        return out
+
+    tgts = with_speech(targets)
+    if cfg.max_items:
+        tgts = tgts[: cfg.max_items]
+    shots_pool = with_speech(pool)
+    if not tgts:
+        raise UserError("no TTS target has units and text (--units, --manifest)")
+    stops = text_stop_ids(tok)
+    allowed = lm.allowed_tokens("speech").clone()
+    for i in stops:
+        allowed[i] = True
+    prompts, budgets, shot_ids = [], [], []
+    ctx = lm.config.max_seq_len
+    for it in tgts:
+        ref_len = len(tok.encode(it["speech"]))
+        budget = int(min(cfg.max_new_tokens, cfg.length_ratio * ref_len + 10))
+        shots = draw_shots(shots_pool, cfg.shots, cfg.seed, str(it["id"])) if cfg.shots else []
+        rendered = [tts_shot(s["text"], s["speech"]) for s in shots]
+        fixed = len(tok.encode(build_tts_prompt(it["text"], []), bos=True))
+        k = fit_shots([len(tok.encode(r)) for r in rendered], fixed, ctx, budget)
+        shots = shots[:k]
+        if fixed + budget > ctx:
+            budget = ctx - fixed
+        if budget <= 0:
+            skipped["longer_than_context"] = skipped.get("longer_than_context", 0) + 1
+            continue
+        prompts.append((it, tok.encode(build_tts_prompt(it["text"], [(s["text"], s["speech"]) for s in shots]), bos=True)))
+        budgets.append(budget)
+        shot_ids.append([str(s["id"]) for s in shots])
+    throughput = Throughput()
+    t0 = time.time()
+    outs: list[list[int]] = [[] for _ in prompts]
+    # rows with equal budgets run together (one budget per generate_batch_ids call)
+    for b in sorted(set(budgets)):
+        idx = [i for i, x in enumerate(budgets) if x == b]
+        res = lm.generate_batch_ids(
+            [prompts[i][1] for i in idx], allowed=allowed, max_new_tokens=b, do_sample=cfg.do_sample,
+            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size, stop_ids=stops,
+        )
+        throughput.add(getattr(lm, "last_stats", None))
+        for i, r in zip(idx, res):
+            outs[i] = r
+    stop_set = set(stops) | {tok.eos_id}
+    hyps = []
+    for ids in outs:
+        while ids and ids[-1] in stop_set:
+            ids = ids[:-1]
+        hyps.append("".join(m.group(0) for m in SPEECH_TOKEN_RE.finditer(tok.decode(ids))))
+    items = [p[0] for p in prompts]
+    refs_text = [it["text"] for it in items]
+    unit_counts = [edit_counts(" ".join(hubert_sequence(it["speech"])), " ".join(hubert_sequence(h)), "word") for it, h in zip(items, hyps)]
+    unit_chance = [edit_counts(" ".join(hubert_sequence(a["speech"])), " ".join(hubert_sequence(b["speech"])), "word")
+                   for a, b in zip(items, _rolled(items))]
+    metrics: dict[str, Any] = {}
+    transcripts: list[str | None] = [None] * len(items)
+    char_counts: list[tuple[int, int] | None] = [None] * len(items)
+    notes = []
+    if model.vocoder is not None and asr_judge is not None:
+        nonempty = [i for i, h in enumerate(hyps) if h]
+        wavs = model.vocoder.synthesize_batch([hyps[i] for i in nonempty], speaker=cfg.speaker) if nonempty else []
+        for i, t in zip(nonempty, asr_judge.transcribe(wavs) if wavs else []):
+            transcripts[i] = t
+        char_counts = [edit_counts(r, t or "", "char") for r, t in zip(refs_text, transcripts)]
+        arr = np.array(char_counts, dtype=np.float64)
+        chance = ratio_of_sums(np.array([edit_counts(a, b, "char") for a, b in zip(refs_text, _rolled(refs_text))], dtype=np.float64))
+        metrics["cer"] = metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=cfg.seed, statistic=ratio_of_sums), chance, len(items),
+                                empty_outputs=len(items) - len(nonempty))
+        resyn = model.vocoder.synthesize_batch([it["speech"] for it in items], speaker=cfg.speaker)
+        rc = np.array([edit_counts(r, t, "char") for r, t in zip(refs_text, asr_judge.transcribe(resyn))], dtype=np.float64)
+        metrics["resynth_cer"] = metric(ratio_of_sums(rc), bootstrap_ci(rc, seed=cfg.seed, statistic=ratio_of_sums), None, len(items))
+        own, own_refs = [], []
+        for it in items:
+            try:
+                own.append(load_audio(it["audio"]))
+                own_refs.append(it["text"])
+            except (AudioError, KeyError, TypeError):
+                continue
+        if own:
+            jc = np.array([edit_counts(r, t, "char") for r, t in zip(own_refs, asr_judge.transcribe(own))], dtype=np.float64)
+            metrics["judge_cer"] = metric(ratio_of_sums(jc), bootstrap_ci(jc, seed=cfg.seed, statistic=ratio_of_sums), None, len(own))
+    else:
+        notes.append("cer not computed: " + ("no vocoder (--vocoder)" if model.vocoder is None else "no ASR judge (--judges or --asr_judge)"))
+    ua = np.array(unit_counts, dtype=np.float64)
+    metrics["unit_edit_rate"] = metric(ratio_of_sums(ua), bootstrap_ci(ua, seed=cfg.seed, statistic=ratio_of_sums),
+                                       ratio_of_sums(np.array(unit_chance, dtype=np.float64)), len(items))
+    metrics["skipped"] = skipped
+    metrics["notes"] = notes
+    metrics["mean_shots"] = float(np.mean([len(s) for s in shot_ids])) if shot_ids else 0.0
+    if judges_metrics and "asr" in judges_metrics:
+        metrics["judges"] = {"asr": judges_metrics["asr"]}
+    metrics["config"] = {"model": getattr(model, "name", ""), **asdict(cfg), **(extra_config or {})}
+    rows = []
+    for i, it in enumerate(items):
+        cc = char_counts[i]
+        rows.append({
+            "id": str(it["id"]), "shot_ids": shot_ids[i], "seed": cfg.seed, "text": it["text"], "output": hyps[i],
+            "transcript": transcripts[i], "char_errors": cc[0] if cc else None, "chars": cc[1] if cc else None,
+            "unit_errors": unit_counts[i][0], "units": unit_counts[i][1],
+            "score": (cc[0] / cc[1] if cc and cc[1] else None),
+        })
+    thr = throughput.as_dict()
+    thr["wall_seconds"] = round(time.time() - t0, 2)
+    result = EvalResult("tts", metrics, rows, thr)
+    if out_dir is not None:
+        write_eval_outputs(out_dir, result)
+    return result
+
+
+def tts_command(
+    model: str,
+    manifest: str,
+    units: str,
+    out: str,
+    judges: str | None = None,
+    asr_judge: str | None = None,
+    vocoder: str | None = None,
+    split: str = "test",
+    shot_split: str = "train",
+    shots: int = 10,
+    seed: int = 0,
+    do_sample: bool = False,
+    max_new_tokens: int = 300,
+    max_items: int = 0,
+    batch_size: int = 16,
+    speaker: str = "0",
+    device: str = "cpu",
+) -> None:
+    """Few-shot TTS: [Text]…[Speech]… prompts, generated units → vocoder → ASR judge → CER; unit edit rate.
+
+    Example: ``spiritlm eval tts --model demo_out/lm/tiny-interleaved --vocoder demo_out/vocoder
+    --manifest demo_out/corpus/manifest.jsonl --units demo_out/units.jsonl --judges demo_out/judges --out demo_out/eval/tts``
+
+    Args:
+        model: the LM folder (Hugging Face, run or checkpoint folder).
+        manifest: corpus manifest (targets from --split, shots from --shot_split).
+        units: Meta units JSONL of the manifest's audio.
+        out: output folder (metrics.json, predictions.jsonl).
+        judges: folder of ``spiritlm eval judges`` (its asr/ is the ASR judge).
+        asr_judge: an ASR judge folder (ours or a Hugging Face ASR model) instead of --judges'.
+        vocoder: vocoder folder (without it only the unit edit rate is measured).
+        split: targets' split.
+        shot_split: split the shots come from.
+        shots: examples per prompt (paper: 10).
+        seed: seed of the shot draws (and of sampling).
+        do_sample: sample (temperature 0.8, top_p 0.95) instead of greedy decoding.
+        max_new_tokens: hard budget of a generation (tokens).
+        max_items: at most this many targets (0: all).
+        batch_size: rows decoded together.
+        speaker: vocoder speaker (row number or name).
+        device: cpu or cuda.
+    """
+    from spiritlm.evals.common import load_eval_model, load_manifest_items, load_units
+    from spiritlm.evals.judges import load_asr_judge, load_judges_metrics
+
+    asr_dir = asr_judge or (str(Path(judges) / "asr") if judges else None)
+    if asr_dir and not Path(asr_dir).is_dir():
+        raise UserError(f"{asr_dir}: no such ASR judge directory ({'--asr_judge' if asr_judge else '--judges'})")
+    em = load_eval_model(model, vocoder=vocoder, device=device)
+    unit_rows = load_units(units)
+    targets = load_manifest_items(manifest, split)
+    pool = load_manifest_items(manifest, shot_split) if shots else []
+    judge = load_asr_judge(asr_dir, device) if asr_dir else None
+    cfg = TtsConfig(shots=shots, seed=seed, do_sample=do_sample, max_new_tokens=max_new_tokens, max_items=max_items,
+                    batch_size=batch_size, speaker=int(speaker) if str(speaker).isdigit() else speaker)
+    run_tts(em, targets, pool, unit_rows, asr_judge=judge, cfg=cfg, out_dir=out,
+            judges_metrics=load_judges_metrics(judges) if judges else None,
+            extra_config={"manifest": str(manifest), "units": str(units), "vocoder": vocoder, "asr_judge": asr_dir})
