@@ -195,7 +195,7 @@ def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list
               outputs=[L.lm_mix / "metrics.json"], owns=[L.lm_mix], needs=[L.lm_text / "metrics.json"]),
         *vocoder_stages(L, preset, seed, threads),
         generate_stage(L, preset, seed),
-        *eval_stages(L, preset, seed, threads),
+        *eval_stages(L, preset, seed),
     ]
     return stages
 
@@ -254,16 +254,18 @@ def generate_stage(L: DemoLayout, preset: Preset, seed: int) -> Stage:
                  needs=[L.lm_mix / "metrics.json", L.vocoder / "config.json", L.manifest], after=record, make_commands=make_commands)
 
 
-def eval_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> list[Stage]:
-    """The judges, then every evaluation of the interleaved LM on the corpus's test split."""
-    judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--units", str(L.units),
-                               "--out", str(L.judges), "--seed", str(seed)]],
-                   outputs=[L.judges / "judges_metrics.json"], owns=[L.judges], needs=[L.manifest, L.units])
+def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
+    """The judges, then every evaluation of the interleaved LM on the corpus's test split.
+
+    (They run in the demo's process and use its torch thread count.)
+    """
+    judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--out", str(L.judges), "--seed", str(seed)]],
+                   outputs=[L.judges / "judges_metrics.json"], owns=[L.judges], needs=[L.manifest])
     shots = {"asr": preset.asr_shots, "ic": preset.ic_shots, "tts": preset.tts_shots}
     stages = [judges]
     for task in EVAL_TASKS:
         argv = ["eval", task, "--model", str(L.lm_mix), "--manifest", str(L.manifest), "--units", str(L.units),
-                "--out", str(L.eval_dir(task)), "--max_items", str(preset.eval_items), "--seed", str(seed), "--threads", str(threads)]
+                "--out", str(L.eval_dir(task)), "--max_items", str(preset.eval_items), "--seed", str(seed)]
         needs = [L.lm_mix / "metrics.json"]
         if task in shots:
             argv += ["--shots", str(shots[task])]
