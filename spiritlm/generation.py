@@ -30,7 +30,7 @@ from fairseq2.models.llama import LLaMAConfig
 from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import BatchLayout, IncrementalStateBag
 
-from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER, split_modalities
+from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER, parse_speech_string, split_modalities
 
 OutputModality = Literal["text", "speech", "arbitrary"]
 InputItem = tuple[str, Any]  # ("text", str) | ("speech", path | array)
@@ -138,6 +138,20 @@ def decode_tokens(tokenizer: Any, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids))
 
 
+def speech_units_near(tokenizer_file: str | Path) -> dict[str, int] | None:
+    """The ``speech_units.json`` beside a tokenizer model (``spiritlm data build`` writes it: the
+    units per stream its units file uses), or ``None`` when there is none or it is unreadable."""
+    import json
+
+    path = Path(tokenizer_file).with_name("speech_units.json")
+    try:
+        counts = json.loads(path.read_text())
+        counts = {str(k): int(v) for k, v in counts.items()}  # 0: the stream has no units at all
+        return counts if counts.get("hubert", 0) > 0 else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 class SpiritLM:
     """A Spirit LM ready to generate: fairseq2 LLaMA + text tokenizer (+ speech tokenizer, vocoder).
 
@@ -151,6 +165,10 @@ class SpiritLM:
             only for ``("speech", audio)`` inputs.
         vocoder: turns generated units into waveforms (``decode(units)``); without one, speech
             outputs are returned as token strings.
+        num_units: units per stream that exist (``{"hubert": 100, "pitch": 64, "style": 100}``):
+            speech outputs never hold ``[HuN]`` with N beyond them, even when the vocabulary has
+            more slots (a 100-unit tokenizer in Meta's 501-slot vocabulary). Default: the speech
+            tokenizer's ``num_units`` when it has them, else the whole vocabulary.
     """
 
     def __init__(
@@ -161,12 +179,15 @@ class SpiritLM:
         *,
         speech_tokenizer: SpeechTokenizerLike | None = None,
         vocoder: VocoderLike | None = None,
+        num_units: dict[str, int] | None = None,
     ) -> None:
         self.model = model.eval()
         self.config = config
         self.tokenizer = tokenizer
         self.speech_tokenizer = speech_tokenizer
         self.vocoder = vocoder
+        # the speech tokenizer is the authority on the units it can produce (and its vocoder voice)
+        self.num_units = dict(getattr(speech_tokenizer, "num_units", None) or num_units or {}) or None
         self._masks: dict[str, Tensor] = {}
 
     # -- loading -----------------------------------------------------------------------------
@@ -201,17 +222,21 @@ class SpiritLM:
             dtype: parameter dtype (bfloat16 halves the memory of a 7B model on GPU).
             tokenizer_path: the sentencepiece model (default: ``tokenizer.model`` in ``path``
                 or a parent directory).
+
+        The units that exist (see the class) come from the speech tokenizer, else from the
+        ``speech_units.json`` next to the tokenizer model (written by ``spiritlm data build``).
         """
         from spiritlm.model import load_any_model
 
         model, config, found_tok = load_any_model(path, device=device, dtype=dtype)
         tok_file = Path(tokenizer_path) if tokenizer_path else found_tok
         if tok_file is None:
-            raise FileNotFoundError(f"{path}: no tokenizer.model found (pass tokenizer_path)")
+            raise FileNotFoundError(f"{path}: no tokenizer.model in the model directory or its parents")
         from spiritlm.text_tokenizer import SpiritTextTokenizer
 
         tokenizer = SpiritTextTokenizer.load(tok_file)
-        return cls(model, config, tokenizer, speech_tokenizer=speech_tokenizer, vocoder=vocoder)
+        return cls(model, config, tokenizer, speech_tokenizer=speech_tokenizer, vocoder=vocoder,
+                   num_units=speech_units_near(tok_file))
 
     # -- vocabulary masks --------------------------------------------------------------------
 
@@ -255,6 +280,10 @@ class SpiritLM:
             i = getattr(tok, name, None)
             if i is not None and 0 <= i < V:
                 allowed[i] = False
+        for stream, n in (self.num_units or {}).items():  # vocabulary slots no unit fills
+            if hasattr(tok, "speech_token_ids") and stream in getattr(tok, "num_units", {}):
+                beyond = [i for i in tok.speech_token_ids(stream)[max(0, int(n)):] if i < V]
+                allowed[beyond] = False
         eos = tok.eos_id
         if eos is not None and 0 <= eos < V:
             allowed[eos] = True
@@ -346,10 +375,11 @@ class SpiritLM:
                 raise ValueError("a text input must be a string")
             return "text", content
         if modality == "speech":
-            if isinstance(content, str) and content.lstrip().startswith("[") and "]" in content:
-                return "speech", content  # already a token string
+            if isinstance(content, str) and content.lstrip().startswith("["):
+                parse_speech_string(content)  # "[Hu12][Hu7" is an error, not text pieces
+                return "speech", content  # a token string
             if self.speech_tokenizer is None:
-                raise ValueError("a speech input needs a speech tokenizer (SpiritLM(speech_tokenizer=…))")
+                raise ValueError("an audio speech input needs a speech tokenizer (--speech_tokenizer)")
             if isinstance(content, Path):
                 content = str(content)
             return "speech", self.speech_tokenizer.encode_string(content)

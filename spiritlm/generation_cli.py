@@ -57,12 +57,12 @@ def generate_fn(
         device: ``cpu`` or ``cuda[:N]``.
         show_ids: also print the prompt and generated token ids.
     """
+    _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder)  # a typo costs a second, not the imports
+
     import torch
 
     from spiritlm.generation import SpiritLM
 
-    if text is None and speech is None:
-        raise SystemExit("spiritlm generate: give --text and/or --speech")
     stok = None
     if speech_tokenizer is not None:
         from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer
@@ -121,6 +121,35 @@ def generate_fn(
         sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)), format="WAV")
         tmp.replace(path)
         print(f"[speech] {path}")
+
+
+def _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder) -> None:
+    """Checks flags and paths before torch and fairseq2 are imported; raises a one-line UserError."""
+    import os
+
+    from spiritlm.errors import UserError
+    from spiritlm.formats import UnitFormatError, parse_speech_string
+
+    if text is None and speech is None:
+        raise UserError("give --text and/or --speech")
+    if output_modality not in ("text", "speech", "arbitrary"):
+        raise UserError(f"--output_modality {output_modality}: choose from text, speech, arbitrary")
+    if not os.path.isdir(model):
+        raise UserError(f"{model}: no such model directory (--model)")
+    if speech_tokenizer is not None and not os.path.isfile(os.path.join(speech_tokenizer, "config.json")):
+        raise UserError(f"{speech_tokenizer}: not a speech tokenizer directory, no config.json (--speech_tokenizer)")
+    if vocoder is not None and not os.path.exists(vocoder):
+        raise UserError(f"{vocoder}: no such vocoder (--vocoder)")
+    if speech is not None:
+        if speech.lstrip().startswith("["):
+            try:
+                parse_speech_string(speech)
+            except UnitFormatError as e:
+                raise UserError(f"--speech: {e}") from None
+        elif not os.path.isfile(speech):
+            raise UserError(f"{speech}: no such audio file, and not a token string such as [Hu12][Hu7] (--speech)")
+        elif speech_tokenizer is None:
+            raise UserError(f"{speech}: an audio prompt needs --speech_tokenizer DIR to turn it into units (--speech)")
 
 
 COMMANDS = generate_fn

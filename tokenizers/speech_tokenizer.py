@@ -140,6 +140,18 @@ class SpeechTokenizer:
         return "expressive" if self.pitch is not None else "base"
 
     @property
+    def num_units(self) -> dict[str, int]:
+        """Units each stream can produce: ``{"hubert": N, "pitch": P, "style": S}`` (0: no such stream).
+
+        Generation keeps its speech vocabulary to these (``spiritlm.generation.SpiritLM``).
+        """
+        return {
+            "hubert": int(self.units.n_units),
+            "pitch": int(self.pitch.codebook_size) if self.pitch is not None else 0,
+            "style": int(self.style.num_tokens_vocab) if self.style is not None else 0,
+        }
+
+    @property
     def device(self) -> torch.device:
         return self.units.backend.device
 

@@ -279,6 +279,9 @@ def _write_hf(model, config, directory: Path, tokenizer_model, rms_norm_eps, bos
     )
     if tokenizer_model is not None:
         shutil.copyfile(tokenizer_model, directory / "tokenizer.model")
+        units = Path(tokenizer_model).with_name("speech_units.json")  # the units that exist (generation's mask)
+        if units.is_file():
+            shutil.copyfile(units, directory / "speech_units.json")
         tok_cfg = {
             "tokenizer_class": "LlamaTokenizer",
             "add_bos_token": True,
