@@ -655,9 +655,10 @@ class SpiritLM:
         Each pair is scored as one sequence ``prompt + continuation``; pairs are sorted by length
         and run ``batch_size`` at a time as right-padded batches (fairseq2's ``BatchLayout`` with
         ``seq_lens``), and only the continuation positions go through the output projection (the
-        full ``[B, L, V]`` logits of a 7B model would not fit). The result equals scoring each
-        pair alone (``batch_size=1``) up to float rounding. Prompts may repeat (one prompt, many
-        candidate continuations).
+        full ``[B, L, V]`` logits of a 7B model would not fit). A prompt shared by several
+        continuations (one prompt, many candidate labels) runs once and its keys/values are
+        reused by its continuations (``batch_size`` at a time). The result equals scoring each
+        pair alone up to float rounding.
 
         Args:
             prompts: token-id lists, each non-empty (include BOS if the model was trained with it).
@@ -681,7 +682,15 @@ class SpiritLM:
                 raise ValueError(f"score_continuations: pair {i} has {len(p) + len(c)} tokens > max_seq_len {max_len}")
             seqs.append(list(p) + list(c))
         results: list[ContinuationScore | None] = [None] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        # a prompt shared by several non-empty continuations runs once (its KV cache is reused)
+        shared: dict[tuple[int, ...], list[int]] = {}
+        if _LeftPaddedDecoder.supports(self.model):
+            for i, (p, c) in enumerate(zip(prompts, continuations)):
+                if c:
+                    shared.setdefault(tuple(p), []).append(i)
+            shared = {p: idx for p, idx in shared.items() if len(idx) > 1}
+        in_shared = {i for idx in shared.values() for i in idx}
+        order = sorted((i for i in range(len(seqs)) if i not in in_shared), key=lambda i: -len(seqs[i]))
         device = self.device
         t0 = time.perf_counter()
         bar = None
@@ -690,6 +699,12 @@ class SpiritLM:
 
             bar = tqdm(total=len(seqs), desc="score", unit="seq")
         with torch.inference_mode():
+            for p, idx in shared.items():
+                per_cont = _LeftPaddedDecoder(self.model).prefix_logprobs(p, [continuations[i] for i in idx], batch_size)
+                for i, lps in zip(idx, per_cont):
+                    results[i] = ContinuationScore(sum_logprob=float(sum(lps)), token_logprobs=lps)
+                if bar is not None:
+                    bar.update(len(idx))
             for b0 in range(0, len(order), batch_size):
                 rows = order[b0 : b0 + batch_size]
                 lens = [len(seqs[i]) for i in rows]
@@ -725,7 +740,9 @@ class SpiritLM:
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
-        tokens = sum(len(s) for s in seqs)
+        # tokens run through the model: shared prompts once
+        tokens = sum(len(seqs[i]) for i in order) + sum(len(p) + sum(len(continuations[i]) for i in idx)
+                                                         for p, idx in shared.items())
         self.last_stats = {"sequences": len(seqs), "tokens": tokens, "seconds": seconds,
                            "tokens_per_s": tokens / seconds if seconds > 0 else float("inf")}
         return [r for r in results if r is not None]
@@ -896,6 +913,67 @@ class _LeftPaddedDecoder:
         self.key_valid = self.key_valid[rows]
         self.k = [k[rows] for k in self.k]
         self.v = [v[rows] for v in self.v]
+
+    def prefix_logprobs(self, prompt: Sequence[int], conts: Sequence[Sequence[int]], batch_size: int) -> list[list[float]]:
+        """Token log-probs of several continuations of one prompt; the prompt runs once.
+
+        The prompt's keys/values (``[1, H_kv, P, D]``) are shared by the continuations, which run
+        ``batch_size`` at a time as one right-padded block at positions ``P, P+1, …`` (a padded
+        tail is never attended by the real tokens before it). Continuations must be non-empty.
+        """
+        device = next(self.model.parameters()).device
+        P = len(prompt)
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+        first = self.start(ids, [P], P).float().log_softmax(-1)[0]  # predicts each continuation's first token
+        prefix_k, prefix_v = self.k, self.v
+        out: list[list[float]] = []
+        for b0 in range(0, len(conts), batch_size):
+            chunk = [list(c) for c in conts[b0 : b0 + batch_size]]
+            C, L = len(chunk), max(len(c) for c in chunk)
+            block = torch.zeros(C, L, dtype=torch.long, device=device)
+            for r, c in enumerate(chunk):
+                block[r, : len(c)] = torch.tensor(c, dtype=torch.long, device=device)
+            positions = (P + torch.arange(L, device=device)).expand(C, L)
+            hidden = self._block(block, positions, prefix_k, prefix_v)  # [C, L, M]
+            rows = [r for r, c in enumerate(chunk) for _ in range(len(c) - 1)]
+            cols = [j for c in chunk for j in range(len(c) - 1)]
+            targets = [c[j + 1] for c in chunk for j in range(len(c) - 1)]
+            rest: list[float] = []
+            if rows:
+                h = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+                logp = self.model.final_proj(h).float().log_softmax(-1)
+                rest = logp.gather(1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1).tolist()
+            k = 0
+            for c in chunk:
+                out.append([float(first[c[0]])] + [float(x) for x in rest[k : k + len(c) - 1]])
+                k += len(c) - 1
+        return out
+
+    def _block(self, ids: Tensor, positions: Tensor, prefix_k: list[Tensor], prefix_v: list[Tensor]) -> Tensor:
+        """Hidden states ``[C, L, M]`` (final norm applied) of a block of ``C`` rows after a shared prefix."""
+        from torch.nn.functional import scaled_dot_product_attention
+
+        C, L = ids.shape
+        P = prefix_k[0].size(2)
+        device = ids.device
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        mask = torch.cat([torch.ones(L, P, dtype=torch.bool, device=device), causal], dim=1)[None, None]
+        x = self.model.decoder_frontend.embed(ids)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = self._rope(attn.q_proj(h).unflatten(-1, (-1, attn.head_dim)), positions)
+            k = self._rope(attn.k_proj(h).unflatten(-1, (-1, attn.head_dim)), positions)
+            v = attn.v_proj(h).unflatten(-1, (-1, attn.head_dim))
+            keys = torch.cat([prefix_k[i].expand(C, -1, -1, -1), k.transpose(1, 2)], dim=2)
+            values = torch.cat([prefix_v[i].expand(C, -1, -1, -1), v.transpose(1, 2)], dim=2)
+            if attn.num_query_groups > 1:
+                keys = keys.repeat_interleave(attn.num_query_groups, dim=1)
+                values = values.repeat_interleave(attn.num_query_groups, dim=1)
+            o = scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+            x = x + attn.output_proj(o.transpose(1, 2).flatten(-2))
+            x = x + layer.ffn(layer.ffn_layer_norm(x))
+        return self.final_norm(x) if self.final_norm is not None else x
 
     def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor, column: int) -> Tensor:
         from torch.nn.functional import scaled_dot_product_attention
