@@ -94,18 +94,42 @@ def load_audio(
             raise AudioError(f"{label}: channel {channel} requested but the audio has {wav.shape[0]} channels")
         else:
             wav = wav[channel]
+    check_waveform(wav, rate, label, min_duration)
+    wav = resample(wav, rate, target_rate)  # never shortens: ceil(n * target / rate) samples
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def check_waveform(wav: np.ndarray, sample_rate: int, label: str, min_duration: float = MIN_DURATION_S) -> None:
+    """The checks every audio input passes, in ``tokenize`` and ``corpus check`` alike.
+
+    Args:
+        wav: samples, ``(samples,)`` (or ``(channels, samples)``).
+        sample_rate: Hz.
+        label: how errors name the source (the file path).
+        min_duration: shortest accepted duration in seconds.
+
+    Raises:
+        AudioError: empty, NaN/Inf samples, or shorter than ``min_duration``.
+    """
     if wav.size == 0:
         raise AudioError(f"{label}: empty audio (0 samples)")
     if not np.all(np.isfinite(wav)):
         bad = int(np.count_nonzero(~np.isfinite(wav)))
         raise AudioError(f"{label}: {bad} NaN/Inf samples")
-    wav = resample(wav, rate, target_rate)
-    duration = wav.shape[0] / target_rate
+    duration = wav.shape[-1] / sample_rate
     if duration < min_duration:
-        raise AudioError(
-            f"{label}: too short ({duration * 1000:.1f} ms < {min_duration * 1000:.0f} ms minimum)"
-        )
-    return np.ascontiguousarray(wav, dtype=np.float32)
+        raise AudioError(f"{label}: too short ({duration * 1000:.1f} ms < {min_duration * 1000:.0f} ms minimum)")
+
+
+def validate_audio_file(path: str | os.PathLike, min_duration: float = MIN_DURATION_S) -> AudioInfo:
+    """Decodes a file and applies :func:`check_waveform` (what ``load_audio`` accepts); returns its header.
+
+    Raises:
+        AudioError: missing, unreadable, empty, NaN/Inf samples or too short, naming the file.
+    """
+    wav, rate, label = _read(path, None, 16_000, None)
+    check_waveform(wav, rate, label, min_duration)
+    return audio_info(path)
 
 
 def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

@@ -500,4 +500,10 @@ def _audio_problems(utt: Utterance) -> list[str]:
             f"duration {utt.duration} s but the audio lasts {info.frames / info.samplerate:.5f} s "
             f"({info.frames} samples)"
         )
+    from spiritlm.audio import AudioError, validate_audio_file
+
+    try:  # the validator spiritlm tokenize applies: a file that passes here tokenizes
+        validate_audio_file(utt.audio)
+    except AudioError as e:
+        problems.append(str(e))
     return problems
