@@ -9,7 +9,9 @@ Generation: ``--prompts`` prompts of mixed lengths (``--min_len``..``--max_len``
 ``SpiritLM.generate_ids`` (KV cache), then with ``SpiritLM.generate_batch_ids`` (left padding,
 KV cache) at each ``--batch_sizes``; the outputs are checked to be identical. Scoring: the same
 prompts, each with a ``--gen_tokens`` continuation, scored with ``score_continuations`` at batch
-size 1 and at each batch size. Prints the machine, the command and tokens/s (new tokens for
+size 1 and at each batch size. Label scoring: every prompt with ``--labels`` short candidates
+(as few-shot intent classification), one pair at a time vs one call that runs each shared prompt
+once. Prints the machine, the command and tokens/s (new tokens for
 generation, prompt + continuation tokens for scoring).
 """
 
@@ -73,6 +75,7 @@ def main() -> None:
     p.add_argument("--batch_sizes", default="4,16,32", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--labels", type=int, default=11, help="candidates per prompt in the label-scoring test")
     p.add_argument("--seed", type=int, default=0, help="seeds the prompts")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args()
@@ -131,6 +134,22 @@ def main() -> None:
         print(f"scoring batch {bs:>3}: {total / t:,.1f} tokens/s ({t:.2f} s, {t_one / t:.1f}x), "
               f"max |sum log-prob difference| vs batch 1: {diff:.2e}")
         results["scoring"][f"batch_{bs}"] = {"tokens_per_s": total / t, "max_abs_diff": diff}
+    # few-shot label scoring: every prompt with the same K short candidates (as ic does)
+    cands = [[rng.choice(text_ids) for _ in range(rng.randint(2, 5))] for _ in range(args.labels)]
+    flat_p = [q for q in prompts for _ in cands]
+    flat_c = [c for _ in prompts for c in cands]
+    t0 = time.perf_counter()
+    one = [lm.score_continuations([q], [c])[0] for q, c in zip(flat_p, flat_c)]
+    sync(args.device)
+    t_one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    many = lm.score_continuations(flat_p, flat_c, batch_size=max(int(b) for b in args.batch_sizes.split(",") if b))
+    sync(args.device)
+    t = time.perf_counter() - t0
+    diff = max(abs(a.sum_logprob - b.sum_logprob) for a, b in zip(one, many))
+    print(f"label scoring ({args.prompts} prompts x {args.labels} candidates): one pair at a time {t_one:.2f} s, "
+          f"shared prompts {t:.2f} s ({t_one / t:.1f}x), max |difference| {diff:.2e}")
+    results["label_scoring"] = {"one_pair_at_a_time_s": t_one, "shared_prompt_s": t, "max_abs_diff": diff}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
