@@ -40,21 +40,37 @@ def dump_features(
 
     items = read_audio_manifest(manifest)
     model = load_backend(FeatureConfig(backend=backend, checkpoint=checkpoint, layer=layer, normalize=normalize), device)
+    from spiritlm.atomic import atomic_file
+
     os.makedirs(out, exist_ok=True)
     errors = []
-    todo = [it for it in items if not os.path.exists(os.path.join(out, f"{it.id}.npy"))]
+    # a file is done only if it loads as a (frames, dim) float32 array: each is written under a
+    # temporary name and renamed, but files of older runs may be truncated
+    todo = [it for it in items if not _valid_features(os.path.join(out, f"{it.id}.npy"))]
     for i in tqdm(range(0, len(todo), batch_size), desc="features", unit="batch"):
         batch, wavs = load_audio_batch(todo[i : i + batch_size], errors)
         if not wavs:
             continue
         for it, f in zip(batch, model.extract(wavs)):
-            np.save(os.path.join(out, f"{it.id}.npy"), f.astype(np.float32))
+            with atomic_file(os.path.join(out, f"{it.id}.npy"), "wb") as fh:
+                np.save(fh, f.astype(np.float32))
     print(f"dump-features: {len(todo) - len(errors)} written, {len(items) - len(todo)} already there, {len(errors)} skipped -> {out}")
     if errors:
-        with open(os.path.join(out, "errors.json"), "w") as f:
+        with atomic_file(os.path.join(out, "errors.json")) as f:
             json.dump(errors, f, indent=1)
         for e in errors:
             print(f"  skipped {e['id']}: {e['error']}", file=sys.stderr)
+
+
+def _valid_features(path: str) -> bool:
+    """Whether ``path`` holds a complete, finite ``(frames, dim)`` float32 array."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return arr.ndim == 2 and arr.dtype == np.float32 and arr.shape[0] > 0 and bool(np.isfinite(arr).all())
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 # Meta's release, relative to its checkpoints/speech_tokenizer folder (facebookresearch/spiritlm)
@@ -214,6 +230,9 @@ def train(
 ) -> None:
     """Trains the streams a preset needs and writes OUT (tokenizer) and OUT/metrics.json.
 
+    OUT is built under a temporary name and appears (replacing an older OUT) only when training
+    succeeded; a failed run leaves nothing behind.
+
     Args:
         manifest: JSONL manifest with ``split`` (train/valid/test), ``speaker``, ``style`` and
             ``phones`` alignments (the synthetic corpus has them all).
@@ -229,9 +248,15 @@ def train(
         max_utts: use only the first N utterances of the manifest.
         threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
     """
+    from spiritlm.atomic import atomic_dir
+    from spiritlm.errors import UserError
+
+    if not os.path.isfile(manifest):
+        raise UserError(f"{manifest}: no such file (--manifest)")
     from .train import train_tokenizer
 
-    m = train_tokenizer(manifest, out, preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device, max_utts=max_utts, threads=threads or None)
+    with atomic_dir(out, overwrite=True) as tmp:
+        m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device, max_utts=max_utts, threads=threads or None)
     keys = ["pnmi", "phone_purity", "f0_rmse_cents", "vuv_error", "codebook_perplexity", "codebook_usage", "style_purity"]
     print(json.dumps({k: round(m[k], 4) for k in keys if k in m}))
     print(f"tokenizer written to {out} (metrics in {os.path.join(out, 'metrics.json')})")
