@@ -38,8 +38,7 @@ from spiritlm.evals.common import (
     load_units,
     metric,
     ratio_of_sums,
-    speech_string,
-    units_of,
+    with_speech_strings,
     write_eval_outputs,
 )
 from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
@@ -81,20 +80,6 @@ def clean_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
     return tokenizer.decode(body).split("\n")[0].strip()
 
 
-def _with_units(items: Sequence[dict], units: dict, expressive: bool) -> tuple[list[tuple[dict, str]], list[str]]:
-    ok, missing = [], []
-    for it in items:
-        row = units_of(it, units)
-        if row is None:
-            missing.append(str(it["id"]))
-            continue
-        try:
-            ok.append((it, speech_string(row, expressive)))
-        except (ValueError, KeyError):
-            missing.append(str(it["id"]))
-    return ok, missing
-
-
 def run_asr(
     model: EvalModel,
     manifest: str | Path,
@@ -131,9 +116,9 @@ def run_asr(
     lm = model.lm
     tok = lm.tokenizer
     unit_rows = load_units(units)
-    targets, missing_t = _with_units(select_items(load_manifest_items(manifest, split), max_items, seed), unit_rows,
+    targets, missing_t = with_speech_strings(select_items(load_manifest_items(manifest, split), max_items, seed), unit_rows,
                                      model.expressive)
-    pool, _ = _with_units(load_manifest_items(manifest, shot_split), unit_rows, model.expressive)
+    pool, _ = with_speech_strings(load_manifest_items(manifest, shot_split), unit_rows, model.expressive)
     if shots > 0 and not pool:
         raise UserError(f"{manifest}: no {shot_split!r} utterance has units in {units} (--units)")
     pool_items = [p for p, _ in pool]

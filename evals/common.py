@@ -40,6 +40,7 @@ __all__ = [
     "normalize_text",
     "speech_string",
     "units_of",
+    "with_speech_strings",
     "word_error_rate",
     "write_eval_outputs",
 ]
@@ -70,17 +71,12 @@ class EvalModel:
 
 
 def _load_vocoder(path: str, device: str) -> Any:
-    import importlib
+    from spiritlm.vocoder import Vocoder
 
-    for module in ("spiritlm.vocoder", "spiritlm.vocoder.inference", "spiritlm.vocoder.model"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        cls = getattr(mod, "Vocoder", None)
-        if cls is not None and hasattr(cls, "load"):
-            return cls.load(path, device=device)
-    raise UserError(f"{path}: this installation has no loadable vocoder class (spiritlm.vocoder.Vocoder) (--vocoder)")
+    try:
+        return Vocoder.from_pretrained(path, device=device)
+    except FileNotFoundError as e:
+        raise UserError(f"{e} (--vocoder)") from None
 
 
 def load_eval_model(
@@ -184,6 +180,21 @@ def speech_string(units_row: dict, expressive: bool) -> str:
             raise ValueError(f"units of {units_row.get('id', units_row.get('audio'))!r} lack {', '.join(missing)} "
                              "(an expressive model needs them)")
     return units_to_string(units_row, has_pitch=expressive, has_style=expressive)
+
+
+def with_speech_strings(items: Sequence[dict], units: dict[str, dict], expressive: bool) -> tuple[list[tuple[dict, str]], list[str]]:
+    """Pairs each item with its LM speech string; returns ``([(item, speech string)], ids without usable units)``."""
+    ok, missing = [], []
+    for it in items:
+        row = units_of(it, units)
+        if row is None:
+            missing.append(str(it["id"]))
+            continue
+        try:
+            ok.append((it, speech_string(row, expressive)))
+        except (ValueError, KeyError):
+            missing.append(str(it["id"]))
+    return ok, missing
 
 
 def draw_shots(pool: Sequence[dict], k: int, seed: int, target_id: str) -> list[dict]:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from spiritlm.errors import UserError
-from spiritlm.evals.asr import _with_units, clean_answer, render_shot, select_items
+from spiritlm.evals.asr import clean_answer, render_shot, select_items
 from spiritlm.evals.common import (
     EvalModel,
     EvalResult,
@@ -42,6 +42,7 @@ from spiritlm.evals.common import (
     load_units,
     metric,
     normalize_text,
+    with_speech_strings,
     write_eval_outputs,
 )
 from spiritlm.evals.engine import Throughput, choose_by_likelihood, fit_shots, text_stop_ids
@@ -90,8 +91,8 @@ def run_ic(
     labelled = [it for it in load_manifest_items(manifest, split) if it.get("intent")]
     if not labelled:
         raise UserError(f"{manifest}: no {split!r} utterance has an 'intent' (--manifest)")
-    targets, missing = _with_units(select_items(labelled, max_items, seed), unit_rows, model.expressive)
-    pool, _ = _with_units([it for it in load_manifest_items(manifest, shot_split) if it.get("intent")], unit_rows,
+    targets, missing = with_speech_strings(select_items(labelled, max_items, seed), unit_rows, model.expressive)
+    pool, _ = with_speech_strings([it for it in load_manifest_items(manifest, shot_split) if it.get("intent")], unit_rows,
                           model.expressive)
     if not pool:
         raise UserError(f"{manifest}: no {shot_split!r} utterance with an intent has units in {units} (--units)")
