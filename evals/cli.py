@@ -157,4 +157,8 @@ def zeroshot(
                  tasks=[t.strip() for t in tasks.split(",") if t.strip()])
 
 
-COMMANDS = {"asr": asr, "ic": ic, "zeroshot": zeroshot}
+from spiritlm.evals.judges import judges_command  # noqa: E402  (helper E2's tasks: light imports)
+from spiritlm.evals.stsp import stsp_command  # noqa: E402
+from spiritlm.evals.tts import tts_command  # noqa: E402
+
+COMMANDS = {"asr": asr, "ic": ic, "zeroshot": zeroshot, "judges": judges_command, "tts": tts_command, "stsp": stsp_command}

@@ -607,6 +607,7 @@ def stsp_command(
     audio_root: str | None = None,
     speaker: str = "0",
     device: str = "cpu",
+    threads: int = 0,
     progress: bool = True,
 ) -> None:
     """Speech-Text Sentiment Preservation: sentiment kept by continuations in T→T, T→S, S→T, S→S.
@@ -639,6 +640,7 @@ def stsp_command(
         audio_root: folder Meta's ``wav_path`` values are relative to (default: the manifest's folder and its parents).
         speaker: vocoder speaker of speech outputs (row number or name).
         device: cpu or cuda.
+        threads: torch CPU threads (0: leave torch's setting).
         progress: show progress bars.
     """
     from spiritlm.evals.common import load_eval_model, load_manifest_items, load_units
@@ -646,6 +648,10 @@ def stsp_command(
 
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: no such manifest (--manifest)")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     dirs = resolve_judge_dirs(judges, text_judge=text_judge, speech_judge=speech_judge)
     if judges and not Path(judges).is_dir():
         raise UserError(f"{judges}: no such judges directory (train one with `spiritlm eval judges`) (--judges)")

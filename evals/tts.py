@@ -261,6 +261,7 @@ def tts_command(
     batch_size: int = 16,
     speaker: str = "0",
     device: str = "cpu",
+    threads: int = 0,
 ) -> None:
     """Few-shot TTS: [Text]…[Speech]… prompts, generated units → vocoder → ASR judge → CER; unit edit rate.
 
@@ -285,10 +286,15 @@ def tts_command(
         batch_size: rows decoded together.
         speaker: vocoder speaker (row number or name).
         device: cpu or cuda.
+        threads: torch CPU threads (0: leave torch's setting).
     """
     from spiritlm.evals.common import load_eval_model, load_manifest_items, load_units
     from spiritlm.evals.judges import load_asr_judge, load_judges_metrics
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     asr_dir = asr_judge or (str(Path(judges) / "asr") if judges else None)
     if asr_dir and not Path(asr_dir).is_dir():
         raise UserError(f"{asr_dir}: no such ASR judge directory ({'--asr_judge' if asr_judge else '--judges'})")
