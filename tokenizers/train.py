@@ -4,7 +4,8 @@ Presets:
 
 * ``tiny`` (embedded, CPU): MFCC units (100 clusters, no CMVN), pitch VQ-VAE (64 codes, small), CNN
   style encoder trained on the corpus' style labels + k-means (16 clusters). A few minutes on
-  ~200 synthetic utterances.
+  ~200 synthetic utterances; the pitch and style steps follow the corpus (:func:`plan_steps`:
+  20 passes over the training frames, at most 800 / 300 steps, at least 50).
 * ``base``: HuBERT layer 11 features + 500-unit k-means (Spirit LM Base's units).
 * ``expressive``: ``base`` + pitch VQ-VAE (64 codes) + style (w2v2 encoder when given, else the
   CNN) with 100 clusters.
@@ -27,17 +28,62 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from ..audio import AudioError, load_audio
+from ..constants import SAMPLE_RATE
+from ..corpus.manifest import read_audio_manifest
 from . import metrics as M
-from ._compat import torch_threads
 from .f0 import compute_speaker_stats, extract_f0_batch, meta_speaker_stats, normalise, save_meta_speaker_stats
 from .features import FeatureConfig, MfccConfig, load_backend
 from .kmeans import KMeansConfig, train_kmeans
-from .manifest import Item, read_items
 from .pitch import PitchConfig, PitchTokenizer
 from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
 from .style import StyleConfig, pooled_embeddings, StyleTokenizer, StyleTrainConfig, W2V2StyleEncoder, train_style_cnn
+from .utils import load_audio_batch, torch_threads
 from .vqvae import VQVAEConfig, VQVAETrainConfig, codebook_stats, train_vqvae
+
+#: Training steps of the pitch VQ-VAE and the style CNN follow the corpus: this many passes over
+#: the training frames, within [MIN_STEPS, the preset's steps] (the preset's steps are a cap that
+#: large corpora reach; a 40-utterance corpus no longer pays for 800 pitch steps).
+EPOCHS = 20
+MIN_STEPS = 50
+
+
+def scaled_steps(max_steps: int, num_frames: int, batch_size: int, crop_frames: int, epochs: float = EPOCHS) -> int:
+    """Optimiser steps for ``epochs`` passes over ``num_frames`` in batches of ``batch_size`` crops of
+    ``crop_frames``, clipped to ``[min(MIN_STEPS, max_steps), max_steps]``."""
+    per_epoch = num_frames / max(1, batch_size * crop_frames)
+    return int(min(max_steps, max(min(MIN_STEPS, max_steps), np.ceil(epochs * per_epoch))))
+
+
+def plan_steps(p: TrainPreset, train_seconds: float) -> TrainPreset:
+    """The preset with its pitch VQ-VAE and style CNN steps scaled to ``train_seconds`` of audio
+    (F0 frames at 200 Hz, mel frames at 50 Hz; see :data:`EPOCHS`), when ``p.scale_steps``."""
+    if not p.scale_steps:
+        return p
+    v, st = p.vqvae_train, p.style_train
+    vq = scaled_steps(v.steps, int(train_seconds * 200), v.batch_size, v.crop_frames)
+    style = scaled_steps(st.steps, int(train_seconds * 50), st.batch_size, st.crop_frames)
+    return replace(p, vqvae_train=replace(v, steps=vq), style_train=replace(st, steps=style))
+
+
+class _StageClock:
+    """Adds to each ``[stage] step N:`` log line the stage's estimated time left and the run's total."""
+
+    def __init__(self, log, t_start: float) -> None:
+        self.log, self.t_start = log, t_start
+        self.name, self.steps, self.t0 = "", 0, t_start
+
+    def start(self, name: str, steps: int) -> None:
+        self.name, self.steps, self.t0 = name, steps, time.time()
+
+    def __call__(self, line: str) -> None:
+        import re
+
+        m = re.search(r"\] step (\d+):", line)
+        if m and self.steps and int(m.group(1)) > 0:
+            done, now = int(m.group(1)), time.time()
+            left = (now - self.t0) / done * (self.steps - done)
+            line += f"  [{self.name}: ~{left:.0f}s left of this stage; {now - self.t_start:.0f}s elapsed]"
+        self.log(line)
 
 
 @dataclass
@@ -53,6 +99,8 @@ class TrainPreset:
     style: StyleConfig = field(default_factory=StyleConfig)
     style_train: StyleTrainConfig = field(default_factory=StyleTrainConfig)
     style_kmeans: KMeansConfig = field(default_factory=lambda: KMeansConfig(n_clusters=100))
+    scale_steps: bool = False
+    """scale the pitch and style training steps with the corpus (:func:`plan_steps`); the named presets do."""
 
 
 def make_preset(name: str, hubert: str | None = None, layer: int = 11, style_encoder: str | None = None) -> TrainPreset:
@@ -64,10 +112,11 @@ def make_preset(name: str, hubert: str | None = None, layer: int = 11, style_enc
             units_kmeans=KMeansConfig(n_clusters=100, max_frames=200_000),
             expressive=True,
             vqvae=VQVAEConfig(channels=48, latent_dim=32, res_depth=2),
-            vqvae_train=VQVAETrainConfig(steps=800, batch_size=32, crop_frames=128, lr=2e-3, log_every=100, checkpoint_every=400),
+            vqvae_train=VQVAETrainConfig(steps=800, batch_size=32, crop_frames=128, lr=2e-3, log_every=25, checkpoint_every=400),
             style=StyleConfig(backend="cnn", n_mels=64, channels=96, layers=3, embed_dim=32),
-            style_train=StyleTrainConfig(steps=300, batch_size=16, crop_frames=150),
+            style_train=StyleTrainConfig(steps=300, batch_size=16, crop_frames=150, log_every=25),
             style_kmeans=KMeansConfig(n_clusters=16, n_init=20, max_frames=None),
+            scale_steps=True,
         )
     if name in ("base", "expressive"):
         if not hubert:
@@ -83,19 +132,9 @@ def make_preset(name: str, hubert: str | None = None, layer: int = 11, style_enc
             style=style,
             style_train=StyleTrainConfig(steps=3000, batch_size=32, crop_frames=250),
             style_kmeans=KMeansConfig(n_clusters=100),
+            scale_steps=True,
         )
     raise ValueError(f"unknown preset {name!r} (tiny, base, expressive)")
-
-
-def _load_all(items: list[Item], log) -> tuple[list[Item], list[np.ndarray]]:
-    kept, wavs = [], []
-    for it in items:
-        try:
-            wavs.append(load_audio(it.audio))
-            kept.append(it)
-        except AudioError as exc:
-            log(f"[train] skipping {it.id}: {exc}")
-    return kept, wavs
 
 
 def _batched(fn, wavs, batch_size=16):
@@ -121,25 +160,50 @@ def train_tokenizer(
     """Trains a speech tokenizer into ``out`` and writes ``out/metrics.json``; returns the metrics.
 
     ``threads`` sets torch's intra-op CPU threads for the run (1 avoids the thrashing of
-    oversubscribed shared CPUs; None keeps torch's default).
+    oversubscribed shared CPUs; None keeps torch's default). BLAS/OpenMP pools run one thread.
+    Same seed and threads give the same metrics on one machine; across machines the CPU's
+    instruction set matters too (see :mod:`spiritlm.numerics`, recorded in ``metrics["numerics"]``).
     """
     if threads:
         with torch_threads(threads):
             return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log)
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS/OpenMP thread whatever the machine's core count (see spiritlm.numerics).
+    with threadpool_limits(limits=1):
+        return _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log)
+
+
+def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log) -> dict:
+    from ..numerics import environment
+
     t_start = time.time()
     p = preset if isinstance(preset, TrainPreset) else make_preset(preset, hubert, layer, style_encoder)
     p = replace(p, units_kmeans=replace(p.units_kmeans, seed=seed), style_kmeans=replace(p.style_kmeans, seed=seed),
                 vqvae_train=replace(p.vqvae_train, seed=seed), style_train=replace(p.style_train, seed=seed))
     torch.manual_seed(seed)
-    items = read_items(manifest)
+    items = read_audio_manifest(manifest)
     if max_utts:
         items = items[:max_utts]
-    items, wavs = _load_all(items, log)
+    errors: list[dict] = []
+    items, wavs = load_audio_batch(items, errors)
+    for e in errors:
+        log(f"[train] skipping {e['id']}: {e['error']}")
+    if not items:
+        raise ValueError(f"{manifest}: no readable audio ({len(errors)} utterances skipped)")
     splits = {it.split for it in items}
     eval_split = "test" if "test" in splits else ("valid" if "valid" in splits else None)
     train_idx = [i for i, it in enumerate(items) if it.split not in ("test", "valid")] or list(range(len(items)))
     test_idx = [i for i, it in enumerate(items) if it.split == eval_split] if eval_split else train_idx
     log(f"[train] {len(items)} utterances: {len(train_idx)} for training, {len(test_idx)} for evaluation ({eval_split or 'train'})")
+    seconds = sum(len(wavs[i]) for i in train_idx) / SAMPLE_RATE
+    p = plan_steps(p, seconds)
+    if p.expressive:
+        log(f"[train] plan for {seconds:.0f}s of training audio: units ({p.features.backend} features + k-means), "
+            f"pitch VQ-VAE {p.vqvae_train.steps} steps, style "
+            + (f"CNN {p.style_train.steps} steps" if p.style.backend == "cnn" else "encoder")
+            + " + k-means; each stage's log lines show its time left")
+    clock = _StageClock(log, t_start)
     os.makedirs(out, exist_ok=True)
     metrics: dict = {"preset": preset if isinstance(preset, str) else "custom", "seed": seed, "eval_split": eval_split or "train",
                      "num_train_utts": len(train_idx), "num_eval_utts": len(test_idx)}
@@ -157,7 +221,7 @@ def train_tokenizer(
     if phones_ok:
         labs, toks = [], []
         for i in test_idx:
-            labs += M.frame_labels(items[i].phones, len(unit_codes[i]), 25.0, 0.0225)
+            labs += M.frame_labels(items[i].segments("phones"), len(unit_codes[i]), 25.0, 0.0225)
             toks += unit_codes[i].tolist()
         metrics.update(pnmi=M.pnmi(labs, toks), phone_purity=M.purity(labs, toks), phone_majority_rate=M.majority_rate(labs),
                        num_units=int(centers.shape[0]), units_used=int(len(set(toks))))
@@ -179,7 +243,8 @@ def train_tokenizer(
         # the same speakers in Meta's speaker_stats format (f0_mean in Hz), for Meta's pitch quantizer config
         save_meta_speaker_stats(os.path.join(out, "pitch", "speaker_stats.pt"),
                                 meta_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx))
-        model, vq_log = train_vqvae([ex[i] for i in train_idx], p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"), device=device, log=log)
+        clock.start("pitch", p.vqvae_train.steps)
+        model, vq_log = train_vqvae([ex[i] for i in train_idx], p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"), device=device, log=clock)
         pitch_tok = PitchTokenizer(model, stats, pitch_cfg)
         metrics["pitch_train_last_log"] = vq_log[-1] if vq_log else None
         codes = pitch_tok.encode_features([ex[i] for i in test_idx])
@@ -209,7 +274,8 @@ def train_tokenizer(
             labels = [items[i].style for i in train_idx]
             if any(lab is None for lab in labels):
                 raise ValueError(f"{manifest}: the cnn style encoder needs a 'style' label on every training utterance")
-            encoder, style_log = train_style_cnn([wavs[i] for i in train_idx], labels, scfg, p.style_train, log=log)
+            clock.start("style", p.style_train.steps)
+            encoder, style_log = train_style_cnn([wavs[i] for i in train_idx], labels, scfg, p.style_train, log=clock)
             metrics["style_encoder_train_accuracy"] = style_log[-1]["accuracy"]
         else:
             encoder = W2V2StyleEncoder.from_pretrained(scfg.checkpoint)
@@ -231,6 +297,9 @@ def train_tokenizer(
     timings["total_s"] = time.time() - t_start
     metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
     metrics["config"] = json.loads(json.dumps(asdict(p), default=str))
-    with open(os.path.join(out, "metrics.json"), "w") as f:
+    metrics["numerics"] = environment()  # what same-seed reproducibility depends on (spiritlm.numerics)
+    tmp = os.path.join(out, f".metrics.json.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
         json.dump(metrics, f, indent=1)
+    os.replace(tmp, os.path.join(out, "metrics.json"))
     return metrics
