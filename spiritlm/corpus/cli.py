@@ -6,8 +6,6 @@ included, from the signature and the docstring with jsonargparse.
 
 from __future__ import annotations
 
-import sys
-
 
 def synth(
     out: str,
@@ -57,11 +55,12 @@ def synth(
         cfg.splits = dict(splits)
     if mix is not None:
         cfg.mix = dict(mix)
+    from spiritlm.errors import UserError
+
     try:
         result = synthesize_corpus(cfg, out, overwrite=overwrite)
     except (ValueError, FileExistsError) as e:
-        print(f"spiritlm corpus synth: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UserError(str(e)) from None
     s, r = result.stats, result.report
     print(f"wrote {result.manifest}")
     print(f"utterances: {s['num_utts']}  audio: {s['seconds']:.1f} s = {s['hours']:.4f} h")

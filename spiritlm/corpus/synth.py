@@ -444,7 +444,7 @@ def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
     existing = [os.path.join(out_dir, n) for n in (MANIFEST_NAME, STATS_NAME, REPORT_NAME) if os.path.exists(os.path.join(out_dir, n))]
     has_wavs = os.path.isdir(wav_dir) and any(os.scandir(wav_dir))
     if (existing or has_wavs) and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a corpus ({MANIFEST_NAME} or {WAV_DIR}/); pass overwrite=True to replace it")
+        raise FileExistsError(f"{out_dir} already holds a corpus ({MANIFEST_NAME} or {WAV_DIR}/); pass --overwrite true to replace it")
     if overwrite:
         for path in existing:
             os.remove(path)
