@@ -95,18 +95,20 @@ def load_eval_model(
 
     if not Path(model).is_dir():
         raise UserError(f"{model}: no such model directory (--model)")
-    try:
-        lm = SpiritLM.from_pretrained(model, device=device)
-    except FileNotFoundError as e:
-        raise UserError(f"{e} (--model)") from None
     stok = None
     if speech_tokenizer is not None:
         from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer
 
         if not Path(speech_tokenizer).is_dir():
             raise UserError(f"{speech_tokenizer}: no such speech tokenizer directory (--speech_tokenizer)")
-        stok = SpeechTokenizer.load(speech_tokenizer, device=device)
-        lm.speech_tokenizer = stok
+        try:
+            stok = SpeechTokenizer.load(speech_tokenizer, device=device)
+        except FileNotFoundError as e:
+            raise UserError(f"{e} (--speech_tokenizer)") from None
+    try:  # the speech tokenizer also tells the LM which units exist (its speech mask)
+        lm = SpiritLM.from_pretrained(model, device=device, speech_tokenizer=stok)
+    except FileNotFoundError as e:
+        raise UserError(f"{e} (--model)") from None
     voc = None
     if vocoder is not None:
         if not Path(vocoder).is_dir():

@@ -62,6 +62,18 @@ def corpus(tmp_path_factory):
     return d
 
 
+def test_load_eval_model(tiny, tmp_path):
+    from spiritlm.evals.common import load_eval_model
+
+    m = load_eval_model(str(tiny))
+    assert m.lm.config.max_seq_len == 640 and m.vocoder is None and m.speech_tokenizer is None
+    assert m.expressive is False and m.name == str(tiny)
+    with pytest.raises(UserError, match="no such model directory"):
+        load_eval_model(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match=r"\(--speech_tokenizer\)"):
+        load_eval_model(str(tiny), speech_tokenizer=str(tmp_path))
+
+
 # ---------------------------------------------------------------------------------------------
 # prompt construction
 # ---------------------------------------------------------------------------------------------
