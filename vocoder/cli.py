@@ -148,8 +148,12 @@ def _parse_line(line: str, lineno: int) -> tuple[str, Any, Any]:
     return uid, item, rec.get("speaker")
 
 
-# name -> command. `spiritlm vocoder train` is added here by vocoder/train.py's owner:
-#     from .train import train_command  (imported lazily inside a small wrapper is fine)
+# name -> command; train and eval are thin wrappers in vocoder/train_cli.py (torch loads when they run)
+from .train_cli import evaluate as _evaluate  # noqa: E402
+from .train_cli import train as _train  # noqa: E402
+
 COMMANDS: dict[str, Any] = {
     "synth": synth,
+    "train": _train,
+    "eval": _evaluate,
 }

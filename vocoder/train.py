@@ -69,6 +69,9 @@ class TrainConfig:
         decay_every: steps between two decays.
         disc_width_div: divide the discriminator's channels by this (1 = speechbrain's full
             ``HifiganDiscriminator``; the tiny recipe uses 8).
+        disc_start_step: train on the mel and duration losses alone (no discriminator) before
+            this step, as ParallelWaveGAN's ``discriminator_train_start_steps`` does; the tiny
+            CPU recipe spends most of its few hundred steps there (see vocoder/README.md).
         weights: loss weights.
         mel: mel spectrogram of the L1 loss.
         seed: seeds the model initialisation, the segment sampler and dropout.
@@ -92,6 +95,7 @@ class TrainConfig:
     lr_decay: float = 0.999
     decay_every: int = 1000
     disc_width_div: int = 8
+    disc_start_step: int = 0
     weights: LossWeights = field(default_factory=LossWeights)
     mel: MelConfig = field(default_factory=MelConfig)
     seed: int = 0
@@ -512,29 +516,28 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
             y_hat, log_dur = step_module(batch)
         y_hat = y_hat.float()
 
-        # discriminator: real -> 1, generated (detached) -> 0; one pass over [real; generated]
         B = y.size(0)
-        with _autocast(d.device, use_bf16):
-            scores, _ = disc(torch.cat([y, y_hat.detach()]))
-        scores = _f32(scores)
-        loss_d = d_loss([s[B:] for s in scores], [s[:B] for s in scores])
-        opt_d.zero_grad(set_to_none=True)
-        loss_d["D_loss"].backward()
-        opt_d.step()
-
-        # generator, against the updated discriminator (real feature maps are targets: detached)
-        with _autocast(d.device, use_bf16):
-            scores, feats = disc(torch.cat([y, y_hat]))
-        scores, feats = _f32(scores), _f32(feats)
-        scores_fake = [s[B:] for s in scores]
-        feats_fake = [[f[B:] for f in fs] for fs in feats]
-        feats_real = [[f[:B].detach() for f in fs] for fs in feats]
         mask = batch["durations"] > 0
-        loss_g = g_loss(
-            Stage.TRAIN, y_hat, y, scores_fake, feats_fake, feats_real,
-            log_dur.float()[mask] if log_dur is not None else None,
-            torch.log1p(batch["durations"].float())[mask],
-        )
+        dur_args = (log_dur.float()[mask] if log_dur is not None else None, torch.log1p(batch["durations"].float())[mask])
+        if step >= cfg.disc_start_step:
+            # discriminator: real -> 1, generated (detached) -> 0; one pass over [real; generated]
+            with _autocast(d.device, use_bf16):
+                scores, _ = disc(torch.cat([y, y_hat.detach()]))
+            scores = _f32(scores)
+            loss_d = d_loss([s[B:] for s in scores], [s[:B] for s in scores])
+            opt_d.zero_grad(set_to_none=True)
+            loss_d["D_loss"].backward()
+            opt_d.step()
+
+            # generator, against the updated discriminator (real feature maps are targets: detached)
+            with _autocast(d.device, use_bf16):
+                scores, feats = disc(torch.cat([y, y_hat]))
+            scores, feats = _f32(scores), _f32(feats)
+            feats_real = [[f[:B].detach() for f in fs] for fs in feats]
+            loss_g = g_loss(Stage.TRAIN, y_hat, y, [s[B:] for s in scores], [[f[B:] for f in fs] for fs in feats], feats_real, *dur_args)
+        else:  # warm-up on the mel and duration losses only (no discriminator)
+            loss_d = {}
+            loss_g = g_loss(Stage.TRAIN, y_hat, y, None, None, None, *dur_args)
         opt_g.zero_grad(set_to_none=True)
         loss_g["G_loss"].backward()
         opt_g.step()
@@ -546,10 +549,10 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
         if bar is not None:
             bar.update(1)
 
-        rec = {"loss_g": loss_g["G_loss"], "loss_d": loss_d["D_loss"], "mel_l1": loss_g["G_l1_spec_loss"],
-               "adv": loss_g["G_mse_fake_loss"], "feat_match": loss_g["G_feat_match_loss"]}
-        if "G_dur_loss" in loss_g:
-            rec["dur_mse"] = loss_g["G_dur_loss"]
+        rec = {"loss_g": loss_g["G_loss"], "mel_l1": loss_g["G_l1_spec_loss"]}
+        for name, key in (("loss_d", "D_loss"), ("adv", "G_mse_fake_loss"), ("feat_match", "G_feat_match_loss"), ("dur_mse", "G_dur_loss")):
+            if key in loss_g or key in loss_d:
+                rec[name] = loss_g.get(key, loss_d.get(key))
         for k, v in rec.items():
             window.setdefault(k, []).append(float(v.detach()))
 
@@ -559,7 +562,10 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
             values["steps_per_s"] = steps_here / max(time.perf_counter() - t0, 1e-9)
             logger.record("train", step, values)
             if bar is not None:
-                bar.set_postfix(mel=f"{values['mel_l1']:.3f}", g=f"{values['loss_g']:.2f}", d=f"{values['loss_d']:.2f}")
+                post = {"mel": f"{values['mel_l1']:.3f}", "g": f"{values['loss_g']:.2f}"}
+                if "loss_d" in values:
+                    post["d"] = f"{values['loss_d']:.2f}"
+                bar.set_postfix(post)
             window = {}
 
         if d.main and val_utts and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
@@ -621,73 +627,3 @@ def _read_history(path: Path) -> dict[str, Any]:
             kind, step = rec.pop("kind"), rec.pop("step")
             (train if kind == "train" else val)[step] = rec
     return {"train": {str(k): v for k, v in sorted(train.items())}, "val": {str(k): v for k, v in sorted(val.items())}}
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def train_command(
-    manifest: str,
-    units: str,
-    out: str,
-    config: str = "tiny",
-    tokenizer: str | None = None,
-    max_steps: int = 1000,
-    batch_size: int | None = None,
-    segment_units: int | None = None,
-    disc_width_div: int | None = None,
-    lr: float = 2e-4,
-    seed: int = 0,
-    log_every: int = 10,
-    val_every: int = 200,
-    save_every: int = 200,
-    threads: int = 1,
-    dtype: str = "auto",
-    resume: bool = False,
-    stop_after: int | None = None,
-) -> None:
-    """Trains a unit HiFi-GAN vocoder on a manifest's audio and its units.
-
-    Example::
-
-        spiritlm vocoder train --manifest corpus/manifest.jsonl --units units.jsonl \\
-            --tokenizer tokenizer --out vocoder --config tiny --max_steps 1000
-
-    OUT then holds the vocoder (``spiritlm vocoder synth --vocoder OUT``), checkpoints,
-    metrics.jsonl / metrics.json, TensorBoard logs (tb/) and audio samples (samples/).
-
-    Args:
-        manifest: corpus manifest (JSONL with id, audio, speaker, split).
-        units: units JSONL of that audio (``spiritlm tokenize`` output, Meta's format).
-        out: run directory; the trained vocoder is written there.
-        config: vocoder preset: tiny, base or expressive.
-        tokenizer: the speech tokenizer directory that made the units (sizes the unit/pitch/style
-            tables and checks every id); without it the preset's sizes are used.
-        max_steps: training steps.
-        batch_size: segments per step (default: 8 for tiny, 16 otherwise).
-        segment_units: units per training segment, 640 samples each (default: 12 for tiny, 14 otherwise).
-        disc_width_div: divide the discriminator's channels by this (default: 8 for tiny, 1 = full).
-        lr: AdamW learning rate of generator and discriminator.
-        seed: seed of initialisation, sampling and dropout.
-        log_every: steps between metric records.
-        val_every: steps between validations and audio samples.
-        save_every: steps between checkpoints.
-        threads: torch CPU threads (0: torch's default).
-        dtype: auto (bf16 autocast on GPU), float32 or bfloat16.
-        resume: continue from the newest checkpoint in OUT.
-        stop_after: stop after this many steps in total (the schedule still assumes max_steps).
-    """
-    d = recipe_defaults(config)
-    cfg = TrainConfig(
-        config=config, max_steps=max_steps,
-        batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
-        disc_width_div=disc_width_div or d["disc_width_div"], lr=lr, seed=seed, log_every=log_every,
-        val_every=val_every, save_every=save_every, threads=threads, dtype=dtype,
-    )
-    if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
-        raise UserError("--max_steps, --batch_size and --segment_units must be positive")
-    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, resume=resume, stop_after=stop_after)
-    last = s["train"][max(s["train"], key=int)] if s.get("train") else {}
-    print(f"vocoder train: step {s['final_step']}, mel L1 {last.get('mel_l1', float('nan')):.4f}, {s['seconds']:.0f} s -> {out}")

@@ -1,0 +1,131 @@
+"""``spiritlm vocoder train`` and ``spiritlm vocoder eval``: thin commands over :mod:`.train` and :mod:`.evaluate` (imported when run)."""
+
+from __future__ import annotations
+
+from spiritlm.errors import UserError
+
+
+def train(
+    manifest: str,
+    units: str,
+    out: str,
+    config: str = "tiny",
+    tokenizer: str | None = None,
+    max_steps: int = 1000,
+    batch_size: int | None = None,
+    segment_units: int | None = None,
+    disc_width_div: int | None = None,
+    disc_start_step: int = 0,
+    lr: float = 2e-4,
+    seed: int = 0,
+    log_every: int = 10,
+    val_every: int = 200,
+    save_every: int = 200,
+    threads: int = 1,
+    dtype: str = "auto",
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> None:
+    """Train a unit HiFi-GAN vocoder on a manifest's audio and its units.
+
+    Example::
+
+        spiritlm vocoder train --manifest corpus/manifest.jsonl --units units.jsonl \\
+            --tokenizer tokenizer --out vocoder --config tiny --max_steps 1000
+
+    OUT then holds the vocoder (``spiritlm vocoder synth --vocoder OUT``), checkpoints/,
+    metrics.jsonl / metrics.json, TensorBoard logs (tb/) and audio samples (samples/). Under
+    ``torchrun`` it trains with DDP (bf16 autocast on GPUs).
+
+    Args:
+        manifest: corpus manifest (JSONL with id, audio, speaker, split); trains on split train
+            (or lines without a split), validates on valid (else test).
+        units: units JSONL of that audio (``spiritlm tokenize`` output, Meta's format).
+        out: run directory; the trained vocoder is written there.
+        config: vocoder preset: tiny, base or expressive.
+        tokenizer: the speech tokenizer directory that made the units (sizes the unit/pitch/style
+            tables and checks every id); without it the preset's sizes are used.
+        max_steps: training steps.
+        batch_size: segments per step (default: 8 for tiny, 16 otherwise).
+        segment_units: units per training segment, 640 samples each (default: 12 for tiny, 14 otherwise).
+        disc_width_div: divide the discriminator's channels by this (default: 8 for tiny, 1 = full).
+        disc_start_step: mel + duration losses only before this step (no discriminator), then the full GAN.
+        lr: AdamW learning rate of generator and discriminator.
+        seed: seed of initialisation, sampling and dropout.
+        log_every: steps between metric records.
+        val_every: steps between validations and audio samples.
+        save_every: steps between checkpoints.
+        threads: torch CPU threads (0: torch's default).
+        dtype: auto (bf16 autocast on GPU), float32 or bfloat16.
+        resume: continue from the newest checkpoint in OUT.
+        stop_after: stop after this many steps in total (the schedule still assumes max_steps).
+    """
+    from .train import TrainConfig, recipe_defaults, train_vocoder
+
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise UserError(f"dtype must be auto, float32 or bfloat16, got {dtype!r} (--dtype)")
+    d = recipe_defaults(config)
+    cfg = TrainConfig(
+        config=config, max_steps=max_steps,
+        batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
+        disc_width_div=disc_width_div or d["disc_width_div"], disc_start_step=disc_start_step, lr=lr, seed=seed,
+        log_every=log_every, val_every=val_every, save_every=save_every, threads=threads, dtype=dtype,
+    )
+    if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
+        raise UserError("--max_steps, --batch_size and --segment_units must be positive")
+    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, resume=resume, stop_after=stop_after)
+    last = s["train"][max(s["train"], key=int)] if s.get("train") else {}
+    print(f"vocoder train: step {s['final_step']}, mel L1 {last.get('mel_l1', float('nan')):.4f}, {s['seconds']:.0f} s -> {out}")
+
+
+def evaluate(
+    vocoder: str,
+    manifest: str,
+    units: str,
+    out: str,
+    tokenizer: str | None = None,
+    split: str = "test",
+    max_utts: int | None = None,
+    seed: int | None = None,
+    control_pairs: int = 20,
+    threads: int = 1,
+) -> None:
+    """Evaluate a vocoder's resynthesis of a split against the original audio and an untrained vocoder.
+
+    Example::
+
+        spiritlm vocoder eval --vocoder vocoder --manifest corpus/manifest.jsonl \\
+            --units units.jsonl --tokenizer tokenizer --out vocoder_eval
+
+    Writes OUT/metrics.json (MCD, F0 RMSE, voicing error, unit re-tokenization error, duration
+    MAE for the trained and an untrained vocoder; pitch and style control experiments),
+    OUT/resynth.png and a few WAVs (OUT/wavs/).
+
+    Args:
+        vocoder: vocoder folder (``spiritlm vocoder train`` output, or Meta's).
+        manifest: corpus manifest (id, audio, speaker, style, split).
+        units: units JSONL of that audio (the vocoder's input).
+        out: output folder.
+        tokenizer: speech tokenizer directory that made the units (for the re-tokenization
+            error; omitted: not computed).
+        split: manifest split to evaluate.
+        max_utts: evaluate at most this many utterances of the split.
+        seed: initialisation seed of the untrained baseline (default: the training run's).
+        control_pairs: utterance pairs of the pitch and style control experiments.
+        threads: torch CPU threads (0: torch's default).
+    """
+    import torch
+
+    from .evaluate import evaluate_vocoder
+
+    prev = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        r = evaluate_vocoder(vocoder, manifest, units, out, tokenizer=tokenizer, split=split, max_utts=max_utts,
+                             seed=seed, control_pairs=control_pairs)
+    finally:
+        torch.set_num_threads(prev)
+    t, u = r["trained"], r["untrained"]
+    print(f"vocoder eval: {r['num_utterances']} utterances; MCD {t['mcd_db']:.2f} dB (untrained {u['mcd_db']:.2f}), "
+          f"F0 RMSE {t['f0_rmse_cents']:.0f} cents (untrained {u['f0_rmse_cents']:.0f}) -> {out}/metrics.json")
