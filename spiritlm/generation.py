@@ -549,6 +549,9 @@ class SpiritLM:
                     top_p=top_p, top_k=top_k, seed=None if seed is None else seed + i, min_new_tokens=min_new_tokens,
                     stop_at_eos=stop_at_eos,
                 )
+                cut = next((j for j, t in enumerate(outputs[i]) if t in stops[i]), None)
+                if cut is not None:  # what stopping there would have produced
+                    outputs[i] = outputs[i][: cut + 1]
             return outputs
         order = sorted(range(n), key=lambda i: -len(prompts[i]))
         t0 = time.perf_counter()

@@ -9,7 +9,8 @@ from fairseq2.nn import BatchLayout
 
 from spiritlm.evals.engine import Throughput, choose_by_likelihood, fit_shots, text_stop_ids
 from spiritlm.generation import SpiritLM
-from spiritlm.model.testing import tiny_hf_llama, toy_tokenizer
+from fixtures import tiny_hf_llama
+from spiritlm.data.synthetic import toy_tokenizer
 
 PROMPTS = [
     "[Text]the cat",
@@ -65,6 +66,17 @@ def test_rows_stop_independently(lm, prompts):
     assert 0 < room < 25
     res = lm.generate_batch_ids([long_prompt, prompts[1]], max_new_tokens=25, stop_ids=[], stop_at_eos=False)
     assert len(res[0]) == room and len(res[1]) == 25
+
+
+def test_fallback_for_other_architectures_stops_the_same(lm, prompts, monkeypatch):
+    from spiritlm import generation
+
+    free = lm.generate_batch_ids(prompts, max_new_tokens=15)
+    stops = [[out[min(2 + i, len(out) - 1)]] for i, out in enumerate(free)]
+    fast = lm.generate_batch_ids(prompts, max_new_tokens=15, stop_ids=stops)
+    monkeypatch.setattr(generation._LeftPaddedDecoder, "supports", staticmethod(lambda model: False))
+    assert lm.generate_batch_ids(prompts, max_new_tokens=15, stop_ids=stops) == fast
+    assert lm.generate_batch_ids(prompts, max_new_tokens=15) == free
 
 
 def test_sampling_is_per_row_seeded(lm, prompts):
