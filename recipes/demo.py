@@ -167,7 +167,8 @@ def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list
     L = DemoLayout(out)
     s = str(seed)
     manifest, units, tok = str(L.manifest), str(L.units), str(L.tokenizer)
-    common = ["--units", units, "--expressive", "true", "--group_words", "40", "--seed", s]
+    # --overwrite: the stage owns both folders; a rerun after a failure between the two builds redoes both
+    common = ["--units", units, "--expressive", "true", "--group_words", "40", "--seed", s, "--overwrite", "true"]
     data_opts = ["--data.data_dir", str(L.data_train), "--data.val_dir", str(L.data_valid), "--optim.warmup_steps", str(preset.warmup_steps)]
     model = str(L.lm_mix)
     stages = [
