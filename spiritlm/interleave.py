@@ -209,7 +209,10 @@ def read_units(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UnitFormatError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+                raise UnitFormatError(
+                    f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno}); a line torn by an interrupted "
+                    "`spiritlm tokenize`? once every shard has finished, delete it (its utterance was redone)"
+                ) from None
             if not isinstance(rec, dict) or "hubert" not in rec:
                 raise UnitFormatError(f"{path}:{lineno}: a units record needs a 'hubert' field")
             try:

@@ -116,6 +116,15 @@ def test_tokenize_resume_after_a_torn_last_line_does_not_glue_lines(tmp_path):
     assert sorted(r["id"] for r in good) == ["u0", "u1", "u2"]
 
 
+def test_a_torn_units_line_is_named_by_data_build(tmp_path):
+    from spiritlm.interleave import read_units
+
+    units = tmp_path / "u.jsonl"
+    units.write_text(json.dumps({"id": "a", "hubert": "1 2"}) + "\n" + '{"id": "b", "hub\n' + json.dumps({"id": "b", "hubert": "3"}) + "\n")
+    with pytest.raises(UserError, match=r"u\.jsonl:2: invalid JSON .*torn"):
+        read_units(units)
+
+
 def _is_json(line: str) -> bool:
     try:
         json.loads(line)
