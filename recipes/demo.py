@@ -58,6 +58,7 @@ class Preset:
         warmup_steps: learning-rate warm-up of both LM stages.
         vocoder_steps: vocoder training steps.
         resynth_utts: test utterances resynthesized for the report.
+        judge_asr_steps: training steps of the CTC ASR judge.
         eval_items: test items per evaluation (``--max_items``).
         asr_shots, ic_shots, tts_shots: in-context examples of the few-shot evals.
         gen_tokens: most tokens of the demo's generations.
@@ -70,6 +71,7 @@ class Preset:
     warmup_steps: int
     vocoder_steps: int
     resynth_utts: int
+    judge_asr_steps: int
     eval_items: int
     asr_shots: int
     ic_shots: int
@@ -80,10 +82,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # a smoke run of every stage (the end-to-end test); numbers mean nothing at this size
     "quick": Preset(num_utts=120, text_docs=2000, text_steps=10, mixture_steps=10, warmup_steps=3, vocoder_steps=20, resynth_utts=2,
-                    eval_items=8, asr_shots=2, ic_shots=4, tts_shots=2, gen_tokens=30),
+                    judge_asr_steps=20, eval_items=8, asr_shots=2, ic_shots=4, tts_shots=2, gen_tokens=30),
     # what `make demo` runs: ~45 minutes on 2 CPU cores
     "full": Preset(num_utts=1500, text_docs=20000, text_steps=300, mixture_steps=300, warmup_steps=30, vocoder_steps=400, resynth_utts=4,
-                   eval_items=100, asr_shots=10, ic_shots=30, tts_shots=10, gen_tokens=120),
+                   judge_asr_steps=1500, eval_items=100, asr_shots=10, ic_shots=30, tts_shots=10, gen_tokens=120),
 }
 
 
@@ -260,7 +262,8 @@ def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
 
     (They run in the demo's process and use its torch thread count.)
     """
-    judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--out", str(L.judges), "--seed", str(seed)]],
+    judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--out", str(L.judges),
+                               "--asr_steps", str(preset.judge_asr_steps), "--seed", str(seed)]],
                    outputs=[L.judges / "judges_metrics.json"], owns=[L.judges], needs=[L.manifest])
     shots = {"asr": preset.asr_shots, "ic": preset.ic_shots, "tts": preset.tts_shots}
     stages = [judges]
