@@ -32,6 +32,7 @@ from spiritlm.evals.common import (
     EvalModel,
     EvalResult,
     bootstrap_ci,
+    check_speech_vocabulary,
     draw_shots,
     edit_counts,
     load_manifest_items,
@@ -125,6 +126,8 @@ def run_asr(
     pool_speech = {str(p["id"]): s for p, s in pool}
     max_len = lm.config.max_seq_len
 
+    if targets:
+        check_speech_vocabulary(model, targets[0][1], units)
     prompts, records, skipped = [], [], [{"id": i, "reason": "no units"} for i in missing_t]
     for item, speech in targets:
         chosen = draw_shots(pool_items, shots, seed, str(item["id"])) if shots > 0 else []

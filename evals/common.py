@@ -30,6 +30,7 @@ __all__ = [
     "EvalModel",
     "EvalResult",
     "bootstrap_ci",
+    "check_speech_vocabulary",
     "char_error_rate",
     "draw_shots",
     "edit_counts",
@@ -197,6 +198,16 @@ def with_speech_strings(items: Sequence[dict], units: dict[str, dict], expressiv
         except (ValueError, KeyError):
             missing.append(str(it["id"]))
     return ok, missing
+
+
+def check_speech_vocabulary(model: EvalModel, speech: str, units: str | os.PathLike) -> None:
+    """Raises a one-line :class:`UserError` when the LM cannot encode a speech string of ``units``
+    (a text-only model, or units of another tokenizer)."""
+    try:
+        model.lm.tokenizer.encode(speech)
+    except KeyError as e:
+        raise UserError(f"{model.name}: the model's vocabulary cannot encode the units of {units} ({e.args[0]}); "
+                        "a text-only model or another speech tokenizer? (--model/--units)") from None
 
 
 def draw_shots(pool: Sequence[dict], k: int, seed: int, target_id: str) -> list[dict]:

@@ -37,6 +37,7 @@ from spiritlm.evals.common import (
     EvalModel,
     EvalResult,
     bootstrap_ci,
+    check_speech_vocabulary,
     draw_shots,
     load_manifest_items,
     load_units,
@@ -103,6 +104,8 @@ def run_ic(
     reserve = max(len(c) for c in cands) + 1
     max_len = lm.config.max_seq_len
 
+    if targets:
+        check_speech_vocabulary(model, targets[0][1], units)
     prompts, records, skipped = [], [], [{"id": i, "reason": "no units"} for i in missing]
     for item, speech in targets:
         chosen = draw_shots(pool_items, shots, seed, str(item["id"]))

@@ -27,7 +27,8 @@ from spiritlm.evals.zeroshot import (
     violate_sentence,
 )
 from spiritlm.generation import SpiritLM
-from spiritlm.model.testing import _VERBS, tiny_hf_llama, toy_tokenizer, toy_utterances
+from fixtures import tiny_hf_llama
+from spiritlm.data.synthetic import _VERBS, toy_tokenizer, toy_utterances
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,14 @@ def test_ic_end_to_end(model, corpus, tmp_path):
         assert p["output"] == max(labels, key=lambda lab: (p["score"][lab], -labels.index(lab)))
     assert "accuracy_generation" in metrics and res.predictions == preds
     assert label_name("set_alarm") == "set alarm"
+
+
+def test_units_outside_the_vocabulary_are_a_user_error(model, corpus, tmp_path):
+    units = tmp_path / "u.jsonl"
+    rows = [json.loads(x) for x in (corpus / "units.jsonl").read_text().splitlines()]
+    units.write_text("".join(json.dumps({**r, "hubert": "500 501"}) + "\n" for r in rows))  # the toy vocabulary has 64
+    with pytest.raises(UserError, match=r"cannot encode the units .*\[Hu500\]"):
+        run_asr(model, corpus / "manifest.jsonl", units, tmp_path / "o", progress=False)
 
 
 def test_missing_split_is_a_user_error(model, corpus, tmp_path):
