@@ -47,7 +47,7 @@ def build_lm(args) -> SpiritLM:
         return SpiritLM.from_pretrained(args.model, device=args.device,
                                         dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     from spiritlm.model import create_model, model_config
-    from spiritlm.model.testing import toy_tokenizer
+    from spiritlm.data.synthetic import toy_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = toy_tokenizer(tmp, num_hubert=501, pad_to_multiple=256)

@@ -22,7 +22,7 @@ from fairseq2.nn import BatchLayout
 
 from spiritlm.generation import SpiritLM
 from spiritlm.model import create_model, model_config, num_parameters
-from spiritlm.model.testing import toy_tokenizer
+from spiritlm.data.synthetic import toy_tokenizer
 
 
 def bench_train(model, vocab: int, seq_len: int, batch_size: int, steps: int, warmup: int, device: str) -> float:

@@ -152,7 +152,8 @@ def test_corpus_manifest_is_not_meta_layout(tmp_path):
 def tiny(tmp_path_factory):
     from spiritlm.evals.common import EvalModel
     from spiritlm.generation import SpiritLM
-    from spiritlm.model.testing import tiny_hf_llama, toy_tokenizer, toy_utterances
+    from fixtures import tiny_hf_llama
+    from spiritlm.data.synthetic import toy_tokenizer, toy_utterances
     from spiritlm.vocoder import Vocoder, VocoderConfig
     from spiritlm.vocoder.api import save_pretrained
     from spiritlm.vocoder.model import UnitHifiGAN

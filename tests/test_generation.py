@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from spiritlm.generation import SpiritLM, build_prompt, sample_next
-from spiritlm.model.testing import tiny_hf_llama, toy_tokenizer
+from fixtures import tiny_hf_llama
+from spiritlm.data.synthetic import toy_tokenizer
 
 
 @pytest.fixture(scope="module")

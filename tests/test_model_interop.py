@@ -20,7 +20,7 @@ from spiritlm.model import (
     save_model,
 )
 from spiritlm.model.config import config_from_dict, config_to_dict
-from spiritlm.model.testing import tiny_hf_llama
+from fixtures import tiny_hf_llama
 
 
 def logits_of(model, ids):

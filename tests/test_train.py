@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spiritlm.model.testing import toy_token_dirs
+from spiritlm.data.synthetic import toy_token_dirs
 from spiritlm.train import load_train_config, train
 from spiritlm.train.recipe import lr_factor
 
@@ -181,7 +181,7 @@ def test_subset_losses_use_token_level_subsets():
 def test_continued_pretraining_from_a_hf_llama(data, tmp_path):
     """base-7b.yaml's path in miniature: HF LLaMA (text vocabulary, theta 1e4) -> extended, theta 1e5."""
     from spiritlm.model import load_hf_model
-    from spiritlm.model.testing import tiny_hf_llama
+    from fixtures import tiny_hf_llama
 
     tok = data[0]
     hf = tiny_hf_llama(tmp_path / "llama", vocab_size=tok.num_text_pieces, rope_theta=1e4, logit_scale=1.0)

@@ -219,7 +219,8 @@ def test_speech_tokenizer_decode_uses_the_vocoder(voc):
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    from spiritlm.model.testing import tiny_hf_llama, toy_tokenizer
+    from fixtures import tiny_hf_llama
+    from spiritlm.data.synthetic import toy_tokenizer
     from spiritlm.text_tokenizer import SpiritTextTokenizer
 
     d = tmp_path_factory.mktemp("lm")
