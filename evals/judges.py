@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-SAMPLE_RATE = 16_000
+from spiritlm.constants import SAMPLE_RATE
 FORMAT = "spiritlm-judge"
 LABELS = ("positive", "negative", "neutral")
 METRICS_NAME = "judges_metrics.json"
@@ -304,13 +304,13 @@ class AsrTrainConfig:
         eval_every: steps between validation CER measurements (0: only at the end).
     """
 
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-2
-    freq_masks: int = 2
+    freq_masks: int = 1
     freq_mask_width: int = 12
-    time_masks: int = 2
+    time_masks: int = 1
     time_mask_width: int = 20
     eval_every: int = 0
 
@@ -796,6 +796,10 @@ def train_judges(
         log(f"[judges] asr: test CER {m['cer']:.3f} WER {m['wer']:.3f} (n={len(te)}, {m['seconds']:.0f} s)")
     metrics["skipped_audio"] = errors
     metrics = _nan_to_none(metrics)
+    previous = load_judges_metrics(out)
+    if previous.get("manifest") == metrics["manifest"]:
+        # retraining some judges of a folder keeps the scores of the others (same manifest only)
+        metrics = {**{k: v for k, v in previous.items() if k in JUDGE_DIRS}, **metrics}
     _write_json(out / METRICS_NAME, metrics)
     return metrics
 
@@ -823,7 +827,7 @@ def judges_command(
     manifest: str,
     out: str,
     seed: int = 0,
-    asr_steps: int = 1500,
+    asr_steps: int = 800,
     asr_batch_size: int = 8,
     max_asr_train: int = 0,
     which: list[str] = list(JUDGE_DIRS),
@@ -832,7 +836,7 @@ def judges_command(
 ) -> None:
     """Train the judges (CTC ASR, text and speech sentiment) on a manifest's train split; score them on its test split.
 
-    Example: ``spiritlm eval judges --manifest demo_out/corpus/manifest.jsonl --out demo_out/judges --asr_steps 1500``
+    Example: ``spiritlm eval judges --manifest demo_out/corpus/manifest.jsonl --out demo_out/judges --asr_steps 800``
 
     Writes OUT/asr/, OUT/text_sentiment/, OUT/speech_sentiment/ and OUT/judges_metrics.json (each
     judge's test CER or accuracy with the majority-class rate), and prints one line per judge.

@@ -228,6 +228,9 @@ def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
     for kind, sub in J.JUDGE_DIRS.items():
         assert json.loads((out / sub / "judge.json").read_text())["kind"] == kind
     assert J.load_speech_sentiment_judge(out / "speech_sentiment").predict([_sentiment_wav("positive", np.random.default_rng(5))]) == ["positive"]
+    # retraining one judge keeps the others' scores
+    again = J.train_judges(manifest, out, cfg=cfg, seed=1, which=("text-sentiment",), log=lambda s: None, progress=False)
+    assert again["asr"] == saved["asr"] and again["speech-sentiment"] == saved["speech-sentiment"] and again["seed"] == 1
 
 
 def test_train_judges_needs_train_and_test_splits(tmp_path):

@@ -177,7 +177,8 @@ def tiny(tmp_path_factory):
     speech_judge = J.SpeechSentimentJudge.fit([rng.standard_normal(6000).astype(np.float32) * (0.05 + 0.1 * (i % 3)) for i in range(12)],
                                               [LABELS[i % 3] for i in range(12)])
     asr = J.AsrJudge(J.CtcAsr(J.AsrConfig(d_model=16, num_layers=1, num_heads=2, ffn_dim=32)))
-    return {"model": model, "manifest": manifest, "units": units, "text": text_judge, "speech": speech_judge, "asr": asr}
+    return {"model": model, "manifest": manifest, "units": units, "text": text_judge, "speech": speech_judge, "asr": asr,
+            "lm_dir": d / "lm", "voc_dir": d / "voc"}
 
 
 def test_stsp_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
@@ -258,3 +259,30 @@ def test_tts_unit_edit_rate_of_the_reference_itself_is_zero(tiny):
     ref = "[Hu3][Hu4][Hu4][Hu9]"
     assert edit_counts(" ".join(T.hubert_sequence(ref)), " ".join(T.hubert_sequence("[Hu3][Hu4][Hu9]")), "word") == (0, 3)
     assert edit_counts(" ".join(T.hubert_sequence(ref)), " ".join(T.hubert_sequence("[Hu3][Hu9]")), "word") == (1, 3)
+
+
+def test_stsp_and_tts_commands_read_folders_and_write_outputs(tiny, tmp_path, capsys):
+    from spiritlm.cli import main
+
+    lines = [{**m, "sample_rate": 16000, "duration": 1.0, "speaker": "s0", "style": "neutral"} for m in tiny["manifest"]]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    units = tmp_path / "units.jsonl"
+    units.write_text("".join(json.dumps(r) + "\n" for r in tiny["units"].values()))
+    judges = tmp_path / "judges"
+    tiny["text"].save(judges / "text_sentiment")
+    tiny["speech"].save(judges / "speech_sentiment")
+    tiny["asr"].save(judges / "asr")
+    common = ["--model", str(tiny["lm_dir"]), "--manifest", str(manifest), "--units", str(units), "--judges", str(judges)]
+    main(["eval", "stsp", *common, "--out", str(tmp_path / "stsp"), "--shots", "2", "--directions", "[t2t,s2t]",
+          "--max_new_tokens_text", "5", "--progress", "false"])
+    m = json.loads((tmp_path / "stsp" / "metrics.json").read_text())
+    assert m["accuracy_avg"]["directions"] == ["t2t", "s2t"] and m["accuracy_t2t"]["n"] == 6
+    assert "[eval stsp] accuracy_t2t=" in capsys.readouterr().out
+    main(["eval", "tts", *common, "--vocoder", str(tiny["voc_dir"]), "--out", str(tmp_path / "tts"), "--shots", "1",
+          "--max_new_tokens", "12"])
+    m = json.loads((tmp_path / "tts" / "metrics.json").read_text())
+    assert m["cer"]["n"] == 6 and m["config"]["asr_judge"] == str(judges / "asr")
+    with pytest.raises(SystemExit):
+        main(["eval", "stsp", *common[:4], "--judges", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert "no such judges directory" in capsys.readouterr().err
