@@ -42,7 +42,10 @@ def to_units(string: str, duplicate_hubert_for_multiple_pitch: bool = False) -> 
         string: the token string; text and markers are ignored.
         duplicate_hubert_for_multiple_pitch: repeat a HuBERT token for consecutive pitch tokens.
     """
-    print(json.dumps(string_to_units(string, duplicate_hubert_for_multiple_pitch=duplicate_hubert_for_multiple_pitch, fallback_style=0)))
+    units = string_to_units(string, duplicate_hubert_for_multiple_pitch=duplicate_hubert_for_multiple_pitch, fallback_style=0)
+    if not units["hubert"]:
+        raise UserError(f"{string[:40]!r}: no well-formed [HuN] token (STRING)")
+    print(json.dumps(units))
 
 
 @positional

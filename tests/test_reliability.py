@@ -449,12 +449,17 @@ def test_missing_inputs_are_one_line_naming_the_flag(tmp_path, capsys):
         (["data", "build", "--manifest", MANIFEST, "--units", tmp_path / "nope.jsonl", "--out", tmp_path / "d"], "--units"),
         (["tokenize", "--manifest", MANIFEST, "--tokenizer", tmp_path / "nope", "--out", tmp_path / "u.jsonl"], "--tokenizer"),
         (["generate", "--model", tmp_path / "nope", "--text", "hi"], "--model"),
+        (["data", "train-text-tokenizer", "--out", tmp_path / "m.model", "--text_file", tmp_path / "nope.txt"], "--text_file"),
+        (["tokenizer", "train", "--manifest", MANIFEST, "--out", tmp_path / "nope_tok", "--preset", "nope"], "--preset"),
+        (["corpus", "text", "--out", tmp_path / "t.txt", "--mix", '{"nope": 1}'], "--mix"),
     ]
     for argv, flag in cases:
         code, _, err = run_cli(argv, capsys)
         line = one_error_line(err)
         assert code == 1 and flag in line and "nope" in line, line
-    assert not (tmp_path / "d").exists() and not (tmp_path / "u.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made
+    code, out, err = run_cli(["formats", "to-units", "[Hu1"], capsys)
+    assert code == 1 and not out and "no well-formed [HuN] token" in one_error_line(err)
 
 
 # ---------------------------------------------------------------------------------------------

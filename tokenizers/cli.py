@@ -253,7 +253,12 @@ def train(
 
     if not os.path.isfile(manifest):
         raise UserError(f"{manifest}: no such file (--manifest)")
-    from .train import train_tokenizer
+    from .train import make_preset, train_tokenizer
+
+    try:
+        make_preset(preset, hubert=hubert, layer=layer, style_encoder=style_encoder)
+    except ValueError as e:
+        raise UserError(f"--preset {preset}: {e}") from None
 
     with atomic_dir(out, overwrite=True) as tmp:
         m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device, max_utts=max_utts, threads=threads or None)

@@ -111,13 +111,16 @@ def text(out: str, num_sentences: int = 20000, seed: int = 0, mix: dict[str, flo
         seed: random seed (item i depends only on the seed and i).
         mix: text source to weight, as JSON (default {"narrative": 0.6, "sentiment": 0.2, "intent": 0.2}).
     """
-    from pathlib import Path
-
+    from spiritlm.atomic import atomic_file
     from spiritlm.corpus.text_sources import text_corpus
+    from spiritlm.errors import UserError
 
-    docs = text_corpus(num_sentences, seed, mix)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text("".join(d + "\n" for d in docs), encoding="utf-8")
+    try:
+        docs = text_corpus(num_sentences, seed, mix)
+    except ValueError as e:
+        raise UserError(f"{e} (--mix, --num_sentences)") from None
+    with atomic_file(out, encoding="utf-8") as f:
+        f.write("".join(d + "\n" for d in docs))
     words = sum(len(d.split()) for d in docs)
     print(f"wrote {out}: {len(docs)} documents, {words} words, vocabulary {len({w for d in docs for w in d.split()})}")
 

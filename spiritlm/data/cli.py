@@ -170,11 +170,15 @@ def train_text_tokenizer(
         num_hubert: number of HuBERT units.
         pad_to_multiple: pad the vocabulary to a multiple of this.
     """
+    from spiritlm.errors import UserError
     from spiritlm.text_tokenizer import SpiritTextTokenizer
 
     n_pitch, n_style = (64, 100) if expressive else (0, 0)
     if sum(x is not None for x in (manifest, text_file, base_model)) != 1:
-        raise ValueError("give exactly one of --manifest, --text_file, --base_model")
+        raise UserError("give exactly one of --manifest, --text_file, --base_model")
+    for flag, path in (("--manifest", manifest), ("--text_file", text_file), ("--base_model", base_model)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{path}: no such file ({flag})")
     if base_model is not None:
         tok = SpiritTextTokenizer.from_base_model(base_model, num_hubert, n_pitch, n_style, pad_to_multiple)
     else:
