@@ -391,12 +391,11 @@ def make_synthetic_sets(
     Returns:
         ``out``.
     """
-    from spiritlm.corpus import lexicon as L
     from spiritlm.corpus import text_sources as T
 
     out = Path(out)
     items = load_manifest_items(manifest)
-    vocab = {w for it in items for w in it["text"].split()} | L.all_words()
+    vocab = {w for it in items for w in it["text"].split()} | T.vocabulary()
     split_words = sorted({w for it in items if it.get("split") == split for w in it["text"].split()
                           if len(w) >= 4 and w.isalpha()})
     if not split_words:

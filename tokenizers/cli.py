@@ -158,7 +158,7 @@ def assemble(
     from .f0 import ALIASES, BACKENDS, resolve_backend
     from .features import FeatureConfig, load_backend
     from .kmeans import load_kmeans, load_quantizer
-    from .pitch import PitchTokenizer
+    from .meta_pitch import load_pitch_tokenizer
     from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
     from .style import StyleConfig, StyleTokenizer, W2V2StyleEncoder
 
@@ -193,7 +193,7 @@ def assemble(
         # Meta's vqvae_f0_quantizer folder; FCPE unless --f0 says otherwise
         pitch_tok = MetaPitchTokenizer(pitch, cfg=PitchConfig(f0=F0Config(backend=backend_name or "fcpe")), speaker_stats=speaker_stats)
     elif pitch:
-        pitch_tok = PitchTokenizer.load(pitch)
+        pitch_tok = load_pitch_tokenizer(pitch)
         if backend_name:
             pitch_tok.cfg = replace(pitch_tok.cfg, f0=replace(pitch_tok.cfg.f0, backend=backend_name))
     if speaker_stats and not (pitch_tok is not None and getattr(pitch_tok, "speaker_stats_path", None)):

@@ -226,3 +226,22 @@ class MetaPitchTokenizer(PitchTokenizer):
         with open(os.path.join(directory, "pitch_config.json"), "w") as f:
             json.dump({"format": "meta", "checkpoint": self.directory, "speaker_stats": self.speaker_stats_path,
                        "speaker_means": self.speaker_means, **asdict(self.cfg)}, f, indent=1)
+
+
+def load_pitch_tokenizer(directory: str | os.PathLike) -> PitchTokenizer:
+    """A saved pitch tokenizer of either kind: this project's VQ-VAE (:meth:`PitchTokenizer.load`)
+    or a reference to Meta's released quantizer (``"format": "meta"`` in ``pitch_config.json``).
+
+    Lives here, not in :mod:`.pitch`, so that imports go one way (meta_pitch -> pitch).
+    """
+    path = os.path.join(directory, "pitch_config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not a pitch tokenizer directory")
+    with open(path) as f:
+        d = json.load(f)
+    if d.pop("format", None) != "meta":
+        return PitchTokenizer.load(directory)
+    ckpt, means = d.pop("checkpoint"), d.pop("speaker_means", {})
+    tok = MetaPitchTokenizer(ckpt, means, PitchConfig.from_dict({k: v for k, v in d.items() if k != "speaker_stats"}))
+    tok.speaker_stats_path = d.get("speaker_stats")  # where the means were read from (kept in the config)
+    return tok

@@ -115,11 +115,6 @@ class PitchTokenizer:
             raise FileNotFoundError(f"{path}: not a pitch tokenizer directory")
         with open(path) as f:
             d = json.load(f)
-        if d.pop("format", None) == "meta":  # a reference to Meta's released quantizer
-            from .meta_pitch import MetaPitchTokenizer
-
-            ckpt, means = d.pop("checkpoint"), d.pop("speaker_means", {})
-            tok = MetaPitchTokenizer(ckpt, means, PitchConfig.from_dict({k: v for k, v in d.items() if k != "speaker_stats"}))
-            tok.speaker_stats_path = d.get("speaker_stats")  # where the means were read from (kept in the config)
-            return tok
+        if d.get("format") == "meta":  # a reference to Meta's released quantizer: meta_pitch reads it
+            raise ValueError(f"{path}: refers to Meta's pitch quantizer (load it with meta_pitch.load_pitch_tokenizer)")
         return cls(load_vqvae(directory), SpeakerStats.load(os.path.join(directory, "f0_stats.json")), PitchConfig.from_dict(d))

@@ -28,6 +28,7 @@ from ..formats import units_to_string
 from .utils import resolve_device
 from .features import FeatureBackend, FeatureConfig, load_backend
 from .kmeans import KMeansQuantizer, LinearQuantizer, load_quantizer, save_kmeans
+from .meta_pitch import load_pitch_tokenizer
 from .pitch import PitchTokenizer
 from .style import StyleTokenizer
 
@@ -265,7 +266,7 @@ class SpeechTokenizer:
         units = UnitTokenizer.load(os.path.join(directory, "units"), device)
         pitch = style = None
         if meta["kind"] == "expressive":
-            pitch = PitchTokenizer.load(os.path.join(directory, "pitch")).to(device)
+            pitch = load_pitch_tokenizer(os.path.join(directory, "pitch")).to(device)
             pitch.cfg.f0.device = str(device)
             style = StyleTokenizer.load(os.path.join(directory, "style")).to(device)
         return cls(units, pitch, style)

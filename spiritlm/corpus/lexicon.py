@@ -339,9 +339,3 @@ def article(word: str) -> str:
         return "an"
     return "a"
 
-
-def all_words() -> set[str]:
-    """Every word the text generators can produce (see :mod:`spiritlm.corpus.text_sources`)."""
-    from spiritlm.corpus import text_sources
-
-    return text_sources.vocabulary()

@@ -1,0 +1,84 @@
+"""The layout says what each file holds: no import cycles, one definition of each shared constant,
+one manifest reader, one synthetic-data generator, test fixtures outside the package (issue 12, items 18-19)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# folder -> import name (see setup.py / DESIGN.md)
+ROOTS = {"spiritlm": "spiritlm", "tokenizers": "spiritlm.tokenizers", "vocoder": "spiritlm.vocoder",
+         "recipes": "spiritlm.recipes", "evals": "spiritlm.evals"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, name in ROOTS.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            rel = path.relative_to(REPO / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            if folder == "spiritlm" and parts and parts[0] in ("tokenizers", "vocoder", "recipes", "evals"):
+                continue  # the symlinked stage folders are listed under their own root
+            out[".".join([name, *parts])] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of the project that ``name`` imports, at module level or inside functions."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def test_no_import_cycles_between_modules():
+    mods = _modules()
+    graph = {name: _imports(name, path, set(mods)) for name, path in mods.items()}
+    # a package's __init__ re-exporting its submodules is not a cycle of concerns
+    cycles = sorted(
+        f"{a} <-> {b}" for a in graph for b in graph[a]
+        if a in graph.get(b, ()) and a < b and not (a.startswith(b + ".") or b.startswith(a + "."))
+    )
+    assert not cycles, cycles
+
+
+def test_shared_constants_are_defined_once():
+    defs: dict[str, list[str]] = {"SAMPLE_RATE": [], "SUBSETS": [], "IGNORE_INDEX": [], "IGNORE": []}
+    for name, path in _modules().items():
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id in defs and isinstance(getattr(node, "value", None), (ast.Constant, ast.Tuple, ast.UnaryOp)):
+                    defs[t.id].append(name)
+    assert defs["SAMPLE_RATE"] == ["spiritlm.constants"], defs
+    assert defs["SUBSETS"] == ["spiritlm.constants"], defs
+    assert defs["IGNORE_INDEX"] + defs["IGNORE"] == ["spiritlm.constants"], defs
+
+
+def test_one_reader_one_generator_and_fixtures_in_tests():
+    assert not (REPO / "tokenizers" / "manifest.py").exists()  # spiritlm.corpus.manifest reads every manifest
+    assert not (REPO / "tokenizers" / "_compat.py").exists()  # it is tokenizers/utils.py
+    assert not (REPO / "spiritlm" / "model" / "testing.py").exists()  # toy data: spiritlm.data.synthetic; tests/fixtures.py
+    assert not (REPO / "tests" / "data" / "data_pipeline" / "generate.py").exists()
+    assert not (REPO / "recipes" / "train.py").exists()  # the command is spiritlm/train/cli.py
+    from spiritlm import cli
+
+    assert not hasattr(cli, "register")
+    src = (REPO / "tokenizers" / "train.py").read_text()
+    assert "_load_all" not in src and "load_audio_batch" in src
