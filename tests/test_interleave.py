@@ -219,7 +219,22 @@ def test_tolerance_follows_meta_frame_counts():
     # Meta's tokenizer on 9.135 s of audio: 228 HuBERT, 114 pitch, 10 style frames
     units = json.loads(META_UNITS.read_text())["units"]
     utt = U("meta", 9.135, "x", [W("x", 0.1, 9.0)])
-    check_units(utt, units, InterleaveConfig(expressive=True))
+    cfg = InterleaveConfig(expressive=True)
+    streams = check_units(utt, units, cfg)
+    assert {k: len(v) for k, v in streams.items()} == {"hubert": 228, "pitch": 114, "style": 10}
+    assert streams["hubert"][:3] == units["hubert"].split()[:3]
+
+    def dropped(name: str, n: int) -> dict:
+        return {**units, name: " ".join(units[name].split()[:-n])}
+
+    # the tolerance is max(0.1 s, one frame): 2 HuBERT frames short (0.08 s) pass, 4 (0.16 s) do not;
+    # at 1 Hz a style stream may miss one frame (0.135 s short) but not two (1.135 s)
+    check_units(utt, dropped("hubert", 2), cfg)
+    check_units(utt, dropped("style", 1), cfg)
+    for name, n in (("hubert", 4), ("pitch", 3), ("style", 2)):
+        with pytest.raises(SkipDocument, match=name) as exc:
+            check_units(utt, dropped(name, n), cfg)
+        assert exc.value.reason == "unit_count_mismatch"
 
 
 def test_read_units(tmp_path):
