@@ -187,7 +187,7 @@ class MetricRow:
     @property
     def vs_chance(self) -> str:
         """``above``/``below`` when the 95% CI (or, without one, the value) excludes chance, else ``overlaps``."""
-        if self.chance is None:
+        if self.chance is None or not math.isfinite(self.chance) or not math.isfinite(self.value):
             return ""
         low, high = self.ci95 if self.ci95 is not None else (self.value, self.value)
         if low > self.chance:
@@ -243,17 +243,19 @@ def metric_rows(section: str, metrics: Any, prefix: str = "") -> list[MetricRow]
         name = f"{prefix}{key}"
         if any(skip in key for skip in SKIP_KEYS) or key.endswith("_s") or key == "chance" or _is_count(key):
             continue
-        if isinstance(entry, dict) and _number(entry.get("value")) is not None:
+        if isinstance(entry, dict) and "value" in entry and (entry["value"] is None or _number(entry["value"]) is not None):
+            # a headline metric; null is how the evals write NaN (no item could be scored): shown, not dropped
             ci = entry.get("ci95")
             ci95 = None
             if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(c) is not None for c in ci):
                 ci95 = (float(ci[0]), float(ci[1]))
             en = _number(entry.get("n"))
-            rows.append(MetricRow(section, name, float(entry["value"]), ci95, _number(entry.get("chance")),
+            value = _number(entry["value"])
+            rows.append(MetricRow(section, name, float("nan") if value is None else value, ci95, _number(entry.get("chance")),
                                   int(en) if en is not None else None))
         elif isinstance(entry, dict):
             rows.extend(metric_rows(section, entry, f"{name}."))
-        elif _number(entry) is not None and math.isfinite(float(entry)):
+        elif _number(entry) is not None:  # NaN included: a metric that could not be computed says so
             rows.append(MetricRow(section, name, float(entry), chance=chance, n=int(n) if n is not None else None))
     return rows
 
@@ -472,7 +474,8 @@ def plot_f0(original: np.ndarray, resynth: np.ndarray, frame_rate: float, path: 
 
 def plot_metrics_vs_chance(rows: Sequence[MetricRow], path: Path) -> Path | None:
     """One strip per metric that has a chance level: its 95% CI (bar), value (dot), chance (red tick)."""
-    rows = [r for r in rows if r.chance is not None]
+    rows = [r for r in rows if r.chance is not None and math.isfinite(r.chance) and math.isfinite(r.value)
+            and (r.ci95 is None or all(map(math.isfinite, r.ci95)))]
     if not rows:
         return None
     plt = _pyplot()

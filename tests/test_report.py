@@ -80,14 +80,15 @@ def demo_dir(tmp_path) -> Path:
                                                      "config": {"shots": 10, "seed": 0}})
     _write_json(L.eval_dir("ic") / "metrics.json", {"task": "ic", "accuracy": {"value": 0.8, "ci95": [0.7, 0.9], "chance": 0.25, "n": 40},
                                                     "confusion": [[1, 0], [0, 1]]})
-    _write_json(L.eval_dir("stsp") / "metrics.json", {"task": "stsp", "t2t": {"value": 0.35, "ci95": [0.2, 0.5], "chance": 0.3333, "n": 30}})
+    _write_json(L.eval_dir("stsp") / "metrics.json", {"task": "stsp", "t2t": {"value": 0.35, "ci95": [0.2, 0.5], "chance": 0.3333, "n": 30},
+                                                      "s2s": {"value": None, "ci95": [None, None], "chance": 0.3333, "n": 0}})
     _write_json(L.judges / "judges_metrics.json", {"seed": 0, "config": {"x": 1},
                                                    "text-sentiment": {"accuracy": 0.97, "chance": 0.34, "n_train": 100, "n_test": 30, "seconds": 1.0},
                                                    "asr": {"cer": 0.12, "wer": 0.3, "n_train": 90, "n_test": 30, "steps": 600}})
     _write_json(L.tokenizer / "metrics.json", {"pnmi": 0.43, "phone_purity": 0.40, "phone_majority_rate": 0.14, "timings": {"total_s": 3.0}})
     _write_json(L.vocoder_eval / "metrics.json", {"num_utterances": 2, "seconds": 3.0, "method": {"mcd": "WORLD"},
-                                                  "trained": {"mcd_db": 7.5, "f0_rmse_cents": 90.0, "f0_frames_voiced_in_both": 100},
-                                                  "untrained": {"mcd_db": 12.0, "f0_rmse_cents": 900.0},
+                                                  "trained": {"mcd_db": 7.5, "f0_rmse_cents": 90.0, "vuv_error": 0.1, "f0_frames_voiced_in_both": 100},
+                                                  "untrained": {"mcd_db": 12.0, "f0_rmse_cents": 900.0, "vuv_error": float("nan")},
                                                   "control_pitch": {"pairs": 2, "corr_before": 0.1, "corr_after": 0.6},
                                                   "control_style": {"energy_db": {"same_sign_fraction": 1.0}, "corpus_properties_by_style": {"a": {"x": 1.0}}}})
     # the resynthesis of utt1 is 10% sharp: 1200 * log2(1.1) = 165 cents
@@ -133,6 +134,8 @@ def test_report_plots_table_and_audio(demo_dir):
     assert _row(md, "asr", "wer")[2:] == ["0.42", "[0.31, 0.53]", "1", "50", "below"]
     assert _row(md, "ic", "accuracy")[2:] == ["0.8", "[0.7, 0.9]", "0.25", "40", "above"]
     assert _row(md, "stsp", "t2t")[2:] == ["0.35", "[0.2, 0.5]", "0.3333", "30", "overlaps"]
+    # a metric nothing could be scored for (null, or NaN) is shown as nan, not dropped
+    assert _row(md, "stsp", "s2s")[2:] == ["nan", "—", "0.3333", "0", "—"]
     # the judges' own scores, a classifier's majority rate as its chance level; no bookkeeping rows
     assert _row(md, "judges", "text-sentiment.accuracy")[2:] == ["0.97", "—", "0.34", "30", "above"]
     assert _row(md, "judges", "asr.cer")[2] == "0.12"
@@ -142,6 +145,7 @@ def test_report_plots_table_and_audio(demo_dir):
     # the vocoder against an untrained one of the same architecture, then its control experiments
     assert _row(md, "vocoder", "mcd_db")[2:] == ["7.5", "—", "12", "2", "below"]
     assert _row(md, "vocoder", "f0_rmse_cents")[4] == "900"
+    assert _row(md, "vocoder", "vuv_error")[2:] == ["0.1", "—", "nan", "2", "—"]
     assert _row(md, "vocoder", "control_pitch.corr_after")[2] == "0.6"
     assert _row(md, "vocoder", "control_style.energy_db.same_sign_fraction")[2] == "1"
     assert _row(md, "LM interleaved", "valid loss speech (step 20)")[2] == "3"
