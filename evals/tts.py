@@ -10,7 +10,8 @@ Shots are drawn per target with :func:`spiritlm.evals.common.draw_shots` (seeded
 ``(seed, target id)``; never the target). As many shots as fit the model's context are kept
 (:func:`spiritlm.evals.engine.fit_shots`). Decoding is greedy by default; the output may hold
 speech tokens only, and ends at EOS, a modality marker (what follows a speech answer in the
-shots) or a newline, or after ``min(max_new_tokens, length_ratio × reference tokens + 10)`` tokens.
+shots) or a newline, or after ``min(max_new_tokens, length_ratio × reference tokens + 10)`` tokens (rounded up to a
+multiple of 25 so that rows share batches).
 
 Scores:
 
@@ -150,7 +151,8 @@ def run_tts(
     ctx = lm.config.max_seq_len
     for it in tgts:
         ref_len = len(tok.encode(it["speech"]))
-        budget = int(min(cfg.max_new_tokens, cfg.length_ratio * ref_len + 10))
+        # rounded up to a multiple of 25 tokens: rows with equal budgets decode in one batch
+        budget = int(min(cfg.max_new_tokens, -(-int(cfg.length_ratio * ref_len + 10) // 25) * 25))
         shots = draw_shots(shots_pool, cfg.shots, cfg.seed, str(it["id"])) if cfg.shots else []
         rendered = [tts_shot(s["text"], s["speech"]) for s in shots]
         fixed = len(tok.encode(build_tts_prompt(it["text"], []), bos=True))
