@@ -58,10 +58,11 @@ def generate_fn(
         show_ids: also print the prompt and generated token ids.
     """
     _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder)  # a typo costs a second, not the imports
+    _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k)
 
     import torch
 
-    from spiritlm.generation import SpiritLM
+    from spiritlm.generation import SpiritLM, build_prompt
 
     stok = None
     if speech_tokenizer is not None:
@@ -80,6 +81,13 @@ def generate_fn(
         inputs.append(("text", text))
     if speech is not None:
         inputs.insert(0 if speech_first else len(inputs), ("speech", speech))
+    from spiritlm.errors import UserError
+
+    typed = [(m, c if m == "text" or c.lstrip().startswith("[") else "") for m, c in inputs]  # not audio paths
+    try:
+        lm.tokenizer.encode(build_prompt(typed, output_modality))  # a token the model lacks, named by its flag
+    except KeyError as e:
+        raise UserError(f"{e.args[0]} of {model} (--text / --speech)") from None
     result = lm.generate_with_details(
         inputs,
         output_modality=output_modality,  # type: ignore[arg-type]
@@ -121,6 +129,21 @@ def generate_fn(
         sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)), format="WAV")
         tmp.replace(path)
         print(f"[speech] {path}")
+
+
+def _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k) -> None:
+    from spiritlm.errors import UserError
+
+    if max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens {max_new_tokens}: must be at least 1")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise UserError(f"--min_new_tokens {min_new_tokens}: must be in 0..--max_new_tokens ({max_new_tokens})")
+    if do_sample and not temperature > 0:
+        raise UserError(f"--temperature {temperature}: must be > 0 when sampling (or --do_sample false)")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top_p {top_p}: must be in (0, 1]")
+    if top_k < 0:
+        raise UserError(f"--top_k {top_k}: must be >= 0 (0: off)")
 
 
 def _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder) -> None:

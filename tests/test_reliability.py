@@ -489,6 +489,16 @@ def test_generate_checks_paths_first(tmp_path, flag, capsys):
     assert elapsed < 6, f"{elapsed:.1f} s: the paths were checked after importing torch/fairseq2"
 
 
+@pytest.mark.parametrize("args, flag", [(["--temperature", "-1"], "--temperature"), (["--top_p", "0"], "--top_p"),
+                                        (["--max_new_tokens", "0"], "--max_new_tokens"),
+                                        (["--output_modality", "audio"], "--output_modality")])
+def test_generate_checks_sampling_flags_first(tmp_path, args, flag, capsys):
+    t = time.perf_counter()
+    code, _, err = run_cli(["generate", "--model", tmp_path, "--text", "hi", *args], capsys)
+    assert code == 1 and flag in one_error_line(err)
+    assert time.perf_counter() - t < 5
+
+
 # ---------------------------------------------------------------------------------------------
 # 13. failed runs leave no half-made outputs
 # ---------------------------------------------------------------------------------------------
