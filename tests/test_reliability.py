@@ -352,6 +352,40 @@ def test_data_build_records_the_units_it_saw(tmp_path):
     assert json.loads((tmp_path / "d" / "speech_units.json").read_text()) == expect
 
 
+@pytest.mark.slow
+def test_a_trained_run_generates_only_units_its_data_had(tmp_path, capsys):
+    """data build (units 0..99 in a 501-slot vocabulary) -> train -> generate: never [Hu100] or above."""
+    units = tmp_path / "u.jsonl"
+    recs = [json.loads(x) for x in UNITS.read_text().splitlines() if x.strip()]
+    for r in recs:
+        r["hubert"] = " ".join(str(int(v) % 100) for v in r["hubert"].split())
+    units.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    data = tmp_path / "data"
+    code, _, err = run_cli(["data", "build", "--manifest", MANIFEST, "--units", units, "--out", data, "--workers", "1",
+                            "--vocab_size", "300", "--progress", "false", *SMALL], capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", "--config", Path(__file__).resolve().parents[1] / "recipes/configs/tiny-interleaved.yaml",
+                            "--model.init_from", "null", "--model.overrides", "{num_layers: 1, model_dim: 32, num_attn_heads: 2, num_key_value_heads: 1, ffn_inner_dim: 64}",
+                            "--data.data_dir", data, "--data.val_dir", data, "--data.seq_len", "32", "--data.batch_size", "2",
+                            "--train.output_dir", run, "--train.max_steps", "1", "--train.progress", "false",
+                            "--optim.warmup_steps", "1"], capsys)
+    assert code == 0, err
+    from spiritlm.generation import SpiritLM
+
+    for model_dir in (run, run / "hf"):
+        lm = SpiritLM.from_pretrained(model_dir)
+        assert lm.num_units == {"hubert": 100, "pitch": 0, "style": 0}
+        hubert = lm.tokenizer.speech_token_ids("hubert")
+        assert len(hubert) == 501
+        mask = lm.allowed_tokens("speech")
+        assert mask[hubert[:100]].all() and not mask[hubert[100:]].any()
+    out = lm.generate([("text", "the cat")], output_modality="speech", max_new_tokens=30, min_new_tokens=30, seed=0,
+                      temperature=5.0)
+    ids = [int(t) for seg in out if seg.modality == "speech" for t in re.findall(r"\[Hu(\d+)\]", seg.tokens)]
+    assert ids and max(ids) < 100
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. one audio validator for corpus check and tokenize
 # ---------------------------------------------------------------------------------------------

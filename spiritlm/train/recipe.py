@@ -382,7 +382,7 @@ class TrainRecipe:
             tmp = self.run_dir / f".tokenizer.model.tmp-{os.getpid()}"
             shutil.copyfile(tok_file, tmp)
             os.replace(tmp, self.run_dir / "tokenizer.model")
-            units = tok_file.with_name("speech_units.json")  # units the data holds: generation's speech mask
+            units = Path(self.config.data.data_dir) / "speech_units.json"  # units the data holds: generation's speech mask
             if units.is_file():
                 shutil.copyfile(units, tmp)
                 os.replace(tmp, self.run_dir / "speech_units.json")
