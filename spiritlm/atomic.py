@@ -41,6 +41,24 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _remove_stale(path: Path) -> None:
+    """Removes the temporary folders of ``path`` left by killed runs (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # a live run is building it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     """Opens a temporary file next to ``path``; renames it to ``path`` when the block succeeds.
@@ -86,9 +104,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, flag: str = "--
     path = Path(path)
     check_new_output(path, overwrite, flag)
     created = make_parents(path)
+    _remove_stale(path)
     tmp = _tmp_name(path)
-    if tmp.exists():  # left by a killed run of this same process id
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp

@@ -550,6 +550,15 @@ def test_failed_data_build_leaves_nothing(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.model"]
 
 
+def test_data_build_clears_what_a_killed_build_left(tmp_path, capsys):
+    stale = tmp_path / ".d.tmp-999999999"  # a build killed with -9: its process is gone
+    (stale / "speech").mkdir(parents=True)
+    code, _, err = run_cli(["data", "build", "--manifest", MANIFEST, "--units", UNITS, "--out", tmp_path / "d",
+                            "--workers", "1", "--vocab_size", "300", "--progress", "false", *SMALL], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
 def test_failed_tokenizer_train_leaves_nothing(tmp_path, capsys):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "audio": str(tmp_path / "missing.wav"), "split": "train"}) + "\n")
