@@ -82,10 +82,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # a smoke run of every stage (the end-to-end test); numbers mean nothing at this size
     "quick": Preset(num_utts=120, text_docs=2000, text_steps=10, mixture_steps=10, warmup_steps=3, vocoder_steps=20, resynth_utts=2,
-                    judge_asr_steps=20, eval_items=8, asr_shots=2, ic_shots=4, tts_shots=2, gen_tokens=30),
+                    judge_asr_steps=5, eval_items=8, asr_shots=2, ic_shots=4, tts_shots=2, gen_tokens=30),
     # what `make demo` runs: ~45 minutes on 2 CPU cores
-    "full": Preset(num_utts=1500, text_docs=20000, text_steps=300, mixture_steps=300, warmup_steps=30, vocoder_steps=400, resynth_utts=4,
-                   judge_asr_steps=1500, eval_items=100, asr_shots=10, ic_shots=30, tts_shots=10, gen_tokens=120),
+    "full": Preset(num_utts=1500, text_docs=20000, text_steps=300, mixture_steps=300, warmup_steps=30, vocoder_steps=600, resynth_utts=4,
+                   judge_asr_steps=800, eval_items=100, asr_shots=10, ic_shots=30, tts_shots=10, gen_tokens=120),
 }
 
 
@@ -346,14 +346,25 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (worker pools)."""
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def run_stage(out: Path, stage: Stage, rerun_hint: str) -> float:
-    """Runs one stage (its inputs must exist); writes its marker; returns its seconds."""
+    """Runs one stage (its inputs must exist); writes its marker; returns its seconds.
+
+    The marker keeps wall and CPU seconds: on a shared machine the wall time depends on the
+    load, the CPU time much less (a stage on an idle 2-core machine takes between CPU/2 and CPU).
+    """
     missing = [p for p in stage.needs if not p.exists()]
     if missing:
         raise DemoError(f"{missing[0]}: missing, needed by stage {stage.name!r} (--only: run the stages before it first)")
     _remove(_marker(out, stage.name))
     print(f"\n[demo] ==== {stage.name} ====", flush=True)
-    t0 = time.time()
+    t0, c0 = time.time(), _cpu_seconds()
     if stage.before is not None:
         stage.before()
     if stage.make_commands is not None:
@@ -371,7 +382,8 @@ def run_stage(out: Path, stage: Stage, rerun_hint: str) -> float:
     if absent:
         raise DemoError(f"{absent[0]}: stage {stage.name!r} ran but did not write it")
     seconds = round(time.time() - t0, 1)
-    _write_json(_marker(out, stage.name), {"seconds": seconds, "commands": stage.commands, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    _write_json(_marker(out, stage.name), {"seconds": seconds, "cpu_seconds": round(_cpu_seconds() - c0, 1), "commands": stage.commands,
+                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return seconds
 
 
@@ -433,11 +445,13 @@ def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | No
 def write_summary(out: Path, preset_name: str, stages: list[Stage], seconds: float) -> dict:
     """``OUT/demo_summary.json``: preset, seconds per stage (from the markers, so resumed runs add up) and headline numbers."""
     L = DemoLayout(out)
-    stage_seconds = {}
+    stage_seconds, stage_cpu = {}, {}
     for stage in stages:
         marker = _marker(out, stage.name)
         if marker.is_file():
-            stage_seconds[stage.name] = json.loads(marker.read_text())["seconds"]
+            rec = json.loads(marker.read_text())
+            stage_seconds[stage.name] = rec["seconds"]
+            stage_cpu[stage.name] = rec.get("cpu_seconds")
 
     def load(path: Path):
         try:
@@ -452,6 +466,7 @@ def write_summary(out: Path, preset_name: str, stages: list[Stage], seconds: flo
         "seconds": round(sum(stage_seconds.values()), 1),
         "this_run_seconds": round(seconds, 1),
         "stage_seconds": stage_seconds,
+        "stage_cpu_seconds": stage_cpu,
         "incomplete_stages": [s.name for s in stages if not is_complete(out, s)],
         "corpus": load(L.corpus / "stats.json"),
         "tokenizer_metrics": load(L.tokenizer / "metrics.json"),

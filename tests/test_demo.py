@@ -33,6 +33,7 @@ def test_stages_run_once_then_skip_and_resume(two_stages, capsys):
     assert first.count("$ spiritlm corpus text") == 2
     assert a.is_file() and b.is_file() and len(b.read_text().splitlines()) == 7
     assert set(summary["stage_seconds"]) == {"a", "b"} and summary["incomplete_stages"] == []
+    assert all(v >= 0 for v in summary["stage_cpu_seconds"].values()) and set(summary["stage_cpu_seconds"]) == {"a", "b"}
     assert json.loads((out / "demo_summary.json").read_text())["preset"] == "quick"
     assert (out / "report" / "report.md").is_file()
     # a second run finds both complete and runs nothing
