@@ -15,7 +15,8 @@ Inputs (:func:`read_stsp_items`):
   object a line with ``id``, ``wav_path`` relative to the data root, ``emotion`` (``happy``,
   ``amused``, ``angry``, ``sad``, ``neutral``, ``default``) or ``sentiment``, and for text prompts
   ``asr`` (or ``text``)). Speech prompts come from a units file keyed by ``id`` or audio path, or
-  from the model's speech tokenizer (``--speech_tokenizer``).
+  from the model's speech tokenizer (``--speech_tokenizer``). Few-shot examples for them come from
+  Meta's ``few_shot/{t2t,t2s,s2t,s2s}.jsonl`` (:func:`read_meta_few_shot`).
 
 Prompts (:func:`build_stsp_prompt`): zero-shot, the prompt in its modality followed by the
 output modality's marker when it differs (``[Text]the food was great[Speech]``); a same-modality
@@ -227,6 +228,62 @@ def read_meta_stsp(
     return items, problems
 
 
+def read_meta_few_shot(
+    folder: str | os.PathLike, speech_tokenizer: Any = None, *, audio_root: str | os.PathLike | None = None,
+) -> dict[str, list[StspItem]]:
+    """Meta's few-shot examples: ``folder/{t2t,t2s,s2t,s2s}.jsonl`` -> ``{direction: [StspItem]}``.
+
+    Each line has ``prompt``, ``generation`` and ``sentiment``; a speech field is a wav path
+    (relative to ``audio_root``, default the folder and its parents) of which, as in Meta's
+    prompts, the prompt uses the first half of the samples and the continuation the second half,
+    encoded with ``speech_tokenizer``. The items carry only ``halves`` (what
+    :func:`build_stsp_prompt` reads). Missing files give no examples for that direction.
+
+    Raises:
+        UserError: ``path:line:`` for invalid JSON or a line without the three fields, or speech
+            examples without a speech tokenizer (``--speech_tokenizer``).
+    """
+    from spiritlm.audio import load_audio
+    from spiritlm.evals.judges import to_sentiment
+
+    folder = Path(folder)
+    roots = [Path(audio_root)] if audio_root else [folder, folder.parent, folder.parent.parent, folder.parent.parent.parent]
+    pools: dict[str, list[StspItem]] = {}
+
+    def encode_half(rel: str, first: bool, where: str) -> str:
+        if speech_tokenizer is None:
+            raise UserError(f"{where}: speech examples need a speech tokenizer (--speech_tokenizer)")
+        cands = [Path(rel)] if Path(rel).is_absolute() else [r / rel for r in roots] + [r / "data" / rel for r in roots]
+        path = next((c for c in cands if c.is_file()), cands[0])
+        wav = load_audio(path)
+        half = len(wav) // 2
+        return speech_tokenizer.encode_string(wav[:half] if first else wav[half:])
+
+    for d in DIRECTIONS:
+        path = folder / f"{d}.jsonl"
+        if not path.is_file():
+            continue
+        src, tgt = MODALITY[d[0]], MODALITY[d[2]]
+        items = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where}: invalid JSON: {e.msg} (--shots_dir)") from None
+                if not all(obj.get(k) for k in ("prompt", "generation", "sentiment")):
+                    raise UserError(f"{where}: a few-shot line needs 'prompt', 'generation' and 'sentiment' (--shots_dir)")
+                a = obj["prompt"] if src == "text" else encode_half(obj["prompt"], True, where)
+                b = obj["generation"] if tgt == "text" else encode_half(obj["generation"], False, where)
+                halves = {src: (a, b)} if src == tgt else {src: (a, ""), tgt: ("", b)}
+                items.append(StspItem(f"{d}:{lineno}", to_sentiment(obj["sentiment"]), halves=halves))
+        pools[d] = items
+    return pools
+
+
 # ---------------------------------------------------------------------------------------------
 # Prompts
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +479,7 @@ def run_stsp(
     *,
     text_judge: Any = None,
     speech_judge: Any = None,
-    shot_pool: Sequence[StspItem] = (),
+    shot_pool: Sequence[StspItem] | dict[str, Sequence[StspItem]] = (),
     cfg: StspConfig | None = None,
     out_dir: str | os.PathLike | None = None,
     judges_metrics: dict | None = None,
@@ -468,7 +525,8 @@ def run_stsp(
             skipped[d] = f"no {src} prompts"
             continue
         need = sorted({src, tgt})
-        shots = {it.id: draw_balanced_shots(shot_pool, cfg.shots, cfg.seed, it.id, need) for it in todo}
+        pool_d = shot_pool.get(d, ()) if isinstance(shot_pool, dict) else shot_pool
+        shots = {it.id: draw_balanced_shots(pool_d, cfg.shots, cfg.seed, it.id, need) for it in todo}
         if cfg.shots and any(len(v) < cfg.shots for v in shots.values()):
             skipped[d] = f"fewer than {cfg.shots} examples with {'+'.join(need)} halves in the shot pool"
             continue
@@ -605,6 +663,7 @@ def stsp_command(
     max_items: int = 0,
     batch_size: int = 16,
     audio_root: str | None = None,
+    shots_dir: str | None = None,
     speaker: str = "0",
     device: str = "cpu",
     threads: int = 0,
@@ -638,6 +697,7 @@ def stsp_command(
         max_items: at most this many prompts, balanced over labels (0: all).
         batch_size: rows decoded together.
         audio_root: folder Meta's ``wav_path`` values are relative to (default: the manifest's folder and its parents).
+        shots_dir: Meta's few-shot folder (``{t2t,t2s,s2t,s2s}.jsonl``) for few-shot runs on Meta's manifests.
         speaker: vocoder speaker of speech outputs (row number or name).
         device: cpu or cuda.
         threads: torch CPU threads (0: leave torch's setting).
@@ -660,11 +720,15 @@ def stsp_command(
     tj = load_text_sentiment_judge(dirs["text-sentiment"], device) if dirs["text-sentiment"] else None
     sj = load_speech_sentiment_judge(dirs["speech-sentiment"], device) if dirs["speech-sentiment"] else None
     problems: list[dict] = []
-    pool: list[StspItem] = []
+    pool: list[StspItem] | dict[str, list[StspItem]] = []
     if is_meta_stsp_manifest(manifest):
         items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer, expressive=em.expressive)
         if shots:
-            raise UserError(f"{manifest}: few-shot STSP needs a corpus manifest with word alignments to cut examples; use --shots 0 with Meta's files (--shots)")
+            if not shots_dir:
+                raise UserError(f"{manifest}: few-shot STSP on Meta's files needs Meta's few-shot folder (--shots_dir)")
+            if not Path(shots_dir).is_dir():
+                raise UserError(f"{shots_dir}: no such folder (--shots_dir)")
+            pool = read_meta_few_shot(shots_dir, em.speech_tokenizer, audio_root=audio_root)
     else:
         items, n_bad = items_from_manifest(load_manifest_items(manifest, split), units_map, em.expressive)
         if n_bad:

@@ -137,6 +137,34 @@ def test_reads_meta_stsp_records(tmp_path):
         S.read_meta_stsp(bad)
 
 
+def test_reads_meta_few_shot_files_with_wav_halves(tmp_path):
+    class LengthTokenizer:  # records which samples a speech example was made of
+        def encode_string(self, wav):
+            return f"[Hu{len(wav)}][Hu{int(round(float(wav[0]) * 10))}]"
+
+    data = tmp_path / "data"
+    (data / "expresso").mkdir(parents=True)
+    wav = np.concatenate([np.full(1000, 0.1), np.full(1001, 0.9)]).astype(np.float32)
+    sf.write(data / "expresso" / "x.wav", wav, 16000, subtype="FLOAT")
+    shots = data / "manifest" / "few_shot"
+    shots.mkdir(parents=True)
+    (shots / "t2t.jsonl").write_text(json.dumps({"prompt": "i love", "generation": "this place", "sentiment": "positive"}) + "\n")
+    (shots / "s2t.jsonl").write_text(json.dumps({"prompt": "expresso/x.wav", "generation": "so sad", "sentiment": "negative"}) + "\n")
+    (shots / "t2s.jsonl").write_text(json.dumps({"prompt": "oh well", "generation": "expresso/x.wav", "sentiment": "neutral"}) + "\n")
+    pools = S.read_meta_few_shot(shots, LengthTokenizer())
+    assert set(pools) == {"t2t", "s2t", "t2s"}
+    assert pools["t2t"][0].label == "positive" and pools["t2t"][0].halves == {"text": ("i love", "this place")}
+    target = S.StspItem("t", "negative", text="what a day", speech="[Hu5]")
+    # the speech prompt is the first half of the samples, the speech continuation the second half
+    assert S.build_stsp_prompt("s2t", target, pools["s2t"]) == "[Speech][Hu1000][Hu1][Text]so sad[Speech][Hu5][Text]"
+    assert S.build_stsp_prompt("t2s", target, pools["t2s"]) == "[Text]oh well[Speech][Hu1001][Hu9][Text]what a day[Speech]"
+    with pytest.raises(UserError, match=r"t2s.jsonl:1: speech examples need a speech tokenizer"):
+        S.read_meta_few_shot(shots)
+    (shots / "t2t.jsonl").write_text('{"prompt": "a"}\n')
+    with pytest.raises(UserError, match=r"t2t.jsonl:1: a few-shot line needs"):
+        S.read_meta_few_shot(shots, LengthTokenizer())
+
+
 def test_corpus_manifest_is_not_meta_layout(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_text(json.dumps({"id": "a", "audio": "a.wav", "words": [], "sentiment": "positive"}) + "\n")
