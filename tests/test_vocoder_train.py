@@ -172,6 +172,11 @@ def test_exact_resume(tmp_path):
     train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(), stop_after=2, **quiet)
     assert latest_checkpoint(tmp_path / "split").name == "step_2"
     assert not (tmp_path / "split" / "config.json").exists()  # not finished: no vocoder yet
+    from spiritlm.vocoder import Vocoder
+    from spiritlm.vocoder.train import checkpoint_to_vocoder
+
+    checkpoint_to_vocoder(tmp_path / "split", latest_checkpoint(tmp_path / "split"), tmp_path / "step2")
+    assert Vocoder.from_pretrained(tmp_path / "step2").speakers == ["spk0", "spk1"]
     s = train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(), resume=True, **quiet)
     assert s["final_step"] == 4
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")

@@ -241,6 +241,17 @@ def plot_resynthesis(path: Path, original: np.ndarray, trained: np.ndarray, untr
     os.replace(tmp, path)
 
 
+def _finite(x):
+    """NaN/inf -> None (strict JSON; e.g. an F0 RMSE with no frames voiced in both signals)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
 def evaluate_vocoder(
     vocoder: str,
     manifest: str,
@@ -312,6 +323,6 @@ def evaluate_vocoder(
         "seconds": round(time.time() - t0, 1),
     }
     tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
     os.replace(tmp, out_dir / "metrics.json")
     return result

@@ -627,3 +627,15 @@ def _read_history(path: Path) -> dict[str, Any]:
             kind, step = rec.pop("kind"), rec.pop("step")
             (train if kind == "train" else val)[step] = rec
     return {"train": {str(k): v for k, v in sorted(train.items())}, "val": {str(k): v for k, v in sorted(val.items())}}
+
+
+def checkpoint_to_vocoder(run_dir: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Writes the generator of a training checkpoint (``run_dir/checkpoints/step_N`` or a copy of
+    it) as a vocoder folder ``out``, with the run's config and speakers (``train_config.json``)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((Path(run_dir) / "train_config.json").read_text())
+    generator = UnitHifiGAN(VocoderConfig.from_dict(meta["vocoder"]))
+    generator.load_state_dict(load_file(str(Path(checkpoint) / "generator.safetensors")))
+    save_trained_vocoder(generator, meta["speakers"], Path(out))
+    _write_json(Path(out) / "train_config.json", {**meta, "checkpoint": str(checkpoint)})
