@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
 from ..constants import SAMPLE_RATE
 from ..corpus.manifest import read_audio_manifest
 from . import metrics as M
@@ -298,8 +299,6 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
     metrics["config"] = json.loads(json.dumps(asdict(p), default=str))
     metrics["numerics"] = environment()  # what same-seed reproducibility depends on (spiritlm.numerics)
-    tmp = os.path.join(out, f".metrics.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_file(os.path.join(out, "metrics.json")) as f:
         json.dump(metrics, f, indent=1)
-    os.replace(tmp, os.path.join(out, "metrics.json"))
     return metrics

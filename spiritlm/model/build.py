@@ -7,10 +7,6 @@ layout is handled by :mod:`spiritlm.model.hf`.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,30 +73,6 @@ def create_model(
         if isinstance(m, RMSNorm):
             m.eps = rms_norm_eps
     return model
-
-
-@contextlib.contextmanager
-def replace_dir(directory: str | Path) -> Iterator[Path]:
-    """Yields an empty temporary sibling of ``directory`` that replaces it when the block succeeds.
-
-    An existing ``directory`` is renamed aside and removed only after the new one is in place;
-    on an exception the temporary directory is removed and ``directory`` is left as it was.
-    """
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def num_parameters(model: nn.Module) -> int:

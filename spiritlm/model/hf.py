@@ -29,7 +29,8 @@ from fairseq2.models.llama.interop import _LLaMAHuggingFaceConverter
 from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import RMSNorm
 
-from spiritlm.model.build import create_model, load_weights_into, replace_dir
+from spiritlm.atomic import atomic_dir
+from spiritlm.model.build import create_model, load_weights_into
 from spiritlm.model.config import ffn_hidden_dim
 
 __all__ = [
@@ -238,7 +239,7 @@ def save_hf_model(
     Returns:
         ``directory``.
     """
-    with replace_dir(directory) as tmp:
+    with atomic_dir(directory, overwrite=True) as tmp:
         _write_hf(model, config, tmp, tokenizer_model, rms_norm_eps, bos_token_id, eos_token_id, pad_token_id, dtype)
         if step is not None:
             (tmp / EXPORT_INFO).write_text(json.dumps({"step": int(step)}) + "\n")

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from fairseq2.nn import BatchLayout, RMSNorm
 
+from spiritlm.atomic import atomic_file
 from spiritlm.constants import IGNORE_INDEX, SUBSETS
 from spiritlm.model import (
     complete_checkpoints,
@@ -263,9 +264,7 @@ class MetricsLog:
                 continue
             if isinstance(rec, dict) and int(rec.get("step", 0)) <= resumed_step:
                 kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{ln}\n" for ln in kept))
-        os.replace(tmp, self.path)
+        _write_atomic(self.path, "".join(f"{ln}\n" for ln in kept))
 
     def record(self, kind: str, step: int, values: dict[str, float]) -> None:
         if not self.d.main:
@@ -294,9 +293,8 @@ def read_history(path: Path) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 # ---------------------------------------------------------------------------------------------
