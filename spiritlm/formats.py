@@ -50,6 +50,7 @@ MOST_COMMON_STYLES = (71, 68, 98)
 SPEECH_TOKEN_RE = re.compile(r"\[(Hu|Pi|St)(\d+)\]")
 _SEGMENT_RE = re.compile(r"\[(?:Hu|Pi|St)\d+\]|\[Text\]|\[Speech\]")
 _UNIT_ID_RE = re.compile(r"[0-9]+")
+_UNIT_STREAM_RE = re.compile(r"\s*(?:[0-9]+(?:\s+[0-9]+)*)?\s*")
 
 
 class UnitFormatError(UserError, ValueError):
@@ -68,6 +69,8 @@ def parse_unit_stream(value: str | Sequence, stream: str = "hubert") -> list[int
         UnitFormatError: ``"<stream>: 'abc' is not a unit id (token 2)"`` for anything that is not
             a non-negative decimal integer (``abc``, ``-5``, ``1.5``, ``True``).
     """
+    if isinstance(value, str) and _UNIT_STREAM_RE.fullmatch(value):  # fast path: one C-level scan
+        return [int(t) for t in value.split()]
     tokens = value.split() if isinstance(value, str) else list(value)
     out = []
     for i, tok in enumerate(tokens):
@@ -77,6 +80,12 @@ def parse_unit_stream(value: str | Sequence, stream: str = "hubert") -> list[int
             raise UnitFormatError(f"{stream}: {str(tok)!r} is not a unit id (token {i + 1}; expected an integer >= 0)")
         out.append(int(tok))
     return out
+
+
+def check_unit_stream(value: str | Sequence, stream: str = "hubert") -> None:
+    """:func:`parse_unit_stream` without building the list (a regex scan for well-formed strings)."""
+    if not (isinstance(value, str) and _UNIT_STREAM_RE.fullmatch(value)):
+        parse_unit_stream(value, stream)
 
 
 def check_unit_dict(units: dict, streams: Iterable[str] = ("hubert", "pitch", "style")) -> None:
@@ -93,7 +102,7 @@ def check_unit_dict(units: dict, streams: Iterable[str] = ("hubert", "pitch", "s
         if name in units and units[name] is not None:
             if not isinstance(units[name], (str, list)):
                 raise UnitFormatError(f"{name}: expected a string of unit ids, got {type(units[name]).__name__}")
-            parse_unit_stream(units[name], name)
+            check_unit_stream(units[name], name)
 
 
 def parse_speech_string(s: str) -> list[str]:
@@ -220,7 +229,7 @@ def units_to_string(
         streams.append(("Pi", units[pitch_key], pitch_rate, pitch_dedup))
     streams.append(("Hu", units[hubert_key], hubert_rate, hubert_dedup))
     for prefix, stream, _, _ in streams:  # "abc" or "-5" would become text pieces such as [Huabc]
-        parse_unit_stream(stream, PREFIX_STREAM[prefix])
+        check_unit_stream(stream, PREFIX_STREAM[prefix])
 
     # (time, stream rank, token): within a stream times strictly increase, so ranking by stream
     # reproduces a stable sort over the concatenation style + pitch + hubert.
