@@ -1,4 +1,4 @@
-"""Package discovery for the repository layout of DESIGN.md.
+"""Package discovery for the repository layout of docs/architecture.md.
 
 The stage folders ``tokenizers/``, ``vocoder/``, ``recipes/`` and ``evals/`` sit at the top of the
 repository but install as ``spiritlm.tokenizers``, ``spiritlm.vocoder`` ... . They have no

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# folder -> import name (see setup.py / DESIGN.md)
+# folder -> import name (see setup.py / docs/architecture.md)
 ROOTS = {"spiritlm": "spiritlm", "tokenizers": "spiritlm.tokenizers", "vocoder": "spiritlm.vocoder",
          "recipes": "spiritlm.recipes", "evals": "spiritlm.evals"}
 

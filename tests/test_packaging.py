@@ -1,4 +1,4 @@
-"""Layout of DESIGN.md: stage folders import as spiritlm.*, and never shadow Hugging Face's tokenizers."""
+"""Layout of docs/architecture.md: stage folders import as spiritlm.*, and never shadow Hugging Face's tokenizers."""
 
 import os
 import subprocess

@@ -2,7 +2,7 @@
 
 Inputs:
 
-* a corpus manifest (JSONL: ``id``, ``audio``, ``speaker``, ``split``; see DESIGN.md);
+* a corpus manifest (JSONL: ``id``, ``audio``, ``speaker``, ``split``; see docs/formats.md);
 * a units JSONL as ``spiritlm tokenize`` writes it (Meta's format): ``{"id", "hubert": "12 7 7 …",
   "pitch": "…", "style": "…"}``, space-separated ids at 25 Hz (640 samples at 16 kHz), 12.5 Hz
   and 1 Hz, not deduplicated. Lines are joined to the manifest by ``id``.

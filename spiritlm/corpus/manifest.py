@@ -1,6 +1,6 @@
 """Utterance manifests: JSONL files with one utterance (audio + text + alignment) per line.
 
-Format (``DESIGN.md``): each line is a JSON object with
+Format (``docs/formats.md``): each line is a JSON object with
 
 =============== ========================================================================
 ``id``          unique string
