@@ -82,16 +82,26 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
         raise
 
 
-def check_new_output(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> None:
-    """Refuses an existing non-empty ``path`` unless ``overwrite`` (message names ``flag``)."""
+def check_new_output(
+    path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite", markers: tuple[str, ...] = ()
+) -> None:
+    """Refuses an existing non-empty ``path`` unless ``overwrite`` (message names ``flag``).
+
+    With ``markers`` (file names an output of this kind holds), a folder holding none of them is
+    refused even with ``overwrite``: replacing it would delete something else (``--out .``).
+    """
     path = Path(path)
     if path.is_dir() and any(path.iterdir()) or path.is_file():
         if not overwrite:
             raise UserError(f"{path}: already exists; pass {flag} true to replace it")
+        if markers and not (path.is_dir() and any((path / m).exists() for m in markers)):
+            raise UserError(f"{path}: exists and holds no {' or '.join(markers)}: not replacing it; choose another --out")
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite", markers: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """Yields a temporary folder next to ``path`` to build an output directory in.
 
     When the block succeeds the folder becomes ``path`` (an existing ``path`` is replaced only
@@ -99,10 +109,11 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, flag: str = "--
     are removed, and an existing ``path`` is left untouched.
 
     Raises:
-        UserError: ``path`` exists, is not empty and ``overwrite`` is false (checked first).
+        UserError: ``path`` exists, is not empty and ``overwrite`` is false, or it holds none of
+            ``markers`` (see :func:`check_new_output`; checked first).
     """
     path = Path(path)
-    check_new_output(path, overwrite, flag)
+    check_new_output(path, overwrite, flag, markers)
     created = make_parents(path)
     _remove_stale(path)
     tmp = _tmp_name(path)

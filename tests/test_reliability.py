@@ -214,6 +214,18 @@ def test_data_build_refuses_an_existing_output_without_overwrite(tmp_path, capsy
     assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary folder left next to it
 
 
+def test_overwrite_never_replaces_a_folder_that_is_not_such_an_output(tmp_path, capsys):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli(["data", "build", "--manifest", MANIFEST, "--units", UNITS, "--out", precious,
+                            "--overwrite", "true", "--workers", "1", "--progress", "false"], capsys)
+    assert code == 1 and "not replacing it" in one_error_line(err)
+    code, _, err = run_cli(["tokenizer", "train", "--manifest", MANIFEST, "--out", precious], capsys)
+    assert code == 1 and "not replacing it" in one_error_line(err)
+    assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
+
+
 def test_data_build_overwrite_keeps_a_tokenizer_taken_from_the_output(tmp_path, capsys):
     out = tmp_path / "d"
     argv = ["data", "build", "--manifest", MANIFEST, "--units", UNITS, "--out", out, "--workers", "1",

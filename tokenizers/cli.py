@@ -260,7 +260,8 @@ def train(
     except ValueError as e:
         raise UserError(f"--preset {preset}: {e}") from None
 
-    with atomic_dir(out, overwrite=True) as tmp:
+    # an older tokenizer in OUT is replaced on success; any other non-empty folder is refused
+    with atomic_dir(out, overwrite=True, markers=("units/unit_config.json",)) as tmp:
         m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device, max_utts=max_utts, threads=threads or None)
     keys = ["pnmi", "phone_purity", "f0_rmse_cents", "vuv_error", "codebook_perplexity", "codebook_usage", "style_purity"]
     print(json.dumps({k: round(m[k], 4) for k in keys if k in m}))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from spiritlm.errors import UserError
-from spiritlm.data.shards import SUMMARY_FILE, ShardWriter, token_dtype, write_index
+from spiritlm.data.shards import INDEX_FILE, SUMMARY_FILE, ShardWriter, token_dtype, write_index
 from spiritlm.formats import TEXT_MARKER
 from spiritlm.interleave import SUBSETS, InterleaveConfig, find_units, group_utterances, make_group_documents, read_units
 from spiritlm.text_tokenizer import DEFAULT_PAD_MULTIPLE, SpiritTextTokenizer
@@ -194,9 +194,10 @@ def build_dataset(
     """
     from spiritlm.atomic import atomic_dir, check_new_output
 
-    check_new_output(out, overwrite)  # before the slow parts
+    markers = (INDEX_FILE, SUMMARY_FILE)  # only a data directory is ever replaced
+    check_new_output(out, overwrite, markers=markers)  # before the slow parts
     out = Path(out)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, markers=markers) as tmp:
         return _build(manifest, units, out, tmp, interleave, text_tokenizer, extra_text, split, workers, seed,
                       vocab_size, pad_to_multiple, shard_tokens, chunk_size, progress, allow_skips)
 

@@ -80,7 +80,7 @@ def build(
     for flag, path in (("--manifest", manifest), ("--units", units), ("--text_tokenizer", text_tokenizer), ("--extra_text", extra_text)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{path}: no such file ({flag})")
-    check_new_output(out, overwrite)
+    check_new_output(out, overwrite, markers=("index.json", "summary.json"))
 
     from spiritlm.data.build import build_dataset
     from spiritlm.interleave import InterleaveConfig
