@@ -116,6 +116,25 @@ def test_tokenize_resume_after_a_torn_last_line_does_not_glue_lines(tmp_path):
     assert sorted(r["id"] for r in good) == ["u0", "u1", "u2"]
 
 
+def _tokenize_shard(args):
+    from spiritlm.tokenizers.tokenize_cli import tokenize_manifest
+
+    manifest, out, shard = args
+    return tokenize_manifest(manifest, FakeSpeechTokenizer(), out, shard=shard, num_shards=4, batch_size=1, progress=False).written
+
+
+def test_shards_appending_to_one_file_at_once_write_whole_lines(tmp_path):
+    import multiprocessing as mp
+
+    manifest = _wav_manifest(tmp_path, 24)
+    out = tmp_path / "units.jsonl"
+    with mp.get_context("fork").Pool(4) as pool:
+        written = pool.map(_tokenize_shard, [(str(manifest), str(out), k) for k in range(4)])
+    assert sum(written) == 24
+    recs = [json.loads(x) for x in out.read_text().splitlines()]  # every line whole
+    assert sorted(r["id"] for r in recs) == sorted(f"u{i}" for i in range(24))
+
+
 def test_a_torn_units_line_is_named_by_data_build(tmp_path):
     from spiritlm.interleave import read_units
 
