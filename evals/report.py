@@ -185,6 +185,20 @@ class MetricRow:
     n: int | None = None
 
     @property
+    def lower_is_better(self) -> bool:
+        """Error rates, distortions and losses (by name: :data:`LOWER_IS_BETTER`)."""
+        return any(word in self.name.lower() for word in LOWER_IS_BETTER)
+
+    @property
+    def verdict(self) -> str:
+        """``vs_chance`` with whether that side is the better one: ``above (better)``, ``below (worse)``, ``overlaps``."""
+        side = self.vs_chance
+        if side in ("above", "below"):
+            better = (side == "below") == self.lower_is_better
+            return f"{side} ({'better' if better else 'worse'})"
+        return side
+
+    @property
     def vs_chance(self) -> str:
         """``above``/``below`` when the 95% CI (or, without one, the value) excludes chance, else ``overlaps``."""
         if self.chance is None or not math.isfinite(self.chance) or not math.isfinite(self.value):
@@ -218,12 +232,16 @@ def _number(x: Any) -> float | None:
     return float(x)
 
 
+#: Metric names containing one of these are better when lower.
+LOWER_IS_BETTER = ("wer", "cer", "error", "edit_rate", "mcd", "rmse", "mae", "loss", "distortion")
+
+
 def _is_count(key: str) -> bool:
     """Sizes (items, pairs, frames counted), shown as ``n`` rather than as metrics."""
     return key in ("n", "pairs") or key.startswith(("n_", "num_")) or "frames_voiced" in key
 
 
-def metric_rows(section: str, metrics: Any, prefix: str = "") -> list[MetricRow]:
+def metric_rows(section: str, metrics: Any, prefix: str = "", headline_only: bool = False) -> list[MetricRow]:
     """Flattens a metrics file into table rows.
 
     A headline metric is ``{"value": v, "ci95": [low, high], "chance": c, "n": n}`` (the eval
@@ -231,7 +249,8 @@ def metric_rows(section: str, metrics: Any, prefix: str = "") -> list[MetricRow]
     with dotted names, and a numeric ``chance`` in a dict (a judge's majority-class rate) is the
     chance level of its sibling numbers, ``n``/``n_test`` their ``n``. Settings and bookkeeping
     (:data:`SKIP_KEYS`, keys ending in ``_s``, other counts) and lists (confusion matrices, …)
-    are left out.
+    are left out; with ``headline_only`` plain numbers too (an eval's extras: label counts, the
+    judges' scores it copies).
     """
     rows: list[MetricRow] = []
     if not isinstance(metrics, dict):
@@ -254,8 +273,8 @@ def metric_rows(section: str, metrics: Any, prefix: str = "") -> list[MetricRow]
             rows.append(MetricRow(section, name, float("nan") if value is None else value, ci95, _number(entry.get("chance")),
                                   int(en) if en is not None else None))
         elif isinstance(entry, dict):
-            rows.extend(metric_rows(section, entry, f"{name}."))
-        elif _number(entry) is not None:  # NaN included: a metric that could not be computed says so
+            rows.extend(metric_rows(section, entry, f"{name}.", headline_only))
+        elif _number(entry) is not None and not headline_only:  # NaN included: a metric that could not be computed says so
             rows.append(MetricRow(section, name, float(entry), chance=chance, n=int(n) if n is not None else None))
     return rows
 
@@ -304,7 +323,7 @@ def metrics_table(rows: Sequence[MetricRow]) -> str:
     for r in rows:
         ci = f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]" if r.ci95 is not None else "—"
         lines.append(f"| {r.section} | {r.name} | {_fmt(r.value)} | {ci} | {_fmt(r.chance)} | "
-                     f"{r.n if r.n is not None else '—'} | {r.vs_chance or '—'} |")
+                     f"{r.n if r.n is not None else '—'} | {r.verdict or '—'} |")
     return "\n".join(lines)
 
 
@@ -534,7 +553,7 @@ def _collect_rows(layout: DemoLayout) -> tuple[list[MetricRow], list[str]]:
     notes: list[str] = []
     for task in EVAL_TASKS:
         path = layout.eval_dir(task) / "metrics.json"
-        found = metric_rows(task, _read_json(path))
+        found = metric_rows(task, _read_json(path), headline_only=True)
         rows += found
         if not found:
             notes.append(f"eval `{task}`: `{_rel(path, layout.root)}` missing or without metrics")
@@ -588,8 +607,8 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
     rows, notes = _collect_rows(layout)
     md += ["## Metrics", "",
            "Every metric with its 95% bootstrap interval and chance level where the evaluation gives them; "
-           "*vs chance* says whether the interval lies above or below chance or overlaps it "
-           "(for error rates such as WER/CER, lower is better). The judges' rows are the judges' own "
+           "*vs chance* says whether the interval lies above or below chance or overlaps it, and whether "
+           "that side is the better one (error rates, distortions and losses are better when lower). The judges' rows are the judges' own "
            "scores on the test split, before any LM is judged by them, against the majority-class rate. "
            "Baselines in the chance column: an untrained vocoder of the same architecture for the vocoder's "
            "resynthesis metrics (lower is better for all but the controls); the majority-class rate and a "

@@ -79,6 +79,7 @@ def demo_dir(tmp_path) -> Path:
                                                      "cer": {"value": 0.2, "ci95": [0.15, 0.25], "chance": 0.9, "n": 50},
                                                      "config": {"shots": 10, "seed": 0}})
     _write_json(L.eval_dir("ic") / "metrics.json", {"task": "ic", "accuracy": {"value": 0.8, "ci95": [0.7, 0.9], "chance": 0.25, "n": 40},
+                                                    "labels": {"positive": 3}, "judges": {"asr": {"cer": 0.5}},
                                                     "confusion": [[1, 0], [0, 1]]})
     _write_json(L.eval_dir("stsp") / "metrics.json", {"task": "stsp", "t2t": {"value": 0.35, "ci95": [0.2, 0.5], "chance": 0.3333, "n": 30},
                                                       "s2s": {"value": None, "ci95": [None, None], "chance": 0.3333, "n": 0}})
@@ -131,19 +132,21 @@ def test_report_plots_table_and_audio(demo_dir):
     h, w = _valid_png(out / "loss_curves.png")
     assert w > 2 * h
     # table: value, CI, chance, n and where the CI lies against chance
-    assert _row(md, "asr", "wer")[2:] == ["0.42", "[0.31, 0.53]", "1", "50", "below"]
-    assert _row(md, "ic", "accuracy")[2:] == ["0.8", "[0.7, 0.9]", "0.25", "40", "above"]
+    assert _row(md, "asr", "wer")[2:] == ["0.42", "[0.31, 0.53]", "1", "50", "below (better)"]
+    assert _row(md, "ic", "accuracy")[2:] == ["0.8", "[0.7, 0.9]", "0.25", "40", "above (better)"]
+    # an eval's plain numbers (label counts, copied judge scores) stay out of the table
+    assert "judges.asr.cer" not in _metric_names(md) and "labels.positive" not in _metric_names(md)
     assert _row(md, "stsp", "t2t")[2:] == ["0.35", "[0.2, 0.5]", "0.3333", "30", "overlaps"]
     # a metric nothing could be scored for (null, or NaN) is shown as nan, not dropped
     assert _row(md, "stsp", "s2s")[2:] == ["nan", "—", "0.3333", "0", "—"]
     # the judges' own scores, a classifier's majority rate as its chance level; no bookkeeping rows
-    assert _row(md, "judges", "text-sentiment.accuracy")[2:] == ["0.97", "—", "0.34", "30", "above"]
+    assert _row(md, "judges", "text-sentiment.accuracy")[2:] == ["0.97", "—", "0.34", "30", "above (better)"]
     assert _row(md, "judges", "asr.cer")[2] == "0.12"
     names = _metric_names(md)
     assert not [n for n in names if any(k in n for k in ("n_train", "n_test", "seconds", "steps", "confusion", "total_s", "seed", "frames_voiced", "by_style", "method", "pairs"))], names
     assert _row(md, "speech tokenizer", "phone_purity")[2:5] == ["0.4", "—", "0.14"]
     # the vocoder against an untrained one of the same architecture, then its control experiments
-    assert _row(md, "vocoder", "mcd_db")[2:] == ["7.5", "—", "12", "2", "below"]
+    assert _row(md, "vocoder", "mcd_db")[2:] == ["7.5", "—", "12", "2", "below (better)"]
     assert _row(md, "vocoder", "f0_rmse_cents")[4] == "900"
     assert _row(md, "vocoder", "vuv_error")[2:] == ["0.1", "—", "nan", "2", "—"]
     assert _row(md, "vocoder", "control_pitch.corr_after")[2] == "0.6"
@@ -212,8 +215,12 @@ def test_vs_chance_and_table_format():
     assert MetricRow("s", "acc", 0.55, (0.45, 0.65), 0.5).vs_chance == "overlaps"
     assert MetricRow("s", "acc", 0.6, None, 0.5).vs_chance == "above"
     assert MetricRow("s", "loss", 3.0).vs_chance == ""
+    assert MetricRow("s", "acc", 0.4, (0.3, 0.45), 0.5).verdict == "below (worse)"
+    assert MetricRow("s", "wer", 1.5, (1.2, 1.8), 1.0).verdict == "above (worse)"
+    assert MetricRow("s", "unit_edit_rate", 0.5, (0.4, 0.6), 1.0).verdict == "below (better)"
+    assert MetricRow("s", "acc", 0.5, (0.4, 0.6), 0.5).verdict == "overlaps"
     table = metrics_table([MetricRow("ic", "accuracy", 0.123456, (0.1, 0.2), 0.25, 12)])
-    assert table.splitlines()[2] == "| ic | accuracy | 0.1235 | [0.1, 0.2] | 0.25 | 12 | below |"
+    assert table.splitlines()[2] == "| ic | accuracy | 0.1235 | [0.1, 0.2] | 0.25 | 12 | below (worse) |"
 
 
 def test_metric_rows_walks_nested_and_skips_settings():
