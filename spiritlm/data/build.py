@@ -4,6 +4,7 @@ Utterances (or groups of them, ``InterleaveConfig.group_words``) are cut into ch
 ``chunk_size`` and processed by a pool of ``workers``
 processes (fork); results are written in manifest order, so the shards depend on the inputs,
 the tokenizer, the interleaving config and the seed only, never on the number of workers.
+The directory is built under a temporary name and renamed when complete (:mod:`spiritlm.atomic`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from spiritlm.errors import UserError
 from spiritlm.data.shards import INDEX_FILE, SUMMARY_FILE, ShardWriter, token_dtype, write_index
+from spiritlm.errors import UserError
 from spiritlm.formats import TEXT_MARKER
 from spiritlm.interleave import SUBSETS, InterleaveConfig, find_units, group_utterances, make_group_documents, read_units
 from spiritlm.text_tokenizer import DEFAULT_PAD_MULTIPLE, SpiritTextTokenizer
