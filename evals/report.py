@@ -502,7 +502,8 @@ def plot_metrics_vs_chance(rows: Sequence[MetricRow], path: Path) -> Path | None
     for ax, r in zip(axes[:, 0], rows):
         lo, hi = r.ci95 if r.ci95 is not None else (r.value, r.value)
         ax.plot([lo, hi], [0, 0], lw=5, color="tab:blue", alpha=0.4, solid_capstyle="butt")
-        ax.plot([r.value], [0], "o", color="tab:blue")
+        colour = {"better": "tab:green", "worse": "tab:red"}.get(r.verdict.split("(")[-1].rstrip(")"), "tab:grey")
+        ax.plot([r.value], [0], "o", color=colour)
         ax.plot([r.chance], [0], "|", ms=18, mew=2.5, color="tab:red")
         span = max(hi, r.chance, r.value) - min(lo, r.chance, r.value)
         pad = 0.1 * span if span > 0 else 0.05 * max(abs(r.value), 1.0)
@@ -512,7 +513,7 @@ def plot_metrics_vs_chance(rows: Sequence[MetricRow], path: Path) -> Path | None
         ax.tick_params(axis="x", labelsize=7)
         for side in ("top", "left", "right"):
             ax.spines[side].set_visible(False)
-    axes[0, 0].set_title("value (dot), 95% CI (bar), chance level (red)", fontsize=9)
+    axes[0, 0].set_title("value (dot: green better than chance, red worse, grey within the CI), 95% CI (bar), chance or baseline (red tick)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
