@@ -317,6 +317,13 @@ def test_parse_speech_string_accepts_tokens_and_spaces():
     assert parse_speech_string(" [St3][Pi1] [Hu5][Hu7] ") == ["[St3]", "[Pi1]", "[Hu5]", "[Hu7]"]
 
 
+def test_spiritlm_refuses_a_malformed_speech_prompt(text_tok):
+    from spiritlm.formats import UnitFormatError
+
+    with pytest.raises(UnitFormatError, match=r"'\[Hu7' is not a speech token"):
+        _lm(text_tok).generate([("speech", "[Hu12][Hu7")], max_new_tokens=1)
+
+
 def test_generate_malformed_speech_prompt_is_an_error_naming_the_flag(tmp_path, capsys):
     model = tmp_path / "model"
     model.mkdir()
