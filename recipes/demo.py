@@ -21,7 +21,7 @@ printed before it runs, so the demo doubles as a walkthrough::
 
 A stage is complete when its marker ``OUT/.demo/<stage>.json`` (written after its commands
 succeed) and its outputs exist; complete stages are skipped, so an interrupted demo resumes where
-it stopped. ``--only STAGE`` reruns one stage from the outputs of the stages before it (its own
+it stopped (inside a stage too where its command resumes: tokenize, LM and vocoder training). ``--only STAGE`` reruns one stage from the outputs of the stages before it (its own
 outputs are deleted first); ``--fresh true`` starts over. A failing command stops the demo with
 its error and the ``--only`` line that reruns the stage. ``OUT/demo_summary.json`` holds the
 preset, the seconds of each stage and the headline numbers.
@@ -208,7 +208,7 @@ def vocoder_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> li
     train = Stage("vocoder", [["vocoder", "train", "--manifest", str(L.manifest), "--units", str(L.units), "--tokenizer", str(L.tokenizer),
                                "--out", str(L.vocoder), "--config", "tiny", "--max_steps", str(preset.vocoder_steps),
                                "--val_every", str(preset.vocoder_steps), "--save_every", str(max(preset.vocoder_steps // 4, 1)),
-                               "--seed", str(seed), "--threads", str(threads)]],
+                               "--seed", str(seed), "--threads", str(threads), "--resume", "true"]],
                   outputs=[L.vocoder / "config.json"], owns=[L.vocoder], needs=[L.manifest, L.units, L.tokenizer / "metrics.json"])
 
     def pick_test_units() -> None:
