@@ -6,9 +6,10 @@ bits of float32 arithmetic, and training amplifies them into different metrics:
 
 * **thread counts**: torch splits reductions by intra-op thread (a 100-step conv training ends in
   another loss at the 7th significant digit with 2 threads than with 1 on the same machine);
-  the commands take ``--threads`` (``spiritlm tokenizer train`` defaults to 1), and BLAS/OpenMP
-  pools (NumPy, scikit-learn) are limited to one thread inside tokenizer training
-  (scikit-learn's MiniBatchKMeans gave identical centres with 1-4 OpenMP threads here).
+  the commands take ``--threads`` (``spiritlm tokenizer train`` defaults to 1), and BLAS pools
+  (NumPy, SciPy) are limited to one thread inside tokenizer training (scikit-learn's
+  MiniBatchKMeans gave identical centres with 1-4 OpenMP threads here, so OpenMP, which is also
+  torch's intra-op pool, follows ``--threads``).
 * **instruction sets**: torch picks its CPU kernels by the machine's vector instructions
   (``torch.backends.cpu.get_cpu_capability()``: DEFAULT / AVX2 / AVX512), and so do MKL and
   oneDNN; the same training differs between ``ATEN_CPU_CAPABILITY=default`` and ``avx2``.

@@ -161,7 +161,7 @@ def train_tokenizer(
     """Trains a speech tokenizer into ``out`` and writes ``out/metrics.json``; returns the metrics.
 
     ``threads`` sets torch's intra-op CPU threads for the run (1 avoids the thrashing of
-    oversubscribed shared CPUs; None keeps torch's default). BLAS/OpenMP pools run one thread.
+    oversubscribed shared CPUs; None keeps torch's default). BLAS pools run one thread.
     Same seed and threads give the same metrics on one machine; across machines the CPU's
     instruction set matters too (see :mod:`spiritlm.numerics`, recorded in ``metrics["numerics"]``).
     """
@@ -170,8 +170,10 @@ def train_tokenizer(
             return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log)
     from threadpoolctl import threadpool_limits
 
-    # One BLAS/OpenMP thread whatever the machine's core count (see spiritlm.numerics).
-    with threadpool_limits(limits=1):
+    # One BLAS thread whatever the machine's core count (see spiritlm.numerics). OpenMP is left
+    # alone: torch's intra-op threads are OpenMP threads (--threads), and scikit-learn's k-means
+    # gives the same centres with any OpenMP thread count.
+    with threadpool_limits(limits=1, user_api="blas"):
         return _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log)
 
 
