@@ -59,6 +59,8 @@ from spiritlm.errors import UserError
 DIRECTIONS = ("t2t", "t2s", "s2t", "s2s")
 MODALITY = {"t": "text", "s": "speech"}
 SHOT_SEPARATOR = ""
+#: what an empty continuation is judged (never a label, so never right)
+EMPTY = "(empty)"
 #: Meta's field names of the STSP manifests.
 META_AUDIO_KEY, META_TEXT_KEYS, META_LABEL_KEYS = "wav_path", ("asr", "text"), ("sentiment", "emotion")
 
@@ -490,8 +492,8 @@ def run_stsp(
 
     Directions whose inputs or judge are missing (no text/speech prompt, no vocoder or speech
     judge for speech outputs, no text judge for text outputs) are skipped and listed under
-    ``skipped_directions`` with the reason. A speech continuation without any speech token is
-    judged ``"(empty)"`` (wrong).
+    ``skipped_directions`` with the reason. An empty continuation (no text, or no speech token)
+    is judged ``"(empty)"`` (wrong).
 
     Returns:
         :class:`spiritlm.evals.common.EvalResult` (task ``stsp``); written to ``out_dir`` when given.
@@ -550,14 +552,18 @@ def run_stsp(
                 ids = ids[:-1]
             texts.append(lm.tokenizer.decode(ids))
         if tgt == "text":
-            outputs = [" ".join(s.text for s in split_modalities(t) if s.modality == "text") for t in texts]
-            judged = text_judge.predict(outputs)
+            outputs = [" ".join(s.text for s in split_modalities(t) if s.modality == "text").strip() for t in texts]
         else:
             outputs = ["".join(s.render() for s in split_modalities(t) if s.modality == "speech") for t in texts]
-            nonempty = [i for i, o in enumerate(outputs) if o]
+        # an empty continuation has no sentiment: judged "(empty)", which is never right
+        nonempty = [i for i, o in enumerate(outputs) if o]
+        if tgt == "text":
+            pred_list = text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []
+        else:
             wavs = model.vocoder.synthesize_batch([outputs[i] for i in nonempty], speaker=cfg.speaker) if nonempty else []
-            pred = dict(zip(nonempty, speech_judge.predict(wavs))) if nonempty else {}
-            judged = [pred.get(i, "(empty)") for i in range(len(outputs))]
+            pred_list = speech_judge.predict(wavs) if nonempty else []
+        pred = dict(zip(nonempty, pred_list))
+        judged = [pred.get(i, EMPTY) for i in range(len(outputs))]
         for i, (it, out, j) in enumerate(zip(todo, outputs, judged)):
             rows.append({
                 "id": it.id, "direction": d, "label": it.label, "shot_ids": [s.id for s in shots[it.id]],

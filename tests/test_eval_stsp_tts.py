@@ -233,6 +233,7 @@ def test_stsp_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
         assert r["score"] == float(r["judged"] == r["label"])
         if r["direction"].endswith("s"):
             assert r["output"] == "" or r["output"].startswith("[Hu")
+        assert (r["judged"] == S.EMPTY) == (r["output"] == "")
     # accuracy recomputed from the predictions
     for d in S.DIRECTIONS:
         rs = [r for r in rows if r["direction"] == d]
