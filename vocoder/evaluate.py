@@ -21,7 +21,7 @@ Controls (trained vocoder only), over pairs of utterances ``(A, B)`` of the spli
   correlation of the two changes.
 
 Outputs in ``out``: ``metrics.json`` (written atomically), ``resynth.png`` (original vs
-resynthesised log-mel spectrogram and F0 of one utterance), ``wavs/<id>.{trained,untrained}.wav``
+resynthesised log-mel spectrogram and F0 of the most voiced of the first 20 utterances), ``wavs/<id>.{trained,untrained}.wav``
 for the first few utterances.
 """
 
@@ -186,11 +186,11 @@ def style_control(voc, utts: list[Utterance], originals: list[np.ndarray], own: 
             cache[i] = _properties(originals[i])
         return cache[i]
 
+    p_swapped = [_properties(sw) for sw in swapped]
+    p_own = [_properties(own[a]) for a, _ in pairs]
     for prop in PROPERTIES:
-        d_out, d_ref = [], []
-        for (a, b), sw in zip(pairs, swapped):
-            d_out.append(_properties(sw)[prop] - _properties(own[a])[prop])
-            d_ref.append(props(b)[prop] - props(a)[prop])
+        d_out = [ps[prop] - po[prop] for ps, po in zip(p_swapped, p_own)]
+        d_ref = [props(b)[prop] - props(a)[prop] for a, b in pairs]
         d_out_a, d_ref_a = np.array(d_out), np.array(d_ref)
         ok = ~np.isnan(d_out_a) & ~np.isnan(d_ref_a) & (d_ref_a != 0)
         out[prop] = {
@@ -203,8 +203,10 @@ def style_control(voc, utts: list[Utterance], originals: list[np.ndarray], own: 
             "corr_output_vs_corpus_change": float(np.corrcoef(d_out_a[ok], d_ref_a[ok])[0, 1]) if ok.sum() > 2 else float("nan"),
         }
     style_names = sorted({s for s in styles if s is not None})
-    by_style = {s: {p: float(np.nanmean([_properties(originals[i])[p] for i in range(len(utts)) if styles[i] == s][:10])) for p in PROPERTIES}
-                for s in style_names}
+    by_style = {}
+    for name in style_names:  # the corpus' own differences: up to 10 original utterances per style label
+        idx = [i for i in range(len(utts)) if styles[i] == name][:10]
+        by_style[name] = {p: float(np.nanmean([props(i)[p] for i in idx])) for p in PROPERTIES}
     out["corpus_properties_by_style"] = by_style
     return out
 
@@ -309,7 +311,11 @@ def evaluate_vocoder(
     log(f"[vocoder eval] pitch control: {json.dumps(pitch)}")
     style = style_control(voc, utts, originals, wavs, styles, speakers, control_pairs)
     log(f"[vocoder eval] style control: {json.dumps({k: v for k, v in style.items() if k != 'corpus_properties_by_style'})}")
-    plot_resynthesis(out_dir / "resynth.png", originals[0], wavs[0], base_wavs[0], f"{utts[0].id}: original vs resynthesised")
+    # the figure shows the most voiced of the first 20 utterances (F0 is what it is about)
+    from ..tokenizers.f0 import extract_f0
+
+    k = int(np.argmax([extract_f0(w)[1].mean() for w in originals[:20]]))
+    plot_resynthesis(out_dir / "resynth.png", originals[k], wavs[k], base_wavs[k], f"{utts[k].id}: original vs resynthesised")
 
     result = {
         "vocoder": str(vocoder), "split": split, "num_utterances": len(utts), "skipped_lines": report.skipped,
