@@ -20,7 +20,9 @@ Scores:
   bootstrap interval). Chance: the CER of another target's text in place of the transcript
   (an output that ignores its text).
 * ``unit_edit_rate``: edit distance between the generated and the reference utterance's
-  deduplicated HuBERT units over the reference length. Chance: another target's units.
+  deduplicated HuBERT units over the reference length. Chance: another target's units. Chance
+  levels above 1 come from length differences; an empty (or one-unit) output scores 1.0
+  (``empty_output_rate``), so a rate near 1.0 means nothing was learnt even below chance.
 * toplines for reading them: ``judge_cer`` (the ASR judge on the targets' own audio) and
   ``resynth_cer`` (the judge on the vocoder's rendering of the reference units), the best CER
   this pipeline can show.
@@ -203,7 +205,7 @@ def run_tts(
         arr = np.array(char_counts, dtype=np.float64)
         chance = ratio_of_sums(np.array([edit_counts(a, b, "char") for a, b in zip(refs_text, _rolled(refs_text))], dtype=np.float64))
         metrics["cer"] = metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=cfg.seed, statistic=ratio_of_sums), chance, len(items),
-                                empty_outputs=len(items) - len(nonempty))
+                                empty_outputs=len(items) - len(nonempty), empty_output_rate=1.0)
         resyn = model.vocoder.synthesize_batch([it["speech"] for it in items], speaker=cfg.speaker)
         rc = np.array([edit_counts(r, t, "char") for r, t in zip(refs_text, asr_judge.transcribe(resyn))], dtype=np.float64)
         metrics["resynth_cer"] = metric(ratio_of_sums(rc), bootstrap_ci(rc, seed=cfg.seed, statistic=ratio_of_sums), None, len(items))
@@ -221,7 +223,7 @@ def run_tts(
         notes.append("cer not computed: " + ("no vocoder (--vocoder)" if model.vocoder is None else "no ASR judge (--judges or --asr_judge)"))
     ua = np.array(unit_counts, dtype=np.float64)
     metrics["unit_edit_rate"] = metric(ratio_of_sums(ua), bootstrap_ci(ua, seed=cfg.seed, statistic=ratio_of_sums),
-                                       ratio_of_sums(np.array(unit_chance, dtype=np.float64)), len(items))
+                                       ratio_of_sums(np.array(unit_chance, dtype=np.float64)), len(items), empty_output_rate=1.0)
     metrics["skipped"] = skipped
     metrics["notes"] = notes
     metrics["mean_shots"] = float(np.mean([len(s) for s in shot_ids])) if shot_ids else 0.0
