@@ -174,7 +174,8 @@ def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list
     data_opts = ["--data.data_dir", str(L.data_train), "--data.val_dir", str(L.data_valid), "--optim.warmup_steps", str(preset.warmup_steps)]
     model = str(L.lm_mix)
     stages = [
-        Stage("corpus", [["corpus", "synth", "--out", str(L.corpus), "--num_utts", str(preset.num_utts), "--seed", s],
+        # --overwrite true: an incomplete stage (no marker) starts over, whatever an interrupted run left
+        Stage("corpus", [["corpus", "synth", "--out", str(L.corpus), "--num_utts", str(preset.num_utts), "--seed", s, "--overwrite", "true"],
                          ["corpus", "check", manifest]],
               outputs=[L.manifest, L.corpus / "stats.json"], owns=[L.corpus]),
         Stage("text", [["corpus", "text", "--out", str(L.text), "--num_sentences", str(preset.text_docs), "--seed", s]],
