@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device: str):
     from spiritlm.evals.common import load_eval_model
@@ -11,8 +9,23 @@ def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device
     return load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
 
 
+def _check_inputs(manifest: str | None, units: str | None = None, split: str | None = None) -> None:
+    """Reads the manifest (and checks the units file) before the model loads, so a bad file fails first."""
+    from pathlib import Path
+
+    from spiritlm.errors import UserError
+    from spiritlm.evals.common import load_manifest_items
+
+    if manifest is not None:
+        load_manifest_items(manifest, split)
+    if units is not None and not Path(units).is_file():
+        raise UserError(f"{units}: no such units file (--units)")
+
+
 def _threads(threads: int | None) -> None:
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 
@@ -57,6 +70,7 @@ def asr(
     """
     from spiritlm.evals.asr import run_asr
 
+    _check_inputs(manifest, units, split)
     _threads(threads)
     run_asr(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
             shot_split=shot_split, max_items=max_items, batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -103,6 +117,7 @@ def ic(
     """
     from spiritlm.evals.ic import run_ic
 
+    _check_inputs(manifest, units, split)
     _threads(threads)
     run_ic(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
            shot_split=shot_split, max_items=max_items, batch_size=batch_size, generation=generation)
@@ -151,6 +166,7 @@ def zeroshot(
     """
     from spiritlm.evals.zeroshot import run_zeroshot
 
+    _check_inputs(manifest if sets is None else None)
     _threads(threads)
     run_zeroshot(_model(model, vocoder, speech_tokenizer, device), out, manifest=manifest, sets=sets, seed=seed,
                  max_items=max_items, batch_size=batch_size, split=split,
