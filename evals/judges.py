@@ -217,7 +217,6 @@ class AsrJudge:
         """Transcripts of 16 kHz float waveforms ``(samples,)`` (lower-case, the judge's alphabet)."""
         from spiritlm.tokenizers.utils import pad_batch
 
-        out: list[str] = []
         order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))  # similar lengths share a batch
         texts: dict[int, str] = {}
         for b in range(0, len(order), batch_size):
@@ -227,8 +226,7 @@ class AsrJudge:
             lp, n = self.model(feats, frames)
             for i, t in zip(idx, ctc_greedy_decode(lp, n, self.alphabet)):
                 texts[i] = t
-        out = [texts[i] for i in range(len(wavs))]
-        return out
+        return [texts[i] for i in range(len(wavs))]
 
     def save(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
         from safetensors.torch import save_file

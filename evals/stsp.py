@@ -147,7 +147,7 @@ def items_from_manifest(manifest_items: Sequence[dict], units: dict[str, dict] |
         if not it.get("sentiment"):
             continue
         row = units_of(it, units) if units else None
-        speech = halves_speech = None
+        speech = None
         if row is not None:
             try:
                 speech = speech_string(row, expressive)
@@ -163,8 +163,7 @@ def items_from_manifest(manifest_items: Sequence[dict], units: dict[str, dict] |
             if row is not None:
                 a, b = split_units_at(row, float(words[m]["start"]))
                 try:
-                    halves_speech = (speech_string(a, expressive), speech_string(b, expressive))
-                    halves["speech"] = halves_speech
+                    halves["speech"] = (speech_string(a, expressive), speech_string(b, expressive))
                 except (ValueError, KeyError):
                     pass
         items.append(StspItem(str(it["id"]), to_sentiment(it["sentiment"]), it.get("text") or None, speech, it.get("audio"), halves))
@@ -189,8 +188,7 @@ def read_meta_stsp(
     Raises:
         UserError: ``path:line:`` for invalid JSON.
     """
-    from spiritlm.evals.common import units_of
-    from spiritlm.evals.common import speech_string
+    from spiritlm.evals.common import speech_string, units_of
     from spiritlm.evals.judges import LABELS, to_sentiment
 
     path = Path(path)
