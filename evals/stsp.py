@@ -353,6 +353,25 @@ def draw_balanced_shots(pool: Sequence[StspItem], k: int, seed: int, target_id: 
     return out
 
 
+def vocode(vocoder: Any, items: Sequence[str | dict], speaker: int | str = 0) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Waveforms of the items the vocoder accepts (``{index: wav}``) and one message per refused item.
+
+    Each item is checked alone (``Vocoder.prepare``), so one unusable output (ids beyond the
+    vocoder's tables, an expressive vocoder given HuBERT tokens only) is counted, not fatal.
+    """
+    from spiritlm.errors import UserError as _UserError
+
+    prepared, index, errors = [], [], []
+    for i, u in enumerate(items):
+        try:
+            prepared.append(vocoder.prepare(u, speaker=speaker))
+            index.append(i)
+        except (_UserError, ValueError) as e:
+            errors.append(str(e))
+    wavs = vocoder.synthesize_prepared(prepared) if prepared else []
+    return dict(zip(index, wavs)), errors
+
+
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +510,8 @@ def run_stsp(
     Directions whose inputs or judge are missing (no text/speech prompt, no vocoder or speech
     judge for speech outputs, no text judge for text outputs) are skipped and listed under
     ``skipped_directions`` with the reason. An empty continuation (no text, or no speech token)
-    is judged ``"(empty)"`` (wrong).
+    is judged ``"(empty)"`` (wrong), and so is a speech output the vocoder refuses (counted in
+    ``vocoder_errors``; a direction whose every output is refused is skipped with the message).
 
     Returns:
         :class:`spiritlm.evals.common.EvalResult` (task ``stsp``); written to ``out_dir`` when given.
@@ -509,6 +529,7 @@ def run_stsp(
     if not items:
         raise UserError("no STSP prompt with a sentiment label (--manifest)")
     skipped: dict[str, str] = {}
+    vocoder_errors: dict[str, dict] = {}
     rows: list[dict] = []
     throughput = Throughput()
     t_start = time.time()
@@ -556,11 +577,16 @@ def run_stsp(
         # an empty continuation has no sentiment: judged "(empty)", which is never right
         nonempty = [i for i, o in enumerate(outputs) if o]
         if tgt == "text":
-            pred_list = text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []
+            pred = dict(zip(nonempty, text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []))
         else:
-            wavs = model.vocoder.synthesize_batch([outputs[i] for i in nonempty], speaker=cfg.speaker) if nonempty else []
-            pred_list = speech_judge.predict(wavs) if nonempty else []
-        pred = dict(zip(nonempty, pred_list))
+            got, errors = vocode(model.vocoder, [outputs[i] for i in nonempty], cfg.speaker)
+            if nonempty and not got:
+                skipped[d] = f"the vocoder refused every output: {errors[0]}"
+                continue
+            if errors:
+                vocoder_errors[d] = {"count": len(errors), "first": errors[0]}
+            keys = sorted(got)
+            pred = dict(zip([nonempty[k] for k in keys], speech_judge.predict([got[k] for k in keys]) if keys else []))
         judged = [pred.get(i, EMPTY) for i in range(len(outputs))]
         for i, (it, out, j) in enumerate(zip(todo, outputs, judged)):
             rows.append({
@@ -572,6 +598,7 @@ def run_stsp(
         raise UserError(f"STSP ran no direction: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
     metrics = stsp_metrics(rows, seed=cfg.seed)
     metrics["skipped_directions"] = skipped
+    metrics["vocoder_errors"] = vocoder_errors
     metrics["labels"] = dict(sorted(Counter(it.label for it in items).items()))
     metrics["judged_distribution"] = {
         d: dict(sorted(Counter(r["judged"] for r in rows if r["direction"] == d).items())) for d in DIRECTIONS
@@ -618,10 +645,12 @@ def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_jud
             out["speech_audio"] = {"accuracy": float(np.mean([p == it.label for p, it in zip(pred, its)])), "n": len(its)}
         if vocoder is not None:
             its = [it for it in items if it.speech]
-            if its:
-                wavs = vocoder.synthesize_batch([it.speech for it in its], speaker=speaker)
-                pred = speech_judge.predict(wavs)
-                out["speech_vocoded"] = {"accuracy": float(np.mean([p == it.label for p, it in zip(pred, its)])), "n": len(its)}
+            got, errors = vocode(vocoder, [it.speech for it in its], speaker) if its else ({}, [])
+            if got:
+                keys = sorted(got)
+                pred = speech_judge.predict([got[k] for k in keys])
+                out["speech_vocoded"] = {"accuracy": float(np.mean([p == its[k].label for p, k in zip(pred, keys)])), "n": len(keys),
+                                         "vocoder_errors": len(errors)}
     return out
 
 

@@ -197,18 +197,26 @@ def run_tts(
     char_counts: list[tuple[int, int] | None] = [None] * len(items)
     notes = []
     if model.vocoder is not None and asr_judge is not None:
+        from spiritlm.evals.stsp import vocode
+
         nonempty = [i for i, h in enumerate(hyps) if h]
-        wavs = model.vocoder.synthesize_batch([hyps[i] for i in nonempty], speaker=cfg.speaker) if nonempty else []
-        for i, t in zip(nonempty, asr_judge.transcribe(wavs) if wavs else []):
-            transcripts[i] = t
+        got, errors = vocode(model.vocoder, [hyps[i] for i in nonempty], cfg.speaker)
+        keys = sorted(got)
+        for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]) if keys else []):
+            transcripts[nonempty[k]] = t
+        if errors:
+            notes.append(f"the vocoder refused {len(errors)} outputs (judged as empty transcripts): {errors[0]}")
         char_counts = [edit_counts(r, t or "", "char") for r, t in zip(refs_text, transcripts)]
         arr = np.array(char_counts, dtype=np.float64)
         chance = ratio_of_sums(np.array([edit_counts(a, b, "char") for a, b in zip(refs_text, _rolled(refs_text))], dtype=np.float64))
         metrics["cer"] = metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=cfg.seed, statistic=ratio_of_sums), chance, len(items),
-                                empty_outputs=len(items) - len(nonempty), empty_output_rate=1.0)
-        resyn = model.vocoder.synthesize_batch([it["speech"] for it in items], speaker=cfg.speaker)
-        rc = np.array([edit_counts(r, t, "char") for r, t in zip(refs_text, asr_judge.transcribe(resyn))], dtype=np.float64)
-        metrics["resynth_cer"] = metric(ratio_of_sums(rc), bootstrap_ci(rc, seed=cfg.seed, statistic=ratio_of_sums), None, len(items))
+                                empty_outputs=len(items) - len(nonempty), vocoder_refused=len(errors), empty_output_rate=1.0)
+        got, errors = vocode(model.vocoder, [it["speech"] for it in items], cfg.speaker)
+        keys = sorted(got)
+        if keys:
+            rc = np.array([edit_counts(refs_text[k], t, "char") for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]))],
+                          dtype=np.float64)
+            metrics["resynth_cer"] = metric(ratio_of_sums(rc), bootstrap_ci(rc, seed=cfg.seed, statistic=ratio_of_sums), None, len(keys))
         own, own_refs = [], []
         for it in items:
             try:

@@ -257,6 +257,26 @@ def test_stsp_without_vocoder_skips_speech_outputs(tiny, tmp_path):
         S.run_stsp(model, items, text_judge=None, speech_judge=None, cfg=S.StspConfig(directions=("t2t",)))
 
 
+def test_stsp_counts_outputs_the_vocoder_refuses(tiny):
+    from spiritlm.evals.common import EvalModel
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    torch.manual_seed(0)  # an expressive vocoder cannot voice a base model's HuBERT-only output
+    cfg = VocoderConfig.preset("tiny", num_units=64, num_pitch=4, num_style=4, num_speakers=1, embedding_dim=8,
+                               upsample_initial_channel=32, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]],
+                               duration_hidden=8)
+    model = EvalModel(lm=tiny["model"].lm, vocoder=Vocoder(UnitHifiGAN(cfg)), name="tiny")
+    items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
+    res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
+                     cfg=S.StspConfig(directions=("t2t", "t2s"), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8))
+    assert res.metrics["skipped_directions"]["t2s"].startswith("the vocoder refused every output: ")
+    assert "pitch" in res.metrics["skipped_directions"]["t2s"]
+    assert res.metrics["accuracy_avg"]["directions"] == ["t2t"]
+    got, errors = S.vocode(tiny["model"].vocoder, ["[Hu1][Hu2]", "[Hu999]", {"hubert": "3 3 4"}])
+    assert sorted(got) == [0, 2] and len(errors) == 1 and "999" in errors[0]
+
+
 def test_tts_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
     test = [m for m in tiny["manifest"] if m["split"] == "test"]
     train = [m for m in tiny["manifest"] if m["split"] == "train"]
