@@ -3,7 +3,7 @@
 * :func:`build_discriminator`: speechbrain's ``HifiganDiscriminator`` (multi-period over periods
   2, 3, 5, 7, 11 + multi-scale over 3 scales) at full width, or the same architecture with every
   channel count divided by ``width_div`` (the ``tiny`` recipe: a full-width discriminator costs
-  ~20x the tiny generator per step on a CPU). The narrow one subclasses speechbrain's
+  ~20x the tiny generator per step on a CPU; the tiny recipe divides by 16). The narrow one subclasses speechbrain's
   ``DiscriminatorP`` / ``DiscriminatorS`` / ``MultiPeriodDiscriminator`` /
   ``MultiScaleDiscriminator`` / ``HifiganDiscriminator`` and only changes their constructors:
   the forward passes (and so the scores and feature maps) are speechbrain's.

@@ -68,7 +68,7 @@ class TrainConfig:
             0.999 per epoch).
         decay_every: steps between two decays.
         disc_width_div: divide the discriminator's channels by this (1 = speechbrain's full
-            ``HifiganDiscriminator``; the tiny recipe uses 8).
+            ``HifiganDiscriminator``; the tiny recipe uses 16).
         disc_start_step: train on the mel and duration losses alone (no discriminator) before
             this step, as ParallelWaveGAN's ``discriminator_train_start_steps`` does; the tiny
             CPU recipe spends most of its few hundred steps there (see vocoder/README.md).
@@ -94,7 +94,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.8, 0.99)
     lr_decay: float = 0.999
     decay_every: int = 1000
-    disc_width_div: int = 8
+    disc_width_div: int = 16
     disc_start_step: int = 0
     weights: LossWeights = field(default_factory=LossWeights)
     mel: MelConfig = field(default_factory=MelConfig)
@@ -115,7 +115,7 @@ class TrainConfig:
 def recipe_defaults(config: str) -> dict[str, Any]:
     """Per-preset defaults of :class:`TrainConfig` (the full discriminator and HiFi-GAN's batch for base sizes)."""
     if config == "tiny":
-        return {"disc_width_div": 8, "batch_size": 8, "segment_units": 12}
+        return {"disc_width_div": 16, "batch_size": 8, "segment_units": 12}
     return {"disc_width_div": 1, "batch_size": 16, "segment_units": 14}
 
 
@@ -507,6 +507,7 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
         bar = tqdm(total=end, initial=step, desc="vocoder train", unit="step", dynamic_ncols=True)
     window: dict[str, list[float]] = {}
     t0, steps_here = time.perf_counter(), 0
+    cpu0, cpu_steps = time.process_time(), 0
     generator.train()
     discriminator.train()
     while step < end:
@@ -543,6 +544,7 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
         opt_g.step()
         step += 1
         steps_here += 1
+        cpu_steps += 1
         if step % cfg.decay_every == 0:
             sched_g.step()
             sched_d.step()
@@ -560,6 +562,9 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
             values = {k: float(np.mean(v)) for k, v in window.items()}
             values["lr"] = sched_g.get_last_lr()[0]
             values["steps_per_s"] = steps_here / max(time.perf_counter() - t0, 1e-9)
+            # CPU seconds of this process per step since the last record: the cost on a shared machine
+            values["cpu_s_per_step"] = (time.process_time() - cpu0) / max(cpu_steps, 1)
+            cpu0, cpu_steps = time.process_time(), 0
             logger.record("train", step, values)
             if bar is not None:
                 post = {"mel": f"{values['mel_l1']:.3f}", "g": f"{values['loss_g']:.2f}"}

@@ -48,7 +48,7 @@ def train(
         max_steps: training steps.
         batch_size: segments per step (default: 8 for tiny, 16 otherwise).
         segment_units: units per training segment, 640 samples each (default: 12 for tiny, 14 otherwise).
-        disc_width_div: divide the discriminator's channels by this (default: 8 for tiny, 1 = full).
+        disc_width_div: divide the discriminator's channels by this (default: 16 for tiny, 1 = full).
         disc_start_step: mel + duration losses only before this step (no discriminator), then the full GAN.
         lr: AdamW learning rate of generator and discriminator.
         seed: seed of initialisation, sampling and dropout.
