@@ -600,7 +600,8 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
         cpu = summary.get("stage_cpu_seconds") or {}
         if stage_s:
             md += ["", "Seconds per stage (wall clock, and CPU time of the demo's process: on a busy machine the wall time grows, "
-                   "the CPU time much less):", "", "| stage | wall s | CPU s |", "|---|---|---|"]
+                   "the CPU time much less; worker pools of `corpus synth` and `data build` are not counted in it):", "",
+                   "| stage | wall s | CPU s |", "|---|---|---|"]
             md += [f"| {k} | {v} | {cpu.get(k, '—') if cpu.get(k) is not None else '—'} |" for k, v in stage_s.items()]
     md.append("")
 

@@ -348,7 +348,11 @@ def _remove(path: Path) -> None:
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (worker pools)."""
+    """User + system CPU seconds of this process and its waited-for children.
+
+    Workers started through a forkserver (``corpus synth``, ``data build``) are the forkserver's
+    children, not ours: their time is not counted, so those stages show less CPU than they used.
+    """
     import resource
 
     return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
