@@ -129,6 +129,39 @@ class FeatureBackend(torch.nn.Module):
         return [feats[i, : int(n)] for i, n in enumerate(flen.cpu())]
 
 
+def length_buckets(lengths: Sequence[float | None], budget: float, max_items: int) -> list[list[int]]:
+    """Groups item indices into batches of similar length (length bucketing).
+
+    Items are sorted by length, longest first (a run meets its largest batch at once); a batch
+    takes items while ``len(batch) * longest <= budget`` (the padded size it computes) and
+    ``len(batch) <= max_items``; an item longer than ``budget`` gets a batch of its own. Items
+    of unknown length (None) come last, ``max_items`` at a time, in their given order.
+
+    Args:
+        lengths: length of each item (any unit: samples, seconds), or None.
+        budget: padded size of a batch, in the unit of ``lengths``.
+        max_items: items per batch at most.
+
+    Returns:
+        Lists of indices into ``lengths``; every index appears once.
+    """
+    max_items = max(1, int(max_items))
+    known = sorted((i for i, n in enumerate(lengths) if n is not None), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in known:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) >= max_items or (len(cur) + 1) * longest > budget):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    unknown = [i for i, n in enumerate(lengths) if n is None]
+    batches += [unknown[k : k + max_items] for k in range(0, len(unknown), max_items)]
+    return batches
+
+
 # ---------------------------------------------------------------------------------------------
 # MFCC
 # ---------------------------------------------------------------------------------------------
@@ -209,38 +242,106 @@ class MfccBackend(FeatureBackend):
 # ---------------------------------------------------------------------------------------------
 
 
+#: Names accepted for a backend's compute precision (``--precision``): fp32 or bf16 autocast.
+PRECISIONS = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_precision(precision: str | None) -> torch.dtype | None:
+    """``"fp32"``/``"float32"``/None -> None (full precision); ``"bf16"``/``"bfloat16"`` -> ``torch.bfloat16``."""
+    if precision is None:
+        return None
+    try:
+        return PRECISIONS[str(precision).lower()]
+    except KeyError:
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}") from None
+
+
+def fold_weight_norm(module: torch.nn.Module) -> int:
+    """Replaces every weight-normalised 1-D convolution in ``module`` by a plain one (in place).
+
+    HuBERT's positional convolution keeps ``weight = g * v / ||v||`` as a parametrisation (or
+    the older ``weight_g``/``weight_v`` hook) that is recomputed at every forward; for inference
+    the product is computed once. The convolution is swapped for a new ``Conv1d`` rather than
+    un-parametrised, because ``remove_parametrizations`` edits a class that deep copies of the
+    module share. Returns the number of convolutions folded.
+    """
+    from torch.nn.utils import parametrize
+
+    n = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            normed = parametrize.is_parametrized(child, "weight") or hasattr(child, "weight_g")
+            if not (normed and isinstance(child, torch.nn.Conv1d)):
+                continue
+            with torch.no_grad():
+                w = child.weight.detach().clone()
+                plain = torch.nn.Conv1d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                        child.padding, child.dilation, child.groups, child.bias is not None,
+                                        child.padding_mode, device=w.device, dtype=w.dtype)
+                plain.weight.copy_(w)
+                if child.bias is not None:
+                    plain.bias.copy_(child.bias)
+            setattr(parent, name, plain.train(child.training))
+            n += 1
+    return n
+
+
 class HubertBackend(FeatureBackend):
-    """Output of one transformer layer of a transformers ``HubertModel``.
+    """Output of one transformer layer of a transformers ``HubertModel``, batched with padding masks.
 
     Args:
-        model: the model (eval mode is set here); its transformer is truncated after ``layer``.
+        model: the model (eval mode is set here); its transformer is truncated after ``layer``
+            and the positional convolution's weight norm is folded (:func:`fold_weight_norm`).
         layer: 1-based transformer layer (``hidden_states[layer]`` in transformers' terms, equal
             to fairseq's ``extract_features(output_layer=layer)``; for a layer-norm-first model
             the last layer comes with the final layer norm applied, as transformers does).
         normalize: per-utterance zero-mean unit-variance normalisation of the waveform.
+        precision: ``"fp32"`` (default) or ``"bf16"``: autocast of the convolutions and the
+            transformer to bfloat16 (CPU or GPU); normalisations and the returned features stay
+            float32. bf16 units differ from fp32 ones on a few percent of frames at most
+            (``benchmarks/bench_tokenizers.py`` measures the agreement).
 
-    Models with group-norm feature extractors (HuBERT base) run the convolutional front end one
-    utterance at a time (group norm would mix in the padding); the transformer runs batched
-    with an attention mask.
+    Batching gives the frames of one-at-a-time extraction (up to float rounding):
+
+    * the convolutions are unpadded, so a valid output frame only sees its own utterance's
+      samples; frames past an utterance's end (:meth:`num_frames`) are discarded;
+    * a group-norm front end (HuBERT base, mHuBERT-25Hz: ``feat_extract_norm="group"``) normalises
+      each channel of the first convolution over time, which would mix in the padding: that
+      norm is computed here over each utterance's valid frames only (a masked group norm);
+      a layer-norm front end normalises each frame alone and needs nothing;
+    * the transformer gets the attention mask, and transformers zeroes the padded frames
+      before the positional convolution, as the convolution's own zero padding does for a
+      single utterance.
     """
 
-    def __init__(self, model, layer: int, normalize: bool = False):
+    def __init__(self, model, layer: int, normalize: bool = False, precision: str | None = "fp32"):
         super().__init__()
         n = model.config.num_hidden_layers
         if not 1 <= layer <= n:
             raise ValueError(f"HuBERT layer must be in 1..{n}, got {layer}")
         keep = layer if not model.config.do_stable_layer_norm else min(layer + 1, n)
         model.encoder.layers = torch.nn.ModuleList(list(model.encoder.layers)[:keep])
+        fold_weight_norm(model.encoder.pos_conv_embed)
         self.model = model.eval()
         self.layer = layer
         self.normalize = normalize
+        self.amp_dtype = parse_precision(precision)
         self.dim = model.config.hidden_size
         self.conv = list(zip(model.config.conv_kernel, model.config.conv_stride))
         stride = int(np.prod(model.config.conv_stride))
         self.frame_rate = SAMPLE_RATE / stride
 
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
+
+    def set_precision(self, precision: str | None) -> HubertBackend:
+        """Switches between ``"fp32"`` and ``"bf16"`` (see the class docstring)."""
+        self.amp_dtype = parse_precision(precision)
+        return self
+
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, layer: int, normalize: bool = False) -> HubertBackend:
+    def from_pretrained(cls, path: str | os.PathLike, layer: int, normalize: bool = False, precision: str | None = "fp32") -> HubertBackend:
         """Loads a transformers HuBERT directory (``config.json`` + weights)."""
         from transformers import HubertModel
 
@@ -250,10 +351,37 @@ class HubertBackend(FeatureBackend):
             model = HubertModel.from_pretrained(str(path))
         except Exception as exc:
             raise ValueError(f"{path}: cannot load a transformers HubertModel ({exc})") from exc
-        return cls(model, layer, normalize)
+        return cls(model, layer, normalize, precision)
 
     def num_frames(self, num_samples: int) -> int:
         return conv_chain_frames(num_samples, self.conv)
+
+    def conv_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The convolutional front end on a padded batch: ``(B, samples)`` -> ``(B, channels, frames)``.
+
+        A group-norm front end's first layer is normalised over each utterance's valid frames
+        only (see the class docstring); frames past an utterance's end are garbage to discard.
+        """
+        fe = self.model.feature_extractor
+        layers = list(fe.conv_layers)
+        x = wavs[:, None, :]
+        if self.model.config.feat_extract_norm == "group":
+            first, layers = layers[0], layers[1:]
+            x = first.conv(x).float()  # float32 statistics whatever the autocast
+            k, s = self.conv[0]
+            valid = ((lengths - k) // s + 1).clamp(min=1)
+            mask = lengths_to_mask(valid.to(x.device), x.shape[-1])[:, None, :]  # (B, 1, T0)
+            x.masked_fill_(~mask, 0.0)
+            cnt = valid.to(x.device, torch.float32)[:, None, None]
+            mean = x.sum(-1, keepdim=True) / cnt
+            x.sub_(mean).masked_fill_(~mask, 0.0)
+            var = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow_(2) / cnt  # biased, as GroupNorm
+            gn = first.layer_norm
+            x.mul_(torch.rsqrt(var + gn.eps) * gn.weight[None, :, None]).add_(gn.bias[None, :, None])
+            x = first.activation(x)
+        for layer in layers:
+            x = layer(x)
+        return x
 
     def forward(self, wavs, lengths):
         wavs = wavs.float()
@@ -265,39 +393,38 @@ class HubertBackend(FeatureBackend):
             wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * mask
         flen = torch.tensor([self.num_frames(int(n)) for n in lengths.cpu()], device=wavs.device)
         T = int(flen.max())
-        fe = self.model.feature_extractor
-        if self.model.config.feat_extract_norm == "group":
-            feats = wavs.new_zeros(wavs.shape[0], self.model.config.conv_dim[-1], T)
-            for i, n in enumerate(lengths.cpu()):
-                f = fe(wavs[i : i + 1, : int(n)])
-                feats[i, :, : f.shape[-1]] = f[0]
-        else:
-            feats = fe(wavs)[:, :, :T]
-        feats = feats.transpose(1, 2)
-        hidden = self.model.feature_projection(feats)
-        if isinstance(hidden, tuple):  # older transformers return (hidden, normed features)
-            hidden = hidden[0]
-        attn = lengths_to_mask(flen, T)  # bool: transformers indexes with ~mask
-        out = self.model.encoder(hidden, attention_mask=attn, output_hidden_states=True, return_dict=True)
-        x = out.hidden_states[self.layer]
-        x = x * attn.unsqueeze(-1).to(x.dtype)
-        return x.float(), flen
+        amp = self.amp_dtype is not None
+        with torch.autocast(device_type=wavs.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=amp):
+            feats = self.conv_features(wavs, lengths.to(wavs.device))[:, :, :T].transpose(1, 2)
+            hidden = self.model.feature_projection(feats)
+            if isinstance(hidden, tuple):  # older transformers return (hidden, normed features)
+                hidden = hidden[0]
+            attn = lengths_to_mask(flen, T)  # bool: transformers indexes with ~mask
+            out = self.model.encoder(hidden, attention_mask=attn, output_hidden_states=True, return_dict=True)
+            x = out.hidden_states[self.layer]
+        x = x.float() * attn.unsqueeze(-1).float()
+        return x, flen
 
 
-def load_backend(cfg: FeatureConfig, device: str | torch.device | None = "cpu") -> FeatureBackend:
-    """Builds the backend described by ``cfg`` on ``device``."""
+def load_backend(cfg: FeatureConfig, device: str | torch.device | None = "cpu", precision: str | None = "fp32") -> FeatureBackend:
+    """Builds the backend described by ``cfg`` on ``device``.
+
+    ``precision`` (``"fp32"`` or ``"bf16"``) applies to the HuBERT backends; MFCCs are always
+    computed in float32.
+    """
+    parse_precision(precision)
     if cfg.backend == "mfcc":
         backend: FeatureBackend = MfccBackend(cfg.mfcc)
     elif cfg.backend == "hubert":
         if not cfg.checkpoint:
             raise ValueError("the 'hubert' backend needs a checkpoint directory")
-        backend = HubertBackend.from_pretrained(cfg.checkpoint, cfg.layer, cfg.normalize)
+        backend = HubertBackend.from_pretrained(cfg.checkpoint, cfg.layer, cfg.normalize, precision)
     elif cfg.backend == "fairseq-hubert":
         from .fairseq_hubert import load_fairseq_hubert
 
         if not cfg.checkpoint:
             raise ValueError("the 'fairseq-hubert' backend needs a checkpoint file")
-        backend = HubertBackend(load_fairseq_hubert(cfg.checkpoint), cfg.layer, cfg.normalize)
+        backend = HubertBackend(load_fairseq_hubert(cfg.checkpoint), cfg.layer, cfg.normalize, precision)
     else:
         raise ValueError(f"unknown feature backend {cfg.backend!r} (choose mfcc, hubert, fairseq-hubert)")
     return backend.to(resolve_device(device)).eval()

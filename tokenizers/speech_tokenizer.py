@@ -101,7 +101,8 @@ class UnitTokenizer:
                 os.remove(os.path.join(directory, stale))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device="cpu") -> UnitTokenizer:
+    def load(cls, directory: str | os.PathLike, device="cpu", precision: str = "fp32") -> UnitTokenizer:
+        """Loads a unit tokenizer directory; ``precision`` ``"bf16"`` runs a HuBERT backend in bfloat16."""
         path = os.path.join(directory, "unit_config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: not a unit tokenizer directory")
@@ -110,7 +111,7 @@ class UnitTokenizer:
         qpath = os.path.join(directory, "linear_quantizer.pt")
         if not os.path.isfile(qpath):
             qpath = os.path.join(directory, "kmeans.pt")
-        return cls(load_backend(cfg.features, device), load_quantizer(qpath), cfg)
+        return cls(load_backend(cfg.features, device, precision), load_quantizer(qpath), cfg)
 
 
 class SpeechTokenizer:
@@ -253,8 +254,12 @@ class SpeechTokenizer:
             json.dump(meta, f, indent=1)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str | torch.device | None = "cpu") -> SpeechTokenizer:
-        """Loads a tokenizer directory onto ``device`` (``cpu``, ``cuda``, ``auto``)."""
+    def load(cls, directory: str | os.PathLike, device: str | torch.device | None = "cpu", precision: str = "fp32") -> SpeechTokenizer:
+        """Loads a tokenizer directory onto ``device`` (``cpu``, ``cuda``, ``auto``).
+
+        ``precision="bf16"`` computes HuBERT unit features in bfloat16 (faster; a few units
+        differ from fp32, see :class:`~spiritlm.tokenizers.features.HubertBackend`).
+        """
         path = os.path.join(directory, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: not a speech tokenizer directory (no config.json)")
@@ -263,7 +268,7 @@ class SpeechTokenizer:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a speech tokenizer config (format {meta.get('format')!r})")
         device = resolve_device(device)
-        units = UnitTokenizer.load(os.path.join(directory, "units"), device)
+        units = UnitTokenizer.load(os.path.join(directory, "units"), device, precision)
         pitch = style = None
         if meta["kind"] == "expressive":
             pitch = load_pitch_tokenizer(os.path.join(directory, "pitch")).to(device)

@@ -17,6 +17,8 @@ class TokenizeReport:
     skipped: int = 0
     torn_lines: int = 0
     errors: list[dict] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
 
 
 def _existing_ids(path: str) -> tuple[set[str], list[int]]:
@@ -84,10 +86,21 @@ def tokenize_manifest(
     batch_size: int = 8,
     use_speaker: bool = True,
     progress: bool = True,
+    batch_seconds: float | None = None,
 ) -> TokenizeReport:
     """Tokenizes shard ``shard`` of ``num_shards`` (utterance ``i`` of the manifest goes to shard
-    ``i % num_shards``) into ``out``, appending; see :func:`tokenize` for the behaviour."""
+    ``i % num_shards``) into ``out``, appending; see :func:`tokenize` for the behaviour.
+
+    With ``batch_seconds``, utterances are batched by length (:func:`~spiritlm.tokenizers.features.length_buckets`
+    over the manifest's ``duration``: at most ``batch_size`` utterances and ``batch_seconds`` of
+    padded audio per batch, longest first), so little compute goes to padding; records are then
+    written in that order. Without it, batches of ``batch_size`` follow the manifest.
+    """
+    import time
+
     from tqdm import tqdm
+
+    from .features import length_buckets
 
     from ..corpus.manifest import read_audio_manifest
     from .utils import load_audio_batch
@@ -98,11 +111,18 @@ def tokenize_manifest(
     done, torn = _existing_ids(out)
     report = TokenizeReport(already_done=sum(it.id in done for it in items), torn_lines=len(torn))
     todo = [it for it in items if it.id not in done]
+    if batch_seconds:
+        order = length_buckets([it.duration for it in todo], batch_seconds, batch_size)
+    else:
+        order = [list(range(k, min(k + batch_size, len(todo)))) for k in range(0, len(todo), batch_size)]
     bar = tqdm(total=len(todo), desc=f"tokenize shard {shard}/{num_shards}", unit="utt", disable=not progress)
     fout = _LineAppender(out)
+    t0, audio_s = time.perf_counter(), 0.0
     try:
-        for i in range(0, len(todo), batch_size):
-            batch, wavs = load_audio_batch(todo[i : i + batch_size], report.errors)
+        for idx in order:
+            group = [todo[k] for k in idx]
+            batch, wavs = load_audio_batch(group, report.errors)
+            audio_s += sum(len(w) for w in wavs) / 16000
             speakers = [it.speaker if use_speaker else None for it in batch]
             try:
                 results = tokenizer.encode_streams(wavs, speakers) if wavs else []
@@ -121,22 +141,48 @@ def tokenize_manifest(
                 rec.update({k: " ".join(map(str, v.tolist())) for k, v in streams.items()})
                 fout.write(json.dumps(rec) + "\n")
                 report.written += 1
-            bar.update(len(todo[i : i + batch_size]))
+            bar.update(len(group))
+            bar.set_postfix_str(f"{audio_s / max(time.perf_counter() - t0, 1e-9):.1f} s audio/s")
     finally:
         fout.close()
         bar.close()
     report.skipped = len(report.errors)
+    report.audio_seconds, report.wall_seconds = audio_s, time.perf_counter() - t0
     return report
+
+
+def shard_from_env(shard: int | None, num_shards: int | None, env=None) -> tuple[int, int, str]:
+    """``(shard, num_shards, source)``: the flags when given, else the launcher's environment.
+
+    torchrun sets ``RANK``/``WORLD_SIZE``, Slurm's ``srun`` ``SLURM_PROCID``/``SLURM_NTASKS``;
+    with neither, one shard. Giving only one of the two flags is an error.
+    """
+    from spiritlm.errors import UserError
+
+    env = os.environ if env is None else env
+    if shard is not None and num_shards is not None:
+        return shard, num_shards, "flags"
+    if (shard is None) != (num_shards is None):
+        raise UserError("--shard and --num_shards go together (or leave both out to read RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS)")
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if env.get(rank) is not None and env.get(world) is not None:
+            try:
+                return int(env[rank]), int(env[world]), f"{rank}/{world}"
+            except ValueError:
+                raise UserError(f"{rank}={env[rank]!r} / {world}={env[world]!r}: not integers (pass --shard and --num_shards)") from None
+    return 0, 1, "default"
 
 
 def tokenize(
     manifest: str,
     tokenizer: str,
     out: str,
-    shard: int = 0,
-    num_shards: int = 1,
+    shard: int | None = None,
+    num_shards: int | None = None,
     device: str = "cpu",
     batch_size: int = 8,
+    batch_seconds: float = 80.0,
+    precision: str = "fp32",
     use_speaker: bool = True,
     threads: int = 1,
     allow_skips: bool = False,
@@ -151,16 +197,31 @@ def tokenize(
     written; the command then exits with status 1 unless --allow_skips true (and always when
     nothing could be tokenized).
 
+    Utterances are batched by length (--batch_seconds of padded audio, at most --batch_size
+    utterances); progress shows the throughput in seconds of audio per second, and the end
+    line the shard's total.
+
+    Many workers: one process per shard, all appending to OUT. Without --shard/--num_shards the
+    shard comes from the launcher: torchrun's RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_NTASKS,
+    e.g. `torchrun --nproc_per_node 8 -m spiritlm.cli tokenize ... --device cuda` (see docs/scaling.md).
+
     Example: spiritlm tokenize --manifest corpus/manifest.jsonl --tokenizer tok/ --out units.jsonl
 
     Args:
         manifest: JSONL manifest (id, audio; speaker for pitch normalisation).
         tokenizer: tokenizer directory (from spiritlm tokenizer train or assemble).
-        out: output JSONL (appended to; shards may share one file).
-        shard: index of this shard (0-based).
-        num_shards: number of shards; utterance i of the manifest belongs to shard i % num_shards.
+        out: output JSONL (appended to; shards may share one file on a local disk). ``{shard}`` in
+            the name is replaced by the shard index (one file per shard: use it on network file
+            systems, where appends from several machines are not atomic).
+        shard: index of this shard (0-based; default: RANK or SLURM_PROCID, else 0).
+        num_shards: number of shards; utterance i of the manifest belongs to shard i % num_shards
+            (default: WORLD_SIZE or SLURM_NTASKS, else 1).
         device: cpu, cuda or auto.
-        batch_size: utterances per batch.
+        batch_size: utterances per batch at most.
+        batch_seconds: padded seconds of audio per batch at most (utterances are sorted by the
+            manifest's duration; 0: batches of --batch_size in manifest order).
+        precision: fp32, or bf16 for HuBERT unit features in bfloat16 (CPU or GPU; faster, a
+            few percent of units differ from fp32: see benchmarks/bench_tokenizers.py).
         use_speaker: normalise F0 with the manifest speaker's statistics when the tokenizer
             knows the speaker (otherwise each utterance's own mean).
         threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
@@ -173,8 +234,12 @@ def tokenize(
         raise UserError(f"{manifest}: no such file (--manifest)")
     if not os.path.isdir(tokenizer):
         raise UserError(f"{tokenizer}: no such tokenizer directory (--tokenizer)")
+    shard, num_shards, source = shard_from_env(shard, num_shards)
     if not 0 <= shard < num_shards:
-        raise UserError(f"--shard {shard}: must be in 0..{num_shards - 1} (--num_shards {num_shards})")
+        raise UserError(f"--shard {shard}: must be in 0..{num_shards - 1} (--num_shards {num_shards}; from {source})")
+    out = out.replace("{shard}", str(shard))  # one file per shard, e.g. on a network file system
+    if precision not in ("fp32", "float32", "bf16", "bfloat16"):
+        raise UserError(f"--precision {precision}: must be fp32 or bf16")
 
     from ..corpus.manifest import read_audio_manifest
     from .utils import torch_threads
@@ -185,8 +250,8 @@ def tokenize(
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"{e} (--manifest)") from None
     with torch_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
-        tok = SpeechTokenizer.load(tokenizer, device=device)
-        report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker)
+        tok = SpeechTokenizer.load(tokenizer, device=device, precision=precision)
+        report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker, batch_seconds=batch_seconds or None)
     err_path = out + ".errors.json" if num_shards == 1 else f"{out}.shard{shard}-of-{num_shards}.errors.json"
     if report.errors:
         from spiritlm.atomic import atomic_file
@@ -195,7 +260,10 @@ def tokenize(
             json.dump({"skipped": report.skipped, "errors": report.errors}, f, indent=1)
     elif os.path.exists(err_path):
         os.remove(err_path)
-    print(f"tokenize: {report.written} written, {report.already_done} already in {out}, {report.skipped} skipped")
+    speed = report.audio_seconds / report.wall_seconds if report.wall_seconds else 0.0
+    print(f"tokenize: {report.written} written, {report.already_done} already in {out}, {report.skipped} skipped; "
+          f"shard {shard}/{num_shards} ({source}): {report.audio_seconds:.0f} s of audio in {report.wall_seconds:.0f} s "
+          f"({speed:.1f} s of audio per second, {precision})")
     if report.torn_lines:
         print(f"  {out}: {report.torn_lines} torn line(s) from an interrupted run ignored (their utterances were redone); "
               "delete them once every shard has finished", file=sys.stderr)
