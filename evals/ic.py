@@ -145,7 +145,7 @@ def run_ic(
         correct_gen.append(float(gen_pred[r] == item["intent"]))
         p = {"id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompts[r]),
              "reference": item["intent"], "output": pred,
-             "score": {lab: round(float(s), 6) for lab, s in zip(labels, row)}}
+             "score": {lab: round(float(s), 4) for lab, s in zip(labels, row)}}
         if generation:
             p["output_generation"] = gen_text[r]
             p["prediction_generation"] = gen_pred[r]

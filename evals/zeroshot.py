@@ -645,7 +645,7 @@ def run_zeroshot(
                 predictions.append({
                     "id": f"{name}/{r['group']}", "task": task, "modality": modality, "shot_ids": [], "seed": seed,
                     "reference": r["reference"], "output": r["output"], "correct": r["credit"],
-                    "score": {c.key: round(float(s), 6) for c, s in r["members"]},
+                    "score": {c.key: round(float(s), 4) for c, s in r["members"]},
                 })
     if not any(isinstance(v, dict) and "value" in v for v in metrics.values()):
         raise UserError(f"{sets}: nothing could be scored ({'; '.join(f'{k}: {v}' for k, v in notes.items()) or 'no items'})")
