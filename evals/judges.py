@@ -677,6 +677,27 @@ class JudgesConfig:
     max_asr_train: int = 0
 
 
+def vocode_utterances(vocoder: Any, utts: Sequence, units: dict[str, dict]) -> tuple[list, list[np.ndarray]]:
+    """The vocoder's resynthesis of manifest utterances from their units rows (frame-rate dicts, each
+    utterance's own speaker when the vocoder knows its name, else row 0); utterances without units
+    or refused by the vocoder are left out. Returns ``(kept utterances, waveforms)``."""
+    from spiritlm.errors import UserError
+
+    names = list(getattr(vocoder, "speakers", None) or [])
+    kept, prepared = [], []
+    for u in utts:
+        row = units.get(u.id) or units.get(u.audio)
+        if row is None:
+            continue
+        streams = {k: row[k] for k in ("hubert", "pitch", "style") if row.get(k)}
+        try:
+            prepared.append(vocoder.prepare(streams, speaker=u.speaker if u.speaker in names else 0))
+            kept.append(u)
+        except (UserError, ValueError):
+            continue
+    return kept, (vocoder.synthesize_prepared(prepared) if prepared else [])
+
+
 def _accuracy(gold: Sequence[str], pred: Sequence[str]) -> float:
     return float(np.mean([g == p for g, p in zip(gold, pred)])) if gold else float("nan")
 
@@ -698,10 +719,19 @@ def train_judges(
     seed: int = 0,
     cfg: JudgesConfig | None = None,
     which: Sequence[str] = ("asr", "text-sentiment", "speech-sentiment"),
+    vocoder: Any = None,
+    units: dict[str, dict] | None = None,
+    vocoded_fraction: float = 0.0,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict:
     """Trains the judges on the manifest's ``train`` split and scores them on its ``test`` split.
+
+    With a ``vocoder`` and the corpus' ``units`` (Meta's units rows by id), the ASR judge is also
+    scored on the vocoder's resynthesis of the test utterances (``vocoded_cer``: what the judge
+    makes of vocoder speech, before any LM output reaches it), and ``vocoded_fraction`` of the
+    train utterances are added a second time as resyntheses (augmentation that makes the judge
+    hear the vocoder's artefacts as it hears espeak's).
 
     The ASR trains on every train utterance with a transcript; the sentiment judges on the train
     utterances that carry a ``sentiment`` label. Unreadable audio is skipped and counted.
@@ -766,6 +796,10 @@ def train_judges(
         acc = _accuracy([u.sentiment for u in te], judge.predict(te_w))
         m = {"accuracy": acc, "chance": _majority_rate([u.sentiment for u in tr], [u.sentiment for u in te]),
              "n_train": len(tr), "n_test": len(te), "seconds": round(time.time() - t0, 2)}
+        if vocoder is not None and units:
+            vt, vt_w = vocode_utterances(vocoder, te, units)
+            m["vocoded_accuracy"] = _accuracy([u.sentiment for u in vt], judge.predict(vt_w)) if vt else None
+            m["n_test_vocoded"] = len(vt)
         judge.save(out / JUDGE_DIRS["speech-sentiment"], m)
         metrics["speech-sentiment"] = m
         log(f"[judges] speech sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(te)})")
@@ -776,9 +810,15 @@ def train_judges(
             pool = random.Random(seed).sample(pool, cfg.max_asr_train)
         tr, tr_w = wavs_of(pool)
         va, va_w = wavs_of(valid[:64])
+        pairs = list(zip(tr_w, [u.text for u in tr]))
+        n_vocoded = 0
+        if vocoder is not None and units and vocoded_fraction > 0:
+            chosen = [u for u in tr if random.Random(f"{seed}:{u.id}").random() < vocoded_fraction]
+            voc_utts, voc_wavs = vocode_utterances(vocoder, chosen, units)
+            pairs += list(zip(voc_wavs, [u.text for u in voc_utts]))
+            n_vocoded = len(voc_utts)
         judge, history = train_asr(
-            list(zip(tr_w, [u.text for u in tr])), cfg.asr, cfg.asr_train, valid=list(zip(va_w, [u.text for u in va])),
-            seed=seed, log=log, progress=progress,
+            pairs, cfg.asr, cfg.asr_train, valid=list(zip(va_w, [u.text for u in va])), seed=seed, log=log, progress=progress,
         )
         te, te_w = wavs_of(test)
         hyps = judge.transcribe(te_w)
@@ -786,12 +826,17 @@ def train_judges(
         import jiwer
 
         m = {"cer": _cer(refs, hyps), "wer": float(jiwer.wer(refs, hyps)) if refs else float("nan"),
-             "n_train": len(tr), "n_test": len(te), "steps": cfg.asr_train.steps, "seconds": round(time.time() - t0, 1),
-             "final_loss": history[-1]["loss"], "valid_cer": history[-1].get("valid_cer")}
+             "n_train": len(tr), "n_train_vocoded": n_vocoded, "n_test": len(te), "steps": cfg.asr_train.steps,
+             "seconds": round(time.time() - t0, 1), "final_loss": history[-1]["loss"], "valid_cer": history[-1].get("valid_cer")}
+        if vocoder is not None and units:
+            vt, vt_w = vocode_utterances(vocoder, te, units)
+            m["vocoded_cer"] = _cer([normalize_transcript(u.text, cfg.asr.alphabet) for u in vt], judge.transcribe(vt_w))
+            m["n_test_vocoded"] = len(vt)
         judge.save(out / JUDGE_DIRS["asr"], m)
         _write_json(out / JUDGE_DIRS["asr"] / "history.json", history)
         metrics["asr"] = m
-        log(f"[judges] asr: test CER {m['cer']:.3f} WER {m['wer']:.3f} (n={len(te)}, {m['seconds']:.0f} s)")
+        vc = f", on vocoder speech {m['vocoded_cer']:.3f}" if m.get("vocoded_cer") is not None else ""
+        log(f"[judges] asr: test CER {m['cer']:.3f} WER {m['wer']:.3f}{vc} (n={len(te)}, {m['seconds']:.0f} s)")
     metrics["skipped_audio"] = errors
     metrics = _nan_to_none(metrics)
     previous = load_judges_metrics(out)
@@ -829,6 +874,9 @@ def judges_command(
     asr_batch_size: int = 8,
     max_asr_train: int = 0,
     which: list[str] = list(JUDGE_DIRS),
+    vocoder: str | None = None,
+    units: str | None = None,
+    vocoded_fraction: float = 0.0,
     threads: int = 0,
     progress: bool = True,
 ) -> None:
@@ -847,6 +895,9 @@ def judges_command(
         asr_batch_size: utterances per ASR batch.
         max_asr_train: cap on ASR training utterances (0: the whole train split).
         which: judges to train: any of asr, text-sentiment, speech-sentiment.
+        vocoder: a vocoder folder: the judges are also scored on its resynthesis of the test split (needs --units).
+        units: Meta units JSONL of the manifest's audio (for --vocoder).
+        vocoded_fraction: this fraction of the ASR's train utterances is added again as vocoder resyntheses.
         threads: torch CPU threads (0: leave torch's setting).
         progress: show a progress bar.
     """
@@ -859,8 +910,20 @@ def judges_command(
     if asr_steps < 1:
         raise UserError(f"--asr_steps must be >= 1, got {asr_steps} (--asr_steps)")
     cfg = JudgesConfig(asr_train=AsrTrainConfig(steps=asr_steps, batch_size=asr_batch_size), max_asr_train=max_asr_train)
+    if (vocoder is None) != (units is None):
+        raise UserError("--vocoder and --units go together (the judges hear the vocoder's resynthesis of the units)")
+    if not 0.0 <= vocoded_fraction <= 1.0:
+        raise UserError(f"--vocoded_fraction must be in [0, 1], got {vocoded_fraction}")
+    voc = unit_rows = None
+    if vocoder is not None:
+        from spiritlm.evals.common import load_units
+        from spiritlm.vocoder import Vocoder
+
+        voc = Vocoder.from_pretrained(vocoder)
+        unit_rows = load_units(units)
     try:
         with torch_threads(threads):
-            train_judges(manifest, out, seed=seed, cfg=cfg, which=tuple(which), progress=progress)
+            train_judges(manifest, out, seed=seed, cfg=cfg, which=tuple(which), vocoder=voc, units=unit_rows,
+                         vocoded_fraction=vocoded_fraction, progress=progress)
     except ManifestError as e:
         raise UserError(f"{e} (--manifest)") from None

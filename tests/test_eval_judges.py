@@ -237,3 +237,24 @@ def test_train_judges_needs_train_and_test_splits(tmp_path):
     manifest = _write_manifest(tmp_path, {"train": 6})
     with pytest.raises(UserError, match="'train' and a 'test' split"):
         J.train_judges(manifest, tmp_path / "j", which=("text-sentiment",), log=lambda s: None, progress=False)
+
+
+def test_train_judges_scores_and_augments_with_vocoder_speech(tmp_path):
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    manifest = _write_manifest(tmp_path, {"train": 12, "test": 6})
+    rng = np.random.default_rng(0)
+    lines = [json.loads(x) for x in open(manifest)]
+    units = {x["id"]: {"id": x["id"], "hubert": " ".join(map(str, rng.integers(0, 16, 20)))} for x in lines[:-1]}  # the last has none
+    torch.manual_seed(0)
+    voc = Vocoder(UnitHifiGAN(VocoderConfig.preset(
+        "tiny", num_units=16, num_pitch=0, num_style=0, num_speakers=1, embedding_dim=8, upsample_initial_channel=32,
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)))
+    cfg = J.JudgesConfig(asr=J.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
+                         asr_train=J.AsrTrainConfig(steps=2, batch_size=8))
+    m = J.train_judges(manifest, tmp_path / "j", cfg=cfg, which=("asr", "speech-sentiment"), vocoder=voc, units=units,
+                       vocoded_fraction=0.5, log=lambda s: None, progress=False)
+    assert 0 < m["asr"]["n_train_vocoded"] < 12 and m["asr"]["n_test_vocoded"] == 5
+    assert m["asr"]["vocoded_cer"] is not None and 0 <= m["asr"]["vocoded_cer"]
+    assert m["speech-sentiment"]["n_test_vocoded"] == 5 and 0 <= m["speech-sentiment"]["vocoded_accuracy"] <= 1
