@@ -303,8 +303,11 @@ def vocoder_rows(metrics: Any) -> list[MetricRow]:
         for r in metric_rows("vocoder", trained):
             rows.append(MetricRow("vocoder", r.name, r.value, r.ci95, r.chance if r.chance is not None else _number(base.get(r.name)),
                                   r.n if r.n is not None else (int(n) if n is not None else None)))
-    for key in ("control_pitch", "control_style"):
-        rows += metric_rows("vocoder", metrics.get(key), f"{key}.")
+    rows += metric_rows("vocoder", metrics.get("control_pitch"), "control_pitch.")
+    # style control: per property, whether the output moves the way the corpus does (the other
+    # numbers of that experiment are in vocoder_eval/metrics.json)
+    rows += [r for r in metric_rows("vocoder", metrics.get("control_style"), "control_style.")
+             if r.name.endswith(("same_sign_fraction", "corr_output_vs_corpus_change"))]
     # a metrics file in the evals' own layout (headline dicts) still shows
     return rows or metric_rows("vocoder", metrics)
 

@@ -91,7 +91,8 @@ def demo_dir(tmp_path) -> Path:
                                                   "trained": {"mcd_db": 7.5, "f0_rmse_cents": 90.0, "vuv_error": 0.1, "f0_frames_voiced_in_both": 100},
                                                   "untrained": {"mcd_db": 12.0, "f0_rmse_cents": 900.0, "vuv_error": float("nan")},
                                                   "control_pitch": {"pairs": 2, "corr_before": 0.1, "corr_after": 0.6},
-                                                  "control_style": {"energy_db": {"same_sign_fraction": 1.0}, "corpus_properties_by_style": {"a": {"x": 1.0}}}})
+                                                  "control_style": {"energy_db": {"same_sign_fraction": 1.0, "mean_abs_change_of_output": 0.5},
+                                                                    "corpus_properties_by_style": {"a": {"x": 1.0}}}})
     # the resynthesis of utt1 is 10% sharp: 1200 * log2(1.1) = 165 cents
     L.resynth.mkdir(parents=True)
     sf.write(L.resynth / "utt1.wav", _tone(220.0, 1.2), SR)
@@ -151,6 +152,7 @@ def test_report_plots_table_and_audio(demo_dir):
     assert _row(md, "vocoder", "vuv_error")[2:] == ["0.1", "—", "nan", "2", "—"]
     assert _row(md, "vocoder", "control_pitch.corr_after")[2] == "0.6"
     assert _row(md, "vocoder", "control_style.energy_db.same_sign_fraction")[2] == "1"
+    assert "control_style.energy_db.mean_abs_change_of_output" not in _metric_names(md)
     assert _row(md, "LM interleaved", "valid loss speech (step 20)")[2] == "3"
     # evals with no outputs are named as missing; present ones are not
     assert "eval `tts`: `evals/tts/metrics.json` missing" in md and "eval `asr`:" not in md
