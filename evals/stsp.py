@@ -25,7 +25,8 @@ each a prompt→continuation pair in the same direction, separated by their moda
 (Meta's few-shot prompts put a newline after each; a newline is a token our LMs never saw, and
 the ASR/TTS tasks use the markers alone too): examples come from the TRAIN split, each one utterance cut at the word boundary
 nearest its middle (its first half the prompt, its second half the continuation, in the
-direction's modalities: text words or the units of those words' time span), with sentiments
+direction's modalities: text words or the units of those words' time span; shots are dropped
+from the end until the continuation's budget fits the model's context), with sentiments
 balanced (round-robin over the labels, so the examples never hint at the target's label), drawn
 per target with a seed, never the target itself. Meta's T→T examples put a ``[Text]`` marker
 before the continuation; here shots and target share one rule (no marker within a modality).
@@ -530,6 +531,7 @@ def run_stsp(
         raise UserError("no STSP prompt with a sentiment label (--manifest)")
     skipped: dict[str, str] = {}
     vocoder_errors: dict[str, dict] = {}
+    too_long: dict[str, int] = {}
     rows: list[dict] = []
     throughput = Throughput()
     t_start = time.time()
@@ -551,12 +553,25 @@ def run_stsp(
         if cfg.shots and any(len(v) < cfg.shots for v in shots.values()):
             skipped[d] = f"fewer than {cfg.shots} examples with {'+'.join(need)} halves in the shot pool"
             continue
-        prompts = [lm.tokenizer.encode(build_stsp_prompt(d, it, shots[it.id]), bos=True, eos=False) for it in todo]
         allowed, stops = _stop_and_allowed(lm, tgt)
         budget = cfg.max_new_tokens_text if tgt == "text" else cfg.max_new_tokens_speech
-        room = [p for p in prompts if len(p) + 1 > lm.config.max_seq_len]
-        if room:
-            skipped[d] = f"{len(room)} prompts longer than the model's context ({lm.config.max_seq_len}); use fewer --shots"
+        ctx = lm.config.max_seq_len
+        prompts, kept = [], []
+        for it in todo:
+            # shots are dropped from the end until the continuation's budget fits in the context
+            while True:
+                ids = lm.tokenizer.encode(build_stsp_prompt(d, it, shots[it.id]), bos=True, eos=False)
+                if len(ids) + budget <= ctx or not shots[it.id]:
+                    break
+                shots[it.id] = shots[it.id][:-1]
+            if len(ids) + max(cfg.min_new_tokens, 1) > ctx:
+                too_long[d] = too_long.get(d, 0) + 1
+                continue
+            prompts.append(ids)
+            kept.append(it)
+        todo = kept
+        if not todo:
+            skipped[d] = f"every prompt is longer than the model's context ({ctx} tokens)"
             continue
         outs = lm.generate_batch_ids(
             prompts, allowed=allowed, max_new_tokens=budget, do_sample=cfg.do_sample, temperature=cfg.temperature,
@@ -599,6 +614,10 @@ def run_stsp(
     metrics = stsp_metrics(rows, seed=cfg.seed)
     metrics["skipped_directions"] = skipped
     metrics["vocoder_errors"] = vocoder_errors
+    metrics["skipped_too_long"] = too_long
+    if cfg.shots:
+        used = [len(r["shot_ids"]) for r in rows]
+        metrics["shots_used"] = {"min": min(used), "mean": round(float(np.mean(used)), 3), "max": max(used)}
     metrics["labels"] = dict(sorted(Counter(it.label for it in items).items()))
     metrics["judged_distribution"] = {
         d: dict(sorted(Counter(r["judged"] for r in rows if r["direction"] == d).items())) for d in DIRECTIONS

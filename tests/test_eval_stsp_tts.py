@@ -257,6 +257,29 @@ def test_stsp_without_vocoder_skips_speech_outputs(tiny, tmp_path):
         S.run_stsp(model, items, text_judge=None, speech_judge=None, cfg=S.StspConfig(directions=("t2t",)))
 
 
+def test_stsp_drops_shots_to_fit_the_context(tiny):
+    items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
+    pool, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "train"], tiny["units"], expressive=False)
+    lm = tiny["model"].lm
+    cfg = S.StspConfig(directions=("s2t",), shots=3, do_sample=False, max_new_tokens_text=10)
+    full = max(len(lm.tokenizer.encode(S.build_stsp_prompt("s2t", it, S.draw_balanced_shots(pool, 3, 0, it.id, ["speech", "text"])),
+                                       bos=True)) for it in items)
+    saved = lm.config.max_seq_len
+    try:
+        lm.config.max_seq_len = full  # no room for 10 new tokens after the longest 3-shot prompt
+        res = S.run_stsp(tiny["model"], items, text_judge=tiny["text"], shot_pool=pool, cfg=cfg)
+        assert len(res.predictions) == len(items) and res.metrics["shots_used"]["min"] < 3
+        for r in res.predictions:
+            it = next(i for i in items if i.id == r["id"])
+            shots = [next(p for p in pool if p.id == sid) for sid in r["shot_ids"]]
+            assert len(lm.tokenizer.encode(S.build_stsp_prompt("s2t", it, shots), bos=True)) + 10 <= full or not shots
+        lm.config.max_seq_len = 8  # not even a target fits
+        with pytest.raises(UserError, match="every prompt is longer than the model's context"):
+            S.run_stsp(tiny["model"], items, text_judge=tiny["text"], shot_pool=pool, cfg=cfg)
+    finally:
+        lm.config.max_seq_len = saved
+
+
 def test_stsp_counts_outputs_the_vocoder_refuses(tiny):
     from spiritlm.evals.common import EvalModel
     from spiritlm.vocoder import Vocoder, VocoderConfig
