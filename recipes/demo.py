@@ -522,6 +522,8 @@ def demo(preset: str = "full", out: str = "demo_out", fresh: bool = False, only:
     if only == "report":
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r} (--preset: choose from {', '.join(PRESETS)})")
+        if not path.is_dir():
+            raise UserError(f"{path}: no such demo folder (--out)")
         print(f"[demo] report: {build_report(path)}")
         return
     summary = run_demo(path, preset, seed, only, threads)

@@ -92,6 +92,9 @@ def test_out_remembers_its_preset(two_stages):
 
 def test_only_report_rebuilds_the_report_alone(two_stages, capsys):
     out, a, _ = two_stages
+    with pytest.raises(UserError, match=r"demo: no such demo folder \(--out\)"):
+        main(["--preset", "quick", "--out", str(out), "--only", "report", "--debug"])
+    out.mkdir()
     main(["--preset", "quick", "--out", str(out), "--only", "report"])
     printed = capsys.readouterr().out
     assert "$ spiritlm" not in printed and not a.exists()
