@@ -118,6 +118,17 @@ def test_stage_names_are_unique_and_cover_the_pipeline(tmp_path):
         assert needed in names
 
 
+def test_every_stage_needs_only_what_earlier_stages_write(tmp_path):
+    """--only X checks X's inputs; each must be an output of a stage before X (else the check is wrong or the order is)."""
+    written: set[Path] = set()
+    for stage in demo_mod.build_stages(tmp_path, demo_mod.PRESETS["full"], 0):
+        assert stage.needs or stage.name in ("corpus", "text"), stage.name
+        for need in stage.needs:
+            assert need in written, f"{stage.name} needs {need}, which no earlier stage writes"
+        written.update(stage.outputs)
+        assert all(any(o == own or own in o.parents for own in stage.owns) for o in stage.outputs), stage.name
+
+
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
