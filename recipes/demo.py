@@ -425,7 +425,6 @@ def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | No
     rerun_hint = f"spiritlm demo --preset {preset_name} --out {out}"
 
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t0 = time.time()
     try:
         for stage in stages:
@@ -437,6 +436,7 @@ def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | No
             if only is not None:  # a rerun starts from the stages before it, not from its own leftovers
                 for path in stage.owns:
                     _remove(path)
+            torch.set_num_threads(threads)  # each stage starts from the demo's count, whatever the last command left
             run_stage(out, stage, rerun_hint)
     finally:
         torch.set_num_threads(prev_threads)
