@@ -227,11 +227,17 @@ def train(
     device: str = "cpu",
     max_utts: int | None = None,
     threads: int = 1,
+    work_dir: str | None = None,
+    max_frames: int | None = None,
+    keep_work: bool = False,
 ) -> None:
     """Trains the streams a preset needs and writes OUT (tokenizer) and OUT/metrics.json.
 
     OUT is built under a temporary name and appears (replacing an older OUT) only when training
-    succeeded; a failed run leaves nothing behind.
+    succeeded. Features, F0 tracks and style embeddings are streamed to memory-mapped shards in
+    WORK_DIR (default OUT.work), so memory does not grow with the corpus; rerunning a failed or
+    killed run resumes from the complete shards. WORK_DIR is removed after success unless
+    --keep_work true.
 
     Args:
         manifest: JSONL manifest with ``split`` (train/valid/test), ``speaker``, ``style`` and
@@ -247,7 +253,12 @@ def train(
         device: ``cpu``, ``cuda`` or ``auto``.
         max_utts: use only the first N utterances of the manifest.
         threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
+        work_dir: folder of the resumable shards (default: OUT.work).
+        max_frames: frames sampled for the units' k-means (default: the preset's; base: 1,000,000).
+        keep_work: keep WORK_DIR after success.
     """
+    import shutil
+
     from spiritlm.atomic import atomic_dir
     from spiritlm.errors import UserError
 
@@ -260,9 +271,13 @@ def train(
     except ValueError as e:
         raise UserError(f"--preset {preset}: {e}") from None
 
+    work_dir = work_dir or os.path.normpath(out) + ".work"
     # an older tokenizer in OUT is replaced on success; any other non-empty folder is refused
     with atomic_dir(out, overwrite=True, markers=("units/unit_config.json",)) as tmp:
-        m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device, max_utts=max_utts, threads=threads or None)
+        m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device,
+                            max_utts=max_utts, threads=threads or None, work_dir=work_dir, max_frames=max_frames)
+    if not keep_work:
+        shutil.rmtree(work_dir, ignore_errors=True)
     keys = ["pnmi", "phone_purity", "f0_rmse_cents", "vuv_error", "codebook_perplexity", "codebook_usage", "style_purity"]
     print(json.dumps({k: round(m[k], 4) for k in keys if k in m}))
     print(f"tokenizer written to {out} (metrics in {os.path.join(out, 'metrics.json')})")

@@ -10,6 +10,11 @@ Presets:
 * ``expressive``: ``base`` + pitch VQ-VAE (64 codes) + style (w2v2 encoder when given, else the
   CNN) with 100 clusters.
 
+Streaming: unit features, F0 tracks and style embeddings go to memory-mapped shards in a work
+folder (:mod:`spiritlm.tokenizers.shards`), a shard of :data:`SHARD_ITEMS` utterances at a time;
+the k-means stages fit a bounded random sample of frames, the VQ-VAE reads its crops from the
+shards; a rerun resumes from the complete shards (see :func:`train_tokenizer`).
+
 Evaluation uses the ``test`` split (``valid`` when there is no test split): ``pnmi`` and
 ``phone_purity`` of units against phone alignments (frame centres at ``0.04 t + 0.0225`` s, the
 centre of a 25 Hz HuBERT frame's 720-sample receptive field), ``f0_rmse_cents`` and
@@ -148,6 +153,45 @@ def _batched(fn, wavs, batch_size=16):
     return out
 
 
+#: Utterances per on-disk shard of the streaming stages (a multiple of the batch of 16, so the
+#: batches are those of an in-memory run). Peak memory holds one shard's audio and outputs.
+SHARD_ITEMS = 256
+
+
+def _check_work_dir(work_dir: str, plan: dict) -> None:
+    """Writes ``work_dir/plan.json`` or checks that the shards there were made for this run."""
+    from ..errors import UserError
+
+    os.makedirs(work_dir, exist_ok=True)
+    path = os.path.join(work_dir, "plan.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != plan:
+            diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+            raise UserError(f"{path}: shards of another run (different {', '.join(diff)}); delete {work_dir} or pass another --work_dir")
+        return
+    with atomic_file(path) as f:
+        json.dump(plan, f, indent=1)
+
+
+def _shard_compute(items, fn, errors: list[dict] | None = None, batch_size: int = 16):
+    """``indices -> arrays`` for :meth:`FrameShards.build`: loads the audio of ``items[indices]``,
+    applies ``fn`` (list of waveforms -> list of arrays) in batches of ``batch_size``; None for
+    unreadable audio (appended to ``errors`` when given)."""
+
+    def compute(idx: list[int]) -> tuple[list[np.ndarray | None], dict[str, list]]:
+        errs: list[dict] = []
+        kept, wavs = load_audio_batch([items[i] for i in idx], errs)
+        if errors is not None:
+            errors.extend(errs)
+        got = dict(zip((it.id for it in kept), _batched(fn, wavs, batch_size)))
+        samples = dict(zip((it.id for it in kept), (len(w) for w in wavs)))
+        return [got.get(items[i].id) for i in idx], {"samples": [samples.get(items[i].id, 0) for i in idx]}
+
+    return compute
+
+
 def train_tokenizer(
     manifest: str,
     out: str,
@@ -160,8 +204,19 @@ def train_tokenizer(
     max_utts: int | None = None,
     threads: int | None = None,
     log=print,
+    work_dir: str | None = None,
+    max_frames: int | None = None,
 ) -> dict:
     """Trains a speech tokenizer into ``out`` and writes ``out/metrics.json``; returns the metrics.
+
+    Streaming: unit features, F0 tracks and style embeddings are computed a shard of
+    :data:`SHARD_ITEMS` utterances at a time and written to memory-mapped shards in ``work_dir``
+    (:mod:`spiritlm.tokenizers.shards`); the k-means stages read a bounded random sample of
+    frames (``max_frames``: the units' k-means, default the preset's), the VQ-VAE reads its crops
+    from the shards, and the style CNN reads its audio from the files. Memory no longer grows
+    with the corpus (except the tiny preset's style CNN, which holds the training log-mels: 13 kB
+    per second of audio). A rerun with the same ``work_dir`` resumes from the complete shards.
+    ``work_dir`` None: ``out/work``, removed once the tokenizer is written.
 
     ``threads`` sets torch's intra-op CPU threads for the run (1 avoids the thrashing of
     oversubscribed shared CPUs; None keeps torch's default). BLAS pools run one thread.
@@ -170,39 +225,70 @@ def train_tokenizer(
     """
     if threads:
         with torch_threads(threads):
-            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log)
+            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log, work_dir, max_frames)
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread whatever the machine's core count (see spiritlm.numerics). OpenMP is left
     # alone: torch's intra-op threads are OpenMP threads (--threads), and scikit-learn's k-means
     # gives the same centres with any OpenMP thread count.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log)
+        own_work = work_dir is None
+        work_dir = work_dir or os.path.join(out, "work")
+        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames)
+        if own_work:
+            import shutil
+
+            shutil.rmtree(work_dir, ignore_errors=True)
+        return m
 
 
-def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log) -> dict:
+def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames) -> dict:
+    import hashlib
+
     from ..numerics import environment
+    from .shards import FrameShards, LazySequence
 
     t_start = time.time()
     p = preset if isinstance(preset, TrainPreset) else make_preset(preset, hubert, layer, style_encoder)
     p = replace(p, units_kmeans=replace(p.units_kmeans, seed=seed), style_kmeans=replace(p.style_kmeans, seed=seed),
                 vqvae_train=replace(p.vqvae_train, seed=seed), style_train=replace(p.style_train, seed=seed))
+    if max_frames:
+        p = replace(p, units_kmeans=replace(p.units_kmeans, max_frames=max_frames))
     torch.manual_seed(seed)
-    items = read_audio_manifest(manifest)
+    all_items = read_audio_manifest(manifest)
     if max_utts:
-        items = items[:max_utts]
+        all_items = all_items[:max_utts]
+    if not all_items:
+        raise ValueError(f"{manifest}: no utterances")
+    ids = hashlib.sha1("\n".join(f"{it.id}\t{it.audio}" for it in all_items).encode()).hexdigest()
+    pitch_cfg = replace(p.pitch, f0=replace(p.pitch.f0, device="cpu"))
+    _check_work_dir(work_dir, {"manifest": os.path.abspath(manifest), "utterances": ids, "shard_items": SHARD_ITEMS,
+                               "features": json.loads(json.dumps(asdict(p.features), default=str)),
+                               "f0": json.loads(json.dumps(asdict(pitch_cfg.f0), default=str))})
+
+    # ---- unit features -> shards (the pass that finds unreadable audio) ------------------------
+    t0 = time.time()
+    backend = load_backend(p.features, device)
     errors: list[dict] = []
-    items, wavs = load_audio_batch(items, errors)
+    feat_shards = FrameShards(os.path.join(work_dir, "features"), len(all_items), SHARD_ITEMS)
+    feat_shards.build(_shard_compute(all_items, backend.extract, errors), log, "unit features")
     for e in errors:
         log(f"[train] skipping {e['id']}: {e['error']}")
-    if not items:
-        raise ValueError(f"{manifest}: no readable audio ({len(errors)} utterances skipped)")
+    keep = [i for i in range(len(all_items)) if feat_shards.ok(i)]
+    if not keep:
+        raise ValueError(f"{manifest}: no readable audio ({len(all_items)} utterances skipped)")
+    skipped = len(all_items) - len(keep)
+    if skipped and not errors:
+        log(f"[train] skipping {skipped} utterances whose audio was unreadable (from the resumed shards)")
+    items = [all_items[i] for i in keep]
+    feats = LazySequence(len(keep), lambda k: feat_shards[keep[k]])
+    t_feats = time.time() - t0
     splits = {it.split for it in items}
     eval_split = "test" if "test" in splits else ("valid" if "valid" in splits else None)
     train_idx = [i for i, it in enumerate(items) if it.split not in ("test", "valid")] or list(range(len(items)))
     test_idx = [i for i, it in enumerate(items) if it.split == eval_split] if eval_split else train_idx
     log(f"[train] {len(items)} utterances: {len(train_idx)} for training, {len(test_idx)} for evaluation ({eval_split or 'train'})")
-    seconds = sum(len(wavs[i]) for i in train_idx) / SAMPLE_RATE
+    seconds = sum(feat_shards.info(keep[i], "samples") for i in train_idx) / SAMPLE_RATE
     p = plan_steps(p, seconds)
     if p.expressive:
         log(f"[train] plan for {seconds:.0f}s of training audio: units ({p.features.backend} features + k-means), "
@@ -215,14 +301,16 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
                      "num_train_utts": len(train_idx), "num_eval_utts": len(test_idx)}
     timings: dict[str, float] = {}
 
-    # ---- units ------------------------------------------------------------------------------
+    # ---- units: k-means on a bounded sample of the training frames, read from the shards ------
     t0 = time.time()
-    backend = load_backend(p.features, device)
-    feats = _batched(backend.extract, wavs)
-    centers = train_kmeans([feats[i] for i in train_idx], p.units_kmeans)
+    km = p.units_kmeans
+    sample = feat_shards.sample([keep[i] for i in train_idx], km.max_frames, km.seed)
+    log(f"[train] units: k-means on {sample.shape[0]} frames (--max_frames {km.max_frames})")
+    centers = train_kmeans(sample, replace(km, max_frames=None))  # the sample is already drawn as train_kmeans draws it
+    del sample
     units = UnitTokenizer(backend, centers, UnitConfig(features=p.features))
-    unit_codes = [units.quantizer(torch.from_numpy(f).to(units.backend.device)).cpu().numpy() for f in feats]
-    timings["units_s"] = time.time() - t0
+    unit_codes = {i: units.quantizer(torch.from_numpy(np.array(feats[i], dtype=np.float32)).to(units.backend.device)).cpu().numpy() for i in test_idx}
+    timings["units_s"] = time.time() - t0 + t_feats
     phones_ok = all(items[i].phones is not None for i in test_idx)
     if phones_ok:
         labs, toks = [], []
@@ -240,17 +328,31 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     if p.expressive:
         # ---- pitch --------------------------------------------------------------------------
         t0 = time.time()
-        pitch_cfg = replace(p.pitch, f0=replace(p.pitch.f0, device="cpu"))
 
-        f0s = extract_f0_batch(wavs, pitch_cfg.f0)
+        def f0_frames(ws):  # (T, 2): F0 in Hz and voicing, one row per 5 ms frame
+            return [np.stack([f, v], 1).astype(np.float32) for f, v in extract_f0_batch(ws, pitch_cfg.f0)]
+
+        f0_shards = FrameShards(os.path.join(work_dir, "f0"), len(all_items), SHARD_ITEMS)
+        f0_shards.build(_shard_compute(all_items, f0_frames), log, "F0")
+
+        def track(i):  # (f0, vuv) float32 of utterance i of items, as the F0 backend returned them
+            x = np.asarray(f0_shards[keep[i]])
+            return np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(x[:, 1])
+
+        f0s = LazySequence(len(items), track)
         stats = compute_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx)
-        ex = [normalise(f, v, stats.mean_for(items[i].speaker, f), stats.global_std) for i, (f, v) in enumerate(f0s)]
+
+        def example(i):
+            f, v = f0s[i]
+            return normalise(f, v, stats.mean_for(items[i].speaker, f), stats.global_std)
+
+        ex = LazySequence(len(items), example)
         os.makedirs(os.path.join(out, "pitch"), exist_ok=True)
         # the same speakers in Meta's speaker_stats format (f0_mean in Hz), for Meta's pitch quantizer config
         save_meta_speaker_stats(os.path.join(out, "pitch", "speaker_stats.pt"),
                                 meta_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx))
         clock.start("pitch", p.vqvae_train.steps)
-        model, vq_log = train_vqvae([ex[i] for i in train_idx], p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"), device=device, log=clock)
+        model, vq_log = train_vqvae(LazySequence(len(train_idx), lambda k: ex[train_idx[k]]), p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"), device=device, log=clock)
         pitch_tok = PitchTokenizer(model, stats, pitch_cfg)
         metrics["pitch_train_last_log"] = vq_log[-1] if vq_log else None
         codes = pitch_tok.encode_features([ex[i] for i in test_idx])
@@ -281,15 +383,26 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
             if any(lab is None for lab in labels):
                 raise ValueError(f"{manifest}: the cnn style encoder needs a 'style' label on every training utterance")
             clock.start("style", p.style_train.steps)
-            encoder, style_log = train_style_cnn([wavs[i] for i in train_idx], labels, scfg, p.style_train, log=clock)
+            from ..audio import load_audio
+
+            train_wavs = LazySequence(len(train_idx), lambda k: load_audio(items[train_idx[k]].audio))  # read when used
+            encoder, style_log = train_style_cnn(train_wavs, labels, scfg, p.style_train, log=clock)
             metrics["style_encoder_train_accuracy"] = style_log[-1]["accuracy"]
         else:
             encoder = W2V2StyleEncoder.from_pretrained(scfg.checkpoint)
         encoder.to(device)
-        pooled = _batched(lambda ws: pooled_embeddings(encoder, ws, scfg.window_frames), wavs)
-        style_centers = train_kmeans([pooled[i] for i in train_idx], p.style_kmeans)
+        # the pooled embeddings' shards belong to this encoder's weights (a resumed run that
+        # trains the same CNN again, same seed, finds them)
+        digest = hashlib.sha1()
+        for name, t in sorted(encoder.state_dict().items()):
+            digest.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+        pooled_shards = FrameShards(os.path.join(work_dir, f"style-{digest.hexdigest()[:12]}"), len(all_items), SHARD_ITEMS)
+        pooled_shards.build(_shard_compute(all_items, lambda ws: pooled_embeddings(encoder, ws, scfg.window_frames)), log, "style embeddings")
+        pooled = LazySequence(len(items), lambda i: np.array(pooled_shards[keep[i]], dtype=np.float32))
+        sk = p.style_kmeans
+        style_centers = train_kmeans(pooled_shards.sample([keep[i] for i in train_idx], sk.max_frames, sk.seed), replace(sk, max_frames=None))
         style_tok = StyleTokenizer(encoder, scfg, style_centers)
-        style_codes = [style_tok.quantizer(torch.from_numpy(x).to(device)).cpu().numpy() for x in pooled]
+        style_codes = {i: style_tok.quantizer(torch.from_numpy(pooled[i]).to(device)).cpu().numpy() for i in test_idx}
         if all(items[i].style is not None for i in test_idx):
             labs = [items[i].style for i in test_idx for _ in style_codes[i]]
             toks = [int(c) for i in test_idx for c in style_codes[i]]
