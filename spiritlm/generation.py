@@ -30,7 +30,7 @@ from fairseq2.models.llama import LLaMAConfig
 from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import BatchLayout, IncrementalStateBag
 
-from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER, parse_speech_string, split_modalities
+from spiritlm.formats import MOST_COMMON_STYLES, SPEECH_MARKER, TEXT_MARKER, parse_speech_string, split_modalities
 
 OutputModality = Literal["text", "speech", "arbitrary"]
 InputItem = tuple[str, Any]  # ("text", str) | ("speech", path | array)
@@ -244,6 +244,18 @@ class SpiritLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _fallback_style(self) -> int | None:
+        """Style filled into a speech output that has pitch but no style token.
+
+        Meta's decoder picks one of its most common styles (71, 68, 98) at random; a vocoder with
+        fewer styles (the tiny one has 16) would reject those, so take the first that fits its
+        table (or the speech tokenizer's), else 0. None (Meta's choice) when neither is known.
+        """
+        n = getattr(getattr(self.vocoder, "config", None), "num_style", None) or (self.num_units or {}).get("style")
+        if not n:
+            return None
+        return next((st for st in MOST_COMMON_STYLES if st < int(n)), 0)
+
     def allowed_tokens(self, output_modality: OutputModality) -> Tensor:
         """Bool mask ``[vocab_size]`` of the ids the model may emit for ``output_modality``.
 
@@ -454,7 +466,7 @@ class SpiritLM:
                 outputs.append(GenerationOutput("text", seg.text))
             else:
                 tokens = seg.render()
-                units = seg.units()
+                units = seg.units(fallback_style=self._fallback_style())
                 content: Any = tokens
                 if self.vocoder is not None:
                     content = self.vocoder.decode(units)
@@ -792,7 +804,7 @@ class SpiritLM:
             if seg.modality == "text":
                 outputs.append(GenerationOutput("text", seg.text))
             else:
-                tokens, units = seg.render(), seg.units()
+                tokens, units = seg.render(), seg.units(fallback_style=self._fallback_style())
                 content: Any = self.vocoder.decode(units) if self.vocoder is not None else tokens
                 outputs.append(GenerationOutput("speech", content, tokens=tokens, units=units))
         return outputs

@@ -180,3 +180,18 @@ def test_min_new_tokens_forbids_early_eos(lm):
                              min_new_tokens=8)
     assert free[-1] == eos and len(free) < 8  # sanity: EOS does come early without the constraint
     assert eos not in forced[:8] and len(forced) >= 8
+
+
+def test_a_speech_output_without_style_gets_a_style_the_vocoder_has():
+    """Meta's fallback styles (71, 68, 98) exist only in a 100-style vocoder; a 16-style one gets 0."""
+    from types import SimpleNamespace
+
+    lm = SpiritLM.__new__(SpiritLM)
+    lm.vocoder, lm.num_units = SimpleNamespace(config=SimpleNamespace(num_style=16)), None
+    assert lm._fallback_style() == 0
+    lm.vocoder.config.num_style = 100
+    assert lm._fallback_style() == 71
+    lm.vocoder, lm.num_units = None, {"hubert": 100, "style": 70}
+    assert lm._fallback_style() == 68
+    lm.num_units = None
+    assert lm._fallback_style() is None  # unknown sizes: Meta's random choice
