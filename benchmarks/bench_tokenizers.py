@@ -1,9 +1,15 @@
 """Tokenization speed per stream: seconds of audio per second of wall time, batched vs one at a time.
 
-Streams: HuBERT-style units (MFCC backend, and a randomly initialised HuBERT-base-sized 25 Hz
-model cut at layer 11 — the compute of mHuBERT-25Hz, whose weights cannot be downloaded here),
-pitch (F0 extraction + VQ-VAE encoder) and style (CNN encoder + pooling + k-means). Speed does
-not depend on trained weights, so untrained models are used unless ``--tokenizer`` is given.
+Streams: HuBERT-style units (MFCC backend), pitch (F0 extraction + VQ-VAE encoder) and style
+(CNN encoder + pooling + k-means). Speed does not depend on trained weights, so untrained models
+are used unless ``--tokenizer`` is given.
+
+Then HuBERT-base units (``--no_hubert`` skips them): a randomly initialised HuBERT-base-sized
+25 Hz model cut at layer 11 (the compute of mHuBERT-25Hz, whose weights cannot be downloaded
+here), at each of ``--hubert_threads``: the reference path (transformers ``HubertModel``, one
+utterance at a time, as today and as Meta's code) against ``HubertBackend`` one at a time,
+batched with length bucketing, and in bf16, each with the share of its units equal to the
+reference's fp32 units and the load average (the machine may be shared).
 
 Then the F0 backends alone (``--f0_backends``, default all: pyworld DIO and Harvest, torchcrepe
 ``tiny``, FCPE — Meta's default — and pYAAPT — Meta's alternative): the real-time factor
@@ -13,7 +19,8 @@ loads the models) over ``--f0_seconds`` of the same audio.
 Usage::
 
     python benchmarks/bench_tokenizers.py [--tokenizer DIR] [--manifest M] [--num_utts 16]
-        [--batch_size 8] [--device cpu] [--threads 0] [--no_hubert] [--f0_backend pyworld-dio]
+        [--batch_size 8] [--device cpu] [--threads 0] [--no_hubert] [--hubert_threads 1,2]
+        [--hubert_utts 8] [--hubert_clusters 100] [--batch_seconds 80] [--repeat 2] [--f0_backend pyworld-dio]
         [--f0_backends dio,harvest,crepe,fcpe,pyaapt] [--f0_seconds 30] [--no_streams]
 
 Audio: the utterances of ``--manifest``, or clips of 3-9 s cut from the real LibriSpeech
@@ -67,8 +74,7 @@ def _time(fn, wavs, batch_size: int, repeat: int = 1) -> float:
 
 def _streams(args):
     from spiritlm.tokenizers.f0 import F0Config
-    from spiritlm.tokenizers.features import FeatureConfig, HubertBackend, load_backend
-    from spiritlm.tokenizers.kmeans import KMeansQuantizer
+    from spiritlm.tokenizers.features import FeatureConfig, load_backend
     from spiritlm.tokenizers.pitch import PitchConfig, PitchTokenizer
     from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
     from spiritlm.tokenizers.f0 import SpeakerStats
@@ -92,14 +98,93 @@ def _streams(args):
         streams[f"pitch ({args.f0_backend})"] = pitch.encode
         scfg = StyleConfig(n_mels=64, channels=96, layers=3, embed_dim=32, labels=["a", "b", "c", "d"])
         streams["style (cnn)"] = StyleTokenizer(StyleCNN(scfg).to(dev), scfg, np.random.randn(16, 32).astype(np.float32)).to(dev).encode
-    if not args.no_hubert:
-        from transformers import HubertConfig, HubertModel
-
-        cfg = HubertConfig(conv_dim=[512] * 8, conv_stride=[5, 2, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2, 2])
-        hb = HubertBackend(HubertModel(cfg), layer=11).to(dev).eval()
-        q = KMeansQuantizer(np.random.randn(500, 768).astype(np.float32))
-        streams["units (hubert-base 25 Hz, L11, random weights)"] = UnitTokenizer(hb, q.centers.numpy(), UnitConfig()).encode
     return streams
+
+
+def _hubert_base(dev):
+    """HuBERT-base-sized 25 Hz model (mHuBERT-25Hz's shape: group-norm front end with one more
+    stride-2 layer, 12 x 768 transformer), random weights, seed 0."""
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    cfg = HubertConfig(conv_dim=[512] * 8, conv_stride=[5, 2, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2, 2])
+    return HubertModel(cfg).to(dev).eval()
+
+
+def _hubert_units(args, wavs) -> None:
+    """HuBERT-base units, layer 11: the reference path (a plain transformers ``HubertModel``
+    called one utterance at a time, weight norm recomputed each call: today's speed and Meta's
+    way) against :class:`HubertBackend` one at a time, batched with length bucketing, and bf16;
+    at each thread count, with the share of units equal to the fp32 reference's."""
+    from spiritlm.tokenizers.features import HubertBackend, length_buckets
+    from spiritlm.tokenizers.kmeans import KMeansConfig, KMeansQuantizer, train_kmeans
+
+    dev = torch.device(args.device)
+    seconds = sum(len(w) for w in wavs) / 16000
+    ref = _hubert_base(dev)
+    ours = HubertBackend(_hubert_base(dev), layer=11)
+    layer = 11
+
+    @torch.inference_mode()
+    def reference(ws):
+        out = []
+        for w in ws:
+            h = ref(torch.from_numpy(w)[None].to(dev), output_hidden_states=True).hidden_states[layer]
+            out.append(h[0].float().cpu().numpy())
+        return out
+
+    def batches(ws, one_at_a_time):
+        if one_at_a_time:
+            return [[i] for i in range(len(ws))]
+        return length_buckets([len(w) for w in ws], args.batch_seconds * 16000, args.batch_size)
+
+    def run_ours(ws, one_at_a_time):
+        out = [None] * len(ws)
+        for idx in batches(ws, one_at_a_time):
+            for i, f in zip(idx, ours.extract([ws[i] for i in idx])):
+                out[i] = f
+        return out
+
+    # k-means centres fitted on the reference's fp32 features (random centres would put every
+    # frame near a boundary or none): the agreement then counts frames that change cluster.
+    ref_feats = reference(wavs)
+    centers = train_kmeans(ref_feats, KMeansConfig(n_clusters=args.hubert_clusters, n_init=1, max_frames=None, seed=0))
+    q = KMeansQuantizer(centers).to(dev)
+
+    def units(feats):
+        return np.concatenate([q(torch.from_numpy(f).to(dev)).cpu().numpy() for f in feats])
+
+    ref_units = units(ref_feats)
+    modes = [("reference: transformers, one at a time, fp32", None, True, reference),
+             ("HubertBackend, one at a time, fp32", "fp32", True, None),
+             ("HubertBackend, batched, fp32", "fp32", False, None),
+             ("HubertBackend, one at a time, bf16", "bf16", True, None),
+             ("HubertBackend, batched, bf16", "bf16", False, None)]
+    print(f"HuBERT-base 25 Hz units (layer 11, random weights, {args.hubert_clusters} k-means units fitted on the "
+          f"reference's features): {len(wavs)} utterances, {seconds:.1f} s; batched = length buckets of at most "
+          f"{args.batch_size} utterances and {args.batch_seconds:.0f} s padded")
+    print(f"{'threads':>7}  {'path':<48} {'speed':>12} {'vs ref':>7} {'units = fp32 ref':>17}   load avg")
+    for threads in [int(t) for t in args.hubert_threads.split(",") if t]:
+        torch.set_num_threads(threads)
+        base = None
+        for name, precision, single, fn in modes:
+            if fn is None:
+                ours.set_precision(precision)
+                fn = (lambda ws, s=single: run_ours(ws, s))
+            fn(wavs[:1])  # warm-up
+            dt = float("inf")
+            for _ in range(args.repeat):  # best of --repeat: the least disturbed by other jobs
+                t = time.perf_counter()
+                feats = fn(wavs)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = min(dt, time.perf_counter() - t)
+            base = base or dt
+            agree = float(np.mean(units(feats) == ref_units))
+            print(f"{threads:>7}  {name:<48} {seconds / dt:>11.1f}x {base / dt:>6.2f}x {100 * agree:>16.2f}%   "
+                  f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    ours.set_precision("fp32")
+
 
 
 def _f0_speed(args, wavs) -> None:
@@ -134,6 +219,11 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no_hubert", action="store_true", help="skip the HuBERT-base-sized model")
+    ap.add_argument("--hubert_threads", default="1,2", help="torch thread counts of the HuBERT comparison (comma-separated)")
+    ap.add_argument("--hubert_utts", type=int, default=8, help="utterances of the HuBERT comparison (the first ones)")
+    ap.add_argument("--hubert_clusters", type=int, default=100, help="k-means units of the HuBERT agreement")
+    ap.add_argument("--batch_seconds", type=float, default=80.0, help="padded seconds per HuBERT batch")
+    ap.add_argument("--repeat", type=int, default=2, help="timings of each HuBERT path (the best is shown)")
     ap.add_argument("--f0_backend", default="pyworld-dio", help="F0 backend of the pitch stream")
     ap.add_argument("--f0_backends", default="dio,harvest,crepe,fcpe,pyaapt", help="F0 backends timed alone (comma-separated; empty: none)")
     ap.add_argument("--f0_seconds", type=float, default=30.0, help="seconds of audio for the F0 backend timings")
@@ -152,13 +242,16 @@ def main(argv=None) -> None:
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"machine: {cpu}; {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
-    print(f"audio: {len(wavs)} utterances, {seconds:.1f} s; batched = {args.batch_size} per batch")
+    print(f"audio: {len(wavs)} utterances, {seconds:.1f} s; batched = {args.batch_size} per batch; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (a shared machine's numbers are noisy)")
     if not args.no_streams:
         print(f"{'stream':<50} {'one at a time':>14} {'batched':>10}   (seconds of audio per second)")
         for name, fn in _streams(args).items():
             single = _time(fn, wavs, 1)
             batched = _time(fn, wavs, args.batch_size)
             print(f"{name:<50} {seconds / single:>13.1f}x {seconds / batched:>9.1f}x", flush=True)
+    if not args.no_hubert:
+        _hubert_units(args, wavs[: args.hubert_utts])
     if args.f0_backends:
         _f0_speed(args, wavs)
 
