@@ -137,3 +137,38 @@ def test_shards_come_from_flags_or_the_launcher():
         shard_from_env(2, None, env={})
     with pytest.raises(UserError, match="not integers"):
         shard_from_env(None, None, env={"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_tokenize_buckets_by_length_and_takes_its_shard_from_the_launcher(tmp_path, monkeypatch, capsys):
+    import json
+
+    import soundfile as sf
+
+    from spiritlm.tokenizers.features import FeatureConfig, load_backend
+    from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer
+    from spiritlm.tokenizers.tokenize_cli import tokenize
+
+    backend = load_backend(FeatureConfig(backend="mfcc"))
+    centers = np.random.default_rng(0).standard_normal((6, backend.dim)).astype(np.float32)
+    SpeechTokenizer(UnitTokenizer(backend, centers, UnitConfig())).save(tmp_path / "tok")
+    lines = []
+    for k, w in enumerate(waves(5, seed=3)):
+        sf.write(tmp_path / f"u{k}.wav", w, 16000)
+        lines.append({"id": f"u{k}", "audio": str(tmp_path / f"u{k}.wav"), "duration": len(w) / 16000})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    def read(path):
+        return {r["id"]: r["hubert"] for r in map(json.loads, open(path))}
+
+    tokenize(str(tmp_path / "m.jsonl"), str(tmp_path / "tok"), str(tmp_path / "plain.jsonl"), batch_seconds=0, batch_size=1)
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        tokenize(str(tmp_path / "m.jsonl"), str(tmp_path / "tok"), str(tmp_path / "part-{shard}.jsonl"), batch_seconds=0.3, batch_size=3)
+    out = capsys.readouterr().out
+    assert "shard 1/2 (RANK/WORLD_SIZE)" in out and "s of audio per second" in out
+    part0, part1 = read(tmp_path / "part-0.jsonl"), read(tmp_path / "part-1.jsonl")
+    assert sorted(part0) == ["u0", "u2", "u4"] and sorted(part1) == ["u1", "u3"]  # utterance i -> shard i % 2
+    ids0 = [json.loads(ln)["id"] for ln in open(tmp_path / "part-0.jsonl")]
+    assert ids0 == sorted(ids0, key=lambda i: -lines[int(i[1])]["duration"])  # longest first
+    assert {**part0, **part1} == read(tmp_path / "plain.jsonl")  # bucketed batches: the same units

@@ -216,7 +216,7 @@ def tokenize(
         shard: index of this shard (0-based; default: RANK or SLURM_PROCID, else 0).
         num_shards: number of shards; utterance i of the manifest belongs to shard i % num_shards
             (default: WORLD_SIZE or SLURM_NTASKS, else 1).
-        device: cpu, cuda or auto.
+        device: cpu, cuda or auto (``cuda`` under torchrun: ``cuda:LOCAL_RANK``).
         batch_size: utterances per batch at most.
         batch_seconds: padded seconds of audio per batch at most (utterances are sorted by the
             manifest's duration; 0: batches of --batch_size in manifest order).
@@ -238,6 +238,8 @@ def tokenize(
     if not 0 <= shard < num_shards:
         raise UserError(f"--shard {shard}: must be in 0..{num_shards - 1} (--num_shards {num_shards}; from {source})")
     out = out.replace("{shard}", str(shard))  # one file per shard, e.g. on a network file system
+    if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # torchrun: one GPU per process
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     if precision not in ("fp32", "float32", "bf16", "bfloat16"):
         raise UserError(f"--precision {precision}: must be fp32 or bf16")
 
