@@ -17,8 +17,9 @@ def _speechbrain_lazy_modules_answer_getattr_with_attribute_error() -> None:
     """speechbrain registers lazy modules for optional integrations (k2, …) in ``sys.modules``;
     touching any attribute of one whose package is missing raises ImportError. Hypothesis scans
     ``sys.modules`` with ``getattr(module, "__file__", None)``, which only tolerates AttributeError,
-    so every property test after a vocoder test crashed the worker. Missing integrations now
-    answer AttributeError, which is what ``getattr(..., default)`` expects."""
+    so every property test after a vocoder test crashed the worker. Dunder probes of modules not
+    yet imported, and missing integrations, now answer AttributeError, which is what
+    ``getattr(..., default)`` expects."""
     from speechbrain.utils import importutils
 
     original = importutils.LazyModule.__getattr__
@@ -26,6 +27,10 @@ def _speechbrain_lazy_modules_answer_getattr_with_attribute_error() -> None:
         return
 
     def __getattr__(self, attr):
+        # A dunder probe of a module nobody imported yet must not import it (importing some of
+        # them midway through torch's own imports causes a circular import).
+        if attr.startswith("__") and getattr(self, "lazy_module", None) is None:
+            raise AttributeError(attr)
         try:
             return original(self, attr)
         except ImportError as exc:
