@@ -461,7 +461,7 @@ def test_corpus_check_rejects_audio_that_tokenize_rejects(tmp_path, kind, capsys
 def test_tokenize_exits_nonzero_after_skipping_unless_allowed(tmp_path, capsys, monkeypatch):
     from spiritlm.tokenizers import speech_tokenizer
 
-    monkeypatch.setattr(speech_tokenizer.SpeechTokenizer, "load", classmethod(lambda cls, d, device="cpu": FakeSpeechTokenizer()))
+    monkeypatch.setattr(speech_tokenizer.SpeechTokenizer, "load", classmethod(lambda cls, d, device="cpu", precision="fp32": FakeSpeechTokenizer()))
     (tmp_path / "tok").mkdir()
     manifest = _wav_manifest(tmp_path, 3, bad={1: np.zeros(100, np.float32)})
     argv = ["tokenize", "--manifest", manifest, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "u.jsonl"]
@@ -609,7 +609,7 @@ def test_failed_tokenizer_train_leaves_nothing(tmp_path, capsys):
 def test_tokenize_with_nothing_readable_leaves_no_output_file(tmp_path, capsys, monkeypatch):
     from spiritlm.tokenizers import speech_tokenizer
 
-    monkeypatch.setattr(speech_tokenizer.SpeechTokenizer, "load", classmethod(lambda cls, d, device="cpu": FakeSpeechTokenizer()))
+    monkeypatch.setattr(speech_tokenizer.SpeechTokenizer, "load", classmethod(lambda cls, d, device="cpu", precision="fp32": FakeSpeechTokenizer()))
     (tmp_path / "tok").mkdir()
     manifest = _wav_manifest(tmp_path, 2, bad={0: np.zeros(10, np.float32), 1: np.zeros(10, np.float32)})
     out = tmp_path / "sub" / "u.jsonl"
