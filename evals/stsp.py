@@ -354,21 +354,29 @@ def draw_balanced_shots(pool: Sequence[StspItem], k: int, seed: int, target_id: 
     return out
 
 
-def vocode(vocoder: Any, items: Sequence[str | dict], speaker: int | str = 0) -> tuple[dict[int, np.ndarray], list[str]]:
+def vocode(
+    vocoder: Any, items: Sequence[str | dict], speaker: int | str = 0, stats: dict[str, int] | None = None
+) -> tuple[dict[int, np.ndarray], list[str]]:
     """Waveforms of the items the vocoder accepts (``{index: wav}``) and one message per refused item.
 
     Each item is checked alone (``Vocoder.prepare``), so one unusable output (ids beyond the
-    vocoder's tables, an expressive vocoder given HuBERT tokens only) is counted, not fatal.
+    vocoder's tables; an expressive vocoder that stores no default pitch given HuBERT tokens
+    only) is counted, not fatal. An output without pitch or style tokens is voiced with the
+    vocoder's default codes and judged like any other; ``stats["filled"]`` (when given) counts them.
     """
     from spiritlm.errors import UserError as _UserError
 
     prepared, index, errors = [], [], []
     for i, u in enumerate(items):
         try:
-            prepared.append(vocoder.prepare(u, speaker=speaker))
-            index.append(i)
+            p = vocoder.prepare(u, speaker=speaker)
         except (_UserError, ValueError) as e:
             errors.append(str(e))
+            continue
+        prepared.append(p)
+        index.append(i)
+        if stats is not None and p.get("filled"):
+            stats["filled"] = stats.get("filled", 0) + 1
     wavs = vocoder.synthesize_prepared(prepared) if prepared else []
     return dict(zip(index, wavs)), errors
 
@@ -513,6 +521,8 @@ def run_stsp(
     ``skipped_directions`` with the reason. An empty continuation (no text, or no speech token)
     is judged ``"(empty)"`` (wrong), and so is a speech output the vocoder refuses (counted in
     ``vocoder_errors``; a direction whose every output is refused is skipped with the message).
+    A speech output without pitch/style tokens is voiced with the vocoder's default codes and
+    judged (counted per direction in ``vocoder_filled``).
 
     Returns:
         :class:`spiritlm.evals.common.EvalResult` (task ``stsp``); written to ``out_dir`` when given.
@@ -531,6 +541,7 @@ def run_stsp(
         raise UserError("no STSP prompt with a sentiment label (--manifest)")
     skipped: dict[str, str] = {}
     vocoder_errors: dict[str, dict] = {}
+    vocoder_filled: dict[str, int] = {}  # speech outputs without pitch/style tokens, voiced with the vocoder's defaults
     too_long: dict[str, int] = {}
     rows: list[dict] = []
     throughput = Throughput()
@@ -594,7 +605,10 @@ def run_stsp(
         if tgt == "text":
             pred = dict(zip(nonempty, text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []))
         else:
-            got, errors = vocode(model.vocoder, [outputs[i] for i in nonempty], cfg.speaker)
+            stats: dict[str, int] = {}
+            got, errors = vocode(model.vocoder, [outputs[i] for i in nonempty], cfg.speaker, stats)
+            if stats.get("filled"):
+                vocoder_filled[d] = stats["filled"]
             if nonempty and not got:
                 skipped[d] = f"the vocoder refused every output: {errors[0]}"
                 continue
@@ -614,6 +628,7 @@ def run_stsp(
     metrics = stsp_metrics(rows, seed=cfg.seed)
     metrics["skipped_directions"] = skipped
     metrics["vocoder_errors"] = vocoder_errors
+    metrics["vocoder_filled"] = vocoder_filled
     metrics["skipped_too_long"] = too_long
     if cfg.shots:
         used = [len(r["shot_ids"]) for r in rows]

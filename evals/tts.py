@@ -200,7 +200,8 @@ def run_tts(
         from spiritlm.evals.stsp import vocode
 
         nonempty = [i for i, h in enumerate(hyps) if h]
-        got, errors = vocode(model.vocoder, [hyps[i] for i in nonempty], cfg.speaker)
+        stats: dict[str, int] = {}
+        got, errors = vocode(model.vocoder, [hyps[i] for i in nonempty], cfg.speaker, stats)
         keys = sorted(got)
         for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]) if keys else []):
             transcripts[nonempty[k]] = t
@@ -210,7 +211,8 @@ def run_tts(
         arr = np.array(char_counts, dtype=np.float64)
         chance = ratio_of_sums(np.array([edit_counts(a, b, "char") for a, b in zip(refs_text, _rolled(refs_text))], dtype=np.float64))
         metrics["cer"] = metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=cfg.seed, statistic=ratio_of_sums), chance, len(items),
-                                empty_outputs=len(items) - len(nonempty), vocoder_refused=len(errors), empty_output_rate=1.0)
+                                empty_outputs=len(items) - len(nonempty), vocoder_refused=len(errors),
+                                vocoder_filled=stats.get("filled", 0), empty_output_rate=1.0)
         got, errors = vocode(model.vocoder, [it["speech"] for it in items], cfg.speaker)
         keys = sorted(got)
         if keys:

@@ -250,7 +250,11 @@ class SpiritLM:
         Meta's decoder picks one of its most common styles (71, 68, 98) at random; a vocoder with
         fewer styles (the tiny one has 16) would reject those, so take the first that fits its
         table (or the speech tokenizer's), else 0. None (Meta's choice) when neither is known.
+        A vocoder that stores a default style (its most frequent training code) decides.
         """
+        default_code = getattr(self.vocoder, "default_code", None)
+        if callable(default_code) and (code := default_code("style")) is not None:
+            return int(code)
         n = getattr(getattr(self.vocoder, "config", None), "num_style", None) or (self.num_units or {}).get("style")
         if not n:
             return None

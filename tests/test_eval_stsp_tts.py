@@ -300,6 +300,25 @@ def test_stsp_counts_outputs_the_vocoder_refuses(tiny):
     assert sorted(got) == [0, 2] and len(errors) == 1 and "999" in errors[0]
 
 
+def test_stsp_judges_hubert_only_outputs_with_the_vocoders_default_codes(tiny):
+    from spiritlm.evals.common import EvalModel
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    torch.manual_seed(0)  # the same expressive vocoder, now with stored default pitch/style codes
+    cfg = VocoderConfig.preset("tiny", num_units=64, num_pitch=4, num_style=4, num_speakers=1, embedding_dim=8,
+                               upsample_initial_channel=32, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]],
+                               duration_hidden=8, default_pitch=1, default_style=3)
+    model = EvalModel(lm=tiny["model"].lm, vocoder=Vocoder(UnitHifiGAN(cfg)), name="tiny")
+    items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
+    res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
+                     cfg=S.StspConfig(directions=("t2s",), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8))
+    assert "t2s" not in res.metrics["skipped_directions"] and res.metrics["vocoder_errors"] == {}
+    speech_rows = [r for r in res.predictions if r["output"]]
+    assert speech_rows and res.metrics["vocoder_filled"] == {"t2s": len(speech_rows)}
+    assert all(r["judged"] != S.EMPTY for r in speech_rows)
+
+
 def test_tts_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
     test = [m for m in tiny["manifest"] if m["split"] == "test"]
     train = [m for m in tiny["manifest"] if m["split"] == "train"]

@@ -140,7 +140,8 @@ def test_bad_inputs_raise_user_errors(voc):
     cases = [
         ({"hubert": "1 2 20", "pitch": "1 2", "style": "1"}, "id 20 is beyond the vocoder's 20 units"),
         ({"hubert": "1 2 3", "pitch": "1 2", "style": "4"}, "'style' stream: id 4 is beyond"),
-        ({"hubert": "1 2 3"}, "needs a non-empty 'pitch'"),
+        ({"hubert": "1 2 3"}, "no 'pitch' stream"),  # absent and no stored default_pitch
+        ({"hubert": "1 2 3", "pitch": "", "style": "1"}, "needs a non-empty 'pitch'"),
         ({"hubert": " "}, "empty 'hubert'"),
         ({"pitch": "1"}, "no 'hubert'"),
         ({"hubert": "1 2 3 4 5 6 7 8 9 10", "pitch": "1", "style": "1"}, "'pitch' has 1 codes for 10 units"),

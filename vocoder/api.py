@@ -256,7 +256,8 @@ class Vocoder:
         self, units: UnitsInput, *, speaker: int | str = 0, dur_pred: bool | None = None, style_id: int | str = 0
     ) -> dict[str, Any]:
         """Parses and checks one input: ``{"units", "pitch", "style" (per-unit int arrays or None),
-        "speaker", "style_id" (ints), "dur_pred" (bool)}``. Raises :class:`UserError`."""
+        "speaker", "style_id" (ints), "dur_pred" (bool), "filled" (names of the streams that were
+        absent and filled with :meth:`default_code`)}``. Raises :class:`UserError`."""
         cfg = self.config
         if isinstance(units, str):
             streams = self._parse_string(units)
@@ -278,11 +279,25 @@ class Vocoder:
             raise UserError("this vocoder has no duration predictor: give frame-rate units (--dur_pred false)")
         T = hubert.size
         per_unit: dict[str, np.ndarray | None] = {"pitch": None, "style": None}
+        filled: list[str] = []
         for name, size, ratio in (("pitch", cfg.num_pitch, cfg.pitch_ratio), ("style", cfg.num_style, cfg.style_ratio)):
             if not size:
                 continue  # a base vocoder ignores expressive streams, as Meta's does
             codes = streams.get(name)
-            if codes is None or codes.size == 0:
+            if codes is None:
+                # a stream that is absent (an LM output without [Pi…]/[St…] tokens, units of a
+                # base tokenizer): filled with the vocoder's default code, one per unit
+                default = self.default_code(name)
+                if default is None:
+                    raise UserError(
+                        f"no '{name}' stream (no [{name[:2].capitalize()}N] tokens) and this vocoder stores no "
+                        f"default_{name} code to fill in (set one in its config.json; `spiritlm vocoder train` stores "
+                        f"the most frequent training code)"
+                    )
+                per_unit[name] = np.full(T, default, dtype=np.int64)
+                filled.append(name)
+                continue
+            if codes.size == 0:
                 raise UserError(f"this vocoder needs a non-empty '{name}' stream")
             _check_range(codes, size, name, f"{name} codes")
             if aligned:
@@ -306,17 +321,40 @@ class Vocoder:
             "speaker": self._index(speaker, self.speakers, cfg.num_speakers, "speaker"),
             "style_id": self._index(style_id, self.styles, cfg.num_style_ids, "style"),
             "dur_pred": dur_pred,
+            "filled": filled,
         }
+
+    def default_code(self, name: str) -> int | None:
+        """The code filled in for a missing ``"pitch"`` or ``"style"`` stream (None: refused).
+
+        The config's ``default_pitch`` / ``default_style`` (the most frequent training code,
+        stored by ``spiritlm vocoder train``). Without a stored style: the first of Meta's common
+        styles (71, 68, 98) that fits the table, else 0 — Meta's decoder picks one of the three
+        at random for a string with pitch but no style. Without a stored pitch: None (Meta's
+        decoder has no pitch fallback and fails).
+        """
+        cfg = self.config
+        if name == "pitch":
+            return None if not cfg.num_pitch or cfg.default_pitch is None else int(cfg.default_pitch)
+        if name == "style":
+            if not cfg.num_style:
+                return None
+            if cfg.default_style is not None:
+                return int(cfg.default_style)
+            return next((st for st in MOST_COMMON_STYLES if st < cfg.num_style), 0)
+        raise ValueError(f"no default for stream {name!r}")
 
     def _parse_string(self, s: str) -> dict[str, np.ndarray]:
         if not SPEECH_TOKEN_RE.search(s):
             raise UserError("no speech tokens ([HuN], [PiN], [StN]) in the token string")
         # Meta's decoder picks one of its most common styles at random when a string has pitch
-        # but no style token; pick deterministically, and within this vocoder's style table.
-        fallback = next((st for st in MOST_COMMON_STYLES if st < self.config.num_style), 0)
-        units = string_to_units(s, fallback_style=fallback)
+        # but no style token; here every missing stream is filled by prepare() with
+        # default_code() (deterministic, within this vocoder's tables).
+        units = string_to_units(s, fallback_style=0)
         if not units["hubert"]:
             raise UserError("the token string has no [HuN] tokens")
+        if not any(m.group(1) == "St" for m in SPEECH_TOKEN_RE.finditer(s)):
+            units.pop("style", None)
         return {k: _parse_stream(v, k) for k, v in units.items()}
 
     @staticmethod

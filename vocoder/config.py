@@ -76,6 +76,14 @@ class VocoderConfig:
     """samples per pitch code (1280 at 16 kHz = 12.5 Hz)."""
     style_hop: int = 16000
     """samples per style code (16000 at 16 kHz = 1 Hz)."""
+    default_pitch: int | None = None
+    """pitch code filled in for an input without a pitch stream (an LM output with no ``[PiN]``
+    token): the most frequent per-unit code of the training units (``spiritlm vocoder train``
+    stores it); None: such inputs are refused, as Meta's decoder fails on them."""
+    default_style: int | None = None
+    """style code filled in for an input without a style stream: the most frequent per-unit code
+    of the training units; None: the first of Meta's common styles (71, 68, 98) that fits the
+    table, else 0 (Meta's decoder picks one of the three at random)."""
 
     def __post_init__(self) -> None:
         self.upsample_rates = [int(v) for v in self.upsample_rates]
@@ -129,6 +137,9 @@ class VocoderConfig:
             raise ValueError("num_units and embedding_dim must be positive")
         if min(self.num_pitch, self.num_style, self.num_speakers, self.num_style_ids) < 0:
             raise ValueError("table sizes must be >= 0")
+        for name, code, size in (("default_pitch", self.default_pitch, self.num_pitch), ("default_style", self.default_style, self.num_style)):
+            if code is not None and not 0 <= int(code) < size:
+                raise ValueError(f"{name} {code} is not a code of the {size}-entry table")
 
     # -- presets ---------------------------------------------------------------------------------
 

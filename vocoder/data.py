@@ -236,6 +236,19 @@ def load_utterances(
     return out, report
 
 
+def most_frequent_codes(utterances: Sequence[Utterance]) -> dict[str, int]:
+    """``{"pitch": code, "style": code}``: the code most units of ``utterances`` carry (ties: the
+    smaller code), for each stream they have. The vocoder fills a missing stream with it
+    (``VocoderConfig.default_pitch`` / ``default_style``): an LM output without ``[PiN]``
+    tokens is then voiced with the commonest pitch of the training speech."""
+    out: dict[str, int] = {}
+    for name in ("pitch", "style"):
+        codes = [getattr(u, name) for u in utterances if getattr(u, name) is not None]
+        if codes:
+            out[name] = int(np.bincount(np.concatenate(codes)).argmax())
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Segments
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ from torch import nn
 
 from ..errors import UserError
 from .config import VocoderConfig
-from .data import SegmentSampler, Utterance, load_utterances, read_speakers
+from .data import SegmentSampler, Utterance, load_utterances, most_frequent_codes, read_speakers
 from .losses import LossWeights, MelConfig, build_discriminator, build_losses
 from .model import UnitHifiGAN, num_parameters
 
@@ -462,6 +463,10 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
             val_utts = []
     log(f"{len(train_utts)} training utterances ({report.skipped} lines skipped), {len(val_utts)} for validation, "
         f"{len(speakers)} speakers; streams: units{' + pitch' if vcfg.num_pitch else ''}{' + style' if vcfg.num_style else ''}")
+    # stored with the vocoder: the codes filled in for inputs without a pitch/style stream
+    common = most_frequent_codes(train_utts)
+    vcfg = dataclasses.replace(vcfg, default_pitch=common.get("pitch") if vcfg.num_pitch else None,
+                               default_style=common.get("style") if vcfg.num_style else None)
 
     torch.manual_seed(cfg.seed)  # same seed -> same initial generator (the untrained baseline of the eval)
     generator = UnitHifiGAN(vcfg).to(d.device)
