@@ -80,6 +80,24 @@ def _load_vocoder(path: str, device: str) -> Any:
         raise UserError(f"{e} (--vocoder)") from None
 
 
+#: judge kind → its sub-folder in a ``spiritlm eval judges`` output folder
+JUDGE_DIRS = {"asr": "asr", "text-sentiment": "text_sentiment", "speech-sentiment": "speech_sentiment"}
+
+
+def check_model_paths(model: str, *, vocoder: str | None = None, speech_tokenizer: str | None = None) -> None:
+    """One-line :class:`UserError` for a missing model / vocoder / speech tokenizer folder.
+
+    Light (no torch): the eval commands call it before the seconds of model imports, so a typo
+    in a path costs a second.
+    """
+    if not Path(model).is_dir():
+        raise UserError(f"{model}: no such model directory (--model)")
+    if speech_tokenizer is not None and not Path(speech_tokenizer).is_dir():
+        raise UserError(f"{speech_tokenizer}: no such speech tokenizer directory (--speech_tokenizer)")
+    if vocoder is not None and not Path(vocoder).is_dir():
+        raise UserError(f"{vocoder}: no such vocoder directory (--vocoder)")
+
+
 def load_eval_model(
     model: str, *, vocoder: str | None = None, speech_tokenizer: str | None = None, device: str = "cpu"
 ) -> EvalModel:
@@ -92,16 +110,13 @@ def load_eval_model(
             folder (needed when the inputs are audio rather than units).
         device: ``cpu`` or ``cuda[:N]``.
     """
+    check_model_paths(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer)  # before the imports of torch
     from spiritlm.generation import SpiritLM
 
-    if not Path(model).is_dir():
-        raise UserError(f"{model}: no such model directory (--model)")
     stok = None
     if speech_tokenizer is not None:
         from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer
 
-        if not Path(speech_tokenizer).is_dir():
-            raise UserError(f"{speech_tokenizer}: no such speech tokenizer directory (--speech_tokenizer)")
         try:
             stok = SpeechTokenizer.load(speech_tokenizer, device=device)
         except FileNotFoundError as e:
@@ -112,8 +127,6 @@ def load_eval_model(
         raise UserError(f"{e} (--model)") from None
     voc = None
     if vocoder is not None:
-        if not Path(vocoder).is_dir():
-            raise UserError(f"{vocoder}: no such vocoder directory (--vocoder)")
         voc = _load_vocoder(vocoder, device)
     expressive = bool(getattr(lm.tokenizer, "expressive", False))
     return EvalModel(lm=lm, vocoder=voc, speech_tokenizer=stok, expressive=expressive, name=str(model))

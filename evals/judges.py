@@ -44,7 +44,7 @@ from spiritlm.constants import SAMPLE_RATE
 FORMAT = "spiritlm-judge"
 LABELS = ("positive", "negative", "neutral")
 METRICS_NAME = "judges_metrics.json"
-JUDGE_DIRS = {"asr": "asr", "text-sentiment": "text_sentiment", "speech-sentiment": "speech_sentiment"}
+from spiritlm.evals.common import JUDGE_DIRS  # noqa: E402  (kept importable from here)
 
 #: How emotion labels of Meta's STSP data and of emotion classifiers map to sentiments
 #: (Expresso / EmoV: happy and amused are positive, angry and sad negative, default neutral).
@@ -864,66 +864,3 @@ def load_judges_metrics(judges_dir: str | os.PathLike) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def judges_command(
-    manifest: str,
-    out: str,
-    seed: int = 0,
-    asr_steps: int = 800,
-    asr_batch_size: int = 8,
-    max_asr_train: int = 0,
-    which: list[str] = list(JUDGE_DIRS),
-    vocoder: str | None = None,
-    units: str | None = None,
-    vocoded_fraction: float = 0.0,
-    threads: int = 0,
-    progress: bool = True,
-) -> None:
-    """Train the judges (CTC ASR, text and speech sentiment) on a manifest's train split; score them on its test split.
-
-    Example: ``spiritlm eval judges --manifest demo_out/corpus/manifest.jsonl --out demo_out/judges --asr_steps 800``
-
-    Writes OUT/asr/, OUT/text_sentiment/, OUT/speech_sentiment/ and OUT/judges_metrics.json (each
-    judge's test CER or accuracy with the majority-class rate), and prints one line per judge.
-
-    Args:
-        manifest: corpus manifest with train and test splits (sentiment labels for the sentiment judges).
-        out: output folder.
-        seed: seed of initialisation, batching and masking.
-        asr_steps: optimizer steps of the ASR judge.
-        asr_batch_size: utterances per ASR batch.
-        max_asr_train: cap on ASR training utterances (0: the whole train split).
-        which: judges to train: any of asr, text-sentiment, speech-sentiment.
-        vocoder: a vocoder folder: the judges are also scored on its resynthesis of the test split (needs --units).
-        units: Meta units JSONL of the manifest's audio (for --vocoder).
-        vocoded_fraction: this fraction of the ASR's train utterances is added again as vocoder resyntheses.
-        threads: torch CPU threads (0: leave torch's setting).
-        progress: show a progress bar.
-    """
-    from spiritlm.corpus.manifest import ManifestError
-    from spiritlm.errors import UserError
-    from spiritlm.tokenizers.utils import torch_threads
-
-    if not Path(manifest).is_file():
-        raise UserError(f"{manifest}: no such manifest (--manifest)")
-    if asr_steps < 1:
-        raise UserError(f"--asr_steps must be >= 1, got {asr_steps} (--asr_steps)")
-    cfg = JudgesConfig(asr_train=AsrTrainConfig(steps=asr_steps, batch_size=asr_batch_size), max_asr_train=max_asr_train)
-    if (vocoder is None) != (units is None):
-        raise UserError("--vocoder and --units go together (the judges hear the vocoder's resynthesis of the units)")
-    if not 0.0 <= vocoded_fraction <= 1.0:
-        raise UserError(f"--vocoded_fraction must be in [0, 1], got {vocoded_fraction}")
-    voc = unit_rows = None
-    if vocoder is not None:
-        from spiritlm.evals.common import load_units
-        from spiritlm.vocoder import Vocoder
-
-        voc = Vocoder.from_pretrained(vocoder)
-        unit_rows = load_units(units)
-    try:
-        with torch_threads(threads):
-            train_judges(manifest, out, seed=seed, cfg=cfg, which=tuple(which), vocoder=voc, units=unit_rows,
-                         vocoded_fraction=vocoded_fraction, progress=progress)
-    except ManifestError as e:
-        raise UserError(f"{e} (--manifest)") from None

@@ -695,7 +695,7 @@ def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_jud
 
 def resolve_judge_dirs(judges: str | None, **overrides: str | None) -> dict[str, str | None]:
     """Judge folders: ``judges/{asr,text_sentiment,speech_sentiment}`` unless a flag names another (any HF folder)."""
-    from spiritlm.evals.judges import JUDGE_DIRS
+    from spiritlm.evals.common import JUDGE_DIRS
 
     out: dict[str, str | None] = {}
     for kind, sub in JUDGE_DIRS.items():
@@ -770,25 +770,39 @@ def stsp_command(
         threads: torch CPU threads (0: leave torch's setting).
         progress: show progress bars.
     """
-    from spiritlm.evals.common import load_eval_model, load_manifest_items, load_units
-    from spiritlm.evals.judges import load_judges_metrics, load_speech_sentiment_judge, load_text_sentiment_judge
+    from spiritlm.evals.common import check_model_paths, load_eval_model, load_manifest_items, load_units
 
+    # files and flags first: a typo costs a second, not the imports of torch and the model
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: no such manifest (--manifest)")
+    meta_layout = is_meta_stsp_manifest(manifest)
+    # a bad line is named (path:line) before the model loads
+    manifest_items = None if meta_layout else load_manifest_items(manifest, split)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise UserError(f"unknown STSP directions {bad} (choose from {', '.join(DIRECTIONS)}) (--directions)")
+    for value, flag, low in ((shots, "--shots", 0), (max_items, "--max_items", 0), (batch_size, "--batch_size", 1),
+                             (max_new_tokens_text, "--max_new_tokens_text", 1), (max_new_tokens_speech, "--max_new_tokens_speech", 1)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value} ({flag})")
+    dirs = resolve_judge_dirs(judges, text_judge=text_judge, speech_judge=speech_judge)
+    if judges and not Path(judges).is_dir():
+        raise UserError(f"{judges}: no such judges directory (train one with `spiritlm eval judges`) (--judges)")
+    check_model_paths(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer)
+    units_map = load_units(units) if units else None
+
+    from spiritlm.evals.judges import load_judges_metrics, load_speech_sentiment_judge, load_text_sentiment_judge
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    dirs = resolve_judge_dirs(judges, text_judge=text_judge, speech_judge=speech_judge)
-    if judges and not Path(judges).is_dir():
-        raise UserError(f"{judges}: no such judges directory (train one with `spiritlm eval judges`) (--judges)")
     em = load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
-    units_map = load_units(units) if units else None
     tj = load_text_sentiment_judge(dirs["text-sentiment"], device) if dirs["text-sentiment"] else None
     sj = load_speech_sentiment_judge(dirs["speech-sentiment"], device) if dirs["speech-sentiment"] else None
     problems: list[dict] = []
     pool: list[StspItem] | dict[str, list[StspItem]] = []
-    if is_meta_stsp_manifest(manifest):
+    if meta_layout:
         items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer, expressive=em.expressive)
         if shots:
             if not shots_dir:
@@ -797,7 +811,7 @@ def stsp_command(
                 raise UserError(f"{shots_dir}: no such folder (--shots_dir)")
             pool = read_meta_few_shot(shots_dir, em.speech_tokenizer, audio_root=audio_root)
     else:
-        items, n_bad = items_from_manifest(load_manifest_items(manifest, split), units_map, em.expressive)
+        items, n_bad = items_from_manifest(manifest_items, units_map, em.expressive)
         if n_bad:
             problems.append({"error": f"{n_bad} prompts have no units in {units}: text directions only"})
         if shots:

@@ -302,20 +302,28 @@ def tts_command(
         device: cpu or cuda.
         threads: torch CPU threads (0: leave torch's setting).
     """
-    from spiritlm.evals.common import load_eval_model, load_manifest_items, load_units
+    from spiritlm.evals.common import check_model_paths, load_eval_model, load_manifest_items, load_units
+
+    # files and flags first: a typo costs a second, not the imports of torch and the model
+    targets = load_manifest_items(manifest, split)
+    pool = load_manifest_items(manifest, shot_split) if shots else []
+    unit_rows = load_units(units)
+    asr_dir = asr_judge or (str(Path(judges) / "asr") if judges else None)
+    if asr_dir and not Path(asr_dir).is_dir():
+        raise UserError(f"{asr_dir}: no such ASR judge directory ({'--asr_judge' if asr_judge else '--judges'})")
+    check_model_paths(model, vocoder=vocoder)
+    for value, flag, low in ((shots, "--shots", 0), (max_new_tokens, "--max_new_tokens", 1), (max_items, "--max_items", 0),
+                             (batch_size, "--batch_size", 1)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value} ({flag})")
+
     from spiritlm.evals.judges import load_asr_judge, load_judges_metrics
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    asr_dir = asr_judge or (str(Path(judges) / "asr") if judges else None)
-    if asr_dir and not Path(asr_dir).is_dir():
-        raise UserError(f"{asr_dir}: no such ASR judge directory ({'--asr_judge' if asr_judge else '--judges'})")
     em = load_eval_model(model, vocoder=vocoder, device=device)
-    unit_rows = load_units(units)
-    targets = load_manifest_items(manifest, split)
-    pool = load_manifest_items(manifest, shot_split) if shots else []
     judge = load_asr_judge(asr_dir, device) if asr_dir else None
     cfg = TtsConfig(shots=shots, seed=seed, do_sample=do_sample, max_new_tokens=max_new_tokens, max_items=max_items,
                     batch_size=batch_size, speaker=int(speaker) if str(speaker).isdigit() else speaker)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -70,6 +71,13 @@ def _summary(fn: Callable) -> str:
 def _run(fn: Callable, args: list[str], prog: str):
     if getattr(fn, "cli_argv", False):  # a command with its own parser (spiritlm train's recipe parser)
         return fn(args, prog=prog)
+    if "config" in inspect.signature(fn).parameters:
+        # jsonargparse.CLI drops a parameter named `config` after parsing (it reserves the name for
+        # its config-file option), so `vocoder train --config base` silently trained `tiny`
+        parser = jsonargparse.ArgumentParser(prog=prog, description=_plain_help(fn).__doc__)
+        parser.add_function_arguments(_plain_help(fn), as_positional=getattr(fn, "cli_positional", False))
+        ns = parser.parse_args(args)
+        return fn(**{name: ns[name] for name in inspect.signature(fn).parameters})
     return jsonargparse.CLI(_plain_help(fn), args=args, prog=prog, as_positional=getattr(fn, "cli_positional", False))
 
 

@@ -50,6 +50,14 @@ def synth(
         device: ``cpu`` or ``cuda[:N]``.
         threads: torch CPU threads (0: torch's default).
     """
+    src = Path(units)  # flags and files first: a typo costs a second, not the imports of torch
+    if not src.is_file():
+        raise UserError(f"{src}: file not found (--units)")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size} (--batch_size)")
+    if not Path(vocoder).exists():
+        raise UserError(f"{vocoder}: vocoder not found (--vocoder)")
+
     import soundfile as sf
     import torch
     from tqdm import tqdm
@@ -58,11 +66,6 @@ def synth(
 
     if threads > 0:
         torch.set_num_threads(threads)
-    src = Path(units)
-    if not src.is_file():
-        raise UserError(f"{src}: file not found (--units)")
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size} (--batch_size)")
     voc = Vocoder.from_pretrained(vocoder, device=device)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from spiritlm.errors import UserError
+
+
+def _check_files(**paths: str) -> None:
+    """One-line UserError for an input file that does not exist (before the slow imports)."""
+    for flag, path in paths.items():
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: file not found (--{flag})")
 
 
 def train(
@@ -60,10 +69,29 @@ def train(
         resume: continue from the newest checkpoint in OUT.
         stop_after: stop after this many steps in total (the schedule still assumes max_steps).
     """
-    from .train import TrainConfig, recipe_defaults, train_vocoder
+    # flags and files first: a typo costs a second, not the imports of torch and speechbrain
+    from .config import PRESETS
 
+    _check_files(manifest=manifest, units=units)
+    if config not in PRESETS:
+        raise UserError(f"unknown vocoder config {config!r} (choose from {', '.join(PRESETS)}) (--config)")
+    if tokenizer is not None and not os.path.isfile(os.path.join(tokenizer, "config.json")):
+        raise UserError(f"{tokenizer}: not a speech tokenizer directory, no config.json (--tokenizer)")
     if dtype not in ("auto", "float32", "bfloat16"):
         raise UserError(f"dtype must be auto, float32 or bfloat16, got {dtype!r} (--dtype)")
+    for value, flag in ((max_steps, "--max_steps"), (batch_size, "--batch_size"), (segment_units, "--segment_units"),
+                        (disc_width_div, "--disc_width_div"), (stop_after, "--stop_after")):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value} ({flag})")
+    for value, flag in ((disc_start_step, "--disc_start_step"), (log_every, "--log_every"), (val_every, "--val_every"),
+                        (save_every, "--save_every"), (threads, "--threads")):
+        if value < 0:
+            raise UserError(f"{flag} must be >= 0, got {value} ({flag})")
+    if not lr > 0:
+        raise UserError(f"--lr must be > 0, got {lr} (--lr)")
+
+    from .train import TrainConfig, recipe_defaults, train_vocoder
+
     d = recipe_defaults(config)
     cfg = TrainConfig(
         config=config, max_steps=max_steps,
@@ -114,6 +142,16 @@ def evaluate(
         control_pairs: utterance pairs of the pitch and style control experiments.
         threads: torch CPU threads (0: torch's default).
     """
+    _check_files(manifest=manifest, units=units)
+    if not os.path.exists(vocoder):
+        raise UserError(f"{vocoder}: vocoder not found (--vocoder)")
+    if tokenizer is not None and not os.path.isfile(os.path.join(tokenizer, "config.json")):
+        raise UserError(f"{tokenizer}: not a speech tokenizer directory, no config.json (--tokenizer)")
+    if max_utts is not None and max_utts < 1:
+        raise UserError(f"--max_utts must be >= 1, got {max_utts} (--max_utts)")
+    if control_pairs < 0:
+        raise UserError(f"--control_pairs must be >= 0, got {control_pairs} (--control_pairs)")
+
     import torch
 
     from .evaluate import evaluate_vocoder
