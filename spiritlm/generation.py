@@ -169,6 +169,8 @@ class SpiritLM:
             speech outputs never hold ``[HuN]`` with N beyond them, even when the vocabulary has
             more slots (a 100-unit tokenizer in Meta's 501-slot vocabulary). Default: the speech
             tokenizer's ``num_units`` when it has them, else the whole vocabulary.
+        speaker: the vocoder's speaker for speech outputs (a row index or a name from its
+            ``speakers.txt``; ``vocoder.decode(units, speaker=…)``); None: the vocoder's default.
     """
 
     def __init__(
@@ -180,8 +182,10 @@ class SpiritLM:
         speech_tokenizer: SpeechTokenizerLike | None = None,
         vocoder: VocoderLike | None = None,
         num_units: dict[str, int] | None = None,
+        speaker: int | str | None = None,
     ) -> None:
         self.model = model.eval()
+        self.speaker = speaker
         self.config = config
         self.tokenizer = tokenizer
         self.speech_tokenizer = speech_tokenizer
@@ -202,6 +206,7 @@ class SpiritLM:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         tokenizer_path: str | Path | None = None,
+        speaker: int | str | None = None,
     ) -> "SpiritLM":
         """Loads a model directory.
 
@@ -222,6 +227,7 @@ class SpiritLM:
             dtype: parameter dtype (bfloat16 halves the memory of a 7B model on GPU).
             tokenizer_path: the sentencepiece model (default: ``tokenizer.model`` in ``path``
                 or a parent directory).
+            speaker: see the class.
 
         The units that exist (see the class) come from the speech tokenizer, else from the
         ``speech_units.json`` next to the tokenizer model (written by ``spiritlm data build``).
@@ -236,13 +242,20 @@ class SpiritLM:
 
         tokenizer = SpiritTextTokenizer.load(tok_file)
         return cls(model, config, tokenizer, speech_tokenizer=speech_tokenizer, vocoder=vocoder,
-                   num_units=speech_units_near(tok_file))
+                   num_units=speech_units_near(tok_file), speaker=speaker)
 
     # -- vocabulary masks --------------------------------------------------------------------
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def _vocode(self, units: dict[str, str]) -> Any:
+        """The vocoder's waveform of a generated unit dict, in :attr:`speaker`'s voice when set."""
+        assert self.vocoder is not None
+        if self.speaker is None:
+            return self.vocoder.decode(units)
+        return self.vocoder.decode(units, speaker=self.speaker)  # type: ignore[call-arg]
 
     def _fallback_style(self) -> int | None:
         """Style filled into a speech output that has pitch but no style token.
@@ -473,7 +486,7 @@ class SpiritLM:
                 units = seg.units(fallback_style=self._fallback_style())
                 content: Any = tokens
                 if self.vocoder is not None:
-                    content = self.vocoder.decode(units)
+                    content = self._vocode(units)
                 outputs.append(GenerationOutput("speech", content, tokens=tokens, units=units))
         return {"prompt": prompt, "prompt_ids": prompt_ids, "ids": ids, "string": string, "outputs": outputs}
 
@@ -809,7 +822,7 @@ class SpiritLM:
                 outputs.append(GenerationOutput("text", seg.text))
             else:
                 tokens, units = seg.render(), seg.units(fallback_style=self._fallback_style())
-                content: Any = self.vocoder.decode(units) if self.vocoder is not None else tokens
+                content: Any = self._vocode(units) if self.vocoder is not None else tokens
                 outputs.append(GenerationOutput("speech", content, tokens=tokens, units=units))
         return outputs
 

@@ -21,6 +21,7 @@ def generate_fn(
     use_cache: bool = True,
     speech_tokenizer: str | None = None,
     vocoder: str | None = None,
+    speaker: str | None = None,
     output_dir: str = ".",
     out: str | None = None,
     device: str = "cpu",
@@ -51,6 +52,7 @@ def generate_fn(
         speech_tokenizer: directory of a saved speech tokenizer (``spiritlm tokenizer``), used to
             turn a WAV prompt into units.
         vocoder: directory of a unit vocoder; speech outputs are then written as WAV files.
+        speaker: the vocoder's speaker: a row index or a name from its speakers.txt (default: 0).
         output_dir: where WAV files go (``generation_NN.wav``) when ``out`` is not given.
         out: WAV path of the (first) speech output, with ``vocoder``; further speech segments
             of an ``arbitrary`` generation go next to it as ``<stem>_<N>.wav``.
@@ -58,6 +60,10 @@ def generate_fn(
         show_ids: also print the prompt and generated token ids.
     """
     _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder)  # a typo costs a second, not the imports
+    if speaker is not None and vocoder is None:
+        from spiritlm.errors import UserError
+
+        raise UserError("--speaker chooses the vocoder's voice: give --vocoder DIR too")
     _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k)
 
     import torch
@@ -74,8 +80,12 @@ def generate_fn(
         from spiritlm.vocoder import Vocoder
 
         voc = Vocoder.from_pretrained(vocoder, device=device)
+        if speaker is not None:  # an unknown name or a row beyond the table: one line before the LM loads
+            speaker_arg = int(speaker) if speaker.strip().isdigit() else speaker
+            voc._index(speaker_arg, voc.speakers, voc.config.num_speakers, "speaker")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    lm = SpiritLM.from_pretrained(model, speech_tokenizer=stok, vocoder=voc, device=device, dtype=dtype)
+    lm = SpiritLM.from_pretrained(model, speech_tokenizer=stok, vocoder=voc, device=device, dtype=dtype,
+                                  speaker=None if speaker is None else (int(speaker) if speaker.strip().isdigit() else speaker))
     inputs = []
     if text is not None:
         inputs.append(("text", text))

@@ -161,6 +161,48 @@ def test_speech_inputs_and_vocoder_outputs(hf_dir):
         SpiritLM.from_pretrained(hf_dir).generate([("speech", wav)])
 
 
+def test_speaker_reaches_the_vocoder_and_the_cli_writes_its_voice(hf_dir, tmp_path):
+    """`spiritlm generate --speaker NAME|INDEX` voices speech outputs with that vocoder speaker."""
+    import soundfile as sf
+
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    calls = []
+
+    class SpeakerVocoder(FakeVocoder):
+        def decode(self, units, speaker=0):
+            calls.append(speaker)
+            return super().decode(units)
+
+    kw = dict(output_modality="speech", max_new_tokens=6, do_sample=False)
+    SpiritLM.from_pretrained(hf_dir, vocoder=SpeakerVocoder(), speaker="ex02").generate("the cat", **kw)
+    assert calls and set(calls) == {"ex02"}
+    calls.clear()
+    SpiritLM.from_pretrained(hf_dir, vocoder=SpeakerVocoder()).generate("the cat", **kw)
+    assert calls and set(calls) == {0}  # the vocoder's default, as before
+
+    torch.manual_seed(0)  # a real vocoder with two speakers whose embeddings differ
+    cfg = VocoderConfig.preset("tiny", num_units=501, num_speakers=2, embedding_dim=8, upsample_initial_channel=32,
+                               resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)
+    model = UnitHifiGAN(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("original0"):
+                p.uniform_(0.5, 1.5)
+    Vocoder(model, speakers=["alice", "bob"]).save(tmp_path / "voc")
+    base = [sys.executable, "-m", "spiritlm.cli", "generate", "--model", str(hf_dir), "--text", "the cat", "--output_modality",
+            "speech", "--max_new_tokens", "6", "--do_sample", "false", "--vocoder", str(tmp_path / "voc")]
+    wavs = {}
+    for spk in ("alice", "1"):
+        subprocess.run([*base, "--speaker", spk, "--out", str(tmp_path / f"{spk}.wav")], capture_output=True, text=True, check=True)
+        wavs[spk] = sf.read(tmp_path / f"{spk}.wav")[0]
+    assert wavs["alice"].shape == wavs["1"].shape and not np.array_equal(wavs["alice"], wavs["1"])
+    bad = subprocess.run([*base, "--speaker", "carol", "--out", str(tmp_path / "c.wav")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown speaker 'carol'; known: alice, bob (--speaker)" in bad.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "c.wav").exists()
+
+
 def test_generate_cli(hf_dir, lm):
     cmd = [sys.executable, "-m", "spiritlm.cli", "generate", "--model", str(hf_dir), "--text", "the cat",
            "--output_modality", "speech", "--max_new_tokens", "8", "--do_sample", "false", "--show_ids", "true"]
