@@ -128,3 +128,25 @@ def test_stsp_and_tts_judge_outputs_without_pitch_tokens():
     got, errors = vocode(voc, ["[Hu1][Hu2]", "[Hu99]", "[Pi1][Hu3][Hu4]"])
     assert sorted(got) == [0, 2] and len(errors) == 1 and "99" in errors[0]
     np.testing.assert_allclose(got[0], voc.synthesize("[St2][Pi4][Hu1][Hu2]"), atol=1e-5)  # batched
+
+
+def test_vocoder_resume_drops_metrics_records_after_its_checkpoint(tmp_path):
+    """The vocoder recipe shares the LM recipe's MetricsLog: after a kill, the records written past
+    the last checkpoint are dropped on resume instead of repeating their steps (issue 12 case 16)."""
+    from test_vocoder_train import make_corpus, tiny_cfg
+
+    from spiritlm import metrics_log
+    from spiritlm.train import distributed
+    from spiritlm.vocoder import train as VT
+
+    assert VT.MetricsLog is metrics_log.MetricsLog and VT.Dist is distributed.Dist  # one copy of each
+    manifest, units = make_corpus(tmp_path)
+    quiet = dict(progress=False, log=lambda s: None)
+    run = tmp_path / "run"
+    VT.train_vocoder(manifest, units, str(run), tiny_cfg(), stop_after=2, **quiet)
+    with open(run / "metrics.jsonl", "a") as f:  # logged by the killed run after its last checkpoint
+        f.write(json.dumps({"kind": "train", "step": 3, "loss_g": 99.0}) + "\n")
+    VT.train_vocoder(manifest, units, str(run), tiny_cfg(), resume=True, **quiet)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert json.loads((run / "metrics.json").read_text())["train"]["3"]["loss_g"] != 99.0

@@ -43,6 +43,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..metrics_log import MetricsLog, read_history
+from ..train.distributed import Dist
 from .config import VocoderConfig
 from .data import SegmentSampler, Utterance, load_utterances, most_frequent_codes, read_speakers
 from .losses import LossWeights, MelConfig, build_discriminator, build_losses
@@ -123,40 +125,6 @@ def recipe_defaults(config: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------------------
-
-
-class _Dist:
-    """Rank, world size and device (one process unless started by torchrun)."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.initialised_here = False
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.initialised_here = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.initialised_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def tokenizer_sizes(tokenizer: str | None) -> dict[str, int] | None:
@@ -359,37 +327,6 @@ def validate(generator: UnitHifiGAN, utts: list[Utterance], mel_loss: nn.Module,
 # ---------------------------------------------------------------------------------------------
 
 
-class _Logger:
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                self.tb = None
-
-    def record(self, kind: str, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{kind}/{k}", v, step)
-
-    def audio(self, tag: str, wav: np.ndarray, step: int, sample_rate: int) -> None:
-        if self.tb is not None:
-            self.tb.add_audio(tag, torch.from_numpy(np.clip(wav, -1, 1))[None], step, sample_rate)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def train_vocoder(
     manifest: str,
     units: str,
@@ -423,7 +360,7 @@ def train_vocoder(
         "out"}``.
     """
     cfg = cfg or TrainConfig()
-    d = _Dist()
+    d = Dist()
     log = log or (lambda s: print(f"[vocoder train] {s}", flush=True) if d.main else None)
     prev_threads = torch.get_num_threads()
     if cfg.threads:
@@ -435,7 +372,7 @@ def train_vocoder(
         d.close()
 
 
-def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after, progress, log, d: _Dist) -> dict[str, Any]:
+def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after, progress, log, d: Dist) -> dict[str, Any]:
     from speechbrain import Stage
 
     t_start = time.time()
@@ -496,12 +433,12 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
         step = load_checkpoint(ckpt, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler)
         log(f"resumed from {ckpt} (step {step})")
     elif d.main:
-        for stale in ("metrics.jsonl", "metrics.json"):
-            (run_dir / stale).unlink(missing_ok=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
     if d.main:
         _write_json(run_dir / "train_config.json", {**cfg.to_dict(), "vocoder": vcfg.to_dict(), "manifest": os.path.abspath(manifest),
                                                     "units": os.path.abspath(units), "tokenizer": tokenizer, "speakers": speakers})
-    logger = _Logger(run_dir, d.main)
+    logger = MetricsLog(run_dir, d, tensorboard=True)
+    logger.start(step if ckpt is not None else None)  # a resume drops the records after its checkpoint
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
 
@@ -593,7 +530,7 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
         log(f"vocoder written to {run_dir} (load with Vocoder.from_pretrained)")
     summary: dict[str, Any] = {"final_step": step, "out": str(run_dir), "seconds": round(time.time() - t_start, 1)}
     if d.main:
-        summary.update(_read_history(run_dir / "metrics.jsonl"))
+        summary.update(read_history(run_dir / "metrics.jsonl"))
         _write_json(run_dir / "metrics.json", {k: v for k, v in summary.items() if k != "out"})
     logger.close()
     return summary
@@ -625,18 +562,6 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
-
-
-def _read_history(path: Path) -> dict[str, Any]:
-    """Per-step train and validation records, the last record of a step winning (resumed runs)."""
-    train: dict[int, dict] = {}
-    val: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            kind, step = rec.pop("kind"), rec.pop("step")
-            (train if kind == "train" else val)[step] = rec
-    return {"train": {str(k): v for k, v in sorted(train.items())}, "val": {str(k): v for k, v in sorted(val.items())}}
 
 
 def checkpoint_to_vocoder(run_dir: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:

@@ -55,6 +55,7 @@ from fairseq2.nn import BatchLayout, RMSNorm
 
 from spiritlm.atomic import atomic_file
 from spiritlm.constants import IGNORE_INDEX, SUBSETS
+from spiritlm.metrics_log import MetricsLog, read_history  # shared with the vocoder's recipe
 from spiritlm.model import (
     complete_checkpoints,
     create_model,
@@ -231,65 +232,6 @@ def subset_losses(batch: dict[str, Any], losses: Tensor, labels: Tensor) -> dict
 # ---------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """``metrics.jsonl`` (one record per kind and step) and TensorBoard, written by rank 0."""
-
-    def __init__(self, run_dir: Path, d: Dist, tensorboard: bool) -> None:
-        self.d = d
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if d.main and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                self.tb = None
-
-    def start(self, resumed_step: int | None) -> None:
-        """A fresh run starts an empty file; a resumed one keeps the records up to its checkpoint
-        (those after it are from the lost part of the interrupted run and will be redone)."""
-        if not self.d.main or not self.path.exists():
-            return
-        if resumed_step is None:
-            self.path.unlink()
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a kill: its step is redone anyway
-                continue
-            if isinstance(rec, dict) and int(rec.get("step", 0)) <= resumed_step:
-                kept.append(line)
-        _write_atomic(self.path, "".join(f"{ln}\n" for ln in kept))
-
-    def record(self, kind: str, step: int, values: dict[str, float]) -> None:
-        if not self.d.main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{kind}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def read_history(path: Path) -> dict[str, Any]:
-    """Per-step train and validation records of ``metrics.jsonl`` (the last record of a step wins)."""
-    train: dict[int, dict[str, float]] = {}
-    val: dict[int, dict[str, float]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            kind, step = rec.pop("kind"), rec.pop("step")
-            (train if kind == "train" else val)[step] = rec
-    return {"train": {str(k): v for k, v in sorted(train.items())}, "val": {str(k): v for k, v in sorted(val.items())}}
 
 
 def _write_atomic(path: Path, text: str) -> None:
