@@ -11,15 +11,27 @@ def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device
 
 def _check_inputs(manifest: str | None, units: str | None = None, split: str | None = None) -> None:
     """Reads the manifest (and checks the units file) before the model loads, so a bad file fails first."""
-    from pathlib import Path
-
-    from spiritlm.errors import UserError
-    from spiritlm.evals.common import load_manifest_items
+    from spiritlm.evals.common import load_manifest_items, load_units
 
     if manifest is not None:
         load_manifest_items(manifest, split)
-    if units is not None and not Path(units).is_file():
-        raise UserError(f"{units}: no such units file (--units)")
+    if units is not None:
+        load_units(units)  # a torn or bad line is named (path:line) before the model loads
+
+
+def _check_paths(model: str, vocoder: str | None, speech_tokenizer: str | None) -> None:
+    from spiritlm.evals.common import check_model_paths
+
+    check_model_paths(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer)
+
+
+def _check_numbers(**flags: tuple[int | None, int]) -> None:
+    """``name=(value, lowest allowed)``: a one-line UserError naming the flag."""
+    from spiritlm.errors import UserError
+
+    for name, (value, low) in flags.items():
+        if value is not None and value < low:
+            raise UserError(f"--{name} must be >= {low}, got {value} (--{name})")
 
 
 def _threads(threads: int | None) -> None:
@@ -68,9 +80,11 @@ def asr(
         device: cpu or cuda.
         threads: torch CPU threads (default: torch's).
     """
+    _check_inputs(manifest, units, split)
+    _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1))
+    _check_paths(model, vocoder, speech_tokenizer)
     from spiritlm.evals.asr import run_asr
 
-    _check_inputs(manifest, units, split)
     _threads(threads)
     run_asr(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
             shot_split=shot_split, max_items=max_items, batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -115,9 +129,11 @@ def ic(
         device: cpu or cuda.
         threads: torch CPU threads (default: torch's).
     """
+    _check_inputs(manifest, units, split)
+    _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1))
+    _check_paths(model, vocoder, speech_tokenizer)
     from spiritlm.evals.ic import run_ic
 
-    _check_inputs(manifest, units, split)
     _threads(threads)
     run_ic(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
            shot_split=shot_split, max_items=max_items, batch_size=batch_size, generation=generation)
@@ -164,9 +180,19 @@ def zeroshot(
         device: cpu or cuda.
         threads: torch CPU threads (default: torch's).
     """
+    from pathlib import Path
+
+    from spiritlm.errors import UserError
+
+    if sets is not None and not Path(sets).is_dir():
+        raise UserError(f"{sets}: no such folder (--sets)")
+    if sets is None and manifest is None:
+        raise UserError("give --manifest (synthetic sets from its vocabulary) or --sets DIR")
+    _check_inputs(manifest if sets is None else None)
+    _check_numbers(max_items=(max_items, 1), batch_size=(batch_size, 1))
+    _check_paths(model, vocoder, speech_tokenizer)
     from spiritlm.evals.zeroshot import run_zeroshot
 
-    _check_inputs(manifest if sets is None else None)
     _threads(threads)
     run_zeroshot(_model(model, vocoder, speech_tokenizer, device), out, manifest=manifest, sets=sets, seed=seed,
                  max_items=max_items, batch_size=batch_size, split=split,

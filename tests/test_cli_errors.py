@@ -128,3 +128,56 @@ def test_vocoder_train_config_flag_reaches_the_recipe(files, monkeypatch):
     man.write_text("{}\n")
     main(["vocoder", "train", "--manifest", str(man), "--units", files["units"], "--out", files["out"], "--config", "base"])
     assert seen["config"] == "base"
+
+
+def test_vocoder_train_with_no_usable_units_line_names_them_and_leaves_no_folder(tmp_path, capsys):
+    """Every units line bad: one line naming the file, its first bad line and the flags; no half-made --out."""
+    from test_vocoder_train import make_corpus
+
+    manifest, _ = make_corpus(tmp_path, n_utts=3)
+    units = tmp_path / "bad_units.jsonl"
+    units.write_text('{"id": "u0", "hubert": "1 2 x"}\n{"id": "u1", oops\n')
+    with pytest.raises(SystemExit):
+        main(["vocoder", "train", "--manifest", manifest, "--units", str(units), "--out", str(tmp_path / "run"), "--max_steps", "1"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"{units}:1: 'hubert' has a non-integer id 'x'" in lines[0] and "(--units / --manifest)" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_asr_ic_zeroshot_check_units_numbers_and_sets_first(files):
+    f = files
+    good = f["tmp"] / "m.jsonl"
+    good.write_text(json.dumps(_LINE) + "\n" + json.dumps({**_LINE, "id": "b", "split": "train"}) + "\n")
+    torn = f["tmp"] / "torn.jsonl"
+    torn.write_text(json.dumps({"id": "a", "hubert": "1 2"}) + '\n{"id": "b", "hub\n')
+    common = ["--model", f["model"], "--manifest", str(good), "--out", f["out"]]
+    cases = [
+        (["eval", "asr", *common, "--units", str(torn)], f"{torn}:2: invalid JSON"),
+        (["eval", "ic", *common, "--units", f["units"], "--shots", "-2"], "--shots must be >= 0, got -2 (--shots)"),
+        (["eval", "zeroshot", "--model", f["model"], "--sets", str(f["tmp"] / "nosets"), "--out", f["out"]], "nosets: no such folder (--sets)"),
+        (["eval", "asr", "--model", str(f["tmp"] / "nomodel"), "--manifest", str(good), "--units", f["units"], "--out", f["out"]],
+         "(--model)"),
+    ]
+    for (argv, msg), r in zip(cases, _run_fresh([c for c, _ in cases])):
+        lines = r["err"].strip().splitlines()
+        assert r["code"] == 1 and len(lines) == 1 and msg in lines[0], (argv, r)
+        assert not r["torch"], argv
+
+
+def test_vocoder_synth_unknown_speaker_is_one_error_for_the_flag(tmp_path, capsys):
+    import torch
+
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    torch.manual_seed(0)
+    cfg = VocoderConfig.preset("tiny", num_units=20, num_speakers=2, embedding_dim=8, upsample_initial_channel=32,
+                               resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)
+    Vocoder(UnitHifiGAN(cfg), speakers=["alice", "bob"]).save(tmp_path / "voc")
+    units = tmp_path / "u.jsonl"
+    units.write_text("".join(json.dumps({"id": f"a{i}", "hubert": "1 2 3"}) + "\n" for i in range(3)))
+    with pytest.raises(SystemExit):
+        main(["vocoder", "synth", "--vocoder", str(tmp_path / "voc"), "--units", str(units), "--out", str(tmp_path / "o"), "--speaker", "zed"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["spiritlm vocoder synth: error: unknown speaker 'zed'; known: alice, bob (--speaker)"], lines
+    assert not (tmp_path / "o").exists()

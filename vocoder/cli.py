@@ -67,6 +67,8 @@ def synth(
     if threads > 0:
         torch.set_num_threads(threads)
     voc = Vocoder.from_pretrained(vocoder, device=device)
+    if speaker is not None:  # one error for the flag, not one per line
+        voc._index(int(speaker) if speaker.strip().isdigit() else speaker, voc.speakers, voc.config.num_speakers, "speaker")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -232,7 +232,7 @@ def load_utterances(
     if not out:
         first = f" (first: {report.errors[0]})" if report.errors else ""
         raise UserError(f"{units}: no usable utterance{'' if splits is None else ' in split(s) ' + ', '.join(map(str, splits))}: "
-                        f"{report.skipped} line(s) skipped{first}")
+                        f"{report.skipped} line(s) skipped{first} (--units / --manifest)")
     return out, report
 
 

@@ -377,9 +377,6 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
 
     t_start = time.time()
     run_dir = Path(out)
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    d.barrier()
     for path, flag in ((manifest, "--manifest"), (units, "--units")):
         if not os.path.isfile(path):
             raise UserError(f"{path}: file not found ({flag})")
@@ -400,6 +397,9 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
             val_utts = []
     log(f"{len(train_utts)} training utterances ({report.skipped} lines skipped), {len(val_utts)} for validation, "
         f"{len(speakers)} speakers; streams: units{' + pitch' if vcfg.num_pitch else ''}{' + style' if vcfg.num_style else ''}")
+    if d.main:  # only once the data is usable: a failed start leaves no half-made run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+    d.barrier()
     # stored with the vocoder: the codes filled in for inputs without a pitch/style stream
     common = most_frequent_codes(train_utts)
     vcfg = dataclasses.replace(vcfg, default_pitch=common.get("pitch") if vcfg.num_pitch else None,
