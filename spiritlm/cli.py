@@ -28,8 +28,8 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "data": ("spiritlm.data.cli", "text tokenizer, interleaved documents, token shards; inspect them"),
     "train": ("spiritlm.train.cli", "train the LM from a YAML recipe (single process, torchrun, Slurm)"),
     "generate": ("spiritlm.generation_cli", "generate text and/or speech from a trained model"),
-    "eval": ("spiritlm.evals.cli", "evaluate a model: few-shot asr/ic, zero-shot likelihood tasks (metrics.json + predictions.jsonl)"),
-    "vocoder": ("spiritlm.vocoder.cli", "unit vocoder: synthesize units or token strings to WAV files; train one"),
+    "eval": ("spiritlm.evals.cli", "evaluate a model: few-shot asr/ic/tts, stsp, zero-shot likelihood tasks; train the judges (metrics.json + predictions.jsonl)"),
+    "vocoder": ("spiritlm.vocoder.cli", "unit vocoder: synthesize units or token strings to WAV files; train and evaluate one"),
     "demo": ("spiritlm.recipes.demo", "the whole pipeline on the synthetic corpus, ending in a report (make demo)"),
 }
 

@@ -181,3 +181,19 @@ def test_vocoder_synth_unknown_speaker_is_one_error_for_the_flag(tmp_path, capsy
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["spiritlm vocoder synth: error: unknown speaker 'zed'; known: alice, bob (--speaker)"], lines
     assert not (tmp_path / "o").exists()
+
+
+def test_readme_command_table_lists_every_command_and_subcommand():
+    """Every command `spiritlm --help` shows (and every subcommand of a group) is in README.md's table."""
+    from pathlib import Path
+
+    from spiritlm.cli import COMMAND_GROUPS, load_commands
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("|"))
+    missing = []
+    for group in COMMAND_GROUPS:
+        commands = load_commands(group)
+        names = [f"spiritlm {group}"] if callable(commands) else [f"spiritlm {group} {sub}" for sub in commands]
+        missing += [n for n in names if f"`{n}" not in table]
+    assert not missing, f"README.md's command table lacks {missing}"
