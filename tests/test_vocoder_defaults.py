@@ -150,3 +150,14 @@ def test_vocoder_resume_drops_metrics_records_after_its_checkpoint(tmp_path):
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]
     assert json.loads((run / "metrics.json").read_text())["train"]["3"]["loss_g"] != 99.0
+
+
+def test_synth_voices_lines_without_pitch_and_counts_them(tmp_path):
+    from spiritlm.cli import main
+
+    _voc(default_pitch=4, default_style=2).save(tmp_path / "voc")
+    units = tmp_path / "u.jsonl"
+    units.write_text(json.dumps({"id": "a", "tokens": "[Hu1][Hu2][Hu3]"}) + "\n" + json.dumps({"id": "b", "tokens": "[St1][Pi2][Hu1]"}) + "\n")
+    main(["vocoder", "synth", "--vocoder", str(tmp_path / "voc"), "--units", str(units), "--out", str(tmp_path / "w")])
+    report = json.loads((tmp_path / "w" / "synth_report.json").read_text())
+    assert (report["written"], report["skipped"], report["filled"]) == (2, 0, 1)

@@ -116,6 +116,7 @@ def synth(
     elapsed = time.perf_counter() - start
     report = {
         "units": str(src), "vocoder": str(vocoder), "lines": total, "written": written, "skipped": len(errors),
+        "filled": sum(1 for _, p in jobs if p.get("filled")),  # lines without pitch/style: the vocoder's default codes
         "audio_seconds": round(audio_s, 3), "synthesis_seconds": round(elapsed, 3),
         "realtime_factor": round(audio_s / elapsed, 2) if elapsed > 0 and written else None,
         "errors": errors,
