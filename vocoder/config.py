@@ -21,6 +21,8 @@ from typing import Any
 
 #: our own config file's format tag
 FORMAT = "spiritlm-vocoder"
+#: samples per F0 frame of the harmonic source (200 Hz at 16 kHz: the tokenizer's F0 frames)
+F0_HOP = 80
 
 
 def _default_dilations() -> list[list[int]]:
@@ -84,6 +86,16 @@ class VocoderConfig:
     """style code filled in for an input without a style stream: the most frequent per-unit code
     of the training units; None: the first of Meta's common styles (71, 68, 98) that fits the
     table, else 0 (Meta's decoder picks one of the three at random)."""
+    harmonic_source: bool = False
+    """add a neural source-filter excitation (NSF-HiFiGAN): a small head predicts log F0 and
+    voicing at 200 Hz from the generator's input, a sum of sines at that F0 (zero where unvoiced)
+    is made at the sample rate and added, strided down, after every upsampling layer. Lets a
+    small generator render pitch after few steps. Not part of Meta's layout (export refuses it);
+    False for ``base`` / ``expressive`` and Meta's vocoders."""
+    source_harmonics: int = 8
+    """sines at F0, 2·F0 … (those above Nyquist are dropped), merged by a learned linear layer."""
+    source_hidden: int = 64
+    """channels of the F0 head's two convolutions (kernel 3, in units)."""
 
     def __post_init__(self) -> None:
         self.upsample_rates = [int(v) for v in self.upsample_rates]
@@ -108,6 +120,11 @@ class VocoderConfig:
     def num_streams(self) -> int:
         """How many embeddings are concatenated at the generator's input."""
         return 1 + sum(n > 0 for n in (self.num_pitch, self.num_style, self.num_speakers, self.num_style_ids))
+
+    @property
+    def f0_frames_per_unit(self) -> int:
+        """F0 frames (200 Hz) per unit of the harmonic source: ``unit_hop / 80`` (8)."""
+        return self.unit_hop // F0_HOP
 
     @property
     def in_channels(self) -> int:
@@ -137,6 +154,8 @@ class VocoderConfig:
             raise ValueError("num_units and embedding_dim must be positive")
         if min(self.num_pitch, self.num_style, self.num_speakers, self.num_style_ids) < 0:
             raise ValueError("table sizes must be >= 0")
+        if self.harmonic_source and (self.unit_hop % F0_HOP or self.source_harmonics < 1 or self.source_hidden < 1):
+            raise ValueError(f"harmonic_source needs unit_hop divisible by {F0_HOP} and source_harmonics, source_hidden >= 1")
         for name, code, size in (("default_pitch", self.default_pitch, self.num_pitch), ("default_style", self.default_style, self.num_style)):
             if code is not None and not 0 <= int(code) < size:
                 raise ValueError(f"{name} {code} is not a code of the {size}-entry table")
@@ -178,7 +197,13 @@ class VocoderConfig:
     # -- Meta's config.json ----------------------------------------------------------------------
 
     def to_meta(self) -> dict[str, Any]:
-        """The keys of Meta's ``hifigan_spiritlm_*/config.json`` for this architecture."""
+        """The keys of Meta's ``hifigan_spiritlm_*/config.json`` for this architecture.
+
+        Raises ``ValueError`` for a vocoder with a harmonic source: Meta's generator has none.
+        """
+        if self.harmonic_source:
+            raise ValueError("Meta's vocoder layout has no harmonic source (harmonic_source=True): "
+                             "use our folder format (Vocoder.save)")
         out: dict[str, Any] = {
             "resblock": "1",
             "upsample_rates": list(self.upsample_rates),

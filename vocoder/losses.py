@@ -35,7 +35,10 @@ from speechbrain.lobes.models.HifiGAN import (
     MSEGLoss,
     MultiPeriodDiscriminator,
     MultiScaleDiscriminator,
+    MultiScaleSTFTLoss,
+    STFTLoss,
 )
+import torch
 from speechbrain.nnet.CNN import Conv2d
 from torch import nn
 
@@ -139,12 +142,61 @@ class LossWeights:
         feature_matching: weight of speechbrain's *mean* feature-matching loss; None = 2 x the
             number of feature maps (= speech-resynthesis' 2 x sum).
         duration: weight of the duration MSE on ``log(1 + frames)`` (1).
+        stft: weight of the multi-resolution STFT loss (:class:`MultiResolutionSTFTLoss`: mean
+            log-magnitude L1 + mean spectral convergence over FFT sizes 1024, 2048, 512, as
+            Parallel WaveGAN); 0 = off (HiFi-GAN's recipe).
+        f0: weight of the harmonic source's F0 loss (MSE on log F0 over voiced frames + BCE on
+            voicing; only for a vocoder with ``harmonic_source``).
     """
 
     mel: float = 45.0
     adversarial: float = 1.0
     feature_matching: float | None = None
     duration: float = 1.0
+    stft: float = 0.0
+    f0: float = 1.0
+
+
+class HannSTFTLoss(STFTLoss):
+    """speechbrain's ``STFTLoss`` (log-magnitude L1 + spectral convergence, Parallel WaveGAN)
+    with a Hann window and a complex STFT: speechbrain's ``stft`` helper uses a rectangular
+    window and ``torch.stft`` without ``return_complex``, which torch >= 2 refuses.
+
+    ``forward(y_hat, y)`` on ``[B, N]`` waveforms → ``(loss_mag, loss_sc)``.
+
+    >>> l = HannSTFTLoss(512, 128, 512)
+    >>> x = torch.randn(2, 4000)
+    >>> [float(v) for v in l(x, x)]
+    [0.0, 0.0]
+    """
+
+    def __init__(self, n_fft: int, hop_length: int, win_length: int) -> None:
+        super().__init__(n_fft, hop_length, win_length)
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+
+    def magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` → ``[B, n_fft/2+1, frames]`` magnitudes (floored at 1e-4 before the log)."""
+        s = torch.stft(x.float(), self.n_fft, self.hop_length, self.win_length, window=self.window.to(x.device), return_complex=True)
+        return torch.sqrt(torch.clamp(s.real ** 2 + s.imag ** 2, min=1e-8))
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m_hat, m = self.magnitude(y_hat), self.magnitude(y)
+        loss_mag = nn.functional.l1_loss(torch.log(m_hat), torch.log(m))
+        loss_sc = torch.linalg.norm(m - m_hat) / torch.linalg.norm(m).clamp(min=1e-8)
+        return loss_mag, loss_sc
+
+
+class MultiResolutionSTFTLoss(MultiScaleSTFTLoss):
+    """speechbrain's ``MultiScaleSTFTLoss`` over :class:`HannSTFTLoss` at Parallel WaveGAN's
+    resolutions (FFT 1024 / 2048 / 512, hop 120 / 240 / 50, window 600 / 1200 / 240 samples).
+
+    The 2048-point resolution (7.8 Hz bins at 16 kHz) resolves the harmonics of speech, which the
+    80-band mel L1 does not: noise with the right envelope satisfies the mel loss, not this one.
+    """
+
+    def __init__(self, n_ffts=(1024, 2048, 512), hop_lengths=(120, 240, 50), win_lengths=(600, 1200, 240)) -> None:
+        nn.Module.__init__(self)
+        self.loss_funcs = nn.ModuleList(HannSTFTLoss(n, h, w) for n, h, w in zip(n_ffts, hop_lengths, win_lengths))
 
 
 @dataclass
@@ -172,6 +224,7 @@ def build_losses(discriminator: HifiganDiscriminator, weights: LossWeights, mel:
         norm="slaney", mel_scale="slaney", dynamic_range_compression=True,
     )
     g = GeneratorLoss(
+        stft_loss=MultiResolutionSTFTLoss() if weights.stft > 0 else None, stft_loss_weight=weights.stft,
         mseg_loss=MSEGLoss(), mseg_loss_weight=weights.adversarial,
         feat_match_loss=MelganFeatureLoss(), feat_match_loss_weight=fm,
         l1_spec_loss=spec, l1_spec_loss_weight=weights.mel,

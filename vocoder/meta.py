@@ -199,8 +199,13 @@ def export_meta(
 ) -> None:
     """Writes ``model`` in Meta's layout (``config.json``, ``generator.pt``, names files).
 
-    Files are written under temporary names and renamed.
+    Files are written under temporary names and renamed. A vocoder with a harmonic source
+    (``config.harmonic_source``, e.g. ``tiny``) is refused: Meta's generator has no such module,
+    and dropping it would change the audio.
     """
+    if model.config.harmonic_source:
+        raise UserError(f"{path}: this vocoder has a harmonic source (harmonic_source=true), which Meta's layout "
+                        "cannot hold; save it in our folder format instead")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in ours_to_meta(model.state_dict()).items()}

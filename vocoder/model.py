@@ -15,6 +15,11 @@ default, which changes the edges and fails on inputs shorter than the pad).
 Deduplicated units (what the LM emits) are first given durations by a
 :class:`DurationPredictor` trained on ``log(1 + frames)``; at inference a unit lasts
 ``clamp(round(exp(x) - 1), min=1)`` frames.
+
+Optional (``config.harmonic_source``, on for ``tiny``): a :class:`HarmonicSource` predicts log
+F0 and voicing at 200 Hz from the generator's input, makes a sum of sines at that F0 (neural
+source-filter, as NSF-HiFiGAN) and adds it, strided down by a convolution, after every
+upsampling layer, so the generator shapes a periodic excitation instead of having to invent one.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from speechbrain.nnet.CNN import ConvTranspose1d as SBConvTranspose1d
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .config import VocoderConfig
+from .config import F0_HOP, VocoderConfig
 
 __all__ = [
     "DurationPredictor",
+    "HarmonicSource",
+    "sine_excitation",
     "UnitHifiGAN",
     "durations_from_log",
     "upsample_codes",
@@ -169,6 +176,109 @@ class DurationPredictor(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# Harmonic source (neural source-filter)
+# ---------------------------------------------------------------------------------------------
+
+
+def sine_excitation(f0: Tensor, hop: int = F0_HOP, sample_rate: int = 16000, num_harmonics: int = 1) -> Tensor:
+    """Sines at ``F0, 2·F0, … num_harmonics·F0`` at the sample rate, zero on unvoiced frames.
+
+    Args:
+        f0: ``[B, F]`` Hz per frame of ``hop`` samples (0 = unvoiced); each frame's value holds
+            for its ``hop`` samples (no interpolation, so a right-padded row gives the samples of
+            the row alone).
+        hop: samples per frame (80 = 200 Hz at 16 kHz).
+        sample_rate: Hz.
+        num_harmonics: ``H``.
+
+    Returns:
+        ``[B, F * hop, H]`` float32 in [-1, 1]. The phase is the running sum of ``F0 / sample_rate``
+        from 0 at the first sample (float64, so it stays exact over minutes); harmonics at or
+        above Nyquist are zero.
+
+    >>> x = sine_excitation(torch.full((1, 200), 100.0), num_harmonics=2)   # 1 s at 100 Hz
+    >>> x.shape, round(float(x[0, 40, 0]), 4), round(abs(float(x[0, 40, 1])), 4)  # 1/4 period of 100 Hz
+    (torch.Size([1, 16000, 2]), 1.0, 0.0)
+    """
+    f = f0.double().repeat_interleave(hop, dim=1)  # [B, N]
+    phase = torch.cumsum(f / sample_rate, dim=1) - f / sample_rate  # 0 at the first sample
+    k = torch.arange(1, num_harmonics + 1, dtype=torch.float64, device=f0.device)
+    cycles = torch.remainder(phase[..., None] * k, 1.0)  # [B, N, H]
+    audible = (f[..., None] * k < sample_rate / 2) & (f[..., None] > 0)
+    return (torch.sin(2 * torch.pi * cycles) * audible).float()
+
+
+class HarmonicSource(nn.Module):
+    """F0 head and sine excitation of a neural source-filter vocoder.
+
+    The head (Conv1d k=3 + LeakyReLU, twice, then a 1×1 Conv1d) reads the generator's input
+    ``[B, C, T]`` at the unit rate and gives, for each of the ``S = unit_hop / 80`` F0 frames of a
+    unit, ``ln F0`` (Hz) and a voicing logit: 200 Hz, the frames of the tokenizer's F0 extractor, so
+    training compares them with the training audio's F0 frame by frame. The excitation is
+    ``tanh(Linear(H sines at k·F0))`` (no bias, so unvoiced frames give exactly 0), amplitude 0.1
+    per sine as in NSF.
+
+    Args:
+        in_channels: ``C``.
+        hidden: channels of the two convolutions.
+        frames_per_unit: ``S``.
+        num_harmonics: ``H``.
+        sample_rate: Hz.
+
+    >>> src = HarmonicSource(16, 32, frames_per_unit=8, num_harmonics=4)
+    >>> log_f0, logit = src.predict(torch.randn(2, 16, 5))
+    >>> log_f0.shape, logit.shape, src.excitation(torch.exp(log_f0)).shape
+    (torch.Size([2, 40]), torch.Size([2, 40]), torch.Size([2, 1, 3200]))
+    """
+
+    #: initial F0 of the head's output (Hz): its bias starts at ln(150), mid-range of speech
+    INIT_F0 = 150.0
+    SINE_AMP = 0.1
+
+    def __init__(self, in_channels: int, hidden: int = 64, frames_per_unit: int = 8, num_harmonics: int = 8,
+                 sample_rate: int = 16000) -> None:
+        super().__init__()
+        self.frames_per_unit, self.num_harmonics, self.sample_rate = frames_per_unit, num_harmonics, sample_rate
+        self.conv1 = nn.Conv1d(in_channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv1d(hidden, hidden, 3, padding=1)
+        self.proj = nn.Conv1d(hidden, 2 * frames_per_unit, 1)
+        with torch.no_grad():
+            self.proj.bias[:frames_per_unit] = float(torch.log(torch.tensor(self.INIT_F0)))
+        self.merge = nn.Linear(num_harmonics, 1, bias=False)
+
+    def predict(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x`` ``[B, C, T]`` → ``(ln F0 [B, T*S], voicing logit [B, T*S])``.
+
+        ``mask`` ``[B, T]`` (true = valid) zeroes padded units before each convolution (a padded
+        batch gives each row's values alone).
+        """
+        m = None if mask is None else mask[:, None, :].to(x.dtype)
+        h = x if m is None else x * m
+        h = F.leaky_relu(self.conv1(h), LRELU_SLOPE)
+        h = F.leaky_relu(self.conv2(h if m is None else h * m), LRELU_SLOPE)
+        out = self.proj(h)  # [B, 2S, T]
+        B, _, T = out.shape
+        S = self.frames_per_unit
+        log_f0 = out[:, :S].transpose(1, 2).reshape(B, T * S)
+        logit = out[:, S:].transpose(1, 2).reshape(B, T * S)
+        return log_f0, logit
+
+    def f0_from_prediction(self, log_f0: Tensor, logit: Tensor) -> Tensor:
+        """Hz per frame, 0 where the voicing logit is <= 0 (probability <= 0.5)."""
+        return torch.exp(log_f0.clamp(max=float(torch.log(torch.tensor(self.sample_rate / 2.0))))) * (logit > 0)
+
+    def excitation(self, f0: Tensor) -> Tensor:
+        """F0 ``[B, F]`` (Hz, 0 = unvoiced) → excitation ``[B, 1, F * 80]``."""
+        sines = sine_excitation(f0, F0_HOP, self.sample_rate, self.num_harmonics) * self.SINE_AMP
+        return torch.tanh(self.merge(sines.to(self.merge.weight.dtype))).transpose(1, 2)
+
+
+def _fit_length(x: Tensor, n: int) -> Tensor:
+    """Cuts or right-pads (zeros) the last axis to ``n``."""
+    return x[..., :n] if x.size(-1) >= n else F.pad(x, (0, n - x.size(-1)))
+
+
+# ---------------------------------------------------------------------------------------------
 # Generator
 # ---------------------------------------------------------------------------------------------
 
@@ -232,6 +342,21 @@ class UnitHifiGAN(HifiganGenerator):
             if config.duration_predictor
             else None
         )
+        self.source: HarmonicSource | None = None
+        self.source_convs: nn.ModuleList | None = None
+        if config.harmonic_source:
+            self.source = HarmonicSource(config.in_channels, config.source_hidden, config.f0_frames_per_unit,
+                                         config.source_harmonics, config.sample_rate)
+            # NSF-HiFiGAN's injection: after upsampling layer i the signal runs at
+            # sample_rate / prod(rates[i+1:]); a strided convolution brings the excitation there
+            convs = []
+            for i in range(len(config.upsample_rates)):
+                stride = 1
+                for r in config.upsample_rates[i + 1:]:
+                    stride *= r
+                ch = config.upsample_initial_channel // 2 ** (i + 1)
+                convs.append(nn.Conv1d(1, ch, 2 * stride, stride, padding=stride // 2) if stride > 1 else nn.Conv1d(1, ch, 1))
+            self.source_convs = nn.ModuleList(convs)
 
     @torch.no_grad()
     def _init_conv_weights(self, std: float = 0.01) -> None:
@@ -314,7 +439,7 @@ class UnitHifiGAN(HifiganGenerator):
         """
         return self.vocode(self.embed(units, pitch, style, speaker, style_id))
 
-    def vocode(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def vocode(self, x: Tensor, lengths: Tensor | None = None, f0: Tensor | None = None) -> Tensor:
         """Embeddings ``[B, C, T]`` → waveform ``[B, 1, T * hop]``.
 
         Args:
@@ -323,7 +448,14 @@ class UnitHifiGAN(HifiganGenerator):
                 every convolution is then zeroed beyond each sequence's end, so each row equals
                 what the sequence alone gives (zero padding); samples beyond ``length * hop``
                 are zero. ``None``: all rows are full (speechbrain's forward).
+            f0: ``[B, T * S]`` Hz at 200 Hz (0 = unvoiced) for the harmonic source (training
+                feeds the audio's own F0); None: the source's prediction from ``x``. Only for a
+                vocoder with ``config.harmonic_source``.
         """
+        if self.source is not None:
+            return self._vocode_with_source(x, lengths, f0)
+        if f0 is not None:
+            raise ValueError("f0 is only used by a vocoder with a harmonic source (config.harmonic_source)")
         if lengths is None:
             return super().forward(x)
         lengths = lengths.to(x.device).long()
@@ -341,6 +473,43 @@ class UnitHifiGAN(HifiganGenerator):
             o = z / self.num_kernels
         o = self.conv_post(F.leaky_relu(o) * mask)  # final slope 0.01, as speechbrain and Meta
         return torch.tanh(o) * mask
+
+    def _vocode_with_source(self, x: Tensor, lengths: Tensor | None, f0: Tensor | None) -> Tensor:
+        """:meth:`vocode` of a vocoder with a harmonic source (masked like the padded-batch path)."""
+        assert self.source is not None and self.source_convs is not None
+        B, _, T = x.shape
+        S = self.config.f0_frames_per_unit
+        lengths = torch.full((B,), T, dtype=torch.long, device=x.device) if lengths is None else lengths.to(x.device).long()
+        unit_mask = length_mask(lengths, T)
+        if f0 is None:
+            f0 = self.source.f0_from_prediction(*self.source.predict(x, unit_mask))
+        elif f0.shape != (B, T * S):
+            raise ValueError(f"f0 must be [B, T*{S}] = {(B, T * S)}, got {tuple(f0.shape)}")
+        f0 = f0.to(x.dtype) * length_mask(lengths * S, T * S)
+        excitation = self.source.excitation(f0).to(x.dtype)  # [B, 1, T * hop], 0 beyond each row's end
+        mask = unit_mask[:, None, :].to(x.dtype)
+        o = self.conv_pre(x * mask)
+        scale = 1
+        for i in range(self.num_upsamples):
+            o = self.ups[i](F.leaky_relu(o, LRELU_SLOPE) * mask)
+            o = o + _fit_length(self.source_convs[i](excitation), o.size(-1))
+            scale *= self.config.upsample_rates[i]
+            mask = length_mask(lengths * scale, o.size(-1))[:, None, :].to(o.dtype)
+            z = None
+            for j in range(self.num_kernels):
+                y = _masked_resblock(self.resblocks[i * self.num_kernels + j], o, mask)
+                z = y if z is None else z + y
+            o = z / self.num_kernels
+        o = self.conv_post(F.leaky_relu(o) * mask)
+        return torch.tanh(o) * mask
+
+    def predict_f0(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The harmonic source's ``(ln F0, voicing logit)``, each ``[B, T * S]`` at 200 Hz, for
+        generator inputs ``x`` ``[B, C, T]`` (``lengths`` masks a right-padded batch)."""
+        if self.source is None:
+            raise ValueError("this vocoder has no harmonic source (config.harmonic_source=False)")
+        mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
+        return self.source.predict(x, mask)
 
     # -- durations ---------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from ..errors import UserError
 from ..metrics_log import MetricsLog, read_history
 from ..train.distributed import Dist
 from .config import VocoderConfig
-from .data import SegmentSampler, Utterance, load_utterances, most_frequent_codes, read_speakers
+from .data import SegmentSampler, Utterance, attach_f0, load_utterances, most_frequent_codes, read_speakers
 from .losses import LossWeights, MelConfig, build_discriminator, build_losses
 from .model import UnitHifiGAN, num_parameters
 
@@ -192,8 +192,12 @@ def _f32(x):
 class GeneratorStep(nn.Module):
     """One generator forward for training (a module, so DDP can wrap it).
 
-    ``forward(batch) -> (wav [B, 1, N*640], log_dur_pred [B, K] or None)`` with the batch of
-    :func:`spiritlm.vocoder.data.collate` (pitch/style one code per unit).
+    ``forward(batch) -> (wav [B, 1, N*640], log_dur_pred [B, K] or None, f0_pred)`` with the
+    batch of :func:`spiritlm.vocoder.data.collate` (pitch/style one code per unit). With a
+    harmonic source the excitation is made from the segment's own F0 (``batch["f0"]``, teacher
+    forcing, so the generator learns to follow the sine from the first step) and ``f0_pred`` is
+    the source head's ``(ln F0, voicing logit)`` ``[B, N*8]`` each, trained against that F0 by
+    :func:`f0_loss`; otherwise ``f0_pred`` is None.
     """
 
     def __init__(self, generator: UnitHifiGAN) -> None:
@@ -203,9 +207,30 @@ class GeneratorStep(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]):
         g = self.generator
         x = g.embed(batch["units"], batch.get("pitch"), batch.get("style"), batch["speaker"], aligned=True)
-        wav = g.vocode(x)
+        f0_pred = None
+        if g.source is not None:
+            f0_pred = g.predict_f0(x)
+            wav = g.vocode(x, f0=batch["f0"])
+        else:
+            wav = g.vocode(x)
         log_dur = g.predict_durations(batch["dedup"], batch["dedup_lengths"]) if g.duration_predictor is not None else None
-        return wav, log_dur
+        return wav, log_dur, f0_pred
+
+
+def f0_loss(log_f0: torch.Tensor, logit: torch.Tensor, f0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The harmonic source's losses against the audio's F0 ``[B, F]`` (Hz, 0 = unvoiced):
+    ``(MSE of ln F0 over voiced frames, BCE of the voicing logit over all frames)``.
+
+    >>> f0 = torch.tensor([[0.0, 100.0, 200.0]])
+    >>> mse, bce = f0_loss(torch.log(torch.tensor([[50.0, 100.0, 200.0]])), torch.tensor([[-20.0, 20.0, 20.0]]), f0)
+    >>> round(float(mse), 6), round(float(bce), 6)
+    (0.0, 0.0)
+    """
+    voiced = f0 > 0
+    target = torch.log(f0.clamp(min=1.0))
+    mse = ((log_f0.float() - target) ** 2)[voiced].mean() if voiced.any() else log_f0.sum() * 0.0
+    bce = nn.functional.binary_cross_entropy_with_logits(logit.float(), voiced.float())
+    return mse, bce
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +425,11 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
     if d.main:  # only once the data is usable: a failed start leaves no half-made run folder
         run_dir.mkdir(parents=True, exist_ok=True)
     d.barrier()
+    if vcfg.harmonic_source:  # the source's targets and excitation: the training audio's F0 (cached in OUT)
+        t_f0 = time.time()
+        n = attach_f0(train_utts, run_dir / f"f0_cache.rank{d.rank}.npz" if d.world_size > 1 else run_dir / "f0_cache.npz",
+                      progress=progress and d.main)
+        log(f"F0 of {len(train_utts)} training utterances ({n} computed, {len(train_utts) - n} cached) in {time.time() - t_f0:.0f} s")
     # stored with the vocoder: the codes filled in for inputs without a pitch/style stream
     common = most_frequent_codes(train_utts)
     vcfg = dataclasses.replace(vcfg, default_pitch=common.get("pitch") if vcfg.num_pitch else None,
@@ -456,7 +486,7 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
         batch = {k: v.to(d.device) for k, v in sampler.next_batch().items()}
         y = batch["audio"]
         with _autocast(d.device, use_bf16):
-            y_hat, log_dur = step_module(batch)
+            y_hat, log_dur, f0_pred = step_module(batch)
         y_hat = y_hat.float()
 
         B = y.size(0)
@@ -481,6 +511,9 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
         else:  # warm-up on the mel and duration losses only (no discriminator)
             loss_d = {}
             loss_g = g_loss(Stage.TRAIN, y_hat, y, None, None, None, *dur_args)
+        if f0_pred is not None:
+            loss_g["G_f0_mse"], loss_g["G_vuv_bce"] = f0_loss(*f0_pred, batch["f0"])
+            loss_g["G_loss"] = loss_g["G_loss"] + cfg.weights.f0 * (loss_g["G_f0_mse"] + loss_g["G_vuv_bce"])
         opt_g.zero_grad(set_to_none=True)
         loss_g["G_loss"].backward()
         opt_g.step()
@@ -494,7 +527,9 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
             bar.update(1)
 
         rec = {"loss_g": loss_g["G_loss"], "mel_l1": loss_g["G_l1_spec_loss"]}
-        for name, key in (("loss_d", "D_loss"), ("adv", "G_mse_fake_loss"), ("feat_match", "G_feat_match_loss"), ("dur_mse", "G_dur_loss")):
+        for name, key in (("loss_d", "D_loss"), ("adv", "G_mse_fake_loss"), ("feat_match", "G_feat_match_loss"), ("dur_mse", "G_dur_loss"),
+                          ("stft_mag", "G_stft_loss_mg"), ("stft_sc", "G_stft_loss_sc"), ("f0_mse", "G_f0_mse"),
+                          ("vuv_bce", "G_vuv_bce")):
             if key in loss_g or key in loss_d:
                 rec[name] = loss_g.get(key, loss_d.get(key))
         for k, v in rec.items():
