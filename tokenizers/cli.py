@@ -230,6 +230,7 @@ def train(
     work_dir: str | None = None,
     max_frames: int | None = None,
     keep_work: bool = False,
+    num_workers: int = 0,
 ) -> None:
     """Trains the streams a preset needs and writes OUT (tokenizer) and OUT/metrics.json.
 
@@ -256,6 +257,8 @@ def train(
         work_dir: folder of the resumable shards (default: OUT.work).
         max_frames: frames sampled for the units' k-means (default: the preset's; base: 1,000,000).
         keep_work: keep WORK_DIR after success.
+        num_workers: DataLoader processes reading the pitch VQ-VAE's and the style CNN's
+            training crops from the shards (0: the training process; the result is the same).
     """
     import shutil
 
@@ -264,6 +267,8 @@ def train(
 
     if not os.path.isfile(manifest):
         raise UserError(f"{manifest}: no such file (--manifest)")
+    if num_workers < 0:
+        raise UserError(f"--num_workers {num_workers}: must be 0 or more")
     from .train import make_preset, train_tokenizer
 
     try:
@@ -275,7 +280,7 @@ def train(
     # an older tokenizer in OUT is replaced on success; any other non-empty folder is refused
     with atomic_dir(out, overwrite=True, markers=("units/unit_config.json",)) as tmp:
         m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device,
-                            max_utts=max_utts, threads=threads or None, work_dir=work_dir, max_frames=max_frames)
+                            max_utts=max_utts, threads=threads or None, work_dir=work_dir, max_frames=max_frames, num_workers=num_workers)
     if not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)
     keys = ["pnmi", "phone_purity", "f0_rmse_cents", "vuv_error", "codebook_perplexity", "codebook_usage", "style_purity"]

@@ -96,6 +96,98 @@ def train_kmeans(features: Sequence[np.ndarray] | np.ndarray, cfg: KMeansConfig)
     return km.cluster_centers_.astype(np.float32)
 
 
+def _inertia(x: np.ndarray, centers: np.ndarray) -> float:
+    """Sum of squared distances of the rows of ``x (N, D)`` to their nearest centre."""
+    d = (x.astype(np.float64) ** 2).sum(1, keepdims=True) - 2 * x.astype(np.float64) @ centers.T.astype(np.float64) + (centers.astype(np.float64) ** 2).sum(1)[None]
+    return float(np.maximum(d.min(1), 0).sum())
+
+
+def train_kmeans_chunks(read_rows, n_rows: int, cfg: KMeansConfig, log=None, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Fits MiniBatchKMeans with ``partial_fit`` over chunks of a frame sample read on demand.
+
+    Only chunks are ever in memory: ``read_rows(rows)`` returns the sample's rows ``rows``
+    (sorted int64 positions in ``[0, n_rows)``) as a ``(len(rows), D)`` float32 array, e.g.
+    from a file on disk (:meth:`spiritlm.tokenizers.shards.FrameShards.write_sample`).
+
+    The schedule is ``MiniBatchKMeans.fit``'s (GSLM's settings in ``cfg``), made of reads:
+
+    * initialisation: ``cfg.n_init`` k-means++ draws, each on ``init_size = 3 x batch_size``
+      rows drawn at random (as ``fit`` draws them), scored on another ``init_size`` rows; the
+      best one starts the fit. The largest read is these ``init_size`` rows.
+    * updates: each epoch (at most ``cfg.max_iter``) visits the sample in a fresh random order,
+      one ``partial_fit`` step per chunk of ``batch_size`` rows (``fit`` draws its mini-batches
+      with replacement instead; a permutation sees every row once per epoch);
+    * early stop as ``fit``'s: the chunk's inertia under the current centres, averaged
+      exponentially (weight ``2 batch_size / (n_rows + 1)``), has not improved for
+      ``cfg.max_no_improvement`` chunks.
+
+    ``progress``: a tqdm bar (for 200 chunks or more). Same seed, same rows, same centres.
+    Returns float32 centres ``(n_clusters, D)`` and
+    ``{"steps", "epochs", "early_stop", "init_inertia"}``.
+    """
+    from sklearn.cluster import MiniBatchKMeans, kmeans_plusplus
+
+    n, K = int(n_rows), cfg.n_clusters
+    if n < K:
+        raise ValueError(f"k-means: {n} frames for {K} clusters")
+    batch = min(cfg.batch_size, n)
+    init_size = min(max(3 * batch, 3 * K), n)  # MiniBatchKMeans' default init_size
+    rs = np.random.RandomState(cfg.seed)
+    valid = read_rows(np.sort(rs.randint(0, n, init_size)))
+    best, best_inertia = None, np.inf
+    for _ in range(max(1, cfg.n_init)):
+        x0 = read_rows(np.sort(rs.randint(0, n, init_size)))
+        if cfg.init == "k-means++":
+            c, _ = kmeans_plusplus(x0, K, random_state=rs)
+        elif cfg.init == "random":
+            c = x0[rs.choice(len(x0), K, replace=False)]
+        else:
+            raise ValueError(f"k-means: unknown init {cfg.init!r} (k-means++ or random)")
+        inertia = _inertia(valid, c)
+        if inertia < best_inertia:
+            best, best_inertia = c, inertia
+        del x0
+    del valid
+    km = MiniBatchKMeans(n_clusters=K, init=best, n_init=1, batch_size=batch, reassignment_ratio=cfg.reassignment_ratio,
+                         random_state=rs, compute_labels=False, tol=0.0, verbose=0)
+    rng = np.random.default_rng(cfg.seed)
+    per_epoch = -(-n // batch)
+    alpha = min(batch * 2.0 / (n + 1), 1.0)
+    ewa = ewa_min = None
+    no_improvement, step, stopped = 0, 0, False
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.max_iter * per_epoch, desc="k-means", unit="chunk", leave=False, disable=not progress or cfg.max_iter * per_epoch < 200)
+    for epoch in range(cfg.max_iter):
+        perm = rng.permutation(n)
+        for c in range(per_epoch):
+            x = read_rows(np.sort(perm[c * batch : (c + 1) * batch]))
+            # fit's batch inertia: the chunk under the centres before its update (step 1's,
+            # the initialisation's, is not counted)
+            inertia = -km.score(x) / len(x) if step else None
+            km.partial_fit(x)
+            step += 1
+            bar.update()
+            if inertia is None:
+                continue
+            ewa = inertia if ewa is None else ewa * (1 - alpha) + inertia * alpha
+            if ewa_min is None or ewa < ewa_min:
+                ewa_min, no_improvement = ewa, 0
+            else:
+                no_improvement += 1
+            if cfg.max_no_improvement is not None and no_improvement >= cfg.max_no_improvement:
+                stopped = True
+                break
+        if stopped:
+            break
+    bar.close()
+    info = {"steps": step, "epochs": round(step / per_epoch, 2), "early_stop": stopped, "init_inertia": best_inertia / init_size}
+    if log:
+        log(f"[train] k-means: {step} partial_fit steps of {batch} frames ({info['epochs']} passes over {n} frames"
+            + (", stopped: no improvement" if stopped else "") + ")")
+    return km.cluster_centers_.astype(np.float32), info
+
+
 def save_kmeans(path: str | os.PathLike, centers: np.ndarray) -> None:
     """Writes Meta's k-means format: ``{"cluster_centers": array (K, D), "n_clusters": K}``."""
     centers = np.ascontiguousarray(centers, dtype=np.float32)

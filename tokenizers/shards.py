@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,14 +45,19 @@ class FrameShards(Sequence):
         directory: the shard folder (``DIR/NAME``); created on :meth:`build`.
         n_items: number of utterances.
         shard_items: utterances per shard.
+        max_open: shards kept memory-mapped at once (least recently used first unmapped): the
+            pages a process has touched in a mapped file count in its resident memory, so
+            training that visits every shard keeps at most this many shards' pages.
     """
 
-    def __init__(self, directory: str | os.PathLike, n_items: int, shard_items: int = 256):
+    def __init__(self, directory: str | os.PathLike, n_items: int, shard_items: int = 256, max_open: int = 4):
         self.directory = str(directory)
         self.name = os.path.basename(os.path.normpath(self.directory))
         self.n_items = int(n_items)
         self.shard_items = max(1, int(shard_items))
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray, list[bool], dict]] = {}
+        self.max_open = max(1, int(max_open))
+        self._index: dict[int, tuple[np.ndarray, list[bool], dict]] = {}
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
     def num_shards(self) -> int:
@@ -89,23 +95,36 @@ class FrameShards(Sequence):
             _atomic_save_npy(npy, data)
             _atomic_save_json(js, {**info, "lengths": [int(a.shape[0]) for a in arrays], "ok": ok})
             self._maps.pop(k, None)
+            self._index.pop(k, None)
         return len(todo)
 
-    def _shard(self, k: int):
-        if k not in self._maps:
+    def _meta(self, k: int) -> tuple[np.ndarray, list[bool], dict]:
+        """Shard ``k``'s index: frame offsets of its utterances, ok flags, the JSON (kept: small)."""
+        if k not in self._index:
             npy, js = self._paths(k)
             with open(js) as f:
                 meta = json.load(f)
-            data = np.load(npy, mmap_mode="r")
-            offsets = np.concatenate([[0], np.cumsum(meta["lengths"])]).astype(np.int64)
-            if offsets[-1] != data.shape[0]:
-                raise ValueError(f"{npy}: {data.shape[0]} frames but {js} lists {offsets[-1]}; delete both to recompute")
-            self._maps[k] = (data, offsets, list(meta["ok"]), meta)
-        return self._maps[k]
+            self._index[k] = (np.concatenate([[0], np.cumsum(meta["lengths"])]).astype(np.int64), list(meta["ok"]), meta)
+        return self._index[k]
+
+    def _data(self, k: int) -> np.ndarray:
+        """Shard ``k``'s frames, memory-mapped (at most ``max_open`` shards mapped at once)."""
+        if k in self._maps:
+            self._maps.move_to_end(k)
+            return self._maps[k]
+        offsets = self._meta(k)[0]
+        npy, js = self._paths(k)
+        data = np.load(npy, mmap_mode="r")
+        if offsets[-1] != data.shape[0]:
+            raise ValueError(f"{npy}: {data.shape[0]} frames but {js} lists {offsets[-1]}; delete both to recompute")
+        self._maps[k] = data
+        while len(self._maps) > self.max_open:
+            self._maps.popitem(last=False)  # unmapped once the caller drops its views
+        return data
 
     def info(self, i: int, key: str):
         """The value ``key`` that ``compute`` recorded for utterance ``i``."""
-        return self._shard(i // self.shard_items)[3][key][i % self.shard_items]
+        return self._meta(i // self.shard_items)[2][key][i % self.shard_items]
 
     def __len__(self) -> int:
         return self.n_items
@@ -116,18 +135,42 @@ class FrameShards(Sequence):
         if not -self.n_items <= i < self.n_items:
             raise IndexError(i)
         i %= self.n_items
-        data, offsets = self._shard(i // self.shard_items)[:2]
-        j = i % self.shard_items
-        return data[offsets[j] : offsets[j + 1]]
+        k, j = divmod(i, self.shard_items)
+        offsets = self._meta(k)[0]
+        return self._data(k)[offsets[j] : offsets[j + 1]]
 
     def ok(self, i: int) -> bool:
         """False when utterance ``i``'s audio could not be read."""
-        return self._shard(i // self.shard_items)[2][i % self.shard_items]
+        return self._meta(i // self.shard_items)[1][i % self.shard_items]
 
     def length(self, i: int) -> int:
-        offsets = self._shard(i // self.shard_items)[1]
+        offsets = self._meta(i // self.shard_items)[0]
         j = i % self.shard_items
         return int(offsets[j + 1] - offsets[j])
+
+    def _sample_rows(self, indices: Sequence[int], max_frames: int | None, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame counts of ``indices`` and the sorted sampled positions in their concatenation
+        (None: all frames), drawn as :func:`spiritlm.tokenizers.kmeans.sample_frames` draws them."""
+        lengths = np.array([self.length(i) for i in indices], dtype=np.int64)
+        total = int(lengths.sum())
+        if max_frames is None or total <= max_frames:
+            return lengths, None
+        return lengths, np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False))
+
+    def _sampled(self, indices: Sequence[int], lengths: np.ndarray, rows: np.ndarray | None):
+        """Yields the sampled frames of each utterance of ``indices`` in turn (float32 copies)."""
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        for pos, i in enumerate(indices):
+            a, b = starts[pos], starts[pos + 1]
+            if rows is None:
+                yield np.array(self[i], dtype=np.float32)
+            else:
+                lo, hi = np.searchsorted(rows, [a, b])
+                if hi > lo:
+                    yield np.asarray(self[i][rows[lo:hi] - a], dtype=np.float32)
+
+    def _dim(self, indices: Sequence[int]) -> int:
+        return next((self[i].shape[1] for i in indices), 0)
 
     def sample(self, indices: Sequence[int], max_frames: int | None, seed: int) -> np.ndarray:
         """The frames of ``indices`` (in that order, concatenated), at most ``max_frames`` of them.
@@ -136,24 +179,46 @@ class FrameShards(Sequence):
         the concatenation (same seed, same rows), but only the drawn rows are read: memory is
         ``max_frames x D`` whatever the corpus size.
         """
-        lengths = np.array([self.length(i) for i in indices], dtype=np.int64)
-        total = int(lengths.sum())
-        dim = next((self[i].shape[1] for i in indices if lengths.size), 0)
-        if max_frames is None or total <= max_frames:
-            rows = None
-        else:
-            rows = np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False))
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        out = []
-        for pos, i in enumerate(indices):
-            a, b = starts[pos], starts[pos + 1]
-            if rows is None:
-                out.append(np.asarray(self[i], dtype=np.float32))
-            else:
-                lo, hi = np.searchsorted(rows, [a, b])
-                if hi > lo:
-                    out.append(np.asarray(self[i][rows[lo:hi] - a], dtype=np.float32))
-        return np.concatenate(out, 0) if out else np.zeros((0, dim), np.float32)
+        lengths, rows = self._sample_rows(indices, max_frames, seed)
+        out = list(self._sampled(indices, lengths, rows))
+        return np.concatenate(out, 0) if out else np.zeros((0, self._dim(indices)), np.float32)
+
+    def write_sample(self, path: str | os.PathLike, indices: Sequence[int], max_frames: int | None, seed: int) -> tuple[int, int]:
+        """Writes the rows :meth:`sample` returns to the ``.npy`` file ``path`` (float32 ``(N, D)``),
+        one utterance at a time: memory holds one utterance's frames, never the sample.
+
+        The file is written under a temporary name and renamed; an existing ``path`` is taken as
+        complete and kept (resume: name it after what it was drawn from). Returns ``(N, D)``.
+        """
+        path = str(path)
+        if os.path.exists(path):
+            shape = np.load(path, mmap_mode="r").shape
+            return int(shape[0]), int(shape[1])
+        lengths, rows = self._sample_rows(indices, max_frames, seed)
+        n, dim = (int(lengths.sum()) if rows is None else len(rows)), self._dim(indices)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        written = 0
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, dim)})
+            for x in self._sampled(indices, lengths, rows):
+                f.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+                written += x.shape[0]
+        if written != n:
+            os.remove(tmp)
+            raise ValueError(f"{path}: wrote {written} rows, expected {n}")
+        os.replace(tmp, path)
+        return n, dim
+
+
+def read_rows(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted positions) of the ``(N, D)`` ``.npy`` file ``path`` as a float32 array.
+
+    The file is mapped for this read only and unmapped after, so repeated reads of a large file
+    (k-means chunks) do not accumulate its pages in the process' resident memory."""
+    data = np.load(str(path), mmap_mode="r")
+    out = np.array(data[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+    del data
+    return out
 
 
 class LazySequence(Sequence):

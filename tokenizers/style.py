@@ -259,6 +259,7 @@ class StyleTrainConfig:
         lr: Adam learning rate.
         seed: random seed.
         log_every: steps between log lines.
+        num_workers: DataLoader processes reading the crops (0: the training process).
     """
 
     steps: int = 300
@@ -267,47 +268,103 @@ class StyleTrainConfig:
     lr: float = 1e-3
     seed: int = 0
     log_every: int = 50
+    num_workers: int = 0
 
 
-def train_style_cnn(wavs: Sequence[np.ndarray], labels: Sequence[str], cfg: StyleConfig, tcfg: StyleTrainConfig, log=print) -> tuple[StyleCNN, list[dict]]:
-    """Trains :class:`StyleCNN` to classify utterance style labels from random crops."""
+@torch.no_grad()
+def cnn_logmels(cfg: StyleConfig, wavs: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+    """The CNN encoder's raw log-mels ``(frames_i, n_mels)`` float32 of 16 kHz waveforms (what
+    :func:`train_style_cnn` trains on; a frame depends on its own samples only, so the batching
+    does not change them)."""
+    with torch.random.fork_rng():  # building the encoder draws weights: leave the global RNG alone
+        enc = StyleCNN(cfg)
+    out = []
+    for i in range(0, len(wavs), batch_size):
+        batch, lengths = pad_batch(wavs[i : i + batch_size])
+        x, frames = enc.logmel(batch, lengths)
+        out += [x[j, : int(n)].numpy() for j, n in enumerate(frames)]
+    return out
+
+
+class MelCropDataset(torch.utils.data.Dataset):
+    """Style CNN training crops: item ``(i, start)`` -> ``(x (crop, n_mels), frames, label)``:
+    ``mels[i][start : start + crop]`` zero-padded to ``crop`` frames, its frame count, ``labels[i]``."""
+
+    def __init__(self, mels: Sequence[np.ndarray], labels: Sequence[int], crop: int, n_mels: int):
+        self.mels, self.labels, self.crop, self.n_mels = mels, labels, int(crop), int(n_mels)
+
+    def __len__(self) -> int:
+        return len(self.mels)
+
+    def __getitem__(self, key: tuple[int, int]):
+        i, s = key
+        crop = np.array(self.mels[i][s : s + self.crop], dtype=np.float32)  # a copy: the shards are read-only
+        x = torch.zeros(self.crop, self.n_mels)
+        x[: crop.shape[0]] = torch.from_numpy(crop)
+        return x, int(crop.shape[0]), int(self.labels[i])
+
+
+class MelCropBatchSampler(torch.utils.data.Sampler):
+    """``steps`` batches of ``(utterance, start)`` keys for :class:`MelCropDataset`, drawn with
+    ``numpy.random.default_rng(seed)``: the batch's utterances uniformly, then each one's start
+    uniformly among ``0 .. max(frames_i - crop, 0)``."""
+
+    def __init__(self, lengths: Sequence[int], crop: int, batch_size: int, steps: int, seed: int):
+        self.lengths, self.crop, self.batch_size, self.steps, self.seed = [int(n) for n in lengths], int(crop), int(batch_size), int(steps), int(seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.steps):
+            idx = rng.integers(len(self.lengths), size=self.batch_size)
+            yield [(int(i), int(rng.integers(0, max(self.lengths[i] - self.crop, 0) + 1))) for i in idx]
+
+
+def train_style_cnn(wavs: Sequence[np.ndarray] | None, labels: Sequence[str], cfg: StyleConfig, tcfg: StyleTrainConfig, log=print,
+                    mels: Sequence[np.ndarray] | None = None) -> tuple[StyleCNN, list[dict]]:
+    """Trains :class:`StyleCNN` to classify utterance style labels from random crops.
+
+    ``mels``: the training log-mels (:func:`cnn_logmels`, e.g. memory-mapped shards), read one
+    utterance at a time for the feature statistics (float64 sums), then as crops through a
+    DataLoader (``tcfg.num_workers`` processes); None: computed from ``wavs`` and held in memory.
+    """
     torch.manual_seed(tcfg.seed)
-    rng = np.random.default_rng(tcfg.seed)
     classes = sorted(set(labels))
     cfg.labels = classes
     model = StyleCNN(cfg)
+    if mels is None:
+        mels = cnn_logmels(cfg, wavs)
+    total, sq, count, lengths = np.zeros(cfg.n_mels), np.zeros(cfg.n_mels), 0, []
+    for m in mels:  # mean and (unbiased) std of every training frame, one utterance at a time
+        m = np.asarray(m, dtype=np.float64)
+        lengths.append(m.shape[0])
+        total += m.sum(0)
+        sq += (m**2).sum(0)
+        count += m.shape[0]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(sq - count * mean**2, 0) / max(count - 1, 1))
     with torch.no_grad():
-        mels = []
-        for i in range(0, len(wavs), 16):
-            batch, lengths = pad_batch(wavs[i : i + 16])
-            x, frames = model.logmel(batch, lengths)
-            mels += [x[j, : int(n)] for j, n in enumerate(frames)]
-        allm = torch.cat(mels)
-        model.feat_mean.copy_(allm.mean(0))
-        model.feat_std.copy_(allm.std(0).clamp(min=1e-3))
-    y_all = torch.tensor([classes.index(lab) for lab in labels])
+        model.feat_mean.copy_(torch.from_numpy(mean).float())
+        model.feat_std.copy_(torch.from_numpy(std).float().clamp(min=1e-3))
+    y = [classes.index(lab) for lab in labels]
+    loader = torch.utils.data.DataLoader(
+        MelCropDataset(mels, y, tcfg.crop_frames, cfg.n_mels),
+        batch_sampler=MelCropBatchSampler(lengths, tcfg.crop_frames, tcfg.batch_size, tcfg.steps, tcfg.seed),
+        num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(tcfg.seed))
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     records, t0, agg, acc = [], time.time(), 0.0, 0.0
     model.train()
-    for step in range(1, tcfg.steps + 1):
-        idx = rng.integers(len(mels), size=tcfg.batch_size)
-        C = tcfg.crop_frames
-        x = torch.zeros(tcfg.batch_size, C, cfg.n_mels)
-        frames = torch.zeros(tcfg.batch_size, dtype=torch.long)
-        for b, i in enumerate(idx):
-            m = mels[i]
-            s = int(rng.integers(0, max(m.shape[0] - C, 0) + 1))
-            crop = m[s : s + C]
-            x[b, : crop.shape[0]] = crop
-            frames[b] = crop.shape[0]
+    for step, (x, frames, yb) in enumerate(loader, 1):
         emb = model.embed_logmel(x, frames)
         logits = model.utterance_logits(emb, frames)
-        loss = F.cross_entropy(logits, y_all[idx])
+        loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         agg += float(loss.detach())
-        acc += float((logits.argmax(-1) == y_all[idx]).float().mean())
+        acc += float((logits.argmax(-1) == yb).float().mean())
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             n = tcfg.log_every if step % tcfg.log_every == 0 else step % tcfg.log_every
             rec = {"step": step, "loss": agg / n, "accuracy": acc / n, "elapsed_s": round(time.time() - t0, 2)}

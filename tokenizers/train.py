@@ -39,10 +39,10 @@ from ..corpus.manifest import read_audio_manifest
 from . import metrics as M
 from .f0 import compute_speaker_stats, extract_f0_batch, meta_speaker_stats, normalise, save_meta_speaker_stats
 from .features import FeatureConfig, MfccConfig, load_backend
-from .kmeans import KMeansConfig, train_kmeans
+from .kmeans import KMeansConfig, train_kmeans_chunks
 from .pitch import PitchConfig, PitchTokenizer
 from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
-from .style import StyleConfig, pooled_embeddings, StyleTokenizer, StyleTrainConfig, W2V2StyleEncoder, train_style_cnn
+from .style import StyleConfig, cnn_logmels, pooled_embeddings, StyleTokenizer, StyleTrainConfig, W2V2StyleEncoder, train_style_cnn
 from .utils import load_audio_batch, torch_threads
 from .vqvae import VQVAEConfig, VQVAETrainConfig, codebook_stats, train_vqvae
 
@@ -192,6 +192,30 @@ def _shard_compute(items, fn, errors: list[dict] | None = None, batch_size: int 
     return compute
 
 
+def _fit_kmeans(shards, indices: list[int], cfg: KMeansConfig, work_dir: str, name: str, log) -> np.ndarray:
+    """k-means centres of a bounded random sample of the frames of ``indices`` in ``shards``.
+
+    The sample (at most ``cfg.max_frames`` rows, drawn as
+    :func:`spiritlm.tokenizers.kmeans.sample_frames` draws them) is copied once, utterance by
+    utterance, to ``work_dir/<name>-sample-<digest>.npy`` (reused by a resumed run), then
+    :func:`spiritlm.tokenizers.kmeans.train_kmeans_chunks` fits it with ``partial_fit`` reading
+    one chunk of ``cfg.batch_size`` rows at a time (the initialisation: ``3 x batch_size``).
+    Memory is a few chunks, not ``max_frames x dim``.
+    """
+    import hashlib
+
+    from .shards import read_rows
+
+    key = json.dumps({"shards": os.path.abspath(shards.directory), "indices": list(map(int, indices)), "max_frames": cfg.max_frames, "seed": cfg.seed})
+    path = os.path.join(work_dir, f"{name}-sample-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy")
+    resumed = os.path.exists(path)
+    n, dim = shards.write_sample(path, indices, cfg.max_frames, cfg.seed)
+    log(f"[train] {name}: k-means on {n} frames of dim {dim} (--max_frames {cfg.max_frames}), partial_fit in chunks of {min(cfg.batch_size, n)}"
+        + (f"; sample resumed from {path}" if resumed else ""))
+    centers, _ = train_kmeans_chunks(lambda rows: read_rows(path, rows), n, cfg, log)
+    return centers
+
+
 def train_tokenizer(
     manifest: str,
     out: str,
@@ -206,6 +230,7 @@ def train_tokenizer(
     log=print,
     work_dir: str | None = None,
     max_frames: int | None = None,
+    num_workers: int | None = None,
 ) -> dict:
     """Trains a speech tokenizer into ``out`` and writes ``out/metrics.json``; returns the metrics.
 
@@ -225,7 +250,7 @@ def train_tokenizer(
     """
     if threads:
         with torch_threads(threads):
-            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log, work_dir, max_frames)
+            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log, work_dir, max_frames, num_workers)
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread whatever the machine's core count (see spiritlm.numerics). OpenMP is left
@@ -234,7 +259,7 @@ def train_tokenizer(
     with threadpool_limits(limits=1, user_api="blas"):
         own_work = work_dir is None
         work_dir = work_dir or os.path.join(out, "work")
-        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames)
+        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers)
         if own_work:
             import shutil
 
@@ -242,7 +267,7 @@ def train_tokenizer(
         return m
 
 
-def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames) -> dict:
+def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers) -> dict:
     import hashlib
 
     from ..numerics import environment
@@ -254,6 +279,8 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
                 vqvae_train=replace(p.vqvae_train, seed=seed), style_train=replace(p.style_train, seed=seed))
     if max_frames:
         p = replace(p, units_kmeans=replace(p.units_kmeans, max_frames=max_frames))
+    if num_workers is not None:
+        p = replace(p, vqvae_train=replace(p.vqvae_train, num_workers=num_workers), style_train=replace(p.style_train, num_workers=num_workers))
     torch.manual_seed(seed)
     all_items = read_audio_manifest(manifest)
     if max_utts:
@@ -304,10 +331,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     # ---- units: k-means on a bounded sample of the training frames, read from the shards ------
     t0 = time.time()
     km = p.units_kmeans
-    sample = feat_shards.sample([keep[i] for i in train_idx], km.max_frames, km.seed)
-    log(f"[train] units: k-means on {sample.shape[0]} frames (--max_frames {km.max_frames})")
-    centers = train_kmeans(sample, replace(km, max_frames=None))  # the sample is already drawn as train_kmeans draws it
-    del sample
+    centers = _fit_kmeans(feat_shards, [keep[i] for i in train_idx], km, work_dir, "units", log)
     units = UnitTokenizer(backend, centers, UnitConfig(features=p.features))
     unit_codes = {i: units.quantizer(torch.from_numpy(np.array(feats[i], dtype=np.float32)).to(units.backend.device)).cpu().numpy() for i in test_idx}
     timings["units_s"] = time.time() - t0 + t_feats
@@ -352,7 +376,8 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
         save_meta_speaker_stats(os.path.join(out, "pitch", "speaker_stats.pt"),
                                 meta_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx))
         clock.start("pitch", p.vqvae_train.steps)
-        model, vq_log = train_vqvae(LazySequence(len(train_idx), lambda k: ex[train_idx[k]]), p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"), device=device, log=clock)
+        model, vq_log = train_vqvae(LazySequence(len(train_idx), lambda k: ex[train_idx[k]]), p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"),
+                                    device=device, log=clock, lengths=[f0_shards.length(keep[i]) for i in train_idx])
         pitch_tok = PitchTokenizer(model, stats, pitch_cfg)
         metrics["pitch_train_last_log"] = vq_log[-1] if vq_log else None
         codes = pitch_tok.encode_features([ex[i] for i in test_idx])
@@ -382,11 +407,13 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
             labels = [items[i].style for i in train_idx]
             if any(lab is None for lab in labels):
                 raise ValueError(f"{manifest}: the cnn style encoder needs a 'style' label on every training utterance")
+            # the training log-mels go to shards of their own (train utterances only, keyed by
+            # the mel settings), then the CNN reads its crops from them through a DataLoader
+            mel_key = hashlib.sha1(json.dumps([scfg.n_mels, SAMPLE_RATE, [items[i].id for i in train_idx]]).encode()).hexdigest()[:12]
+            mel_shards = FrameShards(os.path.join(work_dir, f"style-mels-{mel_key}"), len(train_idx), SHARD_ITEMS)
+            mel_shards.build(_shard_compute([items[i] for i in train_idx], lambda ws: cnn_logmels(scfg, ws)), log, "style log-mels")
             clock.start("style", p.style_train.steps)
-            from ..audio import load_audio
-
-            train_wavs = LazySequence(len(train_idx), lambda k: load_audio(items[train_idx[k]].audio))  # read when used
-            encoder, style_log = train_style_cnn(train_wavs, labels, scfg, p.style_train, log=clock)
+            encoder, style_log = train_style_cnn(None, labels, scfg, p.style_train, log=clock, mels=mel_shards)
             metrics["style_encoder_train_accuracy"] = style_log[-1]["accuracy"]
         else:
             encoder = W2V2StyleEncoder.from_pretrained(scfg.checkpoint)
@@ -400,7 +427,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
         pooled_shards.build(_shard_compute(all_items, lambda ws: pooled_embeddings(encoder, ws, scfg.window_frames)), log, "style embeddings")
         pooled = LazySequence(len(items), lambda i: np.array(pooled_shards[keep[i]], dtype=np.float32))
         sk = p.style_kmeans
-        style_centers = train_kmeans(pooled_shards.sample([keep[i] for i in train_idx], sk.max_frames, sk.seed), replace(sk, max_frames=None))
+        style_centers = _fit_kmeans(pooled_shards, [keep[i] for i in train_idx], sk, work_dir, "style", log)
         style_tok = StyleTokenizer(encoder, scfg, style_centers)
         style_codes = {i: style_tok.quantizer(torch.from_numpy(pooled[i]).to(device)).cpu().numpy() for i in test_idx}
         if all(items[i].style is not None for i in test_idx):

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -275,6 +276,7 @@ class VQVAETrainConfig:
         seed: random seed (crops, initialisation, restarts).
         log_every: steps between log lines (loss, codebook usage, perplexity).
         checkpoint_every: steps between checkpoints (0: final only).
+        num_workers: DataLoader processes reading the crops (0: the training process).
     """
 
     steps: int = 2000
@@ -284,6 +286,7 @@ class VQVAETrainConfig:
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 1000
+    num_workers: int = 0
 
 
 def codebook_stats(codes: np.ndarray, size: int) -> dict[str, float]:
@@ -294,37 +297,85 @@ def codebook_stats(codes: np.ndarray, size: int) -> dict[str, float]:
     return {"codebook_usage": float((counts > 0).mean()), "codebook_perplexity": float(np.exp(-(nz * np.log(nz)).sum()))}
 
 
-def _batch(examples: list[np.ndarray], crop: int, n: int, rng: np.random.Generator):
-    xs, ms = np.zeros((n, 2, crop), np.float32), np.zeros((n, crop), np.float32)
-    for b in range(n):
-        x = examples[rng.integers(len(examples))]
+class CropDataset(torch.utils.data.Dataset):
+    """Training crops of normalised examples ``(2, T_i)`` (read when asked, e.g. from shards).
+
+    Item ``(i, start)`` -> ``(x (2, crop), mask (crop,))`` float32: ``examples[i][:, start :
+    start + crop]`` and ones when ``T_i > crop``; else the whole example, its last frame repeated
+    to the crop's end, mask ones on its ``T_i`` frames.
+    """
+
+    def __init__(self, examples: Sequence[np.ndarray], crop: int):
+        self.examples, self.crop = examples, int(crop)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, s = key
+        x, crop = np.asarray(self.examples[i]), self.crop
         T = x.shape[1]
+        xs, ms = np.zeros((2, crop), np.float32), np.zeros(crop, np.float32)
         if T > crop:
-            s = rng.integers(0, T - crop + 1)
-            xs[b], ms[b] = x[:, s : s + crop], 1.0
+            xs[:], ms[:] = x[:, s : s + crop], 1.0
         else:
-            xs[b, :, :T], ms[b, :T] = x, 1.0
-            xs[b, :, T:] = x[:, -1:]
-    return torch.from_numpy(xs), torch.from_numpy(ms)
+            xs[:, :T], ms[:T] = x, 1.0
+            xs[:, T:] = x[:, -1:]
+        return torch.from_numpy(xs), torch.from_numpy(ms)
+
+
+class CropBatchSampler(torch.utils.data.Sampler):
+    """``steps`` batches of ``batch_size`` ``(example, start)`` keys for :class:`CropDataset`.
+
+    Drawn with ``numpy.random.default_rng(seed)``, crop by crop: an example uniformly, then, when
+    it is longer than ``crop``, a start uniformly among ``0 .. T_i - crop``. Only the lengths
+    ``T_i`` are needed, so the examples stay on disk until a worker reads its crop.
+    """
+
+    def __init__(self, lengths: Sequence[int], crop: int, batch_size: int, steps: int, seed: int):
+        self.lengths, self.crop, self.batch_size, self.steps, self.seed = [int(n) for n in lengths], int(crop), int(batch_size), int(steps), int(seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.steps):
+            keys = []
+            for _ in range(self.batch_size):
+                i = int(rng.integers(len(self.lengths)))
+                T = self.lengths[i]
+                keys.append((i, int(rng.integers(0, T - self.crop + 1)) if T > self.crop else 0))
+            yield keys
 
 
 def train_vqvae(
-    examples: list[np.ndarray],
+    examples: Sequence[np.ndarray],
     cfg: VQVAEConfig,
     tcfg: VQVAETrainConfig,
     out_dir: str | os.PathLike | None = None,
     device: str = "cpu",
     log=print,
+    lengths: Sequence[int] | None = None,
 ) -> tuple[PitchVQVAE, list[dict]]:
     """Trains a pitch VQ-VAE on normalised examples ``(2, T_i)``.
+
+    Batches come from a ``torch.utils.data.DataLoader`` over :class:`CropDataset` with
+    :class:`CropBatchSampler` (``tcfg.num_workers`` processes; the crops, hence the model, are
+    the same for any number). ``examples`` may be lazy (read from shards on access); pass
+    ``lengths`` (the ``T_i``) so that drawing crops reads nothing.
 
     Writes ``out_dir/checkpoints/step_<N>/`` (safetensors) every ``checkpoint_every`` steps and
     ``out_dir/train_log.jsonl``; returns the model (eval mode, on CPU) and the log records.
     """
     torch.manual_seed(tcfg.seed)
-    rng = np.random.default_rng(tcfg.seed)
     if tcfg.crop_frames % cfg.downsample:
         raise ValueError("crop_frames must be a multiple of downsample")
+    if lengths is None:
+        lengths = [np.asarray(x).shape[1] for x in examples]
+    loader = torch.utils.data.DataLoader(
+        CropDataset(examples, tcfg.crop_frames), batch_sampler=CropBatchSampler(lengths, tcfg.crop_frames, tcfg.batch_size, tcfg.steps, tcfg.seed),
+        num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(tcfg.seed))  # its own generator: the global torch RNG is the model's
     model = PitchVQVAE(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(tcfg.steps, 1), eta_min=tcfg.lr * 0.05)
@@ -333,8 +384,7 @@ def train_vqvae(
     t0 = time.time()
     window_codes: list[np.ndarray] = []
     agg: dict[str, float] = {}
-    for step in range(1, tcfg.steps + 1):
-        x, m = _batch(examples, tcfg.crop_frames, tcfg.batch_size, rng)
+    for step, (x, m) in enumerate(loader, 1):
         loss, parts, codes = model.loss(x.to(device), m.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
