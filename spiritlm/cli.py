@@ -27,6 +27,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "tokenize": ("spiritlm.tokenizers.tokenize_cli", "tokenize a manifest's audio into Meta's units JSONL (sharded, resumable)"),
     "data": ("spiritlm.data.cli", "text tokenizer, interleaved documents, token shards; inspect them"),
     "train": ("spiritlm.train.cli", "train the LM from a YAML recipe (single process, torchrun, Slurm)"),
+    "checkpoint": ("spiritlm.train.export", "training checkpoints: export a consolidated Hugging Face model (streamed), inspect"),
     "generate": ("spiritlm.generation_cli", "generate text and/or speech from a trained model"),
     "eval": ("spiritlm.evals.cli", "evaluate a model: few-shot asr/ic/tts, stsp, zero-shot likelihood tasks; train the judges (metrics.json + predictions.jsonl)"),
     "vocoder": ("spiritlm.vocoder.cli", "unit vocoder: synthesize units or token strings to WAV files; train and evaluate one"),

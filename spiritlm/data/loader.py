@@ -278,6 +278,40 @@ class PackedLoader:
         else:
             self.packer.set_doc(int(cur[0]), int(cur[1]), int(cur[2]))
 
+    def load_resharded(self, states: list[dict[str, Any]]) -> None:
+        """Continues the data stream of a run saved with another world size.
+
+        ``states`` are the :meth:`state_dict` of every rank of the saving run (``W`` ranks), in
+        rank order. An exact continuation does not exist (rank ``r`` of ``W'`` draws other
+        documents than any old rank), so this continues *without repeating a document within
+        an epoch*: for each subset, the newest epoch any old rank was in, and in it the first
+        permutation position past every position an old rank used. A few documents of that
+        epoch near the cut (those the slower old ranks had not reached) are skipped; documents
+        being packed when the run stopped are not resumed. The subset-choice counter goes on
+        from the largest old one. Raises ``ValueError`` if the states come from other data,
+        seed or weights.
+        """
+        if not states:
+            raise ValueError("PackedLoader: no saved states to reshard")
+        mine = {k: v for k, v in self._fingerprint().items() if k not in ("rank", "world_size")}
+        old_world = len(states)
+        for r, state in enumerate(states):
+            if state.get("version") != 1:
+                raise ValueError(f"PackedLoader: unknown state version {state.get('version')!r}")
+            theirs = {k: v for k, v in state["fingerprint"].items() if k not in ("rank", "world_size")}
+            if theirs != mine or state["fingerprint"].get("world_size") != old_world or state["fingerprint"].get("rank") != r:
+                diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+                raise ValueError(f"PackedLoader: rank {r}'s state is from a different loader (saved vs now: {diff})")
+        for s in range(len(self.names)):
+            cursors = [st["cursors"][s] for st in states]
+            epoch = max(int(c[0]) for c in cursors)
+            used = max(int(c[1]) for c in cursors if int(c[0]) == epoch)  # positions per old rank
+            # old rank r used global positions r + k*W for k < used: all below used * W
+            self.cursors[s] = [epoch, -(-used * old_world // self.cfg.world_size)]
+        self.draws = max(int(st["draws"]) for st in states)
+        self.batches = max(int(st["batches"]) for st in states)
+        self.packer.cur = None
+
 
 class ValidationLoader:
     """One deterministic pass over one subset (see the module docstring); ``len()`` is the

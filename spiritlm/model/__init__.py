@@ -23,6 +23,7 @@ from spiritlm.model.build import (
     WEIGHTS_NAME,
     create_model,
     extend_vocabulary,
+    extend_vocabulary_state,
     load_model,
     load_weights_into,
     num_parameters,
@@ -37,7 +38,8 @@ from spiritlm.model.config import (
     model_config,
     save_config,
 )
-from spiritlm.model.hf import EXPORT_INFO, export_step, is_hf_dir, load_hf_model, save_hf_model
+from spiritlm.model.hf import EXPORT_INFO, export_step, hf_to_llama_config, is_hf_dir, load_hf_model, read_hf_weights, save_hf_model
+from spiritlm.model.sharded import is_sharded_checkpoint
 
 __all__ = [
     "CONFIG_NAME",
@@ -52,6 +54,9 @@ __all__ = [
     "config_to_dict",
     "create_model",
     "extend_vocabulary",
+    "extend_vocabulary_state",
+    "read_model_config",
+    "read_model_weights",
     "find_latest_checkpoint",
     "is_hf_dir",
     "load_any_model",
@@ -127,7 +132,7 @@ def load_any_model(
     if is_hf_dir(path):
         model, config = load_hf_model(path, device=device, dtype=dtype)
         return model, config, _find_tokenizer(path)
-    if (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
+    if ((path / WEIGHTS_NAME).is_file() or is_sharded_checkpoint(path)) and (path / CONFIG_NAME).is_file():
         model, config = load_model(path, device=device, dtype=dtype)
         return model, config, _find_tokenizer(path)
     latest = find_latest_checkpoint(path)
@@ -141,3 +146,35 @@ def load_any_model(
         f"{path}: not a model directory (expected a Hugging Face config.json, hf/, "
         f"{WEIGHTS_NAME} + {CONFIG_NAME}, or checkpoints/step_N)"
     )
+
+
+def read_model_config(path: str | Path) -> tuple[LLaMAConfig, float]:
+    """``(config, rms_norm_eps)`` of any layout :func:`load_any_model` reads, from its JSON
+    files only (no weight is read): what every rank needs to build the model on the meta
+    device."""
+    import json
+
+    path = Path(path)
+    if is_hf_dir(path):
+        return hf_to_llama_config(json.loads((path / "config.json").read_text()), source=str(path / "config.json"))
+    if (path / CONFIG_NAME).is_file():
+        return load_config(path / CONFIG_NAME), 1e-5
+    latest = find_latest_checkpoint(path) if path.is_dir() else None
+    if is_hf_dir(path / "hf") and (latest is None or not _checkpoint_is_newer(latest, path / "hf")):
+        return read_model_config(path / "hf")
+    if latest is not None:
+        return read_model_config(latest)
+    raise FileNotFoundError(f"{path}: not a model directory (expected a Hugging Face config.json, hf/, "
+                            f"{WEIGHTS_NAME} + {CONFIG_NAME}, or checkpoints/step_N)")
+
+
+def read_model_weights(path: str | Path, *, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The fairseq2-named weights of any layout :func:`load_any_model` reads, without building a
+    model: a Hugging Face directory is read tensor by tensor from its memory-mapped safetensors,
+    so the peak is one copy of the weights in ``dtype``."""
+    path = Path(path)
+    if is_hf_dir(path):
+        config, _ = read_model_config(path)
+        return read_hf_weights(path, config, dtype=dtype)
+    model, _, _ = load_any_model(path, dtype=dtype)
+    return dict(model.state_dict())

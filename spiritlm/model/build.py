@@ -81,38 +81,27 @@ def num_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def extend_vocabulary(
-    model: TransformerLM,
+def extend_vocabulary_state(
+    state: dict[str, Tensor],
     config: LLaMAConfig,
     vocab_size: int,
     *,
     noise_std: float = 0.1,
     seed: int = 0,
-) -> tuple[TransformerLM, LLaMAConfig]:
-    """Returns a copy of ``model`` whose embedding and output tables have ``vocab_size`` rows.
+) -> tuple[dict[str, Tensor], LLaMAConfig]:
+    """Grows the embedding and output tables of a fairseq2-named state dict to ``vocab_size`` rows.
 
-    The first ``config.vocab_size`` rows are copied; each new row is the mean of the existing
+    The first ``config.vocab_size`` rows are kept; each new row is the mean of the existing
     rows plus Gaussian noise whose per-dimension standard deviation is ``noise_std`` times the
     standard deviation of the existing rows in that dimension (``noise_std=0`` gives identical
-    rows). This is how the speech tokens are added to LLaMA-2's 32000-piece vocabulary.
-
-    Args:
-        model: the trained model with ``config.vocab_size`` rows.
-        config: its config.
-        vocab_size: new size, ``>= config.vocab_size``.
-        noise_std: relative noise scale (see above).
-        seed: seed of the noise.
-
-    Returns:
-        ``(new_model, new_config)``; the input model is left unchanged.
+    rows). This is how the speech tokens are added to LLaMA-2's 32000-piece vocabulary. Only
+    the two tables are copied: ``state`` is updated in place and returned with the new config.
     """
+    import dataclasses
+
     old = config.vocab_size
     if vocab_size < old:
         raise ValueError(f"extend_vocabulary: new size {vocab_size} < current size {old}")
-    import dataclasses
-
-    new_config = dataclasses.replace(config, vocab_size=vocab_size)
-    state = {k: v for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
 
     def grow(w: Tensor) -> Tensor:
@@ -126,6 +115,21 @@ def extend_vocabulary(
         state["final_proj.weight"] = grow(state["final_proj.weight"])
     else:
         state["final_proj.weight"] = state["decoder_frontend.embed.weight"]
+    return state, dataclasses.replace(config, vocab_size=vocab_size)
+
+
+def extend_vocabulary(
+    model: TransformerLM,
+    config: LLaMAConfig,
+    vocab_size: int,
+    *,
+    noise_std: float = 0.1,
+    seed: int = 0,
+) -> tuple[TransformerLM, LLaMAConfig]:
+    """Returns a copy of ``model`` whose embedding and output tables have ``vocab_size`` rows
+    (:func:`extend_vocabulary_state` on its weights); the input model is left unchanged."""
+    state = dict(model.state_dict())
+    state, new_config = extend_vocabulary_state(state, config, vocab_size, noise_std=noise_std, seed=seed)
     eps = next((m.eps for m in model.modules() if isinstance(m, RMSNorm)), 1e-5)
     p = next(model.parameters())
     new_model = create_model(new_config, init=False, device=p.device, dtype=p.dtype, rms_norm_eps=eps)
@@ -166,24 +170,34 @@ def save_model(model: nn.Module, config: LLaMAConfig, directory: str | Path) -> 
 def load_model(
     directory: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[TransformerLM, LLaMAConfig]:
-    """Reads a directory written by :func:`save_model`.
+    """Reads a directory written by :func:`save_model`, or a sharded training checkpoint
+    (``checkpoints/step_N`` with ``dcp/``; read one tensor at a time, whatever the number of
+    processes that wrote it).
 
     Args:
-        directory: holds ``model.safetensors`` and ``model_config.json``.
+        directory: holds ``model_config.json`` and ``model.safetensors`` or ``dcp/``.
         device: target device.
         dtype: parameter dtype (default: as stored).
     """
     from safetensors.torch import load_file
 
+    from spiritlm.model.sharded import is_sharded_checkpoint, iter_model_tensors
+
     directory = Path(directory)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
+    sharded = is_sharded_checkpoint(directory)
+    for name in (CONFIG_NAME,) if sharded else (WEIGHTS_NAME, CONFIG_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name}: missing (not a spiritlm model directory)")
     config = load_config(directory / CONFIG_NAME)
-    state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
+    if sharded:
+        source = str(directory / "dcp")
+        state = {k: v.to(device) for k, v in iter_model_tensors(directory)}
+    else:
+        source = str(directory / WEIGHTS_NAME)
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
     if config.tied_embeddings:
         state["final_proj.weight"] = state["decoder_frontend.embed.weight"]
     stored = next(iter(state.values())).dtype
     model = create_model(config, init=False, device=device, dtype=dtype or stored)
-    load_weights_into(model, {k: v.to(dtype or stored) for k, v in state.items()}, source=str(directory / WEIGHTS_NAME))
+    load_weights_into(model, {k: v.to(dtype or stored) for k, v in state.items()}, source=source)
     return model, config

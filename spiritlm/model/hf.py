@@ -40,6 +40,11 @@ __all__ = [
     "read_hf_state_dict",
     "load_hf_model",
     "save_hf_model",
+    "read_hf_weights",
+    "hf_name",
+    "to_hf_tensor",
+    "write_streamed_safetensors",
+    "write_hf_side_files",
 ]
 
 
@@ -169,6 +174,48 @@ def read_hf_state_dict(directory: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def _weight_files(directory: Path) -> list[Path]:
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    if (directory / "model.safetensors.index.json").is_file():
+        index = json.loads((directory / "model.safetensors.index.json").read_text())
+        return [directory / f for f in sorted(set(index["weight_map"].values()))]
+    return sorted(directory.glob("*.safetensors"))
+
+
+def read_hf_weights(directory: str | Path, config: LLaMAConfig, *, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """A Hugging Face LLaMA's weights under fairseq2 names, in ``dtype``, read one tensor at a
+    time from memory-mapped safetensors (``.bin`` checkpoints: :func:`read_hf_state_dict`).
+
+    The peak is one copy of the weights in ``dtype`` plus one tensor: what rank 0 holds when it
+    initialises a sharded 7B run (:mod:`spiritlm.train.recipe`).
+    """
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    files = _weight_files(directory)
+    if not files:
+        state = read_hf_state_dict(directory)
+    else:
+        state = {}
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f}: listed in the index but missing")
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    if not key.endswith("rotary_emb.inv_freq"):
+                        state[key] = st.get_tensor(key).to(dtype)
+    if config.tied_embeddings:
+        state.pop("lm_head.weight", None)
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    if "model.embed_tokens.weight" not in state:
+        raise ValueError(f"{directory}: no model.embed_tokens.weight (not a LlamaForCausalLM checkpoint)")
+    converted = convert_llama_state_dict(state, config)
+    for k in list(converted):
+        converted[k] = converted[k].to(dtype)  # type: ignore[union-attr]  # one tensor at a time
+    return converted  # type: ignore[return-value]
+
+
 def load_hf_model(
     directory: str | Path,
     *,
@@ -264,6 +311,92 @@ def _write_hf(model, config, directory: Path, tokenizer_model, rms_norm_eps, bos
     hf_state = _LLaMAHuggingFaceConverter().to_hg_state_dict(dict(state), config)
     hf_state = {k: v.to(dtype).contiguous() for k, v in hf_state.items()}  # type: ignore[union-attr]
     save_file(hf_state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    write_hf_side_files(config, directory, tokenizer_model=tokenizer_model, rms_norm_eps=rms_norm_eps,
+                        bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, dtype=dtype)
+
+
+# -- streaming export (one tensor at a time) ----------------------------------------------------
+
+_HF_NAMES = None
+
+
+def hf_name(name: str) -> str:
+    """The Hugging Face name of a fairseq2 LLaMA weight (fairseq2's own key map, reversed)."""
+    global _HF_NAMES
+    from fairseq2.models.llama.interop import _HG_KEY_MAP
+    from fairseq2.models.utils.checkpoint import convert_state_dict, create_reverse_key_map
+
+    if _HF_NAMES is None:
+        _HF_NAMES = create_reverse_key_map(_HG_KEY_MAP)
+    out = convert_state_dict({name: None}, _HF_NAMES)
+    return next(iter(out))
+
+
+def to_hf_tensor(name: str, tensor: Tensor, config: LLaMAConfig) -> Tensor:
+    """A fairseq2 weight in Hugging Face's layout: the q/k projections' rotary pairs go from
+    interleaved (fairseq2, Meta) to two halves per head (HF), as fairseq2's exporter does; every
+    other weight is unchanged."""
+    for proj, heads in (("q_proj", config.num_attn_heads), ("k_proj", config.num_key_value_heads)):
+        if name.endswith(f"self_attn.{proj}.weight"):
+            head_dim = config.model_dim // config.num_attn_heads
+            w = tensor.view(heads, head_dim // 2, 2, config.model_dim)
+            return w.transpose(1, 2).reshape(-1, config.model_dim)
+    return tensor
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+
+
+def write_streamed_safetensors(path: str | Path, entries: dict[str, tuple[tuple[int, ...], torch.dtype]], tensors) -> None:
+    """Writes a safetensors file whose tensors come one at a time.
+
+    Args:
+        path: the file.
+        entries: ``{name: (shape, dtype)}`` of every tensor, known up front (the header comes
+            first in the format).
+        tensors: iterable of ``(name, tensor)`` in any order, each matching its entry; only the
+            tensor being written is held.
+    """
+    names = sorted(entries)
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset, begin = 0, {}
+    for n in names:
+        shape, dtype = entries[n]
+        size = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        header[n] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        begin[n] = offset
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    start = 8 + len(blob)
+    written = set()
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        f.truncate(start + offset)
+        for name, t in tensors:
+            shape, dtype = entries[name]
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"{path}: {name} is {tuple(t.shape)} {t.dtype}, the header says {tuple(shape)} {dtype}")
+            f.seek(start + begin[name])
+            f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy: the buffer itself
+            written.add(name)
+    if written != set(names):
+        raise ValueError(f"{path}: tensors not written: {sorted(set(names) - written)[:5]}")
+
+
+def write_hf_side_files(
+    config: LLaMAConfig,
+    directory: Path,
+    *,
+    tokenizer_model,
+    rms_norm_eps: float,
+    bos_token_id: int | None,
+    eos_token_id: int | None,
+    pad_token_id: int | None,
+    dtype: torch.dtype,
+) -> None:
+    """``config.json``, ``generation_config.json`` and the tokenizer files of an HF export."""
     dtype_name = str(dtype).removeprefix("torch.")
     hf_config = llama_to_hf_config(
         config,

@@ -1,32 +1,50 @@
-"""Training checkpoints: writing ``checkpoints/step_N``, reading it back whole or not at all, pruning.
+"""Training checkpoints: sharded saves (``torch.distributed.checkpoint``), resharded loads, pruning.
 
-A checkpoint directory holds ``model.safetensors`` + ``model_config.json`` (the gathered model,
-fairseq2 names), ``optimizer.pt`` (the gathered AdamW state), ``trainer_state_rank{R}.pt`` (the
-scheduler, RNG and data-loader state of each rank) and ``COMPLETE``, written last. Everything is
-safetensors or loadable with ``torch.load(weights_only=True)``.
+A checkpoint ``checkpoints/step_N/`` holds:
 
-Reading is all-or-nothing: :func:`read_checkpoint` loads every file before anything is applied
-and raises :class:`CheckpointError` naming the first unreadable file, so that a resume can fall
-back to the previous complete checkpoint (:meth:`spiritlm.train.recipe.TrainRecipe.setup`).
+* ``dcp/`` — the model weights and the AdamW state, each rank writing only its own shards
+  (``.metadata`` + ``__R_0.distcp``; layout in :mod:`spiritlm.model.sharded`). Nothing is
+  gathered on rank 0, and any number of processes (one included) can read it back: DCP
+  reassembles the pieces each reader's layout asks for.
+* ``model_config.json`` — the architecture (fairseq2 ``LLaMAConfig``).
+* ``trainer_state_rank{R}.pt`` — rank R's scheduler, RNG and data-loader position, the
+  optimiser's hyper-parameters (``param_groups``), the world size and ``rms_norm_eps``; small,
+  read with ``torch.load(weights_only=True)``.
+* ``COMPLETE`` — written last (atomically, by rank 0) once every rank's shards are on disk. Only
+  complete checkpoints are resumed from or pruned; pruning never touches the newest one.
+
+Saving can be asynchronous (``--train.async_save true``): the shards are copied to CPU memory
+(one copy of this rank's shard), training goes on while a background thread writes them, and the
+checkpoint is marked complete when the next save starts or training ends. Its collectives use a
+separate gloo process group so that they never interleave with the training's own.
+
+Reading checks before it loads (:func:`inspect_checkpoint`: every file present and as long as
+the metadata says, every rank's trainer state readable) and raises :class:`CheckpointError`
+naming the first bad file, so a resume can fall back to the previous complete checkpoint. A
+resume with another world size (resharding) takes the weights and optimiser state exactly and
+re-partitions the data stream (:meth:`spiritlm.data.loader.PackedLoader.load_resharded`).
 """
 
 from __future__ import annotations
 
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from spiritlm.model import CONFIG_NAME, WEIGHTS_NAME, LLaMAConfig, checkpoint_step, complete_checkpoints
+from spiritlm.atomic import atomic_file
+from spiritlm.model import CONFIG_NAME, LLaMAConfig, checkpoint_step, complete_checkpoints
+from spiritlm.model.sharded import DCP_DIR, WeightsOnlyLoadPlanner, check_storage, read_metadata
 from spiritlm.train.distributed import Dist
 
-OPTIMIZER_NAME = "optimizer.pt"
 COMPLETE_NAME = "COMPLETE"
+TRAINER_KEYS = ("step", "scheduler", "rng", "loader", "param_groups", "world_size")
 
 
 def trainer_state_name(rank: int) -> str:
@@ -38,15 +56,18 @@ class CheckpointError(Exception):
 
 
 @dataclass
-class CheckpointState:
-    """Everything one rank needs to resume, read from a checkpoint directory."""
+class CheckpointInfo:
+    """What a resume knows about a checkpoint before loading any weight."""
 
     path: Path
     step: int
     model_config: LLaMAConfig
-    model: dict[str, Tensor]
-    optimizer: dict[str, Any]
-    trainer: dict[str, Any]
+    trainers: list[dict[str, Any]]  # every saving rank's trainer state, by rank
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes that wrote the checkpoint."""
+        return len(self.trainers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,54 +105,111 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing
+# The sharded state of a (possibly wrapped) model and its optimiser
 # ---------------------------------------------------------------------------------------------
 
 
-def _sd_options():
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
+def sharded_state(model: nn.Module, optimizer) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``({"model": weights, "optim": AdamW tensors}, param_groups)`` of this rank.
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    Under FSDP the tensors are this rank's ``DTensor`` shards; under DDP or one process, whole
+    tensors (DCP writes replicated tensors once). Only tensors go to DCP: the optimiser's
+    hyper-parameters (``param_groups``) travel in the trainer state. Creates the AdamW state if
+    no step was taken yet (DCP loads into existing tensors).
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    # FSDP2 leaves the root's parameters unsharded after a forward without backward (the
+    # validation pass); the optimiser holds the sharded ones, so reshard before matching them.
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    msd = get_model_state_dict(model)
+    osd = get_optimizer_state_dict(model, optimizer)
+    return {"model": msd, "optim": osd["state"]}, osd["param_groups"]
 
 
-def full_model_state(model: nn.Module) -> dict[str, Tensor]:
-    """The whole (gathered) model state on CPU; a collective under FSDP: every rank calls it."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    return get_model_state_dict(model, options=_sd_options())
+def _dcp_kwargs(d: Dist, process_group=None) -> dict[str, Any]:
+    return {"no_dist": True} if d.world_size == 1 else {"process_group": process_group}
 
 
-def save_checkpoint(
-    run_dir: Path, step: int, model: nn.Module, mcfg: LLaMAConfig, optimizer, trainer_state: dict[str, Any], d: Dist, keep: int
-) -> Path:
-    """Writes ``checkpoints/step_N`` (rank 0 the gathered model and optimiser state, every rank
-    its ``trainer_state``), marks it ``COMPLETE``, then prunes to ``keep`` checkpoints."""
-    from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+class Checkpointer:
+    """Writes ``checkpoints/step_N`` of a run, synchronously or in the background, and prunes.
 
-    from spiritlm.model.config import save_config
+    Args:
+        run_dir: the run directory.
+        d: the process group.
+        keep: complete checkpoints kept (0: all); the newest complete one is never removed.
+        async_save: write the shards in a background thread (:meth:`wait` finishes a pending
+            save; :meth:`save` calls it first).
+    """
 
-    ckpt = run_dir / "checkpoints" / f"step_{step}"
-    state = full_model_state(model)
-    optim_state = get_optimizer_state_dict(model, optimizer, options=_sd_options())
-    if d.main:
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        ckpt.mkdir(parents=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        if mcfg.tied_embeddings:
-            weights.pop("final_proj.weight", None)
-        save_file(weights, str(ckpt / WEIGHTS_NAME))
-        save_config(mcfg, ckpt / CONFIG_NAME)
-        torch.save(optim_state, ckpt / OPTIMIZER_NAME)
-    d.barrier()
-    torch.save({"step": step, **trainer_state}, ckpt / trainer_state_name(d.rank))
-    d.barrier()
-    if d.main:
-        (ckpt / COMPLETE_NAME).write_text(f"{step}\n")
-        prune_checkpoints(run_dir, step, keep)
-    d.barrier()
-    return ckpt
+    def __init__(self, run_dir: Path, d: Dist, *, keep: int, async_save: bool = False) -> None:
+        self.run_dir, self.d, self.keep, self.async_save = Path(run_dir), d, keep, async_save
+        self._pending: tuple[int, Path, Any] | None = None
+        self._group = None
+        if async_save and d.world_size > 1:
+            import torch.distributed as dist
+
+            # the background thread's collectives must not interleave with the training's
+            self._group = dist.new_group(backend="gloo")
+
+    def save(self, step: int, model: nn.Module, optimizer, mcfg: LLaMAConfig, trainer_state: dict[str, Any]) -> Path:
+        """Saves step ``step``: every rank its shards and its trainer state (a collective)."""
+        import torch.distributed.checkpoint as dcp
+
+        from spiritlm.model.config import save_config
+
+        self.wait()
+        d = self.d
+        ckpt = self.run_dir / "checkpoints" / f"step_{step}"
+        if d.main:
+            if ckpt.exists():  # an incomplete save of this step by a killed run (complete ones are resumed from)
+                shutil.rmtree(ckpt)
+            ckpt.mkdir(parents=True)
+            save_config(mcfg, ckpt / CONFIG_NAME)
+        d.barrier()
+        state, param_groups = sharded_state(model, optimizer)
+        trainer = {"step": step, "world_size": d.world_size, "param_groups": param_groups, **trainer_state}
+        with atomic_file(ckpt / trainer_state_name(d.rank), "wb") as f:
+            torch.save(trainer, f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)  # single process: "assuming the intent is to save in a single process"
+            if self.async_save:
+                future = dcp.async_save(state, checkpoint_id=str(ckpt / DCP_DIR), **_dcp_kwargs(d, self._group))
+                self._pending = (step, ckpt, future)
+            else:
+                dcp.save(state, checkpoint_id=str(ckpt / DCP_DIR), **_dcp_kwargs(d))
+                self._complete(step, ckpt)
+        return ckpt
+
+    def wait(self) -> Path | None:
+        """Finishes a pending asynchronous save (marks it complete, prunes); returns its path."""
+        if self._pending is None:
+            return None
+        step, ckpt, future = self._pending
+        self._pending = None
+        future.result()
+        self._complete(step, ckpt)
+        return ckpt
+
+    def _complete(self, step: int, ckpt: Path) -> None:
+        self.d.barrier()  # every rank's shards are written
+        if self.d.main:
+            with atomic_file(ckpt / COMPLETE_NAME) as f:
+                f.write(f"{step}\n")
+            prune_checkpoints(self.run_dir, step, self.keep)
+        self.d.barrier()
+
+    def close(self) -> None:
+        self.wait()
+        if self._group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group(self._group)
+            self._group = None
 
 
 def prune_checkpoints(run_dir: Path, newest: int, keep: int) -> list[Path]:
@@ -164,29 +242,53 @@ def _read(path: Path, reader):
         raise CheckpointError(f"{path}: unreadable ({reason})") from exc
 
 
-def read_checkpoint(ckpt: Path, rank: int) -> CheckpointState:
-    """Reads every file this rank needs from ``ckpt``, or raises :class:`CheckpointError`."""
-    from safetensors.torch import load_file
-
+def inspect_checkpoint(ckpt: Path) -> CheckpointInfo:
+    """Checks ``ckpt`` without reading weights: the config, the DCP metadata, every shard file's
+    length, every rank's trainer state. Raises :class:`CheckpointError` naming the bad file."""
     from spiritlm.model.config import load_config
 
     ckpt = Path(ckpt)
     config = _read(ckpt / CONFIG_NAME, load_config)
-    model = _read(ckpt / WEIGHTS_NAME, lambda p: load_file(str(p)))
-    if "final_proj.weight" not in model and "decoder_frontend.embed.weight" in model:  # tied tables
-        model["final_proj.weight"] = model["decoder_frontend.embed.weight"]
-    optimizer = _read(ckpt / OPTIMIZER_NAME, lambda p: torch.load(p, map_location="cpu", weights_only=True))
-    trainer_file = ckpt / trainer_state_name(rank)
-    if not trainer_file.is_file() and any(ckpt.glob("trainer_state_rank*.pt")):
-        raise CheckpointError(f"{trainer_file}: missing (the run was saved with another number of processes)")
-    trainer = _read(trainer_file, lambda p: torch.load(p, map_location="cpu", weights_only=True))
-    for key in ("step", "scheduler", "rng", "loader"):
-        if key not in trainer:
-            raise CheckpointError(f"{trainer_file}: no {key!r} entry")
+    metadata = _read(ckpt / DCP_DIR / ".metadata", lambda p: read_metadata(ckpt))
+    try:
+        check_storage(ckpt, metadata)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    files = sorted(ckpt.glob("trainer_state_rank*.pt"))
+    if not files:
+        raise CheckpointError(f"{ckpt / trainer_state_name(0)}: missing")
+    first = _read(files[0], lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    world = int(first.get("world_size", len(files))) if isinstance(first, dict) else len(files)
     step = checkpoint_step(ckpt)
-    if step is not None and int(trainer["step"]) != step:
-        raise CheckpointError(f"{trainer_file}: holds step {trainer['step']}, not {step}")
-    return CheckpointState(ckpt, int(trainer["step"]), config, model, optimizer, trainer)
+    trainers = []
+    for rank in range(world):
+        f = ckpt / trainer_state_name(rank)
+        t = _read(f, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+        missing = [k for k in TRAINER_KEYS if k not in t]
+        if missing:
+            raise CheckpointError(f"{f}: no {missing[0]!r} entry")
+        if step is not None and int(t["step"]) != step:
+            raise CheckpointError(f"{f}: holds step {t['step']}, not {step}")
+        trainers.append(t)
+    return CheckpointInfo(ckpt, int(trainers[0]["step"]), config, trainers)
+
+
+def load_checkpoint(info: CheckpointInfo, model: nn.Module, optimizer, d: Dist) -> None:
+    """Loads the weights and the AdamW state of ``info`` into this rank's (sharded) model and
+    optimiser, whatever the world size that saved them (a collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state, _ = sharded_state(model, optimizer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(info.path / DCP_DIR), planner=WeightsOnlyLoadPlanner(), **_dcp_kwargs(d))
+    except Exception as exc:  # noqa: BLE001 - bytes that pass the length check but do not decode
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CheckpointError(f"{info.path / DCP_DIR}: unreadable ({reason})") from exc
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, {"state": state["optim"], "param_groups": info.trainers[0]["param_groups"]})
 
 
 def set_aside(ckpt: Path) -> Path:
@@ -198,10 +300,3 @@ def set_aside(ckpt: Path) -> Path:
         target = ckpt.with_name(f"{ckpt.name}.bad{n}")
     ckpt.rename(target)
     return target
-
-
-def apply_optimizer_state(model: nn.Module, optimizer, state: dict[str, Any]) -> None:
-    """Loads a gathered optimiser state into the (possibly sharded) optimiser."""
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    set_optimizer_state_dict(model, optimizer, state, options=_sd_options())

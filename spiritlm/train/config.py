@@ -150,6 +150,9 @@ class TrainSection:
             refused (start a new train.output_dir instead).
         stop_after: stop (after saving a checkpoint) once this step is reached, as if the
             job were interrupted; the next run with resume continues to max_steps.
+        async_save: write checkpoints in a background thread (a CPU copy of each rank's
+            shards is taken first) while training goes on; the checkpoint is marked COMPLETE
+            when the next save starts or the run ends.
         export_hf: write output_dir/hf (Hugging Face LLaMA + tokenizer.model) at the end.
         tensorboard: write TensorBoard event files to output_dir/tb.
         progress: show a tqdm progress bar (rank 0).
@@ -168,6 +171,7 @@ class TrainSection:
     activation_checkpointing: bool = False
     resume: bool = True
     stop_after: int | None = None
+    async_save: bool = False
     export_hf: bool = True
     tensorboard: bool = True
     progress: bool = True

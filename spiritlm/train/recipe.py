@@ -57,24 +57,23 @@ from spiritlm.atomic import atomic_file
 from spiritlm.constants import IGNORE_INDEX, SUBSETS
 from spiritlm.metrics_log import MetricsLog, read_history  # shared with the vocoder's recipe
 from spiritlm.model import (
+    LLaMAConfig,
     complete_checkpoints,
     create_model,
-    extend_vocabulary,
-    load_any_model,
+    extend_vocabulary_state,
     load_weights_into,
     model_config,
-    num_parameters,
-    save_hf_model,
+    read_model_config,
+    read_model_weights,
 )
 from spiritlm.model.config import config_from_dict, config_to_dict
 from spiritlm.train.checkpoint import (
     CheckpointError,
-    CheckpointState,
-    apply_optimizer_state,
-    full_model_state,
-    read_checkpoint,
+    CheckpointInfo,
+    Checkpointer,
+    inspect_checkpoint,
+    load_checkpoint,
     rng_state,
-    save_checkpoint,
     set_aside,
     set_rng_state,
 )
@@ -139,52 +138,104 @@ def resolve_vocab_size(config: TrainConfig, tokenizer: Any) -> int:
     return int(v)
 
 
-def build_initial_model(config: TrainConfig, tokenizer: Any, device: torch.device, log: Callable[[str], None]):
-    """The model a fresh run starts from: random (preset) or ``init_from`` (+ vocabulary extension)."""
+def initial_config(config: TrainConfig, tokenizer: Any) -> tuple[LLaMAConfig, float, int | None]:
+    """``(architecture, rms_norm_eps, vocabulary of init_from or None)`` of the model a fresh run
+    starts from, from JSON files only: every rank needs it to build the model on the meta device."""
     m = config.model
     vocab = resolve_vocab_size(config, tokenizer)
-    if m.init_from:
-        model, mcfg, _ = load_any_model(m.init_from, device="cpu", dtype=torch.float32)
-        log(f"initialised from {m.init_from} ({num_parameters(model) / 1e6:.2f} M parameters, vocabulary {mcfg.vocab_size})")
-        if m.overrides:  # e.g. rope_theta 1e4 -> 1e5 when LLaMA-2 becomes Spirit LM
-            d = {**config_to_dict(mcfg), **m.overrides}
-            d["vocab_size"] = mcfg.vocab_size
-            mcfg = config_from_dict(d)
-            eps = next((x.eps for x in model.modules() if isinstance(x, RMSNorm)), 1e-5)
-            rebuilt = create_model(mcfg, init=False, rms_norm_eps=eps)
-            load_weights_into(rebuilt, model.state_dict(), source=f"{m.init_from} with overrides {m.overrides}")
-            model = rebuilt
-        if vocab > mcfg.vocab_size:
-            model, mcfg = extend_vocabulary(model, mcfg, vocab, noise_std=m.new_rows_noise_std, seed=m.seed)
-            log(f"vocabulary extended to {vocab} (new rows: mean + {m.new_rows_noise_std} x std noise)")
-        elif vocab < mcfg.vocab_size:
-            raise ValueError(f"{m.init_from}: vocabulary {mcfg.vocab_size} is larger than the requested {vocab} (--model.vocab_size)")
-    else:
-        mcfg = model_config(m.preset, **{**m.overrides, "vocab_size": vocab})
-        model = create_model(mcfg, seed=m.seed)
-        log(f"random {m.preset} model ({num_parameters(model) / 1e6:.2f} M parameters, vocabulary {vocab})")
-    return model.to(device), mcfg
+    if not m.init_from:
+        return model_config(m.preset, **{**m.overrides, "vocab_size": vocab}), 1e-5, None
+    mcfg, eps = read_model_config(m.init_from)
+    source_vocab = mcfg.vocab_size
+    if m.overrides:  # e.g. rope_theta 1e4 -> 1e5 when LLaMA-2 becomes Spirit LM (no weight changes)
+        mcfg = config_from_dict({**config_to_dict(mcfg), **m.overrides, "vocab_size": source_vocab})
+    if vocab < source_vocab:
+        raise ValueError(f"{m.init_from}: vocabulary {source_vocab} is larger than the requested {vocab} (--model.vocab_size)")
+    return config_from_dict({**config_to_dict(mcfg), "vocab_size": vocab}), eps, source_vocab
 
 
-def wrap_model(model: nn.Module, config: TrainConfig, d: Dist, compute_dtype: torch.dtype) -> nn.Module:
-    """Activation checkpointing, then DDP or FSDP2 wrapping when running with several processes."""
-    if config.train.activation_checkpointing:
-        from fairseq2.models.transformer_lm.ac import apply_ac_to_transformer_lm
+def initial_weights(config: TrainConfig, mcfg: LLaMAConfig, source_vocab: int | None, log: Callable[[str], None]) -> dict[str, Tensor]:
+    """The whole float32 weights (fairseq2 names) a fresh run starts from; read on rank 0 only.
 
-        apply_ac_to_transformer_lm(model, every_nth_layer=1)  # type: ignore[arg-type]
-    if d.world_size == 1:
-        return model
-    if config.train.parallel == "fsdp":
+    ``init_from`` is read tensor by tensor (memory-mapped safetensors) and only the embedding and
+    output tables are copied to add the new rows, so the peak is one copy of the model.
+    """
+    m = config.model
+    if not m.init_from:
+        state = dict(create_model(mcfg, seed=m.seed).state_dict())
+        log(f"random {m.preset} model ({_count(state, mcfg) / 1e6:.2f} M parameters, vocabulary {mcfg.vocab_size})")
+        return state
+    state = read_model_weights(m.init_from)
+    log(f"initialised from {m.init_from} ({_count(state, mcfg) / 1e6:.2f} M parameters, vocabulary {source_vocab})")
+    if source_vocab is not None and mcfg.vocab_size > source_vocab:
+        source_cfg = config_from_dict({**config_to_dict(mcfg), "vocab_size": source_vocab})
+        state, _ = extend_vocabulary_state(state, source_cfg, mcfg.vocab_size, noise_std=m.new_rows_noise_std, seed=m.seed)
+        log(f"vocabulary extended to {mcfg.vocab_size} (new rows: mean + {m.new_rows_noise_std} x std noise)")
+    return state
+
+
+def _count(state: dict[str, Tensor], mcfg: LLaMAConfig) -> int:
+    n = sum(v.numel() for v in state.values())
+    return n - (state["final_proj.weight"].numel() if mcfg.tied_embeddings and "final_proj.weight" in state else 0)
+
+
+def build_model(
+    mcfg: LLaMAConfig, eps: float, config: TrainConfig, d: Dist, compute_dtype: torch.dtype, weights: dict[str, Tensor] | None,
+    *, fresh: bool,
+) -> nn.Module:
+    """This rank's model, wrapped for its world size (activation checkpointing, DDP or FSDP2).
+
+    Args:
+        weights: the whole float32 weights of a fresh run on rank 0 (:func:`initial_weights`);
+            None on the other ranks and when resuming (the checkpoint is loaded afterwards).
+        fresh: a fresh run (rank 0's ``weights`` are copied to every rank).
+
+    FSDP: the model is built on the meta device, sharded, then materialised: each rank allocates
+    only its shards, and a fresh run's weights reach them by broadcast from rank 0, one tensor
+    at a time (``set_model_state_dict(broadcast_from_rank0=True)``). DDP: the replicas are
+    built uninitialised and DDP's constructor broadcasts rank 0's weights.
+    """
+    t = config.train
+    if d.world_size > 1 and t.parallel == "fsdp":
+        from fairseq2.models.llama import create_llama_model
+        from fairseq2.nn.utils.module import reset_non_persistent_buffers
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        if mcfg.tied_embeddings:
+            raise ValueError("tied embeddings are not supported with --train.parallel fsdp (use ddp)")
+        with torch.device("meta"):
+            model = create_llama_model(mcfg)
+        for mod in model.modules():
+            if isinstance(mod, RMSNorm):
+                mod.eps = eps
+        _apply_activation_checkpointing(model, config)
         mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         for layer in model.decoder.layers:  # type: ignore[attr-defined]
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        model.to_empty(device=d.device)
+        reset_non_persistent_buffers(model)  # the rotary tables: computed, not stored
+        if fresh:
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            set_model_state_dict(model, weights if d.main and weights is not None else {}, options=options)
+        return model
+    model = create_model(mcfg, init=False, device=d.device, rms_norm_eps=eps)
+    if weights is not None:
+        load_weights_into(model, weights, source=str(config.model.init_from or f"the {config.model.preset} preset"))
+    _apply_activation_checkpointing(model, config)
+    if d.world_size == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+def _apply_activation_checkpointing(model: nn.Module, config: TrainConfig) -> None:
+    if config.train.activation_checkpointing:
+        from fairseq2.models.transformer_lm.ac import apply_ac_to_transformer_lm
+
+        apply_ac_to_transformer_lm(model, every_nth_layer=1)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,9 +347,8 @@ class TrainRecipe:
         self.compute_dtype = torch.bfloat16 if use_bf16 else torch.float32
         # Under FSDP the MixedPrecisionPolicy casts instead of autocast.
         self.use_autocast = use_bf16 and not (d.world_size > 1 and t.parallel == "fsdp")
-        resumed = self._find_resume_point() if t.resume else None
-        self._setup_model(resumed)
-        self._setup_optimizer()
+        self.checkpointer = Checkpointer(self.run_dir, d, keep=t.keep_checkpoints, async_save=t.async_save)
+        resumed = self._setup_model_and_optimizer()
         self._setup_data()
         if resumed is not None:
             self._restore(resumed)
@@ -327,37 +377,59 @@ class TrainRecipe:
                 shutil.copyfile(units, tmp)
                 os.replace(tmp, self.run_dir / "speech_units.json")
 
-    def _find_resume_point(self) -> CheckpointState | None:
+    def _find_resume_point(self) -> CheckpointInfo | None:
         """The newest complete checkpoint every rank can read; unreadable ones are set aside."""
         d = self.d
         for step, ckpt in reversed(complete_checkpoints(self.run_dir)):
             try:
-                state, error = read_checkpoint(ckpt, d.rank), None
+                info, error = inspect_checkpoint(ckpt), None
             except CheckpointError as exc:
-                state, error = None, exc
+                info, error = None, exc
             if d.all_have(error is None):
                 self.log(f"resuming from {ckpt}")
-                return state
-            if error is not None:  # one line whatever the rank; the library's traceback is not news
-                print(f"[spiritlm train] warning: {error}; set aside as {ckpt.name}.bad, "
-                      "resuming from the previous complete checkpoint", file=sys.stderr, flush=True)
-            d.barrier()
-            if d.main:
-                set_aside(ckpt)
-            d.barrier()
+                return info
+            self._set_aside(ckpt, error)
         if complete_checkpoints(self.run_dir) == [] and any((self.run_dir / "checkpoints").glob("step_*.bad*")):
             print("[spiritlm train] warning: no readable checkpoint left; starting from step 0", file=sys.stderr, flush=True)
         return None
 
-    def _setup_model(self, resumed: CheckpointState | None) -> None:
+    def _set_aside(self, ckpt: Path, error: Exception | None) -> None:
+        if error is not None:  # one line whatever the rank; the library's traceback is not news
+            print(f"[spiritlm train] warning: {error}; set aside as {ckpt.name}.bad, "
+                  "resuming from the previous complete checkpoint", file=sys.stderr, flush=True)
+        self.d.barrier()
+        if self.d.main:
+            set_aside(ckpt)
+        self.d.barrier()
+
+    def _setup_model_and_optimizer(self) -> CheckpointInfo | None:
+        """Model and optimiser, fresh or loaded from the newest readable checkpoint."""
+        while True:
+            resumed = self._find_resume_point() if self.config.train.resume else None
+            self._setup_model(resumed)
+            self._setup_optimizer()
+            if resumed is None:
+                return None
+            try:
+                load_checkpoint(resumed, self.model, self.optimizer, self.d)
+                return resumed
+            except CheckpointError as exc:  # bytes that passed the length checks but do not decode
+                error = exc
+            self._set_aside(resumed.path, error if self.d.main else None)
+
+    def _setup_model(self, resumed: CheckpointInfo | None) -> None:
+        d = self.d
         if resumed is not None:
-            inner = create_model(resumed.model_config, init=False, device=self.d.device, dtype=torch.float32)
-            load_weights_into(inner, {k: v.float() for k, v in resumed.model.items()}, source=str(resumed.path / "model.safetensors"))
             self.model_config = resumed.model_config
+            self.rms_norm_eps = float(resumed.trainers[0].get("rms_norm_eps", 1e-5))
+            weights = None
         else:
-            inner, self.model_config = build_initial_model(self.config, self.tokenizer, self.d.device, self.log)
-        inner.train()
-        self.model = wrap_model(inner, self.config, self.d, self.compute_dtype)
+            self.model_config, self.rms_norm_eps, source_vocab = initial_config(self.config, self.tokenizer)
+            weights = initial_weights(self.config, self.model_config, source_vocab, self.log) if d.main else None
+        self.model = build_model(self.model_config, self.rms_norm_eps, self.config, d, self.compute_dtype, weights,
+                                 fresh=resumed is None)
+        del weights  # rank 0's whole copy: the shards hold the weights now
+        self.model.train()
 
     def _setup_optimizer(self) -> None:
         o, t = self.config.optim, self.config.train
@@ -373,12 +445,20 @@ class TrainRecipe:
         self.train_loader, val = (self._loaders or data_mod.build_loaders)(self.config, self.tokenizer, self.d.rank, self.d.world_size)
         self.val_loaders = {k: v for k, v in val.items() if k in self.config.data.val_subsets}
 
-    def _restore(self, state: CheckpointState) -> None:
-        apply_optimizer_state(self.model, self.optimizer, state.optimizer)
-        self.scheduler.load_state_dict(state.trainer["scheduler"])
-        set_rng_state(state.trainer["rng"])
-        self.train_loader.load_state_dict(state.trainer["loader"])
-        self.step = state.step
+    def _restore(self, info: CheckpointInfo) -> None:
+        """Scheduler, RNG and data position of a checkpoint (the weights and AdamW state are
+        loaded with the model). Another world size re-partitions the data stream."""
+        d, trainers = self.d, info.trainers
+        self.scheduler.load_state_dict(trainers[0]["scheduler"])
+        if info.world_size == d.world_size:
+            set_rng_state(trainers[d.rank]["rng"])
+            self.train_loader.load_state_dict(trainers[d.rank]["loader"])
+        else:
+            self.log(f"the checkpoint was written by {info.world_size} process(es), this run has {d.world_size}: "
+                     "weights and optimiser state resharded exactly, the data stream re-partitioned")
+            set_rng_state(trainers[d.rank % info.world_size]["rng"])
+            self.train_loader.load_resharded([tr["loader"] for tr in trainers])
+        self.step = info.step
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -515,31 +595,29 @@ class TrainRecipe:
         self._print(f"step {step}: val " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()), bar)
 
     def save_checkpoint(self) -> Path:
-        trainer_state = {"scheduler": self.scheduler.state_dict(), "rng": rng_state(), "loader": self.train_loader.state_dict()}
-        return save_checkpoint(
-            self.run_dir, self.step, self.model, self.model_config, self.optimizer, trainer_state, self.d,
-            self.config.train.keep_checkpoints,
-        )
+        """``checkpoints/step_N``: this rank's shards and trainer state (asynchronous with
+        ``train.async_save``: marked complete by the next save or the end of training)."""
+        trainer_state = {"scheduler": self.scheduler.state_dict(), "rng": rng_state(), "loader": self.train_loader.state_dict(),
+                         "rms_norm_eps": self.rms_norm_eps}
+        return self.checkpointer.save(self.step, self.model, self.optimizer, self.model_config, trainer_state)
 
     # -- the end ----------------------------------------------------------------------------
 
     def export(self) -> None:
-        """``output_dir/hf`` (Hugging Face LLaMA + tokenizer), atomically, once ``max_steps`` is reached."""
+        """``output_dir/hf`` (Hugging Face LLaMA + tokenizer), atomically, once ``max_steps`` is
+        reached: rank 0 streams it from the final checkpoint's shards, one tensor at a time
+        (:func:`spiritlm.train.export.export_checkpoint`), so no rank gathers the model."""
+        self.checkpointer.wait()
         if self.step < self.config.train.max_steps or not self.config.train.export_hf:
             return
-        state = full_model_state(self.model)  # collective under FSDP
         if self.d.main:
-            export = create_model(self.model_config, init=False)
-            export.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            from spiritlm.train.export import export_checkpoint
+
             tok_file = self.run_dir / "tokenizer.model"
-            save_hf_model(
-                export,
-                self.model_config,
-                self.run_dir / "hf",
+            export_checkpoint(
+                self.run_dir / "checkpoints" / f"step_{self.step}", self.run_dir / "hf",
                 tokenizer_model=tok_file if tok_file.is_file() else None,
-                bos_token_id=getattr(self.tokenizer, "bos_id", 1),
-                eos_token_id=getattr(self.tokenizer, "eos_id", 2),
-                step=self.step,
+                bos_token_id=getattr(self.tokenizer, "bos_id", 1), eos_token_id=getattr(self.tokenizer, "eos_id", 2),
             )
             self.log(f"exported {self.run_dir / 'hf'} (step {self.step})")
         self.d.barrier()
@@ -549,6 +627,7 @@ class TrainRecipe:
             history = read_history(self.run_dir / "metrics.jsonl")
             _write_atomic(self.run_dir / "metrics.json", json.dumps({**history, "final_step": self.step}, indent=1) + "\n")
         self.metrics.close()
+        self.checkpointer.close()
         self.d.close()
 
     def run(self) -> dict[str, Any]:
