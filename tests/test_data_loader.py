@@ -172,6 +172,43 @@ def test_ranks_see_distinct_data(data_dir, world_size):
             assert not (rows[i] & rows[j])
 
 
+@pytest.mark.parametrize("old,new", [(2, 1), (2, 3), (3, 2)])
+def test_resharded_resume_repeats_no_document_of_the_epoch(data_dir, old, new):
+    """Issue 10: a run saved with `old` ranks continues with `new` ranks: within the epoch it was
+    in, the new ranks draw only documents no old rank drew, and different ones from each other."""
+    out, docs = data_dir
+    cfg = dict(seq_len=32, batch_size=2, subset_weights={"text": 1}, seed=5)
+    loaders = [PackedLoader(LoaderConfig(str(out), rank=r, world_size=old, **cfg)) for r in range(old)]
+    before = set()
+    for i, loader in enumerate(loaders):
+        for _ in range(3 + i):  # ranks at different positions, as after a real stop
+            for row in next(loader)["input_ids"]:
+                before.update(docs_in(row))
+    states = [json.loads(json.dumps(lo.state_dict())) for lo in loaders]
+    after = []
+    for r in range(new):
+        lo = PackedLoader(LoaderConfig(str(out), rank=r, world_size=new, **cfg))
+        lo.load_resharded(states)
+        mine = set()
+        while lo.epochs()["text"] == 0:
+            state = lo.state_dict()
+            batch = next(lo)
+            if lo.epochs()["text"] > 0:
+                lo.load_state_dict(state)
+                break
+            for row in batch["input_ids"]:
+                mine.update(docs_in(row))
+        assert mine and not (mine & before), r
+        after.append(mine)
+    for i in range(new):
+        for j in range(i + 1, new):
+            assert not (after[i] & after[j])
+    # a state of other data or another seed is refused
+    other = PackedLoader(LoaderConfig(str(out), rank=0, world_size=new, **{**cfg, "seed": 6}))
+    with pytest.raises(ValueError, match="different loader"):
+        other.load_resharded(states)
+
+
 def test_validation_loader(data_dir):
     out, docs = data_dir
     all_docs = []

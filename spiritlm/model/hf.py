@@ -381,6 +381,7 @@ def write_streamed_safetensors(path: str | Path, entries: dict[str, tuple[tuple[
             f.seek(start + begin[name])
             f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy: the buffer itself
             written.add(name)
+            del t  # released before the next tensor is read
     if written != set(names):
         raise ValueError(f"{path}: tensors not written: {sorted(set(names) - written)[:5]}")
 

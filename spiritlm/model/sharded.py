@@ -112,3 +112,4 @@ def iter_model_tensors(path: str | Path, *, dtype: torch.dtype | None = None) ->
         t = torch.empty(shape, dtype=stored)
         load_tensors(path, {MODEL_PREFIX + name: t})
         yield name, (t if dtype is None else t.to(dtype))
+        del t  # the caller holds it if it wants it

@@ -73,6 +73,7 @@ def export_checkpoint(
         for name, t in iter_model_tensors(ckpt):
             if name in entries:
                 yield hf_name(name), to_hf_tensor(name, t, config).to(target)
+            del t
 
     if tokenizer_model is None:
         run_tok = ckpt.parent.parent / "tokenizer.model"
