@@ -24,8 +24,8 @@ SEQ_LEN = 32
 class GlobalBatches:
     """Rows ``rank::world_size`` of a world-size-independent stream of global batches."""
 
-    def __init__(self, data_dir: str, rank: int, world_size: int) -> None:
-        self.inner = PackedLoader(LoaderConfig(data_dir=data_dir, seq_len=SEQ_LEN, batch_size=GLOBAL_BATCH, seed=0))
+    def __init__(self, data_dir: str, rank: int, world_size: int, seq_len: int = SEQ_LEN, global_batch: int = GLOBAL_BATCH) -> None:
+        self.inner = PackedLoader(LoaderConfig(data_dir=data_dir, seq_len=seq_len, batch_size=global_batch, seed=0))
         self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
