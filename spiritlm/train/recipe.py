@@ -5,7 +5,7 @@
     recipe = TrainRecipe(config)
     recipe.setup()        # run directory, tokenizer, model (fresh or resumed), optimiser, data
     recipe.train()        # the loop: train_step -> log -> evaluate -> save_checkpoint
-    recipe.export()       # output_dir/hf, written atomically with its step
+    recipe.export()       # output_dir/hf, streamed from the final checkpoint, written atomically
     recipe.cleanup()
 
 (:meth:`TrainRecipe.run` does the four.) Choice: a plain PyTorch loop around the fairseq2 model,
@@ -22,9 +22,13 @@ clipping and accumulation, bfloat16 autocast on GPU / float32 on CPU, DDP or FSD
 run reproduces the uninterrupted run's losses exactly on CPU. An unreadable newest checkpoint
 is set aside (``step_N.bad``) with a one-line warning and the previous one is used.
 
-Memory note for 7B: every process builds the initial model on CPU in float32 (27 GB for
-LLaMA-2 7B; 8 processes per node need ~220 GB of host memory) before moving it to its GPU and
-sharding it (FSDP); parameters and AdamW state stay float32 (bfloat16 compute).
+Memory at 7B (docs/scaling.md §3): under FSDP the model is built on the meta device and
+sharded before any weight exists; a fresh run's rank 0 reads ``init_from`` tensor by tensor
+(memory-mapped safetensors), adds the new vocabulary rows once, and every rank receives only its
+shards by broadcast (:func:`build_model`); a resumed run loads only its shards. Checkpoints are
+sharded (:mod:`spiritlm.train.checkpoint`) and the final Hugging Face export is streamed from
+the last one, so no rank ever gathers the model or the optimiser state. Parameters and AdamW
+state stay float32 (bfloat16 compute).
 
 Outputs in ``output_dir``: ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (one
 record per log/validation and step; a resume drops the records after its checkpoint),
