@@ -189,6 +189,58 @@ def test_style_cnn_from_stored_logmels_equals_from_audio(tmp_path):
     np.testing.assert_allclose(a.feat_std.numpy(), allm.std(0, ddof=1), rtol=1e-4)
 
 
+def test_speaker_f0_statistics_stream_one_utterance_at_a_time():
+    from spiritlm.tokenizers.f0 import compute_speaker_stats, meta_speaker_stats
+
+    rng = np.random.default_rng(0)
+    utts = [(f"s{k % 3}", np.where(rng.random(200) > 0.4, rng.uniform(80 + 60 * (k % 3), 200 + 60 * (k % 3), 200), 0.0)) for k in range(30)]
+    utts.append(("quiet", np.zeros(50)))
+    st = compute_speaker_stats(iter(utts))  # a generator: read once, in order
+    voiced = {s: np.concatenate([f[f > 0] for sp, f in utts if sp == s]) for s in ("s0", "s1", "s2")}
+    logs = {s: np.log(v) for s, v in voiced.items()}
+    assert set(st.speakers) == {"s0", "s1", "s2"}
+    for s, v in logs.items():
+        assert st.speakers[s]["mean"] == pytest.approx(v.mean(), rel=1e-12) and st.speakers[s]["std"] == pytest.approx(v.std(), rel=1e-10)
+        assert st.speakers[s]["frames"] == len(v)
+    allv = np.concatenate(list(logs.values()))
+    assert st.global_mean == pytest.approx(allv.mean(), rel=1e-12)
+    assert st.global_std == pytest.approx(np.concatenate([v - v.mean() for v in logs.values()]).std(), rel=1e-10)
+    meta = meta_speaker_stats(iter(utts))
+    assert set(meta) == {"s0", "s1", "s2"}
+    for s, v in voiced.items():
+        assert meta[s]["f0_mean"] == pytest.approx(v.mean(), rel=1e-12) and meta[s]["f0_std"] == pytest.approx(v.std(), rel=1e-10)
+        assert meta[s]["logf0_std"] == pytest.approx(np.log(v).std(), rel=1e-10)
+
+
+def test_training_items_keep_alignments_only_where_evaluated(tmp_path):
+    from spiritlm.corpus.manifest import ManifestError
+    from spiritlm.tokenizers.train import _read_items
+
+    phones = [{"phone": "a", "start": 0.0, "end": 0.1}]
+    words = [{"word": "a", "start": 0.0, "end": 0.1}]
+    rows = [{"id": f"u{k}", "audio": f"u{k}.wav", "split": ("train", "test", "valid")[k % 3], "speaker": "s", "style": "calm",
+             "text": "a", "words": words, "phones": phones} for k in range(7)]
+    man = tmp_path / "m.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = _read_items(str(man), None)
+    assert [it.id for it in items] == [f"u{k}" for k in range(7)]
+    for it in items:
+        kept = it.split == "test"
+        assert (it.phones is not None) == kept and bool(it.words) == kept and (it.text is not None) == kept
+        assert it.speaker == "s" and it.style == "calm" and os.path.isabs(it.audio)
+    # only the first utterances count: u0 alone is evaluated on itself
+    assert [it.phones is not None for it in _read_items(str(man), 1)] == [True]
+    # no test split: valid is evaluated
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows if r["split"] != "test"))
+    assert [(it.split, it.phones is not None) for it in _read_items(str(man), None)] == [("train", False), ("valid", True)] * 2 + [("train", False)]
+    # no evaluation split at all: the training utterances are evaluated, nothing dropped
+    man.write_text("".join(json.dumps({**r, "split": "train"}) + "\n" for r in rows[:2]))
+    assert all(it.phones is not None for it in _read_items(str(man), None))
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + rows[:1]))
+    with pytest.raises(ManifestError, match="duplicate id 'u0'"):
+        _read_items(str(man), 1)
+
+
 def test_lazy_sequence_computes_on_access():
     seen = []
     seq = LazySequence(4, lambda i: seen.append(i) or i * i)

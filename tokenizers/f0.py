@@ -299,44 +299,62 @@ class SpeakerStats:
             raise ValueError(f"{path}: not an F0 stats file ({exc})") from None
 
 
+class _Moments:
+    """Count, mean and sum of squared deviations of a stream of arrays (float64), merged array by
+    array (Chan et al.'s pairwise update): statistics of a corpus without holding its frames."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, v: np.ndarray) -> None:
+        v = np.asarray(v, dtype=np.float64)
+        if not len(v):
+            return
+        nb, mb = len(v), float(v.mean())
+        m2b = float(((v - mb) ** 2).sum())
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2b + delta * delta * self.n * nb / n
+        self.n = n
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(self.m2 / self.n)) if self.n else 0.0
+
+
 def compute_speaker_stats(items: Iterable[tuple[str, np.ndarray]]) -> SpeakerStats:
-    """Statistics from ``(speaker, f0)`` pairs (F0 in Hz, 0 = unvoiced).
+    """Statistics from ``(speaker, f0)`` pairs (F0 in Hz, 0 = unvoiced), read one utterance at a
+    time (memory does not grow with the corpus).
 
     ``global_std`` is the std of speaker-centred voiced log-F0 (the scale of normalised F0).
     """
-    logs: dict[str, list[np.ndarray]] = {}
+    logs: dict[str, _Moments] = {}
     for spk, f0 in items:
         f0 = np.asarray(f0)
-        logs.setdefault(str(spk), []).append(np.log(f0[f0 > 0]))
-    speakers, centred, allv = {}, [], []
-    for spk, parts in logs.items():
-        v = np.concatenate(parts) if parts else np.zeros(0)
-        if len(v) == 0:
-            continue
-        speakers[spk] = {"mean": float(v.mean()), "std": float(v.std()), "frames": int(len(v))}
-        centred.append(v - v.mean())
-        allv.append(v)
-    if not allv:
+        logs.setdefault(str(spk), _Moments()).add(np.log(f0[f0 > 0]))
+    speakers = {spk: {"mean": m.mean, "std": m.std, "frames": int(m.n)} for spk, m in logs.items() if m.n}
+    if not speakers:
         raise ValueError("no voiced frames: cannot compute F0 statistics")
-    c = np.concatenate(centred)
-    return SpeakerStats(speakers, float(np.concatenate(allv).mean()), float(max(c.std(), 1e-3)))
+    total = sum(m.n for m in logs.values())
+    global_mean = sum(m.mean * m.n for m in logs.values() if m.n) / total
+    centred_std = np.sqrt(sum(m.m2 for m in logs.values()) / total)  # each speaker's frames about its own mean
+    return SpeakerStats(speakers, float(global_mean), float(max(centred_std, 1e-3)))
 
 
 def meta_speaker_stats(items: Iterable[tuple[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     """pGSLM's / Meta's per-speaker F0 statistics from ``(speaker, f0 Hz with 0 = unvoiced)``:
     ``{speaker: {"f0_mean", "f0_std", "logf0_mean", "logf0_std"}}`` over voiced frames (Hz and
-    log-Hz). Speakers without a voiced frame are left out."""
-    voiced: dict[str, list[np.ndarray]] = {}
+    log-Hz), read one utterance at a time. Speakers without a voiced frame are left out."""
+    hz: dict[str, _Moments] = {}
+    logs: dict[str, _Moments] = {}
     for spk, f0 in items:
         f0 = np.asarray(f0, dtype=np.float64)
-        voiced.setdefault(str(spk), []).append(f0[f0 > 0])
-    out = {}
-    for spk, parts in voiced.items():
-        v = np.concatenate(parts)
-        if len(v):
-            out[spk] = {"f0_mean": float(v.mean()), "f0_std": float(v.std()),
-                        "logf0_mean": float(np.log(v).mean()), "logf0_std": float(np.log(v).std())}
-    return out
+        v = f0[f0 > 0]
+        hz.setdefault(str(spk), _Moments()).add(v)
+        logs.setdefault(str(spk), _Moments()).add(np.log(v))
+    return {spk: {"f0_mean": m.mean, "f0_std": m.std, "logf0_mean": logs[spk].mean, "logf0_std": logs[spk].std}
+            for spk, m in hz.items() if m.n}
 
 
 def save_meta_speaker_stats(path: str | os.PathLike, stats: dict[str, dict[str, float]]) -> None:

@@ -10,8 +10,11 @@ A shard set is a folder ``DIR/NAME/`` holding, for shard ``k`` of ``ceil(n_items
 
 Both files are written under temporary names and renamed, so a killed run leaves whole shards
 and the next run computes only the missing ones (resume). Reading memory-maps the ``.npy``
-files: an utterance's array is a view that costs no memory until touched, so training reads a
-corpus of any size with memory bounded by what it samples.
+files: an utterance's array is a view that costs no memory until touched, and at most
+``max_open`` shards are mapped at once (the pages a process touched in a mapped file count in
+its resident memory), so training reads a corpus of any size with memory bounded by what it
+holds at a time. :meth:`FrameShards.write_sample` copies a bounded random sample of frames to a
+file of its own, which k-means then reads chunk by chunk (:func:`read_rows`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,28 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+
+def trim_heap() -> None:
+    """Hands freed heap memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Computing a shard allocates and frees many waveform-sized arrays; glibc keeps the freed
+    memory in the process' heap, fragmented, and the resident size then creeps up shard after
+    shard (measured: +8 MB per 256-utterance shard of MFCC features) although nothing is kept."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
@@ -96,6 +121,8 @@ class FrameShards(Sequence):
             _atomic_save_json(js, {**info, "lengths": [int(a.shape[0]) for a in arrays], "ok": ok})
             self._maps.pop(k, None)
             self._index.pop(k, None)
+            del arrays, data
+            trim_heap()
         return len(todo)
 
     def _meta(self, k: int) -> tuple[np.ndarray, list[bool], dict]:

@@ -289,8 +289,9 @@ def _parse(path: str, lineno: int, line: str) -> Any:
         raise ManifestError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
 
 
-def iter_manifest(path: str | os.PathLike) -> Iterator[Utterance]:
-    """Yields the utterances of a manifest one by one (``audio`` made absolute).
+def iter_manifest(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIRED_KEYS) -> Iterator[Utterance]:
+    """Yields the utterances of a manifest one by one (``audio`` made absolute); ``required`` as
+    in :func:`read_manifest` (duplicate ids are not checked here).
 
     Raises:
         ManifestError: unreadable file, bad JSON or schema problem (with the line number).
@@ -300,7 +301,7 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[Utterance]:
     for lineno, line in _lines(path):
         obj = _parse(path, lineno, line)
         try:
-            yield Utterance.from_json(obj, base)
+            yield Utterance.from_json(obj, base, required)
         except ValueError as e:
             raise ManifestError(path, lineno, str(e)) from None
 
