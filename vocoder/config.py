@@ -2,8 +2,8 @@
 
 Presets (``VocoderConfig.preset(name, **overrides)``):
 
-* ``tiny``: 128 initial channels, two resblock kernels, 48-dim embeddings; learns on a 2-core CPU
-  in minutes (the demo's vocoder);
+* ``tiny``: 128 initial channels, two resblock kernels, 48-dim embeddings and a harmonic source
+  (``harmonic_source``); learns on a 2-core CPU in minutes (the demo's vocoder);
 * ``base``: the paper's generator (512 channels, resblocks [3, 7, 11], 128-dim embeddings) on
   HuBERT units, with a duration predictor (Spirit LM Base);
 * ``expressive``: ``base`` plus 64 pitch codes and 100 style codes (Spirit LM Expressive).
@@ -292,6 +292,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
         duration_hidden=64,
         duration_dropout=0.1,
+        # renders pitch within the demo's 800 CPU steps, which the plain generator does not (vocoder/README.md)
+        harmonic_source=True,
     ),
     "base": dict(
         num_units=501,
