@@ -14,7 +14,8 @@ of processes):
 3. ``resume_1proc``: 1 process resumes the same 2-process checkpoint, takes the same step
    (skipped with ``--code`` checkouts that cannot resume across world sizes).
 
-Each worker writes its peak resident set size (``getrusage``'s ``ru_maxrss``). Printed: peak RSS
+Each worker writes its peak resident set size (``getrusage``'s ``ru_maxrss``), overall and as it
+stood after setup (model built or loaded), after the training steps and after saving. Printed: peak RSS
 per rank and phase against the size of the whole fp32 weights and of the AdamW state (+ the
 gradients), and, for phase 3, the step-3 loss and weights against phase 2's.
 """
@@ -52,11 +53,31 @@ def worker(a: argparse.Namespace) -> None:
         "train.num_threads=1", "train.export_hf=false", "train.keep_checkpoints=0", "optim.lr=1e-4", "optim.warmup_steps=1",
     ]
     config = load_train_config(None, overrides)
-    recipe = TrainRecipe(config, loaders=lambda cfg, tok, rank, world: (GlobalBatches(a.data_dir, rank, world, a.seq_len, 2), {}))
+
+    def peak() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports kB)
+
+    marks: dict[str, int] = {}
+
+    class Measured(TrainRecipe):  # the peak so far after each part of the run
+        def setup(self):
+            super().setup()
+            marks["setup"] = peak()
+
+        def train_step(self, batches):
+            out = super().train_step(batches)
+            marks["steps"] = peak()
+            return out
+
+        def save_checkpoint(self):
+            out = super().save_checkpoint()
+            marks["save"] = peak()
+            return out
+
+    recipe = Measured(config, loaders=lambda cfg, tok, rank, world: (GlobalBatches(a.data_dir, rank, world, a.seq_len, 2), {}))
     summary = recipe.run()
     rank = int(os.environ.get("RANK", "0"))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports kB)
-    out = {"rank": rank, "peak_rss_bytes": peak, "losses": summary["train_loss"]}
+    out = {"rank": rank, "peak_rss_bytes": peak(), "peak_after": marks, "losses": summary["train_loss"]}
     Path(a.report, f"rank{rank}.json").write_text(json.dumps(out))
 
 
@@ -139,7 +160,9 @@ def main() -> None:
     print(f"\npeak RSS per rank (GiB) — fp32 weights {weights / 2**30:.2f}, weights + AdamW state {3 * weights / 2**30:.2f}:")
     for phase in ("init", "resume", "resume_1proc"):
         if phase in results:
-            print(f"  {phase:<13}" + "  ".join(f"rank {r['rank']}: {r['peak_rss_bytes'] / 2**30:5.2f}" for r in results[phase]))
+            print(f"  {phase:<13}" + "  ".join(f"rank {r['rank']}: {r['peak_rss_bytes'] / 2**30:5.2f}" for r in results[phase])
+                  + "   (peak after " + "; ".join(f"rank {r['rank']}: " + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in r["peak_after"].items())
+                                                  for r in results[phase]) + ")")
     if "step3_loss" in results:
         print(f"step-3 loss after resuming the 2-process checkpoint: 2 processes {results['step3_loss']['2 processes']:.6f}, "
               f"1 process {results['step3_loss']['1 process']:.6f}; step-3 weights max |diff| {results['step3_weights_max_abs_diff']:.2e}")
