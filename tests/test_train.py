@@ -147,10 +147,13 @@ def test_train_cli(data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "fsdp-async"])
 def test_torchrun_two_processes_resume_exactly(data, tmp_path, parallel):
-    """2 CPU processes (gloo): a stopped and resumed run equals the uninterrupted one."""
+    """2 CPU processes (gloo): a stopped and resumed run equals the uninterrupted one (also with
+    checkpoints written in the background)."""
     _, train_dir, val_dir = data
+    parallel, *mode = parallel.split("-")
+    async_flags = ["--train.async_save", "true"] if mode else []
 
     def run(out, *extra):
         cmd = [
@@ -158,7 +161,7 @@ def test_torchrun_two_processes_resume_exactly(data, tmp_path, parallel):
             "train", "--data.data_dir", str(train_dir), "--data.val_dir", str(val_dir), "--data.seq_len", "32",
             "--data.batch_size", "2", "--train.output_dir", str(out), "--train.max_steps", "4", "--train.log_every", "1",
             "--train.save_every", "2", "--train.parallel", parallel, "--train.progress", "false", "--train.num_threads", "1",
-            "--model.overrides", "{num_layers: 2, model_dim: 64}", "--train.activation_checkpointing", "true", *extra,
+            "--model.overrides", "{num_layers: 2, model_dim: 64}", "--train.activation_checkpointing", "true", *async_flags, *extra,
         ]
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
 
