@@ -307,6 +307,12 @@ def test_training_streams_through_shards_and_resumes(corpus, tmp_path):
     with pytest.raises(UserError, match="shards of another run.*utterances.*delete"):
         train_tokenizer(str(other), str(tmp_path / "tok3"), _preset(), seed=0, threads=1, log=lambda s: None, work_dir=str(work))
 
+    # the CLI refuses a negative --num_workers before any work
+    from spiritlm.tokenizers.cli import train as train_cli
+
+    with pytest.raises(UserError, match="--num_workers -1"):
+        train_cli(str(corpus), str(tmp_path / "tok5"), num_workers=-1)
+
     # without a work_dir the shards live in OUT/work and are removed after success
     train_tokenizer(str(corpus), str(tmp_path / "tok4"), _preset(), seed=0, threads=1, log=lambda s: None)
     assert not (tmp_path / "tok4" / "work").exists() and (tmp_path / "tok4" / "metrics.json").exists()
