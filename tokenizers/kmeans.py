@@ -96,10 +96,17 @@ def train_kmeans(features: Sequence[np.ndarray] | np.ndarray, cfg: KMeansConfig)
     return km.cluster_centers_.astype(np.float32)
 
 
-def _inertia(x: np.ndarray, centers: np.ndarray) -> float:
-    """Sum of squared distances of the rows of ``x (N, D)`` to their nearest centre."""
-    d = (x.astype(np.float64) ** 2).sum(1, keepdims=True) - 2 * x.astype(np.float64) @ centers.T.astype(np.float64) + (centers.astype(np.float64) ** 2).sum(1)[None]
-    return float(np.maximum(d.min(1), 0).sum())
+def _inertia(x: np.ndarray, centers: np.ndarray, rows: int = 4096) -> float:
+    """Sum of squared distances of the rows of ``x (N, D)`` to their nearest centre (float64,
+    ``rows`` rows at a time: memory is a block, not ``N x K``)."""
+    c = centers.astype(np.float64)
+    c2 = (c**2).sum(1)[None]
+    total = 0.0
+    for i in range(0, len(x), rows):
+        b = x[i : i + rows].astype(np.float64)
+        d = (b**2).sum(1, keepdims=True) - 2 * b @ c.T + c2
+        total += float(np.maximum(d.min(1), 0).sum())
+    return total
 
 
 def train_kmeans_chunks(read_rows, n_rows: int, cfg: KMeansConfig, log=None, progress: bool = True) -> tuple[np.ndarray, dict]:
