@@ -273,6 +273,11 @@ class HarmonicSource(nn.Module):
         return torch.tanh(self.merge(sines.to(self.merge.weight.dtype))).transpose(1, 2)
 
 
+def _float32(x: Tensor):
+    """A context without autocast on ``x``'s device: the harmonic source runs in float32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def _fit_length(x: Tensor, n: int) -> Tensor:
     """Cuts or right-pads (zeros) the last axis to ``n``."""
     return x[..., :n] if x.size(-1) >= n else F.pad(x, (0, n - x.size(-1)))
@@ -289,7 +294,9 @@ class UnitHifiGAN(HifiganGenerator):
     Keeps speechbrain's ``conv_pre``, ``ups``, ``resblocks`` and ``conv_post`` (type-1 residual
     blocks, multi-receptive-field fusion) with zero padding, and adds ``unit_embedding``,
     ``pitch_embedding``, ``style_embedding``, ``speaker_embedding``, ``style_id_embedding``
-    (absent tables are ``None``) and ``duration_predictor``.
+    (absent tables are ``None``) and ``duration_predictor``; with ``config.harmonic_source`` also
+    ``source`` (:class:`HarmonicSource`) and ``source_convs`` (one strided ``Conv1d(1, channels)``
+    per upsampling layer; both ``None`` otherwise, so Meta's layout maps one to one).
 
     Args:
         config: the architecture.
@@ -481,12 +488,13 @@ class UnitHifiGAN(HifiganGenerator):
         S = self.config.f0_frames_per_unit
         lengths = torch.full((B,), T, dtype=torch.long, device=x.device) if lengths is None else lengths.to(x.device).long()
         unit_mask = length_mask(lengths, T)
-        if f0 is None:
-            f0 = self.source.f0_from_prediction(*self.source.predict(x, unit_mask))
-        elif f0.shape != (B, T * S):
+        if f0 is not None and f0.shape != (B, T * S):
             raise ValueError(f"f0 must be [B, T*{S}] = {(B, T * S)}, got {tuple(f0.shape)}")
-        f0 = f0.to(x.dtype) * length_mask(lengths * S, T * S)
-        excitation = self.source.excitation(f0).to(x.dtype)  # [B, 1, T * hop], 0 beyond each row's end
+        with _float32(x):  # bf16 would round ln F0 to ~3 % (50 cents) and drift the phase
+            if f0 is None:
+                f0 = self.source.f0_from_prediction(*self.source.predict(x.to(self.source.proj.weight.dtype), unit_mask))
+            f0 = f0.float() * length_mask(lengths * S, T * S)
+            excitation = self.source.excitation(f0)  # [B, 1, T * hop], 0 beyond each row's end
         mask = unit_mask[:, None, :].to(x.dtype)
         o = self.conv_pre(x * mask)
         scale = 1
@@ -509,7 +517,8 @@ class UnitHifiGAN(HifiganGenerator):
         if self.source is None:
             raise ValueError("this vocoder has no harmonic source (config.harmonic_source=False)")
         mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
-        return self.source.predict(x, mask)
+        with _float32(x):
+            return self.source.predict(x.to(self.source.proj.weight.dtype), mask)
 
     # -- durations ---------------------------------------------------------------------------------
 
