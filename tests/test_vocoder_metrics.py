@@ -89,7 +89,7 @@ def test_energy_and_mean_f0():
 
 
 @pytest.mark.slow
-def test_eval_command_end_to_end(tmp_path):
+def test_eval_command_end_to_end(tmp_path, monkeypatch):
     """Train a few steps on the tiny corpus of test_vocoder_train, then evaluate (no tokenizer)."""
     from test_vocoder_train import make_corpus, tiny_cfg  # tests/ is on sys.path under pytest
 
@@ -97,10 +97,13 @@ def test_eval_command_end_to_end(tmp_path):
     from spiritlm.vocoder.train import train_vocoder
 
     manifest, units = make_corpus(tmp_path, n_utts=8)
-    # 6 steps at a high rate: the tiny preset's harmonic source then voices the tones (after 2 steps
-    # at 2e-4 its output is ~3 % voiced and the pitch control has no pair with common voiced frames)
-    cfg = tiny_cfg(max_steps=6, save_every=0, lr=3e-3, batch_size=4, segment_units=6)
-    train_vocoder(manifest, units, str(tmp_path / "voc"), cfg, progress=False, log=lambda s: None)
+    # the plain 5-stage generator: after 2 steps its output is a voiced buzz, so the pitch control has
+    # pairs; the tiny preset's harmonic source / 10·8·8 layout stays unvoiced for the first dozen steps
+    import spiritlm.vocoder.config as config_mod
+
+    monkeypatch.setitem(config_mod.PRESETS, "tiny", {**config_mod.PRESETS["tiny"], "harmonic_source": False,
+                                                     "upsample_rates": [5, 4, 4, 4, 2], "upsample_kernel_sizes": [11, 8, 8, 8, 4]})
+    train_vocoder(manifest, units, str(tmp_path / "voc"), tiny_cfg(max_steps=2, save_every=0), progress=False, log=lambda s: None)
     r = evaluate_vocoder(str(tmp_path / "voc"), manifest, units, str(tmp_path / "eval"), split="train", control_pairs=2, log=lambda s: None)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["num_utterances"] == r["num_utterances"] == 6

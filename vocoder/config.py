@@ -2,8 +2,9 @@
 
 Presets (``VocoderConfig.preset(name, **overrides)``):
 
-* ``tiny``: 128 initial channels, two resblock kernels, 48-dim embeddings and a harmonic source
-  (``harmonic_source``); learns on a 2-core CPU in minutes (the demo's vocoder);
+* ``tiny``: 128 initial channels, three upsamplings (10·8·8), two resblock kernels, 48-dim
+  embeddings and a harmonic source (``harmonic_source``); learns on a 2-core CPU in minutes (the
+  demo's vocoder);
 * ``base``: the paper's generator (512 channels, resblocks [3, 7, 11], 128-dim embeddings) on
   HuBERT units, with a duration predictor (Spirit LM Base);
 * ``expressive``: ``base`` plus 64 pitch codes and 100 style codes (Spirit LM Expressive).
@@ -287,12 +288,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_units=501,
         embedding_dim=48,
         upsample_initial_channel=128,
-        upsample_kernel_sizes=[11, 8, 8, 8, 4],
+        # three upsamplings (hop 640 = 10·8·8) so the 16 kHz stage has 16 channels, not 4: with the
+        # 5-stage layout the source rendered pitch for one seed and not another (vocoder/README.md)
+        upsample_rates=[10, 8, 8],
+        upsample_kernel_sizes=[20, 16, 16],
         resblock_kernel_sizes=[3, 7],
         resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
         duration_hidden=64,
         duration_dropout=0.1,
-        # renders pitch within the demo's 800 CPU steps, which the plain generator does not (vocoder/README.md)
+        # renders pitch within the demo's 800 CPU steps, which the plain generator does not
         harmonic_source=True,
     ),
     "base": dict(

@@ -116,10 +116,11 @@ class TrainConfig:
 
 
 def recipe_defaults(config: str) -> dict[str, Any]:
-    """Per-preset defaults of :class:`TrainConfig` (the full discriminator and HiFi-GAN's batch for base sizes)."""
+    """Per-preset defaults of :class:`TrainConfig` (the full discriminator and HiFi-GAN's batch for
+    base sizes; for ``tiny`` also the multi-resolution STFT loss at weight 15, see vocoder/README.md)."""
     if config == "tiny":
-        return {"disc_width_div": 16, "batch_size": 8, "segment_units": 12}
-    return {"disc_width_div": 1, "batch_size": 16, "segment_units": 14}
+        return {"disc_width_div": 16, "batch_size": 8, "segment_units": 12, "stft_weight": 15.0}
+    return {"disc_width_div": 1, "batch_size": 16, "segment_units": 14, "stft_weight": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def train(
     disc_width_div: int | None = None,
     disc_start_step: int = 0,
     lr: float = 2e-4,
-    stft_weight: float = 0.0,
+    stft_weight: float | None = None,
     seed: int = 0,
     log_every: int = 10,
     val_every: int = 200,
@@ -62,8 +62,8 @@ def train(
         disc_start_step: mel + duration losses only before this step (no discriminator), then the full GAN.
         lr: AdamW learning rate of generator and discriminator.
         stft_weight: weight of the multi-resolution STFT loss (log magnitude + spectral
-            convergence at FFT sizes 1024/2048/512) next to 45 x mel L1; 0 = off (HiFi-GAN's recipe;
-            vocoder/README.md has what it did on the tiny preset).
+            convergence at FFT sizes 1024/2048/512) next to 45 x mel L1; 0 = off (default: 15 for
+            tiny, 0 = HiFi-GAN's recipe for base sizes; vocoder/README.md).
         seed: seed of initialisation, sampling and dropout.
         log_every: steps between metric records.
         val_every: steps between validations and audio samples.
@@ -93,7 +93,7 @@ def train(
             raise UserError(f"{flag} must be >= 0, got {value} ({flag})")
     if not lr > 0:
         raise UserError(f"--lr must be > 0, got {lr} (--lr)")
-    if not stft_weight >= 0:
+    if stft_weight is not None and not stft_weight >= 0:
         raise UserError(f"--stft_weight must be >= 0, got {stft_weight} (--stft_weight)")
 
     from .losses import LossWeights
@@ -105,7 +105,7 @@ def train(
         batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
         disc_width_div=disc_width_div or d["disc_width_div"], disc_start_step=disc_start_step, lr=lr, seed=seed,
         log_every=log_every, val_every=val_every, save_every=save_every, threads=threads, dtype=dtype,
-        weights=LossWeights(stft=stft_weight),
+        weights=LossWeights(stft=d["stft_weight"] if stft_weight is None else stft_weight),
     )
     if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
         raise UserError("--max_steps, --batch_size and --segment_units must be positive")
