@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .utils import lengths_to_mask, pad_batch
+from .vqvae import CropBatchSampler
 from ..constants import SAMPLE_RATE
 from .kmeans import KMeansQuantizer, load_kmeans, save_kmeans
 
@@ -304,16 +305,11 @@ class MelCropDataset(torch.utils.data.Dataset):
         return x, int(crop.shape[0]), int(self.labels[i])
 
 
-class MelCropBatchSampler(torch.utils.data.Sampler):
+class MelCropBatchSampler(CropBatchSampler):
     """``steps`` batches of ``(utterance, start)`` keys for :class:`MelCropDataset`, drawn with
     ``numpy.random.default_rng(seed)``: the batch's utterances uniformly, then each one's start
-    uniformly among ``0 .. max(frames_i - crop, 0)``."""
-
-    def __init__(self, lengths: Sequence[int], crop: int, batch_size: int, steps: int, seed: int):
-        self.lengths, self.crop, self.batch_size, self.steps, self.seed = [int(n) for n in lengths], int(crop), int(batch_size), int(steps), int(seed)
-
-    def __len__(self) -> int:
-        return self.steps
+    uniformly among ``0 .. max(frames_i - crop, 0)`` (the style CNN's draw order, which differs
+    from the VQ-VAE's crop-by-crop order)."""
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)

@@ -465,12 +465,19 @@ class UnitHifiGAN(HifiganGenerator):
             raise ValueError("f0 is only used by a vocoder with a harmonic source (config.harmonic_source)")
         if lengths is None:
             return super().forward(x)
-        lengths = lengths.to(x.device).long()
+        return self._masked_generator(x, lengths.to(x.device).long())
+
+    def _masked_generator(self, x: Tensor, lengths: Tensor, excitation: Tensor | None = None) -> Tensor:
+        """speechbrain's generator on a right-padded batch: every convolution's input is zeroed
+        beyond each row's end; ``excitation`` ``[B, 1, T * hop]`` (the harmonic source's) is
+        added after each upsampling through ``source_convs``."""
         mask = length_mask(lengths, x.size(-1))[:, None, :].to(x.dtype)
         o = self.conv_pre(x * mask)
         scale = 1
         for i in range(self.num_upsamples):
             o = self.ups[i](F.leaky_relu(o, LRELU_SLOPE) * mask)
+            if excitation is not None:
+                o = o + _fit_length(self.source_convs[i](excitation), o.size(-1))  # type: ignore[index]
             scale *= self.config.upsample_rates[i]
             mask = length_mask(lengths * scale, o.size(-1))[:, None, :].to(o.dtype)
             z = None
@@ -495,21 +502,7 @@ class UnitHifiGAN(HifiganGenerator):
                 f0 = self.source.f0_from_prediction(*self.source.predict(x.to(self.source.proj.weight.dtype), unit_mask))
             f0 = f0.float() * length_mask(lengths * S, T * S)
             excitation = self.source.excitation(f0)  # [B, 1, T * hop], 0 beyond each row's end
-        mask = unit_mask[:, None, :].to(x.dtype)
-        o = self.conv_pre(x * mask)
-        scale = 1
-        for i in range(self.num_upsamples):
-            o = self.ups[i](F.leaky_relu(o, LRELU_SLOPE) * mask)
-            o = o + _fit_length(self.source_convs[i](excitation), o.size(-1))
-            scale *= self.config.upsample_rates[i]
-            mask = length_mask(lengths * scale, o.size(-1))[:, None, :].to(o.dtype)
-            z = None
-            for j in range(self.num_kernels):
-                y = _masked_resblock(self.resblocks[i * self.num_kernels + j], o, mask)
-                z = y if z is None else z + y
-            o = z / self.num_kernels
-        o = self.conv_post(F.leaky_relu(o) * mask)
-        return torch.tanh(o) * mask
+        return self._masked_generator(x, lengths, excitation)
 
     def predict_f0(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The harmonic source's ``(ln F0, voicing logit)``, each ``[B, T * S]`` at 200 Hz, for
