@@ -3,9 +3,9 @@
 The stage folders ``tokenizers/``, ``vocoder/``, ``recipes/`` and ``evals/`` sit at the top of the
 repository but install as ``spiritlm.tokenizers``, ``spiritlm.vocoder`` ... . They have no
 ``__init__.py`` on purpose: a regular package named ``tokenizers`` at the repository root would
-shadow Hugging Face's ``tokenizers`` whenever Python runs from the root. In the source tree
-``spiritlm/<stage>`` is a symlink to ``../<stage>`` so that editable installs and plain checkouts
-resolve the same names; a regular install copies each folder under ``spiritlm/``.
+shadow Hugging Face's ``tokenizers`` whenever Python runs from the root. A regular install copies
+each folder under ``spiritlm/``; in a checkout or an editable install, ``spiritlm/__init__.py``
+maps the four names to the top-level folders, so every file has exactly one path on disk.
 """
 
 from setuptools import find_namespace_packages, find_packages, setup

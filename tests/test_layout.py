@@ -18,8 +18,6 @@ def _modules() -> dict[str, Path]:
         for path in sorted((REPO / folder).rglob("*.py")):
             rel = path.relative_to(REPO / folder).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
-            if folder == "spiritlm" and parts and parts[0] in ("tokenizers", "vocoder", "recipes", "evals"):
-                continue  # the symlinked stage folders are listed under their own root
             out[".".join([name, *parts])] = path
     return out
 

@@ -1,6 +1,7 @@
 """Layout of docs/architecture.md: stage folders import as spiritlm.*, and never shadow Hugging Face's tokenizers."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -33,9 +34,24 @@ NO_INIT_STAGES = ("tokenizers", "recipes")
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_folder_is_the_spiritlm_subpackage(stage):
-    assert (ROOT / "spiritlm" / stage).resolve() == (ROOT / stage).resolve()
+    """Each stage file has one path on disk: no ``spiritlm/<stage>`` link or copy in the checkout."""
+    assert not os.path.lexists(ROOT / "spiritlm" / stage)
     if stage in NO_INIT_STAGES:
         assert not (ROOT / stage / "__init__.py").exists()
+    code = f"import importlib; m = importlib.import_module('spiritlm.{stage}'); print(list(m.__path__)[0])"
+    assert Path(_run_python(code, Path("/"))).resolve() == (ROOT / stage).resolve()
+
+
+def test_grep_sees_each_stage_file_once():
+    """No second path to a stage file (a symlink or a leftover build/ copy) under the checkout."""
+    seen: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in (".venv", ".git") or "__pycache__" in rel.parts:
+            continue
+        seen.setdefault(str(path.resolve()), []).append(str(rel))
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
+    assert not twice, twice
 
 
 @pytest.mark.parametrize("cwd", [ROOT, Path("/")])
@@ -46,10 +62,20 @@ def test_stages_import_under_spiritlm_namespace(cwd):
     assert _run_python(code, cwd).split() == [f"spiritlm.{s}" for s in STAGES]
 
 
+@pytest.mark.slow
 def test_regular_wheel_maps_stage_folders_under_spiritlm(tmp_path):
-    """A non-editable build puts every stage under spiritlm/ and nothing at the top level."""
+    """A non-editable build puts every stage under spiritlm/ and nothing at the top level.
+
+    It builds from a copy of the tracked files, so no ``build/`` folder is left in the checkout.
+    """
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr
