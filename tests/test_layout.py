@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # folder -> import name (see setup.py / docs/architecture.md)
 ROOTS = {"spiritlm": "spiritlm", "tokenizers": "spiritlm.tokenizers", "vocoder": "spiritlm.vocoder",
@@ -80,3 +82,79 @@ def test_one_reader_one_generator_and_fixtures_in_tests():
     assert not hasattr(cli, "register")
     src = (REPO / "tokenizers" / "train.py").read_text()
     assert "_load_all" not in src and "load_audio_batch" in src
+
+
+def _import_graph():
+    """A grimp graph of every module of the project, imports inside functions included.
+
+    grimp's own builder scans only a root package's folder, and the stage folders sit beside
+    ``spiritlm/`` (see spiritlm/__init__.py), so the graph is built from the same AST walk as
+    the tests above and then judged by import-linter's own contract classes.
+    """
+    import grimp
+
+    mods = _modules()
+    graph = grimp.ImportGraph()
+    for name in mods:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # namespace folders (tokenizers/, recipes/) are modules too
+            graph.add_module(".".join(parts[:i]))
+    for name, path in mods.items():
+        for target in _imports(name, path, set(mods)):
+            graph.add_import(importer=name, imported=target)
+    return graph
+
+
+def _contracts():
+    import tomllib
+
+    import importlinter.configuration
+    from importlinter.contracts.acyclic_siblings import AcyclicSiblingsContract
+    from importlinter.contracts.layers import LayersContract
+
+    importlinter.configuration.configure()  # the settings (a timer) its contracts read
+    kinds = {"layers": LayersContract, "acyclic_siblings": AcyclicSiblingsContract}
+    table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["spiritlm"]["import-contracts"]
+    out = []
+    for key, options in table.items():
+        options = dict(options)
+        kind, name = kinds[options.pop("type")], options.pop("name")
+        out.append(kind(name=name, session_options={"root_packages": ["spiritlm"]}, contract_options=options))
+    return out
+
+
+def test_import_contracts_hold(capsys):
+    """The stage order of docs/architecture.md and "no cycles", as import-linter contracts."""
+    graph = _import_graph()
+    broken = []
+    for contract in _contracts():
+        check = contract.check(graph, verbose=False)
+        if not check.kept:
+            contract.render_broken_contract(check)
+            broken.append(contract.name)
+    assert not broken, f"{broken}:\n{capsys.readouterr().out}"
+
+
+def test_import_contracts_catch_a_backward_import():
+    """The contracts fail on a graph with one import back up the pipeline (so they can fail)."""
+    graph = _import_graph()
+    graph.add_import(importer="spiritlm.tokenizers.kmeans", imported="spiritlm.generation")
+    graph.add_import(importer="spiritlm.errors", imported="spiritlm.atomic")
+    kept = {c.name: c.check(graph, verbose=False).kept for c in _contracts()}
+    assert kept == {"stages import only forward": False, "no import cycles between sibling modules": False}, kept
+
+
+def _modules_with_doctests() -> list[str]:
+    return sorted(name for name, path in _modules().items() if ">>> " in path.read_text())
+
+
+@pytest.mark.parametrize("module", _modules_with_doctests())
+def test_doctests(module):
+    """Every docstring example in the project runs (speechbrain-style shape examples stay true)."""
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{module} has '>>> ' but no example ran"
+    assert result.failed == 0, f"{result.failed} failing doctest(s) in {module}"

@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..metrics_log import MetricsLog, read_history
-from ..train.distributed import Dist
+from spiritlm.distributed import Dist
 from .config import VocoderConfig
 from .data import SegmentSampler, Utterance, attach_f0, load_utterances, most_frequent_codes, read_speakers
 from .losses import LossWeights, MelConfig, build_discriminator, build_losses

@@ -41,7 +41,7 @@ from torch import nn
 from spiritlm.atomic import atomic_file
 from spiritlm.model import CONFIG_NAME, LLaMAConfig, checkpoint_step, complete_checkpoints
 from spiritlm.model.sharded import DCP_DIR, WeightsOnlyLoadPlanner, check_storage, read_metadata
-from spiritlm.train.distributed import Dist
+from spiritlm.distributed import Dist
 
 COMPLETE_NAME = "COMPLETE"
 TRAINER_KEYS = ("step", "scheduler", "rng", "loader", "param_groups", "world_size")

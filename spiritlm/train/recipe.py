@@ -82,7 +82,7 @@ from spiritlm.train.checkpoint import (
     set_rng_state,
 )
 from spiritlm.train.config import TrainConfig, check_inputs
-from spiritlm.train.distributed import Dist
+from spiritlm.distributed import Dist
 
 IGNORE = IGNORE_INDEX
 
