@@ -258,7 +258,7 @@ def judges(
 
     from spiritlm.corpus.manifest import ManifestError
     from spiritlm.evals.judges import AsrTrainConfig, JudgesConfig, train_judges
-    from spiritlm.tokenizers.utils import torch_threads
+    from spiritlm.numerics import threads as pinned_threads
 
     cfg = JudgesConfig(asr_train=AsrTrainConfig(steps=asr_steps, batch_size=asr_batch_size), max_asr_train=max_asr_train)
     voc = None
@@ -267,7 +267,7 @@ def judges(
 
         voc = Vocoder.from_pretrained(vocoder)
     try:
-        with torch_threads(threads):
+        with pinned_threads(threads):
             train_judges(manifest, out, seed=seed, cfg=cfg, which=tuple(which), vocoder=voc, units=unit_rows,
                          vocoded_fraction=vocoded_fraction, progress=progress)
     except ManifestError as e:

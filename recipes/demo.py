@@ -411,17 +411,17 @@ def _check_preset(out: Path, preset_name: str, seed: int) -> None:
         _write_json(path, current)
 
 
-def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | None = None, threads: int = 0) -> dict:
+def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | None = None, threads: int = 1) -> dict:
     """Runs the demo's stages into ``out`` (or only one of them); writes the report and ``demo_summary.json``.
 
     Returns the summary.
     """
-    import torch
+    from spiritlm.numerics import threads as pinned_threads
 
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset {preset_name!r} (--preset: choose from {', '.join(PRESETS)})")
     preset = PRESETS[preset_name]
-    threads = threads or _cpus()
+    threads = threads or _cpus()  # 0: one per core
     stages = build_stages(out, preset, seed, threads)
     names = [s.name for s in stages] + ["report"]
     if only is not None and only not in names:
@@ -430,22 +430,19 @@ def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | No
     _check_preset(out, preset_name, seed)
     rerun_hint = f"spiritlm demo --preset {preset_name} --out {out}"
 
-    prev_threads = torch.get_num_threads()
     t0 = time.time()
-    try:
-        for stage in stages:
-            if only is not None and stage.name != only:
-                continue
-            if only is None and is_complete(out, stage):
-                print(f"\n[demo] {stage.name}: already done, skipping")
-                continue
-            if only is not None:  # a rerun starts from the stages before it, not from its own leftovers
-                for path in stage.owns:
-                    _remove(path)
-            torch.set_num_threads(threads)  # each stage starts from the demo's count, whatever the last command left
+    for stage in stages:
+        if only is not None and stage.name != only:
+            continue
+        if only is None and is_complete(out, stage):
+            print(f"\n[demo] {stage.name}: already done, skipping")
+            continue
+        if only is not None:  # a rerun starts from the stages before it, not from its own leftovers
+            for path in stage.owns:
+                _remove(path)
+        # each stage starts from the demo's thread count in every pool, whatever the last command left
+        with pinned_threads(threads):
             run_stage(out, stage, rerun_hint)
-    finally:
-        torch.set_num_threads(prev_threads)
     summary = write_summary(out, preset_name, stages, time.time() - t0)
     print(f"\n$ spiritlm demo --out {out} --only report")
     report = build_report(out)
@@ -499,7 +496,7 @@ def _cpus() -> int:
 
 
 def demo(preset: str = "full", out: str = "demo_out", fresh: bool = False, only: str | None = None,
-         seed: int = 0, threads: int = 0) -> None:
+         seed: int = 0, threads: int = 1) -> None:
     """Run the whole pipeline on the synthetic corpus and write a report (what ``make demo`` runs).
 
     Stages: corpus, text, tokenizer, tokenize, data, lm-text, lm-interleaved, vocoder,
@@ -517,7 +514,9 @@ def demo(preset: str = "full", out: str = "demo_out", fresh: bool = False, only:
         only: run only this stage, again, from the outputs of the stages before it
             (``report`` rebuilds the report alone).
         seed: seed of every stage.
-        threads: torch CPU threads for the whole demo (0: one per CPU core).
+        threads: CPU threads of every stage (torch, BLAS and OpenMP pools; 0: one per CPU
+            core). The README's figures are measured at the default, 1: another count changes
+            the last bits of training, and so the metrics (see spiritlm/numerics.py).
     """
     path = Path(out)
     if fresh and only is not None:

@@ -10,6 +10,10 @@ bits of float32 arithmetic, and training amplifies them into different metrics:
   (NumPy, SciPy) are limited to one thread inside tokenizer training (scikit-learn's
   MiniBatchKMeans gave identical centres with 1-4 OpenMP threads here, so OpenMP, which is also
   torch's intra-op pool, follows ``--threads``).
+  :func:`threads` is the one place that sets them: torch's intra-op pool and every BLAS and
+  OpenMP pool threadpoolctl finds. threadpoolctl limits only the libraries loaded when the limit
+  starts, and SciPy's own OpenBLAS loads lazily (a tokenizer run recorded one OpenBLAS pool at 1
+  thread and another at 2), so it loads NumPy's, SciPy's and scikit-learn's pools first.
 * **instruction sets**: torch picks its CPU kernels by the machine's vector instructions
   (``torch.backends.cpu.get_cpu_capability()``: DEFAULT / AVX2 / AVX512), and so do MKL and
   oneDNN; the same training differs between ``ATEN_CPU_CAPABILITY=default`` and ``avx2``.
@@ -21,7 +25,9 @@ oneDNN load). :func:`environment` is what a run records so that differing number
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 #: Environment that pins kernel choice to AVX2 in torch, MKL and oneDNN (set before starting Python).
@@ -50,3 +56,45 @@ def environment() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - scikit-learn is a dependency
         pass
     return out
+
+
+def load_thread_pools() -> None:
+    """Imports the libraries whose BLAS/OpenMP pools the stages use, so that a limit reaches them."""
+    import numpy  # noqa: F401  (its OpenBLAS)
+    import scipy.linalg  # noqa: F401  (SciPy's own OpenBLAS)
+
+    with contextlib.suppress(ImportError):
+        import sklearn.cluster  # noqa: F401  (scikit-learn's OpenMP runtime)
+
+
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """Pins every CPU thread pool of this process to ``count`` inside the block, then restores them.
+
+    torch's intra-op threads, and the BLAS (NumPy, SciPy) and OpenMP (scikit-learn, torch) pools
+    that threadpoolctl sees. ``None`` or 0 leaves everything as it is. Used by every command that
+    takes ``--threads``, so that the same seed and ``--threads`` give the same numbers whatever
+    ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` the shell set.
+
+    >>> import torch
+    >>> before = torch.get_num_threads()
+    >>> with threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if not count:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    load_thread_pools()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count):
+            yield
+    finally:
+        torch.set_num_threads(previous)

@@ -74,3 +74,61 @@ def test_training_logs_its_plan_and_time_left_and_records_numerics(tones, tmp_pa
     blas = [n for api, n in num["blas_openmp_threads"] if api in ("openblas", "mkl", "blis")]
     assert blas and all(n == 1 for n in blas)
     assert json.loads((tmp_path / "tok" / "metrics.json").read_text())["numerics"] == json.loads(json.dumps(num))
+
+
+_TRAIN_IN_A_FRESH_PROCESS = """
+import json, sys
+from spiritlm.tokenizers.features import FeatureConfig, MfccConfig
+from spiritlm.tokenizers.kmeans import KMeansConfig
+from spiritlm.tokenizers.style import StyleConfig, StyleTrainConfig
+from spiritlm.tokenizers.train import TrainPreset, train_tokenizer
+from spiritlm.tokenizers.vqvae import VQVAEConfig, VQVAETrainConfig
+preset = TrainPreset(
+    features=FeatureConfig(backend="mfcc", mfcc=MfccConfig(cmvn=False)),
+    units_kmeans=KMeansConfig(n_clusters=8, n_init=2),
+    expressive=True,
+    vqvae=VQVAEConfig(channels=8, latent_dim=4, res_depth=1, codebook_size=8),
+    vqvae_train=VQVAETrainConfig(steps=40, batch_size=8, crop_frames=64, log_every=10, checkpoint_every=0),
+    style=StyleConfig(n_mels=16, channels=8, layers=1, embed_dim=4),
+    style_train=StyleTrainConfig(steps=20, batch_size=4, crop_frames=50, log_every=10),
+    style_kmeans=KMeansConfig(n_clusters=2, n_init=1, max_frames=None),
+)
+m = train_tokenizer(sys.argv[1], sys.argv[2], preset, seed=0, threads=int(sys.argv[3]), log=lambda s: None)
+print(json.dumps(m["numerics"]["blas_openmp_threads"]))
+"""
+
+
+def _train_in_subprocess(manifest, out, threads: int, ambient: int) -> tuple[dict, dict]:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **{k: str(ambient) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    run = subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS, str(manifest), str(out), str(threads)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    pools = json.loads(run.stdout.strip().splitlines()[-1])
+    return metrics, pools
+
+
+def _comparable(m: dict) -> dict:
+    """A tokenizer's metrics less wall-clock fields and the recorded environment."""
+    m = {k: v for k, v in m.items() if k not in ("timings", "numerics")}
+    m["pitch_train_last_log"] = {k: v for k, v in m["pitch_train_last_log"].items() if k != "elapsed_s"}
+    return m
+
+
+@pytest.mark.slow  # two fresh processes that import torch and train (~30 s idle)
+def test_same_threads_flag_gives_identical_models_whatever_the_shell_set(tones, tmp_path):
+    """``--threads 1`` pins every pool: a shell with OMP/OpenBLAS/MKL at 2 threads changes nothing.
+
+    (Issue 18, item 17: a run recorded one OpenBLAS pool at 1 thread and another at 2, because
+    threadpoolctl limits only the libraries loaded when the limit starts.)
+    """
+    one, pools_one = _train_in_subprocess(tones, tmp_path / "a", threads=1, ambient=1)
+    two, pools_two = _train_in_subprocess(tones, tmp_path / "b", threads=1, ambient=2)
+    assert all(n == 1 for _, n in pools_one + pools_two), (pools_one, pools_two)
+    assert _comparable(one) == _comparable(two)
+    for f in ("units/kmeans.pt", "pitch/model.safetensors", "style/encoder.safetensors", "style/kmeans.pt"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

@@ -244,14 +244,14 @@ def tokenize(
         raise UserError(f"--precision {precision}: must be fp32 or bf16")
 
     from ..corpus.manifest import read_audio_manifest
-    from .utils import torch_threads
+    from spiritlm.numerics import threads as pinned_threads
     from .speech_tokenizer import SpeechTokenizer
 
     try:
         read_audio_manifest(manifest)  # a bad line is reported before the tokenizer loads
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"{e} (--manifest)") from None
-    with torch_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
+    with pinned_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
         tok = SpeechTokenizer.load(tokenizer, device=device, precision=precision)
         report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker, batch_seconds=batch_seconds or None)
     err_path = out + ".errors.json" if num_shards == 1 else f"{out}.shard{shard}-of-{num_shards}.errors.json"

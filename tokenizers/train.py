@@ -45,7 +45,7 @@ from .kmeans import KMeansConfig, train_kmeans_chunks
 from .pitch import PitchConfig, PitchTokenizer
 from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
 from .style import StyleConfig, cnn_logmels, pooled_embeddings, StyleTokenizer, StyleTrainConfig, W2V2StyleEncoder, train_style_cnn
-from .utils import load_audio_batch, torch_threads
+from .utils import load_audio_batch
 from .vqvae import VQVAEConfig, VQVAETrainConfig, codebook_stats, train_vqvae
 
 #: Training steps of the pitch VQ-VAE and the style CNN follow the corpus: this many passes over
@@ -287,10 +287,15 @@ def train_tokenizer(
     instruction set matters too (see :mod:`spiritlm.numerics`, recorded in ``metrics["numerics"]``).
     """
     if threads:
-        with torch_threads(threads):
+        from spiritlm.numerics import threads as pinned_threads
+
+        with pinned_threads(threads):
             return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log, work_dir, max_frames, num_workers)
     from threadpoolctl import threadpool_limits
 
+    from spiritlm.numerics import load_thread_pools
+
+    load_thread_pools()  # a limit reaches only the BLAS libraries loaded when it starts
     # One BLAS thread whatever the machine's core count (see spiritlm.numerics). OpenMP is left
     # alone: torch's intra-op threads are OpenMP threads (--threads), and scikit-learn's k-means
     # gives the same centres with any OpenMP thread count.

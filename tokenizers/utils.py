@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import sys
 import types
@@ -75,22 +74,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} requested but CUDA is not available on this machine")
     return device
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Sets torch's intra-op CPU threads inside the block and restores the caller's count after.
-
-    ``None`` or 0 leaves torch's setting alone. One thread avoids the thrashing of oversubscribed
-    shared CPUs for these small models.
-    """
-    prev = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def load_audio_batch(items: Sequence, errors: list[dict]) -> tuple[list, list[np.ndarray]]:
