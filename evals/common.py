@@ -162,9 +162,9 @@ def load_units(path: str | os.PathLike) -> dict[str, dict]:
     """Meta's units JSONL (``{"id", "audio", "hubert", ["pitch", "style"]}`` a line) → ``{key: row}``.
 
     Rows are keyed by ``id`` and by ``audio`` path (as written and absolute), as
-    :func:`spiritlm.interleave.read_units` does; use :func:`units_of` to look an item up.
+    :func:`spiritlm.units_jsonl.read_units` does; use :func:`units_of` to look an item up.
     """
-    from spiritlm.interleave import read_units
+    from spiritlm.units_jsonl import read_units
 
     if not Path(path).is_file():
         raise UserError(f"{path}: no such units file (--units)")

@@ -37,16 +37,14 @@ Utterances that cannot be aligned are skipped and counted with a reason (:data:`
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER, deduplicate, speech_token, units_to_string
+from spiritlm.units_jsonl import find_units
 
 from spiritlm.constants import SUBSETS  # noqa: F401  (re-exported)
 
@@ -178,79 +176,6 @@ class SkipDocument(Exception):
 # ---------------------------------------------------------------------------------------------
 # Units files
 # ---------------------------------------------------------------------------------------------
-
-
-def read_units(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Reads a units JSONL file (Meta's unit dicts, one a line) into ``{key: unit dict}``.
-
-    Each line is indexed by its ``id`` when it has one and by its ``audio`` path (as written and
-    resolved absolute) when it has one, so units written for a manifest can be matched either way.
-    Every stream present must hold unit ids (integers >= 0). An id given twice is an error (no
-    line silently wins); an audio path shared by lines of different ids matches none of them by
-    path (they are still found by id).
-
-    Raises:
-        UnitFormatError: (a ``ValueError``) naming the file and line of a malformed record, or
-            both lines of a duplicate id.
-    """
-    from spiritlm.formats import UnitFormatError, check_unit_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise UnitFormatError(f"{path}: units file not found (--units)")
-    out: dict[str, dict[str, Any]] = {}
-    id_line: dict[str, int] = {}
-    audio_line: dict[str, tuple[int, str | None]] = {}
-    ambiguous: set[str] = set()
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UnitFormatError(
-                    f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno}); a line torn by an interrupted "
-                    "`spiritlm tokenize`? once every shard has finished, delete it (its utterance was redone)"
-                ) from None
-            if not isinstance(rec, dict) or "hubert" not in rec:
-                raise UnitFormatError(f"{path}:{lineno}: a units record needs a 'hubert' field")
-            try:
-                check_unit_dict(rec)
-            except UnitFormatError as e:
-                raise UnitFormatError(f"{path}:{lineno}: {e}") from None
-            uid = None if rec.get("id") is None else str(rec["id"])
-            if uid is not None:
-                if uid in id_line:
-                    raise UnitFormatError(f"{path}:{lineno}: id {uid!r} already on line {id_line[uid]} (one line per utterance)")
-                id_line[uid] = lineno
-                out[uid] = rec
-            if rec.get("audio"):
-                audio = str(rec["audio"])
-                p = Path(audio)
-                for k in dict.fromkeys((audio, str((p if p.is_absolute() else path.parent / p).resolve()))):
-                    if k in audio_line:
-                        first, first_id = audio_line[k]
-                        if uid is None or first_id is None:
-                            raise UnitFormatError(f"{path}:{lineno}: audio {audio!r} already on line {first} (one line per utterance)")
-                        ambiguous.add(k)
-                    audio_line[k] = (lineno, uid)
-                    out.setdefault(k, rec)
-            elif uid is None:
-                raise UnitFormatError(f"{path}:{lineno}: a units record needs an 'id' or an 'audio' field")
-    for k in ambiguous:
-        if k not in id_line:
-            del out[k]
-    return out
-
-
-def find_units(units: Mapping[str, dict], utt: UtteranceLike) -> dict | None:
-    """The unit dict of ``utt`` in a :func:`read_units` mapping (by id, then by audio path)."""
-    rec = units.get(utt.id)
-    if rec is None and getattr(utt, "audio", None):
-        audio = str(utt.audio)
-        rec = units.get(audio) or units.get(str(Path(audio).resolve()))
-    return rec
 
 
 # ---------------------------------------------------------------------------------------------

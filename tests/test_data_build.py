@@ -14,7 +14,8 @@ from spiritlm.cli import main
 from spiritlm.data.build import build_dataset, read_manifest_utterances
 from spiritlm.data.loader import LoaderConfig, PackedLoader
 from spiritlm.data.shards import TokenDir
-from spiritlm.interleave import InterleaveConfig, find_units, make_documents, read_units
+from spiritlm.interleave import InterleaveConfig, make_documents
+from spiritlm.units_jsonl import find_units, read_units
 from spiritlm.text_tokenizer import SpiritTextTokenizer, train_sentencepiece
 
 FIXTURES = Path(__file__).parent / "data" / "data_pipeline"

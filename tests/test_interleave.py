@@ -22,12 +22,13 @@ from spiritlm.interleave import (
     interleaved_document,
     make_documents,
     make_group_documents,
-    read_units,
     slice_speech,
     speech_document,
     text_document,
     utterance_rng,
 )
+
+from spiritlm.units_jsonl import read_units  # noqa: E402
 
 META_UNITS = Path(__file__).parent / "data" / "meta_7143-88743-0029_units.json"
 

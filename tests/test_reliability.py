@@ -135,7 +135,7 @@ def test_shards_appending_to_one_file_at_once_write_whole_lines(tmp_path):
 
 
 def test_a_torn_units_line_is_named_by_data_build(tmp_path):
-    from spiritlm.interleave import read_units
+    from spiritlm.units_jsonl import read_units
 
     units = tmp_path / "u.jsonl"
     units.write_text(json.dumps({"id": "a", "hubert": "1 2"}) + "\n" + '{"id": "b", "hub\n' + json.dumps({"id": "b", "hubert": "3"}) + "\n")
@@ -157,7 +157,7 @@ def _is_json(line: str) -> bool:
 
 
 def test_units_file_with_a_duplicate_id_is_refused_with_both_lines(tmp_path):
-    from spiritlm.interleave import read_units
+    from spiritlm.units_jsonl import read_units
 
     units = tmp_path / "u.jsonl"
     units.write_text(
@@ -273,7 +273,7 @@ def test_units_to_string_refuses_values_that_are_not_unit_ids(value):
 
 @pytest.mark.parametrize("value", ["abc", "-5"])
 def test_units_file_with_a_bad_value_names_file_and_line(tmp_path, value):
-    from spiritlm.interleave import read_units
+    from spiritlm.units_jsonl import read_units
 
     units = tmp_path / "u.jsonl"
     units.write_text(json.dumps({"id": "a", "hubert": "1 2"}) + "\n"

@@ -21,29 +21,6 @@ class TokenizeReport:
     wall_seconds: float = 0.0
 
 
-def _existing_ids(path: str) -> tuple[set[str], list[int]]:
-    """Ids of the complete records in ``path`` and the numbers of its torn lines.
-
-    A torn line (a writer killed mid-line: not JSON, or no ``id``) is ignored, wherever it is;
-    every other line is kept, and the file is never rewritten: other shards' writers may be
-    appending to it right now.
-    """
-    ids: set[str] = set()
-    torn: list[int] = []
-    if not os.path.exists(path):
-        return ids, torn
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                ids.add(str(rec["id"]))
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                torn.append(lineno)
-    return ids, torn
-
-
 class _LineAppender:
     """Appends whole lines to a file shared with other writers (``O_APPEND``, one ``write`` per line).
 
@@ -104,11 +81,12 @@ def tokenize_manifest(
 
     from ..corpus.manifest import read_audio_manifest
     from .utils import load_audio_batch
+    from spiritlm.units_jsonl import complete_ids
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard must be in 0..{num_shards - 1} (--num_shards {num_shards}), got {shard}")
     items = [it for i, it in enumerate(read_audio_manifest(manifest)) if i % num_shards == shard]
-    done, torn = _existing_ids(out)
+    done, torn = complete_ids(out)
     report = TokenizeReport(already_done=sum(it.id in done for it in items), torn_lines=len(torn))
     todo = [it for it in items if it.id not in done]
     if batch_seconds:

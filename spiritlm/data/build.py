@@ -24,7 +24,8 @@ import numpy as np
 from spiritlm.data.shards import INDEX_FILE, SUMMARY_FILE, ShardWriter, token_dtype, write_index
 from spiritlm.errors import UserError
 from spiritlm.formats import TEXT_MARKER
-from spiritlm.interleave import SUBSETS, InterleaveConfig, find_units, group_utterances, make_group_documents, read_units
+from spiritlm.interleave import SUBSETS, InterleaveConfig, group_utterances, make_group_documents
+from spiritlm.units_jsonl import find_units, read_units
 from spiritlm.text_tokenizer import DEFAULT_PAD_MULTIPLE, SpiritTextTokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
