@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from spiritlm.constants import STREAM_RATES
 from spiritlm.errors import UserError
 
 TEXT_MARKER = "[Text]"
@@ -41,7 +42,7 @@ STREAM_PREFIX = {"hubert": "Hu", "pitch": "Pi", "style": "St"}
 PREFIX_STREAM = {v: k for k, v in STREAM_PREFIX.items()}
 
 #: Meta's frame rates (Hz) and deduplication defaults, in merge order (style < pitch < hubert).
-DEFAULT_RATES = {"style": 1.0, "pitch": 12.5, "hubert": 24.99}
+DEFAULT_RATES = {"style": STREAM_RATES["style"], "pitch": STREAM_RATES["pitch"], "hubert": 24.99}
 DEFAULT_DEDUP = {"style": False, "pitch": True, "hubert": True}
 
 #: Style tokens Meta's decoder falls back to when a string has pitch but no style token.
@@ -190,7 +191,7 @@ def units_to_string(
     hubert_rate: float = 24.99,
     hubert_dedup: bool = True,
     hubert_key: str = "hubert",
-    pitch_rate: float = 12.5,
+    pitch_rate: float = STREAM_RATES["pitch"],
     pitch_dedup: bool = True,
     pitch_key: str = "pitch",
     style_rate: float = 1,

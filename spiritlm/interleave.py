@@ -46,7 +46,7 @@ from typing import Any, Literal, Protocol
 from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER, deduplicate, speech_token, units_to_string
 from spiritlm.units_jsonl import find_units
 
-from spiritlm.constants import SUBSETS  # noqa: F401  (re-exported)
+from spiritlm.constants import STREAM_RATES, SUBSETS  # noqa: F401  (SUBSETS re-exported)
 
 #: why an utterance gave no document of a subset
 SKIP_REASONS = {
@@ -107,9 +107,9 @@ class InterleaveConfig:
     speech_span_min: int = 5
     speech_span_max: int = 15
     expressive: bool = False
-    hubert_rate: float = 25.0
-    pitch_rate: float = 12.5
-    style_rate: float = 1.0
+    hubert_rate: float = STREAM_RATES["hubert"]
+    pitch_rate: float = STREAM_RATES["pitch"]
+    style_rate: float = STREAM_RATES["style"]
     hubert_order_rate: float = 24.99
     duration_tolerance: float = 0.1
     group_words: int = 0

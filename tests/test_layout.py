@@ -59,7 +59,7 @@ def test_no_import_cycles_between_modules():
 
 
 def test_shared_constants_are_defined_once():
-    defs: dict[str, list[str]] = {"SAMPLE_RATE": [], "SUBSETS": [], "IGNORE_INDEX": [], "IGNORE": []}
+    defs: dict[str, list[str]] = {"SAMPLE_RATE": [], "SUBSETS": [], "IGNORE_INDEX": [], "IGNORE": [], "STREAM_RATES": [], "UNIT_HOP": []}
     for name, path in _modules().items():
         for node in ast.parse(path.read_text()).body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
@@ -68,6 +68,7 @@ def test_shared_constants_are_defined_once():
                     defs[t.id].append(name)
     assert defs["SAMPLE_RATE"] == ["spiritlm.constants"], defs
     assert defs["SUBSETS"] == ["spiritlm.constants"], defs
+    assert defs["STREAM_RATES"] == defs["UNIT_HOP"] == ["spiritlm.constants"], defs
     assert defs["IGNORE_INDEX"] + defs["IGNORE"] == ["spiritlm.constants"], defs
 
 

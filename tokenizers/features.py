@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..constants import SAMPLE_RATE
+from spiritlm.constants import SAMPLE_RATE, STREAM_RATES
 from .utils import lengths_to_mask, pad_batch, resolve_device
 
 #: (kernel, stride) of the convolutional front end of a 25 Hz HuBERT: the 50 Hz chain of
@@ -101,7 +101,7 @@ class FeatureBackend(torch.nn.Module):
     """
 
     dim: int
-    frame_rate: float = 25.0
+    frame_rate: float = STREAM_RATES["hubert"]
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for ``num_samples`` samples at 16 kHz."""

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from spiritlm.constants import STREAM_RATES
+
 from .f0 import F0Config, SpeakerStats, extract_f0_batch, normalise
 from .vqvae import PitchVQVAE, load_vqvae, num_codes, save_vqvae
 
@@ -32,7 +34,7 @@ class PitchConfig:
     """
 
     f0: F0Config = field(default_factory=F0Config)
-    frame_rate: float = 12.5
+    frame_rate: float = STREAM_RATES["pitch"]
 
     @classmethod
     def from_dict(cls, d: dict) -> PitchConfig:

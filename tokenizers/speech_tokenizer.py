@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..audio import AudioSource, load_audio
+from spiritlm.audio import AudioSource, load_audio
+from spiritlm.constants import STREAM_RATES
 from ..formats import units_to_string
 from .utils import resolve_device
 from .features import FeatureBackend, FeatureConfig, load_backend
@@ -45,7 +46,7 @@ class UnitConfig:
     """
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    frame_rate: float = 25.0
+    frame_rate: float = STREAM_RATES["hubert"]
 
     @classmethod
     def from_dict(cls, d: dict) -> UnitConfig:
@@ -248,7 +249,7 @@ class SpeechTokenizer:
             "n_units": self.units.n_units,
             "n_pitch": self.pitch.codebook_size if self.pitch else 0,
             "n_style": self.style.num_tokens_vocab if self.style else 0,
-            "rates": {"hubert": 25.0, "pitch": 12.5, "style": 1.0},
+            "rates": dict(STREAM_RATES),
         }
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(meta, f, indent=1)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_file
-from ..constants import SAMPLE_RATE
+from spiritlm.constants import SAMPLE_RATE, STREAM_RATES
 from . import metrics as M
 from .f0 import compute_speaker_stats, extract_f0_batch, meta_speaker_stats, normalise, save_meta_speaker_stats
 from .features import FeatureConfig, MfccConfig, load_backend
@@ -380,7 +380,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     if phones_ok:
         labs, toks = [], []
         for i in test_idx:
-            labs += M.frame_labels(items[i].segments("phones"), len(unit_codes[i]), 25.0, 0.0225)
+            labs += M.frame_labels(items[i].segments("phones"), len(unit_codes[i]), STREAM_RATES["hubert"], 0.0225)
             toks += unit_codes[i].tolist()
         metrics.update(pnmi=M.pnmi(labs, toks), phone_purity=M.purity(labs, toks), phone_majority_rate=M.majority_rate(labs),
                        num_units=int(centers.shape[0]), units_used=int(len(set(toks))))

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spiritlm.constants import SAMPLE_RATE
+from spiritlm.constants import SAMPLE_RATE, STREAM_RATES, UNIT_HOP
 
 _LEXICON = (
     "the a an cat dog bird sat ran flew on under over mat table tree quickly slowly happy sad house river "
@@ -48,8 +48,8 @@ def unit_dict(duration: float, rng: random.Random, sample_rate: int = SAMPLE_RAT
     """Random HuBERT (25 Hz, hop 640), pitch (12.5 Hz) and style (1 Hz) streams for ``duration`` s."""
     n_samples = int(round(duration * sample_rate))
     return {
-        "hubert": _stream(rng, n_samples * SAMPLE_RATE // sample_rate // 640, 501, 4),
-        "pitch": _stream(rng, int(duration * 12.5), 64, 6),
+        "hubert": _stream(rng, n_samples * SAMPLE_RATE // sample_rate // UNIT_HOP, 501, 4),
+        "pitch": _stream(rng, int(duration * STREAM_RATES["pitch"]), 64, 6),
         "style": _stream(rng, math.ceil(duration), 100, 3),
     }
 
@@ -170,13 +170,13 @@ def toy_utterances(n: int, *, num_hubert: int = 64, seed: int = 0, prefix: str =
         frames: list[int] = [0] * rng.randint(1, 3)
         words = []
         for w in text.split():
-            start = len(frames) / 25.0
+            start = len(frames) / STREAM_RATES["hubert"]
             for c in w:
                 frames += [_char_unit(c, num_hubert)] * rng.randint(1, 3)
-            words.append(_Word(w, start, len(frames) / 25.0))
+            words.append(_Word(w, start, len(frames) / STREAM_RATES["hubert"]))
             frames += [0] * rng.randint(1, 2)
         uid = f"{prefix}{i:05d}"
-        utts.append(_Utt(uid, len(frames) / 25.0, text, words))
+        utts.append(_Utt(uid, len(frames) / STREAM_RATES["hubert"], text, words))
         units[uid] = {"audio": f"{uid}.wav", "hubert": " ".join(map(str, frames))}
     return utts, units
 
