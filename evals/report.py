@@ -28,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from spiritlm.constants import STREAM_RATES
+
 #: The evaluation tasks, in the order the report lists them.
 EVAL_TASKS = ("asr", "tts", "ic", "stsp", "zeroshot")
 #: LM subsets and their colours in the loss plot.
 SUBSET_COLOURS = {"speech": "tab:blue", "text": "tab:orange", "interleaved": "tab:green"}
-#: Token streams of Meta's unit dict and their frame rates (Hz).
-STREAM_RATES = (("hubert", "HuBERT", 25.0), ("pitch", "pitch", 12.5), ("style", "style", 1.0))
+#: Token streams of Meta's unit dict and their labels in the plots.
+STREAM_LABELS = {"hubert": "HuBERT", "pitch": "pitch", "style": "style"}
 #: At most this many WAVs of each kind are copied into the report.
 MAX_WAVS = 4
 
@@ -434,7 +436,7 @@ def plot_utterance_tokens(wav: np.ndarray, sample_rate: int, units: dict, path: 
         words: ``{"word", "start", "end"}`` (seconds), drawn as boundaries over the waveform.
     """
     plt = _pyplot()
-    streams = [(key, label, rate) for key, label, rate in STREAM_RATES if str(units.get(key, "")).split()]
+    streams = [(key, label, STREAM_RATES[key]) for key, label in STREAM_LABELS.items() if str(units.get(key, "")).split()]
     fig, axes = plt.subplots(3, 1, figsize=(12, 7), sharex=True, gridspec_kw={"height_ratios": [1, 1.4, 0.5 + 0.4 * len(streams)]})
     duration = len(wav) / sample_rate
     t = np.arange(len(wav)) / sample_rate

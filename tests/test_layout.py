@@ -64,7 +64,7 @@ def test_shared_constants_are_defined_once():
         for node in ast.parse(path.read_text()).body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
             for t in targets:
-                if isinstance(t, ast.Name) and t.id in defs and isinstance(getattr(node, "value", None), (ast.Constant, ast.Tuple, ast.UnaryOp)):
+                if isinstance(t, ast.Name) and t.id in defs and isinstance(getattr(node, "value", None), (ast.Constant, ast.Tuple, ast.UnaryOp, ast.Dict)):
                     defs[t.id].append(name)
     assert defs["SAMPLE_RATE"] == ["spiritlm.constants"], defs
     assert defs["SUBSETS"] == ["spiritlm.constants"], defs

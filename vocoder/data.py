@@ -30,13 +30,12 @@ import numpy as np
 import torch
 
 from ..audio import AudioError, load_audio
-from ..constants import SAMPLE_RATE
+from ..constants import SAMPLE_RATE, STREAM_RATES, UNIT_HOP
 from ..errors import UserError
 from ..formats import deduplicate
 
-UNIT_HOP = 640
-PITCH_RATIO = 2
-STYLE_RATIO = 25
+PITCH_RATIO = round(STREAM_RATES["hubert"] / STREAM_RATES["pitch"])
+STYLE_RATIO = round(STREAM_RATES["hubert"] / STREAM_RATES["style"])
 #: a units line may differ from ``samples // 640`` by this many frames (tokenizers round the last frame differently)
 LENGTH_TOLERANCE = 2
 
