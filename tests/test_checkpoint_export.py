@@ -166,3 +166,56 @@ def test_a_checkpoint_without_complete_marker_is_never_resumed(data, run, tmp_pa
     rest = train(cfg(data, out, "train.max_steps=4", "train.save_every=2"))
     assert set(rest["train_loss"]) == {3, 4}  # resumed from step 2, redid 3 and 4
     assert (out / "checkpoints" / "step_4" / "COMPLETE").is_file()
+
+
+class _Payload:
+    """Pickles to a call of ``exec`` that would write a marker file (a hostile ``.metadata``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_hostile_dcp_metadata_runs_no_code(data, run, tmp_path, capsys):
+    """Issue 18 item 1: a checkpoint whose dcp/.metadata unpickles to a code call is refused by
+    `checkpoint info`, `checkpoint export`, loading (generate's path) and a training resume, in
+    one line naming the file, and the code never runs (DCP's reader is a plain pickle.load)."""
+    import pickle
+    import shutil
+
+    from spiritlm.cli import main
+    from spiritlm.model import load_any_model
+    from spiritlm.model.sharded import MetadataError, read_metadata
+
+    marker = tmp_path / "pwned"
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    shutil.rmtree(out / "hf")
+    hostile = out / "checkpoints" / "step_4" / "dcp" / ".metadata"
+    hostile.write_bytes(pickle.dumps(_Payload(marker)))
+    # the genuine metadata still reads (the allow-list covers what DCP writes)
+    assert read_metadata(run / "checkpoints" / "step_4").state_dict_metadata
+
+    def error(argv):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        return err[0]
+
+    ckpt = out / "checkpoints" / "step_4"
+    assert str(hostile) in error(["checkpoint", "info", "--checkpoint", str(ckpt)])
+    assert not marker.exists()
+    assert str(hostile) in error(["checkpoint", "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")])
+    with pytest.raises(MetadataError, match=str(hostile)):
+        load_any_model(out)
+    assert not marker.exists()
+    # resuming: the hostile checkpoint is set aside with a warning naming the file, step 2 is used
+    rest = train(cfg(data, out, "train.max_steps=4", "train.save_every=2"))
+    assert not marker.exists()
+    assert set(rest["train_loss"]) == {3, 4}
+    assert str(hostile) in capsys.readouterr().err
+    assert (out / "checkpoints" / "step_4.bad" / "dcp" / ".metadata").is_file()

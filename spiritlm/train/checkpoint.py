@@ -40,7 +40,7 @@ from torch import nn
 
 from spiritlm.atomic import atomic_file
 from spiritlm.model import CONFIG_NAME, LLaMAConfig, checkpoint_step, complete_checkpoints
-from spiritlm.model.sharded import DCP_DIR, WeightsOnlyLoadPlanner, check_storage, read_metadata
+from spiritlm.model.sharded import DCP_DIR, SafeFileSystemReader, WeightsOnlyLoadPlanner, check_storage, read_metadata
 from spiritlm.distributed import Dist
 
 COMPLETE_NAME = "COMPLETE"
@@ -283,7 +283,8 @@ def load_checkpoint(info: CheckpointInfo, model: nn.Module, optimizer, d: Dist) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, checkpoint_id=str(info.path / DCP_DIR), planner=WeightsOnlyLoadPlanner(), **_dcp_kwargs(d))
+            dcp.load(state, storage_reader=SafeFileSystemReader(str(info.path / DCP_DIR)), planner=WeightsOnlyLoadPlanner(),
+                     **_dcp_kwargs(d))
     except Exception as exc:  # noqa: BLE001 - bytes that pass the length check but do not decode
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CheckpointError(f"{info.path / DCP_DIR}: unreadable ({reason})") from exc
