@@ -222,3 +222,109 @@ def test_tokenizer_sizes_and_mismatch(tmp_path):
         train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tok), progress=False, log=lambda s: None)
     with pytest.raises(UserError, match=r"config.json: not a speech tokenizer directory \(--tokenizer\)"):
         train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tmp_path), progress=False, log=lambda s: None)
+
+
+# --- the trainer rule (issue 18 items 2, 3, 5; issue 19: one checkpointer) ----------------------
+
+
+def test_finished_vocoder_is_refused_unless_overwrite(tmp_path):
+    """Item 2: `vocoder train --out DIR` on a trained vocoder does not replace it silently."""
+    from spiritlm.cli import main
+
+    manifest, units = make_corpus(tmp_path)
+    run = tmp_path / "run"
+    quiet = dict(progress=False, log=lambda s: None)
+    train_vocoder(manifest, units, str(run), tiny_cfg(max_steps=2, save_every=1), **quiet)
+    before = (run / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match=r"holds a trained vocoder.*--overwrite true"):
+        train_vocoder(manifest, units, str(run), tiny_cfg(max_steps=1), **quiet)
+    assert (run / "model.safetensors").read_bytes() == before
+    # the CLI says it in one line, before reading the data
+    with pytest.raises(SystemExit):
+        main(["vocoder", "train", "--manifest", manifest, "--units", units, "--out", str(run), "--max_steps", "1"])
+    # --overwrite true: a new run in its place, the old checkpoints and metrics gone
+    s = train_vocoder(manifest, units, str(run), tiny_cfg(max_steps=1, seed=3), overwrite=True, **quiet)
+    assert s["final_step"] == 1 and sorted(s["train"]) == ["1"]
+    assert (run / "model.safetensors").read_bytes() != before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_1"]
+
+
+def test_interrupted_run_resumes_by_itself_and_a_changed_setting_is_refused(tmp_path):
+    """Item 3: rerunning without --resume continues from the checkpoint (not from step 0, and the
+    checkpoint survives); other settings are refused naming the flag; --overwrite starts over."""
+    manifest, units = make_corpus(tmp_path)
+    run = tmp_path / "run"
+    lines: list[str] = []
+    quiet = dict(progress=False, log=lines.append)
+    train_vocoder(manifest, units, str(run), tiny_cfg(), stop_after=2, **quiet)
+    ckpt = run / "checkpoints" / "step_2"
+    stamp = (ckpt / "generator.safetensors").stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"train_config.json: an unfinished run with lr 0.0002, this command has 0.001 \(--lr\).*--overwrite true"):
+        train_vocoder(manifest, units, str(run), tiny_cfg(lr=1e-3), **quiet)
+    with pytest.raises(UserError, match=r"with seed 0, this command has 1 \(--seed\)"):
+        train_vocoder(manifest, units, str(run), tiny_cfg(seed=1), **quiet)
+    assert (ckpt / "generator.safetensors").stat().st_mtime_ns == stamp  # nothing touched
+    assert (ckpt / "COMPLETE").read_text() == "2\n"  # the LM's marker (spiritlm.checkpointing)
+    lines.clear()
+    s = train_vocoder(manifest, units, str(run), tiny_cfg(max_steps=3), **quiet)  # max_steps may change
+    assert s["final_step"] == 3 and any(f"resumed from {ckpt} (step 2)" in ln for ln in lines), lines
+    # --overwrite true on an unfinished run of other settings: from step 0
+    lines.clear()
+    s = train_vocoder(manifest, units, str(run), tiny_cfg(lr=1e-3, max_steps=1), overwrite=True, **quiet)
+    assert s["final_step"] == 1 and not any("resumed" in ln for ln in lines)
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    """Item 5: a truncated newest checkpoint is set aside with a warning naming the file, and the
+    run resumes from the previous one to the same weights as an uninterrupted run."""
+    manifest, units = make_corpus(tmp_path)
+    quiet = dict(progress=False, log=lambda s: None)
+    train_vocoder(manifest, units, str(tmp_path / "full"), tiny_cfg(), **quiet)
+    run = tmp_path / "split"
+    train_vocoder(manifest, units, str(run), tiny_cfg(save_every=1, keep_checkpoints=2), stop_after=3, **quiet)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_2", "step_3"]
+    bad = run / "checkpoints" / "step_3" / "generator.safetensors"
+    bad.write_bytes(bad.read_bytes()[:200])
+    capsys.readouterr()
+    s = train_vocoder(manifest, units, str(run), tiny_cfg(save_every=1, keep_checkpoints=2), **quiet)
+    err = capsys.readouterr().err
+    assert f"{bad}: unreadable" in err and "set aside as step_3.bad" in err, err
+    assert s["final_step"] == 4 and (run / "checkpoints" / "step_3.bad" / "generator.safetensors").is_file()
+    a, b = _weights(tmp_path / "full"), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_save_keeps_the_previous_one_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """Item 5 + issue 19: saving over a checkpoint of the same step never deletes the complete
+    one before the new one is whole; `keep` means the LM's (0: all, N: the N most recent)."""
+    from torch import nn
+
+    from spiritlm.vocoder import train as T
+
+    class Sampler:
+        def state_dict(self):
+            return {"pos": 0}
+
+    g, d = nn.Linear(2, 2), nn.Linear(2, 1)
+    opt_g, opt_d = torch.optim.AdamW(g.parameters()), torch.optim.AdamW(d.parameters())
+    sg, sd = (torch.optim.lr_scheduler.ExponentialLR(o, 0.9) for o in (opt_g, opt_d))
+
+    def save(step, keep):
+        return T.save_checkpoint(tmp_path, step, g, d, opt_g, opt_d, sg, sd, Sampler(), keep)
+
+    for step in (1, 2, 3):
+        save(step, keep=0)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_1", "step_2", "step_3"]
+    save(4, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_3", "step_4"]
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        save(4, keep=2)  # a save of step 4 again (a rerun) that fails at the rename
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert T.read_checkpoint(tmp_path / "checkpoints" / "step_4")["trainer"]["step"] == 4
+    assert T.latest_checkpoint(tmp_path).name == "step_4"

@@ -16,10 +16,16 @@ Outputs in ``out``:
   ``metrics.json`` (summary), ``tb/`` (TensorBoard scalars and audio), ``samples/step_N/*.wav``;
 * ``checkpoints/step_N/`` (``generator.safetensors``, ``discriminator.safetensors``,
   ``optimizers.pt`` — weights-only optimiser states, ``rng.pt`` — torch RNG, ``trainer_state.json``
-  — step, schedulers and the segment sampler). A checkpoint is written into a temporary folder and
-  renamed, and older ones are deleted only after, so an interrupted save leaves the previous one
-  intact. ``resume=True`` continues from the newest and reproduces an uninterrupted run exactly
-  on CPU.
+  — step, schedulers and the segment sampler, ``COMPLETE`` — written last). The checkpoint rules
+  are the LM's (:mod:`spiritlm.checkpointing`): a checkpoint is written into a temporary folder
+  and renamed, older ones are pruned to ``keep_checkpoints`` only after, so an interrupted save
+  leaves the previous one intact; a resume takes the newest checkpoint that reads, setting a
+  truncated one aside (``step_N.bad``) with a warning naming the file.
+
+The run folder follows the rule of every trainer (:func:`check_run_dir`): rerunning an interrupted
+run with the same settings resumes it (and reproduces the uninterrupted run exactly on CPU); a
+folder holding a trained vocoder, or an unfinished run of other settings, is refused unless
+``overwrite``.
 
 GPU: bf16 autocast for the generator and discriminator (losses in float32), DDP under
 ``torchrun`` (each rank draws its own utterances; rank 0 writes).
@@ -42,6 +48,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpointing import (
+    CHECKPOINTS_DIR,
+    COMPLETE_NAME,
+    CheckpointError,
+    checkpoint_step,
+    complete_checkpoints,
+    find_resume_point,
+    mark_complete,
+    prune_checkpoints,
+    publish_dir,
+    read_checked,
+    warn_and_set_aside,
+)
 from ..errors import UserError
 from ..metrics_log import MetricsLog, read_history
 from spiritlm.distributed import Dist
@@ -82,7 +101,8 @@ class TrainConfig:
         val_every: steps between validations (mel L1 of whole validation utterances) and audio
             samples; 0 = only at the end.
         save_every: steps between checkpoints (0 = only at the end).
-        keep_checkpoints: complete checkpoints kept.
+        keep_checkpoints: most recent complete checkpoints kept (0: all; the one just written is never
+            removed, an older one only once a newer one is complete): the LM recipe's meaning.
         num_samples: validation utterances written as audio samples.
         max_val_utts: validation utterances scored.
         threads: torch CPU threads (0 = torch's default).
@@ -246,26 +266,30 @@ def _state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
 
 
+def _adopt_legacy_checkpoints(run_dir: Path) -> None:
+    """Marks ``COMPLETE`` the checkpoints of older versions, which had no marker: they were renamed
+    into place only once every file was written, so a ``step_N`` holding all of them is whole."""
+    root = run_dir / CHECKPOINTS_DIR
+    for p in root.glob("step_*") if root.is_dir() else ():
+        step = checkpoint_step(p)
+        if step is not None and not (p / COMPLETE_NAME).exists() and all((p / f).is_file() for f in CKPT_FILES):
+            mark_complete(p, step)
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The complete ``checkpoints/step_N`` with the largest N (temporary folders are ignored)."""
-    root = Path(run_dir) / "checkpoints"
-    best = None
-    for p in root.glob("step_*") if root.is_dir() else []:
-        try:
-            n = int(p.name.removeprefix("step_"))
-        except ValueError:
-            continue
-        if all((p / f).is_file() for f in CKPT_FILES) and (best is None or n > best[0]):
-            best = (n, p)
-    return best[1] if best else None
+    """The complete ``checkpoints/step_N`` (``COMPLETE`` marker, :mod:`spiritlm.checkpointing`) with the largest N."""
+    done = complete_checkpoints(run_dir)
+    return done[-1][1] if done else None
 
 
 def save_checkpoint(run_dir: Path, step: int, generator, discriminator, opt_g, opt_d, sched_g, sched_d,
                     sampler: SegmentSampler, keep: int) -> Path:
-    """Writes ``checkpoints/step_N`` atomically (temporary folder, then rename) and prunes old ones after."""
+    """Writes ``checkpoints/step_N`` (temporary folder, ``COMPLETE`` last, then renamed into place)
+    and only then prunes to the ``keep`` most recent complete ones (0: all): the previous complete
+    checkpoint stays until the new one is whole (:mod:`spiritlm.checkpointing`)."""
     from safetensors.torch import save_file
 
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".step_{step}.tmp"
     final = root / f"step_{step}"
@@ -280,35 +304,156 @@ def save_checkpoint(run_dir: Path, step: int, generator, discriminator, opt_g, o
     torch.save(rng, tmp / "rng.pt")
     state = {"step": step, "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(), "sampler": sampler.state_dict()}
     (tmp / "trainer_state.json").write_text(json.dumps(state))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    done = sorted((int(p.name.removeprefix("step_")), p) for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
-    for _, p in done[: max(0, len(done) - max(1, keep))]:
-        shutil.rmtree(p, ignore_errors=True)
+    for f in tmp.iterdir():  # on disk before the marker says so
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    mark_complete(tmp, step)
+    publish_dir(tmp, final)
+    prune_checkpoints(run_dir, step, keep)
     return final
 
 
-def load_checkpoint(ckpt: Path, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler: SegmentSampler) -> int:
-    """Restores everything :func:`save_checkpoint` wrote; returns the step."""
+def read_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Every file of a checkpoint, read and checked before anything is loaded into the model.
+
+    Raises:
+        spiritlm.checkpointing.CheckpointError: naming the first missing, truncated or corrupt file.
+    """
     from safetensors.torch import load_file
 
+    def torch_file(p: Path):
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+    out: dict[str, Any] = {
+        "generator": read_checked(ckpt / "generator.safetensors", lambda p: load_file(str(p))),
+        "discriminator": read_checked(ckpt / "discriminator.safetensors", lambda p: load_file(str(p))),
+        "optimizers": read_checked(ckpt / "optimizers.pt", torch_file),
+        "rng": read_checked(ckpt / "rng.pt", torch_file),
+        "trainer": read_checked(ckpt / "trainer_state.json", lambda p: json.loads(p.read_text())),
+    }
+    for key, name, entries in (("optimizers", "optimizers.pt", ("generator", "discriminator")), ("rng", "rng.pt", ("torch",)),
+                               ("trainer", "trainer_state.json", ("step", "sched_g", "sched_d", "sampler"))):
+        missing = [e for e in entries if not isinstance(out[key], dict) or e not in out[key]]
+        if missing:
+            raise CheckpointError(f"{ckpt / name}: no {missing[0]!r} entry")
+    out["path"] = ckpt
+    return out
+
+
+def load_checkpoint(ckpt: Path | dict[str, Any], generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler: SegmentSampler) -> int:
+    """Restores everything :func:`save_checkpoint` wrote (a path, or :func:`read_checkpoint`'s
+    result); returns the step."""
+    c = read_checkpoint(ckpt) if not isinstance(ckpt, dict) else ckpt
     g = generator.module if hasattr(generator, "module") else generator
     d = discriminator.module if hasattr(discriminator, "module") else discriminator
-    g.load_state_dict(load_file(str(ckpt / "generator.safetensors")))
-    d.load_state_dict(load_file(str(ckpt / "discriminator.safetensors")))
-    opts = torch.load(ckpt / "optimizers.pt", map_location="cpu", weights_only=True)
-    opt_g.load_state_dict(opts["generator"])
-    opt_d.load_state_dict(opts["discriminator"])
-    rng = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    g.load_state_dict(c["generator"])
+    d.load_state_dict(c["discriminator"])
+    opt_g.load_state_dict(c["optimizers"]["generator"])
+    opt_d.load_state_dict(c["optimizers"]["discriminator"])
+    torch.set_rng_state(c["rng"]["torch"])
+    if "cuda" in c["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(c["rng"]["cuda"])
+    state = c["trainer"]
     sched_g.load_state_dict(state["sched_g"])
     sched_d.load_state_dict(state["sched_d"])
     sampler.load_state_dict(state["sampler"])
     return int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder: refuse a finished vocoder, resume an unfinished run of the same settings
+# ---------------------------------------------------------------------------------------------
+
+#: the vocoder folder a finished run leaves in OUT (``Vocoder.save``; ``config.json`` written last)
+VOCODER_FILES = ("config.json", "model.safetensors")
+#: settings a resumed run may change: they do not change what the steps compute
+RESUMABLE_CHANGES = ("max_steps", "log_every", "val_every", "save_every", "keep_checkpoints", "num_samples", "max_val_utts", "threads")
+#: ``train_config.json`` key -> the ``spiritlm vocoder train`` flag that sets it (messages)
+FLAGS = {"weights.stft": "--stft_weight", "vocoder": "--tokenizer / --units (the vocoder's table sizes)",
+         "speakers": "--manifest (its speakers)"}
+#: settings that are flags of ``spiritlm vocoder train`` under their own name
+CLI_SETTINGS = ("config", "batch_size", "segment_units", "lr", "disc_width_div", "disc_start_step", "seed", "dtype", "manifest",
+                "units", "tokenizer")
+#: what a run writes into OUT (removed by ``--overwrite true``; the F0 cache is kept: it is the audio's)
+RUN_ENTRIES = ("checkpoints", "samples", "tb", "metrics.jsonl", "metrics.json", "train_config.json", *VOCODER_FILES,
+               "speakers.txt", "styles.txt")
+
+
+def is_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a trained vocoder (the files a run writes at ``max_steps``)."""
+    return all((run_dir / f).is_file() for f in VOCODER_FILES)
+
+
+def check_finished(run_dir: Path, overwrite: bool) -> None:
+    """Refuses to train into a folder holding a trained vocoder unless ``overwrite``."""
+    if is_finished(run_dir) and not overwrite:
+        raise UserError(f"{run_dir}: holds a trained vocoder ({', '.join(VOCODER_FILES)}); pass --overwrite true to train a "
+                        "new one in its place, or choose another --out")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "vocoder":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_difference(saved: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """The first setting (a ``train_config.json`` key) that differs between two runs, apart from
+    :data:`RESUMABLE_CHANGES`; None when one can resume the other."""
+    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(record)))
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_CHANGES or key == "checkpoint":
+            continue
+        x, y = a.get(key), b.get(key)
+        if key in ("manifest", "units", "tokenizer") and x and y:
+            x, y = os.path.abspath(x), os.path.abspath(y)
+        if x != y:
+            return key
+    return None
+
+
+def check_run_dir(run_dir: Path, record: dict[str, Any], overwrite: bool) -> bool:
+    """Decides what a run does with ``run_dir``; returns True when it must start over (``overwrite``
+    on an existing run: :func:`clear_run`), False to resume (or start in a new folder).
+
+    Raises:
+        UserError: an unfinished run of other settings (naming the first differing flag) or an
+            unreadable ``train_config.json``, without ``overwrite``.
+    """
+    saved_file = run_dir / "train_config.json"
+    if overwrite:
+        return saved_file.is_file() or is_finished(run_dir) or (run_dir / CHECKPOINTS_DIR).is_dir()
+    if not saved_file.is_file():
+        return False
+    try:
+        saved = json.loads(saved_file.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{saved_file}: unreadable ({' '.join(str(exc).split())[:120]}); pass --overwrite true to start over (--out)") from None
+    key = run_difference(saved, record)
+    if key is None:
+        return False
+    flag = FLAGS.get(key, f"--{key}" if key in CLI_SETTINGS else f"the recipe's {key}")
+    was, now = (json.dumps(_flatten(json.loads(json.dumps(r))).get(key))[:60] for r in (saved, record))
+    raise UserError(
+        f"{saved_file}: an unfinished run with {key} {was}, this command has {now} ({flag}): rerun with the run's "
+        "settings to resume it, or pass --overwrite true to start over (its checkpoints are deleted)"
+    )
+
+
+def clear_run(run_dir: Path) -> None:
+    """Removes what an earlier run wrote into ``run_dir`` (:data:`RUN_ENTRIES`; other files stay)."""
+    for name in RUN_ENTRIES:
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,12 +505,19 @@ def train_vocoder(
     cfg: TrainConfig | None = None,
     *,
     tokenizer: str | None = None,
-    resume: bool = False,
+    resume: bool | None = None,
     stop_after: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Trains (or resumes) a vocoder into ``out``; see the module docstring for the outputs.
+
+    The rule of every trainer (:func:`check_run_dir`): an ``out`` holding a trained vocoder is
+    refused unless ``overwrite``; an unfinished run there (``train_config.json``) resumes from its
+    newest readable checkpoint when its settings are this call's (those in
+    :data:`RESUMABLE_CHANGES` may differ), and is refused naming the first differing flag
+    otherwise; ``overwrite`` starts over (the old run's checkpoints, metrics and vocoder are removed).
 
     Args:
         manifest: corpus manifest (``speaker`` and ``split`` per line; training uses the lines
@@ -375,11 +527,12 @@ def train_vocoder(
         cfg: the recipe (default :class:`TrainConfig`).
         tokenizer: the speech tokenizer directory that made the units (sizes the tables and
             checks the ids); optional.
-        resume: continue from the newest complete checkpoint in ``out`` (a fresh run otherwise).
+        resume: ignored, kept for old scripts: an unfinished run of the same settings always resumes.
         stop_after: stop (with a checkpoint) after this many steps in total, as if interrupted;
             the schedule still assumes ``max_steps``.
         progress: show a tqdm bar.
         log: line logger (default: print on rank 0).
+        overwrite: replace a trained vocoder or an unfinished run of other settings in ``out``.
 
     Returns:
         Summary: ``{"final_step", "train": {step: record}, "val": {step: record}, "seconds",
@@ -392,13 +545,13 @@ def train_vocoder(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(manifest, units, out, cfg, tokenizer, resume, stop_after, progress, log, d)
+        return _train(manifest, units, out, cfg, tokenizer, overwrite, stop_after, progress, log, d)
     finally:
         torch.set_num_threads(prev_threads)
         d.close()
 
 
-def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after, progress, log, d: Dist) -> dict[str, Any]:
+def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_after, progress, log, d: Dist) -> dict[str, Any]:
     from speechbrain import Stage
 
     t_start = time.time()
@@ -406,6 +559,7 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
     for path, flag in ((manifest, "--manifest"), (units, "--units")):
         if not os.path.isfile(path):
             raise UserError(f"{path}: file not found ({flag})")
+    check_finished(run_dir, overwrite)  # before the data is read: a refusal costs nothing
     speakers = read_speakers(manifest)
     vcfg = vocoder_config(cfg.config, units, speakers, tokenizer)
     sizes = {"num_units": vcfg.num_units, "num_pitch": vcfg.num_pitch, "num_style": vcfg.num_style}
@@ -423,18 +577,24 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
             val_utts = []
     log(f"{len(train_utts)} training utterances ({report.skipped} lines skipped), {len(val_utts)} for validation, "
         f"{len(speakers)} speakers; streams: units{' + pitch' if vcfg.num_pitch else ''}{' + style' if vcfg.num_style else ''}")
+    # stored with the vocoder: the codes filled in for inputs without a pitch/style stream
+    common = most_frequent_codes(train_utts)
+    vcfg = dataclasses.replace(vcfg, default_pitch=common.get("pitch") if vcfg.num_pitch else None,
+                               default_style=common.get("style") if vcfg.num_style else None)
+    record = {**cfg.to_dict(), "vocoder": vcfg.to_dict(), "manifest": os.path.abspath(manifest), "units": os.path.abspath(units),
+              "tokenizer": os.path.abspath(tokenizer) if tokenizer else None, "speakers": speakers}
+    fresh = check_run_dir(run_dir, record, overwrite)
     if d.main:  # only once the data is usable: a failed start leaves no half-made run folder
+        if fresh:
+            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "train_config.json", record)
     d.barrier()
     if vcfg.harmonic_source:  # the source's targets and excitation: the training audio's F0 (cached in OUT)
         t_f0 = time.time()
         n = attach_f0(train_utts, run_dir / f"f0_cache.rank{d.rank}.npz" if d.world_size > 1 else run_dir / "f0_cache.npz",
                       progress=progress and d.main)
         log(f"F0 of {len(train_utts)} training utterances ({n} computed, {len(train_utts) - n} cached) in {time.time() - t_f0:.0f} s")
-    # stored with the vocoder: the codes filled in for inputs without a pitch/style stream
-    common = most_frequent_codes(train_utts)
-    vcfg = dataclasses.replace(vcfg, default_pitch=common.get("pitch") if vcfg.num_pitch else None,
-                               default_style=common.get("style") if vcfg.num_style else None)
 
     torch.manual_seed(cfg.seed)  # same seed -> same initial generator (the untrained baseline of the eval)
     generator = UnitHifiGAN(vcfg).to(d.device)
@@ -459,15 +619,19 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, resume, stop_after
     sampler = SegmentSampler(train_utts, cfg.batch_size, cfg.segment_units, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
 
     step = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    if d.main:
+        _adopt_legacy_checkpoints(run_dir)
+    d.barrier()
+    ckpt = None if fresh else find_resume_point(run_dir, read_checkpoint, d, "vocoder train")
     if ckpt is not None:
-        step = load_checkpoint(ckpt, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler)
-        log(f"resumed from {ckpt} (step {step})")
+        try:
+            step = load_checkpoint(ckpt, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler)
+        except (RuntimeError, ValueError, KeyError) as exc:  # files that read but do not fit this model
+            reason = " ".join(str(exc).split())[:200]
+            raise UserError(f"{ckpt['path']}: does not fit this run ({reason}); pass --overwrite true to start over (--out)") from None
+        log(f"resumed from {ckpt['path']} (step {step})")
     elif d.main:
         (run_dir / "metrics.json").unlink(missing_ok=True)
-    if d.main:
-        _write_json(run_dir / "train_config.json", {**cfg.to_dict(), "vocoder": vcfg.to_dict(), "manifest": os.path.abspath(manifest),
-                                                    "units": os.path.abspath(units), "tokenizer": tokenizer, "speakers": speakers})
     logger = MetricsLog(run_dir, d, tensorboard=True)
     logger.start(step if ckpt is not None else None)  # a resume drops the records after its checkpoint
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")

@@ -31,10 +31,12 @@ def train(
     log_every: int = 10,
     val_every: int = 200,
     save_every: int = 200,
+    keep_checkpoints: int = 1,
     threads: int = 1,
     dtype: str = "auto",
-    resume: bool = False,
+    resume: bool | None = None,
     stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Train a unit HiFi-GAN vocoder on a manifest's audio and its units.
 
@@ -46,6 +48,12 @@ def train(
     OUT then holds the vocoder (``spiritlm vocoder synth --vocoder OUT``), checkpoints/,
     metrics.jsonl / metrics.json, TensorBoard logs (tb/) and audio samples (samples/). Under
     ``torchrun`` it trains with DDP (bf16 autocast on GPUs).
+
+    Rerunning the same command on an interrupted run resumes it from its newest readable
+    checkpoint (a truncated one is set aside as step_N.bad with a warning). An OUT holding a
+    trained vocoder is refused unless --overwrite true; so is an unfinished run of other settings
+    (the message names the flag; --max_steps, --log_every, --val_every, --save_every,
+    --keep_checkpoints and --threads may change).
 
     Args:
         manifest: corpus manifest (JSONL with id, audio, speaker, split); trains on split train
@@ -68,10 +76,12 @@ def train(
         log_every: steps between metric records.
         val_every: steps between validations and audio samples.
         save_every: steps between checkpoints.
+        keep_checkpoints: most recent complete checkpoints kept (0: all), as ``spiritlm train``.
         threads: torch CPU threads (0: torch's default).
         dtype: auto (bf16 autocast on GPU), float32 or bfloat16.
-        resume: continue from the newest checkpoint in OUT.
+        resume: ignored (kept for old scripts): an interrupted run of the same settings always resumes.
         stop_after: stop after this many steps in total (the schedule still assumes max_steps).
+        overwrite: replace a trained vocoder, or an unfinished run of other settings, in OUT.
     """
     # flags and files first: a typo costs a second, not the imports of torch and speechbrain
     from .config import PRESETS
@@ -88,7 +98,7 @@ def train(
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value} ({flag})")
     for value, flag in ((disc_start_step, "--disc_start_step"), (log_every, "--log_every"), (val_every, "--val_every"),
-                        (save_every, "--save_every"), (threads, "--threads")):
+                        (save_every, "--save_every"), (keep_checkpoints, "--keep_checkpoints"), (threads, "--threads")):
         if value < 0:
             raise UserError(f"{flag} must be >= 0, got {value} ({flag})")
     if not lr > 0:
@@ -104,12 +114,12 @@ def train(
         config=config, max_steps=max_steps,
         batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
         disc_width_div=disc_width_div or d["disc_width_div"], disc_start_step=disc_start_step, lr=lr, seed=seed,
-        log_every=log_every, val_every=val_every, save_every=save_every, threads=threads, dtype=dtype,
+        log_every=log_every, val_every=val_every, save_every=save_every, keep_checkpoints=keep_checkpoints, threads=threads, dtype=dtype,
         weights=LossWeights(stft=d["stft_weight"] if stft_weight is None else stft_weight),
     )
     if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
         raise UserError("--max_steps, --batch_size and --segment_units must be positive")
-    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, resume=resume, stop_after=stop_after)
+    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, stop_after=stop_after, overwrite=overwrite)
     last = s["train"][max(s["train"], key=int)] if s.get("train") else {}
     print(f"vocoder train: step {s['final_step']}, mel L1 {last.get('mel_l1', float('nan')):.4f}, {s['seconds']:.0f} s -> {out}")
 

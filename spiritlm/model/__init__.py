@@ -39,6 +39,7 @@ from spiritlm.model.config import (
     save_config,
 )
 from spiritlm.model.hf import EXPORT_INFO, export_step, hf_to_llama_config, is_hf_dir, load_hf_model, read_hf_weights, save_hf_model
+from spiritlm.checkpointing import checkpoint_step, complete_checkpoints  # the one checkpoint-folder rule
 from spiritlm.model.sharded import is_sharded_checkpoint
 
 __all__ = [
@@ -70,25 +71,6 @@ __all__ = [
     "save_hf_model",
     "save_model",
 ]
-
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """N of a ``step_N`` directory name (None for other names, e.g. a set-aside ``step_N.bad``)."""
-    name = Path(path).name
-    if not name.startswith("step_") or not name.removeprefix("step_").isdigit():
-        return None
-    return int(name.removeprefix("step_"))
-
-
-def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(N, checkpoints/step_N)`` of ``run_dir`` marked ``COMPLETE``, oldest first."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    found = []
-    for d in ckpt_root.glob("step_*") if ckpt_root.is_dir() else ():
-        step = checkpoint_step(d)
-        if step is not None and (d / "COMPLETE").is_file():
-            found.append((step, d))
-    return sorted(found)
 
 
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:

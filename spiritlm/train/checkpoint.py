@@ -39,20 +39,17 @@ import torch
 from torch import nn
 
 from spiritlm.atomic import atomic_file
-from spiritlm.model import CONFIG_NAME, LLaMAConfig, checkpoint_step, complete_checkpoints
+from spiritlm.checkpointing import COMPLETE_NAME, CheckpointError, checkpoint_step, mark_complete, prune_checkpoints, read_checked
+from spiritlm.checkpointing import set_aside as set_aside  # re-exported: the recipe's and tests' name
+from spiritlm.model import CONFIG_NAME, LLaMAConfig
 from spiritlm.model.sharded import DCP_DIR, SafeFileSystemReader, WeightsOnlyLoadPlanner, check_storage, read_metadata
 from spiritlm.distributed import Dist
 
-COMPLETE_NAME = "COMPLETE"
 TRAINER_KEYS = ("step", "scheduler", "rng", "loader", "param_groups", "world_size")
 
 
 def trainer_state_name(rank: int) -> str:
     return f"trainer_state_rank{rank}.pt"
-
-
-class CheckpointError(Exception):
-    """A checkpoint file that cannot be read; the message starts with the file's path."""
 
 
 @dataclass
@@ -198,8 +195,7 @@ class Checkpointer:
     def _complete(self, step: int, ckpt: Path) -> None:
         self.d.barrier()  # every rank's shards are written
         if self.d.main:
-            with atomic_file(ckpt / COMPLETE_NAME) as f:
-                f.write(f"{step}\n")
+            mark_complete(ckpt, step)
             prune_checkpoints(self.run_dir, step, self.keep)
         self.d.barrier()
 
@@ -212,34 +208,9 @@ class Checkpointer:
             self._group = None
 
 
-def prune_checkpoints(run_dir: Path, newest: int, keep: int) -> list[Path]:
-    """Removes complete checkpoints older than the ``keep`` most recent up to step ``newest``.
-
-    ``newest`` (the checkpoint just written) is always kept, whatever the other step numbers
-    (a set-aside or stale ``step_N`` with a larger N is not counted); ``keep=0`` keeps all.
-    """
-    if keep <= 0:
-        return []
-    done = [(s, p) for s, p in complete_checkpoints(run_dir) if s <= newest]
-    removed = [p for s, p in done[:-keep] if s != newest]
-    for p in removed:
-        shutil.rmtree(p, ignore_errors=True)
-    return removed
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-
-
-def _read(path: Path, reader):
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        return reader(path)
-    except Exception as exc:  # truncated or corrupt files raise whatever their library raises
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise CheckpointError(f"{path}: unreadable ({reason})") from exc
 
 
 def inspect_checkpoint(ckpt: Path) -> CheckpointInfo:
@@ -248,8 +219,8 @@ def inspect_checkpoint(ckpt: Path) -> CheckpointInfo:
     from spiritlm.model.config import load_config
 
     ckpt = Path(ckpt)
-    config = _read(ckpt / CONFIG_NAME, load_config)
-    metadata = _read(ckpt / DCP_DIR / ".metadata", lambda p: read_metadata(ckpt))
+    config = read_checked(ckpt / CONFIG_NAME, load_config)
+    metadata = read_checked(ckpt / DCP_DIR / ".metadata", lambda p: read_metadata(ckpt))
     try:
         check_storage(ckpt, metadata)
     except ValueError as exc:
@@ -257,13 +228,13 @@ def inspect_checkpoint(ckpt: Path) -> CheckpointInfo:
     files = sorted(ckpt.glob("trainer_state_rank*.pt"))
     if not files:
         raise CheckpointError(f"{ckpt / trainer_state_name(0)}: missing")
-    first = _read(files[0], lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    first = read_checked(files[0], lambda p: torch.load(p, map_location="cpu", weights_only=True))
     world = int(first.get("world_size", len(files))) if isinstance(first, dict) else len(files)
     step = checkpoint_step(ckpt)
     trainers = []
     for rank in range(world):
         f = ckpt / trainer_state_name(rank)
-        t = _read(f, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+        t = read_checked(f, lambda p: torch.load(p, map_location="cpu", weights_only=True))
         missing = [k for k in TRAINER_KEYS if k not in t]
         if missing:
             raise CheckpointError(f"{f}: no {missing[0]!r} entry")
@@ -290,14 +261,3 @@ def load_checkpoint(info: CheckpointInfo, model: nn.Module, optimizer, d: Dist) 
         raise CheckpointError(f"{info.path / DCP_DIR}: unreadable ({reason})") from exc
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, {"state": state["optim"], "param_groups": info.trainers[0]["param_groups"]})
-
-
-def set_aside(ckpt: Path) -> Path:
-    """Renames an unreadable ``step_N`` to ``step_N.bad`` (kept for inspection, never resumed from)."""
-    target = ckpt.with_name(ckpt.name + ".bad")
-    n = 1
-    while target.exists():
-        n += 1
-        target = ckpt.with_name(f"{ckpt.name}.bad{n}")
-    ckpt.rename(target)
-    return target

@@ -44,7 +44,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -58,6 +57,7 @@ from torch import Tensor, nn
 from fairseq2.nn import BatchLayout, RMSNorm
 
 from spiritlm.atomic import atomic_file
+from spiritlm.checkpointing import find_resume_point, warn_and_set_aside
 from spiritlm.constants import IGNORE_INDEX, SUBSETS
 from spiritlm.metrics_log import MetricsLog, read_history  # shared with the vocoder's recipe
 from spiritlm.model import (
@@ -78,7 +78,6 @@ from spiritlm.train.checkpoint import (
     inspect_checkpoint,
     load_checkpoint,
     rng_state,
-    set_aside,
     set_rng_state,
 )
 from spiritlm.train.config import TrainConfig, check_inputs
@@ -382,29 +381,12 @@ class TrainRecipe:
                 os.replace(tmp, self.run_dir / "speech_units.json")
 
     def _find_resume_point(self) -> CheckpointInfo | None:
-        """The newest complete checkpoint every rank can read; unreadable ones are set aside."""
-        d = self.d
-        for step, ckpt in reversed(complete_checkpoints(self.run_dir)):
-            try:
-                info, error = inspect_checkpoint(ckpt), None
-            except CheckpointError as exc:
-                info, error = None, exc
-            if d.all_have(error is None):
-                self.log(f"resuming from {ckpt}")
-                return info
-            self._set_aside(ckpt, error)
-        if complete_checkpoints(self.run_dir) == [] and any((self.run_dir / "checkpoints").glob("step_*.bad*")):
-            print("[spiritlm train] warning: no readable checkpoint left; starting from step 0", file=sys.stderr, flush=True)
-        return None
-
-    def _set_aside(self, ckpt: Path, error: Exception | None) -> None:
-        if error is not None:  # one line whatever the rank; the library's traceback is not news
-            print(f"[spiritlm train] warning: {error}; set aside as {ckpt.name}.bad, "
-                  "resuming from the previous complete checkpoint", file=sys.stderr, flush=True)
-        self.d.barrier()
-        if self.d.main:
-            set_aside(ckpt)
-        self.d.barrier()
+        """The newest complete checkpoint every rank can read; unreadable ones are set aside
+        (:func:`spiritlm.checkpointing.find_resume_point`, the vocoder's rule too)."""
+        info = find_resume_point(self.run_dir, inspect_checkpoint, self.d, "spiritlm train")
+        if info is not None:
+            self.log(f"resuming from {info.path}")
+        return info
 
     def _setup_model_and_optimizer(self) -> CheckpointInfo | None:
         """Model and optimiser, fresh or loaded from the newest readable checkpoint."""
@@ -419,7 +401,7 @@ class TrainRecipe:
                 return resumed
             except CheckpointError as exc:  # bytes that passed the length checks but do not decode
                 error = exc
-            self._set_aside(resumed.path, error if self.d.main else None)
+            warn_and_set_aside(resumed.path, error if self.d.main else None, self.d, "spiritlm train")
 
     def _setup_model(self, resumed: CheckpointInfo | None) -> None:
         d = self.d
