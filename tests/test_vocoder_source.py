@@ -233,10 +233,11 @@ def test_training_learns_f0_and_caches_it(tmp_path):
     assert any("(4 computed, 0 cached)" in line for line in lines), lines
     voc = Vocoder.from_pretrained(tmp_path / "run")
     assert voc.config.harmonic_source  # the tiny preset's
-    # a resumed or repeated run reads the cache; the STFT loss shows up in the metrics when weighted
+    # a resumed or repeated run (--overwrite true: the folder holds a trained vocoder) reads the
+    # cache; the STFT loss shows up in the metrics when weighted
     lines.clear()
     cfg.weights.stft = 2.0
-    s = train_vocoder(manifest, units, str(tmp_path / "run"), cfg, progress=False, log=lines.append, stop_after=2)
+    s = train_vocoder(manifest, units, str(tmp_path / "run"), cfg, progress=False, log=lines.append, stop_after=2, overwrite=True)
     assert any("(0 computed, 4 cached)" in line for line in lines), lines
     assert s["train"]["2"]["stft_mag"] > 0 and s["train"]["2"]["stft_sc"] > 0
 
