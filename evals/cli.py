@@ -276,6 +276,8 @@ def judges(
 
 # tts and stsp keep their commands beside their APIs (light modules: numpy, no torch at import)
 from spiritlm.evals.stsp import stsp_command  # noqa: E402
+from spiritlm.evals.stsp_score import stsp_score_command  # noqa: E402
 from spiritlm.evals.tts import tts_command  # noqa: E402
 
-COMMANDS = {"asr": asr, "ic": ic, "zeroshot": zeroshot, "judges": judges, "tts": tts_command, "stsp": stsp_command}
+COMMANDS = {"asr": asr, "ic": ic, "zeroshot": zeroshot, "judges": judges, "tts": tts_command, "stsp": stsp_command,
+            "stsp-score": stsp_score_command}

@@ -603,43 +603,86 @@ class SpeechSentimentJudge:
         return cls(np.array(meta["scaler"]["mean"]), np.array(meta["scaler"]["scale"]), _logreg_from_json(meta["classifier"]), cfg)
 
 
+#: Meta's map of its Expresso emotion classifier's labels to sentiments (``EXPRESSO_EMOTION_2_SENTIMENT``).
+EXPRESSO_EMOTION_TO_SENTIMENT = {"happy": "positive", "angry": "negative", "sad": "negative", "default": "neutral"}
+
+
 class HfSentimentJudge:
     """A transformers text or audio classification folder as a sentiment judge.
 
-    Its labels go through :func:`to_sentiment` (emotion classifiers: happy -> positive, ...), or
-    through ``label_map`` when given.
+    Its labels go through :func:`to_sentiment` (emotion classifiers: happy -> positive, ...; on
+    the four labels of Meta's Expresso classifier this is Meta's own map,
+    :data:`EXPRESSO_EMOTION_TO_SENTIMENT`), or through ``label_map`` when given.
+
+    Args:
+        directory: the classifier's folder (``config.json`` and weights).
+        task: ``text-classification`` or ``audio-classification``.
+        tokenizer: a folder (or hub id already in the local cache) holding the text tokenizer,
+            when the classifier's folder has none (Meta's text classifier keeps only weights and
+            loads ``j-hartmann/sentiment-roberta-large-english-3-classes``'s tokenizer).
     """
 
-    def __init__(self, directory: str | os.PathLike, task: str, device: str | torch.device = "cpu", label_map: dict[str, str] | None = None):
+    def __init__(self, directory: str | os.PathLike, task: str, device: str | torch.device = "cpu", label_map: dict[str, str] | None = None,
+                 tokenizer: str | os.PathLike | None = None):
         from transformers import pipeline
 
         if task not in ("text-classification", "audio-classification"):
             raise ValueError(f"task must be text-classification or audio-classification, got {task!r}")
         self.task = task
         self.kind = "text-sentiment" if task == "text-classification" else "speech-sentiment"
-        self.pipe = pipeline(task, model=str(directory), device=torch.device(device))
+        kw = {}
+        if tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            kw["tokenizer"] = AutoTokenizer.from_pretrained(str(tokenizer))
+        self.pipe = pipeline(task, model=str(directory), device=torch.device(device), **kw)
         self.label_map = {k.lower(): v for k, v in (label_map or {}).items()}
 
     def _map(self, label: str) -> str:
         return self.label_map.get(label.lower(), to_sentiment(label))
 
     def predict(self, items: Sequence, batch_size: int = 8) -> list[str]:
+        """Sentiments of texts or 16 kHz waveforms.
+
+        ``batch_size=1`` on audio scores each clip alone with the feature extractor and the
+        model, as Meta's ``predict_audio`` does (arg-max of the logits over every label, no
+        padding, no minimum length); larger batches go through the pipeline, which zero-pads.
+        """
         if not len(items):
             return []
         if self.task == "text-classification":
             res = self.pipe([t or "" for t in items], batch_size=batch_size, top_k=1)
+        elif batch_size == 1:
+            return [self._map(self.emotion_of(w)) for w in items]
         else:
             res = self.pipe([{"raw": _min_wav(w), "sampling_rate": SAMPLE_RATE} for w in items], batch_size=batch_size, top_k=1)
         return [self._map((r[0] if isinstance(r, list) else r)["label"]) for r in res]
 
+    @torch.inference_mode()
+    def emotion_of(self, wav: np.ndarray) -> str:
+        """The classifier's own label (before any sentiment map) of one 16 kHz clip, scored alone."""
+        fe, model = self.pipe.feature_extractor, self.pipe.model
+        wav = np.asarray(wav, dtype=np.float32)
+        if fe.sampling_rate != SAMPLE_RATE:
+            import torchaudio
 
-def load_text_sentiment_judge(directory: str | os.PathLike, device: str | torch.device = "cpu", label_map: dict[str, str] | None = None):
-    """The text sentiment judge of ``directory``: ours (``judge.json``) or a Hugging Face text classifier."""
+            wav = torchaudio.functional.resample(torch.from_numpy(wav), SAMPLE_RATE, fe.sampling_rate).numpy()
+        feats = fe(wav, sampling_rate=fe.sampling_rate, return_tensors="pt").to(model.device)
+        logits = model(**feats).logits
+        return model.config.id2label[int(logits[0].argmax())]
+
+
+def load_text_sentiment_judge(directory: str | os.PathLike, device: str | torch.device = "cpu", label_map: dict[str, str] | None = None,
+                              tokenizer: str | os.PathLike | None = None):
+    """The text sentiment judge of ``directory``: ours (``judge.json``) or a Hugging Face text classifier
+    (its tokenizer from ``tokenizer`` when given, else from ``directory``)."""
     d = Path(directory)
     if _read_judge_json(d) is not None:
+        if tokenizer is not None:
+            raise ValueError(f"{d}: our TF-IDF judge has no separate tokenizer (--text_judge_tokenizer is for Hugging Face classifiers)")
         return TextSentimentJudge.load(d)
     if (d / "config.json").is_file():
-        return HfSentimentJudge(d, "text-classification", device, label_map)
+        return HfSentimentJudge(d, "text-classification", device, label_map, tokenizer=tokenizer)
     raise FileNotFoundError(f"{d}: not a text sentiment judge (no judge.json, no Hugging Face config.json)")
 
 

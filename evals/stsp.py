@@ -18,23 +18,30 @@ Inputs (:func:`read_stsp_items`):
   from the model's speech tokenizer (``--speech_tokenizer``). Few-shot examples for them come from
   Meta's ``few_shot/{t2t,t2s,s2t,s2s}.jsonl`` (:func:`read_meta_few_shot`).
 
-Prompts (:func:`build_stsp_prompt`): zero-shot, the prompt in its modality followed by the
-output modality's marker when it differs (``[Text]the food was great[Speech]``); a same-modality
-continuation follows without a marker. Few-shot (``shots=k``), ``k`` examples are put before it,
-each a prompt→continuation pair in the same direction, separated by their modality markers only
-(Meta's few-shot prompts put a newline after each; a newline is a token our LMs never saw, and
-the ASR/TTS tasks use the markers alone too): examples come from the TRAIN split, each one utterance cut at the word boundary
-nearest its middle (its first half the prompt, its second half the continuation, in the
-direction's modalities: text words or the units of those words' time span; shots are dropped
-from the end until the continuation's budget fits the model's context), with sentiments
-balanced (round-robin over the labels, so the examples never hint at the target's label), drawn
-per target with a seed, never the target itself. Meta's T→T examples put a ``[Text]`` marker
-before the continuation; here shots and target share one rule (no marker within a modality).
+Protocols (:class:`StspProtocol`, :data:`PROTOCOLS`; ``--protocol``): ``meta`` (the default)
+decodes, prompts and judges as Meta's released script does; ``ours`` is the faster setup this
+repository used first. Every setting that differs lives in the protocol; evals/README.md lists
+both with Meta's source of each.
 
-Decoding: sampling with temperature 0.8 and top-p 0.95 (the paper's setting; Meta's released
-script uses 0.9) and ``seed + row`` per prompt, or greedy (``do_sample=False``). A text
-continuation stops at EOS, a modality marker or a newline; a speech continuation at EOS, a
-marker or a newline (few-shot separators), and its tokens go through the vocoder.
+Prompts (:func:`build_stsp_prompt`): zero-shot, the prompt in its modality followed by the
+output modality's marker when it differs (``[Text]the food was great[Speech]``), as Meta's
+``Spiritlm._build_prompt``. Few-shot under ``meta``: ``3 * ceil(k / 3)`` examples drawn once per
+run and direction, grouped negative → neutral → positive (:func:`draw_meta_shots`), each
+``[Src]prompt[Tgt]continuation`` (the inner marker kept in T→T and S→S) followed by a newline,
+then the target written like the examples' prompts. Under ``ours``: ``k`` examples per target,
+sentiments balanced round-robin and shuffled (:func:`draw_balanced_shots`), separated by their
+markers only. Examples come from Meta's few-shot files (:func:`read_meta_few_shot`) or, on the
+synthetic corpus, from TRAIN-split utterances cut at the word boundary nearest their middle (first
+half the prompt, second half the continuation, in the direction's modalities); shots are dropped
+from the end until the continuation's budget fits the model's context.
+
+Decoding: sampling with temperature 0.8, top-p 0.95 (both protocols; the paper's setting and
+the current ``predict_stsp.py``: an earlier revision of that script used temperature 0.9 and
+200 new tokens) and top-k 50 under ``meta`` (transformers' default, which Meta's
+``GenerationConfig`` leaves on); row ``i`` seeded ``seed + row``. ``meta``: text continuations
+of up to 50 tokens end at EOS only (the markers are banned, a newline is generated like any
+text piece), speech continuations have EOS banned and always run 300 tokens. ``ours``: 40 / 150
+tokens, ending at EOS, a marker or a newline, EOS forbidden for the first 5.
 
 Chance level of a direction: the accuracy the judged labels would reach if they were
 independent of the prompts' labels, ``sum_c p_prompt(c) * p_judged(c)`` (1/3 for balanced
@@ -49,7 +56,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +66,6 @@ from spiritlm.errors import UserError
 
 DIRECTIONS = ("t2t", "t2s", "s2t", "s2s")
 MODALITY = {"t": "text", "s": "speech"}
-SHOT_SEPARATOR = ""
 #: what an empty continuation is judged (never a label, so never right)
 EMPTY = "(empty)"
 #: Meta's field names of the STSP manifests.
@@ -171,11 +177,39 @@ def items_from_manifest(manifest_items: Sequence[dict], units: dict[str, dict] |
     return items, skipped
 
 
+def _meta_roots(path: Path, audio_root: str | os.PathLike | None) -> list[Path]:
+    return [Path(audio_root)] if audio_root else [path.parent, path.parent.parent, path.parent.parent.parent]
+
+
+def _resolve_wav(rel: str, roots: Sequence[Path]) -> str:
+    """A ``wav_path`` against the data roots (each with and without ``data/``); the first candidate if none exists."""
+    r = Path(rel)
+    cands = [r] if r.is_absolute() else [root / r for root in roots] + [root / "data" / r for root in roots]
+    return next((str(c) for c in cands if c.is_file()), str(cands[0]))
+
+
+def meta_audio_paths(path: str | os.PathLike, audio_root: str | os.PathLike | None = None) -> list[tuple[int, str]]:
+    """``(line, resolved wav path)`` of every record of a Meta STSP manifest that names a ``wav_path``.
+
+    Raises:
+        UserError: ``path:line:`` for invalid JSON.
+    """
+    from spiritlm.evals.stsp_score import read_jsonl
+
+    roots = _meta_roots(Path(path), audio_root)
+    return [(lineno, _resolve_wav(obj[META_AUDIO_KEY], roots)) for lineno, obj in read_jsonl(path, "--manifest")
+            if isinstance(obj, dict) and obj.get(META_AUDIO_KEY)]
+
+
 def read_meta_stsp(
     path: str | os.PathLike, *, audio_root: str | os.PathLike | None = None, units: dict[str, dict] | None = None,
-    speech_tokenizer: Any = None, expressive: bool = False,
+    speech_tokenizer: Any = None, expressive: bool = False, meta_labels: bool = False,
 ) -> tuple[list[StspItem], list[dict]]:
     """Reads one of Meta's STSP manifests (see the module docstring).
+
+    ``meta_labels``: emotions map to sentiments by Meta's own 6-label, case-sensitive map (an
+    emotion outside it is dropped, as Meta's scorer drops it); otherwise by :func:`to_sentiment`
+    (any case, a few more emotion names).
 
     ``wav_path`` is resolved against ``audio_root`` (default: the manifest's folder, then its
     parents, where Meta's ``data/stsp_data`` root usually is). The speech prompt is the units row
@@ -192,40 +226,34 @@ def read_meta_stsp(
     from spiritlm.evals.common import speech_string, units_of
     from spiritlm.evals.judges import LABELS, to_sentiment
 
+    from spiritlm.evals.stsp_score import META_EMOTION_TO_SENTIMENT, read_jsonl
+
     path = Path(path)
-    roots = [Path(audio_root)] if audio_root else [path.parent, path.parent.parent, path.parent.parent.parent]
+    roots = _meta_roots(path, audio_root)
     items: list[StspItem] = []
     problems: list[dict] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg} (--manifest)") from None
-            uid = str(obj.get("id", lineno))
-            raw = next((obj[k] for k in META_LABEL_KEYS if obj.get(k)), None)
+    for lineno, obj in read_jsonl(path, "--manifest"):
+        uid = str(obj.get("id", lineno))
+        raw = next((obj[k] for k in META_LABEL_KEYS if obj.get(k)), None)
+        if meta_labels and not obj.get("sentiment") and raw is not None:
+            label = META_EMOTION_TO_SENTIMENT.get(raw)  # Meta's 6-emotion map, case-sensitive
+        else:
             label = to_sentiment(raw) if raw is not None else None
-            if label not in LABELS:
-                problems.append({"line": lineno, "id": uid, "error": f"no sentiment/emotion label mapping to {LABELS} (got {raw!r})"})
-                continue
-            text = next((obj[k] for k in META_TEXT_KEYS if isinstance(obj.get(k), str) and obj[k].strip()), None)
-            audio = None
-            if obj.get(META_AUDIO_KEY):
-                rel = Path(obj[META_AUDIO_KEY])
-                cands = [rel] if rel.is_absolute() else [r / rel for r in roots] + [r / "data" / rel for r in roots]
-                audio = next((str(c) for c in cands if c.is_file()), str(cands[0]))
-            speech = None
-            row = units_of({"id": uid, "audio": audio}, units) if units else None
-            if row is not None:
-                speech = speech_string(row, expressive)
-            elif audio is not None and speech_tokenizer is not None:
-                try:
-                    speech = speech_tokenizer.encode_string(audio)
-                except (OSError, ValueError) as e:
-                    problems.append({"line": lineno, "id": uid, "error": f"speech prompt unusable: {e}"})
-            items.append(StspItem(uid, label, text, speech, audio))
+        if label not in LABELS:
+            problems.append({"line": lineno, "id": uid, "error": f"no sentiment/emotion label mapping to {LABELS} (got {raw!r})"})
+            continue
+        text = next((obj[k] for k in META_TEXT_KEYS if isinstance(obj.get(k), str) and obj[k].strip()), None)
+        audio = _resolve_wav(obj[META_AUDIO_KEY], roots) if obj.get(META_AUDIO_KEY) else None
+        speech = None
+        row = units_of({"id": uid, "audio": audio}, units) if units else None
+        if row is not None:
+            speech = speech_string(row, expressive)
+        elif audio is not None and speech_tokenizer is not None:
+            try:
+                speech = speech_tokenizer.encode_string(audio)
+            except (OSError, ValueError) as e:
+                problems.append({"line": lineno, "id": uid, "error": f"speech prompt unusable: {e}"})
+        items.append(StspItem(uid, label, text, speech, audio))
     return items, problems
 
 
@@ -296,24 +324,37 @@ def _marker(modality: str) -> str:
     return TEXT_MARKER if modality == "text" else SPEECH_MARKER
 
 
-def render_pair(src: str, prompt: str, tgt: str, continuation: str) -> str:
-    """One few-shot example: the prompt, the output marker when the modality changes, the continuation."""
-    joint = _marker(tgt) if src != tgt else (" " if src == "text" else "")
+def render_pair(src: str, prompt: str, tgt: str, continuation: str, inner_markers: bool = False) -> str:
+    """One few-shot example: the prompt, the output marker when the modality changes (or always,
+    with ``inner_markers``: Meta's ``[Text]p[Text]c``), the continuation."""
+    if src != tgt or inner_markers:
+        joint = _marker(tgt)
+    else:
+        joint = " " if src == "text" else ""
     return _marker(src) + prompt + joint + continuation
 
 
-def build_stsp_prompt(direction: str, target: StspItem, shots: Sequence[StspItem] = ()) -> str:
+def build_stsp_prompt(direction: str, target: StspItem, shots: Sequence[StspItem] = (), protocol: StspProtocol | None = None) -> str:
     """The prompt string of ``target`` in ``direction`` (``t2s`` …) after few-shot ``shots``.
+
+    Zero-shot, both protocols write Meta's ``Spiritlm._build_prompt``: the prompt in its
+    modality, then the output modality's marker when it differs. Few-shot, each example is
+    :func:`render_pair` followed by the protocol's separator; with ``inner_markers`` (Meta) the
+    target is written like the examples' prompts, ``[Src]content[Tgt]`` even within a modality,
+    so the model continues the pattern it was shown.
 
     >>> t = StspItem("a", "positive", text="what a lovely day", speech="[Hu1][Hu2]")
     >>> build_stsp_prompt("t2s", t)
     '[Text]what a lovely day[Speech]'
     >>> s = StspItem("b", "negative", halves={"text": ("i hate", "this rain")})
-    >>> build_stsp_prompt("t2t", t, [s])
+    >>> build_stsp_prompt("t2t", t, [s], PROTOCOLS["ours"])
     '[Text]i hate this rain[Text]what a lovely day'
+    >>> build_stsp_prompt("t2t", t, [s], PROTOCOLS["meta"])
+    '[Text]i hate[Text]this rain\\n[Text]what a lovely day[Text]'
     """
     from spiritlm.generation import build_prompt
 
+    proto = protocol or PROTOCOLS["meta"]
     src, tgt = MODALITY[direction[0]], MODALITY[direction[2]]
     content = target.text if src == "text" else target.speech
     if content is None:
@@ -321,9 +362,40 @@ def build_stsp_prompt(direction: str, target: StspItem, shots: Sequence[StspItem
     lines = []
     for s in shots:
         a, b = s.halves[src], s.halves[tgt]
-        lines.append(render_pair(src, a[0], tgt, b[1]))
-    zero = build_prompt([(src, content)], tgt)
-    return "".join(line + SHOT_SEPARATOR for line in lines) + zero
+        lines.append(render_pair(src, a[0], tgt, b[1], proto.inner_markers))
+    if lines and proto.inner_markers:
+        zero = _marker(src) + content + _marker(tgt)
+    else:
+        zero = build_prompt([(src, content)], tgt)
+    return "".join(line + proto.shot_separator for line in lines) + zero
+
+
+def draw_meta_shots(pool: Sequence[StspItem], k: int, seed: int, direction: str, need: Sequence[str]) -> list[StspItem]:
+    """Meta's few-shot draw: ``ceil(k / 3)`` examples of each sentiment, grouped negative → neutral → positive.
+
+    As ``df.groupby("sentiment").sample(n=ceil(k / 3))`` in Meta's ``build_few_shot_prompt``:
+    ``3 * ceil(k / 3)`` examples when the pool has the three sentiments (k = 1 gives 3), groups
+    in sorted label order, random order within a group; drawn once per run and direction (the
+    same examples before every target), seeded by ``(seed, direction)``. Only pool items with
+    halves in every modality of ``need`` qualify.
+
+    Raises:
+        ValueError: a sentiment has fewer than ``ceil(k / 3)`` examples (pandas refuses too).
+    """
+    if k <= 0:
+        return []
+    per = -(-k // 3)
+    rng = random.Random(f"stsp-meta:{seed}:{direction}")
+    by_label: dict[str, list[StspItem]] = {}
+    for p in pool:
+        if all(m in p.halves for m in need):
+            by_label.setdefault(p.label, []).append(p)
+    out: list[StspItem] = []
+    for lab in sorted(by_label):
+        if len(by_label[lab]) < per:
+            raise ValueError(f"{len(by_label[lab])} {lab} examples, {per} needed for {k} shots (3 × ceil(k/3) in Meta's draw)")
+        out += rng.sample(by_label[lab], per)
+    return out
 
 
 def draw_balanced_shots(pool: Sequence[StspItem], k: int, seed: int, target_id: str, need: Sequence[str]) -> list[StspItem]:
@@ -439,37 +511,123 @@ def stsp_metrics(rows: Sequence[dict], *, seed: int = 0, n_resamples: int = 1000
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StspProtocol:
+    """Every setting that decides how STSP continuations are made and judged, in one place.
+
+    Two presets (:data:`PROTOCOLS`): ``meta`` reproduces Meta's released STSP script
+    (``spiritlm/eval/stsp/predict_stsp.py`` with ``Spiritlm.generate``, transformers sampling)
+    item for item, up to the random draws; ``ours`` is the faster setup this repository used
+    before, kept for tiny models. evals/README.md lists both beside each other.
+
+    Attributes:
+        name: ``meta`` or ``ours``.
+        max_new_tokens_text / max_new_tokens_speech: continuation budgets (tokens).
+        text_stops: ``eos``: a text continuation ends at EOS only (markers are banned, newlines
+            are kept, as Meta's ``bad_words_ids``); ``eos_marker_newline``: also at a marker or a
+            newline piece (ours; an initial newline then gives an empty answer).
+        speech_eos: False: EOS is banned in speech outputs, so a speech continuation always uses
+            its whole budget (Meta: EOS is among the non-speech ids its API bans); True: a speech
+            continuation may end at EOS, a marker or a newline (ours).
+        min_new_tokens: EOS forbidden before this many tokens (Meta: 0, transformers' default).
+        do_sample, temperature, top_p, top_k: sampling (Meta: 0.8, 0.95 and transformers' default
+            top-k 50; ours: no top-k).
+        speaker: vocoder speaker of speech outputs (Meta: 2; a vocoder with fewer speakers falls
+            back to 0 with a note in ``metrics.json``).
+        shot_separator: string after each few-shot example (Meta: ``\\n``; ours: none).
+        inner_markers: a same-modality example puts its modality's marker before the
+            continuation (Meta: ``[Text]p[Text]c`` in T→T, ``[Speech]u[Speech]v`` in S→S).
+        shot_draw: ``meta``: ``3 * ceil(k / 3)`` examples drawn once per run and direction,
+            ``ceil(k / 3)`` of each sentiment, grouped negative → neutral → positive (pandas'
+            ``groupby("sentiment").sample``); ``ours``: ``k`` per target, round-robin over the
+            sentiments, shuffled, never the target.
+        judge_empty: True: an empty text continuation goes to the text classifier like any other
+            (Meta's pipeline classifies the empty string); False: judged ``(empty)``, wrong.
+        one_clip_at_a_time: the speech classifier scores each clip alone (Meta) instead of in
+            zero-padded batches (padding changes a wav2vec2-style classifier's output).
+    """
+
+    name: str
+    max_new_tokens_text: int
+    max_new_tokens_speech: int
+    text_stops: str
+    speech_eos: bool
+    min_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    speaker: int | str
+    shot_separator: str
+    inner_markers: bool
+    shot_draw: str
+    judge_empty: bool
+    one_clip_at_a_time: bool
+
+
+#: The two protocols of ``spiritlm eval stsp --protocol``; ``meta`` is the default.
+PROTOCOLS: dict[str, StspProtocol] = {
+    "meta": StspProtocol(
+        name="meta", max_new_tokens_text=50, max_new_tokens_speech=300, text_stops="eos", speech_eos=False,
+        min_new_tokens=0, do_sample=True, temperature=0.8, top_p=0.95, top_k=50, speaker=2, shot_separator="\n",
+        inner_markers=True, shot_draw="meta", judge_empty=True, one_clip_at_a_time=True,
+    ),
+    "ours": StspProtocol(
+        name="ours", max_new_tokens_text=40, max_new_tokens_speech=150, text_stops="eos_marker_newline", speech_eos=True,
+        min_new_tokens=5, do_sample=True, temperature=0.8, top_p=0.95, top_k=0, speaker=0, shot_separator="",
+        inner_markers=False, shot_draw="ours", judge_empty=False, one_clip_at_a_time=False,
+    ),
+}
+
+
+def get_protocol(name: str) -> StspProtocol:
+    """The preset called ``name`` (``meta`` or ``ours``); a one-line UserError otherwise."""
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown STSP protocol {name!r} (choose from {', '.join(PROTOCOLS)}) (--protocol)")
+    return PROTOCOLS[name]
+
+
 @dataclass
 class StspConfig:
-    """Settings of :func:`run_stsp`.
+    """Settings of :func:`run_stsp`: a protocol (:data:`PROTOCOLS`) and what overrides it.
 
     Attributes:
         directions: which of ``t2t``, ``t2s``, ``s2t``, ``s2s`` to run.
-        shots: few-shot examples per prompt (0: zero-shot).
+        shots: few-shot examples asked per prompt (0: zero-shot; Meta's draw rounds up to a
+            multiple of 3).
         seed: seeds shot draws and sampling (row ``i`` samples with ``seed + i``).
-        do_sample: sample (paper) or decode greedily.
-        temperature: sampling temperature (paper: 0.8).
-        top_p: nucleus mass (paper: 0.95).
-        max_new_tokens_text: budget of a text continuation (tokens).
-        max_new_tokens_speech: budget of a speech continuation (tokens; ~12 deduplicated HuBERT tokens a second).
-        min_new_tokens: EOS forbidden before this many tokens (an empty continuation has no sentiment).
+        protocol: ``meta`` (default) or ``ours``.
+        do_sample, temperature, top_p, top_k, max_new_tokens_text, max_new_tokens_speech,
+        min_new_tokens, speaker: None keeps the protocol's value; anything else overrides it
+            (recorded in ``metrics.json`` ``config.protocol_overrides``).
         max_items: evaluate at most this many prompts (0: all), taken balanced over labels in file order.
         batch_size: rows decoded together.
-        speaker: vocoder speaker of speech outputs.
     """
 
     directions: tuple[str, ...] = DIRECTIONS
     shots: int = 0
     seed: int = 0
-    do_sample: bool = True
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens_text: int = 40
-    max_new_tokens_speech: int = 150
-    min_new_tokens: int = 5
+    protocol: str = "meta"
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens_text: int | None = None
+    max_new_tokens_speech: int | None = None
+    min_new_tokens: int | None = None
     max_items: int = 0
     batch_size: int = 16
-    speaker: int | str = 0
+    speaker: int | str | None = None
+
+    def settings(self) -> StspProtocol:
+        """The protocol with this config's overrides applied."""
+        base = get_protocol(self.protocol)
+        return replace(base, **self.overrides())
+
+    def overrides(self) -> dict[str, Any]:
+        names = ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens_text", "max_new_tokens_speech", "min_new_tokens", "speaker")
+        base = get_protocol(self.protocol)
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None and getattr(self, n) != getattr(base, n)}
 
 
 def _take_balanced(items: Sequence[StspItem], n: int) -> list[StspItem]:
@@ -489,16 +647,41 @@ def _take_balanced(items: Sequence[StspItem], n: int) -> list[StspItem]:
     return [it for it in items if it.id in keep]
 
 
-def _stop_and_allowed(lm: Any, modality: str) -> tuple[Any, list[int]]:
-    """Vocabulary mask of ``modality`` widened by its stop ids (markers, newline pieces), and those ids."""
+def _stop_and_allowed(lm: Any, modality: str, proto: StspProtocol) -> tuple[Any, list[int]]:
+    """The vocabulary mask of a ``modality`` continuation under ``proto``, and the ids that end it (besides EOS).
+
+    ``ours``: the modality's tokens widened by the markers and newline pieces, which end it.
+    ``meta``: the modality's tokens only (markers banned; newline pieces are text pieces, kept
+    and not stopping), nothing but EOS ends a text continuation, and a speech continuation has
+    EOS banned too (it runs its whole budget).
+    """
     from spiritlm.evals.engine import text_stop_ids
 
-    stops = text_stop_ids(lm.tokenizer)
     allowed = lm.allowed_tokens(modality).clone()
+    eos = lm.tokenizer.eos_id
+    if modality == "speech" and not proto.speech_eos and eos is not None and 0 <= eos < allowed.numel():
+        allowed[eos] = False
+    if proto.text_stops == "eos" and modality == "text" or modality == "speech" and not proto.speech_eos:
+        return allowed, []
+    stops = text_stop_ids(lm.tokenizer)
     for i in stops:
         if 0 <= i < allowed.numel():
             allowed[i] = True
     return allowed, stops
+
+
+def resolve_speaker(vocoder: Any, speaker: int | str) -> tuple[int | str, str | None]:
+    """``(speaker to use, note)``: a numeric speaker the vocoder's table lacks falls back to 0, with a note.
+
+    Meta's protocol speaks with speaker 2 of its 4-speaker vocoder; a vocoder trained here on
+    fewer speakers cannot, and the note (printed and kept in ``metrics.json``) says so.
+    """
+    if vocoder is None or not isinstance(speaker, int) and not str(speaker).isdigit():
+        return speaker, None
+    n = int(getattr(getattr(vocoder, "config", None), "num_speakers", 0) or 0)
+    if int(speaker) < max(n, 1):
+        return int(speaker), None
+    return 0, f"vocoder speaker {speaker} asked, the vocoder has {n} speaker{'s' if n != 1 else ''}: speaker 0 used"
 
 
 def run_stsp(
@@ -513,6 +696,7 @@ def run_stsp(
     judges_metrics: dict | None = None,
     extra_config: dict | None = None,
     progress: bool = False,
+    meta_reference: str | os.PathLike | None = None,
 ) -> Any:
     """Runs STSP on ``items`` with ``model`` (an :class:`spiritlm.evals.common.EvalModel`).
 
@@ -524,6 +708,11 @@ def run_stsp(
     A speech output without pitch/style tokens is voiced with the vocoder's default codes and
     judged (counted per direction in ``vocoder_filled``).
 
+    With ``out_dir``, each direction's judged labels are also written in Meta's predictions
+    layout (``pred_<direction>.jsonl``: ``{"id", "pred"}`` a line), which Meta's ``eval_stsp.py``
+    or ``spiritlm eval stsp-score`` read; with ``meta_reference`` (the Meta manifest the items
+    came from) each is scored by Meta's rules and our strict count (``meta_score``).
+
     Returns:
         :class:`spiritlm.evals.common.EvalResult` (task ``stsp``); written to ``out_dir`` when given.
     """
@@ -532,6 +721,7 @@ def run_stsp(
     from spiritlm.formats import split_modalities
 
     cfg = cfg or StspConfig()
+    proto = cfg.settings()
     bad = [d for d in cfg.directions if d not in DIRECTIONS]
     if bad:
         raise UserError(f"unknown STSP directions {bad} (choose from {', '.join(DIRECTIONS)}) (--directions)")
@@ -539,6 +729,9 @@ def run_stsp(
     items = _take_balanced(list(items), cfg.max_items)
     if not items:
         raise UserError("no STSP prompt with a sentiment label (--manifest)")
+    speaker, speaker_note = resolve_speaker(model.vocoder, proto.speaker)
+    if speaker_note and any(d.endswith("s") for d in cfg.directions):
+        print(f"[eval stsp] note: {speaker_note}", flush=True)
     skipped: dict[str, str] = {}
     vocoder_errors: dict[str, dict] = {}
     vocoder_filled: dict[str, int] = {}  # speech outputs without pitch/style tokens, voiced with the vocoder's defaults
@@ -560,22 +753,33 @@ def run_stsp(
             continue
         need = sorted({src, tgt})
         pool_d = shot_pool.get(d, ()) if isinstance(shot_pool, dict) else shot_pool
-        shots = {it.id: draw_balanced_shots(pool_d, cfg.shots, cfg.seed, it.id, need) for it in todo}
-        if cfg.shots and any(len(v) < cfg.shots for v in shots.values()):
-            skipped[d] = f"fewer than {cfg.shots} examples with {'+'.join(need)} halves in the shot pool"
-            continue
-        allowed, stops = _stop_and_allowed(lm, tgt)
-        budget = cfg.max_new_tokens_text if tgt == "text" else cfg.max_new_tokens_speech
+        if proto.shot_draw == "meta":
+            try:
+                drawn = draw_meta_shots(pool_d, cfg.shots, cfg.seed, d, need)
+            except ValueError as e:
+                skipped[d] = f"few-shot draw: {e}"
+                continue
+            if cfg.shots and not drawn:
+                skipped[d] = f"no examples with {'+'.join(need)} halves in the shot pool"
+                continue
+            shots = {it.id: list(drawn) for it in todo}
+        else:
+            shots = {it.id: draw_balanced_shots(pool_d, cfg.shots, cfg.seed, it.id, need) for it in todo}
+            if cfg.shots and any(len(v) < cfg.shots for v in shots.values()):
+                skipped[d] = f"fewer than {cfg.shots} examples with {'+'.join(need)} halves in the shot pool"
+                continue
+        allowed, stops = _stop_and_allowed(lm, tgt, proto)
+        budget = proto.max_new_tokens_text if tgt == "text" else proto.max_new_tokens_speech
         ctx = lm.config.max_seq_len
         prompts, kept = [], []
         for it in todo:
             # shots are dropped from the end until the continuation's budget fits in the context
             while True:
-                ids = lm.tokenizer.encode(build_stsp_prompt(d, it, shots[it.id]), bos=True, eos=False)
+                ids = lm.tokenizer.encode(build_stsp_prompt(d, it, shots[it.id], proto), bos=True, eos=False)
                 if len(ids) + budget <= ctx or not shots[it.id]:
                     break
                 shots[it.id] = shots[it.id][:-1]
-            if len(ids) + max(cfg.min_new_tokens, 1) > ctx:
+            if len(ids) + max(proto.min_new_tokens, 1) > ctx:
                 too_long[d] = too_long.get(d, 0) + 1
                 continue
             prompts.append(ids)
@@ -585,8 +789,8 @@ def run_stsp(
             skipped[d] = f"every prompt is longer than the model's context ({ctx} tokens)"
             continue
         outs = lm.generate_batch_ids(
-            prompts, allowed=allowed, max_new_tokens=budget, do_sample=cfg.do_sample, temperature=cfg.temperature,
-            top_p=cfg.top_p, seed=cfg.seed, min_new_tokens=cfg.min_new_tokens, batch_size=cfg.batch_size,
+            prompts, allowed=allowed, max_new_tokens=budget, do_sample=proto.do_sample, temperature=proto.temperature,
+            top_p=proto.top_p, top_k=proto.top_k, seed=cfg.seed, min_new_tokens=proto.min_new_tokens, batch_size=cfg.batch_size,
             stop_ids=stops, progress=progress,
         )
         throughput.add(getattr(lm, "last_stats", None))
@@ -596,17 +800,21 @@ def run_stsp(
             while ids and ids[-1] in stop_set:
                 ids = ids[:-1]
             texts.append(lm.tokenizer.decode(ids))
-        if tgt == "text":
+        if tgt == "text" and proto.text_stops == "eos":
+            # Meta: the decoded continuation, stripped (newlines inside kept; markers were banned)
+            outputs = [t.strip() for t in texts]
+        elif tgt == "text":
             outputs = [" ".join(s.text for s in split_modalities(t) if s.modality == "text").strip() for t in texts]
         else:
             outputs = ["".join(s.render() for s in split_modalities(t) if s.modality == "speech") for t in texts]
-        # an empty continuation has no sentiment: judged "(empty)", which is never right
-        nonempty = [i for i, o in enumerate(outputs) if o]
+        # an empty continuation has no sentiment: judged "(empty)", which is never right, unless the
+        # protocol hands it to the classifier as Meta's pipeline does (a text classifier answers anyway)
+        nonempty = [i for i, o in enumerate(outputs) if o or (tgt == "text" and proto.judge_empty)]
         if tgt == "text":
             pred = dict(zip(nonempty, text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []))
         else:
             stats: dict[str, int] = {}
-            got, errors = vocode(model.vocoder, [outputs[i] for i in nonempty], cfg.speaker, stats)
+            got, errors = vocode(model.vocoder, [outputs[i] for i in nonempty], speaker, stats)
             if stats.get("filled"):
                 vocoder_filled[d] = stats["filled"]
             if nonempty and not got:
@@ -615,12 +823,13 @@ def run_stsp(
             if errors:
                 vocoder_errors[d] = {"count": len(errors), "first": errors[0]}
             keys = sorted(got)
-            pred = dict(zip([nonempty[k] for k in keys], speech_judge.predict([got[k] for k in keys]) if keys else []))
+            labels = judge_speech(speech_judge, [got[k] for k in keys], proto.one_clip_at_a_time) if keys else []
+            pred = dict(zip([nonempty[k] for k in keys], labels))
         judged = [pred.get(i, EMPTY) for i in range(len(outputs))]
         for i, (it, out, j) in enumerate(zip(todo, outputs, judged)):
             rows.append({
                 "id": it.id, "direction": d, "label": it.label, "shot_ids": [s.id for s in shots[it.id]],
-                "seed": cfg.seed + i if cfg.do_sample else None, "output": out, "judged": j,
+                "seed": cfg.seed + i if proto.do_sample else None, "output": out, "judged": j,
                 "score": float(j == it.label), "n_tokens": len(outs[i]),
             })
     if not rows:
@@ -638,10 +847,23 @@ def run_stsp(
         d: dict(sorted(Counter(r["judged"] for r in rows if r["direction"] == d).items())) for d in DIRECTIONS
         if any(r["direction"] == d for r in rows)
     }
-    metrics["judge_ceilings"] = judge_ceilings(items, text_judge, speech_judge, model.vocoder, cfg.speaker)
+    metrics["judge_ceilings"] = judge_ceilings(items, text_judge, speech_judge, model.vocoder, speaker, proto.one_clip_at_a_time)
     if judges_metrics:
         metrics["judges"] = {k: v for k, v in judges_metrics.items() if k in ("asr", "text-sentiment", "speech-sentiment")}
-    metrics["config"] = {"model": getattr(model, "name", ""), **asdict(cfg), "directions": list(cfg.directions), **(extra_config or {})}
+    metrics["config"] = {"model": getattr(model, "name", ""), **asdict(cfg), "directions": list(cfg.directions),
+                         "settings": asdict(proto), "protocol_overrides": cfg.overrides(), "speaker_used": speaker,
+                         "speaker_note": speaker_note, **(extra_config or {})}
+    if out_dir is not None:
+        from spiritlm.evals.stsp_score import score_meta, write_meta_predictions
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for d in DIRECTIONS:
+            rs = [r for r in rows if r["direction"] == d]
+            if rs:
+                write_meta_predictions(Path(out_dir) / f"pred_{d}.jsonl", [(r["id"], r["judged"]) for r in rs])
+                if meta_reference is not None:
+                    sc = score_meta(Path(out_dir) / f"pred_{d}.jsonl", meta_reference, "sentiment")
+                    metrics.setdefault("meta_score", {})[d] = {k: sc[k] for k in ("meta", "strict", "meta_refuses")}
     thr = throughput.as_dict()
     thr["wall_seconds"] = round(time.time() - t_start, 2)
     result = EvalResult("stsp", metrics, rows, thr)
@@ -650,7 +872,19 @@ def run_stsp(
     return result
 
 
-def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_judge: Any = None, vocoder: Any = None, speaker: int | str = 0) -> dict:
+def judge_speech(judge: Any, wavs: Sequence[np.ndarray], one_clip_at_a_time: bool) -> list[str]:
+    """Sentiments of ``wavs`` by a speech judge; a Hugging Face classifier scores each clip alone
+    when ``one_clip_at_a_time`` (Meta's way: no zero padding, which changes what a wav2vec2-style
+    model without attention mask hears). Our prosodic judge pools each clip alone anyway."""
+    from spiritlm.evals.judges import HfSentimentJudge
+
+    if one_clip_at_a_time and isinstance(judge, HfSentimentJudge):
+        return judge.predict(wavs, batch_size=1)
+    return judge.predict(wavs)
+
+
+def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_judge: Any = None, vocoder: Any = None,
+                   speaker: int | str = 0, one_clip_at_a_time: bool = False) -> dict:
     """The judges' own accuracy on the prompts (what a perfectly preserving continuation could score).
 
     ``text``: text judge on the written prompts; ``speech_audio``: speech judge on the prompts'
@@ -675,14 +909,14 @@ def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_jud
                 except AudioError:
                     continue
         if its:
-            pred = speech_judge.predict(wavs)
+            pred = judge_speech(speech_judge, wavs, one_clip_at_a_time)
             out["speech_audio"] = {"accuracy": float(np.mean([p == it.label for p, it in zip(pred, its)])), "n": len(its)}
         if vocoder is not None:
             its = [it for it in items if it.speech]
             got, errors = vocode(vocoder, [it.speech for it in its], speaker) if its else ({}, [])
             if got:
                 keys = sorted(got)
-                pred = speech_judge.predict([got[k] for k in keys])
+                pred = judge_speech(speech_judge, [got[k] for k in keys], one_clip_at_a_time)
                 out["speech_vocoded"] = {"accuracy": float(np.mean([p == its[k].label for p, k in zip(pred, keys)])), "n": len(keys),
                                          "vocoder_errors": len(errors)}
     return out
@@ -716,22 +950,25 @@ def stsp_command(
     vocoder: str | None = None,
     speech_tokenizer: str | None = None,
     text_judge: str | None = None,
+    text_judge_tokenizer: str | None = None,
     speech_judge: str | None = None,
+    protocol: str = "meta",
     split: str = "test",
     shot_split: str = "train",
     shots: int = 0,
     seed: int = 0,
     directions: list[str] = list(DIRECTIONS),
-    do_sample: bool = True,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    max_new_tokens_text: int = 40,
-    max_new_tokens_speech: int = 150,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    max_new_tokens_text: int | None = None,
+    max_new_tokens_speech: int | None = None,
     max_items: int = 0,
     batch_size: int = 16,
     audio_root: str | None = None,
     shots_dir: str | None = None,
-    speaker: str = "0",
+    speaker: str | None = None,
     device: str = "cpu",
     threads: int = 0,
     progress: bool = True,
@@ -750,22 +987,29 @@ def stsp_command(
         vocoder: vocoder folder (needed by T→S and S→S).
         speech_tokenizer: speech tokenizer folder (speech prompts from audio when --units lacks them).
         text_judge: a text sentiment judge folder (ours or a Hugging Face text classifier) instead of --judges'.
-        speech_judge: a speech sentiment judge folder (ours or a Hugging Face audio classifier) instead of --judges'.
+        text_judge_tokenizer: folder of the Hugging Face text classifier's tokenizer when --text_judge has none
+            (Meta's RoBERTa-large classifier uses j-hartmann/sentiment-roberta-large-english-3-classes's).
+        speech_judge: a speech sentiment judge folder (ours or a Hugging Face audio classifier, e.g. Meta's
+            Expresso emotion classifier) instead of --judges'.
+        protocol: meta (Meta's released script: 50/300 tokens, EOS-only text stops, speech EOS banned, top-k 50,
+            speaker 2, newline-separated few-shot examples drawn once per run) or ours (faster; evals/README.md).
         split: the prompts' split in a corpus manifest (ignored for Meta's files, which are one split each).
         shot_split: split the few-shot examples come from.
         shots: few-shot examples per prompt (0: zero-shot).
         seed: seed of the shot draws and of sampling.
         directions: any of t2t, t2s, s2t, s2s.
-        do_sample: sample (temperature, top_p) or decode greedily.
-        temperature: sampling temperature (paper: 0.8).
-        top_p: nucleus mass (paper: 0.95).
-        max_new_tokens_text: budget of text continuations (tokens).
-        max_new_tokens_speech: budget of speech continuations (tokens).
+        do_sample: sample or decode greedily (default: the protocol's, sampling).
+        temperature: sampling temperature (default: the protocol's, 0.8 as the paper and Meta's script).
+        top_p: nucleus mass (default: the protocol's, 0.95).
+        top_k: keep the k likeliest tokens (default: the protocol's: meta 50, ours 0 = off).
+        max_new_tokens_text: budget of text continuations (default: meta 50, ours 40).
+        max_new_tokens_speech: budget of speech continuations (default: meta 300, ours 150).
         max_items: at most this many prompts, balanced over labels (0: all).
         batch_size: rows decoded together.
         audio_root: folder Meta's ``wav_path`` values are relative to (default: the manifest's folder and its parents).
         shots_dir: Meta's few-shot folder (``{t2t,t2s,s2t,s2s}.jsonl``) for few-shot runs on Meta's manifests.
-        speaker: vocoder speaker of speech outputs (row number or name).
+        speaker: vocoder speaker of speech outputs, row number or name (default: meta 2, falling back to 0 with a
+            note on a vocoder with fewer speakers; ours 0).
         device: cpu or cuda.
         threads: torch CPU threads (0: leave torch's setting).
         progress: show progress bars.
@@ -776,20 +1020,29 @@ def stsp_command(
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: no such manifest (--manifest)")
     meta_layout = is_meta_stsp_manifest(manifest)
+    get_protocol(protocol)
     # a bad line is named (path:line) before the model loads
     manifest_items = None if meta_layout else load_manifest_items(manifest, split)
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise UserError(f"unknown STSP directions {bad} (choose from {', '.join(DIRECTIONS)}) (--directions)")
     for value, flag, low in ((shots, "--shots", 0), (max_items, "--max_items", 0), (batch_size, "--batch_size", 1),
-                             (max_new_tokens_text, "--max_new_tokens_text", 1), (max_new_tokens_speech, "--max_new_tokens_speech", 1)):
-        if value < low:
+                             (max_new_tokens_text, "--max_new_tokens_text", 1), (max_new_tokens_speech, "--max_new_tokens_speech", 1),
+                             (top_k, "--top_k", 0)):
+        if value is not None and value < low:
             raise UserError(f"{flag} must be >= {low}, got {value} ({flag})")
     dirs = resolve_judge_dirs(judges, text_judge=text_judge, speech_judge=speech_judge)
     if judges and not Path(judges).is_dir():
         raise UserError(f"{judges}: no such judges directory (train one with `spiritlm eval judges`) (--judges)")
     check_model_paths(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer)
+    if text_judge_tokenizer is not None and not Path(text_judge_tokenizer).exists():
+        raise UserError(f"{text_judge_tokenizer}: no such tokenizer folder (--text_judge_tokenizer)")
     units_map = load_units(units) if units else None
+    if meta_layout:
+        # as Meta's sanity_check_download.py, before any model loads: every WAV the manifest names
+        from spiritlm.evals.stsp_score import check_manifest_audio
+
+        check_manifest_audio(manifest, meta_audio_paths(manifest, audio_root))
 
     from spiritlm.evals.judges import load_judges_metrics, load_speech_sentiment_judge, load_text_sentiment_judge
 
@@ -798,12 +1051,16 @@ def stsp_command(
 
         torch.set_num_threads(threads)
     em = load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
-    tj = load_text_sentiment_judge(dirs["text-sentiment"], device) if dirs["text-sentiment"] else None
+    try:
+        tj = load_text_sentiment_judge(dirs["text-sentiment"], device, tokenizer=text_judge_tokenizer) if dirs["text-sentiment"] else None
+    except ValueError as e:
+        raise UserError(f"{e}") from None
     sj = load_speech_sentiment_judge(dirs["speech-sentiment"], device) if dirs["speech-sentiment"] else None
     problems: list[dict] = []
     pool: list[StspItem] | dict[str, list[StspItem]] = []
     if meta_layout:
-        items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer, expressive=em.expressive)
+        items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer,
+                                         expressive=em.expressive, meta_labels=protocol == "meta")
         if shots:
             if not shots_dir:
                 raise UserError(f"{manifest}: few-shot STSP on Meta's files needs Meta's few-shot folder (--shots_dir)")
@@ -816,13 +1073,14 @@ def stsp_command(
             problems.append({"error": f"{n_bad} prompts have no units in {units}: text directions only"})
         if shots:
             pool, _ = items_from_manifest(load_manifest_items(manifest, shot_split), units_map, em.expressive)
-    speaker_arg: int | str = int(speaker) if str(speaker).isdigit() else speaker
+    speaker_arg: int | str | None = int(speaker) if speaker is not None and str(speaker).isdigit() else speaker
     cfg = StspConfig(
-        directions=tuple(directions), shots=shots, seed=seed, do_sample=do_sample, temperature=temperature, top_p=top_p,
-        max_new_tokens_text=max_new_tokens_text, max_new_tokens_speech=max_new_tokens_speech, max_items=max_items,
-        batch_size=batch_size, speaker=speaker_arg,
+        directions=tuple(directions), shots=shots, seed=seed, protocol=protocol, do_sample=do_sample, temperature=temperature,
+        top_p=top_p, top_k=top_k, max_new_tokens_text=max_new_tokens_text, max_new_tokens_speech=max_new_tokens_speech,
+        max_items=max_items, batch_size=batch_size, speaker=speaker_arg,
     )
     extra = {"manifest": str(manifest), "units": units, "vocoder": vocoder, "judges": {k: v for k, v in dirs.items() if k != "asr"},
              "skipped_items": problems}
     run_stsp(em, items, text_judge=tj, speech_judge=sj, shot_pool=pool, cfg=cfg, out_dir=out,
-             judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra, progress=progress)
+             judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra, progress=progress,
+             meta_reference=manifest if meta_layout else None)

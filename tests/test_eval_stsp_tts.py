@@ -73,10 +73,11 @@ def test_stsp_prompts_in_each_direction():
     assert S.build_stsp_prompt("s2t", target) == "[Speech][Hu1][Hu2][Text]"
     assert S.build_stsp_prompt("s2s", target) == "[Speech][Hu1][Hu2]"
     # a shot: the example's first half in the source modality, its second half in the target one
-    assert S.build_stsp_prompt("t2s", target, [shot]) == "[Text]first7[Speech][Hu57][Text]text 1 words[Speech]"
-    assert S.build_stsp_prompt("s2t", target, [shot]) == "[Speech][Hu7][Text]second7[Speech][Hu1][Hu2][Text]"
-    assert S.build_stsp_prompt("t2t", target, [shot]) == "[Text]first7 second7[Text]text 1 words"
-    assert S.build_stsp_prompt("s2s", target, [shot]) == "[Speech][Hu7][Hu57][Speech][Hu1][Hu2]"
+    ours = S.PROTOCOLS["ours"]
+    assert S.build_stsp_prompt("t2s", target, [shot], ours) == "[Text]first7[Speech][Hu57][Text]text 1 words[Speech]"
+    assert S.build_stsp_prompt("s2t", target, [shot], ours) == "[Speech][Hu7][Text]second7[Speech][Hu1][Hu2][Text]"
+    assert S.build_stsp_prompt("t2t", target, [shot], ours) == "[Text]first7 second7[Text]text 1 words"
+    assert S.build_stsp_prompt("s2s", target, [shot], ours) == "[Speech][Hu7][Hu57][Speech][Hu1][Hu2]"
 
 
 def test_stsp_shots_are_k_balanced_seeded_and_never_the_target():
@@ -156,8 +157,9 @@ def test_reads_meta_few_shot_files_with_wav_halves(tmp_path):
     assert pools["t2t"][0].label == "positive" and pools["t2t"][0].halves == {"text": ("i love", "this place")}
     target = S.StspItem("t", "negative", text="what a day", speech="[Hu5]")
     # the speech prompt is the first half of the samples, the speech continuation the second half
-    assert S.build_stsp_prompt("s2t", target, pools["s2t"]) == "[Speech][Hu1000][Hu1][Text]so sad[Speech][Hu5][Text]"
-    assert S.build_stsp_prompt("t2s", target, pools["t2s"]) == "[Text]oh well[Speech][Hu1001][Hu9][Text]what a day[Speech]"
+    # (Meta's protocol, the default: a newline after each example)
+    assert S.build_stsp_prompt("s2t", target, pools["s2t"]) == "[Speech][Hu1000][Hu1][Text]so sad\n[Speech][Hu5][Text]"
+    assert S.build_stsp_prompt("t2s", target, pools["t2s"]) == "[Text]oh well[Speech][Hu1001][Hu9]\n[Text]what a day[Speech]"
     with pytest.raises(UserError, match=r"t2s.jsonl:1: speech examples need a speech tokenizer"):
         S.read_meta_few_shot(shots)
     (shots / "t2t.jsonl").write_text('{"prompt": "a"}\n')
@@ -215,7 +217,7 @@ def test_stsp_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
     items, missing = S.items_from_manifest(test, tiny["units"], expressive=False)
     pool, _ = S.items_from_manifest(train, tiny["units"], expressive=False)
     assert missing == 0 and len(items) == 6 and all(it.speech and "speech" in it.halves for it in items)
-    cfg = S.StspConfig(shots=3, seed=5, max_new_tokens_text=8, max_new_tokens_speech=20)
+    cfg = S.StspConfig(shots=3, seed=5, max_new_tokens_text=8, max_new_tokens_speech=20, protocol="ours")
     res = S.run_stsp(tiny["model"], items, text_judge=tiny["text"], speech_judge=tiny["speech"], shot_pool=pool, cfg=cfg, out_dir=tmp_path / "a")
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["task"] == "stsp"
@@ -250,7 +252,7 @@ def test_stsp_without_vocoder_skips_speech_outputs(tiny, tmp_path):
     items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
     model = EvalModel(lm=tiny["model"].lm, vocoder=None, name="tiny")
     res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
-                     cfg=S.StspConfig(do_sample=False, max_new_tokens_text=6))
+                     cfg=S.StspConfig(do_sample=False, max_new_tokens_text=6, protocol="ours"))
     assert res.metrics["skipped_directions"] == {"t2s": "no vocoder", "s2s": "no vocoder"}
     assert res.metrics["accuracy_avg"]["directions"] == ["t2t", "s2t"]
     with pytest.raises(UserError, match="ran no direction"):
@@ -261,8 +263,9 @@ def test_stsp_drops_shots_to_fit_the_context(tiny):
     items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
     pool, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "train"], tiny["units"], expressive=False)
     lm = tiny["model"].lm
-    cfg = S.StspConfig(directions=("s2t",), shots=3, do_sample=False, max_new_tokens_text=10)
-    full = max(len(lm.tokenizer.encode(S.build_stsp_prompt("s2t", it, S.draw_balanced_shots(pool, 3, 0, it.id, ["speech", "text"])),
+    cfg = S.StspConfig(directions=("s2t",), shots=3, do_sample=False, max_new_tokens_text=10, protocol="ours")
+    ours = S.PROTOCOLS["ours"]
+    full = max(len(lm.tokenizer.encode(S.build_stsp_prompt("s2t", it, S.draw_balanced_shots(pool, 3, 0, it.id, ["speech", "text"]), ours),
                                        bos=True)) for it in items)
     saved = lm.config.max_seq_len
     try:
@@ -272,7 +275,7 @@ def test_stsp_drops_shots_to_fit_the_context(tiny):
         for r in res.predictions:
             it = next(i for i in items if i.id == r["id"])
             shots = [next(p for p in pool if p.id == sid) for sid in r["shot_ids"]]
-            assert len(lm.tokenizer.encode(S.build_stsp_prompt("s2t", it, shots), bos=True)) + 10 <= full or not shots
+            assert len(lm.tokenizer.encode(S.build_stsp_prompt("s2t", it, shots, ours), bos=True)) + 10 <= full or not shots
         lm.config.max_seq_len = 8  # not even a target fits
         with pytest.raises(UserError, match="every prompt is longer than the model's context"):
             S.run_stsp(tiny["model"], items, text_judge=tiny["text"], shot_pool=pool, cfg=cfg)
@@ -292,7 +295,7 @@ def test_stsp_counts_outputs_the_vocoder_refuses(tiny):
     model = EvalModel(lm=tiny["model"].lm, vocoder=Vocoder(UnitHifiGAN(cfg)), name="tiny")
     items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
     res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
-                     cfg=S.StspConfig(directions=("t2t", "t2s"), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8))
+                     cfg=S.StspConfig(directions=("t2t", "t2s"), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8, protocol="ours"))
     assert res.metrics["skipped_directions"]["t2s"].startswith("the vocoder refused every output: ")
     assert "pitch" in res.metrics["skipped_directions"]["t2s"]
     assert res.metrics["accuracy_avg"]["directions"] == ["t2t"]
@@ -312,7 +315,7 @@ def test_stsp_judges_hubert_only_outputs_with_the_vocoders_default_codes(tiny):
     model = EvalModel(lm=tiny["model"].lm, vocoder=Vocoder(UnitHifiGAN(cfg)), name="tiny")
     items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
     res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
-                     cfg=S.StspConfig(directions=("t2s",), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8))
+                     cfg=S.StspConfig(directions=("t2s",), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8, protocol="ours"))
     assert "t2s" not in res.metrics["skipped_directions"] and res.metrics["vocoder_errors"] == {}
     speech_rows = [r for r in res.predictions if r["output"]]
     assert speech_rows and res.metrics["vocoder_filled"] == {"t2s": len(speech_rows)}
