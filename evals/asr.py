@@ -10,7 +10,12 @@ The shots are drawn from the shot split (``train``) with :func:`spiritlm.evals.c
 ``max_new_tokens`` free in the model's context are dropped from the end (the number used is
 recorded per item). Decoding is greedy over text pieces, markers and EOS, batched
 (``SpiritLM.generate_batch_ids``); an answer ends at the next modality marker, EOS or a newline,
-which is what the shots teach. WER and CER are computed with jiwer after
+which is what the shots teach (Meta's ``Spiritlm.generate`` bans the markers in text outputs, so
+an answer there runs on to EOS or the budget: evals/README.md). Each answer's budget comes from
+its reference: ``min(max_new_tokens, 2 × reference tokens + 10)``, rounded up to a multiple of 25
+(rows with equal budgets decode together); the default ceiling, 384 tokens, is above twice the
+longest LibriSpeech transcript, so it never cuts a right answer. ``config.hit_budget`` counts
+the answers that ran to their budget without stopping. WER and CER are computed with jiwer after
 :func:`~spiritlm.evals.common.normalize_text`, with 95% bootstrap intervals over utterances.
 
 Chance level: a model that ignores the speech and answers with a transcript of the training
@@ -45,7 +50,7 @@ from spiritlm.evals.common import (
 from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
 from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER
 
-__all__ = ["build_asr_prompt", "clean_answer", "render_shot", "run_asr", "select_items"]
+__all__ = ["answer_budget", "build_asr_prompt", "clean_answer", "render_shot", "run_asr", "select_items"]
 
 
 def select_items(items: Sequence[dict], max_items: int | None, seed: int) -> list[dict]:
@@ -81,6 +86,15 @@ def clean_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
     return tokenizer.decode(body).split("\n")[0].strip()
 
 
+def answer_budget(ref_tokens: int, ceiling: int, length_ratio: float = 2.0) -> int:
+    """``min(ceiling, length_ratio × ref_tokens + 10)`` rounded up to a multiple of 25 (rows share batches).
+
+    >>> answer_budget(12, 384), answer_budget(300, 384)
+    (50, 384)
+    """
+    return int(min(ceiling, -(-int(length_ratio * ref_tokens + 10) // 25) * 25))
+
+
 def run_asr(
     model: EvalModel,
     manifest: str | Path,
@@ -93,7 +107,8 @@ def run_asr(
     shot_split: str = "train",
     max_items: int | None = None,
     batch_size: int = 16,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 384,
+    length_ratio: float = 2.0,
     progress: bool = True,
 ) -> EvalResult:
     """k-shot ASR on a manifest split; writes ``metrics.json`` and ``predictions.jsonl`` to ``out_dir``.
@@ -108,7 +123,8 @@ def run_asr(
         split: the split evaluated; ``shot_split``: the split shots come from.
         max_items: evaluate a seeded sample of this many items (None: all).
         batch_size: prompts decoded together.
-        max_new_tokens: longest answer (tokens).
+        max_new_tokens: ceiling of an answer's budget (tokens).
+        length_ratio: an answer's budget is ``length_ratio × reference tokens + 10`` (then the ceiling).
         progress: tqdm bar.
 
     Items without units, or whose target alone does not fit, are skipped and counted
@@ -128,7 +144,7 @@ def run_asr(
 
     if targets:
         check_speech_vocabulary(model, targets[0][1], units)
-    prompts, records, skipped = [], [], [{"id": i, "reason": "no units"} for i in missing_t]
+    prompts, budgets, records, skipped = [], [], [], [{"id": i, "reason": "no units"} for i in missing_t]
     for item, speech in targets:
         chosen = draw_shots(pool_items, shots, seed, str(item["id"])) if shots > 0 else []
         # markers split the sentencepiece runs, so encoding the parts = encoding their concatenation
@@ -137,9 +153,11 @@ def run_asr(
         if 1 + len(target_ids) >= max_len:
             skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
             continue
-        k = fit_shots([len(s) for s in shot_ids], 1 + len(target_ids), max_len, max_new_tokens)
+        budget = answer_budget(len(tok.encode(item["text"])), max_new_tokens, length_ratio)
+        k = fit_shots([len(s) for s in shot_ids], 1 + len(target_ids), max_len, budget)
         ids = [tok.bos_id] + [t for s in shot_ids[:k] for t in s] + target_ids
         prompts.append(ids)
+        budgets.append(budget)
         records.append((item, [str(s["id"]) for s in chosen[:k]]))
     if not prompts:
         raise UserError(f"{manifest}: no {split!r} item could be evaluated ({len(skipped)} skipped: "
@@ -149,13 +167,21 @@ def run_asr(
     stop = text_stop_ids(tok)
     allowed[[i for i in stop if i < allowed.numel()]] = True
     thr = Throughput()
-    outs = lm.generate_batch_ids(prompts, allowed=allowed, max_new_tokens=max_new_tokens, do_sample=False,
-                                 batch_size=batch_size, stop_ids=stop, progress=progress)
-    thr.add(lm.last_stats)
+    outs: list[list[int]] = [[] for _ in prompts]
+    for b in sorted(set(budgets)):  # one call per budget (the engine takes one budget per call)
+        idx = [i for i, x in enumerate(budgets) if x == b]
+        got = lm.generate_batch_ids([prompts[i] for i in idx], allowed=allowed, max_new_tokens=b, do_sample=False,
+                                    batch_size=batch_size, stop_ids=stop, progress=progress)
+        thr.add(lm.last_stats)
+        for i, o in zip(idx, got):
+            outs[i] = o
+    stop_set = set(stop) | {tok.eos_id}
+    hit_budget = sum(1 for o, b, p in zip(outs, budgets, prompts)
+                     if not (o and o[-1] in stop_set) and len(o) >= min(b, max_len - len(p)))
 
     chance_rng = random.Random(f"{seed}:asr-chance")
     refs, hyps, w_counts, c_counts, wc_chance, cc_chance, predictions = [], [], [], [], [], [], []
-    for (item, shot_ids), ids, prompt in zip(records, outs, prompts):
+    for (item, shot_ids), ids, prompt, budget in zip(records, outs, prompts, budgets):
         hyp = clean_answer(tok, ids, stop)
         ref = item["text"]
         w, c = edit_counts(ref, hyp, "word"), edit_counts(ref, hyp, "char")
@@ -167,7 +193,7 @@ def run_asr(
         w_counts.append(w)
         c_counts.append(c)
         predictions.append({
-            "id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompt),
+            "id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompt), "budget": budget,
             "reference": ref, "output": hyp,
             "score": {"word_errors": w[0], "ref_words": w[1], "char_errors": c[0], "ref_chars": c[1]},
         })
@@ -185,7 +211,9 @@ def run_asr(
             "model": model.name, "manifest": str(manifest), "units": str(units), "split": split,
             "shot_split": shot_split, "seed": seed, "shots": shots, "shots_used_min": min(shots_used),
             "shots_used_mean": round(float(np.mean(shots_used)), 3), "shots_used_max": max(shots_used),
-            "max_seq_len": max_len, "max_new_tokens": max_new_tokens, "max_items": max_items,
+            "max_seq_len": max_len, "max_new_tokens": max_new_tokens, "length_ratio": length_ratio,
+            "budget": f"min({max_new_tokens}, {length_ratio} x reference tokens + 10), rounded up to 25",
+            "hit_budget": hit_budget, "max_items": max_items,
             "decoding": "greedy", "skipped": len(skipped), "skipped_items": skipped[:50],
         },
     }

@@ -52,7 +52,7 @@ def asr(
     shot_split: str = "train",
     max_items: int | None = None,
     batch_size: int = 16,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 384,
     vocoder: str | None = None,
     speech_tokenizer: str | None = None,
     device: str = "cpu",
@@ -74,7 +74,7 @@ def asr(
         shot_split: split the shots come from.
         max_items: evaluate a seeded sample of this many items (default: all).
         batch_size: prompts decoded together.
-        max_new_tokens: longest transcript, in tokens.
+        max_new_tokens: ceiling of an answer's budget, min(ceiling, 2 x reference tokens + 10) (tokens).
         vocoder: vocoder folder (unused by asr; accepted so every task takes the same flags).
         speech_tokenizer: speech tokenizer folder (unused by asr: inputs are units).
         device: cpu or cuda.

@@ -32,6 +32,8 @@ from spiritlm.constants import STREAM_RATES
 
 #: The evaluation tasks, in the order the report lists them.
 EVAL_TASKS = ("asr", "tts", "ic", "stsp", "zeroshot")
+#: the demo's second STSP run, ``--protocol ours`` (``evals/stsp`` holds ``--protocol meta``)
+STSP_OURS = "stsp-ours"
 #: LM subsets and their colours in the loss plot.
 SUBSET_COLOURS = {"speech": "tab:blue", "text": "tab:orange", "interleaved": "tab:green"}
 #: Token streams of Meta's unit dict and their labels in the plots.
@@ -584,6 +586,37 @@ def _collect_rows(layout: DemoLayout) -> tuple[list[MetricRow], list[str]]:
     return rows, notes
 
 
+def stsp_protocols_section(layout: DemoLayout) -> list[str]:
+    """Markdown lines: STSP accuracy per direction under ``--protocol meta`` and ``--protocol ours``, side by side."""
+    runs = {name: _read_json(layout.eval_dir(task) / "metrics.json") for name, task in (("meta", "stsp"), ("ours", STSP_OURS))}
+    if not any(isinstance(m, dict) for m in runs.values()):
+        return []
+
+    def cell(m: Any, key: str) -> str:
+        rec = m.get(key) if isinstance(m, dict) else None
+        if not isinstance(rec, dict) or rec.get("value") is None:
+            return "—"
+        ci = rec.get("ci95") or [None, None]
+        return f"{_fmt(rec['value'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] (chance {_fmt(rec.get('chance'))}, n {rec.get('n', '?')})"
+
+    md = ["", "### STSP under both protocols", "",
+          "`--protocol meta` decodes and prompts as Meta's released script (50/300 new tokens, text ends at EOS only, "
+          "speech EOS banned, top-k 50, speaker 2); `--protocol ours` is the cheaper setup (40/150 tokens, stops at a marker "
+          "or newline, no top-k, speaker 0). evals/README.md lists every difference.", "",
+          "| direction | meta | ours |", "|---|---|---|"]
+    for d in ("t2t", "t2s", "s2t", "s2s", "avg"):
+        md.append(f"| {d} | {cell(runs['meta'], f'accuracy_{d}')} | {cell(runs['ours'], f'accuracy_{d}')} |")
+    for name, m in runs.items():
+        if not isinstance(m, dict):
+            md.append(f"\n*{name}: no metrics.json.*")
+            continue
+        extra = [f"{k}: {v}" for k, v in (m.get("skipped_directions") or {}).items()]
+        note = (m.get("config") or {}).get("speaker_note")
+        if extra or note:
+            md.append(f"\n*{name}: " + "; ".join(extra + ([note] if note else [])) + ".*")
+    return md
+
+
 def build_report(demo_dir: str | os.PathLike) -> Path:
     """Writes ``DEMO/report/report.md`` (and its PNGs and WAVs) from a demo folder; returns its path.
 
@@ -623,6 +656,7 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
     md.append(metrics_table(rows) if rows else "*No metrics found.*")
     if notes:
         md += ["", "Missing:", *[f"- {n}" for n in notes]]
+    md += stsp_protocols_section(layout)
     png = plot_metrics_vs_chance(rows, out / "metrics_vs_chance.png")
     if png is not None:
         md += ["", f"![metrics vs chance]({png.name})"]

@@ -11,7 +11,13 @@ Shots are drawn per target with :func:`spiritlm.evals.common.draw_shots` (seeded
 (:func:`spiritlm.evals.engine.fit_shots`). Decoding is greedy by default; the output may hold
 speech tokens only, and ends at EOS, a modality marker (what follows a speech answer in the
 shots) or a newline, or after ``min(max_new_tokens, length_ratio × reference tokens + 10)`` tokens (rounded up to a
-multiple of 25 so that rows share batches).
+multiple of 25 so that rows share batches). Meta's ``Spiritlm.generate`` bans EOS and the markers
+in speech outputs (an answer always runs to its budget, and the judge then hears whatever
+follows the target's words): we keep the stops the shots teach; evals/README.md sets both side
+by side. The default ceiling, 2048 tokens, is above the longest LibriSpeech utterance's token
+count (35 s: at most 875 HuBERT frames at 25 Hz before deduplication, 437 pitch, 35 style), so it never cuts a right-length answer;
+the model's context can. Speech is voiced with speaker 2, as ``Spiritlm.generate``'s default (a
+vocoder with fewer speakers falls back to 0 with a note).
 
 Scores:
 
@@ -59,7 +65,7 @@ class TtsConfig:
         length_ratio: budget relative to the reference's token count (+10).
         max_items: at most this many targets (0: all).
         batch_size: rows decoded together.
-        speaker: vocoder speaker.
+        speaker: vocoder speaker (Meta's default 2; falls back to 0 with a note on a smaller vocoder).
     """
 
     shots: int = 10
@@ -67,11 +73,11 @@ class TtsConfig:
     do_sample: bool = False
     temperature: float = 0.8
     top_p: float = 0.95
-    max_new_tokens: int = 300
+    max_new_tokens: int = 2048
     length_ratio: float = 2.0
     max_items: int = 0
     batch_size: int = 16
-    speaker: int | str = 0
+    speaker: int | str = 2
 
 
 def tts_shot(text: str, speech: str) -> str:
@@ -122,6 +128,7 @@ def run_tts(
     from spiritlm.audio import AudioError, load_audio
     from spiritlm.evals.common import (EvalResult, bootstrap_ci, draw_shots, edit_counts, metric, ratio_of_sums,
                                        speech_string, units_of, write_eval_outputs)
+    from spiritlm.evals.asr import answer_budget
     from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
 
     cfg = cfg or TtsConfig()
@@ -154,7 +161,7 @@ def run_tts(
     for it in tgts:
         ref_len = len(tok.encode(it["speech"]))
         # rounded up to a multiple of 25 tokens: rows with equal budgets decode in one batch
-        budget = int(min(cfg.max_new_tokens, -(-int(cfg.length_ratio * ref_len + 10) // 25) * 25))
+        budget = answer_budget(ref_len, cfg.max_new_tokens, cfg.length_ratio)
         shots = draw_shots(shots_pool, cfg.shots, cfg.seed, str(it["id"])) if cfg.shots else []
         rendered = [tts_shot(s["text"], s["speech"]) for s in shots]
         fixed = len(tok.encode(build_tts_prompt(it["text"], []), bos=True))
@@ -197,11 +204,15 @@ def run_tts(
     char_counts: list[tuple[int, int] | None] = [None] * len(items)
     notes = []
     if model.vocoder is not None and asr_judge is not None:
-        from spiritlm.evals.stsp import vocode
+        from spiritlm.evals.stsp import resolve_speaker, vocode
 
+        speaker, speaker_note = resolve_speaker(model.vocoder, cfg.speaker)
+        if speaker_note:
+            print(f"[eval tts] note: {speaker_note}", flush=True)
+            notes.append(speaker_note)
         nonempty = [i for i, h in enumerate(hyps) if h]
         stats: dict[str, int] = {}
-        got, errors = vocode(model.vocoder, [hyps[i] for i in nonempty], cfg.speaker, stats)
+        got, errors = vocode(model.vocoder, [hyps[i] for i in nonempty], speaker, stats)
         keys = sorted(got)
         for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]) if keys else []):
             transcripts[nonempty[k]] = t
@@ -213,7 +224,7 @@ def run_tts(
         metrics["cer"] = metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=cfg.seed, statistic=ratio_of_sums), chance, len(items),
                                 empty_outputs=len(items) - len(nonempty), vocoder_refused=len(errors),
                                 vocoder_filled=stats.get("filled", 0), empty_output_rate=1.0)
-        got, errors = vocode(model.vocoder, [it["speech"] for it in items], cfg.speaker)
+        got, errors = vocode(model.vocoder, [it["speech"] for it in items], speaker)
         keys = sorted(got)
         if keys:
             rc = np.array([edit_counts(refs_text[k], t, "char") for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]))],
@@ -270,10 +281,10 @@ def tts_command(
     shots: int = 10,
     seed: int = 0,
     do_sample: bool = False,
-    max_new_tokens: int = 300,
+    max_new_tokens: int = 2048,
     max_items: int = 0,
     batch_size: int = 16,
-    speaker: str = "0",
+    speaker: str = "2",
     device: str = "cpu",
     threads: int = 0,
 ) -> None:
@@ -295,10 +306,10 @@ def tts_command(
         shots: examples per prompt (paper: 10).
         seed: seed of the shot draws (and of sampling).
         do_sample: sample (temperature 0.8, top_p 0.95) instead of greedy decoding.
-        max_new_tokens: hard budget of a generation (tokens).
+        max_new_tokens: ceiling of a generation's budget, min(ceiling, 2 x reference tokens + 10) (tokens).
         max_items: at most this many targets (0: all).
         batch_size: rows decoded together.
-        speaker: vocoder speaker (row number or name).
+        speaker: vocoder speaker, row number or name (Meta's default 2; 0 with a note on a smaller vocoder).
         device: cpu or cuda.
         threads: torch CPU threads (0: leave torch's setting).
     """

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spiritlm.errors import UserError
-from spiritlm.evals.report import EVAL_TASKS, DemoLayout, build_report
+from spiritlm.evals.report import EVAL_TASKS, STSP_OURS, DemoLayout, build_report
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -285,6 +285,12 @@ def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
             needs += [L.vocoder / "config.json", L.judges / "judges_metrics.json"]
         if task == "zeroshot":  # spoken pseudo-words are tokenized with the demo's tokenizer
             argv += ["--speech_tokenizer", str(L.tokenizer)]
+        if task == "stsp":  # both protocols, side by side in the report: Meta's (the default) and ours
+            ours = [*argv[: argv.index("--out") + 1], str(L.eval_dir(STSP_OURS)), *argv[argv.index("--out") + 2:], "--protocol", "ours"]
+            stages.append(Stage("eval-stsp", [[*argv, "--protocol", "meta"], ours],
+                                outputs=[L.eval_dir(task) / "metrics.json", L.eval_dir(STSP_OURS) / "metrics.json"],
+                                owns=[L.eval_dir(task), L.eval_dir(STSP_OURS)], needs=needs))
+            continue
         stages.append(Stage(f"eval-{task}", [argv], outputs=[L.eval_dir(task) / "metrics.json"], owns=[L.eval_dir(task)], needs=needs))
     return stages
 

@@ -155,7 +155,7 @@ def test_every_command_the_demo_runs_parses(tmp_path, preset):
                 with pytest.raises(jsonargparse.ArgumentError):  # the parser does reject what it does not know
                     parser.parse_args([*rest, "--no_such_flag", "1"])
             checked += 1
-    assert checked == 21
+    assert checked == 22  # eval-stsp runs two commands: --protocol meta and --protocol ours
 
 
 @pytest.mark.slow

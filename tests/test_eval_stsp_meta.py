@@ -322,3 +322,65 @@ def test_emotion_classifier_one_clip_at_a_time_as_meta_scores_it(tmp_path):
     judge = load_speech_sentiment_judge(tmp_path / "emo")
     assert judge.predict(wavs, batch_size=1) == expected
     assert S.judge_speech(judge, wavs, one_clip_at_a_time=True) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo runs both protocols; the report shows them side by side
+# ---------------------------------------------------------------------------------------------
+
+
+def test_demo_runs_stsp_under_both_protocols_and_the_report_sets_them_side_by_side(tmp_path):
+    from spiritlm.evals.report import STSP_OURS, DemoLayout, stsp_protocols_section
+    from spiritlm.recipes import demo as demo_mod
+
+    stage = next(s for s in demo_mod.build_stages(tmp_path, demo_mod.PRESETS["quick"], 0) if s.name == "eval-stsp")
+    L = DemoLayout(tmp_path)
+    (meta_cmd, ours_cmd) = stage.commands
+    assert meta_cmd[meta_cmd.index("--protocol") + 1] == "meta" and meta_cmd[meta_cmd.index("--out") + 1] == str(L.eval_dir("stsp"))
+    assert ours_cmd[ours_cmd.index("--protocol") + 1] == "ours" and ours_cmd[ours_cmd.index("--out") + 1] == str(L.eval_dir(STSP_OURS))
+    # the same model, items, judges and seed: only the protocol differs
+    strip = lambda c: [a for i, a in enumerate(c) if a not in ("--out", "--protocol") and c[i - 1] not in ("--out", "--protocol")]  # noqa: E731
+    assert strip(meta_cmd) == strip(ours_cmd)
+    assert L.eval_dir(STSP_OURS) / "metrics.json" in stage.outputs
+
+    assert stsp_protocols_section(L) == []  # nothing ran yet: no section
+    rec = lambda v, c: {"value": v, "ci95": [v - 0.1, v + 0.1], "chance": c, "n": 8}  # noqa: E731
+    for task, vals, note in (("stsp", (0.5, 0.25), "vocoder speaker 2 asked, the vocoder has 1 speaker: speaker 0 used"),
+                             (STSP_OURS, (0.375, 0.125), None)):
+        L.eval_dir(task).mkdir(parents=True)
+        (L.eval_dir(task) / "metrics.json").write_text(json.dumps({
+            "accuracy_t2t": rec(vals[0], 0.3333), "accuracy_s2s": rec(vals[1], 0.3333),
+            "skipped_directions": {"t2s": "no vocoder"}, "config": {"speaker_note": note}}))
+    md = "\n".join(stsp_protocols_section(L))
+    assert "| t2t | 0.5 [0.4, 0.6] (chance 0.3333, n 8) | 0.375 [0.275, 0.475] (chance 0.3333, n 8) |" in md
+    assert "| s2s | 0.25 [0.15, 0.35] (chance 0.3333, n 8) | 0.125 [0.025, 0.225] (chance 0.3333, n 8) |" in md
+    assert "| t2s | — | — |" in md and "*meta: t2s: no vocoder; vocoder speaker 2 asked" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# ASR / TTS budgets and speaker
+# ---------------------------------------------------------------------------------------------
+
+
+def test_answer_budgets_follow_the_reference_under_a_ceiling():
+    from spiritlm.evals.asr import answer_budget
+
+    assert answer_budget(12, 384) == 50 and answer_budget(20, 384) == 50 and answer_budget(21, 384) == 75
+    assert answer_budget(187, 384) == 384  # the ceiling
+    # a 35 s LibriSpeech utterance (the corpus's longest) is ~100 words, ~150 LLaMA tokens: its budget stays under the ceiling
+    assert answer_budget(150, 384) == 325 and answer_budget(150, 384) >= 150
+    # TTS: 35 s of expressive tokens is at most 875 + 437 + 35 before deduplication; 2048 never cuts it
+    assert answer_budget(1347, 2048) >= 1347
+
+
+def test_speaker_falls_back_with_a_note_on_a_smaller_vocoder():
+    class Voc:
+        class config:
+            num_speakers = 4
+
+    assert S.resolve_speaker(Voc(), 2) == (2, None)
+    Voc.config.num_speakers = 2
+    assert S.resolve_speaker(Voc(), 2) == (0, "vocoder speaker 2 asked, the vocoder has 2 speakers: speaker 0 used")
+    Voc.config.num_speakers = 0
+    assert S.resolve_speaker(Voc(), 0) == (0, None) and S.resolve_speaker(Voc(), "alice") == ("alice", None)
+    assert S.resolve_speaker(None, 2) == (2, None)

@@ -137,6 +137,18 @@ def test_asr_clamps_shots_to_context(model, corpus, tmp_path):
         assert p["prompt_tokens"] + 12 <= model.lm.config.max_seq_len
 
 
+def test_asr_budget_follows_each_reference_under_the_ceiling(model, corpus, tmp_path):
+    from spiritlm.evals.asr import answer_budget
+
+    run_asr(model, corpus / "manifest.jsonl", corpus / "units.jsonl", tmp_path, shots=1, max_items=4, progress=False)
+    cfg = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert cfg["max_new_tokens"] == 384 and cfg["hit_budget"] >= 0
+    tok = model.lm.tokenizer
+    for p in map(json.loads, (tmp_path / "predictions.jsonl").read_text().splitlines()):
+        assert p["budget"] == answer_budget(len(tok.encode(p["reference"])), 384) < 384
+        assert p["prompt_tokens"] + p["budget"] <= model.lm.config.max_seq_len  # the shots left room for it
+
+
 def test_ic_end_to_end(model, corpus, tmp_path):
     res = run_ic(model, corpus / "manifest.jsonl", corpus / "units.jsonl", tmp_path, shots=4, seed=0, batch_size=8,
                  progress=False)
