@@ -1,7 +1,7 @@
 """Evaluation-side helpers over the batched engine of :class:`spiritlm.generation.SpiritLM`.
 
-The engine itself (``generate_batch_ids``, ``score_continuations``, ``generate_batch``) lives
-on ``SpiritLM``; this module holds what the tasks build with it:
+The engine itself (``generate_batch_ids``, ``score_continuations``, ``generate_batch``, all on
+the one decoder) lives on ``SpiritLM``; this module holds what the tasks build with it:
 
 * :func:`fit_shots`: how many few-shot examples fit in the model's context;
 * :func:`text_stop_ids`: ids that end a text answer (markers, newline pieces);
@@ -20,7 +20,8 @@ __all__ = ["Throughput", "choose_by_likelihood", "fit_shots", "text_stop_ids"]
 
 @dataclass
 class Throughput:
-    """Sums ``SpiritLM.last_stats`` over calls: generated (or scored) tokens and seconds."""
+    """Sums the :class:`~spiritlm.generation.DecodeStats` (``SpiritLM.last_stats``) of a task's
+    engine calls: generated (or scored) tokens and seconds."""
 
     generated_tokens: int = 0
     generation_seconds: float = 0.0
@@ -28,15 +29,16 @@ class Throughput:
     scoring_seconds: float = 0.0
     calls: list[dict] = field(default_factory=list)
 
-    def add(self, stats: dict[str, Any] | None) -> None:
-        if not stats:
+    def add(self, stats: Any | None) -> None:
+        """Adds one call's ``DecodeStats`` (None: nothing ran)."""
+        if stats is None:
             return
-        if "new_tokens" in stats:
-            self.generated_tokens += int(stats["new_tokens"])
-            self.generation_seconds += float(stats["seconds"])
+        if stats.kind == "generate":
+            self.generated_tokens += int(stats.new_tokens)
+            self.generation_seconds += float(stats.seconds)
         else:
-            self.scored_tokens += int(stats.get("tokens", 0))
-            self.scoring_seconds += float(stats["seconds"])
+            self.scored_tokens += int(stats.tokens)
+            self.scoring_seconds += float(stats.seconds)
 
     def as_dict(self) -> dict[str, Any]:
         gen = self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else None
@@ -72,17 +74,20 @@ def fit_shots(shot_lengths: Sequence[int], fixed_length: int, max_seq_len: int, 
     return k
 
 
-def text_stop_ids(tokenizer: Any) -> list[int]:
-    """Ids that end a generated text answer: both modality markers and pieces holding a newline.
+def text_stop_ids(tokenizer: Any, newlines: bool = True) -> list[int]:
+    """Ids that end a generated text answer: both modality markers and (``newlines``) the pieces
+    holding a newline.
 
     A k-shot prompt's answers are followed by the next example's marker, so a model that
-    learnt the format emits a marker (or EOS) after its answer.
+    learnt the format emits a marker (or EOS) after its answer. ``newlines=False`` lets an
+    answer run over several lines (Meta's STSP protocol stops at the budget only).
     """
     ids = [tokenizer.text_marker_id, tokenizer.speech_marker_id]
-    for i in range(tokenizer.vocab_size):
-        piece = tokenizer.piece_of(i)
-        if piece == "<0x0A>" or "\n" in piece:
-            ids.append(i)
+    if newlines:
+        for i in range(tokenizer.vocab_size):
+            piece = tokenizer.piece_of(i)
+            if piece == "<0x0A>" or "\n" in piece:
+                ids.append(i)
     return sorted(set(ids))
 
 

@@ -13,6 +13,7 @@ def generate_fn(
     output_modality: str = "text",
     max_new_tokens: int = 100,
     min_new_tokens: int = 0,
+    ban_eos: bool = False,
     do_sample: bool = True,
     temperature: float = 0.8,
     top_p: float = 0.95,
@@ -43,10 +44,11 @@ def generate_fn(
         output_modality: ``text``, ``speech`` or ``arbitrary``.
         max_new_tokens: maximum number of generated tokens.
         min_new_tokens: forbid EOS before this many generated tokens.
+        ban_eos: never emit EOS: generate exactly ``max_new_tokens`` tokens.
         do_sample: sample (true) or decode greedily (false).
         temperature: sampling temperature (paper: 0.8).
         top_p: nucleus sampling mass (paper: 0.95).
-        top_k: keep only the k most likely tokens (0: off).
+        top_k: keep only the k most likely tokens (0: off; transformers' default is 50).
         seed: sampling seed.
         use_cache: incremental decoding with the KV cache.
         speech_tokenizer: directory of a saved speech tokenizer (``spiritlm tokenizer``), used to
@@ -84,6 +86,7 @@ def generate_fn(
             speaker_arg = int(speaker) if speaker.strip().isdigit() else speaker
             voc._index(speaker_arg, voc.speakers, voc.config.num_speakers, "speaker")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # refuses a speech tokenizer or vocoder made for other units (UserError naming the flags)
     lm = SpiritLM.from_pretrained(model, speech_tokenizer=stok, vocoder=voc, device=device, dtype=dtype,
                                   speaker=None if speaker is None else (int(speaker) if speaker.strip().isdigit() else speaker))
     inputs = []
@@ -103,6 +106,7 @@ def generate_fn(
         output_modality=output_modality,  # type: ignore[arg-type]
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
+        ban_eos=ban_eos,
         do_sample=do_sample,
         temperature=temperature,
         top_p=top_p,

@@ -48,7 +48,8 @@ def test_greedy_batch_equals_one_at_a_time(lm, prompts, batch_size):
     one = [lm.generate_ids(p, max_new_tokens=25, allowed=m, do_sample=False) for p, m in zip(prompts, masks)]
     batch = lm.generate_batch_ids(prompts, allowed=masks, max_new_tokens=25, batch_size=batch_size)
     assert batch == one
-    assert lm.last_stats["new_tokens"] == sum(len(o) for o in one) and lm.last_stats["tokens_per_s"] > 0
+    assert lm.last_stats.kind == "generate" and lm.last_stats.sequences == len(prompts)
+    assert lm.last_stats.new_tokens == sum(len(o) for o in one) and lm.last_stats.tokens_per_s > 0
 
 
 def test_rows_stop_independently(lm, prompts):
@@ -68,15 +69,29 @@ def test_rows_stop_independently(lm, prompts):
     assert len(res[0]) == room and len(res[1]) == 25
 
 
-def test_fallback_for_other_architectures_stops_the_same(lm, prompts, monkeypatch):
-    from spiritlm import generation
+def test_decoder_refuses_a_model_it_does_not_reimplement(lm, prompts):
+    """A structural change (as a fairseq2 upgrade could bring) fails loudly instead of drifting."""
+    import copy
 
+    from spiritlm.generation import UnsupportedModelError
+    from fairseq2.models.transformer import TransformerNormOrder
+
+    changed = copy.deepcopy(lm)
+    changed.model.decoder.layers[1].norm_order = TransformerNormOrder.POST
+    with pytest.raises(UnsupportedModelError, match="layer 1 is not pre-norm"):
+        changed.generate_batch_ids(prompts[:1], max_new_tokens=2)
+    with pytest.raises(UnsupportedModelError):
+        changed.score_continuations(prompts[:1], [[5]])
+
+
+def test_cached_decoding_equals_fairseq2s_own_forward(lm, prompts):
+    """The decoder's cache and positions against fairseq2's full forward (``use_cache=False``),
+    batched and with rows leaving the batch at different steps."""
     free = lm.generate_batch_ids(prompts, max_new_tokens=15)
     stops = [[out[min(2 + i, len(out) - 1)]] for i, out in enumerate(free)]
-    fast = lm.generate_batch_ids(prompts, max_new_tokens=15, stop_ids=stops)
-    monkeypatch.setattr(generation._LeftPaddedDecoder, "supports", staticmethod(lambda model: False))
-    assert lm.generate_batch_ids(prompts, max_new_tokens=15, stop_ids=stops) == fast
-    assert lm.generate_batch_ids(prompts, max_new_tokens=15) == free
+    for kw in ({}, {"stop_ids": stops}, {"do_sample": True, "seed": 4, "temperature": 1.3}):
+        assert lm.generate_batch_ids(prompts, max_new_tokens=15, use_cache=False, **kw) == \
+            lm.generate_batch_ids(prompts, max_new_tokens=15, **kw)
 
 
 def test_sampling_is_per_row_seeded(lm, prompts):
@@ -172,8 +187,13 @@ def test_text_stop_ids_and_throughput(lm):
     assert tok.text_marker_id in ids and tok.speech_marker_id in ids
     assert all(tok.piece_of(i) in ("[Text]", "[Speech]") or "\n" in tok.piece_of(i) or tok.piece_of(i) == "<0x0A>"
                for i in ids)
+    assert len(ids) > 2  # the toy vocabulary has newline pieces
+    assert text_stop_ids(tok, newlines=False) == sorted([tok.text_marker_id, tok.speech_marker_id])
+    from spiritlm.generation import DecodeStats
+
     t = Throughput()
-    t.add({"new_tokens": 100, "seconds": 2.0})
-    t.add({"sequences": 3, "tokens": 60, "seconds": 1.0})
+    t.add(DecodeStats("generate", 2, 100, 130, 2.0))
+    t.add(DecodeStats("score", 3, 0, 60, 1.0))
+    t.add(None)
     d = t.as_dict()
     assert d["generated_tokens_per_s"] == 50.0 and d["scored_tokens_per_s"] == 60.0 and d["tokens_per_s"] == 50.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spiritlm.generation import SpiritLM, build_prompt, sample_next
+from spiritlm.generation import SpiritLM, build_prompt, pick_next, sample_next
 from fixtures import tiny_hf_llama
 from spiritlm.data.synthetic import toy_tokenizer
 
@@ -106,15 +106,28 @@ def test_sampling_is_seeded(lm):
 
 
 def test_sample_next_filters():
+    """Temperature, top-k and top-p filtering, on 400 rows sampled at once with per-row seeds."""
     logits = torch.tensor([0.0, 3.0, 2.0, 1.0, float("-inf")])
     assert sample_next(logits, do_sample=False) == 1
-    g = torch.Generator().manual_seed(0)
-    picks = {sample_next(logits, do_sample=True, top_k=2, generator=g) for _ in range(200)}
-    assert picks == {1, 2}
-    picks = {sample_next(logits, do_sample=True, top_p=0.5, generator=g) for _ in range(100)}
-    assert picks == {1}
-    picks = {sample_next(logits, do_sample=True, temperature=5.0, generator=g) for _ in range(400)}
-    assert picks == {0, 1, 2, 3}
+    rows = logits.expand(400, -1)
+    seeds = torch.arange(400)
+
+    def picks(**kw):
+        return set(pick_next(rows, do_sample=True, seeds=seeds, step=3, **kw).tolist())
+
+    assert picks(top_k=2) == {1, 2}
+    assert picks(top_p=0.5) == {1}
+    assert picks(temperature=5.0) == {0, 1, 2, 3}
+    assert picks(top_k=50) == {0, 1, 2, 3}  # transformers' default k larger than the vocabulary: no filter
+    # frequencies follow the softmax (4 tokens, 4000 draws: within 0.03 of the probabilities)
+    many = pick_next(logits.expand(4000, -1), do_sample=True, seeds=torch.arange(4000), step=0)
+    freq = torch.bincount(many, minlength=5).double() / 4000
+    assert torch.allclose(freq, logits.softmax(-1).double(), atol=0.03) and freq[4] == 0
+    # a row's draw depends on its seed and step only, not on the other rows of the batch
+    alone = [int(pick_next(rows[:1], do_sample=True, seeds=seeds[i : i + 1], step=3, temperature=5.0)) for i in range(20)]
+    assert alone == pick_next(rows[:20], do_sample=True, seeds=seeds[:20], step=3, temperature=5.0).tolist()
+    assert pick_next(rows, do_sample=True, seeds=seeds, step=4, temperature=5.0).tolist() != \
+        pick_next(rows, do_sample=True, seeds=seeds, step=3, temperature=5.0).tolist()
 
 
 def test_build_prompt():
@@ -237,3 +250,174 @@ def test_a_speech_output_without_style_gets_a_style_the_vocoder_has():
     assert lm._fallback_style() == 68
     lm.num_units = None
     assert lm._fallback_style() is None  # unknown sizes: Meta's random choice
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming (issue 17 item 1)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs,modality,kw",
+    [
+        ("the cat saw a red ball", "text", dict(do_sample=False)),
+        ("the cat saw", "speech", dict(do_sample=False)),
+        ([("text", "my friend"), ("speech", "[Hu12][Hu5]")], "arbitrary", dict(do_sample=True, seed=7, temperature=1.3)),
+        ("a bird", "text", dict(do_sample=True, seed=3, temperature=1.2, top_k=50, top_p=0.9)),
+    ],
+)
+def test_stream_yields_what_generate_returns(lm, inputs, modality, kw):
+    from spiritlm.generation import StreamPiece
+
+    ref = lm.generate_with_details(inputs, output_modality=modality, max_new_tokens=30, **kw)
+    pieces = list(lm.stream(inputs, output_modality=modality, max_new_tokens=30, **kw))
+    assert all(isinstance(p, StreamPiece) for p in pieces)
+    assert [p.token_id for p in pieces] == ref["ids"] and pieces
+    tok = lm.tokenizer
+    speech = torch.as_tensor(tok.speech_token_mask())
+    for p in pieces:
+        if speech[p.token_id]:
+            assert p.modality == "speech" and p.unit == tok.piece_of(p.token_id)
+        else:
+            assert p.unit is None
+    # the pieces rebuild generate's segments: text deltas per text run, units per speech run
+    runs: list[tuple[str, str]] = []
+    for p in pieces:
+        if p.modality == "speech" or p.token_id in (tok.text_marker_id, tok.eos_id):
+            if p.text:  # held-back text of the run this piece ends
+                runs[-1] = ("text", runs[-1][1] + p.text)
+            if p.unit is None:
+                continue
+        piece = p.unit if p.modality == "speech" else p.text
+        if runs and runs[-1][0] == p.modality:
+            runs[-1] = (p.modality, runs[-1][1] + piece)
+        else:
+            runs.append((p.modality, piece))
+    got = [(m, c.strip() if m == "text" else c) for m, c in runs if m == "speech" or c.strip()]
+    assert got == [(o.modality, o.content if o.modality == "text" else o.tokens) for o in ref["outputs"]]
+
+
+def test_stream_yields_before_the_generation_ends(lm):
+    calls = []
+    hook = lm.model.final_proj.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        it = lm.stream("the cat", output_modality="speech", max_new_tokens=20, min_new_tokens=20, do_sample=False)
+        first = next(it)
+        assert len(calls) == 1  # the prompt's forward only: the first token came out at once
+        rest = list(it)
+        assert len(calls) == 20 and len(rest) == 19 and first.modality == "speech"
+    finally:
+        hook.remove()
+    assert lm.last_stats.new_tokens == 20
+
+
+def test_stream_text_deltas_join_to_the_decoded_text(lm):
+    """Text deltas of a long sampled text run (sentencepiece's word boundaries, byte pieces) join
+    exactly to the tokenizer's decoding of the run."""
+    for seed in range(3):
+        pieces = list(lm.stream("the", output_modality="text", max_new_tokens=40, seed=seed, temperature=2.0, top_p=1.0))
+        ids = [p.token_id for p in pieces if p.token_id != lm.tokenizer.eos_id]
+        assert "".join(p.text for p in pieces) == lm.tokenizer.decode(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# model <-> speech tokenizer <-> vocoder <-> prompt (issue 18 items 7 and 8)
+# ---------------------------------------------------------------------------------------------
+
+
+def fake_vocoder(num_units, num_pitch=0, num_style=0, default=None):
+    from types import SimpleNamespace
+
+    voc = FakeVocoder()
+    voc.config = SimpleNamespace(num_units=num_units, num_pitch=num_pitch, num_style=num_style)
+    voc.default_code = lambda name: default
+    return voc
+
+
+@pytest.fixture(scope="module")
+def hf_dir_40(hf_dir, tmp_path_factory):
+    """The same model whose data had 40 of the vocabulary's 64 HuBERT units (speech_units.json)."""
+    import json
+    import shutil
+
+    d = tmp_path_factory.mktemp("hf40") / "m"
+    shutil.copytree(hf_dir, d)
+    (d / "speech_units.json").write_text(json.dumps({"hubert": 40, "pitch": 0, "style": 0}))
+    return d
+
+
+def test_a_vocoder_for_other_units_is_refused_at_load(hf_dir, hf_dir_40):
+    from spiritlm.errors import UserError
+
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 501 hubert units but the model \(--model\) has 40"):
+        SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(501))
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 20 hubert units but the model \(--model\) has 40"):
+        SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(20))
+    # units not recorded: the vocoder must cover every [HuN] of the vocabulary (64)
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 50 hubert units but the model \(--model\) can emit"):
+        SpiritLM.from_pretrained(hf_dir, vocoder=fake_vocoder(50))
+    SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(40))
+    SpiritLM.from_pretrained(hf_dir, vocoder=fake_vocoder(64))
+    # an expressive vocoder on a base model: only with a default code to fill pitch/style in
+    with pytest.raises(UserError, match=r"needs a pitch stream that the model \(--model\) never emits"):
+        SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(40, num_pitch=64, num_style=16))
+    SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(40, num_pitch=64, num_style=16, default=0))
+
+
+def test_a_speech_tokenizer_for_other_units_is_refused_at_load(hf_dir_40):
+    from types import SimpleNamespace
+
+    from spiritlm.errors import UserError
+
+    stok = SimpleNamespace(num_units={"hubert": 64, "pitch": 0, "style": 0}, encode_string=lambda a: "[Hu1]")
+    with pytest.raises(UserError, match=r"speech tokenizer \(--speech_tokenizer\) makes 64 hubert units but the model"):
+        SpiritLM.from_pretrained(hf_dir_40, speech_tokenizer=stok)
+    stok.num_units = {"hubert": 40, "pitch": 0, "style": 0}
+    SpiritLM.from_pretrained(hf_dir_40, speech_tokenizer=stok)
+
+
+def test_a_base_vocoder_on_an_expressive_model_is_refused(tmp_path):
+    """The model emits [PiN]/[StN]; a vocoder without pitch and style inputs would drop them."""
+    from types import SimpleNamespace
+
+    from spiritlm.errors import UserError
+
+    tok = SimpleNamespace(num_units={"hubert": 100, "pitch": 64, "style": 100})
+    from spiritlm.generation import check_compatible
+
+    with pytest.raises(UserError, match=r"emits pitch tokens \(\[PiN\]\) but the vocoder \(--vocoder\) has no pitch"):
+        check_compatible(tok, None, None, fake_vocoder(100))
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 32 pitch codes but the model \(--model\) has 64"):
+        check_compatible(tok, {"hubert": 100, "pitch": 64, "style": 100}, None, fake_vocoder(100, 32, 100))
+    check_compatible(tok, {"hubert": 100, "pitch": 64, "style": 100}, None, fake_vocoder(100, 64, 100))
+
+
+def test_a_speech_prompt_unit_the_model_lacks_is_refused(hf_dir_40, capsys):
+    from spiritlm import cli
+    from spiritlm.errors import UserError
+
+    lm40 = SpiritLM.from_pretrained(hf_dir_40)
+    with pytest.raises(UserError, match=r"speech prompt token \[Hu50\]: the model \(--model\) has 40 hubert units"):
+        lm40.generate([("speech", "[Hu50][Hu3]")], max_new_tokens=2)
+    assert lm40.generate([("speech", "[Hu39][Hu3]")], max_new_tokens=2, do_sample=False)
+    code = 0
+    try:
+        cli.main(["generate", "--model", str(hf_dir_40), "--speech", "[Hu50][Hu3]", "--max_new_tokens", "2"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "Traceback" not in "\n".join(err)
+    assert "speech prompt token [Hu50]" in err[-1] and err[-1].endswith("(--speech)")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_batched_greedy_equals_one_at_a_time(hf_dir):
+    """bf16 on a GPU: the batched decoder (left padding, static cache) gives each prompt the
+    greedy ids it gets alone, and streams the same ids."""
+    lm = SpiritLM.from_pretrained(hf_dir, device="cuda", dtype=torch.bfloat16)
+    texts = ["the cat", "a dog saw the river and my friend carried a small boat", "x", "her sister liked the"]
+    prompts = [lm.tokenizer.encode("[Text]" + t, bos=True) for t in texts]
+    one = [lm.generate_ids(p, max_new_tokens=20, do_sample=False, stop_at_eos=False) for p in prompts]
+    assert lm.generate_batch_ids(prompts, max_new_tokens=20, stop_at_eos=False) == one
+    assert [p.token_id for p in lm.stream("the cat", max_new_tokens=20, do_sample=False)] == \
+        lm.generate_with_details("the cat", max_new_tokens=20, do_sample=False)["ids"]

@@ -1,0 +1,206 @@
+"""The one LLaMA forward used for decoding and scoring: fairseq2's modules, our cache and positions.
+
+fairseq2 0.8.1's ``BatchLayout`` describes right padding only and its incremental attention
+refuses padded batches (``"`keys` must not be a padded batch."``), while batched decoding needs
+left padding (every row's next token lands in the same column). fairseq2's own
+``SequenceGenerator`` decodes one step per prompt column for the shorter prompts and keeps a
+growing cache; it has no static cache and no per-row seeded sampling. So :class:`LlamaDecoder`
+calls the model's own modules (embedding, RMSNorms, projections, GLU FFN, the
+``RotaryEncoder``'s frequency table) with explicit per-row positions, a key mask and a cache
+preallocated once per batch:
+
+* row ``b`` with ``p_b`` pad columns gives its real tokens RoPE positions ``0, 1, …`` (the
+  positions of a batch of one, so greedy paths agree whatever the batch);
+* keys in pad columns are masked out; a pad query attends to itself only (no attention row is
+  empty, which would give NaN); its output is never read.
+
+:func:`check_supported` refuses a model whose structure differs from what this forward
+reimplements (a fairseq2 upgrade that changes a module fails there, or in the tests that
+compare these logits with fairseq2's own forward and with transformers, instead of drifting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.functional import scaled_dot_product_attention
+
+from fairseq2.nn import BatchLayout
+
+__all__ = ["LlamaDecoder", "UnsupportedModelError", "check_supported"]
+
+
+class UnsupportedModelError(ValueError):
+    """The model is not the pre-norm RoPE LLaMA that :class:`LlamaDecoder` runs."""
+
+
+def check_supported(model: Any) -> None:
+    """Raises :class:`UnsupportedModelError` naming the first structural difference from the
+    pre-norm LLaMA (RoPE, causal attention, no QK norms, no embedding scale) this forward runs."""
+    from fairseq2.models.transformer import CausalAttentionBias, TransformerNormOrder
+    from fairseq2.nn import RotaryEncoder
+
+    try:
+        layers = list(model.decoder.layers)
+        frontend = model.decoder_frontend
+        checks = [
+            (bool(layers), "no decoder layers"),
+            (getattr(frontend, "pos_encoder", None) is None, "the frontend adds positions"),
+            (getattr(frontend, "scale", 1.0) == 1.0, "the frontend scales embeddings"),
+        ]
+        for n, layer in enumerate(layers):
+            attn = layer.self_attn
+            bias = attn.sdpa.bias
+            checks += [
+                (layer.norm_order == TransformerNormOrder.PRE, f"layer {n} is not pre-norm"),
+                (isinstance(attn.pos_encoder, RotaryEncoder), f"layer {n} has no rotary encoder"),
+                (attn.q_norm is None and attn.k_norm is None and getattr(attn, "v_norm", None) is None,
+                 f"layer {n} normalizes q/k/v"),
+                (isinstance(bias, CausalAttentionBias) and getattr(bias, "attn_window_len", None) is None,
+                 f"layer {n} is not plain causal attention"),
+                (getattr(attn.sdpa, "scale", None) is None, f"layer {n} scales attention"),
+            ]
+    except AttributeError as e:
+        raise UnsupportedModelError(f"not a fairseq2 LLaMA decoder: {e}") from None
+    for ok, why in checks:
+        if not ok:
+            raise UnsupportedModelError(f"the decoder runs pre-norm RoPE LLaMA models only: {why}")
+
+
+class LlamaDecoder:
+    """Runs a fairseq2 LLaMA ``TransformerLM`` on left-padded batches with a static KV cache.
+
+    The cache holds ``k``/``v`` per layer, ``[B, H_kv, capacity, head_dim]``, allocated once by
+    :meth:`prefill`; :meth:`step` writes one column per call; finished rows are dropped
+    (:meth:`keep`, a copy only when a row ends). :meth:`extend` runs a block of several tokens per
+    row after the cached prefix (scoring continuations).
+    """
+
+    def __init__(self, model: Any) -> None:
+        check_supported(model)
+        self.model = model
+        self.layers = list(model.decoder.layers)
+        self.final_norm = getattr(model.decoder, "layer_norm", None)
+        attn0 = self.layers[0].self_attn
+        freqs = torch.view_as_complex(attn0.pos_encoder.freqs.float())  # [max_seq_len + 1, E / 2]; row 0: pad
+        self.freqs = freqs
+        self.k: list[Tensor] = []
+        self.v: list[Tensor] = []
+        self.key_valid: Tensor | None = None  # [B, capacity] bool
+        self.padded = False  # whether any key column is masked (else attention needs no mask)
+
+    # -- cache ---------------------------------------------------------------------------------
+
+    def _allocate(self, batch: int, capacity: int, device: torch.device) -> None:
+        dtype = self.model.final_proj.weight.dtype
+        self.k, self.v = [], []
+        for layer in self.layers:
+            attn = layer.self_attn
+            shape = (batch, attn.num_key_value_heads, capacity, attn.head_dim)
+            self.k.append(torch.empty(shape, dtype=dtype, device=device))
+            self.v.append(torch.empty(shape, dtype=dtype, device=device))
+
+    def keep(self, rows: Tensor) -> None:
+        """Keeps only ``rows`` (indices into the current batch) in the cache."""
+        assert self.key_valid is not None
+        self.key_valid = self.key_valid[rows]
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def prefill(self, ids: Tensor, lengths: Sequence[int], capacity: int) -> Tensor:
+        """Runs left-padded prompts ``ids`` ``[B, W]`` (row ``b`` real in its last ``lengths[b]``
+        columns) into a new cache of ``capacity`` columns; returns the last column's logits ``[B, V]``."""
+        B, W = ids.shape
+        device = ids.device
+        lens = torch.tensor(list(lengths), device=device)
+        cols = torch.arange(W, device=device)
+        positions = cols.unsqueeze(0) - (W - lens).unsqueeze(1)  # [B, W]; < 0 in pad columns
+        self.key_valid = torch.zeros(B, capacity, dtype=torch.bool, device=device)
+        self.key_valid[:, :W] = positions >= 0
+        self.padded = min(lengths) < W
+        self._allocate(B, capacity, device)
+        if self.padded:
+            causal = cols.unsqueeze(0) <= cols.unsqueeze(1)  # [W(query), W(key)]
+            mask = causal.unsqueeze(0) & self.key_valid[:, None, :W]
+            mask |= torch.eye(W, dtype=torch.bool, device=device).unsqueeze(0)
+            mask = mask.unsqueeze(1)
+        else:
+            mask = None  # plain causal attention
+        hidden = self._layers(ids, positions.clamp(min=0), mask, 0, causal=not self.padded)
+        return self.logits(hidden[:, -1])
+
+    def step(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
+        """Feeds one token per row (``ids``, ``positions`` ``[B]``), cached at ``column``; returns
+        logits ``[B, V]``."""
+        assert self.key_valid is not None
+        self.key_valid[:, column] = True
+        mask = self.key_valid[:, None, None, : column + 1] if self.padded else None
+        hidden = self._layers(ids.unsqueeze(1), positions.unsqueeze(1), mask, column)
+        return self.logits(hidden[:, -1])
+
+    def extend(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
+        """Runs right-padded blocks ``ids`` ``[B, L]`` at ``positions`` ``[B, L]`` after the cached
+        columns ``< column``; returns the final-normed hidden states ``[B, L, M]``. A padded tail
+        is never attended by the real tokens before it (causal)."""
+        assert self.key_valid is not None
+        L = ids.size(1)
+        device = ids.device
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        prefix = self.key_valid[:, None, :column].expand(-1, L, -1)
+        mask = torch.cat([prefix, causal.expand(ids.size(0), -1, -1)], dim=2).unsqueeze(1)
+        self.key_valid[:, column : column + L] = True
+        hidden = self._layers(ids, positions, mask, column)
+        return self.final_norm(hidden) if self.final_norm is not None else hidden
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Output logits of hidden states ``[..., M]`` taken before the final norm."""
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+        return self.model.final_proj(hidden)
+
+    def _rope(self, x: Tensor, positions: Tensor) -> Tensor:
+        """``x`` ``[B, S, H, D]`` rotated by ``positions`` ``[B, S]`` (fairseq2's pairing: (0,1), (2,3), …)."""
+        freqs = self.freqs[positions + 1]  # row 0 of the table is fairseq2's pad entry
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(xc * freqs.unsqueeze(2)).flatten(-2).type_as(x)
+
+    def _layers(self, ids: Tensor, positions: Tensor, mask: Tensor | None, column: int, causal: bool = False) -> Tensor:
+        """The decoder stack on ``ids`` ``[B, S]`` written to cache columns ``column … column + S - 1``
+        and attending to columns ``< column + S`` (``mask`` ``[B, 1, S, column + S]`` or None: all,
+        ``causal``: lower-triangular). Returns hidden states ``[B, S, M]`` before the final norm."""
+        S = ids.size(1)
+        end = column + S
+        x, _ = self.model.decoder_frontend(ids, BatchLayout.of(ids))
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            D = attn.head_dim
+            h = layer.self_attn_layer_norm(x)
+            q = self._rope(attn.q_proj(h).unflatten(-1, (-1, D)), positions)
+            k = self._rope(attn.k_proj(h).unflatten(-1, (-1, D)), positions)
+            v = attn.v_proj(h).unflatten(-1, (-1, D))
+            self.k[i][:, :, column:end] = k.transpose(1, 2)
+            self.v[i][:, :, column:end] = v.transpose(1, 2)
+            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]
+            g = attn.num_query_groups
+            if S == 1 and g > 1:
+                # one query per row: fold the g query heads sharing a kv head into g query
+                # positions of that head (no copy of the cache, unlike repeat_interleave)
+                B = ids.size(0)
+                qg = q.view(B, keys.size(1), g, D)
+                o = scaled_dot_product_attention(qg, keys, values, attn_mask=mask)  # [B, H_kv, g, D]
+                o = o.reshape(B, 1, -1)
+            else:
+                if g > 1:  # grouped-query attention: kv head j serves heads j*g … j*g+g-1
+                    keys = keys.repeat_interleave(g, dim=1)
+                    values = values.repeat_interleave(g, dim=1)
+                o = scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
+                                                 is_causal=causal and mask is None and S > 1)
+                o = o.transpose(1, 2).flatten(-2)
+            x = x + attn.output_proj(o)
+            x = x + layer.ffn(layer.ffn_layer_norm(x))
+        return x
