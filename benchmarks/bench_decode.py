@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -31,24 +30,9 @@ import tempfile
 import time
 
 import torch
+from bench_eval_engine import machine, sync  # benchmarks/ is on sys.path when run as a script
 
 from spiritlm.generation import SpiritLM
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} | {gpu} | torch {torch.__version__}"
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed(fn, device: str) -> tuple[float, object]:
