@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -40,6 +40,7 @@ from spiritlm.formats import MOST_COMMON_STYLES, SPEECH_TOKEN_RE, string_to_unit
 from .config import FORMAT, VocoderConfig
 from .meta import _atomic, _load_state, export_meta, is_meta_dir, load_meta, read_names, write_names
 from .model import UnitHifiGAN, upsample_codes
+from .streaming import TokenReader, UnitStreamer, stream_chunks
 
 __all__ = ["Vocoder", "UnitsInput", "save_pretrained", "load_pretrained"]
 
@@ -249,6 +250,53 @@ class Vocoder:
                 for i, wav in zip(chunk, self._run([prepared[i] for i in chunk], mode)):
                     out[i] = wav
         return out  # type: ignore[return-value]
+
+    # -- streaming ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        tokens: Iterable[str] | str,
+        *,
+        speaker: int | str = 0,
+        style: int | str = 0,
+        dur_pred: bool = True,
+        chunk_frames: int = 25,
+    ) -> Iterator[np.ndarray]:
+        """A growing stream of speech tokens → float32 waveform chunks at :attr:`sample_rate`.
+
+        Args:
+            tokens: the LM's speech tokens as they are decoded, one per item (``"[Hu12]"``,
+                ``"[Pi3]"``, ``"[St7]"``); items may also hold several tokens or a token's
+                pieces, and other text is ignored (as :meth:`synthesize` does).
+            speaker: row of the speaker table, or a name from ``speakers.txt``.
+            style: row of the style-id table (Meta's base vocoder; :meth:`synthesize`'s
+                ``style_id``), or a name from ``styles.txt``.
+            dur_pred: predict unit durations (deduplicated LM units, the default); False: every
+                unit lasts one frame (frame-rate units).
+            chunk_frames: frames (640 samples, 40 ms) per chunk at least, except the last: smaller
+                chunks come sooner and cost more (each recomputes ``2 × model.context_frames``
+                frames of context).
+
+        Yields:
+            1-D float32 chunks whose concatenation is :meth:`synthesize` of the concatenated
+            tokens (to float rounding; ``tests/test_vocoder_stream.py``). A chunk is yielded as
+            soon as its frames' neighbourhoods (duration predictor, F0 head, generator receptive
+            field) are known; see :mod:`spiritlm.vocoder.streaming`.
+
+        Raises:
+            UserError: as :meth:`synthesize` (ids beyond the tables, unknown speaker, no units, no
+                pitch stream without a default), raised when the offending token is read.
+        """
+        cfg = self.config
+        spk = self._index(speaker, self.speakers, cfg.num_speakers, "speaker")
+        sty = self._index(style, self.styles, cfg.num_style_ids, "style")
+        if dur_pred and self.model.duration_predictor is None:
+            raise UserError("this vocoder has no duration predictor: give frame-rate units (--dur_pred false)")
+        reader = TokenReader(has_pitch=bool(cfg.num_pitch), has_style=bool(cfg.num_style))
+        streamer = UnitStreamer(self.model, speaker=spk, style_id=sty, dur_pred=dur_pred, chunk_frames=chunk_frames)
+        defaults = (self.default_code("pitch") if cfg.num_pitch else None, self.default_code("style") if cfg.num_style else None)
+        yield from stream_chunks(reader, streamer, tokens, defaults)
 
     # -- input preparation -----------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ upsampling layer, so the generator shapes a periodic excitation instead of havin
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.HifiGAN import LRELU_SLOPE, HifiganGenerator, ResBlock1
@@ -38,6 +40,7 @@ __all__ = [
     "DurationPredictor",
     "HarmonicSource",
     "sine_excitation",
+    "excitation_phase",
     "UnitHifiGAN",
     "durations_from_log",
     "upsample_codes",
@@ -180,7 +183,9 @@ class DurationPredictor(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def sine_excitation(f0: Tensor, hop: int = F0_HOP, sample_rate: int = 16000, num_harmonics: int = 1) -> Tensor:
+def sine_excitation(
+    f0: Tensor, hop: int = F0_HOP, sample_rate: int = 16000, num_harmonics: int = 1, phase0: Tensor | None = None
+) -> Tensor:
     """Sines at ``F0, 2·F0, … num_harmonics·F0`` at the sample rate, zero on unvoiced frames.
 
     Args:
@@ -190,11 +195,13 @@ def sine_excitation(f0: Tensor, hop: int = F0_HOP, sample_rate: int = 16000, num
         hop: samples per frame (80 = 200 Hz at 16 kHz).
         sample_rate: Hz.
         num_harmonics: ``H``.
+        phase0: ``[B]`` phase (cycles) at the first sample, default 0; streaming passes the
+            phase the samples before this piece accumulated (:func:`excitation_phase`).
 
     Returns:
         ``[B, F * hop, H]`` float32 in [-1, 1]. The phase is the running sum of ``F0 / sample_rate``
-        from 0 at the first sample (float64, so it stays exact over minutes); harmonics at or
-        above Nyquist are zero.
+        from ``phase0`` at the first sample (float64, so it stays exact over minutes); harmonics
+        at or above Nyquist are zero.
 
     >>> x = sine_excitation(torch.full((1, 200), 100.0), num_harmonics=2)   # 1 s at 100 Hz
     >>> x.shape, round(float(x[0, 40, 0]), 4), round(abs(float(x[0, 40, 1])), 4)  # 1/4 period of 100 Hz
@@ -202,10 +209,22 @@ def sine_excitation(f0: Tensor, hop: int = F0_HOP, sample_rate: int = 16000, num
     """
     f = f0.double().repeat_interleave(hop, dim=1)  # [B, N]
     phase = torch.cumsum(f / sample_rate, dim=1) - f / sample_rate  # 0 at the first sample
+    if phase0 is not None:
+        phase = phase + torch.remainder(phase0.double().to(f.device), 1.0)[:, None]
     k = torch.arange(1, num_harmonics + 1, dtype=torch.float64, device=f0.device)
     cycles = torch.remainder(phase[..., None] * k, 1.0)  # [B, N, H]
     audible = (f[..., None] * k < sample_rate / 2) & (f[..., None] > 0)
     return (torch.sin(2 * torch.pi * cycles) * audible).float()
+
+
+def excitation_phase(f0: Tensor, hop: int = F0_HOP, sample_rate: int = 16000) -> Tensor:
+    """The phase (cycles, modulo 1, float64 ``[B]``) that :func:`sine_excitation` reaches after
+    the frames ``f0`` ``[B, F]`` (Hz): where the next piece of a stream starts.
+
+    >>> float(excitation_phase(torch.tensor([[100.0, 50.0]])))   # 80 samples at 100 Hz + 80 at 50 Hz
+    0.75
+    """
+    return torch.remainder((f0.double() * hop / sample_rate).sum(dim=1), 1.0)
 
 
 class HarmonicSource(nn.Module):
@@ -267,9 +286,15 @@ class HarmonicSource(nn.Module):
         """Hz per frame, 0 where the voicing logit is <= 0 (probability <= 0.5)."""
         return torch.exp(log_f0.clamp(max=float(torch.log(torch.tensor(self.sample_rate / 2.0))))) * (logit > 0)
 
-    def excitation(self, f0: Tensor) -> Tensor:
-        """F0 ``[B, F]`` (Hz, 0 = unvoiced) → excitation ``[B, 1, F * 80]``."""
-        sines = sine_excitation(f0, F0_HOP, self.sample_rate, self.num_harmonics) * self.SINE_AMP
+    @property
+    def context(self) -> int:
+        """Units on each side that one F0 frame's prediction reads (the head's receptive field)."""
+        return (self.conv1.kernel_size[0] - 1) // 2 + (self.conv2.kernel_size[0] - 1) // 2
+
+    def excitation(self, f0: Tensor, phase0: Tensor | None = None) -> Tensor:
+        """F0 ``[B, F]`` (Hz, 0 = unvoiced) → excitation ``[B, 1, F * 80]`` (``phase0``: see
+        :func:`sine_excitation`)."""
+        sines = sine_excitation(f0, F0_HOP, self.sample_rate, self.num_harmonics, phase0) * self.SINE_AMP
         return torch.tanh(self.merge(sines.to(self.merge.weight.dtype))).transpose(1, 2)
 
 
@@ -446,7 +471,7 @@ class UnitHifiGAN(HifiganGenerator):
         """
         return self.vocode(self.embed(units, pitch, style, speaker, style_id))
 
-    def vocode(self, x: Tensor, lengths: Tensor | None = None, f0: Tensor | None = None) -> Tensor:
+    def vocode(self, x: Tensor, lengths: Tensor | None = None, f0: Tensor | None = None, phase0: Tensor | None = None) -> Tensor:
         """Embeddings ``[B, C, T]`` → waveform ``[B, 1, T * hop]``.
 
         Args:
@@ -458,11 +483,13 @@ class UnitHifiGAN(HifiganGenerator):
             f0: ``[B, T * S]`` Hz at 200 Hz (0 = unvoiced) for the harmonic source (training
                 feeds the audio's own F0); None: the source's prediction from ``x``. Only for a
                 vocoder with ``config.harmonic_source``.
+            phase0: ``[B]`` phase (cycles) of the source's sines at the first sample (default 0):
+                a piece of a stream starts where the samples before it left the phase.
         """
         if self.source is not None:
-            return self._vocode_with_source(x, lengths, f0)
-        if f0 is not None:
-            raise ValueError("f0 is only used by a vocoder with a harmonic source (config.harmonic_source)")
+            return self._vocode_with_source(x, lengths, f0, phase0)
+        if f0 is not None or phase0 is not None:
+            raise ValueError("f0 and phase0 are only used by a vocoder with a harmonic source (config.harmonic_source)")
         if lengths is None:
             return super().forward(x)
         return self._masked_generator(x, lengths.to(x.device).long())
@@ -488,7 +515,7 @@ class UnitHifiGAN(HifiganGenerator):
         o = self.conv_post(F.leaky_relu(o) * mask)  # final slope 0.01, as speechbrain and Meta
         return torch.tanh(o) * mask
 
-    def _vocode_with_source(self, x: Tensor, lengths: Tensor | None, f0: Tensor | None) -> Tensor:
+    def _vocode_with_source(self, x: Tensor, lengths: Tensor | None, f0: Tensor | None, phase0: Tensor | None = None) -> Tensor:
         """:meth:`vocode` of a vocoder with a harmonic source (masked like the padded-batch path)."""
         assert self.source is not None and self.source_convs is not None
         B, _, T = x.shape
@@ -501,7 +528,7 @@ class UnitHifiGAN(HifiganGenerator):
             if f0 is None:
                 f0 = self.source.f0_from_prediction(*self.source.predict(x.to(self.source.proj.weight.dtype), unit_mask))
             f0 = f0.float() * length_mask(lengths * S, T * S)
-            excitation = self.source.excitation(f0)  # [B, 1, T * hop], 0 beyond each row's end
+            excitation = self.source.excitation(f0, phase0)  # [B, 1, T * hop], 0 beyond each row's end
         return self._masked_generator(x, lengths, excitation)
 
     def predict_f0(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -512,6 +539,33 @@ class UnitHifiGAN(HifiganGenerator):
         mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
         with _float32(x):
             return self.source.predict(x.to(self.source.proj.weight.dtype), mask)
+
+    # -- receptive fields (streaming) -------------------------------------------------------------
+
+    @property
+    def context_frames(self) -> int:
+        """Frames on each side of an output frame that the generator reads (its receptive field,
+        rounded up; the harmonic source's own convolutions included, its F0 head not: see
+        :attr:`HarmonicSource.context`). A window of frame-rate input with this many extra frames
+        on each side gives the same audio in its middle as the whole utterance (zero padding)."""
+        cfg = self.config
+        span = (self.conv_pre.conv.kernel_size[0] - 1) / 2  # in frames
+        rate = 1  # samples per frame at the current layer's input
+        for u, k in zip(cfg.upsample_rates, cfg.upsample_kernel_sizes):
+            span += math.ceil(k / u) / rate  # a transposed conv's output reads ceil(k/u) inputs each side
+            rate *= u
+            span += max(sum(d * (rk - 1) // 2 + (rk - 1) // 2 for d in dil)
+                        for rk, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)) / rate
+            if self.source_convs is not None:
+                span += 2 / rate  # strided conv over the excitation: kernel 2 steps of this layer
+        span += (self.conv_post.conv.kernel_size[0] - 1) / 2 / rate
+        return math.ceil(span) + 1
+
+    @property
+    def duration_context(self) -> int:
+        """Units on each side that one unit's predicted duration reads (0 without a predictor)."""
+        dp = self.duration_predictor
+        return 0 if dp is None else (dp.conv1.kernel_size[0] - 1) // 2 + (dp.conv2.kernel_size[0] - 1) // 2
 
     # -- durations ---------------------------------------------------------------------------------
 

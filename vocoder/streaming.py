@@ -1,0 +1,253 @@
+"""Streaming synthesis: a growing stream of speech tokens → waveform chunks equal to whole synthesis.
+
+:meth:`spiritlm.vocoder.Vocoder.stream` drives the two classes here:
+
+* :class:`TokenReader` turns pieces of an LM's output (one token per piece, ``"[Hu12]"``, or
+  whole strings, or tokens split across pieces) into units with their pitch and style codes,
+  with the rule of :func:`spiritlm.formats.string_to_units`: a unit takes the pitch and style
+  tokens last seen before it, and units before the first pitch (style) token take the first one.
+  So a unit is *settled* once its codes are known: at once after the first ``[PiN]`` / ``[StN]``;
+  units before those wait for them (or for the end of the stream, where the vocoder's default
+  codes fill in, as :meth:`Vocoder.prepare` does).
+* :class:`UnitStreamer` turns settled units into audio. Every stage reads a bounded neighbourhood
+  (zero padding at the utterance's edges, as whole synthesis):
+
+  ============================  ================================================================
+  duration predictor            ``model.duration_context`` units each side (2: two k=3 convs)
+  harmonic source's F0 head     ``model.source.context`` frames each side (2)
+  generator                     ``model.context_frames`` frames each side (its receptive field)
+  ============================  ================================================================
+
+  A unit's duration is final once ``duration_context`` more units are settled; a frame's F0 once
+  ``source.context`` more frames exist; an output frame once ``context_frames`` more frames have
+  final inputs. Each step runs the generator on a window of final frames with
+  ``context_frames`` frames of context on each side and keeps the middle, which is the audio of
+  the whole utterance there (up to float rounding). The source's sine phase is carried across
+  windows (:func:`~spiritlm.vocoder.model.excitation_phase`), so chunks join without a click.
+
+Cost: each window recomputes its ``2 × context_frames`` frames of context, so a chunk of ``C``
+frames costs ``(C + 2·context_frames) / C`` of whole synthesis (``chunk_frames``; see the
+vocoder README for the measured figure); latency is ``chunk_frames + context_frames`` frames of
+units (+ ``duration_context`` units) after the first settled unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from spiritlm.errors import UserError
+from spiritlm.formats import SPEECH_TOKEN_RE
+
+from .model import UnitHifiGAN, durations_from_log, excitation_phase
+
+__all__ = ["TokenReader", "UnitStreamer"]
+
+
+class TokenReader:
+    """Incremental :func:`~spiritlm.formats.string_to_units`: feed text pieces, get settled units.
+
+    Args:
+        has_pitch / has_style: whether the vocoder reads the stream (a base vocoder ignores
+            pitch and style tokens; its units settle at once).
+
+    Attributes:
+        units, pitch, style: settled units and their codes (lists of ints; pitch / style stay
+            empty for a vocoder without the table).
+    """
+
+    def __init__(self, has_pitch: bool, has_style: bool) -> None:
+        self.has_pitch, self.has_style = has_pitch, has_style
+        self._buf = ""
+        self._pending: list[tuple[int, int | None, int | None]] = []  # units whose codes are unknown yet
+        self._pitch: int | None = None
+        self._style: int | None = None
+        self._first_pitch: int | None = None
+        self._first_style: int | None = None
+        self.units: list[int] = []
+        self.pitch: list[int] = []
+        self.style: list[int] = []
+        self.saw_style = False
+
+    def feed(self, text: str) -> None:
+        """Reads the complete tokens of ``text`` (a trailing partial ``[Hu1`` waits for its rest)."""
+        if not isinstance(text, str):
+            raise UserError(f"speech tokens must be strings like '[Hu12]', got {type(text).__name__}")
+        self._buf += text
+        cut = self._buf.rfind("[")
+        if cut >= 0 and "]" not in self._buf[cut:]:
+            done, self._buf = self._buf[:cut], self._buf[cut:]
+            if len(self._buf) > 32:  # not a token being completed: text that never closes
+                done, self._buf = done + self._buf, ""
+        else:
+            done, self._buf = self._buf, ""
+        for m in SPEECH_TOKEN_RE.finditer(done):
+            kind, value = m.group(1), int(m.group(2))
+            if kind == "Hu":
+                self._pending.append((value, self._pitch, self._style))
+            elif kind == "Pi":
+                self._pitch = value
+                if self._first_pitch is None:
+                    self._first_pitch = value
+            else:
+                self._style = value
+                self.saw_style = True
+                if self._first_style is None:
+                    self._first_style = value
+        self._settle(final=False)
+
+    def finish(self, default_pitch: int | None, default_style: int | None) -> None:
+        """End of stream: units still waiting for a first pitch / style token get the default."""
+        self.feed("")
+        if self._buf:
+            self._buf += " "  # an unclosed "[Hu1" at the very end is not a token
+            self.feed("")
+        if self.has_pitch and self._first_pitch is None and self._pending:
+            if default_pitch is None:
+                raise UserError(
+                    "no 'pitch' stream (no [PiN] tokens) and this vocoder stores no default_pitch code to fill in "
+                    "(set one in its config.json; `spiritlm vocoder train` stores the most frequent training code)"
+                )
+            self._first_pitch = default_pitch
+        if self.has_style and self._first_style is None:
+            self._first_style = default_style
+        self._settle(final=True)
+
+    def _settle(self, final: bool) -> None:
+        if (self.has_pitch and self._first_pitch is None) or (self.has_style and self._first_style is None and not final):
+            return
+        for unit, pitch, style in self._pending:
+            self.units.append(unit)
+            if self.has_pitch:
+                self.pitch.append(self._first_pitch if pitch is None else pitch)  # type: ignore[arg-type]
+            if self.has_style:
+                self.style.append(self._first_style if style is None else style)  # type: ignore[arg-type]
+        self._pending.clear()
+
+
+class UnitStreamer:
+    """Settled units (one call per growth of the lists) → new final audio samples.
+
+    Args:
+        model: the generator, in eval mode.
+        speaker, style_id: table rows.
+        dur_pred: give each unit its predicted duration (token strings); False: one frame each.
+        chunk_frames: run the generator once at least this many output frames are final
+            (640 samples each); the end of the stream flushes whatever is left.
+    """
+
+    def __init__(self, model: UnitHifiGAN, *, speaker: int, style_id: int, dur_pred: bool, chunk_frames: int) -> None:
+        if chunk_frames < 1:
+            raise UserError(f"chunk_frames must be >= 1, got {chunk_frames} (--chunk_frames)")
+        self.model = model
+        self.dev = next(model.parameters()).device
+        self.speaker = torch.tensor([speaker], device=self.dev)
+        self.style_id = torch.tensor([style_id], device=self.dev)
+        self.dur_pred = dur_pred
+        self.chunk = chunk_frames
+        self.ctx = model.context_frames
+        self.dctx = model.duration_context if dur_pred else 0
+        self.hctx = model.source.context if model.source is not None else 0
+        self.S = model.config.f0_frames_per_unit
+        self.frame_unit: list[int] = []  # unit index of every frame (durations expanded)
+        self.f0 = torch.zeros(1, 0, dtype=torch.float32)  # the source's F0 of the final frames, 200 Hz
+        self.phase = torch.zeros(1, dtype=torch.float64)  # source phase at the first unemitted frame
+        self.phase_at = 0  # ... which is this frame
+        self.emitted = 0  # output frames already returned
+        self._units_expanded = 0  # units whose frames are in frame_unit
+
+    def _embed(self, units: list[int], pitch: list[int], style: list[int], idx: np.ndarray) -> torch.Tensor:
+        """Generator input ``[1, C, len(idx)]`` of the units at positions ``idx``."""
+        dev = self.dev
+
+        def take(codes: list[int]) -> torch.Tensor | None:
+            return torch.as_tensor(np.asarray(codes, dtype=np.int64)[idx], device=dev)[None] if codes else None
+
+        return self.model.embed(take(units), take(pitch), take(style), self.speaker, self.style_id, aligned=True)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def step(self, units: list[int], pitch: list[int], style: list[int], final: bool) -> np.ndarray:
+        """New final samples (float32, possibly empty) after the settled units grew to ``units``."""
+        n = len(units)
+        # durations of the units whose neighbourhood is settled
+        n_dur = n if final else max(0, n - self.dctx)
+        done = self._units_expanded
+        if n_dur > done:
+            if self.dur_pred:
+                lo = max(0, done - self.dctx)
+                u = torch.as_tensor(units[lo:n], device=self.dev)[None]
+                frames = durations_from_log(self.model.predict_durations(u))[0, done - lo : n_dur - lo].tolist()
+            else:
+                frames = [1] * (n_dur - done)
+            for i, f in zip(range(done, n_dur), frames):
+                self.frame_unit.extend([i] * int(f))
+            self._units_expanded = n_dur
+        F = len(self.frame_unit)
+        fu = np.asarray(self.frame_unit, dtype=np.int64)
+        # the source's F0 of frames whose neighbourhood is known
+        if self.model.source is not None:
+            have = self.f0.size(1) // self.S
+            n_f0 = F if final else max(0, F - self.hctx)
+            if n_f0 > have:
+                lo = max(0, have - self.hctx)
+                x = self._embed(units, pitch, style, fu[lo:F])
+                log_f0, logit = self.model.predict_f0(x)
+                f0 = self.model.source.f0_from_prediction(log_f0, logit)[:, (have - lo) * self.S : (n_f0 - lo) * self.S]
+                self.f0 = torch.cat([self.f0, f0.float().cpu()], dim=1)
+            ready = min(F, self.f0.size(1) // self.S)
+        else:
+            ready = F
+        end = ready if final else ready - self.ctx  # output frames final
+        if end <= self.emitted or (not final and end - self.emitted < self.chunk):
+            return np.zeros(0, dtype=np.float32)
+        lo = max(0, self.emitted - self.ctx)
+        hi = ready if final else min(ready, end + self.ctx)
+        x = self._embed(units, pitch, style, fu[lo:hi])
+        if self.model.source is not None:
+            # the phase of the sines at the window's first frame
+            self.phase = torch.remainder(self.phase + excitation_phase(self.f0[:, self.phase_at * self.S : lo * self.S]), 1.0)
+            self.phase_at = lo
+            wav = self.model.vocode(x, f0=self.f0[:, lo * self.S : hi * self.S].to(self.dev), phase0=self.phase.to(self.dev))
+        else:
+            wav = self.model.vocode(x)
+        hop = self.model.hop
+        out = wav[0, 0, (self.emitted - lo) * hop : (end - lo) * hop].float().cpu().numpy()
+        self.emitted = end
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _check_ids(reader: TokenReader, model: UnitHifiGAN, start: int) -> None:
+    cfg = model.config
+    for name, codes, size in (("hubert", reader.units, cfg.num_units), ("pitch", reader.pitch, cfg.num_pitch),
+                              ("style", reader.style, cfg.num_style)):
+        bad = [c for c in codes[start:] if c >= size]
+        if bad:
+            what = "units" if name == "hubert" else f"{name} codes"
+            raise UserError(f"'{name}' stream: id {bad[0]} is beyond the vocoder's {size} {what} (0..{size - 1})")
+
+
+def stream_chunks(reader: TokenReader, streamer: UnitStreamer, pieces, defaults: tuple[int | None, int | None]) -> Iterator[np.ndarray]:
+    """Feeds ``pieces`` through ``reader`` and ``streamer``; yields non-empty chunks.
+
+    Raises :class:`UserError` (ids beyond the vocoder's tables, no units, a missing pitch stream
+    without a default) when the offending token is read: chunks before it were already yielded.
+    """
+    if isinstance(pieces, str):
+        pieces = [pieces]
+    checked = 0
+    for piece in pieces:
+        reader.feed(piece)
+        _check_ids(reader, streamer.model, checked)
+        checked = len(reader.units)
+        chunk = streamer.step(reader.units, reader.pitch, reader.style, final=False)
+        if chunk.size:
+            yield chunk
+    reader.finish(*defaults)
+    _check_ids(reader, streamer.model, checked)
+    if not reader.units:
+        raise UserError("the token stream has no [HuN] tokens")
+    chunk = streamer.step(reader.units, reader.pitch, reader.style, final=True)
+    if chunk.size:
+        yield chunk
