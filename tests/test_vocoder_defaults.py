@@ -136,7 +136,7 @@ def test_vocoder_resume_drops_metrics_records_after_its_checkpoint(tmp_path):
     from test_vocoder_train import make_corpus, tiny_cfg
 
     from spiritlm import metrics_log
-    from spiritlm.train import distributed
+    from spiritlm import distributed
     from spiritlm.vocoder import train as VT
 
     assert VT.MetricsLog is metrics_log.MetricsLog and VT.Dist is distributed.Dist  # one copy of each
