@@ -6,10 +6,135 @@ which the benchmarks share; what only tests need lives here.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
+
+from spiritlm.constants import SAMPLE_RATE, UNIT_HOP
+from spiritlm.tokenizers.fairseq_hubert import parse_conv_layers
+from spiritlm.vocoder.data import repeat_codes
+from spiritlm.vocoder.train import TrainConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# vocoder: a tiny aligned corpus of harmonic tones, and a training config that runs in seconds
+# ---------------------------------------------------------------------------------------------
+
+def make_corpus(root, n_utts: int = 6, seed: int = 0, n_units: int = 20, n_pitch: int = 8, n_style: int = 4):
+    """A tiny aligned corpus: harmonic tones whose F0 follows the pitch codes, units from the
+    codes too (so audio is predictable from units), 2 speakers, splits train/valid/test."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root / "audio", exist_ok=True)
+    man, units = [], []
+    for i in range(n_utts):
+        T = int(rng.integers(30, 60))  # units (1.2 - 2.4 s)
+        pitch = rng.integers(0, n_pitch, size=-(-T // 2))
+        style = rng.integers(0, n_style, size=-(-T // 25))
+        per_unit_pitch = repeat_codes(pitch, 2, T)
+        f0 = np.repeat(110.0 * 2 ** (per_unit_pitch / 12.0), UNIT_HOP)
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        # a buzz with harmonics up to ~4 kHz plus a little noise: energy in every mel band
+        wav = sum(np.sin(k * phase) / k for k in range(1, 25)) * 0.15 + 0.005 * rng.standard_normal(len(phase))
+        wav = np.concatenate([wav, np.zeros(int(rng.integers(0, UNIT_HOP)))]).astype(np.float32)  # partial last frame
+        uid = f"u{i}"
+        sf.write(root / "audio" / f"{uid}.wav", wav, SAMPLE_RATE)
+        split = "valid" if i == n_utts - 2 else "test" if i == n_utts - 1 else "train"
+        man.append({"id": uid, "audio": f"audio/{uid}.wav", "sample_rate": SAMPLE_RATE, "duration": len(wav) / SAMPLE_RATE,
+                    "speaker": f"spk{i % 2}", "style": "default", "text": "x", "words": [], "split": split})
+        hub = (per_unit_pitch * 2 + rng.integers(0, 2, size=T)) % n_units
+        units.append({"id": uid, "audio": f"audio/{uid}.wav", "hubert": " ".join(map(str, hub)),
+                      "pitch": " ".join(map(str, pitch)), "style": " ".join(map(str, style))})
+    with open(root / "manifest.jsonl", "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in man)
+    with open(root / "units.jsonl", "w") as f:
+        f.writelines(json.dumps(u) + "\n" for u in units)
+    return str(root / "manifest.jsonl"), str(root / "units.jsonl")
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(config="tiny", max_steps=4, batch_size=2, segment_units=4, disc_width_div=32, log_every=1,
+                val_every=0, save_every=2, threads=1, max_val_utts=1, num_samples=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq HuBERT checkpoints with random weights (the tokenizers' conversion tests)
+# ---------------------------------------------------------------------------------------------
+
+CONV = "[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 3"  # 25 Hz chain, narrow
+
+
+
+def small_cfg(**kw) -> dict:
+    cfg = dict(
+        extractor_mode="default", encoder_layers=3, encoder_embed_dim=32, encoder_ffn_embed_dim=48,
+        encoder_attention_heads=4, activation_fn="gelu", layer_norm_first=False, conv_feature_layers=CONV,
+        conv_bias=False, conv_pos=8, conv_pos_groups=4, final_dim=12, label_rate=25,
+    )
+    cfg.update(kw)
+    return cfg
+
+
+def random_fairseq_state_dict(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every tensor a fairseq HuBERT of this config holds, with fairseq's names and shapes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    conv = parse_conv_layers(cfg["conv_feature_layers"])
+    E, Fd, L = cfg["encoder_embed_dim"], cfg["encoder_ffn_embed_dim"], cfg["encoder_layers"]
+    sd: dict[str, torch.Tensor] = {}
+    c_in = 1
+    for i, (dim, k, _) in enumerate(conv):
+        sd[f"feature_extractor.conv_layers.{i}.0.weight"] = r(dim, c_in, k, scale=0.5)
+        if cfg["conv_bias"]:
+            sd[f"feature_extractor.conv_layers.{i}.0.bias"] = r(dim)
+        if cfg["extractor_mode"] == "default" and i == 0:
+            sd["feature_extractor.conv_layers.0.2.weight"] = 1 + r(dim)
+            sd["feature_extractor.conv_layers.0.2.bias"] = r(dim)
+        if cfg["extractor_mode"] == "layer_norm":
+            sd[f"feature_extractor.conv_layers.{i}.2.1.weight"] = 1 + r(dim)
+            sd[f"feature_extractor.conv_layers.{i}.2.1.bias"] = r(dim)
+        c_in = dim
+    sd["layer_norm.weight"], sd["layer_norm.bias"] = 1 + r(c_in), r(c_in)
+    sd["post_extract_proj.weight"], sd["post_extract_proj.bias"] = r(E, c_in), r(E)
+    sd["mask_emb"] = r(E)
+    K, G = cfg["conv_pos"], cfg["conv_pos_groups"]
+    sd["encoder.pos_conv.0.weight_g"] = 1 + r(1, 1, K).abs()
+    sd["encoder.pos_conv.0.weight_v"] = r(E, E // G, K)
+    sd["encoder.pos_conv.0.bias"] = r(E)
+    sd["encoder.layer_norm.weight"], sd["encoder.layer_norm.bias"] = 1 + r(E), r(E)
+    for i in range(L):
+        p = f"encoder.layers.{i}."
+        for proj in ("k_proj", "q_proj", "v_proj", "out_proj"):
+            sd[p + f"self_attn.{proj}.weight"], sd[p + f"self_attn.{proj}.bias"] = r(E, E), r(E)
+        sd[p + "self_attn_layer_norm.weight"], sd[p + "self_attn_layer_norm.bias"] = 1 + r(E), r(E)
+        sd[p + "fc1.weight"], sd[p + "fc1.bias"] = r(Fd, E), r(Fd)
+        sd[p + "fc2.weight"], sd[p + "fc2.bias"] = r(E, Fd), r(E)
+        sd[p + "final_layer_norm.weight"], sd[p + "final_layer_norm.bias"] = 1 + r(E), r(E)
+    sd["label_embs_concat"] = r(20, cfg["final_dim"])
+    sd["final_proj.weight"], sd["final_proj.bias"] = r(cfg["final_dim"], E), r(cfg["final_dim"])
+    return sd
+
+
+def write_checkpoint(path, cfg, sd, layout):
+    if layout == "meta":
+        torch.save({"model_cfg": cfg, "task_cfg": {"sample_rate": 16000, "normalize": False, "labels": ["km"]},
+                    "model_weight": sd, "dictionaries_symbols": [[str(i) for i in range(20)]]}, path)
+    else:
+        torch.save({"cfg": {"model": cfg, "task": {"sample_rate": 16000}, "common": {"seed": 1}}, "model": sd}, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# LM
+# ---------------------------------------------------------------------------------------------
 
 
 def tiny_hf_llama(

@@ -132,7 +132,7 @@ def test_vocoder_train_config_flag_reaches_the_recipe(files, monkeypatch):
 
 def test_vocoder_train_with_no_usable_units_line_names_them_and_leaves_no_folder(tmp_path, capsys):
     """Every units line bad: one line naming the file, its first bad line and the flags; no half-made --out."""
-    from test_vocoder_train import make_corpus
+    from fixtures import make_corpus
 
     manifest, _ = make_corpus(tmp_path, n_utts=3)
     units = tmp_path / "bad_units.jsonl"

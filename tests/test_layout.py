@@ -159,3 +159,13 @@ def test_doctests(module):
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0, f"{module} has '>>> ' but no example ran"
     assert result.failed == 0, f"{result.failed} failing doctest(s) in {module}"
+
+
+def test_tests_share_helpers_through_fixtures_only():
+    """A test module imports no other test module: shared builders live in tests/fixtures.py."""
+    offenders = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not offenders, offenders

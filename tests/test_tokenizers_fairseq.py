@@ -20,62 +20,7 @@ from spiritlm.tokenizers.fairseq_hubert import (
 )
 from spiritlm.tokenizers.features import FeatureConfig, HubertBackend, conv_chain_frames, load_backend
 
-CONV = "[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 3"  # 25 Hz chain, narrow
-
-
-
-def small_cfg(**kw) -> dict:
-    cfg = dict(
-        extractor_mode="default", encoder_layers=3, encoder_embed_dim=32, encoder_ffn_embed_dim=48,
-        encoder_attention_heads=4, activation_fn="gelu", layer_norm_first=False, conv_feature_layers=CONV,
-        conv_bias=False, conv_pos=8, conv_pos_groups=4, final_dim=12, label_rate=25,
-    )
-    cfg.update(kw)
-    return cfg
-
-
-def random_fairseq_state_dict(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Every tensor a fairseq HuBERT of this config holds, with fairseq's names and shapes."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=0.2):
-        return torch.randn(*shape, generator=g) * scale
-
-    conv = parse_conv_layers(cfg["conv_feature_layers"])
-    E, Fd, L = cfg["encoder_embed_dim"], cfg["encoder_ffn_embed_dim"], cfg["encoder_layers"]
-    sd: dict[str, torch.Tensor] = {}
-    c_in = 1
-    for i, (dim, k, _) in enumerate(conv):
-        sd[f"feature_extractor.conv_layers.{i}.0.weight"] = r(dim, c_in, k, scale=0.5)
-        if cfg["conv_bias"]:
-            sd[f"feature_extractor.conv_layers.{i}.0.bias"] = r(dim)
-        if cfg["extractor_mode"] == "default" and i == 0:
-            sd["feature_extractor.conv_layers.0.2.weight"] = 1 + r(dim)
-            sd["feature_extractor.conv_layers.0.2.bias"] = r(dim)
-        if cfg["extractor_mode"] == "layer_norm":
-            sd[f"feature_extractor.conv_layers.{i}.2.1.weight"] = 1 + r(dim)
-            sd[f"feature_extractor.conv_layers.{i}.2.1.bias"] = r(dim)
-        c_in = dim
-    sd["layer_norm.weight"], sd["layer_norm.bias"] = 1 + r(c_in), r(c_in)
-    sd["post_extract_proj.weight"], sd["post_extract_proj.bias"] = r(E, c_in), r(E)
-    sd["mask_emb"] = r(E)
-    K, G = cfg["conv_pos"], cfg["conv_pos_groups"]
-    sd["encoder.pos_conv.0.weight_g"] = 1 + r(1, 1, K).abs()
-    sd["encoder.pos_conv.0.weight_v"] = r(E, E // G, K)
-    sd["encoder.pos_conv.0.bias"] = r(E)
-    sd["encoder.layer_norm.weight"], sd["encoder.layer_norm.bias"] = 1 + r(E), r(E)
-    for i in range(L):
-        p = f"encoder.layers.{i}."
-        for proj in ("k_proj", "q_proj", "v_proj", "out_proj"):
-            sd[p + f"self_attn.{proj}.weight"], sd[p + f"self_attn.{proj}.bias"] = r(E, E), r(E)
-        sd[p + "self_attn_layer_norm.weight"], sd[p + "self_attn_layer_norm.bias"] = 1 + r(E), r(E)
-        sd[p + "fc1.weight"], sd[p + "fc1.bias"] = r(Fd, E), r(Fd)
-        sd[p + "fc2.weight"], sd[p + "fc2.bias"] = r(E, Fd), r(E)
-        sd[p + "final_layer_norm.weight"], sd[p + "final_layer_norm.bias"] = 1 + r(E), r(E)
-    sd["label_embs_concat"] = r(20, cfg["final_dim"])
-    sd["final_proj.weight"], sd["final_proj.bias"] = r(cfg["final_dim"], E), r(cfg["final_dim"])
-    return sd
-
+from fixtures import random_fairseq_state_dict, small_cfg, write_checkpoint
 
 def fairseq_reference(sd: dict, cfg: dict, wav: torch.Tensor, output_layer: int) -> torch.Tensor:
     """fairseq HuBERT ``extract_features(wav[None], mask=False, output_layer=...)`` (eval mode),
@@ -129,14 +74,6 @@ def fairseq_reference(sd: dict, cfg: dict, wav: torch.Tensor, output_layer: int)
         if not lnf:
             x = ln(x, p + "final_layer_norm")
     return x[0]
-
-
-def write_checkpoint(path, cfg, sd, layout):
-    if layout == "meta":
-        torch.save({"model_cfg": cfg, "task_cfg": {"sample_rate": 16000, "normalize": False, "labels": ["km"]},
-                    "model_weight": sd, "dictionaries_symbols": [[str(i) for i in range(20)]]}, path)
-    else:
-        torch.save({"cfg": {"model": cfg, "task": {"sample_rate": 16000}, "common": {"seed": 1}}, "model": sd}, path)
 
 
 @pytest.mark.parametrize(

@@ -385,7 +385,7 @@ def test_tokenize_passes_the_manifest_speaker_to_metas_quantizer(tmp_path):
 def meta_release(tmp_path_factory):
     """A fake ``checkpoints/`` folder in the layout of Meta's release, with tiny models."""
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_tokenizers_fairseq import random_fairseq_state_dict, small_cfg, write_checkpoint
+    from fixtures import random_fairseq_state_dict, small_cfg, write_checkpoint
     from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
     root = tmp_path_factory.mktemp("meta") / "checkpoints"

@@ -231,7 +231,7 @@ def test_assemble_base_from_fairseq_checkpoint(corpus, tmp_path):
     import sys
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_tokenizers_fairseq import random_fairseq_state_dict, small_cfg, write_checkpoint
+    from fixtures import random_fairseq_state_dict, small_cfg, write_checkpoint
 
     from spiritlm.tokenizers.cli import assemble
     from spiritlm.tokenizers.kmeans import save_kmeans

@@ -110,7 +110,7 @@ def test_training_stores_the_most_frequent_training_codes(tmp_path):
     from spiritlm.vocoder.data import load_utterances
     from spiritlm.vocoder.train import train_vocoder
 
-    from test_vocoder_train import make_corpus, tiny_cfg
+    from fixtures import make_corpus, tiny_cfg
 
     manifest, units = make_corpus(tmp_path)
     train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(max_steps=1, save_every=0), progress=False, log=lambda s: None)
@@ -133,7 +133,7 @@ def test_stsp_and_tts_judge_outputs_without_pitch_tokens():
 def test_vocoder_resume_drops_metrics_records_after_its_checkpoint(tmp_path):
     """The vocoder recipe shares the LM recipe's MetricsLog: after a kill, the records written past
     the last checkpoint are dropped on resume instead of repeating their steps (issue 12 case 16)."""
-    from test_vocoder_train import make_corpus, tiny_cfg
+    from fixtures import make_corpus, tiny_cfg
 
     from spiritlm import metrics_log
     from spiritlm import distributed

@@ -91,7 +91,7 @@ def test_energy_and_mean_f0():
 @pytest.mark.slow
 def test_eval_command_end_to_end(tmp_path, monkeypatch):
     """Train a few steps on the tiny corpus of test_vocoder_train, then evaluate (no tokenizer)."""
-    from test_vocoder_train import make_corpus, tiny_cfg  # tests/ is on sys.path under pytest
+    from fixtures import make_corpus, tiny_cfg
 
     from spiritlm.vocoder.evaluate import evaluate_vocoder
     from spiritlm.vocoder.train import train_vocoder

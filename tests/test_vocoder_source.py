@@ -215,7 +215,7 @@ def test_attach_f0_aligns_with_units_and_caches(tmp_path):
 
 
 def test_training_learns_f0_and_caches_it(tmp_path):
-    from test_vocoder_train import make_corpus, tiny_cfg
+    from fixtures import make_corpus, tiny_cfg
 
     from spiritlm.vocoder.train import train_vocoder
 

@@ -19,48 +19,12 @@ from spiritlm.vocoder.data import (
     repeat_codes,
 )
 from spiritlm.vocoder.model import upsample_codes
-from spiritlm.vocoder.train import TrainConfig, latest_checkpoint, train_vocoder
+from spiritlm.vocoder.train import latest_checkpoint, train_vocoder
+
+from fixtures import make_corpus, tiny_cfg
 
 SR = 16_000
 HOP = 640
-
-
-def make_corpus(root, n_utts: int = 6, seed: int = 0, n_units: int = 20, n_pitch: int = 8, n_style: int = 4):
-    """A tiny aligned corpus: harmonic tones whose F0 follows the pitch codes, units from the
-    codes too (so audio is predictable from units), 2 speakers, splits train/valid/test."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(root / "audio", exist_ok=True)
-    man, units = [], []
-    for i in range(n_utts):
-        T = int(rng.integers(30, 60))  # units (1.2 - 2.4 s)
-        pitch = rng.integers(0, n_pitch, size=-(-T // 2))
-        style = rng.integers(0, n_style, size=-(-T // 25))
-        per_unit_pitch = repeat_codes(pitch, 2, T)
-        f0 = np.repeat(110.0 * 2 ** (per_unit_pitch / 12.0), HOP)
-        phase = 2 * np.pi * np.cumsum(f0) / SR
-        # a buzz with harmonics up to ~4 kHz plus a little noise: energy in every mel band
-        wav = sum(np.sin(k * phase) / k for k in range(1, 25)) * 0.15 + 0.005 * rng.standard_normal(len(phase))
-        wav = np.concatenate([wav, np.zeros(int(rng.integers(0, HOP)))]).astype(np.float32)  # partial last frame
-        uid = f"u{i}"
-        sf.write(root / "audio" / f"{uid}.wav", wav, SR)
-        split = "valid" if i == n_utts - 2 else "test" if i == n_utts - 1 else "train"
-        man.append({"id": uid, "audio": f"audio/{uid}.wav", "sample_rate": SR, "duration": len(wav) / SR,
-                    "speaker": f"spk{i % 2}", "style": "default", "text": "x", "words": [], "split": split})
-        hub = (per_unit_pitch * 2 + rng.integers(0, 2, size=T)) % n_units
-        units.append({"id": uid, "audio": f"audio/{uid}.wav", "hubert": " ".join(map(str, hub)),
-                      "pitch": " ".join(map(str, pitch)), "style": " ".join(map(str, style))})
-    with open(root / "manifest.jsonl", "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in man)
-    with open(root / "units.jsonl", "w") as f:
-        f.writelines(json.dumps(u) + "\n" for u in units)
-    return str(root / "manifest.jsonl"), str(root / "units.jsonl")
-
-
-def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(config="tiny", max_steps=4, batch_size=2, segment_units=4, disc_width_div=32, log_every=1,
-                val_every=0, save_every=2, threads=1, max_val_utts=1, num_samples=1)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 # ---------------------------------------------------------------------------------------------
