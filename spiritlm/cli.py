@@ -21,7 +21,7 @@ import jsonargparse
 
 # name -> (module holding COMMANDS, one-line description)
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
-    "corpus": ("spiritlm.corpus.cli", "synthesise the aligned speech-text corpus; validate manifests"),
+    "corpus": ("spiritlm.corpus.cli", "synthesise the aligned corpus; import, align and segment real corpora; validate manifests"),
     "formats": ("spiritlm.formats_cli", "convert between unit dicts and token strings; split generated strings"),
     "tokenizer": ("spiritlm.tokenizers.cli", "speech tokenizers: dump features, train, assemble from checkpoints"),
     "tokenize": ("spiritlm.tokenizers.tokenize_cli", "tokenize a manifest's audio into Meta's units JSONL (sharded, resumable)"),

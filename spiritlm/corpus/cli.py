@@ -125,4 +125,306 @@ def text(out: str, num_sentences: int = 20000, seed: int = 0, mix: dict[str, flo
     print(f"wrote {out}: {len(docs)} documents, {words} words, vocabulary {len({w for d in docs for w in d.split()})}")
 
 
-COMMANDS = {"synth": synth, "check": check, "text": text}
+def _finish_skips(skipped: list[str], kept: int, allow_skips: bool, what: str, log: str | None) -> None:
+    """Prints skipped items (the first 20) and ends non-zero when there were any, unless allowed."""
+    import sys
+
+    from spiritlm.errors import UserError
+
+    for line in skipped[:20]:
+        print(f"skipped: {line}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"skipped: ... {len(skipped) - 20} more" + (f" (all in {log})" if log else ""), file=sys.stderr)
+    if skipped and not kept:
+        raise UserError(f"every {what} was skipped ({len(skipped)}; first: {skipped[0]})")
+    if skipped and not allow_skips:
+        raise UserError(f"{len(skipped)} {what}(s) skipped (first: {skipped[0]}); pass --allow_skips true to accept")
+
+
+def import_corpus(
+    format: str,
+    src: str | None = None,
+    out: str | None = None,
+    alignments: str | None = None,
+    supervisions: str | None = None,
+    pattern: str | None = None,
+    split: str | None = None,
+    require_text: bool = True,
+    max_duration: float | None = None,
+    segment_long: bool = False,
+    vad: str = "silero",
+    allow_skips: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Import a corpus you have: write OUT/manifest.jsonl pointing at its audio (nothing is copied).
+
+    Examples:
+      spiritlm corpus import librispeech --src LibriSpeech/train-clean-100 --out ls100 [--alignments librispeech_alignments/]
+      spiritlm corpus import folder --src my_recordings --pattern '{speaker}/*' --out mine
+      spiritlm corpus import lhotse --src cuts.jsonl.gz --out imported
+
+    FORMAT is librispeech (SPEAKER/CHAPTER/*.flac + SPEAKER-CHAPTER.trans.txt), folder (audio
+    files with a same-stem .txt or .lab transcript) or lhotse (a CutSet, or a RecordingSet with
+    --supervisions). Items that cannot be read are skipped and listed in OUT/import_skipped.txt;
+    the command then exits with status 1 unless --allow_skips true.
+
+    Args:
+        format: librispeech, folder or lhotse.
+        src: the corpus folder (librispeech, folder) or manifest file (lhotse).
+        out: output folder (manifest.jsonl, import_skipped.txt).
+        alignments: librispeech: a folder or file of word alignments, the public LibriSpeech
+            SPEAKER-CHAPTER.alignment.txt files or Montreal Forced Aligner TextGrids (words tier).
+        supervisions: lhotse: the SupervisionSet of a RecordingSet given as --src (default: the
+            file named like --src with recordings replaced by supervisions).
+        pattern: folder: path pattern giving speaker/style/split/id, e.g. '{speaker}/{style}/*'
+            ({name} captures, * matches within a folder, ** across folders; relative to --src,
+            without extension). Default: speaker = the parent folder.
+        split: the split of every utterance (train / valid / test); default from the folder
+            names (librispeech: train-*, dev-*, test-*) or the pattern.
+        require_text: folder: skip audio without a transcript (false: keep it as speech only).
+        max_duration: longest recording kept, seconds: longer ones are skipped, or cut with
+            --segment_long true.
+        segment_long: cut recordings longer than --max_duration at pauses (spiritlm corpus segment)
+            into OUT/segments/ instead of skipping them.
+        vad: with --segment_long, the voice activity detector for recordings without word times:
+            silero or energy.
+        allow_skips: exit with status 0 even when some items were skipped.
+        overwrite: replace an existing OUT/manifest.jsonl.
+    """
+    import os
+
+    from spiritlm.corpus import importers
+    from spiritlm.corpus.manifest import write_manifest
+    from spiritlm.errors import UserError
+
+    if src is None or out is None:
+        raise UserError("corpus import FORMAT needs --src and --out")
+    manifest = os.path.join(out, "manifest.jsonl")
+    if os.path.exists(manifest) and not overwrite:
+        raise UserError(f"{manifest}: already exists; pass --overwrite true to replace it")
+    for flag, value, formats in (("--alignments", alignments, ("librispeech",)), ("--supervisions", supervisions, ("lhotse",)),
+                                 ("--pattern", pattern, ("folder",))):
+        if value is not None and format not in formats:
+            raise UserError(f"{flag} is for corpus import {' / '.join(formats)}, not {format}")
+    try:
+        if format == "librispeech":
+            result = importers.import_librispeech(src, alignments, split)
+        elif format == "folder":
+            result = importers.import_folder(src, pattern, split, require_text)
+        elif format == "lhotse":
+            if not os.path.exists(src):
+                raise ValueError(f"{src}: no such file (--src)")
+            result = importers.import_lhotse(src, supervisions, split)
+        elif format == "hf":
+            raise ValueError("hf: Hugging Face datasets import needs the `datasets` package, which spiritlm does not "
+                             "install (pyarrow + pandas); save the dataset's audio as files and use corpus import folder")
+        else:
+            raise ValueError(f"unknown FORMAT {format!r}: librispeech, folder or lhotse")
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    utts, skipped = result.utterances, list(result.skipped)
+    if max_duration is not None:
+        long = [u for u in utts if u.duration > max_duration]
+        utts = [u for u in utts if u.duration <= max_duration]
+        if long and segment_long:
+            from spiritlm.corpus.segment import SegmentConfig, segment_utterance
+
+            cfg = SegmentConfig(max_seconds=max_duration, vad=vad)
+            for u in long:
+                try:
+                    pieces, _ = segment_utterance(u, cfg, out)
+                    utts += pieces
+                except ValueError as e:
+                    skipped.append(f"{u.audio}: {e}")
+        else:
+            skipped += [f"{u.audio}: lasts {u.duration:.1f} s > --max_duration {max_duration:g} (--segment_long true cuts it)" for u in long]
+    if utts:
+        write_manifest(manifest, utts)
+    log = os.path.join(out, "import_skipped.txt")
+    if skipped:
+        from spiritlm.atomic import atomic_file
+
+        with atomic_file(log, encoding="utf-8") as f:
+            f.write("".join(s + "\n" for s in skipped))
+    elif os.path.exists(log):
+        os.remove(log)
+    aligned = sum(bool(u.words) for u in utts)
+    hours = sum(u.duration for u in utts) / 3600
+    if utts:
+        print(f"wrote {manifest}: {len(utts)} utterances ({hours:.3f} h, {aligned} with word times), {len(skipped)} skipped")
+    _finish_skips(skipped, len(utts), allow_skips, "item", log)
+
+
+import_corpus.cli_positional = True  # type: ignore[attr-defined]
+
+
+def export(format: str, manifest: str | None = None, out: str | None = None, overwrite: bool = False) -> None:
+    """Export a manifest to another toolkit's format: lhotse (a CutSet, jsonl or jsonl.gz).
+
+    Example: spiritlm corpus export lhotse --manifest corpus/manifest.jsonl --out cuts.jsonl.gz
+
+    Word times go to each supervision's alignment["word"]; style, sentiment, intent, split,
+    phones and other keys to its custom dict, so corpus import lhotse gives the manifest back.
+
+    Args:
+        format: lhotse.
+        manifest: the manifest to export.
+        out: output file (.jsonl.gz or .jsonl).
+        overwrite: replace an existing OUT.
+    """
+    import os
+
+    from spiritlm.corpus.importers import export_lhotse
+    from spiritlm.corpus.manifest import read_manifest
+    from spiritlm.errors import UserError
+
+    if manifest is None or out is None:
+        raise UserError("corpus export FORMAT needs --manifest and --out")
+    if format != "lhotse":
+        raise UserError(f"unknown FORMAT {format!r}: lhotse")
+    if not out.endswith((".jsonl", ".jsonl.gz")):
+        raise UserError(f"{out}: a lhotse manifest ends in .jsonl or .jsonl.gz (--out)")
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+    n = export_lhotse(read_manifest(manifest), out)
+    print(f"wrote {out}: {n} cuts")
+
+
+export.cli_positional = True  # type: ignore[attr-defined]
+
+
+def align(
+    manifest: str,
+    aligner: str,
+    out: str,
+    shard: int | None = None,
+    num_shards: int | None = None,
+    batch_size: int = 8,
+    min_score: float = 0.0,
+    max_seconds: float = 120.0,
+    threads: int = 0,
+    device: str = "cpu",
+    allow_skips: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> None:
+    """Word times by CTC forced alignment (torchaudio forced_align) of each transcript to its audio.
+
+    Example: spiritlm corpus align --manifest ls100/manifest.jsonl --aligner wav2vec2-base-960h/ --out ls100/aligned.jsonl
+
+    Writes OUT (the aligned utterances, with align_score and word_scores) and OUT.rejects.jsonl
+    (utterances left out, with the reason: a score below --min_score, or an error). Sharded
+    and resumable like spiritlm tokenize: utterance i belongs to shard i % num_shards (default:
+    RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS); each shard appends to OUT.parts/ and a rerun
+    goes on where it stopped; the last shard to finish writes OUT. Utterances that could not
+    be aligned make the command exit with status 1 unless --allow_skips true.
+
+    Args:
+        manifest: input manifest (text and audio; words are replaced).
+        aligner: mms_fa (torchaudio's MMS_FA bundle; downloads its weights), a Hugging Face
+            Wav2Vec2ForCTC / HubertForCTC folder, or a spiritlm CTC judge folder (spiritlm eval judges).
+        out: output manifest.
+        shard: index of this shard.
+        num_shards: number of shards.
+        batch_size: utterances per forward pass.
+        min_score: utterances whose alignment score (exp of the mean log-probability of their
+            characters, 0-1) is below this go to the rejects file.
+        max_seconds: longer utterances are refused (cut them with spiritlm corpus segment).
+        threads: torch CPU threads (0: leave torch's setting).
+        device: cpu or cuda.
+        allow_skips: exit with status 0 even when some utterances could not be aligned.
+        overwrite: replace an existing OUT.
+        progress: show a progress bar.
+    """
+    import os
+
+    from spiritlm.errors import UserError
+
+    if not os.path.isfile(manifest):
+        raise UserError(f"{manifest}: no such file (--manifest)")
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    from spiritlm.tokenizers.tokenize_cli import shard_from_env
+
+    shard, num_shards, source = shard_from_env(shard, num_shards)
+    if not 0 <= shard < num_shards:
+        raise UserError(f"--shard {shard}: must be in 0..{num_shards - 1} (--num_shards {num_shards}; from {source})")
+    import torch
+
+    from spiritlm.corpus.align import align_manifest, load_aligner, rejects_path
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = load_aligner(aligner, device)
+    report = align_manifest(manifest, model, out, shard, num_shards, batch_size, min_score, max_seconds, progress)
+    speed = report.audio_seconds / report.wall_seconds if report.wall_seconds else 0.0
+    print(f"align shard {shard}/{num_shards}: {report.written} aligned, {report.rejected} below --min_score, "
+          f"{report.skipped} could not be aligned, {report.already_done} already done; "
+          f"{report.audio_seconds:.0f} s of audio at {speed:.1f}x real time")
+    if report.merged:
+        print(f"wrote {out} and {rejects_path(out)}")
+    else:
+        print(f"waiting for the other shards: {out} is written by the last one to finish")
+    _finish_skips(report.errors, report.written + report.rejected + report.already_done, allow_skips, "utterance",
+                  rejects_path(out) if report.merged else None)
+
+
+def segment(
+    manifest: str,
+    out: str,
+    max_seconds: float = 30.0,
+    vad: str = "silero",
+    min_pause: float = 0.2,
+    aligner: str | None = None,
+    allow_skips: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> None:
+    """Cut recordings longer than --max_seconds at pauses into utterances (written to OUT's folder, segments/).
+
+    Example: spiritlm corpus segment --manifest long/manifest.jsonl --out long/segmented.jsonl --max_seconds 30
+
+    With word times (or --aligner to get them, the transcript aligned over windows) cuts fall
+    between words, so every segment keeps whole words; without a transcript a voice activity
+    detector (silero, shipped with its package, or energy) finds the pauses.
+
+    Args:
+        manifest: input manifest.
+        out: output manifest (short utterances unchanged, long ones replaced by their segments).
+        max_seconds: longest segment, seconds.
+        vad: silero or energy (recordings without word times).
+        min_pause: shortest pause the VAD reports, seconds.
+        aligner: a CTC aligner (see spiritlm corpus align) for recordings with a transcript but no word times.
+        allow_skips: exit with status 0 even when some recordings could not be cut.
+        overwrite: replace an existing OUT.
+        progress: show a progress bar.
+    """
+    import os
+
+    from spiritlm.errors import UserError
+
+    if not os.path.isfile(manifest):
+        raise UserError(f"{manifest}: no such file (--manifest)")
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+    if vad not in ("silero", "energy"):
+        raise UserError(f"--vad must be silero or energy, got {vad!r}")
+    if not max_seconds > 0:
+        raise UserError(f"--max_seconds must be positive, got {max_seconds}")
+    from spiritlm.corpus.segment import SegmentConfig, segment_manifest
+
+    model = None
+    if aligner is not None:
+        from spiritlm.corpus.align import load_aligner
+
+        model = load_aligner(aligner)
+    report = segment_manifest(manifest, out, SegmentConfig(max_seconds=max_seconds, vad=vad, min_pause=min_pause), model, progress)
+    print(f"wrote {out}: {report.kept} utterances kept, {report.cut} cut into {report.segments} segments "
+          f"({report.forced_cuts} cut inside speech), {len(report.skipped)} skipped")
+    _finish_skips(report.skipped, report.kept + report.segments, allow_skips, "recording", None)
+
+
+COMMANDS = {"synth": synth, "check": check, "text": text, "import": import_corpus, "export": export, "align": align,
+            "segment": segment}

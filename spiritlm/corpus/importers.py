@@ -1,0 +1,503 @@
+"""Importers: corpora researchers already have -> manifests (``docs/formats.md``) that point at the source audio.
+
+Each importer returns an :class:`ImportResult`: the utterances it could read and one line per
+item it skipped (``path:line: problem``), so that ``spiritlm corpus import`` writes what is good,
+counts what is not and exits non-zero unless ``--allow_skips true``. Nothing is copied: ``audio``
+is the absolute path of the source file; only the audio header is read (sample rate, length).
+
+* :func:`import_librispeech` -- ``SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt`` + ``*.flac``; word
+  times from the public LibriSpeech alignments (``*.alignment.txt``: ``UTT ",W1,W2,,W3," "e1,e2,e3"``,
+  end times in seconds, an empty word is silence) or Montreal Forced Aligner TextGrids (``words``
+  tier, read with ``praatio``).
+* :func:`import_folder` -- audio files with a same-stem ``.txt``/``.lab`` transcript; speaker,
+  style and split from the relative path via a pattern such as ``{speaker}/{style}/*``.
+* :func:`import_lhotse` / :func:`export_lhotse` -- lhotse ``CutSet`` or ``RecordingSet`` +
+  ``SupervisionSet`` manifests (jsonl / jsonl.gz), word times in ``supervision.alignment["word"]``;
+  done with lhotse itself, whose recipes cover LibriSpeech, Libriheavy, MLS, GigaSpeech, ...
+
+Times are seconds, sample rates Hz.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spiritlm.corpus.manifest import Utterance, Word
+
+#: Audio files the importers pick up (what soundfile / libsndfile reads).
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3")
+#: Transcript files of :func:`import_folder`, in order of preference.
+TEXT_EXTENSIONS = (".txt", ".lab")
+#: Word labels of aligners that mark silence or noise, not words (MFA, Kaldi).
+SILENCE_LABELS = frozenset({"", "sil", "sp", "spn", "<eps>", "<sil>"})
+#: An alignment may end this much after the audio (rounding of the aligner's frame clock), seconds.
+END_SLACK = 0.05
+
+
+@dataclass
+class ImportResult:
+    """What an importer read: ``utterances`` and one ``path[:line]: problem`` line per skipped item."""
+
+    utterances: list[Utterance] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# shared helpers
+# ------------------------------------------------------------------------------------------------
+def _audio_header(path: str) -> tuple[int, int]:
+    """``(sample_rate, num_samples)`` of a mono file; raises ValueError naming the problem."""
+    from spiritlm.audio import AudioError, audio_info
+
+    try:
+        info = audio_info(path)
+    except AudioError as e:
+        raise ValueError(str(e)) from None
+    if info.num_samples == 0:
+        raise ValueError(f"{path}: empty audio (0 samples)")
+    if info.channels != 1:
+        raise ValueError(f"{path}: {info.channels} channels; spiritlm manifests hold mono audio")
+    return info.sample_rate, info.num_samples
+
+
+def split_of_path(path: str) -> str | None:
+    """``train`` / ``valid`` / ``test`` from a LibriSpeech-style folder name (``train-clean-100``,
+    ``dev-other``, ``test-clean``) anywhere in ``path``; None when there is none."""
+    names = {"train": "train", "dev": "valid", "valid": "valid", "test": "test"}
+    for part in reversed(Path(path).parts):
+        m = re.match(r"(train|dev|valid|test)(?:[-_.]|$)", part.lower())
+        if m:
+            return names[m.group(1)]
+    return None
+
+
+def _check_words_match(words: list[str], text: str, where: str) -> None:
+    """Raises ValueError when an alignment's words are not the transcript's (case-insensitive)."""
+    ref = text.split()
+    a = [w.lower() for w in words]
+    b = [w.lower() for w in ref]
+    if a == b:
+        return
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    got = words[k] if k < len(words) else "<end>"
+    want = ref[k] if k < len(ref) else "<end>"
+    raise ValueError(
+        f"{where}: alignment disagrees with the transcript at word {k + 1}: {got!r} where the transcript has "
+        f"{want!r} ({len(words)} aligned words, {len(ref)} in the transcript)"
+    )
+
+
+def _finish_words(spans: list[tuple[str, float, float]], duration: float, where: str) -> list[Word]:
+    """Words of an alignment, clamped to the audio; raises ValueError on times the audio cannot hold."""
+    out = []
+    for w, s, e in spans:
+        if e > duration + END_SLACK:
+            raise ValueError(f"{where}: word {w!r} ends at {e:.3f} s but the audio lasts {duration:.3f} s")
+        if s > e or (out and s < out[-1].end - 1e-6):
+            raise ValueError(f"{where}: word {w!r} at {s:.3f}-{e:.3f} s is not in time order")
+        out.append(Word(w, round(max(0.0, s), 6), round(min(e, duration), 6)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# alignment files
+# ------------------------------------------------------------------------------------------------
+_ALIGN_LINE = re.compile(r'^(\S+)\s+"([^"]*)"\s+"([^"]*)"\s*$')
+
+
+def read_librispeech_alignment(path: str | os.PathLike) -> dict[str, tuple[int, list[tuple[str, float, float]]]]:
+    """Reads a public LibriSpeech word-alignment file (``SPEAKER-CHAPTER.alignment.txt``).
+
+    Each line is ``UTT ",W1,W2,,W3," "e1,e2,e3,..."``: the words (empty = silence) and their end
+    times in seconds; a word starts where the previous item ended.
+
+    Returns:
+        ``{utt_id: (line number, [(word, start s, end s), ...])}`` without the silences.
+
+    Raises:
+        ValueError: ``path:line: problem`` for a malformed line.
+    """
+    path = os.fspath(path)
+    out: dict[str, tuple[int, list[tuple[str, float, float]]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            m = _ALIGN_LINE.match(line.strip())
+            if not m:
+                raise ValueError(f'{path}:{lineno}: expected UTT ",W1,W2," "e1,e2,e3" (the LibriSpeech alignment layout)')
+            uid, words_s, ends_s = m.groups()
+            words = words_s.split(",")
+            try:
+                ends = [float(x) for x in ends_s.split(",")]
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: end times must be numbers of seconds, got {ends_s[:60]!r}") from None
+            if len(words) != len(ends):
+                raise ValueError(f"{path}:{lineno}: {len(words)} words (silences included) but {len(ends)} end times")
+            spans, prev = [], 0.0
+            for w, e in zip(words, ends):
+                if e < prev:
+                    raise ValueError(f"{path}:{lineno}: end times go back in time ({e} after {prev})")
+                if w.strip().lower() not in SILENCE_LABELS:
+                    spans.append((w.strip(), prev, e))
+                prev = e
+            if uid in out:
+                raise ValueError(f"{path}:{lineno}: utterance {uid} is aligned twice (first on line {out[uid][0]})")
+            out[uid] = (lineno, spans)
+    return out
+
+
+def read_textgrid_words(path: str | os.PathLike, tier: str = "words") -> list[tuple[str, float, float]]:
+    """The labelled intervals of a TextGrid's word tier (Montreal Forced Aligner writes ``words``).
+
+    Silence/noise labels (:data:`SILENCE_LABELS`) are dropped. Raises ValueError naming the file.
+    """
+    from praatio import textgrid
+
+    path = os.fspath(path)
+    try:
+        tg = textgrid.openTextgrid(path, includeEmptyIntervals=False)
+    except Exception as e:  # praatio raises a variety of parse errors
+        raise ValueError(f"{path}: not a readable TextGrid ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})") from None
+    names = list(tg.tierNames)
+    name = next((n for n in names if n.lower() == tier.lower()), None)
+    if name is None:  # MFA multi-speaker grids name tiers "SPEAKER - words"
+        name = next((n for n in names if n.lower().endswith(f"- {tier.lower()}")), None)
+    if name is None:
+        raise ValueError(f"{path}: no {tier!r} tier (tiers: {', '.join(names) or 'none'})")
+    return [(e.label.strip(), float(e.start), float(e.end)) for e in tg.getTier(name).entries
+            if e.label.strip().lower() not in SILENCE_LABELS]
+
+
+def find_alignments(root: str | os.PathLike) -> dict[str, tuple[str, int | None, list[tuple[str, float, float]]]]:
+    """Every word alignment under ``root`` (a folder or one file): public ``*.alignment.txt`` files
+    and ``*.TextGrid`` files (utterance id = file stem).
+
+    Returns ``{utt_id: (file, line or None, [(word, start, end)])}``; raises ValueError on a bad file.
+    """
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        raise ValueError(f"{root}: no such file or folder (--alignments)")
+    files = [root] if os.path.isfile(root) else sorted(str(p) for p in Path(root).rglob("*") if p.is_file())
+    out: dict[str, tuple[str, int | None, list[tuple[str, float, float]]]] = {}
+    for f in files:
+        if f.endswith(".alignment.txt"):
+            for uid, (lineno, spans) in read_librispeech_alignment(f).items():
+                out[uid] = (f, lineno, spans)
+        elif f.lower().endswith(".textgrid"):
+            out[Path(f).stem] = (f, None, read_textgrid_words(f))
+    if not out:
+        raise ValueError(f"{root}: no *.alignment.txt or *.TextGrid file (--alignments)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# LibriSpeech
+# ------------------------------------------------------------------------------------------------
+def import_librispeech(
+    src: str | os.PathLike, alignments: str | os.PathLike | None = None, split: str | None = None
+) -> ImportResult:
+    """Reads a LibriSpeech-layout tree: ``SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt`` (``UTT WORDS...``
+    per line) next to ``UTT.flac`` files.
+
+    Args:
+        src: the tree (``LibriSpeech/train-clean-100`` or any folder above chapter folders).
+        alignments: a folder or file of word alignments (:func:`find_alignments`); utterances
+            it does not cover keep ``words`` empty.
+        split: the split of every utterance; default from the folder names (:func:`split_of_path`).
+
+    Skips (one line each): a transcript line without text, a transcript line without its audio,
+    audio without a transcript line, unreadable or empty audio, an alignment that disagrees with
+    the transcript or runs past the audio.
+    """
+    src = os.fspath(src)
+    if not os.path.isdir(src):
+        raise ValueError(f"{src}: not a folder (--src)")
+    aligned = find_alignments(alignments) if alignments is not None else {}
+    result = ImportResult()
+    trans_files = sorted(Path(src).rglob("*.trans.txt"))
+    if not trans_files:
+        raise ValueError(f"{src}: no SPEAKER-CHAPTER.trans.txt file under it (--src; the LibriSpeech layout)")
+    for tf in trans_files:
+        tf = tf.resolve()
+        folder = tf.parent
+        audio = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_EXTENSIONS}
+        seen = set()
+        with open(tf, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.strip().split(maxsplit=1)
+                uid = parts[0]
+                where = f"{tf}:{lineno}"
+                if uid in seen:
+                    result.skipped.append(f"{where}: utterance {uid} is listed twice")
+                    continue
+                seen.add(uid)
+                if len(parts) < 2:
+                    result.skipped.append(f"{where}: utterance {uid} has no transcript text")
+                    continue
+                text = " ".join(parts[1].split())
+                if uid not in audio:
+                    result.skipped.append(f"{where}: no audio file {uid}.flac in {folder}")
+                    continue
+                try:
+                    rate, n = _audio_header(str(audio[uid]))
+                    duration = n / rate
+                    words: list[Word] = []
+                    if uid in aligned:
+                        afile, aline, spans = aligned[uid]
+                        awhere = f"{afile}:{aline}" if aline is not None else afile
+                        _check_words_match([w for w, _, _ in spans], text, f"{awhere} ({uid}, transcript {where})")
+                        # keep the transcript's spelling: the alignment only brings the times
+                        words = _finish_words([(t, s, e) for t, (_, s, e) in zip(text.split(), spans)], duration, awhere)
+                except ValueError as e:
+                    result.skipped.append(str(e))
+                    continue
+                speaker = uid.split("-")[0]
+                result.utterances.append(Utterance(
+                    id=uid, audio=str(audio[uid].resolve()), sample_rate=rate, duration=duration,
+                    speaker=speaker, style="neutral", text=text, words=words,
+                    split=split if split is not None else split_of_path(str(tf.relative_to(Path(src).resolve().parent))),
+                ))
+        for stem, p in audio.items():
+            if stem not in seen:
+                result.skipped.append(f"{p}: audio without a line in {tf.name}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# A folder of one's own recordings
+# ------------------------------------------------------------------------------------------------
+def pattern_regex(pattern: str) -> re.Pattern:
+    """A path pattern -> regex over the audio's path relative to ``--src``, without extension.
+
+    ``{name}`` captures one path component or part of one (``speaker``, ``style``, ``split``,
+    ``id``; ``{_}`` matches without capturing), ``*`` any characters but ``/``, ``**`` any
+    characters. ``{speaker}/{style}/*`` reads ``spk1/happy/take3``.
+    """
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "{":
+            j = pattern.find("}", i)
+            if j < 0:
+                raise ValueError(f"--pattern {pattern!r}: '{{' without '}}'")
+            name = pattern[i + 1 : j]
+            if name == "_":
+                out.append("[^/]+?")
+            elif name.isidentifier():
+                out.append(f"(?P<{name}>[^/]+?)")
+            else:
+                raise ValueError(f"--pattern {pattern!r}: {{{name}}} is not a field name")
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    try:
+        return re.compile("".join(out))
+    except re.error as e:
+        raise ValueError(f"--pattern {pattern!r}: {e}") from None
+
+
+def import_folder(
+    src: str | os.PathLike, pattern: str | None = None, split: str | None = None, require_text: bool = True
+) -> ImportResult:
+    """Audio files under ``src`` with a same-stem ``.txt`` or ``.lab`` transcript (one utterance each).
+
+    Args:
+        src: the folder.
+        pattern: :func:`pattern_regex` pattern matched against each audio path relative to
+            ``src`` (without extension) giving ``speaker``/``style``/``split``/``id``; a file it
+            does not match is skipped. Default: speaker = the parent folder's name (``"unknown"``
+            for files directly in ``src``).
+        split: the split of every utterance (overrides the pattern's).
+        require_text: skip audio without a transcript (else keep it with an empty text: speech only).
+
+    Ids are the relative path without extension, ``/`` replaced by ``-``.
+    """
+    src = os.fspath(src)
+    if not os.path.isdir(src):
+        raise ValueError(f"{src}: not a folder (--src)")
+    rx = pattern_regex(pattern) if pattern else None
+    result = ImportResult()
+    seen: dict[str, str] = {}
+    files = sorted(p for p in Path(src).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise ValueError(f"{src}: no audio file ({', '.join(AUDIO_EXTENSIONS)}) under it (--src)")
+    for p in files:
+        rel = p.relative_to(src).with_suffix("").as_posix()
+        fields: dict[str, str] = {}
+        if rx is not None:
+            m = rx.fullmatch(rel)
+            if not m:
+                result.skipped.append(f"{p}: its path {rel!r} does not match --pattern {pattern!r}")
+                continue
+            fields = {k: v for k, v in m.groupdict().items() if v is not None}
+        uid = fields.get("id") or rel.replace("/", "-")
+        if uid in seen:
+            result.skipped.append(f"{p}: id {uid!r} already used by {seen[uid]}")
+            continue
+        text_file = next((p.with_suffix(e) for e in TEXT_EXTENSIONS if p.with_suffix(e).is_file()), None)
+        if text_file is None and require_text:
+            result.skipped.append(f"{p}: audio without a transcript ({p.stem}.txt or {p.stem}.lab; or --require_text false)")
+            continue
+        text = ""
+        if text_file is not None:
+            raw = text_file.read_text(encoding="utf-8")
+            text = " ".join(raw.split())
+            if not text and require_text:
+                result.skipped.append(f"{text_file}:1: empty transcript")
+                continue
+        try:
+            rate, n = _audio_header(str(p))
+        except ValueError as e:
+            result.skipped.append(str(e))
+            continue
+        seen[uid] = str(p)
+        speaker = fields.get("speaker") or (p.parent.name if p.parent != Path(src) else "unknown")
+        result.utterances.append(Utterance(
+            id=uid, audio=str(p.resolve()), sample_rate=rate, duration=n / rate, speaker=speaker,
+            style=fields.get("style", "neutral"), text=text, words=[],
+            split=split if split is not None else fields.get("split"),
+        ))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# lhotse
+# ------------------------------------------------------------------------------------------------
+#: Utterance fields carried in a lhotse supervision's ``custom`` dict (lhotse has no field for them).
+_CUSTOM_FIELDS = ("style", "sentiment", "intent", "split")
+
+
+def _load_cuts(src: str, supervisions: str | None):
+    from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest
+
+    try:
+        man = load_manifest(src)
+    except Exception as e:
+        raise ValueError(f"{src}: not a lhotse manifest ({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}) (--src)") from None
+    if isinstance(man, CutSet):
+        return man
+    if isinstance(man, SupervisionSet):
+        raise ValueError(f"{src}: a SupervisionSet; pass the RecordingSet as --src and this file as --supervisions")
+    if not isinstance(man, RecordingSet):
+        raise ValueError(f"{src}: a lhotse {type(man).__name__}; expected a CutSet or a RecordingSet (--src)")
+    if supervisions is None:  # lhotse recipes write <corpus>_recordings_<part> next to <corpus>_supervisions_<part>
+        guess = os.path.join(os.path.dirname(src), os.path.basename(src).replace("recordings", "supervisions"))
+        if guess == src or not os.path.exists(guess):
+            raise ValueError(f"{src}: a RecordingSet without supervisions; pass --supervisions PATH")
+        supervisions = guess
+    sups = load_manifest(supervisions)
+    if not isinstance(sups, SupervisionSet):
+        raise ValueError(f"{supervisions}: not a lhotse SupervisionSet (--supervisions)")
+    return CutSet.from_manifests(recordings=man, supervisions=sups)
+
+
+def import_lhotse(src: str | os.PathLike, supervisions: str | os.PathLike | None = None, split: str | None = None) -> ImportResult:
+    """Reads a lhotse ``CutSet`` (or ``RecordingSet`` + ``SupervisionSet``) into utterances.
+
+    Each cut must cover a whole single-file, mono recording (spiritlm manifests hold whole
+    files: cut ones out with lhotse's ``save_audios`` or ``spiritlm corpus segment``). Its
+    supervisions give ``text`` (joined), ``speaker``, and ``words`` from ``alignment["word"]``
+    (only when every supervision has one); ``custom`` gives style, sentiment, intent, split and
+    any other key written by :func:`export_lhotse`.
+    """
+    src = os.fspath(src)
+    cuts = _load_cuts(src, None if supervisions is None else os.fspath(supervisions))
+    result = ImportResult()
+    for cut in cuts:
+        where = f"{src}: cut {cut.id}"
+        rec = getattr(cut, "recording", None)
+        if rec is None:
+            result.skipped.append(f"{where}: no recording")
+            continue
+        if len(rec.sources) != 1 or rec.sources[0].type != "file":
+            result.skipped.append(f"{where}: recording {rec.id} is not one audio file (sources: {[s.type for s in rec.sources]})")
+            continue
+        if rec.num_channels != 1:
+            result.skipped.append(f"{where}: recording {rec.id} has {rec.num_channels} channels; spiritlm manifests hold mono audio")
+            continue
+        if abs(cut.start) > 1e-3 or abs(cut.duration - rec.duration) > 1e-3:
+            result.skipped.append(
+                f"{where}: covers {cut.start:.2f}-{cut.end:.2f} s of a {rec.duration:.2f} s recording; spiritlm manifests "
+                "hold whole files (save the cuts' audio with lhotse, or import the recordings and run spiritlm corpus segment)"
+            )
+            continue
+        if rec.num_samples == 0:
+            result.skipped.append(f"{where}: empty audio (0 samples)")
+            continue
+        sups = sorted(cut.supervisions, key=lambda s: s.start)
+        custom = dict(sups[0].custom or {}) if sups else {}
+        words: list[Word] = []
+        if sups and all(s.alignment and "word" in s.alignment for s in sups):
+            for s in sups:
+                for item in s.alignment["word"]:
+                    words.append(Word(item.symbol, round(item.start, 6), round(item.start + item.duration, 6)))
+        audio = rec.sources[0].source
+        if not os.path.isabs(audio):
+            audio = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(src)), audio))
+        extra = {k: v for k, v in custom.items() if k not in _CUSTOM_FIELDS and k != "phones"}
+        phones = custom.get("phones")
+        from spiritlm.corpus.manifest import Phone
+
+        result.utterances.append(Utterance(
+            id=cut.id, audio=audio, sample_rate=int(rec.sampling_rate), duration=rec.num_samples / rec.sampling_rate,
+            speaker=(sups[0].speaker if sups and sups[0].speaker is not None else "unknown"),
+            style=custom.get("style", "neutral"), text=" ".join((s.text or "").strip() for s in sups).strip(), words=words,
+            phones=None if phones is None else [Phone(p["phone"], p["start"], p["end"]) for p in phones],
+            sentiment=custom.get("sentiment"), intent=custom.get("intent"),
+            split=split if split is not None else custom.get("split"), extra=extra,
+        ))
+    return result
+
+
+def export_lhotse(utts: Iterable[Utterance], out: str | os.PathLike) -> int:
+    """Writes utterances as a lhotse ``CutSet`` (``out``: ``.jsonl.gz`` or ``.jsonl``); returns the count.
+
+    One recording, one cut and one supervision per utterance, all with the utterance's id; word
+    times go to ``alignment["word"]``; style, sentiment, intent, split, phones and other keys to the
+    supervision's ``custom``, so :func:`import_lhotse` gives the manifest back unchanged.
+    """
+    from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
+    from lhotse.supervision import AlignmentItem
+
+    recs, sups = [], []
+    for u in utts:
+        recs.append(Recording(
+            id=u.id, sources=[AudioSource(type="file", channels=[0], source=os.path.abspath(u.audio))],
+            sampling_rate=int(u.sample_rate), num_samples=u.num_samples, duration=u.num_samples / u.sample_rate,
+        ))
+        custom = {k: getattr(u, k) for k in _CUSTOM_FIELDS if getattr(u, k) is not None}
+        if u.phones is not None:
+            custom["phones"] = [p.to_json() for p in u.phones]
+        custom.update(u.extra)
+        alignment = {"word": [AlignmentItem(w.word, w.start, round(w.end - w.start, 6)) for w in u.words]} if u.words else None
+        sups.append(SupervisionSegment(
+            id=u.id, recording_id=u.id, start=0.0, duration=u.num_samples / u.sample_rate, channel=0,
+            text=u.text, speaker=u.speaker, alignment=alignment, custom=custom or None,
+        ))
+    cuts = CutSet.from_cuts(MonoCut(id=r.id, start=0.0, duration=r.duration, channel=0, recording=r, supervisions=[s])
+                            for r, s in zip(recs, sups))
+    out = os.fspath(out)
+    from spiritlm.atomic import make_parents
+
+    make_parents(out)
+    tmp = out + f".tmp{os.getpid()}" + (".jsonl.gz" if out.endswith(".gz") else ".jsonl")
+    try:
+        cuts.to_file(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(recs)
