@@ -474,7 +474,7 @@ def align_manifest(
         write(rej, {"id": u.id, "audio": u.audio, "kind": kind, "reason": reason, "score": score})
         if kind == "error":
             report.skipped += 1
-            report.errors.append(f"{u.id}: {reason}")
+            report.errors.append(f"{manifest}: {u.id}: {reason}")
         else:
             report.rejected += 1
 

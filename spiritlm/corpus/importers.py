@@ -401,7 +401,14 @@ def _load_cuts(src: str, supervisions: str | None):
     sups = load_manifest(supervisions)
     if not isinstance(sups, SupervisionSet):
         raise ValueError(f"{supervisions}: not a lhotse SupervisionSet (--supervisions)")
-    return CutSet.from_manifests(recordings=man, supervisions=sups)
+    from lhotse import MonoCut
+
+    by_recording: dict[str, list] = {}
+    for sup in sups:
+        by_recording.setdefault(sup.recording_id, []).append(sup)
+    # one cut per whole recording, named after it (CutSet.from_manifests would name it "<id>-0")
+    return [MonoCut(id=r.id, start=0.0, duration=r.duration, channel=0, recording=r, supervisions=by_recording.get(r.id, []))
+            for r in man]
 
 
 def import_lhotse(src: str | os.PathLike, supervisions: str | os.PathLike | None = None, split: str | None = None) -> ImportResult:

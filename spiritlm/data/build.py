@@ -207,8 +207,9 @@ def build_dataset(
 def auto_group_words(utterances: list, cfg: InterleaveConfig) -> int:
     """``group_words`` suited to a corpus: 0 (each utterance alone, Meta's setting) when the median
     utterance holds at least ``text_span_min + speech_span_min`` words, else
-    ``text_span_max + speech_span_max`` (groups long enough for several spans)."""
-    words = sorted(len(u.words or []) for u in utterances)
+    ``text_span_max + speech_span_max`` (groups long enough for several spans). Utterances without
+    word times (an imported corpus not aligned yet) are not interleaved and do not count."""
+    words = sorted(len(u.words) for u in utterances if u.words)
     if not words or words[len(words) // 2] >= cfg.text_span_min + cfg.speech_span_min:
         return 0
     return cfg.text_span_max + cfg.speech_span_max
@@ -327,6 +328,7 @@ def _build(manifest, units, out: Path, tmp: Path, interleave, text_tokenizer, ex
         "utterances": len(utts),
         "utterances_without_units": sum(1 for _, u in pairs if u is None),
         "interleaved_utterances": counts["interleaved"]["utterances"],
+        "utterances_with_words": sum(1 for u in utts if u.words),
         "extra_text": str(Path(extra_text).resolve()) if extra_text else None,
         "extra_text_documents": len(extra),
         "tokenizer": tok_path,

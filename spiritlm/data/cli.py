@@ -116,7 +116,8 @@ def build(
         print(f"{name:>12}: {s['documents']} documents, {s['tokens']} tokens; skipped: {skipped}")
     n = summary["interleave"]["group_words"]
     grouped = f"groups of >= {n} words of one speaker" if n else "each utterance alone"
-    print(f"interleaved: {summary['interleaved_utterances']} of {summary['utterances']} utterances ({grouped})")
+    print(f"interleaved: {summary['interleaved_utterances']} of {summary['utterances']} utterances "
+          f"({summary['utterances_with_words']} with word times; {grouped})")
     print(f"{summary['tokens']} tokens in {summary['build_seconds']} s ({summary['tokens_per_second']} tokens/s) -> {out}")
 
 
