@@ -181,3 +181,67 @@ def tiny_hf_llama(
     if tokenizer_model is not None:
         shutil.copyfile(tokenizer_model, directory / "tokenizer.model")
     return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# An oracle CTC model for the aligner's tests (spiritlm corpus align / segment)
+# ---------------------------------------------------------------------------------------------
+def _ctc_base():
+    from spiritlm.corpus.align import CtcModel
+
+    return CtcModel
+
+
+SR = 16000
+HOP = 320  # samples per emission frame (50 Hz)
+LETTERS = "abcdefghijklmnopqrstuvwxyz'"
+
+
+class ToneCtc(_ctc_base()):
+    """An oracle CTC model: character i is a tone at 250 + 100 i Hz, silence is blank.
+
+    Its emissions come from the audio alone (an FFT per 20 ms frame), so alignment errors are the
+    aligner's, and windows of a long recording see the same frames as the whole.
+    """
+
+    def __init__(self, star: bool = False):
+        self.name = "tone-oracle"
+        self.labels = ["<b>", *LETTERS] + (["*"] if star else [])
+        self.blank, self.sep = 0, None
+        self.star = len(self.labels) - 1 if star else None
+        self.sample_rate, self.samples_per_frame = SR, HOP
+
+    def emissions(self, wavs):
+        out = []
+        for w in wavs:
+            n = len(w) // HOP
+            frames = np.asarray(w[: n * HOP]).reshape(n, HOP)
+            lp = torch.full((n, len(self.labels)), -16.0)
+            for t, f in enumerate(frames):
+                if np.sqrt(np.mean(f ** 2)) < 1e-3:
+                    lp[t, 0] = 0.0
+                    continue
+                freq = np.argmax(np.abs(np.fft.rfft(f * np.hanning(HOP)))) * SR / HOP
+                lp[t, 1 + int(round((freq - 250) / 100)) - 1] = 0.0
+                lp[t, 0] = -8.0
+            out.append(lp.log_softmax(-1))
+        return out
+
+
+def tone_speech(words: list[str], gaps: list[float], lead: float = 0.3, tail: float = 0.3):
+    """Audio of ``words`` (each character two frames of its tone) with ``gaps[i]`` seconds of
+    silence before word i+1; returns ``(wav, [(word, start, end)])``."""
+    t = np.arange(2 * HOP) / SR
+    pieces, spans, now = [np.zeros(int(lead * SR / HOP) * HOP)], [], int(lead * SR / HOP) * HOP
+    for i, word in enumerate(words):
+        start = now
+        for c in word:
+            pieces.append(0.3 * np.sin(2 * np.pi * (250 + 100 * (LETTERS.index(c) + 1)) * t))
+            now += 2 * HOP
+        spans.append((word, start / SR, now / SR))
+        gap = int(round((gaps[i] if i < len(gaps) else tail) * SR / HOP)) * HOP
+        pieces.append(np.zeros(gap))
+        now += gap
+    return np.concatenate(pieces).astype(np.float32), spans
+
+

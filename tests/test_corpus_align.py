@@ -11,60 +11,10 @@ import soundfile as sf
 import torch
 
 from spiritlm.cli import main
-from spiritlm.corpus.align import CtcModel, align_emission, align_manifest, long_emission, spell_words
+from spiritlm.corpus.align import align_emission, align_manifest, long_emission, spell_words
 from spiritlm.corpus.manifest import Utterance, read_manifest, write_manifest
 
-SR = 16000
-HOP = 320  # samples per emission frame (50 Hz)
-LETTERS = "abcdefghijklmnopqrstuvwxyz'"
-
-
-class ToneCtc(CtcModel):
-    """An oracle CTC model: character i is a tone at 250 + 100 i Hz, silence is blank.
-
-    Its emissions come from the audio alone (an FFT per 20 ms frame), so alignment errors are the
-    aligner's, and windows of a long recording see the same frames as the whole.
-    """
-
-    def __init__(self, star: bool = False):
-        self.name = "tone-oracle"
-        self.labels = ["<b>", *LETTERS] + (["*"] if star else [])
-        self.blank, self.sep = 0, None
-        self.star = len(self.labels) - 1 if star else None
-        self.sample_rate, self.samples_per_frame = SR, HOP
-
-    def emissions(self, wavs):
-        out = []
-        for w in wavs:
-            n = len(w) // HOP
-            frames = np.asarray(w[: n * HOP]).reshape(n, HOP)
-            lp = torch.full((n, len(self.labels)), -16.0)
-            for t, f in enumerate(frames):
-                if np.sqrt(np.mean(f ** 2)) < 1e-3:
-                    lp[t, 0] = 0.0
-                    continue
-                freq = np.argmax(np.abs(np.fft.rfft(f * np.hanning(HOP)))) * SR / HOP
-                lp[t, 1 + int(round((freq - 250) / 100)) - 1] = 0.0
-                lp[t, 0] = -8.0
-            out.append(lp.log_softmax(-1))
-        return out
-
-
-def tone_speech(words: list[str], gaps: list[float], lead: float = 0.3, tail: float = 0.3):
-    """Audio of ``words`` (each character two frames of its tone) with ``gaps[i]`` seconds of
-    silence before word i+1; returns ``(wav, [(word, start, end)])``."""
-    t = np.arange(2 * HOP) / SR
-    pieces, spans, now = [np.zeros(int(lead * SR / HOP) * HOP)], [], int(lead * SR / HOP) * HOP
-    for i, word in enumerate(words):
-        start = now
-        for c in word:
-            pieces.append(0.3 * np.sin(2 * np.pi * (250 + 100 * (LETTERS.index(c) + 1)) * t))
-            now += 2 * HOP
-        spans.append((word, start / SR, now / SR))
-        gap = int(round((gaps[i] if i < len(gaps) else tail) * SR / HOP)) * HOP
-        pieces.append(np.zeros(gap))
-        now += gap
-    return np.concatenate(pieces).astype(np.float32), spans
+from fixtures import HOP, SR, ToneCtc, tone_speech  # noqa: E402
 
 
 def test_spell_words_normalises_for_the_alphabet():
@@ -211,3 +161,34 @@ def test_mms_fa_offline_is_one_line(tmp_path, capsys, monkeypatch):
         main(["corpus", "align", "--manifest", str(manifest), "--aligner", "mms_fa", "--out", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot download the MMS_FA weights" in err
+
+
+@pytest.mark.slow  # imports transformers' wav2vec 2.0 stack
+def test_hugging_face_ctc_folder(tmp_path, capsys):
+    """A (random, tiny) Wav2Vec2ForCTC folder with its processor: vocabulary, upper case, ``|`` and <unk>."""
+    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    from spiritlm.corpus.align import load_aligner
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: 5 + i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    d = tmp_path / "w2v"
+    Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), word_delimiter_token="|").save_pretrained(d)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=True).save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 64), conv_kernel=(10, 64), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, pad_token_id=0)
+    Wav2Vec2ForCTC(cfg).save_pretrained(d)
+    m = load_aligner(str(d))
+    assert (m.blank, m.sep, m.star, m.samples_per_frame) == (0, 4, 3, 320)
+    spelled = spell_words("Don't 42 Ωmega", m)
+    assert ["".join(m.labels[t] for t in w.tokens) for w in spelled] == ["DON'T", "FORTY|TWO", "<unk>MEGA"]
+    texts = {"a": "don't stop", "b": "forty 2 go"}
+    audio = {k: (0.1 * np.sin(np.arange(2 * SR) / (3 + i))).astype(np.float32) for i, k in enumerate(texts)}
+    manifest = _manifest(tmp_path, texts, audio)
+    main(["corpus", "align", "--manifest", str(manifest), "--aligner", str(d), "--out", str(tmp_path / "o.jsonl"),
+          "--batch_size", "2", "--progress", "false"])
+    got = read_manifest(tmp_path / "o.jsonl")
+    assert [[w.word for w in u.words] for u in got] == [["don't", "stop"], ["forty", "2", "go"]]
+    assert all(w.end <= u.duration for u in got for w in u.words)

@@ -8,6 +8,10 @@
   intent labels.
 * :mod:`spiritlm.corpus.espeak` -- the ctypes binding to libespeak-ng.
 * :mod:`spiritlm.corpus.text_sources` / :mod:`spiritlm.corpus.lexicon` -- the sentence generators.
+* :mod:`spiritlm.corpus.importers` -- ``spiritlm corpus import`` / ``export``: LibriSpeech (with the
+  public alignments or MFA TextGrids), folders of recordings, lhotse manifests.
+* :mod:`spiritlm.corpus.align` -- ``spiritlm corpus align``: CTC forced alignment (word times, scores).
+* :mod:`spiritlm.corpus.segment` -- ``spiritlm corpus segment``: long recordings cut at pauses.
 
 Only the manifest API is imported here (it is light); the synthesiser is imported on use.
 """

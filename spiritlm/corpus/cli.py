@@ -141,6 +141,18 @@ def _finish_skips(skipped: list[str], kept: int, allow_skips: bool, what: str, l
         raise UserError(f"{len(skipped)} {what}(s) skipped (first: {skipped[0]}); pass --allow_skips true to accept")
 
 
+def _check_in_out(manifest: str | None, out: str, overwrite: bool) -> None:
+    """A readable --manifest (when given) and an --out that is new or may be replaced."""
+    import os
+
+    from spiritlm.errors import UserError
+
+    if manifest is not None and not os.path.isfile(manifest):
+        raise UserError(f"{manifest}: no such file (--manifest)")
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+
+
 def import_corpus(
     format: str,
     src: str | None = None,
@@ -200,8 +212,7 @@ def import_corpus(
     if src is None or out is None:
         raise UserError("corpus import FORMAT needs --src and --out")
     manifest = os.path.join(out, "manifest.jsonl")
-    if os.path.exists(manifest) and not overwrite:
-        raise UserError(f"{manifest}: already exists; pass --overwrite true to replace it")
+    _check_in_out(None, manifest, overwrite)
     for flag, value, formats in (("--alignments", alignments, ("librispeech",)), ("--supervisions", supervisions, ("lhotse",)),
                                  ("--pattern", pattern, ("folder",))):
         if value is not None and format not in formats:
@@ -272,8 +283,6 @@ def export(format: str, manifest: str | None = None, out: str | None = None, ove
         out: output file (.jsonl.gz or .jsonl).
         overwrite: replace an existing OUT.
     """
-    import os
-
     from spiritlm.corpus.importers import export_lhotse
     from spiritlm.corpus.manifest import read_manifest
     from spiritlm.errors import UserError
@@ -284,8 +293,7 @@ def export(format: str, manifest: str | None = None, out: str | None = None, ove
         raise UserError(f"unknown FORMAT {format!r}: lhotse")
     if not out.endswith((".jsonl", ".jsonl.gz")):
         raise UserError(f"{out}: a lhotse manifest ends in .jsonl or .jsonl.gz (--out)")
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+    _check_in_out(manifest, out, overwrite)
     n = export_lhotse(read_manifest(manifest), out)
     print(f"wrote {out}: {n} cuts")
 
@@ -336,14 +344,9 @@ def align(
         overwrite: replace an existing OUT.
         progress: show a progress bar.
     """
-    import os
-
     from spiritlm.errors import UserError
 
-    if not os.path.isfile(manifest):
-        raise UserError(f"{manifest}: no such file (--manifest)")
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+    _check_in_out(manifest, out, overwrite)
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     from spiritlm.tokenizers.tokenize_cli import shard_from_env
@@ -401,14 +404,9 @@ def segment(
         overwrite: replace an existing OUT.
         progress: show a progress bar.
     """
-    import os
-
     from spiritlm.errors import UserError
 
-    if not os.path.isfile(manifest):
-        raise UserError(f"{manifest}: no such file (--manifest)")
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+    _check_in_out(manifest, out, overwrite)
     if vad not in ("silero", "energy"):
         raise UserError(f"--vad must be silero or energy, got {vad!r}")
     if not max_seconds > 0:

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spiritlm.corpus.manifest import Utterance, Word
+from spiritlm.corpus.manifest import Phone, Utterance, Word
 
 #: Audio files the importers pick up (what soundfile / libsndfile reads).
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3")
@@ -456,8 +456,6 @@ def import_lhotse(src: str | os.PathLike, supervisions: str | os.PathLike | None
             audio = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(src)), audio))
         extra = {k: v for k, v in custom.items() if k not in _CUSTOM_FIELDS and k != "phones"}
         phones = custom.get("phones")
-        from spiritlm.corpus.manifest import Phone
-
         result.utterances.append(Utterance(
             id=cut.id, audio=audio, sample_rate=int(rec.sampling_rate), duration=rec.num_samples / rec.sampling_rate,
             speaker=(sups[0].speaker if sups and sups[0].speaker is not None else "unknown"),
