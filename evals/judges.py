@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from spiritlm.constants import SAMPLE_RATE
-FORMAT = "spiritlm-judge"
+from spiritlm.corpus.ctc import JUDGE_FORMAT as FORMAT
+from spiritlm.corpus.ctc import AsrConfig, CtcAsr, LogMel  # noqa: F401  (re-exported)
 LABELS = ("positive", "negative", "neutral")
 METRICS_NAME = "judges_metrics.json"
 from spiritlm.evals.common import JUDGE_DIRS  # noqa: E402  (kept importable from here)
@@ -93,95 +94,8 @@ def _read_judge_json(directory: Path) -> dict | None:
 # =============================================================================================
 
 
-@dataclass
-class AsrConfig:
-    """The CTC ASR judge.
-
-    Attributes:
-        alphabet: output characters (CTC blank is index 0, character ``i`` is ``i + 1``).
-        n_mels: log-mel bands (25 ms windows, 10 ms hop at 16 kHz).
-        d_model: width of the conformer.
-        num_layers: conformer blocks.
-        num_heads: attention heads.
-        ffn_dim: feed-forward width.
-        conv_kernel: depthwise convolution kernel of the conformer (frames at 50 Hz).
-        dropout: dropout inside the conformer.
-    """
-
-    alphabet: str = " 'abcdefghijklmnopqrstuvwxyz"
-    n_mels: int = 80
-    d_model: int = 96
-    num_layers: int = 3
-    num_heads: int = 4
-    ffn_dim: int = 192
-    conv_kernel: int = 15
-    dropout: float = 0.1
-
-
-class LogMel(nn.Module):
-    """16 kHz waveforms ``(B, samples)`` -> normalised log-mel frames ``(B, frames, n_mels)`` at 100 Hz.
-
-    Each utterance is normalised to zero mean and unit variance per band over its own valid
-    frames, so loudness (a vocoder's gain, a whisper) does not move the features.
-
-    >>> feats, n = LogMel(80)(torch.randn(2, 16000), torch.tensor([16000, 8000]))
-    >>> feats.shape, n.tolist()
-    (torch.Size([2, 101, 80]), [101, 51])
-    """
-
-    hop = 160
-
-    def __init__(self, n_mels: int = 80):
-        super().__init__()
-        import torchaudio
-
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=self.hop, n_mels=n_mels
-        )
-
-    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.log(self.mel(wavs) + 1e-6).transpose(1, 2)  # (B, frames, n_mels)
-        frames = lengths // self.hop + 1
-        mask = (torch.arange(x.shape[1])[None, :] < frames[:, None]).unsqueeze(-1).float()
-        count = mask.sum(1, keepdim=True).clamp(min=1)
-        mean = (x * mask).sum(1, keepdim=True) / count
-        var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / count
-        x = (x - mean) / torch.sqrt(var + 1e-5) * mask
-        return x, frames
-
-
-class CtcAsr(nn.Module):
-    """Log-mel frames -> CTC log-probabilities over ``blank + alphabet``.
-
-    ``forward(feats (B, T, n_mels), lengths (B,)) -> (log_probs (B, ceil(T/2), V), lengths (B,))``
-    with ``V = len(alphabet) + 1`` (frames at 50 Hz).
-
-    >>> m = CtcAsr(AsrConfig(d_model=32, num_layers=1, num_heads=2, ffn_dim=64))
-    >>> lp, n = m(torch.randn(2, 101, 80), torch.tensor([101, 51]))
-    >>> lp.shape, n.tolist()
-    (torch.Size([2, 51, 29]), [51, 26])
-    """
-
-    def __init__(self, cfg: AsrConfig):
-        super().__init__()
-        from torchaudio.models import Conformer
-
-        self.cfg = cfg
-        self.front = nn.Sequential(
-            nn.Conv1d(cfg.n_mels, cfg.d_model, 3, padding=1), nn.GELU(),
-            nn.Conv1d(cfg.d_model, cfg.d_model, 3, stride=2, padding=1), nn.GELU(),
-        )
-        self.encoder = Conformer(
-            input_dim=cfg.d_model, num_heads=cfg.num_heads, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
-            depthwise_conv_kernel_size=cfg.conv_kernel, dropout=cfg.dropout,
-        )
-        self.out = nn.Linear(cfg.d_model, len(cfg.alphabet) + 1)
-
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.front(feats.transpose(1, 2)).transpose(1, 2)
-        lengths = torch.clamp((lengths + 1) // 2, min=1, max=x.shape[1])
-        x, lengths = self.encoder(x, lengths)
-        return self.out(x).log_softmax(-1), lengths
+# AsrConfig, LogMel and CtcAsr live in spiritlm/corpus/ctc.py: corpus align uses the same model
+# as an aligner (stages import only forward); they are re-exported here.
 
 
 def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, alphabet: str) -> list[str]:

@@ -84,27 +84,28 @@ def _pad(wavs: Sequence[np.ndarray]):
 
 
 class JudgeCtc(CtcModel):
-    """The project's CTC ASR judge (``evals/judges.py``: log-mel -> conformer -> characters, 50 Hz)."""
+    """The project's CTC ASR judge (:mod:`spiritlm.corpus.ctc`: log-mel -> conformer -> characters, 50 Hz)."""
 
     def __init__(self, directory: str, device: str = "cpu"):
-        # The judge lives in a later stage (evals); it is loaded on use only, and nothing in evals
-        # imports this module, so the stages stay acyclic.
-        from spiritlm.evals.judges import AsrJudge
+        from spiritlm.corpus.ctc import LogMel, load_ctc_judge
 
-        self.judge = AsrJudge.load(directory, device)
+        model, _ = load_ctc_judge(directory)
+        self.model = model.to(device)
+        self.features = LogMel(model.cfg.n_mels).to(device)
+        self.device = device
         self.name = directory
-        self.labels = ["<blank>", *self.judge.alphabet]
+        self.labels = ["<blank>", *model.cfg.alphabet]
         self.blank = 0
         self.sep = self.labels.index(" ") if " " in self.labels else None
-        self.samples_per_frame = self.judge.features.hop * 2  # 10 ms log-mel frames, stride-2 front end
+        self.samples_per_frame = LogMel.hop * 2  # 10 ms log-mel frames, stride-2 front end
 
     def emissions(self, wavs):
         import torch
 
         with torch.inference_mode():
             batch, lengths = _pad([w if len(w) >= 400 else np.pad(w, (0, 400 - len(w))) for w in wavs])
-            feats, frames = self.judge.features(batch.to(self.judge.device), lengths.to(self.judge.device))
-            lp, n = self.judge.model(feats, frames)
+            feats, frames = self.features(batch.to(self.device), lengths.to(self.device))
+            lp, n = self.model(feats, frames)
         return [lp[i, : int(n[i])].float().cpu() for i in range(len(wavs))]
 
 

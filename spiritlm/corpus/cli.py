@@ -349,7 +349,7 @@ def align(
     _check_in_out(manifest, out, overwrite)
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
-    from spiritlm.tokenizers.tokenize_cli import shard_from_env
+    from spiritlm.launch import shard_from_env
 
     shard, num_shards, source = shard_from_env(shard, num_shards)
     if not 0 <= shard < num_shards:
