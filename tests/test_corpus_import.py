@@ -17,7 +17,7 @@ from spiritlm.cli import main
 from spiritlm.corpus.manifest import read_manifest
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "7143-88743-0029.flac"
-if not REAL.exists():
+if not REAL.exists():  # a worktree under /work/wt: the shared folder is /work/shared
     REAL = Path("/work/shared/data/real/7143-88743-0029.flac")
 
 
