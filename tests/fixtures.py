@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 from spiritlm.constants import SAMPLE_RATE, UNIT_HOP
+from spiritlm.corpus.align import CtcModel
 from spiritlm.tokenizers.fairseq_hubert import parse_conv_layers
 from spiritlm.vocoder.data import repeat_codes
 from spiritlm.vocoder.train import TrainConfig
@@ -186,18 +187,12 @@ def tiny_hf_llama(
 # ---------------------------------------------------------------------------------------------
 # An oracle CTC model for the aligner's tests (spiritlm corpus align / segment)
 # ---------------------------------------------------------------------------------------------
-def _ctc_base():
-    from spiritlm.corpus.align import CtcModel
-
-    return CtcModel
-
-
-SR = 16000
+SR = SAMPLE_RATE
 HOP = 320  # samples per emission frame (50 Hz)
 LETTERS = "abcdefghijklmnopqrstuvwxyz'"
 
 
-class ToneCtc(_ctc_base()):
+class ToneCtc(CtcModel):
     """An oracle CTC model: character i is a tone at 250 + 100 i Hz, silence is blank.
 
     Its emissions come from the audio alone (an FFT per 20 ms frame), so alignment errors are the
