@@ -31,6 +31,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "generate": ("spiritlm.generation_cli", "generate text and/or speech from a trained model"),
     "eval": ("spiritlm.evals.cli", "evaluate a model: few-shot asr/ic/tts, stsp, zero-shot likelihood tasks; train the judges (metrics.json + predictions.jsonl)"),
     "vocoder": ("spiritlm.vocoder.cli", "unit vocoder: synthesize units or token strings to WAV files; train and evaluate one"),
+    "serve": ("spiritlm.serve.cli", "a local web page and API: talk to a model, hear speech answers as they stream"),
     "demo": ("spiritlm.recipes.demo", "the whole pipeline on the synthetic corpus, ending in a report (make demo)"),
 }
 

@@ -240,3 +240,33 @@ def tone_speech(words: list[str], gaps: list[float], lead: float = 0.3, tail: fl
     return np.concatenate(pieces).astype(np.float32), spans
 
 
+def tiny_serve_stack(directory: str | Path, *, num_units: int = 6, seed: int = 0) -> dict[str, Path]:
+    """A model, speech tokenizer and vocoder small enough for a test to serve (``spiritlm serve``).
+
+    ``model``: a random LLaMA over the toy text tokenizer; ``speech_tokenizer``: MFCC features
+    and ``num_units`` random k-means centres (a base tokenizer: ``[HuN]`` only); ``vocoder``: a
+    random tiny unit HiFi-GAN with a duration predictor and two speakers (``alice``, ``bob``).
+    Returns the three directories.
+    """
+    import numpy as np
+
+    from spiritlm.data.synthetic import toy_tokenizer
+    from spiritlm.text_tokenizer import SpiritTextTokenizer
+    from spiritlm.tokenizers.features import FeatureConfig, load_backend
+    from spiritlm.tokenizers.speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    root = Path(directory)
+    toy_tokenizer(root / "tok", num_hubert=64)
+    tok = SpiritTextTokenizer.load(root / "tok" / "tokenizer.model")
+    model = tiny_hf_llama(root / "model", vocab_size=tok.vocab_size, seed=seed + 5, tokenizer_model=root / "tok" / "tokenizer.model")
+    features = FeatureConfig(backend="mfcc")
+    backend = load_backend(features)
+    centers = np.random.default_rng(seed).standard_normal((num_units, backend.dim)).astype(np.float32)
+    SpeechTokenizer(UnitTokenizer(backend, centers, UnitConfig(features=features))).save(root / "speech_tokenizer")
+    torch.manual_seed(seed)
+    cfg = VocoderConfig.preset("tiny", num_units=64, num_speakers=2, embedding_dim=8, upsample_initial_channel=32,
+                               resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)
+    Vocoder(UnitHifiGAN(cfg), speakers=["alice", "bob"]).save(root / "vocoder")
+    return {"model": model, "speech_tokenizer": root / "speech_tokenizer", "vocoder": root / "vocoder"}

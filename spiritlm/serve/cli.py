@@ -1,0 +1,86 @@
+"""``spiritlm serve``: a local web page and API to talk to a trained model (see :mod:`spiritlm.serve`)."""
+
+from __future__ import annotations
+
+
+def serve(
+    model: str,
+    vocoder: str | None = None,
+    speech_tokenizer: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_queue: int = 4,
+    max_upload_mb: float = 20.0,
+    max_audio_seconds: float = 60.0,
+    max_new_tokens: int = 500,
+    max_text_chars: int = 4000,
+    device: str = "cpu",
+    threads: int = 0,
+) -> None:
+    """Serve a model: a web page (record, upload or type; hear the answer as it streams) and an API.
+
+    Models load once at start. One request runs at a time; ``max_queue`` more may wait, later
+    ones are answered "busy". Open ``http://HOST:PORT/`` in a browser; the API is
+    ``POST /api/generate`` (one JSON answer) and ``POST /api/stream`` (server-sent events).
+
+    Args:
+        model: a model directory, as for ``spiritlm generate --model`` (a run, its ``hf/``, or
+            Meta's spirit-lm-base-7b).
+        vocoder: a unit vocoder directory (ours or Meta's ``hifigan_spiritlm_*``): speech
+            answers are then audio, streamed as it is synthesised.
+        speech_tokenizer: a speech tokenizer directory: needed for recorded or uploaded audio.
+        host: the address to listen on (default: this machine only; anything else exposes the
+            model to the network).
+        port: the TCP port.
+        max_queue: requests that may wait while one runs.
+        max_upload_mb: largest request body (an audio upload), in MiB.
+        max_audio_seconds: longest audio upload, in seconds.
+        max_new_tokens: the most tokens one request may generate.
+        max_text_chars: the longest text prompt, in characters.
+        device: ``cpu`` or ``cuda[:N]``.
+        threads: torch CPU threads (0: torch's default).
+    """
+    import os
+    import socket
+
+    from spiritlm.errors import UserError
+    from spiritlm.serve.config import ServeLimits
+
+    limits = ServeLimits(max_queue=max_queue, max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
+                         max_new_tokens=max_new_tokens, max_text_chars=max_text_chars)
+    if not os.path.isdir(model):
+        raise UserError(f"{model}: no such model directory (--model)")
+    if speech_tokenizer is not None and not os.path.isfile(os.path.join(speech_tokenizer, "config.json")):
+        raise UserError(f"{speech_tokenizer}: not a speech tokenizer directory, no config.json (--speech_tokenizer)")
+    if vocoder is not None and not os.path.exists(vocoder):
+        raise UserError(f"{vocoder}: no such vocoder (--vocoder)")
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port}: must be in 1..65535")
+    if threads < 0:
+        raise UserError(f"--threads {threads}: must be >= 0 (0: torch's default)")
+    try:  # a busy port costs a second here, not after the models load
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+
+    import torch
+    import uvicorn
+
+    from spiritlm.serve.app import create_app
+    from spiritlm.serve.engine import Engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    engine = Engine.load(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device, limits=limits)
+    info = engine.info()
+    print(f"[serve] model {model} ({info['model']['parameters'] / 1e6:.1f} M parameters)"
+          + (f", speech tokenizer {speech_tokenizer}" if speech_tokenizer else ", no speech tokenizer (no audio input)")
+          + (f", vocoder {vocoder}" if vocoder else ", no vocoder (speech answers as tokens)"))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"[serve] listening on {host}: anyone who can reach this address can use the model")
+    print(f"[serve] open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/  (Ctrl-C stops)", flush=True)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+
+
+COMMANDS = serve
