@@ -24,5 +24,5 @@ for stage in STAGE_FOLDERS:
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"spiritlm.recipes": ["configs/*.yaml", "slurm/*.slurm", "launch/*.sh"], "spiritlm": ["py.typed"]},
+    package_data={"spiritlm.recipes": ["configs/*.yaml", "slurm/*.slurm", "launch/*.sh"], "spiritlm": ["py.typed", "serve/static/*.html"]},
 )

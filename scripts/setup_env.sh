@@ -9,9 +9,11 @@ PYTHON=${PYTHON:-python3}
 
 # --- Debian packages -------------------------------------------------------------------------
 # libsndfile1: soundfile and fairseq2n load it at import time. espeak-ng itself comes in the
-# espeakng-loader wheel, so it needs no Debian package.
+# espeakng-loader wheel, so it needs no Debian package. chromium: the browser test of
+# `spiritlm serve`'s page (Playwright drives /usr/bin/chromium; its own browser download is not used).
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libsndfile\.so\.1' || missing+=(libsndfile1)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "[setup] installing Debian packages: ${missing[*]}"
