@@ -733,12 +733,27 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
     md += _generation_section(layout, audio_dir)
     md.append("")
 
+    # --- talk to it ----------------------------------------------------------------------------
+    md += ["## Talk to the model", "",
+           "A local web page (record, upload or type a prompt; hear the answer while it is generated) and API, "
+           "on this machine only (`spiritlm serve --help`):", "", "```", serve_command(layout), "```", ""]
+    if not (layout.lm_mix / "metrics.json").is_file():
+        md += [f"*The interleaved LM `{layout.lm_mix}` is not trained yet: the command works once the demo's "
+               f"`lm-interleaved` stage has run.*", ""]
+
     text = "\n".join(md) + "\n"
     report = out / "report.md"
     tmp = out / ".report.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, report)
     return report
+
+
+def serve_command(layout: DemoLayout, port: int = 8000) -> str:
+    """The ``spiritlm serve`` command for the demo's interleaved LM, speech tokenizer and vocoder
+    (absolute paths: it runs from any folder); the page is then at ``http://127.0.0.1:PORT/``."""
+    at = DemoLayout(layout.root.resolve())
+    return f"spiritlm serve --model {at.lm_mix} --speech_tokenizer {at.tokenizer} --vocoder {at.vocoder} --port {port}"
 
 
 def _generation_section(layout: DemoLayout, audio_dir: Path) -> list[str]:

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spiritlm.errors import UserError
-from spiritlm.evals.report import EVAL_TASKS, STSP_OURS, DemoLayout, build_report
+from spiritlm.evals.report import EVAL_TASKS, STSP_OURS, DemoLayout, build_report, serve_command
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -536,10 +536,12 @@ def demo(preset: str = "full", out: str = "demo_out", fresh: bool = False, only:
         if not path.is_dir():
             raise UserError(f"{path}: no such demo folder (--out)")
         print(f"[demo] report: {build_report(path)}")
+        print(f"[demo] talk to the model: {serve_command(DemoLayout(path))}  (then open http://127.0.0.1:8000/)")
         return
     summary = run_demo(path, preset, seed, only, threads)
     print(f"\n[demo] done: {summary['seconds']} s of stages ({summary['this_run_seconds']} s this run); "
           f"summary in {path / 'demo_summary.json'}, report in {path / 'report' / 'report.md'}")
+    print(f"[demo] talk to the model: {serve_command(DemoLayout(path))}  (then open http://127.0.0.1:8000/)")
     if summary["incomplete_stages"] and only is None:
         raise DemoError(f"{path}: stages not complete: {', '.join(summary['incomplete_stages'])}")
 

@@ -266,7 +266,7 @@ def tiny_serve_stack(directory: str | Path, *, num_units: int = 6, seed: int = 0
     centers = np.random.default_rng(seed).standard_normal((num_units, backend.dim)).astype(np.float32)
     SpeechTokenizer(UnitTokenizer(backend, centers, UnitConfig(features=features))).save(root / "speech_tokenizer")
     torch.manual_seed(seed)
-    cfg = VocoderConfig.preset("tiny", num_units=64, num_speakers=2, embedding_dim=8, upsample_initial_channel=32,
+    cfg = VocoderConfig.preset("tiny", num_units=num_units, num_speakers=2, embedding_dim=8, upsample_initial_channel=32,
                                resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)
     Vocoder(UnitHifiGAN(cfg), speakers=["alice", "bob"]).save(root / "vocoder")
     return {"model": model, "speech_tokenizer": root / "speech_tokenizer", "vocoder": root / "vocoder"}

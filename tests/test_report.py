@@ -237,3 +237,18 @@ def test_f0_rmse_cents_on_voiced_frames_only():
     # frames voiced in both: 0 (an octave, 1200 cents) and 3 (0 cents)
     assert f0_rmse_cents(a, b) == pytest.approx(np.sqrt((1200**2 + 0) / 2))
     assert f0_rmse_cents(np.zeros(3), b) is None
+
+
+def test_report_ends_with_the_serve_command_for_the_demo_models(tmp_path):
+    import inspect
+    import shlex
+
+    from spiritlm.serve.cli import serve
+
+    md = build_report(tmp_path / "demo").read_text()
+    last = md.rstrip().rsplit("## ", 1)[1]
+    root = (tmp_path / "demo").resolve()
+    cmd = f"spiritlm serve --model {root / 'lm' / 'tiny-interleaved'} --speech_tokenizer {root / 'tokenizer'} --vocoder {root / 'vocoder'}"
+    assert last.startswith("Talk to the model") and cmd in last and "not trained yet" in last
+    flags = [a[2:] for a in shlex.split(last.split("```")[1]) if a.startswith("--")]
+    assert flags and set(flags) <= set(inspect.signature(serve).parameters)

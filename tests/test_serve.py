@@ -261,3 +261,30 @@ def test_cli_refuses_bad_flags_in_one_line(tmp_path, stack):
         r = run("--model", str(stack["model"]), "--port", str(port))
     assert r.returncode == 1 and f"--host 127.0.0.1 --port {port}: cannot listen there" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_serve_command_loads_once_serves_and_stops_on_ctrl_c(stack):
+    import signal
+
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "spiritlm.cli", "serve", "--model", str(stack["model"]), "--vocoder", str(stack["vocoder"]),
+           "--speech_tokenizer", str(stack["speech_tokenizer"]), "--port", str(port), "--threads", "1", "--max_new_tokens", "50"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[serve] open"):
+                break
+        assert lines and lines[-1].strip() == f"[serve] open http://127.0.0.1:{port}/  (Ctrl-C stops)", lines
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/api/info").json()["limits"]["max_new_tokens"] == 50
+        r = httpx.post(f"{url}/api/generate", data={"text": "the cat", "output_modality": "speech", "max_new_tokens": "10",
+                                                   "min_new_tokens": "10"}, timeout=120)
+        assert r.status_code == 200 and r.json()["audio_wav_base64"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0

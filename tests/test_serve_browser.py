@@ -118,7 +118,7 @@ def test_page_streams_speech_that_plays_before_the_answer_is_done_and_downloads_
             page.wait_for_function("(window.spiritlmPage.done || window.spiritlmPage.error) && !window.spiritlmPage.running")
             state = page.evaluate("window.spiritlmPage")
             assert state["error"] is None and state["done"]
-            assert page.inner_text("#out-prompt").startswith("[Speech][Hu")
+            assert page.text_content("#out-prompt").startswith("[Speech][Hu")
             browser.close()
     finally:
         engine.on_piece = None

@@ -64,14 +64,18 @@ def serve(
     except OSError as e:
         raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
 
-    import torch
+    from spiritlm.numerics import threads as thread_pools
+
+    with thread_pools(threads):  # process-wide: the worker thread that generates runs with them
+        _serve(model, vocoder, speech_tokenizer, host, port, device, limits)
+
+
+def _serve(model, vocoder, speech_tokenizer, host, port, device, limits) -> None:
     import uvicorn
 
     from spiritlm.serve.app import create_app
     from spiritlm.serve.engine import Engine
 
-    if threads:
-        torch.set_num_threads(threads)
     engine = Engine.load(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device, limits=limits)
     info = engine.info()
     print(f"[serve] model {model} ({info['model']['parameters'] / 1e6:.1f} M parameters)"

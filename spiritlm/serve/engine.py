@@ -17,7 +17,8 @@ Events of a streamed answer (dicts, ``type`` first):
   ``samples``, ``offset`` (samples before it), ``segment`` (index of the speech segment);
 * ``done``: ``text``, ``tokens`` (the speech token strings), ``n_tokens``, ``audio_samples``,
   ``sample_rate`` and ``timings`` (seconds from the start of the run: ``first_text_s``,
-  ``first_audio_s``, ``total_s``; ``tokenize_s``);
+  ``first_audio_s``, ``total_s``; ``tokenize_s``; ``first_audio_tokens``: tokens generated when
+  the first audio chunk went out);
 * ``error``: ``message``, ``status``, ``field``.
 """
 
@@ -422,7 +423,8 @@ class Engine:
         emit({"type": "prompt", "prompt": build_prompt(inputs, req.output_modality), "speech_in": speech_in,
               "tokenize_s": tokenize_s})
         state = RunState(cancel)
-        timings: dict[str, float | None] = {"tokenize_s": tokenize_s, "first_text_s": None, "first_audio_s": None}
+        timings: dict[str, float | None] = {"tokenize_s": tokenize_s, "first_text_s": None, "first_audio_s": None,
+                                            "first_audio_tokens": None}
         text: list[str] = []
         segments: list[list[str]] = []  # speech token strings, one list per segment
         last_modality = None
@@ -477,6 +479,7 @@ class Engine:
                         continue
                     if timings["first_audio_s"] is None:
                         timings["first_audio_s"] = time.perf_counter() - t0
+                        timings["first_audio_tokens"] = state.tokens  # LM tokens the first chunk waited for
                     emit({"type": "audio", "segment": segment, "offset": offset, "samples": int(chunk.size),
                           "sample_rate": self.sample_rate, "pcm_f32le": encode_pcm(chunk)})
                     offset += int(chunk.size)
