@@ -76,6 +76,7 @@ def screenshot(url: str, audio_path: str, tokens: int, seed: int, path: str) -> 
         page.select_option("#modality", "speech")
         page.click("summary:has-text('sampling')")
         page.fill("#max-new-tokens", str(tokens))
+        page.fill("#min-new-tokens", str(tokens))
         page.fill("#seed", str(seed))
         page.click("#generate")
         page.wait_for_function("window.spiritlmPage.done || window.spiritlmPage.error", timeout=600_000)
