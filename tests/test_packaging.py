@@ -88,4 +88,5 @@ def test_regular_wheel_maps_stage_folders_under_spiritlm(tmp_path):
         for rel in py_files:
             assert f"spiritlm/{stage}/{rel}" in names, f"{stage}/{rel} missing from the wheel"
     assert "spiritlm/formats.py" in names
+    assert "spiritlm/serve/static/index.html" in names  # the page of spiritlm serve
     assert any(n.endswith("entry_points.txt") for n in names)
