@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=3, help="timed requests of each kind (at most 20)")
     ap.add_argument("--max_seconds", type=float, default=300, help="stop starting requests after this long")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk_frames", type=int, default=25, help="spiritlm serve --chunk_frames")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--screenshot", help="also load the page in headless Chromium (Playwright, /usr/bin/chromium), "
                                          "answer the prompt in speech and save a PNG of the page here")
@@ -140,13 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
           f"torch {torch.__version__} | {args.threads} thread(s)")
     info = sf.info(audio_path)
-    print(f"# prompt {audio_path}: {info.frames / info.samplerate:.2f} s; {args.tokens} new tokens per answer, seed {args.seed}")
+    print(f"# prompt {audio_path}: {info.frames / info.samplerate:.2f} s; {args.tokens} new tokens per answer, seed {args.seed}; "
+          f"chunk_frames {args.chunk_frames}")
     if args.demo:
         print(f"# models: {serve_command(DemoLayout(Path(args.demo)))}")
     results: dict[str, list[dict]] = {}
     with threads(args.threads):
         t_load = time.perf_counter()
-        engine = Engine.load(model, vocoder=voc, speech_tokenizer=stok, limits=ServeLimits(max_new_tokens=max(args.tokens, 1)))
+        engine = Engine.load(model, vocoder=voc, speech_tokenizer=stok, limits=ServeLimits(max_new_tokens=max(args.tokens, 1),
+                                                                                     chunk_frames=args.chunk_frames))
         print(f"# load: {time.perf_counter() - t_load:.1f} s; LM {engine.info()['model']['parameters'] / 1e6:.2f} M parameters")
         start = time.perf_counter()
         with background_server(engine) as url, httpx.Client(timeout=600) as client:

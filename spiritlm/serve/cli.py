@@ -14,6 +14,7 @@ def serve(
     max_audio_seconds: float = 60.0,
     max_new_tokens: int = 500,
     max_text_chars: int = 4000,
+    chunk_frames: int = 25,
     device: str = "cpu",
     threads: int = 0,
 ) -> None:
@@ -37,6 +38,8 @@ def serve(
         max_audio_seconds: longest audio upload, in seconds.
         max_new_tokens: the most tokens one request may generate.
         max_text_chars: the longest text prompt, in characters.
+        chunk_frames: 40 ms frames per streamed audio chunk at least: fewer send the first audio
+            sooner and cost more vocoder work.
         device: ``cpu`` or ``cuda[:N]``.
         threads: torch CPU threads (0: torch's default).
     """
@@ -47,7 +50,7 @@ def serve(
     from spiritlm.serve.config import ServeLimits
 
     limits = ServeLimits(max_queue=max_queue, max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
-                         max_new_tokens=max_new_tokens, max_text_chars=max_text_chars)
+                         max_new_tokens=max_new_tokens, max_text_chars=max_text_chars, chunk_frames=chunk_frames)
     if not os.path.isdir(model):
         raise UserError(f"{model}: no such model directory (--model)")
     if speech_tokenizer is not None and not os.path.isfile(os.path.join(speech_tokenizer, "config.json")):

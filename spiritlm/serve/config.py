@@ -1,4 +1,4 @@
-"""Limits of ``spiritlm serve``: what one request may ask for, and how many may wait."""
+"""Limits of ``spiritlm serve`` (what one request may ask for, how many may wait) and its audio chunk size."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ class ServeLimits:
             before it is decoded).
         max_new_tokens: the most tokens one request may ask to generate.
         max_text_chars: the longest text prompt, in characters.
+        chunk_frames: 40 ms frames per streamed audio chunk at least (``Vocoder.stream``): a
+            smaller value sends the first audio after fewer LM tokens and costs more vocoder work
+            (each chunk recomputes the generator's receptive field on both sides).
     """
 
     max_queue: int = 4
@@ -26,6 +29,7 @@ class ServeLimits:
     max_audio_seconds: float = 60.0
     max_new_tokens: int = 500
     max_text_chars: int = 4000
+    chunk_frames: int = 25
 
     def __post_init__(self) -> None:
         if self.max_queue < 0:
@@ -33,7 +37,7 @@ class ServeLimits:
         for name in ("max_upload_mb", "max_audio_seconds"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name} {getattr(self, name)}: must be > 0")
-        for name in ("max_new_tokens", "max_text_chars"):
+        for name in ("max_new_tokens", "max_text_chars", "chunk_frames"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} {getattr(self, name)}: must be at least 1")
 

@@ -472,7 +472,8 @@ class Engine:
                         if p.unit:
                             yield p.unit
 
-                for chunk in stream_audio(self.vocoder, units(), speaker=_row(req.speaker), style=_row(req.style)):
+                for chunk in stream_audio(self.vocoder, units(), speaker=_row(req.speaker), style=_row(req.style),
+                                          chunk_frames=self.limits.chunk_frames):
                     if cancel.is_set():
                         raise Cancelled()
                     if chunk.size == 0:

@@ -34,13 +34,17 @@ def stream_pieces(lm: Any, inputs: Sequence[tuple[str, str]], output_modality: s
     return iter(lm.stream(list(inputs), output_modality=output_modality, **sampling))
 
 
-def stream_audio(vocoder: Any, tokens: Iterable[str], *, speaker: int | str | None, style: int | str | None) -> Iterator[np.ndarray]:
+def stream_audio(vocoder: Any, tokens: Iterable[str], *, speaker: int | str | None, style: int | str | None,
+                 chunk_frames: int | None = None) -> Iterator[np.ndarray]:
     """The vocoder's waveform chunks (float32 ``(samples,)``) for a growing stream of speech tokens.
 
     ``speaker``/``style``: a row or a name of the vocoder's speaker / style-id tables (None: its
-    default).
+    default). ``chunk_frames``: 40 ms frames per chunk at least (None: the vocoder's default);
+    smaller chunks come sooner and cost more.
     """
     kwargs: dict[str, Any] = {}
+    if chunk_frames is not None:
+        kwargs["chunk_frames"] = chunk_frames
     if speaker is not None:
         kwargs["speaker"] = speaker
     if style is not None:
