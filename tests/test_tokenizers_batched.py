@@ -172,3 +172,55 @@ def test_tokenize_buckets_by_length_and_takes_its_shard_from_the_launcher(tmp_pa
     ids0 = [json.loads(ln)["id"] for ln in open(tmp_path / "part-0.jsonl")]
     assert ids0 == sorted(ids0, key=lambda i: -lines[int(i[1])]["duration"])  # longest first
     assert {**part0, **part1} == read(tmp_path / "plain.jsonl")  # bucketed batches: the same units
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_bf16_path_agrees_with_fp32_and_batches_like_one_at_a_time(norm):
+    """The bf16 path (bf16 products, fp32 norms/residual/quantizer, cached bf16 weights) on a
+    deterministic input: features near fp32, >= 95% of units equal on this tiny random model
+    (HuBERT-base on speech: 99.7-100%, benchmarks/bench_units_vs_reference.py), and a padded
+    batch gives one-at-a-time units."""
+    ref = tiny_hubert(norm)
+    hb = HubertBackend(copy.deepcopy(ref), layer=3 if norm == "group" else 2)
+    wavs = waves(8, seed=3)
+    feats32 = hb.extract(wavs)
+    centers = train_kmeans(feats32, KMeansConfig(n_clusters=12, n_init=1, max_frames=None, batch_size=256))
+    tok = UnitTokenizer(hb, centers, UnitConfig())
+    u32 = tok.encode(wavs)
+    hb.set_precision("bf16")
+    assert hb._low is None  # weights are cast on first use, once
+    single16 = [hb.extract([w])[0] for w in wavs]
+    cached = dict(hb._low)
+    assert cached and all(t.dtype == torch.bfloat16 for v in cached.values() for t in (v if isinstance(v, tuple) else (v,)))
+    batched16 = hb.extract(wavs)
+    assert all(a is hb._low[k] for k, a in cached.items())  # reused, not recast
+    for a, b, f in zip(single16, batched16, feats32):
+        assert a.dtype == np.float32 and a.shape == f.shape
+        rel = np.abs(a - f).max() / np.abs(f).max()
+        assert 0 < rel < 0.05  # bf16 really ran, and stays close
+        np.testing.assert_allclose(a, b, atol=0.05 * np.abs(f).max())
+    u16 = [tok.encode([w])[0] for w in wavs]
+    agree = float(np.mean(np.concatenate(u32) == np.concatenate(u16)))
+    assert agree >= 0.95, agree
+    hb.to(torch.float64)
+    assert hb._low is None  # moved: the bf16 copies are rebuilt from the new weights
+    hb.to(torch.float32).set_precision("fp32")
+    for a, b in zip(feats32, hb.extract(wavs)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_folded_first_layer_equals_masked_group_norm():
+    """Conv + group norm folded into one convolution (statistics from the input windows) equals
+    conv -> group norm over the valid frames, for each utterance of a padded batch."""
+    from spiritlm.tokenizers.utils import pad_batch
+
+    model = tiny_hubert("group")
+    hb = HubertBackend(copy.deepcopy(model), layer=1)
+    wavs = waves(5, seed=4)
+    x, lengths = pad_batch(wavs)
+    first = model.feature_extractor.conv_layers[0]
+    with torch.inference_mode():
+        got = hb._first_layer_group_norm(hb.model.feature_extractor.conv_layers[0], x, lengths)
+        for i, w in enumerate(wavs):
+            want = first(torch.from_numpy(w)[None, None])[0]  # transformers' conv + GroupNorm + GELU, alone
+            torch.testing.assert_close(got[i, :, : want.shape[-1]], want, atol=2e-5, rtol=1e-4)

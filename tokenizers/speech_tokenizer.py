@@ -258,8 +258,9 @@ class SpeechTokenizer:
     def load(cls, directory: str | os.PathLike, device: str | torch.device | None = "cpu", precision: str = "fp32") -> SpeechTokenizer:
         """Loads a tokenizer directory onto ``device`` (``cpu``, ``cuda``, ``auto``).
 
-        ``precision="bf16"`` computes HuBERT unit features in bfloat16 (faster; a few units
-        differ from fp32, see :class:`~spiritlm.tokenizers.features.HubertBackend`).
+        ``precision="bf16"`` computes HuBERT's matrix products in bfloat16 (~2x faster; a few
+        units in a thousand differ from fp32, see :class:`~spiritlm.tokenizers.features.HubertBackend`);
+        ``"fp32"`` (default) is exact.
         """
         path = os.path.join(directory, "config.json")
         if not os.path.isfile(path):
