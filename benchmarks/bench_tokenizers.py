@@ -210,6 +210,17 @@ def _f0_speed(args, wavs) -> None:
         print(f"{name:<20} {dt / total:>17.3f} {total / dt:>9.1f}x", flush=True)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return cpu
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", help="tokenizer directory (default: untrained models of the tiny sizes)")
@@ -233,12 +244,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     wavs = _audio(args)
     seconds = sum(len(w) for w in wavs) / 16000
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"machine: {cpu}; {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))

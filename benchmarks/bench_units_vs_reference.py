@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -57,13 +56,10 @@ def hubert_base_dir(path: str) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}; {os.cpu_count()} CPUs; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_tokenizers import cpu_name
+
+    return (f"{cpu_name()}; {os.cpu_count()} CPUs; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
             f"{torch.get_num_threads()} thread(s)")
 
 
