@@ -240,6 +240,8 @@ def test_overwrite_never_replaces_a_folder_that_is_not_such_an_output(tmp_path, 
                             "--overwrite", "true", "--workers", "1", "--progress", "false"], capsys)
     assert code == 1 and "not replacing it" in one_error_line(err)
     code, _, err = run_cli(["tokenizer", "train", "--manifest", MANIFEST, "--out", precious], capsys)
+    assert code == 1 and "--overwrite true" in one_error_line(err)
+    code, _, err = run_cli(["tokenizer", "train", "--manifest", MANIFEST, "--out", precious, "--overwrite", "true"], capsys)
     assert code == 1 and "not replacing it" in one_error_line(err)
     assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
 

@@ -132,3 +132,38 @@ def test_same_threads_flag_gives_identical_models_whatever_the_shell_set(tones, 
     assert _comparable(one) == _comparable(two)
     for f in ("units/kmeans.pt", "pitch/model.safetensors", "style/encoder.safetensors", "style/kmeans.pt"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_train_refuses_a_trained_tokenizer_unless_overwrite(tones, tmp_path, capsys):
+    """Issue 18 item 3 (the rule of every trainer): `tokenizer train --out DIR` on a folder holding
+    a tokenizer is refused in one line, before any training, and the folder is left as it was."""
+    from spiritlm.cli import main
+
+    out = tmp_path / "tok"
+    (out / "units").mkdir(parents=True)
+    (out / "units" / "unit_config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "train", "--manifest", str(tones), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "--overwrite true" in err[0], err
+    assert sorted(p.name for p in out.rglob("*")) == ["unit_config.json", "units"]
+
+
+def test_shards_of_other_settings_are_refused_naming_the_flag_or_restarted_with_overwrite(tmp_path):
+    """An unfinished run's shards resume only under the same plan; another plan names the flags
+    that differ (no shard is touched), and --overwrite true starts the shards over."""
+    from spiritlm.errors import UserError
+    from spiritlm.tokenizers.train import _check_work_dir
+
+    work = tmp_path / "work"
+    plan = {"manifest": "/m.jsonl", "utterances": "abc", "shard_items": 256, "features": {"backend": "mfcc"}, "f0": {"backend": "yin"}}
+    _check_work_dir(str(work), plan)
+    (work / "features").mkdir()
+    _check_work_dir(str(work), dict(plan))  # the same plan: resumed
+    assert (work / "features").is_dir()
+    other = {**plan, "features": {"backend": "hubert"}}
+    with pytest.raises(UserError, match=r"plan.json: shards of an unfinished run with other settings \(--preset / --hubert / --layer"):
+        _check_work_dir(str(work), other)
+    assert (work / "features").is_dir() and json.loads((work / "plan.json").read_text()) == plan
+    _check_work_dir(str(work), other, overwrite=True)
+    assert not (work / "features").exists() and json.loads((work / "plan.json").read_text()) == other

@@ -304,7 +304,7 @@ def test_training_streams_through_shards_and_resumes(corpus, tmp_path):
     # shards of another corpus are refused, with the way out
     other = tmp_path / "other.jsonl"
     other.write_text("".join(ln for ln in corpus.read_text().splitlines(True)[:4]))
-    with pytest.raises(UserError, match="shards of another run.*utterances.*delete"):
+    with pytest.raises(UserError, match=r"shards of an unfinished run with other settings \(--manifest; --manifest / --max_utts.*--overwrite true"):
         train_tokenizer(str(other), str(tmp_path / "tok3"), _preset(), seed=0, threads=1, log=lambda s: None, work_dir=str(work))
 
     # the CLI refuses a negative --num_workers before any work

@@ -231,14 +231,16 @@ def train(
     max_frames: int | None = None,
     keep_work: bool = False,
     num_workers: int = 0,
+    overwrite: bool = False,
 ) -> None:
     """Trains the streams a preset needs and writes OUT (tokenizer) and OUT/metrics.json.
 
-    OUT is built under a temporary name and appears (replacing an older OUT) only when training
-    succeeded. Features, F0 tracks and style embeddings are streamed to memory-mapped shards in
-    WORK_DIR (default OUT.work), so memory does not grow with the corpus; rerunning a failed or
-    killed run resumes from the complete shards. WORK_DIR is removed after success unless
-    --keep_work true.
+    OUT is built under a temporary name and appears only when training succeeded; an OUT holding
+    a tokenizer is refused unless --overwrite true (then replaced on success). Features, F0
+    tracks and style embeddings are streamed to memory-mapped shards in WORK_DIR (default
+    OUT.work), so memory does not grow with the corpus; rerunning a failed or killed run resumes
+    from the complete shards, and shards made with other settings are refused naming the flag
+    (--overwrite true recomputes them). WORK_DIR is removed after success unless --keep_work true.
 
     Args:
         manifest: JSONL manifest with ``split`` (train/valid/test), ``speaker``, ``style`` and
@@ -259,14 +261,17 @@ def train(
         keep_work: keep WORK_DIR after success.
         num_workers: DataLoader processes reading the pitch VQ-VAE's and the style CNN's
             training crops from the shards (0: the training process; the result is the same).
+        overwrite: replace a tokenizer in OUT, and shards of other settings in WORK_DIR.
     """
     import shutil
 
-    from spiritlm.atomic import atomic_dir
+    from spiritlm.atomic import atomic_dir, check_new_output
     from spiritlm.errors import UserError
 
     if not os.path.isfile(manifest):
         raise UserError(f"{manifest}: no such file (--manifest)")
+    markers = ("units/unit_config.json",)
+    check_new_output(out, overwrite, markers=markers)  # before hours of training, not after
     if num_workers < 0:
         raise UserError(f"--num_workers {num_workers}: must be 0 or more")
     from .train import make_preset, train_tokenizer
@@ -277,10 +282,11 @@ def train(
         raise UserError(f"--preset {preset}: {e}") from None
 
     work_dir = work_dir or os.path.normpath(out) + ".work"
-    # an older tokenizer in OUT is replaced on success; any other non-empty folder is refused
-    with atomic_dir(out, overwrite=True, markers=("units/unit_config.json",)) as tmp:
+    # with --overwrite an older tokenizer in OUT is replaced on success; any other non-empty folder is refused
+    with atomic_dir(out, overwrite=overwrite, markers=markers) as tmp:
         m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device,
-                            max_utts=max_utts, threads=threads or None, work_dir=work_dir, max_frames=max_frames, num_workers=num_workers)
+                            max_utts=max_utts, threads=threads or None, work_dir=work_dir, max_frames=max_frames, num_workers=num_workers,
+                            overwrite=overwrite)
     if not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)
     keys = ["pnmi", "phone_purity", "f0_rmse_cents", "vuv_error", "codebook_perplexity", "codebook_usage", "style_purity"]

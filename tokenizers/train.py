@@ -153,19 +153,40 @@ def make_preset(name: str, hubert: str | None = None, layer: int = 11, style_enc
 SHARD_ITEMS = 256
 
 
-def _check_work_dir(work_dir: str, plan: dict) -> None:
-    """Writes ``work_dir/plan.json`` or checks that the shards there were made for this run."""
+#: ``plan.json`` key -> the flags of ``spiritlm tokenizer train`` that decide it (messages)
+PLAN_FLAGS = {"manifest": "--manifest", "utterances": "--manifest / --max_utts (the utterances)",
+              "features": "--preset / --hubert / --layer (the unit features)", "f0": "--preset (the F0 tracker)",
+              "shard_items": "the shard size of another spiritlm version"}
+
+
+def _check_work_dir(work_dir: str, plan: dict, overwrite: bool = False) -> None:
+    """Writes ``work_dir/plan.json`` or checks that the shards there were made for this run.
+
+    The shards of an interrupted run are resumed when its plan is this run's; another plan is
+    refused naming the flag that differs, or, with ``overwrite``, the old shards are removed and
+    the run starts over.
+    """
+    import shutil
+
     from ..errors import UserError
 
     os.makedirs(work_dir, exist_ok=True)
     path = os.path.join(work_dir, "plan.json")
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != plan:
-            diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            raise UserError(f"{path}: shards of another run (different {', '.join(diff)}); delete {work_dir} or pass another --work_dir")
-        return
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as exc:
+            old = {"unreadable": str(exc)}
+        if old == plan:
+            return
+        diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+        if not overwrite:
+            flags = "; ".join(PLAN_FLAGS.get(k, k) for k in diff)
+            raise UserError(f"{path}: shards of an unfinished run with other settings ({flags}): rerun with that run's "
+                            f"settings to resume it, pass --overwrite true to start over, or pass another --work_dir")
+        shutil.rmtree(work_dir)
+        os.makedirs(work_dir)
     with atomic_file(path) as f:
         json.dump(plan, f, indent=1)
 
@@ -266,8 +287,12 @@ def train_tokenizer(
     work_dir: str | None = None,
     max_frames: int | None = None,
     num_workers: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Trains a speech tokenizer into ``out`` and writes ``out/metrics.json``; returns the metrics.
+
+    ``overwrite``: shards in ``work_dir`` made for other settings are removed and recomputed
+    (without it they are refused, naming the flag: :func:`_check_work_dir`).
 
     Streaming: unit features, F0 tracks and style embeddings are computed a shard of
     :data:`SHARD_ITEMS` utterances at a time and written to memory-mapped shards in ``work_dir``
@@ -290,7 +315,8 @@ def train_tokenizer(
         from spiritlm.numerics import threads as pinned_threads
 
         with pinned_threads(threads):
-            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log, work_dir, max_frames, num_workers)
+            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log, work_dir, max_frames,
+                                   num_workers, overwrite)
     from threadpoolctl import threadpool_limits
 
     from spiritlm.numerics import load_thread_pools
@@ -302,7 +328,8 @@ def train_tokenizer(
     with threadpool_limits(limits=1, user_api="blas"):
         own_work = work_dir is None
         work_dir = work_dir or os.path.join(out, "work")
-        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers)
+        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers,
+                             overwrite)
         if own_work:
             import shutil
 
@@ -310,7 +337,8 @@ def train_tokenizer(
         return m
 
 
-def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers) -> dict:
+def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers,
+                     overwrite=False) -> dict:
     import hashlib
 
     from ..numerics import environment
@@ -332,7 +360,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     pitch_cfg = replace(p.pitch, f0=replace(p.pitch.f0, device="cpu"))
     _check_work_dir(work_dir, {"manifest": os.path.abspath(manifest), "utterances": ids, "shard_items": SHARD_ITEMS,
                                "features": json.loads(json.dumps(asdict(p.features), default=str)),
-                               "f0": json.loads(json.dumps(asdict(pitch_cfg.f0), default=str))})
+                               "f0": json.loads(json.dumps(asdict(pitch_cfg.f0), default=str))}, overwrite)
 
     # ---- unit features -> shards (the pass that finds unreadable audio) ------------------------
     t0 = time.time()
