@@ -212,6 +212,7 @@ def judges(
     vocoded_fraction: float = 0.0,
     threads: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> None:
     """Train the judges (CTC ASR, text and speech sentiment) on a manifest's train split; score them on its test split.
 
@@ -219,6 +220,8 @@ def judges(
 
     Writes OUT/asr/, OUT/text_sentiment/, OUT/speech_sentiment/ and OUT/judges_metrics.json (each
     judge's test CER or accuracy with the majority-class rate), and prints one line per judge.
+    A judge already trained in OUT is refused unless --overwrite true; each judge folder appears
+    whole or not at all, so an interrupted run is simply rerun (finished judges kept, see --which).
 
     Args:
         manifest: corpus manifest with train and test splits (sentiment labels for the sentiment judges).
@@ -233,6 +236,7 @@ def judges(
         vocoded_fraction: this fraction of the ASR's train utterances is added again as vocoder resyntheses.
         threads: torch CPU threads (0: leave torch's setting).
         progress: show a progress bar.
+        overwrite: retrain (replace) judges of --which that OUT already holds.
     """
     from spiritlm.errors import UserError
     from spiritlm.evals.common import JUDGE_DIRS, load_units
@@ -269,7 +273,7 @@ def judges(
     try:
         with pinned_threads(threads):
             train_judges(manifest, out, seed=seed, cfg=cfg, which=tuple(which), vocoder=voc, units=unit_rows,
-                         vocoded_fraction=vocoded_fraction, progress=progress)
+                         vocoded_fraction=vocoded_fraction, progress=progress, overwrite=overwrite)
     except ManifestError as e:
         raise UserError(f"{e} (--manifest)") from None
 

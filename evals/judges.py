@@ -40,9 +40,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from spiritlm.atomic import atomic_dir, atomic_file
 from spiritlm.constants import SAMPLE_RATE
 from spiritlm.corpus.ctc import JUDGE_FORMAT as FORMAT
 from spiritlm.corpus.ctc import AsrConfig, CtcAsr, LogMel  # noqa: F401  (re-exported)
+from spiritlm.errors import UserError
 LABELS = ("positive", "negative", "neutral")
 METRICS_NAME = "judges_metrics.json"
 from spiritlm.evals.common import JUDGE_DIRS  # noqa: E402  (kept importable from here)
@@ -72,21 +74,45 @@ def normalize_transcript(text: str, alphabet: str) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, encoding="utf-8") as f:
         json.dump(obj, f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
 
 
-def _read_judge_json(directory: Path) -> dict | None:
+#: the flag that names judge folders in the commands that read them (messages)
+JUDGE_FLAG = "--judges"
+
+
+def _read_judge_json(directory: Path, flag: str = JUDGE_FLAG) -> dict | None:
+    """``judge.json`` of ``directory`` (None when absent).
+
+    Raises:
+        UserError: naming the file and ``flag`` when it is not valid JSON or not a judge's.
+    """
     path = directory / "judge.json"
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a spiritlm judge (format {meta.get('format')!r})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError: a torn or foreign file
+        raise UserError(f"{path}: unreadable judge ({' '.join(str(exc).split())[:120]}); retrain it with "
+                        f"`spiritlm eval judges --overwrite true` ({flag})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise UserError(f"{path}: not a spiritlm judge (format {got!r}) ({flag})")
     return meta
+
+
+def _judge_part(path: Path, what: str, read: Callable[[], Any], flag: str = JUDGE_FLAG) -> Any:
+    """``read()``, with a truncated or inconsistent judge file raised as one line naming it."""
+    try:
+        return read()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, KeyError/TypeError of a foreign judge.json, shape mismatches
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"{path}: unreadable {what} ({type(exc).__name__}: {reason}); retrain it with "
+                        f"`spiritlm eval judges --overwrite true` ({flag})") from None
 
 
 # =============================================================================================
@@ -159,9 +185,12 @@ class AsrJudge:
         d = Path(directory)
         meta = _read_judge_json(d)
         if meta is None or meta.get("kind") != "asr":
-            raise ValueError(f"{d}: not an ASR judge directory (judge.json kind 'asr')")
-        model = CtcAsr(AsrConfig(**meta["config"]))
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
+            raise UserError(f"{d}: not an ASR judge directory (judge.json kind 'asr') ({JUDGE_FLAG})")
+        model = _judge_part(d / "judge.json", "ASR judge config", lambda: CtcAsr(AsrConfig(**meta["config"])))
+        weights = d / "model.safetensors"
+        if not weights.is_file():
+            raise UserError(f"{weights}: missing: an interrupted judge; retrain it with `spiritlm eval judges` ({JUDGE_FLAG})")
+        _judge_part(weights, "ASR judge weights", lambda: model.load_state_dict(load_file(str(weights))))
         return cls(model, device)
 
 
@@ -396,11 +425,15 @@ class TextSentimentJudge:
         d = Path(directory)
         meta = _read_judge_json(d)
         if meta is None or meta.get("kind") != cls.kind:
-            raise ValueError(f"{d}: not a text sentiment judge (judge.json kind {cls.kind!r})")
-        cfg = TextSentimentConfig(**meta["config"])
-        vec = TfidfVectorizer(ngram_range=(1, cfg.ngram_max), sublinear_tf=True, vocabulary=meta["vectorizer"]["vocabulary"])
-        vec.idf_ = np.array(meta["vectorizer"]["idf"], dtype=np.float64)
-        return cls(vec, _logreg_from_json(meta["classifier"]), cfg)
+            raise UserError(f"{d}: not a text sentiment judge (judge.json kind {cls.kind!r}) ({JUDGE_FLAG})")
+
+        def build():
+            cfg = TextSentimentConfig(**meta["config"])
+            vec = TfidfVectorizer(ngram_range=(1, cfg.ngram_max), sublinear_tf=True, vocabulary=meta["vectorizer"]["vocabulary"])
+            vec.idf_ = np.array(meta["vectorizer"]["idf"], dtype=np.float64)
+            return cls(vec, _logreg_from_json(meta["classifier"]), cfg)
+
+        return _judge_part(d / "judge.json", "text sentiment judge", build)
 
 
 @dataclass
@@ -511,10 +544,14 @@ class SpeechSentimentJudge:
         d = Path(directory)
         meta = _read_judge_json(d)
         if meta is None or meta.get("kind") != cls.kind:
-            raise ValueError(f"{d}: not a speech sentiment judge (judge.json kind {cls.kind!r})")
-        c = meta["config"]
-        cfg = SpeechSentimentConfig(features=SpeechFeatureConfig(**c["features"]), C=c["C"])
-        return cls(np.array(meta["scaler"]["mean"]), np.array(meta["scaler"]["scale"]), _logreg_from_json(meta["classifier"]), cfg)
+            raise UserError(f"{d}: not a speech sentiment judge (judge.json kind {cls.kind!r}) ({JUDGE_FLAG})")
+
+        def build():
+            c = meta["config"]
+            cfg = SpeechSentimentConfig(features=SpeechFeatureConfig(**c["features"]), C=c["C"])
+            return cls(np.array(meta["scaler"]["mean"]), np.array(meta["scaler"]["scale"]), _logreg_from_json(meta["classifier"]), cfg)
+
+        return _judge_part(d / "judge.json", "speech sentiment judge", build)
 
 
 #: Meta's map of its Expresso emotion classifier's labels to sentiments (``EXPRESSO_EMOTION_2_SENTIMENT``).
@@ -681,8 +718,14 @@ def train_judges(
     vocoded_fraction: float = 0.0,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Trains the judges on the manifest's ``train`` split and scores them on its ``test`` split.
+
+    The rule of every trainer: a judge of ``which`` already in ``out_dir`` (its ``judge.json``) is
+    refused unless ``overwrite``, before any work. Each judge folder is built under a temporary
+    name and renamed when whole (:func:`spiritlm.atomic.atomic_dir`), so an interrupted run leaves
+    finished judges and no half-made one: rerun it with ``which`` the judges still missing.
 
     With a ``vocoder`` and the corpus' ``units`` (Meta's units rows by id), the ASR judge is also
     scored on the vocoder's resynthesis of the test utterances (``vocoded_cer``: what the judge
@@ -712,6 +755,10 @@ def train_judges(
     unknown = set(which) - set(JUDGE_DIRS)
     if unknown:
         raise UserError(f"unknown judges {sorted(unknown)} (choose from {', '.join(JUDGE_DIRS)})")
+    done = [j for j in which if (Path(out_dir) / JUDGE_DIRS[j] / "judge.json").is_file()]
+    if done and not overwrite:
+        raise UserError(f"{out_dir}: already holds trained {', '.join(done)} judge(s); pass --overwrite true to retrain them, "
+                        "or --which the others (--out)")
     utts = read_manifest(manifest)
     train = [u for u in utts if u.split == "train"]
     test = [u for u in utts if u.split == "test"]
@@ -742,7 +789,8 @@ def train_judges(
         acc = _accuracy([u.sentiment for u in s_test], judge.predict([u.text for u in s_test]))
         m = {"accuracy": acc, "chance": _majority_rate([u.sentiment for u in s_train], [u.sentiment for u in s_test]),
              "n_train": len(s_train), "n_test": len(s_test), "seconds": round(time.time() - t0, 2)}
-        judge.save(out / JUDGE_DIRS["text-sentiment"], m)
+        with atomic_dir(out / JUDGE_DIRS["text-sentiment"], overwrite=True) as tmp:
+            judge.save(tmp, m)
         metrics["text-sentiment"] = m
         log(f"[judges] text sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(s_test)})")
     if "speech-sentiment" in which:
@@ -757,7 +805,8 @@ def train_judges(
             vt, vt_w = vocode_utterances(vocoder, te, units)
             m["vocoded_accuracy"] = _accuracy([u.sentiment for u in vt], judge.predict(vt_w)) if vt else None
             m["n_test_vocoded"] = len(vt)
-        judge.save(out / JUDGE_DIRS["speech-sentiment"], m)
+        with atomic_dir(out / JUDGE_DIRS["speech-sentiment"], overwrite=True) as tmp:
+            judge.save(tmp, m)
         metrics["speech-sentiment"] = m
         log(f"[judges] speech sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(te)})")
     if "asr" in which:
@@ -789,8 +838,9 @@ def train_judges(
             vt, vt_w = vocode_utterances(vocoder, te, units)
             m["vocoded_cer"] = _cer([normalize_transcript(u.text, cfg.asr.alphabet) for u in vt], judge.transcribe(vt_w))
             m["n_test_vocoded"] = len(vt)
-        judge.save(out / JUDGE_DIRS["asr"], m)
-        _write_json(out / JUDGE_DIRS["asr"] / "history.json", history)
+        with atomic_dir(out / JUDGE_DIRS["asr"], overwrite=True) as tmp:
+            judge.save(tmp, m)
+            _write_json(tmp / "history.json", history)
         metrics["asr"] = m
         vc = f", on vocoder speech {m['vocoded_cer']:.3f}" if m.get("vocoded_cer") is not None else ""
         log(f"[judges] asr: test CER {m['cer']:.3f} WER {m['wer']:.3f}{vc} (n={len(te)}, {m['seconds']:.0f} s)")

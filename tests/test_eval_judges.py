@@ -229,8 +229,10 @@ def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
         assert json.loads((out / sub / "judge.json").read_text())["kind"] == kind
     assert J.load_speech_sentiment_judge(out / "speech_sentiment").predict([_sentiment_wav("positive", np.random.default_rng(5))]) == ["positive"]
     # retraining one judge keeps the others' scores
-    again = J.train_judges(manifest, out, cfg=cfg, seed=1, which=("text-sentiment",), log=lambda s: None, progress=False)
+    again = J.train_judges(manifest, out, cfg=cfg, seed=1, which=("text-sentiment",), log=lambda s: None, progress=False,
+                           overwrite=True)
     assert again["asr"] == saved["asr"] and again["speech-sentiment"] == saved["speech-sentiment"] and again["seed"] == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([*J.JUDGE_DIRS.values(), J.METRICS_NAME])  # no temporary folder left
 
 
 def test_train_judges_needs_train_and_test_splits(tmp_path):
@@ -258,3 +260,49 @@ def test_train_judges_scores_and_augments_with_vocoder_speech(tmp_path):
     assert 0 < m["asr"]["n_train_vocoded"] < 12 and m["asr"]["n_test_vocoded"] == 5
     assert m["asr"]["vocoded_cer"] is not None and 0 <= m["asr"]["vocoded_cer"]
     assert m["speech-sentiment"]["n_test_vocoded"] == 5 and 0 <= m["speech-sentiment"]["vocoded_accuracy"] <= 1
+
+
+def test_trained_judges_are_not_replaced_without_overwrite(tmp_path, capsys):
+    """Issue 18 item 4 (trainer part): `eval judges --out DIR` on trained judges is refused in one
+    line before any training, the judges untouched; a judge missing from DIR (an interrupted run)
+    is trained without --overwrite."""
+    from spiritlm.cli import main
+
+    manifest = _write_manifest(tmp_path, {"train": 12, "test": 6})
+    out = tmp_path / "judges"
+    J.train_judges(manifest, out, which=("text-sentiment",), log=lambda s: None, progress=False)
+    before = (out / "text_sentiment" / "judge.json").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["eval", "judges", "--manifest", manifest, "--out", str(out), "--which", "[text-sentiment]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "text-sentiment" in err[0] and "--overwrite true" in err[0], err
+    assert (out / "text_sentiment" / "judge.json").read_bytes() == before
+    J.train_judges(manifest, out, which=("speech-sentiment",), log=lambda s: None, progress=False)  # the missing one
+    assert (out / "speech_sentiment" / "judge.json").is_file() and (out / "text_sentiment" / "judge.json").read_bytes() == before
+
+
+def test_truncated_or_broken_judges_are_one_line_naming_the_file(tmp_path):
+    """Issue 18 item 13: a truncated ASR judge (SafetensorError), a torn judge.json and a judge
+    without its weights raise a UserError naming the file and the flag, not a library error."""
+    pairs = _toy_pairs(8, seed=0)
+    judge, _ = J.train_asr(pairs, J.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
+                           J.AsrTrainConfig(steps=1, batch_size=4), seed=0, log=lambda s: None, progress=False)
+    d = tmp_path / "asr"
+    judge.save(d)
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match=rf"{weights}: unreadable ASR judge weights \(SafetensorError.*\(--judges\)"):
+        J.load_asr_judge(d)
+    weights.unlink()
+    with pytest.raises(UserError, match=rf"{weights}: missing.*\(--judges\)"):
+        J.load_asr_judge(d)
+    text = J.TextSentimentJudge.fit(["good day", "bad day", "a day"], ["positive", "negative", "neutral"])
+    t = tmp_path / "text"
+    text.save(t)
+    meta = t / "judge.json"
+    meta.write_text(meta.read_text()[:50])
+    with pytest.raises(UserError, match=rf"{meta}: unreadable judge.*\(--judges\)"):
+        J.load_text_sentiment_judge(t)
+    meta.write_text(json.dumps({"format": J.FORMAT, "kind": "text-sentiment", "config": {}}))  # no classifier
+    with pytest.raises(UserError, match=rf"{meta}: unreadable text sentiment judge \(KeyError"):
+        J.load_text_sentiment_judge(t)
