@@ -374,3 +374,59 @@ def test_train_command_checks_paths_before_importing_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "exit 1 False", (out.stdout, out.stderr)
     assert out.stderr.strip() == f"spiritlm train: error: {tmp_path / 'nope'}: no such directory (--data.data_dir)"
+
+
+# --- issue 18 items 9, 10, 13 (resume) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["optim.warmup_steps=3", "optim.schedule=constant", "data.seed=1", "optim.grad_clip=0.5"])
+def test_resume_refuses_settings_the_run_already_used(data, six_step_run, tmp_path, change):
+    """Item 9: a resume with another schedule (or any setting the checkpoint overrides or the steps
+    taken used) is refused naming the flag, and config.yaml still describes the run."""
+    import shutil
+
+    from spiritlm.train import RecipeError
+
+    ref, extra = six_step_run
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = (run / "config.yaml").read_text()
+    key = change.split("=")[0]
+    with pytest.raises(RecipeError, match=rf"config.yaml: this run was started with {key} .*--{key} "):
+        train(cfg(data, run, *extra, change))
+    assert (run / "config.yaml").read_text() == before
+    # what only changes how the run goes on is accepted (and recorded)
+    train(cfg(data, run, *extra, "train.log_every=2", "train.keep_checkpoints=1"))
+    assert "log_every: 2" in (run / "config.yaml").read_text()
+
+
+def test_first_loss_after_resume_equals_the_uninterrupted_run(data, tmp_path):
+    """Item 10: save_every=3 is not a multiple of log_every=2: the checkpoint carries the partial
+    log window, so the resumed run logs the same losses at the same steps."""
+    extra = ["train.max_steps=6", "train.save_every=3", "train.log_every=2", "train.export_hf=false"]
+    full = train(cfg(data, tmp_path / "full", *extra))
+    part = train(cfg(data, tmp_path / "part", *extra, "train.stop_after=3"))
+    assert set(part["train_loss"]) == {2}  # no partial window logged at the interruption
+    rest = train(cfg(data, tmp_path / "part", *extra))
+    assert set(full["train_loss"]) == {2, 4, 6} and set(rest["train_loss"]) == {4, 6}
+    assert rest["train_loss"][4] == full["train_loss"][4] and rest["train_loss"][6] == full["train_loss"][6]
+    assert {k: v["loss"] for k, v in read_train(tmp_path / "part").items()} == {k: v["loss"] for k, v in read_train(tmp_path / "full").items()}
+
+
+def test_resume_on_rebuilt_data_is_one_line_naming_the_data_dir(tmp_path, capsys):
+    """Item 13: a run resumed after its token directory was rebuilt with other documents ends in one
+    line naming the checkpoint, the data directory and the flag (not `PackedLoader: state from a
+    different loader`)."""
+    import shutil
+
+    from spiritlm.data.synthetic import toy_token_dirs
+    from spiritlm.train import RecipeError
+
+    d = toy_token_dirs(tmp_path / "data", num_train=40, num_val=8)
+    extra = ["train.max_steps=4", "train.save_every=2", "train.export_hf=false"]
+    train(cfg(d, tmp_path / "run", *extra, "train.stop_after=2"))
+    other = toy_token_dirs(tmp_path / "other", num_train=60, num_val=8)
+    shutil.rmtree(d[1])
+    shutil.copytree(other[1], d[1])
+    with pytest.raises(RecipeError, match=rf"step_2: its data position does not fit --data.data_dir {d[1]} .*num_docs"):
+        train(cfg(d, tmp_path / "run", *extra))

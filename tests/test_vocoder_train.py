@@ -292,3 +292,25 @@ def test_checkpoint_save_keeps_the_previous_one_until_the_new_one_is_in_place(tm
     monkeypatch.setattr(os, "replace", real_replace)
     assert T.read_checkpoint(tmp_path / "checkpoints" / "step_4")["trainer"]["step"] == 4
     assert T.latest_checkpoint(tmp_path).name == "step_4"
+
+
+def test_truncated_vocoder_folder_is_one_line_naming_the_file_and_flag(tmp_path):
+    """Item 13: a truncated model.safetensors (SafetensorError) or Meta generator.pt
+    (PytorchStreamReader) is a UserError naming the file and --vocoder."""
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    torch.manual_seed(0)
+    voc = Vocoder(UnitHifiGAN(VocoderConfig.preset("tiny", num_units=8, num_pitch=0, num_style=0, num_speakers=1)))
+    voc.save(tmp_path / "ours")
+    weights = tmp_path / "ours" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(UserError, match=rf"{weights}: cannot read .*\(--vocoder\)"):
+        Vocoder.from_pretrained(tmp_path / "ours")
+    voc2 = Vocoder(UnitHifiGAN(VocoderConfig.preset("tiny", num_units=8, num_pitch=0, num_style=0, num_speakers=1,
+                                                    harmonic_source=False)))  # Meta's layout has no source
+    voc2.export_meta(tmp_path / "meta")
+    gen = tmp_path / "meta" / "generator.pt"
+    gen.write_bytes(gen.read_bytes()[:200])
+    with pytest.raises(UserError, match=rf"{gen}: cannot read the checkpoint .*\(--vocoder\)"):
+        Vocoder.from_pretrained(tmp_path / "meta")

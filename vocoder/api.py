@@ -91,7 +91,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[UnitHifiGAN, list[str] | N
     try:
         state = load_file(str(weights))
     except Exception as exc:
-        raise UserError(f"{weights}: cannot read ({str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"{weights}: cannot read ({str(exc).splitlines()[0][:200]}) (--vocoder)") from None
     model = UnitHifiGAN(config)
     if "conv_pre.conv.weight" in state:
         model.remove_weight_norm()  # saved after folding

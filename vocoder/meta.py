@@ -180,7 +180,7 @@ def load_meta(path: str | os.PathLike) -> tuple[UnitHifiGAN, list[str] | None, l
     try:
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files
-        raise UserError(f"{ckpt}: cannot read the checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"{ckpt}: cannot read the checkpoint ({str(exc).splitlines()[0][:200]}) (--vocoder)") from None
     if not isinstance(obj, dict) or "generator" not in obj:
         raise UserError(f"{ckpt}: expected {{'generator': state_dict}}")
     state = meta_to_ours(obj["generator"], str(ckpt))

@@ -21,6 +21,7 @@ Relative paths in the file are resolved against the current directory, not the f
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,9 @@ class TrainSection:
     Attributes:
         output_dir: run directory (checkpoints, logs, metrics, the Hugging Face export).
         max_steps: optimiser steps of the whole run.
-        log_every: steps between training-loss log records.
+        log_every: steps between training-loss log records (each the mean over its window;
+            the partial window travels with the checkpoints, so a resumed run logs the
+            uninterrupted run's values; a stop_after does not log a partial window).
         val_every: steps between validations (0: only at the end).
         save_every: steps between checkpoints (0: only at the end).
         keep_checkpoints: most recent complete checkpoints kept (0: all); the one just
@@ -144,10 +147,13 @@ class TrainSection:
         activation_checkpointing: recompute each decoder layer's activations in the backward
             pass (fairseq2's layer-wise checkpointing): needed for 7B at 4k context.
         resume: continue from the newest readable complete checkpoint of output_dir if any
-            (an unreadable one is set aside as step_N.bad with a warning). The optimiser
-            settings (optim.lr, betas, eps, weight_decay) must equal the run's config.yaml:
-            the saved optimiser state would silently override new values, so a change is
-            refused (start a new train.output_dir instead).
+            (an unreadable one is set aside as step_N.bad with a warning). Every setting
+            must equal the run's config.yaml except how the run goes on (train.max_steps,
+            log/val/save intervals, keep_checkpoints, stop_after, async_save, export_hf,
+            tensorboard, progress, num_threads, dtype, parallel, activation_checkpointing and
+            the validation data: RESUME_MAY_CHANGE): the checkpoint overrides the model,
+            optimiser, RNG and data position, and the steps taken used the schedule, so a
+            change is refused naming the flag (start a new train.output_dir instead).
         stop_after: stop (after saving a checkpoint) once this step is reached, as if the
             job were interrupted; the next run with resume continues to max_steps.
         async_save: write checkpoints in a background thread (a CPU copy of each rank's
@@ -202,6 +208,17 @@ SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "optim"
 # Optimiser settings stored in the optimiser state of a checkpoint: on resume the saved values
 # win, so a run may not change them (see TrainSection.resume).
 RESUME_FIXED = ("lr", "betas", "eps", "weight_decay")
+# What a resumed run may change: how it runs, logs, validates, saves and how far it goes, not what
+# its steps compute. Every other key is fixed once a checkpoint exists: the checkpoint overrides it
+# (the architecture, the optimiser and RNG state, the data position) or the steps already taken used
+# it (the schedule: warmup_steps, schedule, min_lr_ratio; grad_clip, grad_accum, the data mix and
+# order, seeds), so a new value would leave config.yaml describing a run that never happened.
+RESUME_MAY_CHANGE = frozenset({
+    "train.output_dir", "train.max_steps", "train.log_every", "train.val_every", "train.save_every", "train.keep_checkpoints",
+    "train.stop_after", "train.async_save", "train.export_hf", "train.tensorboard", "train.progress", "train.num_threads",
+    "train.resume", "train.dtype", "train.parallel", "train.activation_checkpointing",
+    "data.val_dir", "data.val_batches", "data.val_subsets",
+})
 
 
 def recipe_parser(prog: str = "spiritlm train"):
@@ -362,28 +379,44 @@ def check_inputs(config: TrainConfig, *, data: bool = True, tokenizer: bool = Tr
 
 
 def check_resume(config: TrainConfig) -> None:
-    """Refuses to resume a run with other optimiser settings than it was started with.
+    """Refuses to resume a run with settings other than it was started with (issue 18 item 9).
 
-    The optimiser state saved in a checkpoint holds ``lr``, ``betas``, ``eps`` and
-    ``weight_decay`` and wins over the recipe on resume; accepting a new ``--optim.lr`` would
-    train with the old one while ``config.yaml`` claimed the new one.
+    The checkpoint's optimiser state holds ``lr``, ``betas``, ``eps`` and ``weight_decay`` and
+    wins over the recipe; the model, the RNG and the data position come from the checkpoint too;
+    the schedule (``warmup_steps``, ``schedule``, ``min_lr_ratio``) and the rest already shaped
+    the steps taken. Accepting a new value would train with the old one, or a mix, while
+    ``config.yaml`` claimed the new one, so only :data:`RESUME_MAY_CHANGE` may differ (``config.yaml``
+    is rewritten only when the run resumes).
     """
     run = Path(config.train.output_dir)
     saved_file = run / "config.yaml"
     if not saved_file.is_file() or not any((p / "COMPLETE").is_file() for p in (run / "checkpoints").glob("step_*")):
         return
     try:
-        saved = (yaml.safe_load(saved_file.read_text()) or {}).get("optim", {})
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+        if not isinstance(saved, dict):
+            raise yaml.YAMLError("not a mapping")
     except yaml.YAMLError as exc:
         raise RecipeError(f"{saved_file}: unreadable ({' '.join(str(exc).split())}); move it away to resume") from None
-    now = config.to_dict()["optim"]
-    for key in RESUME_FIXED:
-        if key in saved and _differs(saved[key], now[key]):
+    now = config.to_dict()
+    for section, fields in now.items():
+        old = saved.get(section)
+        if not isinstance(old, dict):
+            continue
+        for key, value in fields.items():
+            name = f"{section}.{key}"
+            if name in RESUME_MAY_CHANGE or key not in old or not _differs(old[key], value):
+                continue
+            why = ("would be overridden by the saved optimiser state" if section == "optim" and key in RESUME_FIXED
+                   else "would not describe the steps already taken from the checkpoints")
             raise RecipeError(
-                f"{saved_file}: this run was started with optim.{key} {saved[key]}; resuming with "
-                f"--optim.{key} {now[key]} would be overridden by the saved optimiser state "
-                f"(keep {saved[key]}, or start a new --train.output_dir)"
+                f"{saved_file}: this run was started with {name} {_show(old[key])}; resuming with "
+                f"--{name} {_show(value)} {why} (keep {_show(old[key])}, or start a new --train.output_dir)"
             )
+
+
+def _show(v: Any) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
 
 
 def _differs(a: Any, b: Any) -> bool:

@@ -80,7 +80,7 @@ from spiritlm.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from spiritlm.train.config import TrainConfig, check_inputs
+from spiritlm.train.config import RecipeError, TrainConfig, check_inputs
 from spiritlm.distributed import Dist
 
 IGNORE = IGNORE_INDEX
@@ -298,6 +298,31 @@ def _write_atomic(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _window_of(saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The training-loss log window (sums since the last record) from a checkpoint's trainer
+    state, or an empty one (checkpoints of older versions have none)."""
+    w: dict[str, Any] = {"loss": 0.0, "count": 0.0, "subsets": {}, "tokens": 0, "t0": time.perf_counter()}
+    if isinstance(saved, dict):
+        w.update(loss=float(saved.get("loss", 0.0)), count=float(saved.get("count", 0.0)), tokens=int(saved.get("tokens", 0)),
+                 subsets={str(k): [float(v[0]), float(v[1])] for k, v in dict(saved.get("subsets", {})).items()})
+    return w
+
+
+def _merged_windows(saved: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """The windows of every saving rank summed (a resume with another world size)."""
+    out = _window_of(None)
+    for s in saved:
+        w = _window_of(s)
+        out["loss"] += w["loss"]
+        out["count"] += w["count"]
+        out["tokens"] += w["tokens"]
+        for k, (a, b) in w["subsets"].items():
+            acc = out["subsets"].setdefault(k, [0.0, 0.0])
+            acc[0] += a
+            acc[1] += b
+    return out
+
+
 LoaderFactory = Callable[[TrainConfig, Any, int, int], tuple[Any, dict[str, Callable[[], Iterable[dict[str, Any]]]]]]
 
 
@@ -438,13 +463,29 @@ class TrainRecipe:
         self.scheduler.load_state_dict(trainers[0]["scheduler"])
         if info.world_size == d.world_size:
             set_rng_state(trainers[d.rank]["rng"])
-            self.train_loader.load_state_dict(trainers[d.rank]["loader"])
+            self._load_loader_state(lambda: self.train_loader.load_state_dict(trainers[d.rank]["loader"]), info)
+            self._window = _window_of(trainers[d.rank].get("log_window"))
         else:
             self.log(f"the checkpoint was written by {info.world_size} process(es), this run has {d.world_size}: "
                      "weights and optimiser state resharded exactly, the data stream re-partitioned")
             set_rng_state(trainers[d.rank % info.world_size]["rng"])
-            self.train_loader.load_resharded([tr["loader"] for tr in trainers])
+            self._load_loader_state(lambda: self.train_loader.load_resharded([tr["loader"] for tr in trainers]), info)
+            # the partial log window's sums are reduced over ranks when logged: all on rank 0
+            self._window = _merged_windows([tr.get("log_window") for tr in trainers]) if d.main else _window_of(None)
         self.step = info.step
+
+    def _load_loader_state(self, load: Callable[[], None], info: CheckpointInfo) -> None:
+        """Restores the data position; a loader state that does not fit this data (another
+        --data.data_dir, seq_len, batch_size, mix or seed) is one line naming both (issue 18 item 13)."""
+        try:
+            load()
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = " ".join(str(exc).split())[:160]
+            raise RecipeError(
+                f"{info.path}: its data position does not fit --data.data_dir {self.config.data.data_dir} ({reason}): "
+                "the token directory changed since the run started (rebuilt with other documents?); resume on the data it "
+                "was started with, or start a new --train.output_dir"
+            ) from None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -463,14 +504,19 @@ class TrainRecipe:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        self._window = {"loss": 0.0, "count": 0.0, "subsets": {}, "tokens": 0, "t0": time.perf_counter()}
+        # a resumed run continues the log window its checkpoint saved (log_every need not divide
+        # save_every): its first logged loss is the uninterrupted run's
+        self._window = getattr(self, "_window", None) or _window_of(None)
+        self._window["t0"] = time.perf_counter()
         batches: Iterator[dict[str, Any]] = iter(self.train_loader)
         while self.step < self.end:
             grad_norm = self.train_step(batches)
             self.step += 1
             if bar is not None:
                 bar.update(1)
-            if self.step % t.log_every == 0 or self.step == self.end:
+            # full windows only, and the run's last step: a stop_after (an interruption) does not
+            # log a partial window; the checkpoint keeps it for the resumed run
+            if self.step % t.log_every == 0 or self.step == t.max_steps:
                 self._record_train(grad_norm, bar)
             if self.val_loaders and ((t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps):
                 self._record_val(self.step, bar)
@@ -583,8 +629,11 @@ class TrainRecipe:
     def save_checkpoint(self) -> Path:
         """``checkpoints/step_N``: this rank's shards and trainer state (asynchronous with
         ``train.async_save``: marked complete by the next save or the end of training)."""
+        w = self._window
+        log_window = {"loss": float(w["loss"]), "count": float(w["count"]), "tokens": int(w["tokens"]),
+                      "subsets": {k: [float(a), float(b)] for k, (a, b) in w["subsets"].items()}}
         trainer_state = {"scheduler": self.scheduler.state_dict(), "rng": rng_state(), "loader": self.train_loader.state_dict(),
-                         "rms_norm_eps": self.rms_norm_eps}
+                         "rms_norm_eps": self.rms_norm_eps, "log_window": log_window}
         return self.checkpointer.save(self.step, self.model, self.optimizer, self.model_config, trainer_state)
 
     # -- the end ----------------------------------------------------------------------------
