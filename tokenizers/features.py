@@ -303,7 +303,7 @@ class HubertBackend(FeatureBackend):
             group/layer norm statistics, every layer norm, the residual stream, the returned
             features and so the quantizer's distances). bf16 is ~2x faster on CPUs with
             AVX512-BF16/AMX and on GPUs; on HuBERT-base-25Hz (random weights, k-means 500 fitted
-            on speech features) 100% of the real LibriSpeech file's units and 99.8% of 50
+            on speech features) 100% of the real LibriSpeech file's units and 99.87% of 50
             synthetic utterances' equal fp32's (``benchmarks/bench_units_vs_reference.py``).
 
     Batching gives the frames of one-at-a-time extraction (up to float rounding):

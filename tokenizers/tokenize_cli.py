@@ -180,7 +180,7 @@ def tokenize(
             manifest's duration; 0: batches of --batch_size in manifest order).
         precision: fp32 (default: exact, equal to transformers' HubertModel) or bf16 (HuBERT's
             matrix products in bfloat16, norms, residual stream and k-means distances in fp32;
-            ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs; 99.7-100% of units equal to
+            ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs; 99.87-100% of units equal to
             fp32 on HuBERT-base, see benchmarks/bench_units_vs_reference.py).
         use_speaker: normalise F0 with the manifest speaker's statistics when the tokenizer
             knows the speaker (otherwise each utterance's own mean).
