@@ -160,6 +160,21 @@ def _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_
         raise UserError(f"--top_k {top_k}: must be >= 0 (0: off)")
 
 
+def check_model_paths(model: str, speech_tokenizer: str | None, vocoder: str | None) -> None:
+    """The model, speech tokenizer and vocoder directories exist (``--model``, ``--speech_tokenizer``,
+    ``--vocoder`` of ``spiritlm generate`` and ``spiritlm serve``); a one-line UserError otherwise."""
+    import os
+
+    from spiritlm.errors import UserError
+
+    if not os.path.isdir(model):
+        raise UserError(f"{model}: no such model directory (--model)")
+    if speech_tokenizer is not None and not os.path.isfile(os.path.join(speech_tokenizer, "config.json")):
+        raise UserError(f"{speech_tokenizer}: not a speech tokenizer directory, no config.json (--speech_tokenizer)")
+    if vocoder is not None and not os.path.exists(vocoder):
+        raise UserError(f"{vocoder}: no such vocoder (--vocoder)")
+
+
 def _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder) -> None:
     """Checks flags and paths before torch and fairseq2 are imported; raises a one-line UserError."""
     import os
@@ -171,12 +186,7 @@ def _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder)
         raise UserError("give --text and/or --speech")
     if output_modality not in ("text", "speech", "arbitrary"):
         raise UserError(f"--output_modality {output_modality}: choose from text, speech, arbitrary")
-    if not os.path.isdir(model):
-        raise UserError(f"{model}: no such model directory (--model)")
-    if speech_tokenizer is not None and not os.path.isfile(os.path.join(speech_tokenizer, "config.json")):
-        raise UserError(f"{speech_tokenizer}: not a speech tokenizer directory, no config.json (--speech_tokenizer)")
-    if vocoder is not None and not os.path.exists(vocoder):
-        raise UserError(f"{vocoder}: no such vocoder (--vocoder)")
+    check_model_paths(model, speech_tokenizer, vocoder)
     if speech is not None:
         if speech.lstrip().startswith("["):
             try:

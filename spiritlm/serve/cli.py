@@ -43,20 +43,15 @@ def serve(
         device: ``cpu`` or ``cuda[:N]``.
         threads: torch CPU threads (0: torch's default).
     """
-    import os
     import socket
 
     from spiritlm.errors import UserError
+    from spiritlm.generation_cli import check_model_paths
     from spiritlm.serve.config import ServeLimits
 
     limits = ServeLimits(max_queue=max_queue, max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
                          max_new_tokens=max_new_tokens, max_text_chars=max_text_chars, chunk_frames=chunk_frames)
-    if not os.path.isdir(model):
-        raise UserError(f"{model}: no such model directory (--model)")
-    if speech_tokenizer is not None and not os.path.isfile(os.path.join(speech_tokenizer, "config.json")):
-        raise UserError(f"{speech_tokenizer}: not a speech tokenizer directory, no config.json (--speech_tokenizer)")
-    if vocoder is not None and not os.path.exists(vocoder):
-        raise UserError(f"{vocoder}: no such vocoder (--vocoder)")
+    check_model_paths(model, speech_tokenizer, vocoder)
     if not 0 < port < 65536:
         raise UserError(f"--port {port}: must be in 1..65535")
     if threads < 0:
