@@ -257,44 +257,28 @@ def normalize_text(text: str) -> str:
 def edit_counts(ref: str, hyp: str, unit: str = "word") -> tuple[int, int]:
     """``(errors, reference length)`` of one utterance after :func:`normalize_text`.
 
-    ``errors`` = substitutions + deletions + insertions (jiwer's alignment); ``unit`` is
-    ``"word"`` or ``"char"`` (characters of the normalised string, spaces included, as jiwer's
-    CER). An empty reference has length 0 and one error per hypothesis unit.
+    ``unit`` is ``"word"`` or ``"char"`` (characters of the normalised string, spaces included);
+    the counting and its empty-reference rule are :mod:`spiritlm.edit_distance`'s.
     """
-    import jiwer
+    from spiritlm import edit_distance
 
-    ref, hyp = normalize_text(ref), normalize_text(hyp)
-    if unit == "word":
-        if not ref:
-            return len(hyp.split()), 0
-        out = jiwer.process_words(ref, hyp if hyp else "")
-        return out.substitutions + out.deletions + out.insertions, len(ref.split())
-    if unit == "char":
-        if not ref:
-            return len(hyp), 0
-        out = jiwer.process_characters(ref, hyp)
-        return out.substitutions + out.deletions + out.insertions, len(ref)
-    raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
-
-
-def _rate(counts: Sequence[tuple[int, int]]) -> float:
-    errors = sum(e for e, _ in counts)
-    total = sum(n for _, n in counts)
-    return errors / total if total else float("nan")
+    if unit not in ("word", "char"):
+        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    return edit_distance.edit_counts(normalize_text(ref), normalize_text(hyp), unit)
 
 
 def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Corpus WER: all word errors / all reference words (jiwer, after :func:`normalize_text`)."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return _rate([edit_counts(r, h, "word") for r, h in zip(refs, hyps)])
+    """Corpus WER: all word errors / all reference words (after :func:`normalize_text`)."""
+    from spiritlm.edit_distance import error_rate
+
+    return error_rate([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps], "word")
 
 
 def char_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Corpus CER: all character errors / all reference characters (after :func:`normalize_text`)."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return _rate([edit_counts(r, h, "char") for r, h in zip(refs, hyps)])
+    from spiritlm.edit_distance import error_rate
+
+    return error_rate([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps], "char")
 
 
 def ratio_of_sums(rows: np.ndarray) -> float:

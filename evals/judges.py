@@ -262,12 +262,9 @@ def _encode_text(text: str, alphabet: str) -> list[int]:
 
 
 def _cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    import jiwer
+    from spiritlm.edit_distance import error_rate
 
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
-    if not pairs:
-        return float("nan")
-    return float(jiwer.cer([r for r, _ in pairs], [h for _, h in pairs]))
+    return error_rate(refs, hyps, "char")
 
 
 def train_asr(
@@ -829,9 +826,9 @@ def train_judges(
         te, te_w = wavs_of(test)
         hyps = judge.transcribe(te_w)
         refs = [normalize_transcript(u.text, cfg.asr.alphabet) for u in te]
-        import jiwer
+        from spiritlm.edit_distance import error_rate
 
-        m = {"cer": _cer(refs, hyps), "wer": float(jiwer.wer(refs, hyps)) if refs else float("nan"),
+        m = {"cer": _cer(refs, hyps), "wer": error_rate(refs, hyps, "word"),
              "n_train": len(tr), "n_train_vocoded": n_vocoded, "n_test": len(te), "steps": cfg.asr_train.steps,
              "seconds": round(time.time() - t0, 1), "final_loss": history[-1]["loss"], "valid_cer": history[-1].get("valid_cer")}
         if vocoder is not None and units:

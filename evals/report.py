@@ -473,13 +473,17 @@ def plot_utterance_tokens(wav: np.ndarray, sample_rate: int, units: dict, path: 
 
 
 def f0_rmse_cents(f0_a: np.ndarray, f0_b: np.ndarray) -> float | None:
-    """RMSE in cents between two F0 tracks (Hz, 0 = unvoiced) over frames voiced in both."""
-    n = min(len(f0_a), len(f0_b))
-    a, b = np.asarray(f0_a[:n], dtype=np.float64), np.asarray(f0_b[:n], dtype=np.float64)
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        return None
-    return float(np.sqrt(np.mean((1200 * np.log2(b[both] / a[both])) ** 2)))
+    """RMSE in cents between two F0 tracks (Hz, 0 = unvoiced) over frames voiced in both (None if none).
+
+    The per-frame errors are the tokenizer's and the vocoder's (``f0_errors``), so the report's
+    figure is the one their metrics give for the same tracks.
+    """
+    from spiritlm.tokenizers.metrics import f0_errors
+    from spiritlm.vocoder.metrics import rmse
+
+    a, b = np.asarray(f0_a, dtype=np.float64), np.asarray(f0_b, dtype=np.float64)
+    cents, _ = f0_errors(a, (a > 0).astype(np.float64), b, (b > 0).astype(np.float64))
+    return rmse(cents) if cents.size else None
 
 
 def plot_f0(original: np.ndarray, resynth: np.ndarray, frame_rate: float, path: Path, title: str = "") -> Path:

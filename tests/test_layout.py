@@ -169,3 +169,11 @@ def test_tests_share_helpers_through_fixtures_only():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
     assert not offenders, offenders
+
+
+def test_jiwer_is_called_in_one_place():
+    """Edit-distance rates share one counting rule (spiritlm/edit_distance.py), so jiwer is imported only there."""
+    users = sorted(name for name, path in _modules().items()
+                   if any(isinstance(n, (ast.Import, ast.ImportFrom)) and "jiwer" in ((n.module or "") if isinstance(n, ast.ImportFrom) else " ".join(a.name for a in n.names))
+                          for n in ast.walk(ast.parse(path.read_text()))))
+    assert users == ["spiritlm.edit_distance"], users

@@ -118,20 +118,10 @@ def voicing_error(ref: np.ndarray, hyp: np.ndarray) -> float:
 
 def unit_edit_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> float:
     """Pooled edit rate: total Levenshtein distance (substitutions + deletions + insertions)
-    over the total reference length, one unit per token (``jiwer.wer``)."""
-    import jiwer
+    over the total reference length, one unit per token (:mod:`spiritlm.edit_distance`)."""
+    from spiritlm.edit_distance import error_rate
 
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    ref_s = [" ".join(f"u{int(u)}" for u in r) for r in refs]
-    hyp_s = [" ".join(f"u{int(u)}" for u in h) for h in hyps]
-    if any(not r for r in ref_s):
-        raise ValueError("an empty reference unit sequence has no edit rate")
-    # jiwer rejects an empty hypothesis string; an empty hypothesis is all deletions
-    out = jiwer.process_words([r for r, h in zip(ref_s, hyp_s) if h], [h for h in hyp_s if h]) if any(hyp_s) else None
-    errors = (out.substitutions + out.deletions + out.insertions) if out else 0
-    errors += sum(len(r.split()) for r, h in zip(ref_s, hyp_s) if not h)
-    return errors / sum(len(r.split()) for r in ref_s)
+    return error_rate([[int(u) for u in r] for r in refs], [[int(u) for u in h] for h in hyps], "token")
 
 
 def duration_frames(log_dur: np.ndarray) -> np.ndarray:
