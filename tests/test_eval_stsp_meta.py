@@ -97,7 +97,9 @@ def tiny_lm(tmp_path_factory):
     d = tmp_path_factory.mktemp("tinylm")
     tok = toy_tokenizer(d / "tok", num_hubert=64)
     tiny_hf_llama(d / "lm", vocab_size=tok.vocab_size, tokenizer_model=d / "tok" / "tokenizer.model", max_position_embeddings=512)
-    return SpiritLM.from_pretrained(d / "lm")
+    lm = SpiritLM.from_pretrained(d / "lm")
+    lm.folder = d / "lm"  # for the command-line test
+    return lm
 
 
 def test_meta_run_uses_the_whole_speech_budget_and_writes_metas_prediction_files(tiny_lm, tmp_path):
@@ -384,3 +386,37 @@ def test_speaker_falls_back_with_a_note_on_a_smaller_vocoder():
     Voc.config.num_speakers = 0
     assert S.resolve_speaker(Voc(), 0) == (0, None) and S.resolve_speaker(Voc(), "alice") == ("alice", None)
     assert S.resolve_speaker(None, 2) == (2, None)
+
+
+def test_stsp_command_on_a_meta_manifest_with_metas_text_classifier(tiny_lm, tmp_path, capsys):
+    """The whole Meta path through the CLI: WAV check, Meta's labels, an HF classifier with its tokenizer elsewhere,
+    Meta-layout prediction files scored by Meta's rules."""
+    from spiritlm.cli import main
+
+    clf_dir, tok_dir, _ = _tiny_text_classifier(tmp_path)
+    root = tmp_path / "stsp_data"
+    root.mkdir()
+    recs = []
+    for i in range(6):
+        sf.write(root / f"r{i}.wav", np.zeros(1600, np.float32), 16000)
+        recs.append({"id": f"r{i}", "emotion": ("happy", "sad", "default", "Happy", "amused", "angry")[i], "wav_path": f"r{i}.wav",
+                     "asr": "the day is good"})
+    man = _write(root / "records_emov_test.jsonl", recs)
+    units = _write(tmp_path / "units.jsonl", [{"id": f"r{i}", "hubert": "1 2 3"} for i in range(6)])
+    out = tmp_path / "out"
+    main(["eval", "stsp", "--model", str(tiny_lm.folder), "--manifest", str(man), "--units", str(units), "--out", str(out),
+          "--text_judge", str(clf_dir), "--text_judge_tokenizer", str(tok_dir), "--directions", "[t2t]",
+          "--max_new_tokens_text", "4", "--progress", "false"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["protocol"] == "meta" and m["accuracy_t2t"]["n"] == 5  # "Happy" is outside Meta's map
+    assert [p["id"] for p in m["config"]["skipped_items"]] == ["r3"]
+    preds = [json.loads(x) for x in (out / "pred_t2t.jsonl").read_text().splitlines()]
+    assert len(preds) == 5 and {p["pred"] for p in preds} <= {"positive", "negative", "neutral"}
+    sc = m["meta_score"]["t2t"]
+    assert sc["meta"]["n"] == 5 and sc["meta"]["dropped"]["out_of_map"] == 1 and sc["strict"]["n"] == 6
+    assert sc["meta"]["correct"] == round(m["accuracy_t2t"]["value"] * 5)
+    assert "[eval stsp] accuracy_t2t=" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval", "stsp", "--model", str(tiny_lm.folder), "--manifest", str(man), "--units", str(units), "--out", str(out),
+              "--text_judge", str(clf_dir), "--text_judge_tokenizer", str(tmp_path / "nope")])
+    assert "nope: no such tokenizer folder (--text_judge_tokenizer)" in capsys.readouterr().err
