@@ -36,8 +36,8 @@ half the prompt, second half the continuation, in the direction's modalities); s
 from the end until the continuation's budget fits the model's context.
 
 Decoding: sampling with temperature 0.8, top-p 0.95 (both protocols; the paper's setting and
-the current ``predict_stsp.py``: an earlier revision of that script used temperature 0.9 and
-200 new tokens) and top-k 50 under ``meta`` (transformers' default, which Meta's
+the current ``predict_stsp.py`` as issue 21 quotes it: the revision we could read, commit
+9790966, used temperature 0.9 and 200 new tokens) and top-k 50 under ``meta`` (transformers' default, which Meta's
 ``GenerationConfig`` leaves on); row ``i`` seeded ``seed + row``. ``meta``: text continuations
 of up to 50 tokens end at EOS only (the markers are banned, a newline is generated like any
 text piece), speech continuations have EOS banned and always run 300 tokens. ``ours``: 40 / 150
