@@ -131,8 +131,8 @@ def test_cli_over_a_judge_folder(tmp_path, capsys, untrained_judge):
     with pytest.raises(SystemExit):
         main([str(a) for a in argv])
     err = capsys.readouterr().err
-    assert f"{manifest}: c: word '北京': {untrained_judge} cannot spell '北'" in err
-    assert f"{manifest}: d: no transcript" in err
+    assert f"{manifest}:3 (c): word '北京': {untrained_judge} cannot spell '北'" in err
+    assert f"{manifest}:4 (d): no transcript" in err
     assert err.strip().splitlines()[-1].startswith("spiritlm corpus align: error: 2 utterance(s) skipped")
     got = read_manifest(out)
     assert [u.id for u in got] == ["a", "b"]

@@ -101,7 +101,7 @@ def test_silero_on_real_speech_and_the_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     err = capsys.readouterr().err
-    assert "text_no_words: has a transcript but no word times: pass --aligner" in err
+    assert f"{tmp_path / 'in.jsonl'}:2 (text_no_words): has a transcript but no word times: pass --aligner" in err
     assert err.strip().splitlines()[-1].startswith("spiritlm corpus segment: error: 1 recording(s) skipped")
     segs = read_manifest(tmp_path / "o.jsonl")
     assert segs[-1].id == "short" and segs[-1].audio == str(REAL)  # short ones are kept as they are

@@ -454,10 +454,11 @@ def align_manifest(
     from tqdm import tqdm
 
     from spiritlm.audio import AudioError, load_audio
-    from spiritlm.corpus.manifest import Utterance, Word, read_manifest, write_manifest
+    from spiritlm.corpus.manifest import Utterance, Word, line_numbers, read_manifest, write_manifest
 
     t0 = time.perf_counter()
     utts = read_manifest(manifest)
+    lines = line_numbers(manifest)
     parts = _parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
     stem = f"shard{shard}-of-{num_shards}"
@@ -475,7 +476,7 @@ def align_manifest(
         write(rej, {"id": u.id, "audio": u.audio, "kind": kind, "reason": reason, "score": score})
         if kind == "error":
             report.skipped += 1
-            report.errors.append(f"{manifest}: {u.id}: {reason}")
+            report.errors.append(f"{manifest}:{lines.get(u.id, '?')} ({u.id}): {reason}")
         else:
             report.rejected += 1
 

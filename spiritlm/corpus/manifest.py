@@ -335,6 +335,19 @@ def read_manifest(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIR
     return utts
 
 
+def line_numbers(path: str | os.PathLike) -> dict[str, int]:
+    """``{id: line number}`` of a manifest's lines (for messages that name the line of an utterance)."""
+    out: dict[str, int] = {}
+    for lineno, line in _lines(os.fspath(path)):
+        try:
+            uid = json.loads(line).get("id")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(uid, str):
+            out.setdefault(uid, lineno)
+    return out
+
+
 def read_audio_manifest(path: str | os.PathLike) -> list[Utterance]:
     """``read_manifest(path, required=AUDIO_KEYS)``: the reader of the tokenizers and the vocoder,
     which need only ``id`` and ``audio`` (``speaker``, ``style``, ``split``, ``phones`` when given)."""

@@ -210,7 +210,7 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
     forced = 0
     if not utt.words and (utt.text or "").strip():
         if aligner is None:
-            raise ValueError(f"{utt.id}: has a transcript but no word times: pass --aligner to cut it at word boundaries")
+            raise ValueError(f"has a transcript but no word times: pass --aligner to cut it at word boundaries")
         from spiritlm.corpus.align import align_emission, long_emission, spell_words
 
         em = long_emission(aligner, resample(wav, rate, aligner.sample_rate))
@@ -219,7 +219,7 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
     if utt.words:
         cuts = choose_cuts(word_gaps(utt.words, utt.duration), utt.duration, cfg.max_seconds)
         if cuts is None:
-            raise ValueError(f"{utt.id}: no word boundary within every {cfg.max_seconds:g} s (--max_seconds)")
+            raise ValueError(f"no word boundary within every {cfg.max_seconds:g} s (--max_seconds)")
     else:
         cuts, forced = vad_cuts(wav, rate, cfg)
     subtype = sf.info(utt.audio).subtype
@@ -252,9 +252,10 @@ def segment_manifest(manifest: str, out: str, cfg: SegmentConfig, aligner=None, 
     from tqdm import tqdm
 
     from spiritlm.audio import AudioError
-    from spiritlm.corpus.manifest import read_manifest, write_manifest
+    from spiritlm.corpus.manifest import line_numbers, read_manifest, write_manifest
 
     utts = read_manifest(manifest)
+    lines = line_numbers(manifest)
     report = SegmentReport()
     result = []
     out_dir = os.path.dirname(os.path.abspath(out))
@@ -266,7 +267,7 @@ def segment_manifest(manifest: str, out: str, cfg: SegmentConfig, aligner=None, 
         try:
             pieces, forced = segment_utterance(u, cfg, out_dir, aligner)
         except (ValueError, AudioError) as e:
-            report.skipped.append(f"{manifest}: {e}")
+            report.skipped.append(f"{manifest}:{lines.get(u.id, '?')} ({u.id}): {e}")
             continue
         result += pieces
         report.cut += 1
