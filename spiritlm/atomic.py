@@ -82,6 +82,35 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yields a temporary path next to ``path`` for a writer that takes a path (``torch.save``,
+    ``np.save``, safetensors, ``soundfile``, matplotlib); renames it to ``path`` when the block
+    succeeds, removes it (and parent folders made for it) when it fails.
+
+    ``suffix`` is appended to the temporary name for writers that choose a format by extension
+    (``".npy"``, ``".wav"``, ``".png"``).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with atomic_path(d / "x.txt") as tmp:
+    ...     _ = tmp.write_text("whole")
+    >>> (d / "x.txt").read_text(), sorted(p.name for p in d.iterdir())
+    ('whole', ['x.txt'])
+    """
+    path = Path(path)
+    created = make_parents(path)
+    tmp = path.with_name(f"{_tmp_name(path).name}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        remove_empty(created)
+        raise
+
+
 def check_new_output(
     path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite", markers: tuple[str, ...] = ()
 ) -> None:

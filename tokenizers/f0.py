@@ -362,10 +362,10 @@ def save_meta_speaker_stats(path: str | os.PathLike, stats: dict[str, dict[str, 
     ``weights_only=True``), atomically."""
     import torch
 
-    path = str(path)
-    tmp = path + ".tmp"
-    torch.save({str(k): {n: float(x) for n, x in v.items()} for k, v in stats.items()}, tmp)
-    os.replace(tmp, path)
+    from spiritlm.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({str(k): {n: float(x) for n, x in v.items()} for k, v in stats.items()}, tmp)
 
 
 def load_meta_speaker_stats(path: str | os.PathLike) -> dict[str, float]:

@@ -363,12 +363,11 @@ class LinearQuantizer(torch.nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes Meta's layout ``{"model_cfg": {...}, "model_weight": state_dict}`` (atomically)."""
-        path = str(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
+        from spiritlm.atomic import atomic_path
+
         sd = {k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
-        torch.save({"model_cfg": self.model_cfg(), "model_weight": sd}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"model_cfg": self.model_cfg(), "model_weight": sd}, tmp)
 
     @classmethod
     def from_checkpoint(cls, obj: dict, path: str = "<checkpoint>") -> LinearQuantizer:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from spiritlm.atomic import atomic_file, atomic_path
+
 
 def trim_heap() -> None:
     """Hands freed heap memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
@@ -50,16 +52,13 @@ _LIBC = None
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, np.ascontiguousarray(array, dtype=np.float32))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:  # np.save appends .npy to other names
+        np.save(tmp, np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _atomic_save_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_file(path) as f:
         json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 class FrameShards(Sequence):
@@ -223,17 +222,14 @@ class FrameShards(Sequence):
             return int(shape[0]), int(shape[1])
         lengths, rows = self._sample_rows(indices, max_frames, seed)
         n, dim = (int(lengths.sum()) if rows is None else len(rows)), self._dim(indices)
-        tmp = f"{path}.tmp-{os.getpid()}"
         written = 0
-        with open(tmp, "wb") as f:
+        with atomic_file(path, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, dim)})
             for x in self._sampled(indices, lengths, rows):
                 f.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
                 written += x.shape[0]
-        if written != n:
-            os.remove(tmp)
-            raise ValueError(f"{path}: wrote {written} rows, expected {n}")
-        os.replace(tmp, path)
+            if written != n:  # inside the block: the half-written file is removed, not renamed
+                raise ValueError(f"{path}: wrote {written} rows, expected {n}")
         return n, dim
 
 

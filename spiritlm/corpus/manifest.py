@@ -369,19 +369,14 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
     paths absolute. The file is written to a temporary name and renamed, so readers never see a
     half-written manifest. Non-finite numbers raise ValueError (JSON has no NaN).
     """
+    from spiritlm.atomic import atomic_file
+
     path = os.fspath(path)
     base = os.path.dirname(os.path.abspath(path))
-    os.makedirs(base, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for utt in utts:
-                f.write(json.dumps(utt.to_json(base), ensure_ascii=False, allow_nan=False))
-                f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path, encoding="utf-8") as f:
+        for utt in utts:
+            f.write(json.dumps(utt.to_json(base), ensure_ascii=False, allow_nan=False))
+            f.write("\n")
 
 
 # ------------------------------------------------------------------------------------------------
