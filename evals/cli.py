@@ -10,13 +10,22 @@ def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device
 
 
 def _check_inputs(manifest: str | None, units: str | None = None, split: str | None = None) -> None:
-    """Reads the manifest (and checks the units file) before the model loads, so a bad file fails first."""
-    from spiritlm.evals.common import load_manifest_items, load_units
+    """Reads the manifest (and checks the units file against it) before the model loads, so a bad file fails first."""
+    from spiritlm.evals.common import check_units_match, load_manifest_items, load_units
 
+    items = load_manifest_items(manifest) if manifest is not None else None
     if manifest is not None:
         load_manifest_items(manifest, split)
     if units is not None:
-        load_units(units)  # a torn or bad line is named (path:line) before the model loads
+        rows = load_units(units)  # a torn or bad line is named (path:line) before the model loads
+        if items is not None:
+            check_units_match(items, rows, manifest, units)
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    from spiritlm.evals.common import check_eval_output
+
+    check_eval_output(out, overwrite)
 
 
 def _check_paths(model: str, vocoder: str | None, speech_tokenizer: str | None) -> None:
@@ -57,6 +66,7 @@ def asr(
     speech_tokenizer: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Few-shot ASR: [Speech]<units>[Text]<transcript> × k, then the target; WER and CER (jiwer).
 
@@ -79,7 +89,9 @@ def asr(
         speech_tokenizer: speech tokenizer folder (unused by asr: inputs are units).
         device: cpu or cuda.
         threads: torch CPU threads (default: torch's).
+        overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
+    _check_out(out, overwrite)
     _check_inputs(manifest, units, split)
     _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1))
     _check_paths(model, vocoder, speech_tokenizer)
@@ -106,6 +118,7 @@ def ic(
     speech_tokenizer: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Few-shot intent classification from speech, by label likelihood (and by generation); accuracy, confusion matrix.
 
@@ -128,7 +141,9 @@ def ic(
         speech_tokenizer: unused by ic (inputs are units).
         device: cpu or cuda.
         threads: torch CPU threads (default: torch's).
+        overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
+    _check_out(out, overwrite)
     _check_inputs(manifest, units, split)
     _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1))
     _check_paths(model, vocoder, speech_tokenizer)
@@ -154,6 +169,7 @@ def zeroshot(
     vocoder: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Zero-shot likelihood tasks: lexical (sWUGGY-style), syntactic (sBLIMP-style), story endings (StoryCloze-style), spoken and written.
 
@@ -179,11 +195,13 @@ def zeroshot(
         vocoder: unused by zeroshot.
         device: cpu or cuda.
         threads: torch CPU threads (default: torch's).
+        overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     from pathlib import Path
 
     from spiritlm.errors import UserError
 
+    _check_out(out, overwrite)
     if sets is not None and not Path(sets).is_dir():
         raise UserError(f"{sets}: no such folder (--sets)")
     if sets is None and manifest is None:

@@ -7,7 +7,8 @@
 * metrics: :func:`normalize_text`, :func:`word_error_rate` / :func:`char_error_rate` (jiwer),
   :func:`bootstrap_ci` (95% percentile bootstrap), :func:`metric` (one headline metric's record);
 * outputs: :class:`EvalResult` and :func:`write_eval_outputs` (``metrics.json`` +
-  ``predictions.jsonl``, written atomically, byte-identical for the same seed, and one summary line).
+  ``predictions.jsonl``, written atomically, byte-identical for the same seed, and one summary line);
+  :func:`check_eval_output` (an existing finished ``--out`` needs ``--overwrite true``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ __all__ = [
     "EvalModel",
     "EvalResult",
     "bootstrap_ci",
+    "check_eval_output",
     "check_speech_vocabulary",
+    "check_units_match",
     "char_error_rate",
     "draw_shots",
     "edit_counts",
@@ -172,6 +175,28 @@ def load_units(path: str | os.PathLike) -> dict[str, dict]:
         return read_units(path)
     except ValueError as e:
         raise UserError(f"{e} (--units)") from None
+
+
+def check_units_match(items: Sequence[dict], units: dict[str, dict], manifest: str | os.PathLike, units_path: str | os.PathLike) -> None:
+    """One-line :class:`UserError` when rows of ``units`` that share an id with the manifest were
+    made from other audio (another corpus whose ids overlap): a different audio path or length.
+
+    See :func:`spiritlm.units_jsonl.units_mismatch`; rows found only by audio path match by
+    construction.
+    """
+    from spiritlm.units_jsonl import units_mismatch
+
+    bad = []
+    for it in items:
+        rec = units.get(str(it.get("id")))
+        if rec is None:
+            continue
+        why = units_mismatch(str(it["id"]), it.get("audio"), it.get("duration"), rec, units_path)
+        if why is not None:
+            bad.append(why)
+    if bad:
+        raise UserError(f"{units_path}: units of another corpus than {manifest}? {len(bad)} of {len(items)} utterances "
+                        f"differ ({bad[0]}) (--units/--manifest)")
 
 
 def units_of(item: dict, units: dict[str, dict]) -> dict | None:
@@ -346,17 +371,31 @@ class EvalResult:
     throughput: dict[str, Any] = field(default_factory=dict)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _write_tmp(path: Path, text: str) -> Path:
+    """``text`` in a temporary file next to ``path`` (renamed by the caller); returns its path."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return Path(tmp)
 
+
+#: the file whose presence makes an eval output folder finished (written last)
+EVAL_DONE = "metrics.json"
+
+
+def check_eval_output(out: str | os.PathLike, overwrite: bool) -> None:
+    """The output rule of ``spiritlm eval <task> --out`` (:func:`spiritlm.atomic.check_output`), before any work.
+
+    A folder holding ``metrics.json`` is a finished evaluation: refused unless ``--overwrite
+    true``. Anything else (absent, empty, an interrupted run's generated sets) is written into.
+    """
+    from spiritlm.atomic import check_output
+
+    check_output(out, overwrite, done=(EVAL_DONE,))
 
 def summary_line(result: EvalResult) -> str:
     """``[eval <task>] name=value name_ci95=low..high name_chance=c … n=N`` for the headline metrics."""
@@ -381,16 +420,33 @@ def summary_line(result: EvalResult) -> str:
 def write_eval_outputs(out_dir: str | os.PathLike, result: EvalResult) -> None:
     """Writes ``out_dir/metrics.json`` and ``out_dir/predictions.jsonl`` atomically; prints one line.
 
+    ``metrics.json`` is renamed into place last (after the old one is removed): a folder holding
+    it holds a finished, consistent evaluation (:func:`check_eval_output`).
+
     Both files depend only on the model, the inputs and the seed (floats rounded by
     :func:`metric`, keys in insertion order), so a rerun with the same seed writes the same
     bytes. Timing goes to ``out_dir/throughput.json`` (not reproducible by nature).
     """
+    from spiritlm.atomic import make_parents
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_parents(out / EVAL_DONE)
     metrics = {"task": result.task, **result.metrics}
-    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
-    _atomic_write(out / "predictions.jsonl", lines)
-    if result.throughput:
-        _atomic_write(out / "throughput.json", json.dumps(result.throughput, indent=2) + "\n")
+    texts = {"predictions.jsonl": lines, "throughput.json": json.dumps(result.throughput, indent=2) + "\n" if result.throughput else None,
+             EVAL_DONE: json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"}
+    tmps: dict[str, Path] = {}
+    try:  # every file complete under a temporary name first; metrics.json (what later runs trust) goes in last
+        for name, text in texts.items():
+            if text is not None:
+                tmps[name] = _write_tmp(out / name, text)
+        (out / EVAL_DONE).unlink(missing_ok=True)  # no moment where old metrics sit beside new predictions
+        for name in texts:
+            if name in tmps:
+                os.replace(tmps.pop(name), out / name)
+            else:
+                (out / name).unlink(missing_ok=True)  # an older run's throughput would not describe this one
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
     print(summary_line(result), flush=True)

@@ -972,6 +972,7 @@ def stsp_command(
     device: str = "cpu",
     threads: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> None:
     """Speech-Text Sentiment Preservation: sentiment kept by continuations in T→T, T→S, S→T, S→S.
 
@@ -1013,10 +1014,13 @@ def stsp_command(
         device: cpu or cuda.
         threads: torch CPU threads (0: leave torch's setting).
         progress: show progress bars.
+        overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
-    from spiritlm.evals.common import check_model_paths, load_eval_model, load_manifest_items, load_units
+    from spiritlm.evals.common import (check_eval_output, check_model_paths, check_units_match, load_eval_model,
+                                       load_manifest_items, load_units)
 
     # files and flags first: a typo costs a second, not the imports of torch and the model
+    check_eval_output(out, overwrite)
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: no such manifest (--manifest)")
     meta_layout = is_meta_stsp_manifest(manifest)
@@ -1043,6 +1047,8 @@ def stsp_command(
         from spiritlm.evals.stsp_score import check_manifest_audio
 
         check_manifest_audio(manifest, meta_audio_paths(manifest, audio_root))
+    if units_map is not None and manifest_items is not None:
+        check_units_match(load_manifest_items(manifest), units_map, manifest, units)
 
     from spiritlm.evals.judges import load_judges_metrics, load_speech_sentiment_judge, load_text_sentiment_judge
 

@@ -287,6 +287,7 @@ def tts_command(
     speaker: str = "2",
     device: str = "cpu",
     threads: int = 0,
+    overwrite: bool = False,
 ) -> None:
     """Few-shot TTS: [Text]…[Speech]… prompts, generated units → vocoder → ASR judge → CER; unit edit rate.
 
@@ -312,13 +313,17 @@ def tts_command(
         speaker: vocoder speaker, row number or name (Meta's default 2; 0 with a note on a smaller vocoder).
         device: cpu or cuda.
         threads: torch CPU threads (0: leave torch's setting).
+        overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
-    from spiritlm.evals.common import check_model_paths, load_eval_model, load_manifest_items, load_units
+    from spiritlm.evals.common import (check_eval_output, check_model_paths, check_units_match, load_eval_model,
+                                       load_manifest_items, load_units)
 
     # files and flags first: a typo costs a second, not the imports of torch and the model
+    check_eval_output(out, overwrite)
     targets = load_manifest_items(manifest, split)
     pool = load_manifest_items(manifest, shot_split) if shots else []
     unit_rows = load_units(units)
+    check_units_match(load_manifest_items(manifest), unit_rows, manifest, units)
     asr_dir = asr_judge or (str(Path(judges) / "asr") if judges else None)
     if asr_dir and not Path(asr_dir).is_dir():
         raise UserError(f"{asr_dir}: no such ASR judge directory ({'--asr_judge' if asr_judge else '--judges'})")

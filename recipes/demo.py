@@ -182,7 +182,7 @@ def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list
         Stage("corpus", [["corpus", "synth", "--out", str(L.corpus), "--num_utts", str(preset.num_utts), "--seed", s, "--overwrite", "true"],
                          ["corpus", "check", manifest]],
               outputs=[L.manifest, L.corpus / "stats.json"], owns=[L.corpus]),
-        Stage("text", [["corpus", "text", "--out", str(L.text), "--num_sentences", str(preset.text_docs), "--seed", s]],
+        Stage("text", [["corpus", "text", "--out", str(L.text), "--num_sentences", str(preset.text_docs), "--seed", s, "--overwrite", "true"]],
               outputs=[L.text], owns=[L.text]),
         Stage("tokenizer", [["tokenizer", "train", "--manifest", manifest, "--out", tok, "--preset", "tiny", "--seed", s]],
               outputs=[L.tokenizer / "metrics.json"], owns=[L.tokenizer], needs=[L.manifest]),
@@ -224,8 +224,9 @@ def vocoder_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> li
     resynth = Stage("resynthesis",
                     [["vocoder", "eval", "--vocoder", str(L.vocoder), "--manifest", str(L.manifest), "--units", str(L.units),
                       "--tokenizer", str(L.tokenizer), "--out", str(L.vocoder_eval), "--max_utts", str(preset.eval_items),
-                      "--control_pairs", str(min(preset.eval_items, 20)), "--threads", str(threads)],
-                     ["vocoder", "synth", "--vocoder", str(L.vocoder), "--units", str(L.resynth_units), "--out", str(L.resynth)]],
+                      "--control_pairs", str(min(preset.eval_items, 20)), "--threads", str(threads), "--overwrite", "true"],
+                     ["vocoder", "synth", "--vocoder", str(L.vocoder), "--units", str(L.resynth_units), "--out", str(L.resynth),
+                      "--overwrite", "true"]],
                     outputs=[L.vocoder_eval / "metrics.json", L.resynth], owns=[L.vocoder_eval, L.resynth_units.parent],
                     needs=[L.vocoder / "config.json", L.units], before=pick_test_units)
     return [train, resynth]
@@ -276,7 +277,7 @@ def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
     stages = [judges]
     for task in EVAL_TASKS:
         argv = ["eval", task, "--model", str(L.lm_mix), "--manifest", str(L.manifest), "--units", str(L.units),
-                "--out", str(L.eval_dir(task)), "--max_items", str(preset.eval_items), "--seed", str(seed)]
+                "--out", str(L.eval_dir(task)), "--max_items", str(preset.eval_items), "--seed", str(seed), "--overwrite", "true"]
         needs = [L.lm_mix / "metrics.json"]
         if task in shots:
             argv += ["--shots", str(shots[task])]
@@ -413,8 +414,13 @@ def _check_preset(out: Path, preset_name: str, seed: int) -> None:
         if made != current:
             raise UserError(f"{out}: made with --preset {made.get('preset')} --seed {made.get('seed')}, not --preset {preset_name} "
                             f"--seed {seed} (--fresh true starts over; or choose another --out)")
-    else:
-        _write_json(path, current)
+
+
+def _record_preset(out: Path, preset_name: str, seed: int) -> None:
+    """Writes ``.demo/config.json`` once a stage made something (a failed first stage leaves OUT free for any preset)."""
+    path = out / ".demo" / "config.json"
+    if not path.is_file():
+        _write_json(path, {"preset": preset_name, "seed": seed})
 
 
 def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | None = None, threads: int = 1) -> dict:
@@ -449,6 +455,7 @@ def run_demo(out: Path, preset_name: str = "full", seed: int = 0, only: str | No
         # each stage starts from the demo's thread count in every pool, whatever the last command left
         with pinned_threads(threads):
             run_stage(out, stage, rerun_hint)
+            _record_preset(out, preset_name, seed)
     summary = write_summary(out, preset_name, stages, time.time() - t0)
     print(f"\n$ spiritlm demo --out {out} --only report")
     report = build_report(out)

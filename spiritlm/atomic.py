@@ -4,6 +4,16 @@ Later runs trust what they find (resume checks, ``index.json``, ``tokenizer.mode
 interrupted or failed run must leave either the previous output or nothing: outputs are written
 under a temporary name in the same folder and renamed (``os.replace``) once complete, and the
 folders a failed run created are removed again.
+
+The one rule of every command that writes an output (``--out``):
+
+* the output appears only when complete (:func:`atomic_dir`, :func:`atomic_file`, or a marker
+  file such as ``metrics.json`` written last);
+* an existing *finished* output is replaced only with ``--overwrite true``
+  (:func:`check_output` / :func:`check_new_output`, called before the slow parts), and only
+  once the new one is complete;
+* an interrupted run resumes (``tokenize``, ``dump-features``) or is redone by a plain rerun,
+  without removing files that other writers (or the user) keep beside it.
 """
 
 from __future__ import annotations
@@ -17,8 +27,22 @@ from pathlib import Path
 from spiritlm.errors import UserError
 
 
-def make_parents(path: str | os.PathLike) -> list[Path]:
-    """Creates the missing parent folders of ``path``; returns them, outermost first."""
+def check_parents(path: str | os.PathLike, flag: str = "--out") -> None:
+    """One-line :class:`UserError` when an existing parent of ``path`` is a file, not a folder."""
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{parent}: is a file, not a folder, so {path} cannot be created in it ({flag})")
+
+
+def make_parents(path: str | os.PathLike, flag: str = "--out") -> list[Path]:
+    """Creates the missing parent folders of ``path``; returns them, outermost first.
+
+    Raises:
+        UserError: an existing parent is a file (names it and ``flag``).
+    """
+    check_parents(path, flag)
     created: list[Path] = []
     parent = Path(os.path.abspath(path)).parent
     while not parent.exists():
@@ -112,19 +136,55 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def check_new_output(
-    path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite", markers: tuple[str, ...] = ()
+    path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite", markers: tuple[str, ...] = (), out_flag: str = "--out"
 ) -> None:
     """Refuses an existing non-empty ``path`` unless ``overwrite`` (message names ``flag``).
 
-    With ``markers`` (file names an output of this kind holds), a folder holding none of them is
-    refused even with ``overwrite``: replacing it would delete something else (``--out .``).
+    For outputs built whole under a temporary name (:func:`atomic_dir`): whatever is at ``path``
+    is a finished output. With ``markers`` (file names an output of this kind holds), a folder
+    holding none of them is refused even with ``overwrite``: replacing it would delete something
+    else (``--out .``). A parent of ``path`` that is a file is refused too.
     """
     path = Path(path)
+    check_parents(path, out_flag)
     if path.is_dir() and any(path.iterdir()) or path.is_file():
         if not overwrite:
-            raise UserError(f"{path}: already exists; pass {flag} true to replace it")
+            raise UserError(f"{path}: already exists; pass {flag} true to replace it ({out_flag})")
         if markers and not (path.is_dir() and any((path / m).exists() for m in markers)):
-            raise UserError(f"{path}: exists and holds no {' or '.join(markers)}: not replacing it; choose another --out")
+            raise UserError(f"{path}: exists and holds no {' or '.join(markers)}: not replacing it; choose another {out_flag}")
+
+
+def check_output(
+    path: str | os.PathLike, overwrite: bool, done: tuple[str, ...] = (), out_flag: str = "--out", flag: str = "--overwrite"
+) -> bool:
+    """The rule for an output folder whose files are written in place, a marker last (see the module doc).
+
+    ``done`` names the marker files of a finished output (``metrics.json``); a folder holding one
+    is refused unless ``overwrite``. A folder without any (absent, empty, or the leftovers of an
+    interrupted run, or other files of the user's) is fine: the command writes its own files
+    there and removes nothing else. With ``done=()`` ``path`` is a single output file, finished
+    when it exists.
+
+    Returns:
+        whether a finished output is there (and ``overwrite`` allows replacing it).
+
+    Raises:
+        UserError: finished output without ``overwrite``, ``path`` of the wrong kind (a file
+            where a folder goes or the reverse), a parent that is a file.
+    """
+    path = Path(path)
+    check_parents(path, out_flag)
+    if not done:  # a single file
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; give a file name ({out_flag})")
+        finished = path.is_file()
+    else:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: is a file, not a folder ({out_flag})")
+        finished = any((path / m).is_file() for m in done)
+    if finished and not overwrite:
+        raise UserError(f"{path}: already exists (a finished output); pass {flag} true to replace it ({out_flag})")
+    return finished
 
 
 @contextlib.contextmanager

@@ -150,3 +150,34 @@ def find_units(units: Mapping[str, dict], utt: UtteranceLike) -> dict | None:
         audio = str(utt.audio)
         rec = units.get(audio) or units.get(str(Path(audio).resolve()))
     return rec
+
+
+def units_mismatch(
+    uid: str, audio: str | None, duration: float | None, rec: Mapping[str, Any], units_path: str | os.PathLike,
+    tolerance_s: float = 0.12, tolerance_rel: float = 0.02,
+) -> str | None:
+    """Why the units row ``rec`` (found by id) was not made from this utterance's audio, or None.
+
+    Units carry the path of the audio they were made from (``spiritlm tokenize`` writes it
+    absolute; a relative one must be the units file's folder or the end of the audio's path): a
+    different path, or a HuBERT stream whose length at 25 Hz is not the utterance's ``duration``
+    (within ``tolerance_s`` + ``tolerance_rel`` of it), means units of another corpus whose ids
+    overlap.
+    """
+    from spiritlm.constants import STREAM_RATES
+
+    if audio and rec.get("audio"):
+        p, mine = Path(str(rec["audio"])), Path(audio).resolve()
+        if p.is_absolute():
+            same = p.resolve() == mine
+        else:  # relative to what is not recorded: the units file's folder, or any folder above the audio
+            same = (Path(units_path).parent / p).resolve() == mine or mine.parts[-len(p.parts):] == p.parts
+        if not same:
+            return f"id {uid!r}: units made from {rec['audio']}, the manifest's audio is {audio}"
+    if duration:
+        hubert = rec.get("hubert")
+        n = len(hubert.split()) if isinstance(hubert, str) else len(hubert or ())
+        seconds = n / STREAM_RATES["hubert"]
+        if abs(seconds - float(duration)) > tolerance_s + tolerance_rel * float(duration):
+            return f"id {uid!r}: {n} unit frames = {seconds:.2f} s at 25 Hz, the manifest's audio lasts {float(duration):.2f} s"
+    return None

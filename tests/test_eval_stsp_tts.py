@@ -358,7 +358,10 @@ def test_tts_unit_edit_rate_of_the_reference_itself_is_zero(tiny):
 def test_stsp_and_tts_commands_read_folders_and_write_outputs(tiny, tmp_path, capsys):
     from spiritlm.cli import main
 
-    lines = [{**m, "sample_rate": 16000, "duration": 1.0, "speaker": "s0", "style": "neutral"} for m in tiny["manifest"]]
+    # durations consistent with the units (eval commands refuse units whose length is not the audio's)
+    seconds = {str(r["id"]): len(r["hubert"].split()) / 25 for r in tiny["units"].values() if "id" in r}
+    lines = [{**m, "sample_rate": 16000, "duration": seconds.get(str(m["id"]), 1.0), "speaker": "s0", "style": "neutral"}
+             for m in tiny["manifest"]]
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     units = tmp_path / "units.jsonl"

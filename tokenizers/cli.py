@@ -16,8 +16,13 @@ def dump_features(
     normalize: bool = False,
     device: str = "cpu",
     batch_size: int = 8,
+    overwrite: bool = False,
 ) -> None:
     """Writes each utterance's 25 Hz features as OUT/<id>.npy (float32, frames x dim).
+
+    Each file is written under a temporary name and renamed; a rerun resumes (redoes the files
+    that are missing or do not load). An OUT holding every utterance's file is finished: a rerun
+    is refused unless --overwrite true, which computes them all again.
 
     Args:
         manifest: JSONL manifest (``id`` and ``audio`` are used).
@@ -30,23 +35,36 @@ def dump_features(
             trained with normalize=True).
         device: ``cpu``, ``cuda`` or ``auto``.
         batch_size: utterances per forward pass.
+        overwrite: compute every file again (an OUT holding them all is otherwise refused).
     """
+    from spiritlm.atomic import atomic_file, check_output
+    from spiritlm.errors import UserError
+
+    from ..corpus.manifest import ManifestError, read_audio_manifest
+
+    check_output(out, True, done=("_",))  # OUT a file, or a parent that is a file: one line naming it
+    if not os.path.isfile(manifest):
+        raise UserError(f"{manifest}: no such file (--manifest)")
+    try:
+        items = read_audio_manifest(manifest)
+    except (ManifestError, ValueError) as e:
+        raise UserError(f"{e} (--manifest)") from None
+    # a file is done only if it loads as a (frames, dim) float32 array: each is written under a
+    # temporary name and renamed, but files of older runs may be truncated
+    todo = [it for it in items if overwrite or not _valid_features(os.path.join(out, f"{it.id}.npy"))]
+    if items and not todo:
+        raise UserError(f"{out}: already exists (a finished output: a features file for every utterance); "
+                        "pass --overwrite true to replace it (--out)")
+
     import numpy as np
     from tqdm import tqdm
 
-    from .utils import load_audio_batch
     from .features import FeatureConfig, load_backend
-    from ..corpus.manifest import read_audio_manifest
+    from .utils import load_audio_batch
 
-    items = read_audio_manifest(manifest)
     model = load_backend(FeatureConfig(backend=backend, checkpoint=checkpoint, layer=layer, normalize=normalize), device)
-    from spiritlm.atomic import atomic_file
-
     os.makedirs(out, exist_ok=True)
     errors = []
-    # a file is done only if it loads as a (frames, dim) float32 array: each is written under a
-    # temporary name and renamed, but files of older runs may be truncated
-    todo = [it for it in items if not _valid_features(os.path.join(out, f"{it.id}.npy"))]
     for i in tqdm(range(0, len(todo), batch_size), desc="features", unit="batch"):
         batch, wavs = load_audio_batch(todo[i : i + batch_size], errors)
         if not wavs:
@@ -119,11 +137,14 @@ def assemble(
     speaker_stats: str | None = None,
     meta_checkpoints: str | None = None,
     expressive: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Builds a tokenizer directory from existing checkpoints (Meta's released ones included).
 
-    Either ``--meta_checkpoints DIR`` (Meta's whole release; ``--expressive true`` adds pitch and
-    style) or ``--hubert`` and ``--kmeans`` (and optionally ``--pitch`` and ``--style``).
+    Either ``--meta_checkpoints DIR`` (Meta's whole release, downloaded from Meta under its
+    license; ``--expressive true`` adds pitch and style) or ``--hubert`` and ``--kmeans`` (and
+    optionally ``--pitch`` and ``--style``). OUT appears when complete; an existing tokenizer
+    there is replaced only with ``--overwrite true``.
 
     Args:
         out: output tokenizer directory.
@@ -151,17 +172,17 @@ def assemble(
             ``--expressive true`` ``vqvae_f0_quantizer/`` and ``style_encoder_w2v2/``.
         expressive: with ``--meta_checkpoints``: build the expressive tokenizer (HuBERT units +
             pitch with FCPE + style) instead of the base one.
+        overwrite: replace a tokenizer already in OUT.
     """
     from dataclasses import replace
 
-    from ..errors import UserError
-    from .f0 import ALIASES, BACKENDS, resolve_backend
-    from .features import FeatureConfig, load_backend
-    from .kmeans import load_kmeans, load_quantizer
-    from .meta_pitch import load_pitch_tokenizer
-    from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
-    from .style import StyleConfig, StyleTokenizer, W2V2StyleEncoder
+    from spiritlm.atomic import atomic_dir, check_new_output
 
+    from ..errors import UserError
+
+    # flags and paths first: a typo costs a second, not the imports of torch and transformers
+    markers = ("config.json",)
+    check_new_output(out, overwrite, markers=markers)
     if meta_checkpoints:
         given = [f"--{k}" for k, v in (("hubert", hubert), ("kmeans", kmeans), ("pitch", pitch), ("style", style)) if v]
         if given:
@@ -172,6 +193,18 @@ def assemble(
         raise UserError("--expressive true goes with --meta_checkpoints (otherwise give --pitch and --style)")
     if not hubert or not kmeans:
         raise UserError("give --hubert and --kmeans, or --meta_checkpoints DIR")
+    for flag, path in (("--hubert", None if hubert == "mfcc" else hubert), ("--kmeans", kmeans), ("--pitch", pitch),
+                       ("--style", style), ("--style_kmeans", style_kmeans), ("--speaker_stats", speaker_stats)):
+        if path is not None and not os.path.exists(path):
+            raise UserError(f"{path}: no such file or folder ({flag})")
+
+    from .f0 import ALIASES, BACKENDS, resolve_backend
+    from .features import FeatureConfig, load_backend
+    from .kmeans import load_kmeans, load_quantizer
+    from .meta_pitch import load_pitch_tokenizer
+    from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
+    from .style import StyleConfig, StyleTokenizer, W2V2StyleEncoder
+
     backend_name = None
     if f0 is not None:
         try:
@@ -209,7 +242,8 @@ def assemble(
             style_tok = StyleTokenizer(W2V2StyleEncoder.from_pretrained(style), cfg, load_kmeans(style_kmeans) if style_kmeans else None)
     if (pitch_tok is None) != (style_tok is None):
         raise UserError("an expressive tokenizer needs both --pitch and --style (a base one neither)")
-    SpeechTokenizer(units, pitch_tok, style_tok).save(out)
+    with atomic_dir(out, overwrite, markers=markers) as tmp:
+        SpeechTokenizer(units, pitch_tok, style_tok).save(tmp)
     kind = "expressive" if pitch_tok else "base"
     qkind = type(units.quantizer).__name__
     extra = f", pitch F0 from {pitch_tok.cfg.f0.backend}" if pitch_tok else ""

@@ -131,6 +131,34 @@ def tokenize_manifest(
     return report
 
 
+def _check_out(out: str, overwrite: bool, shard_ids: set[str], num_shards: int) -> str:
+    """The output rule of ``spiritlm tokenize`` (see :mod:`spiritlm.atomic`); returns the file to append to.
+
+    OUT holding every id of the shard is finished: refused unless ``overwrite``. With
+    ``overwrite`` the shard is tokenized into a temporary file (returned) that replaces OUT when
+    complete; a file shared by several shards cannot be replaced by one of them. Otherwise OUT
+    itself is appended to (an interrupted run resumes).
+    """
+    from spiritlm.atomic import check_output, make_parents
+    from spiritlm.errors import UserError
+
+    check_output(out, True)  # OUT a folder, or a parent that is a file: one line naming it
+    if not overwrite:
+        from spiritlm.units_jsonl import complete_ids
+
+        done, _ = complete_ids(out)
+        if shard_ids and shard_ids <= done:
+            which = "the manifest" if num_shards == 1 else f"this shard of the manifest ({num_shards} shards)"
+            raise UserError(f"{out}: already exists (a finished output: it holds every utterance of {which}); "
+                            "pass --overwrite true to replace it (--out)")
+        return out
+    if num_shards > 1 and os.path.exists(out):
+        raise UserError(f"{out}: --overwrite true replaces a whole file, and {num_shards} shards share this one; "
+                        "delete it, or put {shard} in --out (one file per shard)")
+    make_parents(out)
+    return os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.tmp-{os.getpid()}")
+
+
 def tokenize(
     manifest: str,
     tokenizer: str,
@@ -144,13 +172,16 @@ def tokenize(
     use_speaker: bool = True,
     threads: int = 1,
     allow_skips: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Tokenizes a manifest's audio into Meta's units JSONL (one line per utterance).
 
     Each line: {"id", "audio", "hubert", "pitch", "style"} (pitch and style for expressive
     tokenizers), space-separated token ids at 25 / 12.5 / 1 Hz, not deduplicated. Ids already in
     OUT are skipped (rerun to resume); lines torn by a killed run are ignored and their
-    utterances redone, every other line is kept. Unusable audio (missing, unreadable, NaN/Inf,
+    utterances redone, every other line is kept. An OUT that already holds every utterance of
+    the shard is finished: a rerun is refused unless --overwrite true, which tokenizes the shard
+    again into a new file that replaces OUT when complete (one shard per file only). Unusable audio (missing, unreadable, NaN/Inf,
     shorter than 80 ms) is skipped and listed in OUT.errors.json, everything else is still
     written; the command then exits with status 1 unless --allow_skips true (and always when
     nothing could be tokenized).
@@ -187,6 +218,8 @@ def tokenize(
         threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
             To use more cores, run several shards in parallel.
         allow_skips: exit with status 0 even when some utterances were skipped.
+        overwrite: tokenize every utterance again and replace OUT when done (OUT must be this
+            shard's own file: with several shards use ``{shard}`` in its name).
     """
     from spiritlm.errors import UserError
 
@@ -208,12 +241,20 @@ def tokenize(
     from .speech_tokenizer import SpeechTokenizer
 
     try:
-        read_audio_manifest(manifest)  # a bad line is reported before the tokenizer loads
+        items = read_audio_manifest(manifest)  # a bad line is reported before the tokenizer loads
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"{e} (--manifest)") from None
-    with pinned_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
-        tok = SpeechTokenizer.load(tokenizer, device=device, precision=precision)
-        report = tokenize_manifest(manifest, tok, out, shard, num_shards, batch_size, use_speaker, batch_seconds=batch_seconds or None)
+    target = _check_out(out, overwrite, {it.id for i, it in enumerate(items) if i % num_shards == shard}, num_shards)
+    try:
+        with pinned_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
+            tok = SpeechTokenizer.load(tokenizer, device=device, precision=precision)
+            report = tokenize_manifest(manifest, tok, target, shard, num_shards, batch_size, use_speaker,
+                                       batch_seconds=batch_seconds or None)
+        if target != out:
+            os.replace(target, out)  # --overwrite: the new file replaces the finished one only when complete
+    finally:
+        if target != out and os.path.exists(target):
+            os.remove(target)
     err_path = out + ".errors.json" if num_shards == 1 else f"{out}.shard{shard}-of-{num_shards}.errors.json"
     if report.errors:
         from spiritlm.atomic import atomic_file

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ def synth(
     batch_size: int = 8,
     device: str = "cpu",
     threads: int = 0,
+    allow_skips: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Synthesize one WAV file per line of a units JSONL file.
 
@@ -31,11 +32,13 @@ def synth(
 
     Each line is Meta's unit dict (``{"id", "hubert", "pitch", "style", …}``, frame-rate streams,
     as ``spiritlm tokenize`` writes), or ``{"id", "tokens": "[St3][Pi1][Hu5]…"}`` (an LM token
-    string). The output is ``OUT/<id>.wav`` (16-bit, the vocoder's sample rate), written under a
-    temporary name and renamed. Lines without an ``id`` are named ``line<N>``. A bad line (bad
-    JSON, empty or unparsable streams, ids beyond the vocoder's tables, an unknown speaker) is
-    reported with its line number and skipped; every other line is written. Exits non-zero when
-    every line was skipped. A summary goes to ``OUT/synth_report.json``.
+    string). The output is ``OUT/<id>.wav`` (16-bit, the vocoder's sample rate); OUT is built
+    under a temporary name and appears when every line is done (an OUT holding
+    ``synth_report.json`` is replaced only with ``--overwrite true``). Lines without an ``id`` are
+    named ``line<N>``. A bad line (bad JSON, empty or unparsable streams, ids beyond the vocoder's
+    tables, an unknown speaker) is reported with its line number and skipped; every other line is
+    written, and the command then exits with status 1 unless ``--allow_skips true`` (always when
+    every line was skipped). A summary goes to ``OUT/synth_report.json``.
 
     Args:
         vocoder: vocoder folder: ours (``config.json`` + ``model.safetensors``) or Meta's
@@ -49,7 +52,11 @@ def synth(
         batch_size: utterances per forward pass.
         device: ``cpu`` or ``cuda[:N]``.
         threads: torch CPU threads (0: torch's default).
+        allow_skips: exit with status 0 even when some lines were skipped.
+        overwrite: replace a finished OUT (one holding synth_report.json).
     """
+    from spiritlm.atomic import atomic_dir, check_new_output
+
     src = Path(units)  # flags and files first: a typo costs a second, not the imports of torch
     if not src.is_file():
         raise UserError(f"{src}: file not found (--units)")
@@ -57,6 +64,10 @@ def synth(
         raise UserError(f"batch size must be >= 1, got {batch_size} (--batch_size)")
     if not Path(vocoder).exists():
         raise UserError(f"{vocoder}: vocoder not found (--vocoder)")
+    markers = ("synth_report.json",)
+    check_new_output(out, overwrite, markers=markers)
+    if not any(line.strip() for line in src.open(encoding="utf-8", errors="replace")):
+        raise UserError(f"{src}: no lines (--units)")  # before any folder is made
 
     import soundfile as sf
     import torch
@@ -69,9 +80,6 @@ def synth(
     voc = Vocoder.from_pretrained(vocoder, device=device)
     if speaker is not None:  # one error for the flag, not one per line
         voc._index(int(speaker) if speaker.strip().isdigit() else speaker, voc.speakers, voc.config.num_speakers, "speaker")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     errors: list[dict[str, Any]] = []
     jobs: list[tuple[str, dict[str, Any]]] = []  # (id, prepared input)
     seen: set[str] = set()
@@ -97,39 +105,39 @@ def synth(
     if total == 0:
         raise UserError(f"{src}: no lines (--units)")
 
+    if not jobs:
+        raise UserError(f"{src}: every line was skipped ({len(errors)} bad lines; first: line {errors[0]['line']}: {errors[0]['error']})")
+
     order = sorted(range(len(jobs)), key=lambda i: (jobs[i][1]["dur_pred"], jobs[i][1]["units"].size))
     written = 0
     audio_s = 0.0
     start = time.perf_counter()
-    with tqdm(total=len(jobs), desc="synth", unit="utt", disable=not jobs) as bar:
-        for b in range(0, len(order), batch_size):
-            chunk = [jobs[i] for i in order[b : b + batch_size]]
-            wavs = voc.synthesize_prepared([p for _, p in chunk], batch_size=batch_size)
-            for (uid, _), wav in zip(chunk, wavs):
-                path = out_dir / f"{uid}.wav"
-                tmp = out_dir / f".{uid}.wav.tmp{os.getpid()}"
-                sf.write(str(tmp), wav, voc.sample_rate, subtype="PCM_16", format="WAV")
-                os.replace(tmp, path)
-                written += 1
-                audio_s += wav.size / voc.sample_rate
-            bar.update(len(chunk))
-    elapsed = time.perf_counter() - start
-    report = {
-        "units": str(src), "vocoder": str(vocoder), "lines": total, "written": written, "skipped": len(errors),
-        "filled": sum(1 for _, p in jobs if p.get("filled")),  # lines without pitch/style: the vocoder's default codes
-        "audio_seconds": round(audio_s, 3), "synthesis_seconds": round(elapsed, 3),
-        "realtime_factor": round(audio_s / elapsed, 2) if elapsed > 0 and written else None,
-        "errors": errors,
-    }
-    tmp_report = out_dir / f".synth_report.json.tmp{os.getpid()}"
-    tmp_report.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp_report, out_dir / "synth_report.json")
+    with atomic_dir(out, overwrite, markers=markers) as out_dir:
+        with tqdm(total=len(jobs), desc="synth", unit="utt", disable=not jobs) as bar:
+            for b in range(0, len(order), batch_size):
+                chunk = [jobs[i] for i in order[b : b + batch_size]]
+                wavs = voc.synthesize_prepared([p for _, p in chunk], batch_size=batch_size)
+                for (uid, _), wav in zip(chunk, wavs):
+                    sf.write(str(out_dir / f"{uid}.wav"), wav, voc.sample_rate, subtype="PCM_16", format="WAV")
+                    written += 1
+                    audio_s += wav.size / voc.sample_rate
+                bar.update(len(chunk))
+        elapsed = time.perf_counter() - start
+        report = {
+            "units": str(src), "vocoder": str(vocoder), "lines": total, "written": written, "skipped": len(errors),
+            "filled": sum(1 for _, p in jobs if p.get("filled")),  # lines without pitch/style: the vocoder's default codes
+            "audio_seconds": round(audio_s, 3), "synthesis_seconds": round(elapsed, 3),
+            "realtime_factor": round(audio_s / elapsed, 2) if elapsed > 0 and written else None,
+            "errors": errors,
+        }
+        (out_dir / "synth_report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(
-        f"spiritlm vocoder synth: wrote {written} of {total} lines to {out_dir} "
+        f"spiritlm vocoder synth: wrote {written} of {total} lines to {out} "
         f"({audio_s:.1f} s of audio, {len(errors)} skipped)"
     )
-    if written == 0:
-        raise UserError(f"{src}: every line was skipped ({len(errors)} bad lines; first: line {errors[0]['line']}: {errors[0]['error']})")
+    if errors and not allow_skips:
+        raise UserError(f"{src}: {len(errors)} of {total} lines skipped (listed in {Path(out) / 'synth_report.json'}); "
+                        "pass --allow_skips true to accept")
 
 
 def _parse_line(line: str, lineno: int) -> tuple[str, Any, Any]:

@@ -510,6 +510,7 @@ def train_vocoder(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    allow_skips: bool = True,
 ) -> dict[str, Any]:
     """Trains (or resumes) a vocoder into ``out``; see the module docstring for the outputs.
 
@@ -518,6 +519,8 @@ def train_vocoder(
     newest readable checkpoint when its settings are this call's (those in
     :data:`RESUMABLE_CHANGES` may differ), and is refused naming the first differing flag
     otherwise; ``overwrite`` starts over (the old run's checkpoints, metrics and vocoder are removed).
+    With ``allow_skips=False`` (``spiritlm vocoder train``'s default), units lines that cannot be
+    used (skipped and counted) stop it before any training.
 
     Args:
         manifest: corpus manifest (``speaker`` and ``split`` per line; training uses the lines
@@ -568,6 +571,9 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_af
         log(f"skipped {e}")
     if report.skipped > 20:
         log(f"... and {report.skipped - 20} more skipped lines")
+    if report.skipped and not allow_skips:  # the one rule of batch commands (spiritlm tokenize, vocoder synth)
+        raise UserError(f"{units}: {report.skipped} units lines skipped (first: {report.errors[0]}); "
+                        "pass --allow_skips true to train without them")
     try:
         val_utts, _ = load_utterances(manifest, units, splits=["valid"], speakers=speakers, max_utts=cfg.max_val_utts, **sizes)
     except UserError:

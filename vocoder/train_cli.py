@@ -37,6 +37,7 @@ def train(
     resume: bool | None = None,
     stop_after: int | None = None,
     overwrite: bool = False,
+    allow_skips: bool = False,
 ) -> None:
     """Train a unit HiFi-GAN vocoder on a manifest's audio and its units.
 
@@ -82,6 +83,8 @@ def train(
         resume: ignored (kept for old scripts): an interrupted run of the same settings always resumes.
         stop_after: stop after this many steps in total (the schedule still assumes max_steps).
         overwrite: replace a trained vocoder, or an unfinished run of other settings, in OUT.
+        allow_skips: train even when some units lines cannot be used (they are skipped and
+            counted); by default such lines stop the command before training.
     """
     # flags and files first: a typo costs a second, not the imports of torch and speechbrain
     from .config import PRESETS
@@ -119,7 +122,8 @@ def train(
     )
     if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
         raise UserError("--max_steps, --batch_size and --segment_units must be positive")
-    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, stop_after=stop_after, overwrite=overwrite)
+    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, stop_after=stop_after, overwrite=overwrite,
+                      allow_skips=allow_skips)
     last = s["train"][max(s["train"], key=int)] if s.get("train") else {}
     print(f"vocoder train: step {s['final_step']}, mel L1 {last.get('mel_l1', float('nan')):.4f}, {s['seconds']:.0f} s -> {out}")
 
@@ -135,6 +139,8 @@ def evaluate(
     seed: int | None = None,
     control_pairs: int = 20,
     threads: int = 1,
+    allow_skips: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Evaluate a vocoder's resynthesis of a split against the original audio and an untrained vocoder.
 
@@ -145,7 +151,10 @@ def evaluate(
 
     Writes OUT/metrics.json (MCD, F0 RMSE, voicing error, unit re-tokenization error, duration
     MAE for the trained and an untrained vocoder; pitch and style control experiments),
-    OUT/resynth.png and a few WAVs (OUT/wavs/).
+    OUT/resynth.png and a few WAVs (OUT/wavs/). OUT is built under a temporary name and appears
+    when complete; an OUT holding metrics.json is replaced only with ``--overwrite true``. Units
+    lines that cannot be used are skipped and counted; the command then exits with status 1
+    unless ``--allow_skips true``.
 
     Args:
         vocoder: vocoder folder (``spiritlm vocoder train`` output, or Meta's).
@@ -159,8 +168,14 @@ def evaluate(
         seed: initialisation seed of the untrained baseline (default: the training run's).
         control_pairs: utterance pairs of the pitch and style control experiments.
         threads: torch CPU threads (0: torch's default).
+        allow_skips: exit with status 0 even when some units lines were skipped.
+        overwrite: replace a finished OUT (one holding metrics.json).
     """
+    from spiritlm.atomic import atomic_dir, check_new_output
+
     _check_files(manifest=manifest, units=units)
+    markers = ("metrics.json",)
+    check_new_output(out, overwrite, markers=markers)
     if not os.path.exists(vocoder):
         raise UserError(f"{vocoder}: vocoder not found (--vocoder)")
     if tokenizer is not None and not os.path.isfile(os.path.join(tokenizer, "config.json")):
@@ -178,10 +193,13 @@ def evaluate(
     if threads > 0:
         torch.set_num_threads(threads)
     try:
-        r = evaluate_vocoder(vocoder, manifest, units, out, tokenizer=tokenizer, split=split, max_utts=max_utts,
-                             seed=seed, control_pairs=control_pairs)
+        with atomic_dir(out, overwrite, markers=markers) as tmp:
+            r = evaluate_vocoder(vocoder, manifest, units, str(tmp), tokenizer=tokenizer, split=split, max_utts=max_utts,
+                                 seed=seed, control_pairs=control_pairs)
     finally:
         torch.set_num_threads(prev)
     t, u = r["trained"], r["untrained"]
     print(f"vocoder eval: {r['num_utterances']} utterances; MCD {t['mcd_db']:.2f} dB (untrained {u['mcd_db']:.2f}), "
           f"F0 RMSE {t['f0_rmse_cents']:.0f} cents (untrained {u['f0_rmse_cents']:.0f}) -> {out}/metrics.json")
+    if r.get("skipped_lines") and not allow_skips:
+        raise UserError(f"{units}: {r['skipped_lines']} units lines skipped (see the lines above); pass --allow_skips true to accept")

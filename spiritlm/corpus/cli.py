@@ -99,7 +99,7 @@ def check(manifest: str, audio: bool = True, sample_rate: int | None = None) -> 
 # `spiritlm corpus check MANIFEST` takes its manifest positionally (see spiritlm.cli.positional).
 check.cli_positional = True  # type: ignore[attr-defined]
 
-def text(out: str, num_sentences: int = 20000, seed: int = 0, mix: dict[str, float] | None = None) -> None:
+def text(out: str, num_sentences: int = 20000, seed: int = 0, mix: dict[str, float] | None = None, overwrite: bool = False) -> None:
     """Write a text-only corpus (one document a line) from the spoken corpus' sentence generators.
 
     It stands in for the text a real run inherits from LLaMA-2's pretraining; pass it to
@@ -110,10 +110,13 @@ def text(out: str, num_sentences: int = 20000, seed: int = 0, mix: dict[str, flo
         num_sentences: number of documents.
         seed: random seed (item i depends only on the seed and i).
         mix: text source to weight, as JSON (default {"narrative": 0.6, "sentiment": 0.2, "intent": 0.2}).
+        overwrite: replace an existing OUT (written under a temporary name, renamed when complete).
     """
-    from spiritlm.atomic import atomic_file
+    from spiritlm.atomic import atomic_file, check_output
     from spiritlm.corpus.text_sources import text_corpus
     from spiritlm.errors import UserError
+
+    check_output(out, overwrite)
 
     try:
         docs = text_corpus(num_sentences, seed, mix)

@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import platform
 import random
-import shutil
 import sys
 import time
 from collections import Counter
@@ -439,18 +438,24 @@ class SynthResult:
     report: dict
 
 
-def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
+def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+    """The output rule (:mod:`spiritlm.atomic`): a corpus in ``out_dir`` is replaced only with ``overwrite``.
+
+    A folder holding other files and no corpus is refused: the new corpus replaces the whole
+    folder when complete, which would delete them.
+    """
+    from spiritlm.atomic import check_parents
+
+    check_parents(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir}: is a file, not a folder (--out)")
+    existing = [n for n in (MANIFEST_NAME, STATS_NAME, REPORT_NAME) if os.path.exists(os.path.join(out_dir, n))]
     wav_dir = os.path.join(out_dir, WAV_DIR)
-    existing = [os.path.join(out_dir, n) for n in (MANIFEST_NAME, STATS_NAME, REPORT_NAME) if os.path.exists(os.path.join(out_dir, n))]
     has_wavs = os.path.isdir(wav_dir) and any(os.scandir(wav_dir))
     if (existing or has_wavs) and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a corpus ({MANIFEST_NAME} or {WAV_DIR}/); pass --overwrite true to replace it")
-    if overwrite:
-        for path in existing:
-            os.remove(path)
-        if os.path.isdir(wav_dir):
-            shutil.rmtree(wav_dir)
-    os.makedirs(wav_dir, exist_ok=True)
+        raise FileExistsError(f"{out_dir} already holds a corpus ({MANIFEST_NAME} or {WAV_DIR}/); pass --overwrite true to replace it (--out)")
+    if not (existing or has_wavs) and os.path.isdir(out_dir) and any(os.scandir(out_dir)):
+        raise FileExistsError(f"{out_dir}: holds other files and no corpus; choose an empty or new folder (--out)")
 
 
 def corpus_stats(utts: Sequence[Utterance], cfg: SynthConfig, retries: int = 0) -> dict:
@@ -495,8 +500,20 @@ def synthesize_corpus(cfg: SynthConfig, out_dir: str, overwrite: bool = False) -
     """
     t0 = time.perf_counter()
     cfg.validate()
-    out_dir = os.path.abspath(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    from spiritlm.atomic import atomic_dir
+
+    final_dir = os.path.abspath(out_dir)
+    _check_out_dir(final_dir, overwrite)
+    # built under a temporary name and renamed when complete: a killed run leaves the old corpus (or nothing)
+    with atomic_dir(final_dir, overwrite=True) as tmp:
+        result = _synthesize_into(cfg, str(tmp), t0)
+    for u in result.utterances:
+        u.audio = os.path.join(final_dir, os.path.relpath(u.audio, str(tmp)))
+    return SynthResult(final_dir, os.path.join(final_dir, MANIFEST_NAME), result.utterances, result.stats, result.report)
+
+
+def _synthesize_into(cfg: SynthConfig, out_dir: str, t0: float) -> SynthResult:
+    os.makedirs(os.path.join(out_dir, WAV_DIR), exist_ok=True)
     plans = plan_corpus(cfg)
     data_path = custom_data_dir(whisper_variants())
     workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(plans)))

@@ -156,6 +156,7 @@ def train_text_tokenizer(
     expressive: bool = False,
     num_hubert: int = 501,
     pad_to_multiple: int = 256,
+    overwrite: bool = False,
 ) -> None:
     """Train a BPE text tokenizer (or take an existing one) and extend it with the speech vocabulary.
 
@@ -170,8 +171,12 @@ def train_text_tokenizer(
         expressive: add 64 pitch and 100 style tokens too.
         num_hubert: number of HuBERT units.
         pad_to_multiple: pad the vocabulary to a multiple of this.
+        overwrite: replace an existing OUT (written under a temporary name, renamed when complete).
     """
+    from spiritlm.atomic import atomic_file, check_output
     from spiritlm.errors import UserError
+
+    check_output(out, overwrite)
     from spiritlm.text_tokenizer import SpiritTextTokenizer
 
     n_pitch, n_style = (64, 100) if expressive else (0, 0)
@@ -189,8 +194,14 @@ def train_text_tokenizer(
             texts = [u.text for u in read_manifest_utterances(manifest, split)]
         else:
             texts = Path(text_file).read_text().splitlines()
-        tok = SpiritTextTokenizer.train(texts, vocab_size, num_hubert, n_pitch, n_style, pad_to_multiple)
-    tok.save(out)
+        try:
+            tok = SpiritTextTokenizer.train(texts, vocab_size, num_hubert, n_pitch, n_style, pad_to_multiple)
+        except RuntimeError as e:  # sentencepiece's trainer: "Vocabulary size is smaller than required_chars. 60 vs 289 …"
+            msg = str(e).split("] ", 1)[-1].split(" Increase", 1)[0]
+            raise UserError(f"{manifest or text_file}: sentencepiece cannot train a {vocab_size}-piece vocabulary on it: "
+                            f"{msg} (--vocab_size)") from None
+    with atomic_file(out, "wb") as f:
+        f.write(tok.model_proto)
     print(json.dumps({"out": out, "vocab_size": tok.vocab_size, "text_pieces": tok.num_text_pieces, "units": tok.num_units}))
 
 
