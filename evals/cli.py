@@ -10,16 +10,20 @@ def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device
 
 
 def _check_inputs(manifest: str | None, units: str | None = None, split: str | None = None) -> None:
-    """Reads the manifest (and checks the units file against it) before the model loads, so a bad file fails first."""
-    from spiritlm.evals.common import check_units_match, load_manifest_items, load_units
+    """Reads the manifest (and checks the units file) before the model loads, so a bad file fails first."""
+    from spiritlm.evals.common import load_manifest_items, load_units
 
-    items = load_manifest_items(manifest) if manifest is not None else None
     if manifest is not None:
         load_manifest_items(manifest, split)
     if units is not None:
-        rows = load_units(units)  # a torn or bad line is named (path:line) before the model loads
-        if items is not None:
-            check_units_match(items, rows, manifest, units)
+        load_units(units)  # a torn or bad line is named (path:line) before the model loads
+
+
+def _check_units_match(manifest: str, units: str) -> None:
+    """Units of another corpus whose ids overlap the manifest's are refused, naming both files (before the model loads)."""
+    from spiritlm.evals.common import check_units_match, load_manifest_items, load_units
+
+    check_units_match(load_manifest_items(manifest), load_units(units), manifest, units)
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -95,6 +99,7 @@ def asr(
     _check_inputs(manifest, units, split)
     _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1))
     _check_paths(model, vocoder, speech_tokenizer)
+    _check_units_match(manifest, units)
     from spiritlm.evals.asr import run_asr
 
     _threads(threads)
@@ -147,6 +152,7 @@ def ic(
     _check_inputs(manifest, units, split)
     _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1))
     _check_paths(model, vocoder, speech_tokenizer)
+    _check_units_match(manifest, units)
     from spiritlm.evals.ic import run_ic
 
     _threads(threads)

@@ -323,7 +323,6 @@ def tts_command(
     targets = load_manifest_items(manifest, split)
     pool = load_manifest_items(manifest, shot_split) if shots else []
     unit_rows = load_units(units)
-    check_units_match(load_manifest_items(manifest), unit_rows, manifest, units)
     asr_dir = asr_judge or (str(Path(judges) / "asr") if judges else None)
     if asr_dir and not Path(asr_dir).is_dir():
         raise UserError(f"{asr_dir}: no such ASR judge directory ({'--asr_judge' if asr_judge else '--judges'})")
@@ -332,6 +331,7 @@ def tts_command(
                              (batch_size, "--batch_size", 1)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value} ({flag})")
+    check_units_match(load_manifest_items(manifest), unit_rows, manifest, units)
 
     from spiritlm.evals.judges import load_asr_judge, load_judges_metrics
 

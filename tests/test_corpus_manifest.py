@@ -154,11 +154,12 @@ def test_check_collects_all_problems_and_survives_bad_json(manifest):
 def test_check_unreadable_audio_and_stereo(manifest, tmp_path):
     path, _ = manifest
     (tmp_path / "wavs" / "a.wav").write_bytes(b"not a wav file")
-    sf.write(tmp_path / "wavs" / "b.wav", np.zeros((SR, 2), np.float32), SR)
+    stereo = 0.1 * np.random.default_rng(0).standard_normal((SR, 2)).astype(np.float32)
+    sf.write(tmp_path / "wavs" / "b.wav", stereo, SR)
     report = check_manifest(path)
     reasons = {p.line: p.reason for p in report.problems}
     assert "unreadable" in reasons[1]
-    assert "2 channels" in reasons[2]
+    assert 2 not in reasons  # stereo is downmixed, as spiritlm tokenize does (issue 18 item 12)
     assert check_manifest(path, check_audio=False).ok
 
 
@@ -204,3 +205,33 @@ def test_check_cli_exit_status(manifest, capsys):
     assert e.value.code == 1
     out = capsys.readouterr().out
     assert "line 3 (c)" in out and "not ordered" in out
+
+
+def test_check_accepts_the_48khz_stereo_that_tokenize_accepts(tmp_path, capsys):
+    """Issue 18 item 12: ``corpus check`` rejected 48 kHz stereo ("expected mono") that ``tokenize``
+    downmixes and resamples; one validator now gives one answer."""
+    from spiritlm.audio import load_audio
+    from spiritlm.cli import main
+    from spiritlm.tokenizers.utils import load_audio_batch
+    from spiritlm.corpus.manifest import read_audio_manifest
+
+    t = np.arange(48000) / 48000
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], axis=1).astype(np.float32)
+    sf.write(tmp_path / "a.wav", stereo, 48000, subtype="PCM_16")
+    line = {"id": "a", "audio": "a.wav", "sample_rate": 48000, "duration": 1.0, "speaker": "s", "style": "neutral",
+            "text": "hello", "words": [{"word": "hello", "start": 0.1, "end": 0.9}]}
+    (tmp_path / "m.jsonl").write_text(json.dumps(line) + "\n")
+    main(["corpus", "check", str(tmp_path / "m.jsonl")])  # raises SystemExit(1) on any problem
+    report = check_manifest(tmp_path / "m.jsonl")
+    assert report.ok and report.num_ok == 1, report.problems
+    errors: list = []
+    kept, wavs = load_audio_batch(read_audio_manifest(tmp_path / "m.jsonl"), errors)  # what tokenize reads
+    assert not errors and wavs[0].shape == (16000,) and load_audio(tmp_path / "a.wav").ndim == 1
+
+    # a file both refuse stays refused by both (too short: 40 ms)
+    sf.write(tmp_path / "b.wav", stereo[:1920], 48000, subtype="PCM_16")
+    (tmp_path / "m2.jsonl").write_text(json.dumps({**line, "id": "b", "audio": "b.wav", "duration": 0.04,
+                                                   "words": [{"word": "hello", "start": 0.0, "end": 0.04}]}) + "\n")
+    assert not check_manifest(tmp_path / "m2.jsonl").ok
+    load_audio_batch(read_audio_manifest(tmp_path / "m2.jsonl"), errors)
+    assert len(errors) == 1 and "too short" in errors[0]["error"]

@@ -76,7 +76,13 @@ def test_synth_writes_good_lines_and_skips_bad_ones(voc_dir, voc, tmp_path, caps
         {"id": "h", "hubert": "5 6 7 8", "pitch": "1 9", "style": "1"},  # 11: pitch code beyond the table
     ])
     out = tmp_path / "wavs"
-    main(["vocoder", "synth", "--vocoder", str(voc_dir), "--units", str(units), "--out", str(out), "--speaker", "bob"])
+    argv = ["vocoder", "synth", "--vocoder", str(voc_dir), "--units", str(units), "--out", str(out), "--speaker", "bob"]
+    with pytest.raises(SystemExit) as exc:  # issue 18 item 11: skipped lines are an exit status of 1, as in tokenize
+        main(argv)
+    assert exc.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "7 of 10 lines skipped" in last and "--allow_skips true" in last, last
+    main([*argv, "--allow_skips", "true", "--overwrite", "true"])
     captured = capsys.readouterr()
     assert sorted(p.name for p in out.glob("*.wav")) == ["a.wav", "f.wav", "g.wav"]
     for lineno, words in [(2, "99"), (3, "JSON"), (4, "empty"), (5, "'x'"), (9, "duplicate"), (10, "file name"), (11, "pitch")]:
@@ -96,7 +102,7 @@ def test_synth_line_speaker_and_dur_pred_flag(voc_dir, voc, tmp_path, capsys):
         {**GOOD, "speaker": "alice"}, {**GOOD, "id": "b", "speaker": 1}, {**GOOD, "id": "c", "speaker": "carol"},
     ])
     out = tmp_path / "o"
-    main(["vocoder", "synth", "--vocoder", str(voc_dir), "--units", str(units), "--out", str(out)])
+    main(["vocoder", "synth", "--vocoder", str(voc_dir), "--units", str(units), "--out", str(out), "--allow_skips", "true"])
     assert "u.jsonl:3: unknown speaker 'carol'; known: alice, bob" in capsys.readouterr().err
     assert not (out / "c.wav").exists()
     a, _ = sf.read(out / "a.wav", dtype="float32")
@@ -107,8 +113,11 @@ def test_synth_line_speaker_and_dur_pred_flag(voc_dir, voc, tmp_path, capsys):
     assert np.abs(a - b).max() > 1e-3  # the speaker embedding matters
     # --dur_pred true on a frame-rate dict whose pitch is not per unit: every line is bad -> exit 1
     with pytest.raises(SystemExit) as exc:
-        main(["vocoder", "synth", "--vocoder", str(voc_dir), "--units", str(units), "--out", str(out), "--dur_pred", "true"])
+        main(["vocoder", "synth", "--vocoder", str(voc_dir), "--units", str(units), "--out", str(out), "--dur_pred", "true",
+              "--overwrite", "true"])
     assert exc.value.code == 1
+    assert "every line was skipped" in capsys.readouterr().err
+    assert (out / "a.wav").is_file()  # the failed run left the finished output as it was
 
 
 def test_synth_exits_nonzero_when_everything_is_skipped(voc_dir, tmp_path, capsys):
@@ -118,6 +127,11 @@ def test_synth_exits_nonzero_when_everything_is_skipped(voc_dir, tmp_path, capsy
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "every line was skipped" in err and err.strip().splitlines()[-1].startswith("spiritlm vocoder synth: error:")
+    assert not (tmp_path / "o").exists()  # nothing half-made
+    empty = write_lines(tmp_path / "empty.jsonl", ["", ""])  # issue 18 item 15: no empty output folder either
+    with pytest.raises(SystemExit):
+        main(["vocoder", "synth", "--vocoder", str(voc_dir), "--units", str(empty), "--out", str(tmp_path / "o")])
+    assert "empty.jsonl: no lines (--units)" in capsys.readouterr().err and not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):
         main(["vocoder", "synth", "--vocoder", str(tmp_path / "missing"), "--units", str(units), "--out", str(tmp_path / "o")])
     assert "vocoder not found" in capsys.readouterr().err

@@ -76,8 +76,9 @@ def synth(
 def check(manifest: str, audio: bool = True, sample_rate: int | None = None) -> None:
     """Validate a manifest: every line, every problem.
 
-    Checks JSON syntax, keys and types, duplicate ids, audio files (present, readable, mono,
-    sample rate, duration within 10 ms) and word/phone alignments (ordered, non-overlapping,
+    Checks JSON syntax, keys and types, duplicate ids, audio files (what `spiritlm tokenize`
+    accepts: present, readable, finite, at least 80 ms, any channel count or sample rate; and the
+    line's sample_rate and duration within 10 ms of the file's) and word/phone alignments (ordered, non-overlapping,
     inside the audio). Prints a summary and each bad line with its reason; exits with status 1
     when there is any problem.
 

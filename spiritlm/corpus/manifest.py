@@ -434,8 +434,10 @@ def check_manifest(
     """Validates every line of a manifest and collects all problems.
 
     Checks: JSON syntax; schema and types (:func:`schema_problems`, NaN and infinities
-    included); duplicate ids; with ``check_audio``, that the audio file exists and is readable,
-    is mono, has the line's ``sample_rate`` and a length within :data:`DURATION_TOLERANCE`
+    included); duplicate ids; with ``check_audio``, that the audio file passes the validator
+    ``spiritlm tokenize`` applies (:func:`spiritlm.audio.validate_audio_file`: readable, finite,
+    long enough; any channel count and rate, as they are downmixed and resampled), has the
+    line's ``sample_rate`` and a length within :data:`DURATION_TOLERANCE`
     seconds of ``duration``; alignments (:func:`timing_problems`); optionally that every line
     has ``expected_sample_rate``.
 
@@ -500,8 +502,8 @@ def _audio_problems(utt: Utterance) -> list[str]:
     except Exception as e:  # soundfile raises RuntimeError / LibsndfileError on bad files
         return [f"audio file unreadable: {utt.audio}: {e}"]
     problems = []
-    if info.channels != 1:
-        problems.append(f"audio has {info.channels} channels, expected mono")
+    # several channels or another sample rate are no problem: every reader of audio (spiritlm.audio.load_audio,
+    # as spiritlm tokenize and the vocoder use it) averages the channels and resamples to 16 kHz
     if info.samplerate != utt.sample_rate:
         problems.append(f"sample_rate {utt.sample_rate} Hz but the audio file is at {info.samplerate} Hz")
     elif abs(info.frames / info.samplerate - utt.duration) > DURATION_TOLERANCE:

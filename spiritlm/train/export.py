@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from spiritlm.atomic import atomic_dir
 from spiritlm.errors import UserError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch is imported inside the functions: `spiritlm checkpoint …` loads this module to build its
+# parser, and a wrong path must be reported before the seconds of torch's import
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def export_checkpoint(
@@ -63,7 +63,9 @@ def export_checkpoint(
         raise UserError(f"{exc} (--checkpoint)") from None
     config = load_config(ckpt / "model_config.json")
     eps = float(info.trainers[0].get("rms_norm_eps", 1e-5))
-    target = DTYPES[dtype]
+    import torch
+
+    target = getattr(torch, dtype)
     entries = tensor_entries(read_metadata(ckpt))
     if config.tied_embeddings:
         entries.pop("final_proj.weight", None)
@@ -102,8 +104,9 @@ def export(checkpoint: str, out: str, dtype: str = "float32", tokenizer: str | N
         raise UserError(f"{ckpt}: no such checkpoint folder (--checkpoint)")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise UserError(f"{tokenizer}: no such file (--tokenizer)")
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"{out}: exists (pass --overwrite true to replace it) (--out)")
+    from spiritlm.atomic import check_new_output
+
+    check_new_output(out, overwrite, markers=("config.json",))  # before any tensor is read
     path = export_checkpoint(ckpt, out, dtype=dtype, tokenizer_model=tokenizer, overwrite=overwrite)
     print(f"[spiritlm checkpoint export] wrote {path} from {ckpt}")
 
@@ -114,17 +117,18 @@ def info(checkpoint: str) -> None:
     Args:
         checkpoint: a checkpoints/step_N folder of a training run.
     """
+    ckpt = Path(checkpoint)
+    if not ckpt.is_dir():  # before the imports of torch
+        raise UserError(f"{ckpt}: no such checkpoint folder (--checkpoint)")
     from spiritlm.model.sharded import OPTIM_PREFIX, read_metadata, tensor_entries
     from spiritlm.train.checkpoint import CheckpointError, inspect_checkpoint
 
-    ckpt = Path(checkpoint)
-    if not ckpt.is_dir():
-        raise UserError(f"{ckpt}: no such checkpoint folder (--checkpoint)")
     try:
         ci = inspect_checkpoint(ckpt)
     except CheckpointError as exc:
         raise UserError(f"{exc} (--checkpoint)") from None
     md = read_metadata(ckpt)
+    import torch
 
     def size(entries):
         return sum(torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for s, d in entries.values())
