@@ -181,3 +181,23 @@ def units_mismatch(
         if abs(seconds - float(duration)) > tolerance_s + tolerance_rel * float(duration):
             return f"id {uid!r}: {n} unit frames = {seconds:.2f} s at 25 Hz, the manifest's audio lasts {float(duration):.2f} s"
     return None
+
+
+def check_unit_ranges(path: str | os.PathLike, sizes: Mapping[str, int], hint: str = "") -> None:
+    """Raises a :class:`UnitFormatError` naming ``path:line`` for the first id of a stream that is not below
+    ``sizes[stream]`` (the units a tokenizer or vocoder has); streams absent from ``sizes`` or of size 0 are not checked.
+
+    ``hint`` (e.g. ``"--text_tokenizer"``) ends the message: the flag that sets the sizes.
+    """
+    for line in iter_unit_lines(path):
+        if line.record is None or line.error:
+            continue
+        for stream, size in sizes.items():
+            value = line.record.get(stream)
+            if not size or value is None:
+                continue
+            ids = value.split() if isinstance(value, str) else value
+            top = max((int(x) for x in ids), default=-1)
+            if top >= size:
+                raise UnitFormatError(f"{path}:{line.lineno}: {stream} id {top} is beyond the {size} {stream} units of the "
+                                      f"tokenizer (--units{', ' + hint if hint else ''})")

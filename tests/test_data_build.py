@@ -201,3 +201,23 @@ def test_extra_text_joins_the_text_subset(tmp_path):
     empty.write_text("\n")
     with pytest.raises(ValueError, match=r"empty\.txt: no text documents"):
         build_dataset(MANIFEST, UNITS, tmp_path / "c", extra_text=empty, vocab_size=400)
+
+
+def test_a_unit_beyond_the_tokenizer_is_named_by_file_and_line(tmp_path, capsys):
+    """Issue 18 item 13: `[Hu100000]` in a units file was `ValueError: speech document of … (unexpected)`
+    with no file or line; it is now one line naming the units file's line and the flags."""
+    lines = UNITS.read_text().splitlines()
+    rec = json.loads(lines[2])
+    ids = rec["hubert"].split()
+    ids[3] = "100000"
+    rec["hubert"] = " ".join(ids)
+    lines[2] = json.dumps(rec)
+    units = tmp_path / "u.jsonl"
+    units.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit):
+        main(["data", "build", "--manifest", str(MANIFEST), "--units", str(units), "--out", str(tmp_path / "o"),
+              "--workers", "1", "--progress", "false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unexpected" not in err[0], err
+    assert f"{units}:3: hubert id 100000 is beyond the 501 hubert units" in err[0] and "--units" in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -181,3 +181,20 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     main(["--preset", "quick", "--out", str(out), "--threads", "1"])
     second = capsys.readouterr().out
     assert "$ spiritlm corpus" not in second and "$ spiritlm train" not in second and second.count("already done") == len(summary["stage_seconds"])
+
+
+def test_a_failed_only_on_a_new_folder_does_not_pin_its_preset(tmp_path, monkeypatch):
+    """Issue 18 item 15: a failed `demo --only STAGE` on a new folder left `.demo/config.json`, which
+    then refused `--preset full` ("made with --preset quick") although nothing was made."""
+    out = tmp_path / "demo"
+    bad = Stage("check", [["corpus", "check", str(tmp_path / "absent.jsonl")]], outputs=[out / "never"], owns=[])
+    good = _text_stage("a", out / "a.txt")
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s, t: [bad, good])
+    with pytest.raises(DemoError):
+        run_demo(out, "quick", only="check", threads=1)
+    assert not (out / ".demo" / "config.json").exists()
+    monkeypatch.setattr(demo_mod, "build_stages", lambda o, p, s, t: [good])
+    run_demo(out, "full", threads=1)  # not refused
+    assert json.loads((out / ".demo" / "config.json").read_text()) == {"preset": "full", "seed": 0}
+    with pytest.raises(UserError, match="made with --preset full"):  # once something was made, the preset sticks
+        run_demo(out, "quick", threads=1)

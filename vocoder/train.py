@@ -548,13 +548,14 @@ def train_vocoder(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(manifest, units, out, cfg, tokenizer, overwrite, stop_after, progress, log, d)
+        return _train(manifest, units, out, cfg, tokenizer, overwrite, stop_after, progress, log, d, allow_skips)
     finally:
         torch.set_num_threads(prev_threads)
         d.close()
 
 
-def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_after, progress, log, d: Dist) -> dict[str, Any]:
+def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_after, progress, log, d: Dist,
+           allow_skips: bool = True) -> dict[str, Any]:
     from speechbrain import Stage
 
     t_start = time.time()

@@ -23,9 +23,9 @@ import numpy as np
 
 from spiritlm.data.shards import INDEX_FILE, SUMMARY_FILE, ShardWriter, token_dtype, write_index
 from spiritlm.errors import UserError
-from spiritlm.formats import TEXT_MARKER
+from spiritlm.formats import TEXT_MARKER, UnitFormatError
 from spiritlm.interleave import SUBSETS, InterleaveConfig, group_utterances, make_group_documents
-from spiritlm.units_jsonl import find_units, read_units
+from spiritlm.units_jsonl import check_unit_ranges, find_units, read_units
 from spiritlm.text_tokenizer import DEFAULT_PAD_MULTIPLE, SpiritTextTokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -252,6 +252,11 @@ def _build(manifest, units, out: Path, tmp: Path, interleave, text_tokenizer, ex
         tok_path = TOKENIZER_FILE
     if tok.num_units["hubert"] == 0:
         raise DataBuildError(f"{tok_path}: the tokenizer has no HuBERT tokens (--text_tokenizer)")
+    try:  # a unit the tokenizer cannot encode is named by its line here, not mid-build
+        streams = ("hubert", "pitch", "style") if cfg.expressive else ("hubert",)
+        check_unit_ranges(units, {s: tok.num_units[s] for s in streams}, "--text_tokenizer / --num_hubert")
+    except UnitFormatError as e:
+        raise DataBuildError(str(e)) from None
     t_tok = time.perf_counter()
 
     pairs = [(u, find_units(unit_map, u)) for u in utts]
