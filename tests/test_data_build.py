@@ -115,7 +115,7 @@ def test_errors(tmp_path):
         build_dataset(MANIFEST, UNITS, tmp_path / "y", text_tokenizer=str(base), interleave=InterleaveConfig(expressive=True))
     small = tmp_path / "small.model"
     SpiritTextTokenizer.train(["a b c"] * 50, 300, num_hubert=64).save(small)
-    with pytest.raises(ValueError, match=r"of spk0_utt000: speech token \[Hu\d+\].*not in the vocabulary"):
+    with pytest.raises(ValueError, match=r"units\.jsonl:1: hubert id \d+ is beyond the 64 hubert units"):
         build_dataset(MANIFEST, UNITS, tmp_path / "z", text_tokenizer=str(small), workers=2, chunk_size=4)
 
 

@@ -375,3 +375,42 @@ def test_cli_bad_manifest_is_one_line(tiny, tmp_path):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "m.jsonl:1:" in lines[0] and "(--manifest)" in lines[0]
+
+
+@pytest.mark.parametrize("task", ["asr", "ic", "tts"])
+def test_units_of_another_corpus_with_overlapping_ids_are_refused(task, tiny, corpus, tmp_path, capsys):
+    """Issue 18 item 6: `eval asr` with a units file made from another corpus whose ids overlap the
+    manifest's ran (n=1 of 11, exit 0). Units carry their audio path and length: both are checked
+    against the manifest before the model loads, and a mismatch names both files."""
+    from spiritlm.cli import main
+
+    manifest = corpus / "manifest.jsonl"
+    rows = [json.loads(ln) for ln in (corpus / "units.jsonl").read_text().splitlines()]
+    other = tmp_path / "other_units.jsonl"  # the same ids, made from another corpus' audio
+    other.write_text("".join(json.dumps({**r, "audio": f"/elsewhere/corpus/wavs/{r['id']}.wav"}) + "\n" for r in rows))
+    argv = ["eval", task, "--model", str(tiny), "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--max_items", "1"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--units", str(other)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(other) in err[0] and str(manifest) in err[0] and "/elsewhere/corpus/wavs/" in err[0], err
+    assert "(--units/--manifest)" in err[0] and not (tmp_path / "o").exists()
+
+    # no audio path in the units, but lengths that are not the manifest's durations (another corpus' utterances)
+    shifted = tmp_path / "shifted_units.jsonl"
+    shifted.write_text("".join(json.dumps({**{k: v for k, v in r.items() if k != "audio"}, "id": rows[(i + 1) % len(rows)]["id"]})
+                               + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(SystemExit):
+        main([*argv, "--units", str(shifted)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unit frames" in err and "the manifest's audio lasts" in err and str(shifted) in err, err
+
+
+def test_units_made_from_the_manifests_audio_pass_the_check(corpus):
+    from spiritlm.evals.common import check_units_match, load_manifest_items, load_units
+
+    items = load_manifest_items(corpus / "manifest.jsonl")
+    rows = [json.loads(ln) for ln in (corpus / "units.jsonl").read_text().splitlines()]
+    same = corpus / "units_with_audio.jsonl"  # as `spiritlm tokenize` writes them: absolute audio paths
+    same.write_text("".join(json.dumps({**r, "audio": str(corpus / "wavs" / f"{r['id']}.wav")}) + "\n" for r in rows))
+    check_units_match(items, load_units(same), corpus / "manifest.jsonl", same)
+    check_units_match(items, load_units(corpus / "units.jsonl"), corpus / "manifest.jsonl", corpus / "units.jsonl")

@@ -580,12 +580,12 @@ def test_generate_checks_sampling_flags_first(tmp_path, args, flag, capsys):
 def test_failed_data_build_leaves_nothing(tmp_path, capsys):
     from spiritlm.text_tokenizer import SpiritTextTokenizer
 
-    small = tmp_path / "small.model"  # 64 HuBERT slots: the fixture's units do not fit -> fails mid-build
+    small = tmp_path / "small.model"  # 64 HuBERT slots: the fixture's units do not fit
     SpiritTextTokenizer.train(["a b c"] * 50, 300, num_hubert=64).save(small)
     out = tmp_path / "deep" / "d"
     code, _, err = run_cli(["data", "build", "--manifest", MANIFEST, "--units", UNITS, "--out", out,
                             "--text_tokenizer", small, "--workers", "1", "--progress", "false"], capsys)
-    assert code == 1 and "not in the vocabulary" in one_error_line(err)
+    assert code == 1 and "is beyond the 64 hubert units" in one_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.model"]
 
 

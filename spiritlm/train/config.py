@@ -259,6 +259,38 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def packaged_recipes() -> Path | None:
+    """The folder of the recipes shipped with spiritlm (``recipes/configs``), found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("spiritlm.recipes")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "configs").is_dir():
+            return Path(location) / "configs"
+    return None
+
+
+def resolve_recipe(where: str) -> str:
+    """``--config``'s file: a path as given, else a packaged recipe by name from any folder.
+
+    ``tiny-text``, ``tiny-text.yaml`` and ``recipes/configs/tiny-text.yaml`` (typed outside the
+    repository) all name the packaged ``recipes/configs/tiny-text.yaml``.
+
+    Raises:
+        RecipeError: neither a file nor a packaged recipe (names them).
+    """
+    if Path(where).is_file():
+        return where
+    folder = packaged_recipes()
+    name = Path(where).name
+    if folder is not None:
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return str(candidate)
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) if folder is not None else "none found"
+    raise RecipeError(f"{where}: no such recipe file, nor a packaged recipe ({names}) (--config)")
+
+
 def parse_recipe(argv: Sequence[str], prog: str = "spiritlm train") -> TrainConfig:
     """Parses ``--config FILE --section.key value …`` into a validated :class:`TrainConfig`.
 
@@ -272,8 +304,11 @@ def parse_recipe(argv: Sequence[str], prog: str = "spiritlm train") -> TrainConf
     where = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if where is None and "--config" in argv[:-1]:
         where = argv[argv.index("--config") + 1]
-    if where is not None and not Path(where).is_file():
-        raise RecipeError(f"{where}: no such recipe file (--config)")
+    if where is not None:
+        found = resolve_recipe(where)
+        argv = [f"--config={found}" if a == f"--config={where}" else a for a in argv]
+        if "--config" in argv[:-1]:
+            argv[argv.index("--config") + 1] = found
     try:
         ns = parser.parse_args(argv)
         sections = parser.instantiate(ns)
