@@ -21,7 +21,7 @@ import pytest
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 #: flag -> value used instead of the README's (sizes only)
-SCALE = {"--num_utts": "80", "--num_sentences": "1000", "--train.max_steps": "3"}
+SCALE = {"--num_utts": "120", "--num_sentences": "1000", "--train.max_steps": "3"}
 #: options appended to the commands starting so (sizes only; later options override earlier ones)
 EXTRA = {
     "spiritlm train": ["--train.max_steps", "3", "--optim.warmup_steps", "1", "--train.val_every", "3",

@@ -288,7 +288,7 @@ def resolve_recipe(where: str) -> str:
             if candidate.is_file():
                 return str(candidate)
     names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) if folder is not None else "none found"
-    raise RecipeError(f"{where}: no such recipe file, nor a packaged recipe ({names}) (--config)")
+    raise RecipeError(f"{where}: no such recipe file (--config), nor the name of a packaged recipe ({names})")
 
 
 def parse_recipe(argv: Sequence[str], prog: str = "spiritlm train") -> TrainConfig:
