@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +273,30 @@ def tiny_serve_stack(directory: str | Path, *, num_units: int = 6, seed: int = 0
                                resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)
     Vocoder(UnitHifiGAN(cfg), speakers=["alice", "bob"]).save(root / "vocoder")
     return {"model": model, "speech_tokenizer": root / "speech_tokenizer", "vocoder": root / "vocoder"}
+
+
+# Each case runs in one fresh interpreter: the error line, and whether torch was imported to get there.
+_RUNNER = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from spiritlm.cli import main
+    out = []
+    for argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        out.append({"code": code, "err": err.getvalue(), "torch": "torch" in sys.modules})
+    print(json.dumps(out))
+    """
+)
+
+
+def run_fresh(cases: list[list[str]]) -> list[dict]:
+    """Runs ``spiritlm ARGV`` for each case in ONE fresh interpreter; ``[{"code", "err", "torch"}]`` (torch: imported by then)."""
+    res = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(cases)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])

@@ -4,38 +4,12 @@ flag, before the seconds of torch imports (issue 12 cases 11–12 for the newer 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from spiritlm.cli import main
 
-# Each case runs in one fresh interpreter: the error line, and whether torch was imported to get there.
-_RUNNER = textwrap.dedent(
-    """
-    import contextlib, io, json, sys
-    from spiritlm.cli import main
-    out = []
-    for argv in json.loads(sys.argv[1]):
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            try:
-                main(argv)
-                code = 0
-            except SystemExit as e:
-                code = e.code
-        out.append({"code": code, "err": err.getvalue(), "torch": "torch" in sys.modules})
-    print(json.dumps(out))
-    """
-)
-
-
-def _run_fresh(cases: list[list[str]]) -> list[dict]:
-    res = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(cases)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout.strip().splitlines()[-1])
+from fixtures import run_fresh as _run_fresh  # one fresh interpreter per list of cases: error lines, and whether torch was imported
 
 
 _LINE = {"id": "a", "audio": "a.wav", "sample_rate": 16000, "duration": 1.0, "speaker": "s", "style": "default",

@@ -325,7 +325,7 @@ def test_spiritlm_refuses_a_malformed_speech_prompt(text_tok):
 
 
 def test_generate_malformed_speech_prompt_is_an_error_naming_the_flag(tmp_path):
-    from test_cli_errors import _run_fresh
+    from fixtures import run_fresh as _run_fresh
 
     model = tmp_path / "model"
     model.mkdir()
@@ -541,7 +541,7 @@ def test_missing_inputs_are_one_line_naming_the_flag(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag", ["--model", "--speech_tokenizer", "--vocoder", "--speech"])
 def test_generate_checks_paths_first(tmp_path, flag):
-    from test_cli_errors import _run_fresh
+    from fixtures import run_fresh as _run_fresh
 
     model = tmp_path / "model"
     model.mkdir()
@@ -560,7 +560,7 @@ def test_generate_checks_paths_first(tmp_path, flag):
                                         (["--max_new_tokens", "0"], "--max_new_tokens"),
                                         (["--output_modality", "audio"], "--output_modality")])
 def test_generate_checks_sampling_flags_first(tmp_path, args, flag):
-    from test_cli_errors import _run_fresh
+    from fixtures import run_fresh as _run_fresh
 
     (r,) = _run_fresh([["generate", "--model", str(tmp_path), "--text", "hi", *args]])
     assert r["code"] == 1 and flag in one_error_line(r["err"])
