@@ -1,5 +1,6 @@
 """Vocoder synthesis speed: seconds of audio per second of wall time, by size, threads, one at a time vs batched.
 
+    python benchmarks/bench_vocoder.py --compare                # ours vs speechbrain's stock generator (below)
     python benchmarks/bench_vocoder.py                          # tiny and base, 1 and 2 threads
     python benchmarks/bench_vocoder.py --sizes tiny --threads 1 --num_utts 8 --seconds 4
     python benchmarks/bench_vocoder.py --device cuda --sizes base,expressive --threads 0
@@ -17,6 +18,21 @@ Faster paths are measured on the batched run and reported only where the audio s
 (always tried) and ``torch.compile`` of the generator (``--compile``, slow to compile on a CPU).
 The check needs audio at a realistic level: a randomly initialised generator is near-silent, so
 there a path is reported "unverified" unless a trained vocoder is given.
+
+``--compare`` (issue 20's table): one generator (``--sizes``' first preset, Meta's 5·4·4·4·2 layout
+for ``base``/``expressive``; random weights with weight-norm gains in [0.5, 1.5] so the audio is
+loud) run, in the same process, alternating, ``--rounds`` times each, on one utterance of
+``--seconds``:
+
+* ``sb stock``: speechbrain's ``HifiganGenerator`` as shipped (reflection padding), loaded with the
+  same state dict — issue 20's reference; it differs from Meta's audio at the edges;
+* ``sb zero-pad``: the same class with its ``Conv1d``s set to zero padding — Meta's audio, and the
+  forward this project ran before its own generator (``UnitHifiGAN`` subclassed speechbrain's);
+* ``ours``: ``UnitHifiGAN.vocode`` (``vocoder/generator.py``), and ``Vocoder.synthesize`` end to end;
+
+then ``--num_utts`` utterances of ``--seconds`` ± 25 % one at a time vs padded batches, and
+``Vocoder.stream`` at ``chunk_frames`` 25 vs whole synthesis. Median and min of the rounds, the
+ratio reference ÷ ours (> 1: ours faster) and the max |difference| of the audio.
 """
 
 from __future__ import annotations
@@ -140,6 +156,124 @@ def fast_paths(voc, args):
     return paths
 
 
+def _loud(model) -> None:
+    """Weight-norm gains in [0.5, 1.5]: random weights with HiFi-GAN's N(0, 0.01) init are near-silent."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("original0"):
+                p.uniform_(0.5, 1.5)
+
+
+def _alternate(fns: dict, rounds: int) -> dict:
+    """Runs each function once per round, in turn; ``{name: (median s, min s, last output)}``."""
+    times: dict = {k: [] for k in fns}
+    out: dict = {}
+    for f in fns.values():
+        f()  # warm-up
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            out[k] = f()
+            times[k].append(time.perf_counter() - t)
+    return {k: (float(np.median(v)), float(np.min(v)), out[k]) for k, v in times.items()}
+
+
+def compare(args) -> None:
+    """Issue 20's side-by-side table (see the module docstring)."""
+    from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+    from speechbrain.nnet.CNN import Conv1d as SBConv1d
+
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    size = args.sizes.split(",")[0].strip()
+    cfg = VocoderConfig.preset(size, num_speakers=4)
+    torch.manual_seed(0)
+    model = UnitHifiGAN(cfg)
+    _loud(model)
+    voc = Vocoder(model)  # folds weight norm
+    gen_state = {k: v for k, v in voc.model.state_dict().items() if k.startswith(("conv_pre.", "ups.", "resblocks.", "conv_post."))}
+
+    def stock(zero_pad: bool):
+        g = HifiganGenerator(cfg.in_channels, 1, "1", cfg.resblock_dilation_sizes, cfg.resblock_kernel_sizes,
+                             cfg.upsample_kernel_sizes, cfg.upsample_initial_channel, cfg.upsample_rates, inference_padding=0)
+        g.remove_weight_norm()
+        g.load_state_dict(gen_state, strict=True)
+        if zero_pad:
+            for m in g.modules():
+                if isinstance(m, SBConv1d):
+                    m.padding_mode = "constant"
+        return g.eval()
+
+    sb_stock, sb_zero = stock(False), stock(True)
+    torch.set_num_threads(max(1, int(args.threads.split(",")[0]) or 1))
+    item = make_inputs(cfg, 1, args.seconds, seed=1)[0]
+    item_T = len(item["hubert"].split())
+    p = voc.prepare(item)
+    x = voc.model.embed(torch.from_numpy(p["units"])[None], None if p["pitch"] is None else torch.from_numpy(p["pitch"])[None],
+                        None if p["style"] is None else torch.from_numpy(p["style"])[None], torch.tensor([0]), aligned=True)
+    if voc.model.source is not None:
+        print(f"note: {size} has a harmonic source, which speechbrain's generator lacks: the generator rows use Meta's layout only "
+              "for presets without one (base, expressive)")
+    audio_s = item_T * cfg.unit_hop / cfg.sample_rate
+    print(f"\n{size} (harmonic source: {cfg.harmonic_source}), one utterance of {audio_s:.1f} s, {args.rounds} alternating rounds, "
+          f"{torch.get_num_threads()} thread(s)")
+    with torch.inference_mode():
+        fns = {"sb stock (reflection)": lambda: sb_stock(x), "sb zero-pad (before)": lambda: sb_zero(x),
+               "ours vocode": lambda: voc.model.vocode(x), "ours synthesize": lambda: torch.from_numpy(voc.synthesize(item))[None, None]}
+        if voc.model.source is not None:
+            fns = {k: v for k, v in fns.items() if not k.startswith("sb")}
+        res = _alternate(fns, args.rounds)
+    ours_med, ours_min, ours_out = res["ours vocode"]
+    hop = cfg.unit_hop
+    edge = voc.model.context_frames * hop  # beyond the receptive field of the edges' padding
+    rows = []
+    print(f"  {'path':24s} {'median s':>9s} {'min s':>8s} {'x real time':>11s} {'ratio (med)':>11s} {'ratio (min)':>11s}  max |diff| vs ours")
+    for k, (med, mn, out) in res.items():
+        d = (out.reshape(-1) - ours_out.reshape(-1)).abs()
+        mid = float(d[edge:-edge].max()) if d.numel() > 2 * edge else float("nan")
+        diff = f"{float(d.max()):.1e} (middle {mid:.1e})"
+        print(f"  {k:24s} {med:9.3f} {mn:8.3f} {audio_s / med:11.2f} {med / ours_med:11.2f} {mn / ours_min:11.2f}  {diff}")
+        rows.append({"path": k, "median_s": med, "min_s": mn, "ratio_median": med / ours_med, "ratio_min": mn / ours_min,
+                     "max_abs_diff": float(d.max()), "max_abs_diff_middle": mid})
+
+    # batched vs one at a time, per second of audio
+    items = make_inputs(cfg, args.num_utts, args.seconds, seed=2)
+    total_s = sum(len(d["hubert"].split()) for d in items) * hop / cfg.sample_rate
+    with torch.inference_mode():
+        res_b = _alternate({"one at a time": lambda: voc.synthesize_batch(items, batch_size=1),
+                            f"padded batch {args.batch_size}": lambda: voc.synthesize_batch(items, batch_size=args.batch_size),
+                            "default (None)": lambda: voc.synthesize_batch(items)}, max(3, args.rounds // 2))
+    one = res_b["one at a time"]
+    print(f"\n  {args.num_utts} utterances, {total_s:.1f} s of audio (default batch size on {voc.device.type}: {voc.default_batch_size})")
+    for k, (med, mn, out) in res_b.items():
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(out, one[2]))
+        print(f"  {k:24s} {med:9.3f} {mn:8.3f} {total_s / med:11.2f} x real time, ratio vs one at a time {one[0] / med:5.2f}, max |diff| {diff:.1e}")
+        rows.append({"path": k, "median_s": med, "min_s": mn, "audio_s": total_s, "max_abs_diff": diff})
+
+    # streaming vs whole synthesis of the same tokens
+    rng = np.random.default_rng(3)
+    toks = []
+    for i in range(item_T):
+        if cfg.num_style and i % 25 == 0:
+            toks.append(f"[St{rng.integers(cfg.num_style)}]")
+        if cfg.num_pitch and i % 2 == 0:
+            toks.append(f"[Pi{rng.integers(cfg.num_pitch)}]")
+        toks.append(f"[Hu{rng.integers(cfg.num_units)}]")
+    with torch.inference_mode():
+        res_s = _alternate({"whole": lambda: voc.synthesize("".join(toks)),
+                            "stream (25 frames)": lambda: np.concatenate(list(voc.stream(toks, chunk_frames=25))),
+                            "stream (100 frames)": lambda: np.concatenate(list(voc.stream(toks, chunk_frames=100)))}, max(3, args.rounds // 2))
+    whole = res_s["whole"]
+    print(f"\n  stream of {len(toks)} tokens ({whole[2].size / cfg.sample_rate:.1f} s with predicted durations), context {voc.model.context_frames} frames")
+    for k, (med, mn, out) in res_s.items():
+        print(f"  {k:24s} {med:9.3f} {mn:8.3f} cost vs whole {med / whole[0]:5.2f}, max |diff| {float(np.abs(out - whole[2]).max()):.1e}")
+        rows.append({"path": k, "median_s": med, "min_s": mn, "cost_vs_whole": med / whole[0]})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv, "compare": rows}, f, indent=1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,base", help="comma-separated presets (tiny, base, expressive)")
@@ -153,11 +287,16 @@ def main() -> None:
     p.add_argument("--vocoder", default="", help="trained vocoders to use instead of random weights: SIZE=DIR[,SIZE=DIR]")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--compare", action="store_true", help="ours vs speechbrain's stock generator, batched and streamed (issue 20)")
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds of --compare")
     args = p.parse_args()
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"python {platform.python_version()}")
     print("command: python " + " ".join(sys.argv))
+    if args.compare:
+        compare(args)
+        return
     rows = []
     for size in args.sizes.split(","):
         rows += bench_size(size.strip(), [int(t) for t in args.threads.split(",")], args)

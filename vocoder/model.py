@@ -1,4 +1,4 @@
-"""The unit HiFi-GAN generator (speechbrain's ``HifiganGenerator`` behind embedding tables) and its duration predictor.
+"""The unit HiFi-GAN generator (``generator.HifiGANGenerator``, speechbrain's layout, behind embedding tables) and its duration predictor.
 
 Input streams and their rates (16 kHz audio):
 
@@ -8,9 +8,9 @@ Input streams and their rates (16 kHz audio):
 * a speaker id (and, for Meta's base vocoder, a style id) per utterance, ``[B]``.
 
 The embeddings are concatenated on channels in the order unit, pitch, style, speaker, style id,
-and speechbrain's generator upsamples them by 5·4·4·4·2 = 640 samples per unit. Every
-convolution pads with zeros as Meta's generator does (speechbrain's ``Conv1d`` reflects by
-default, which changes the edges and fails on inputs shorter than the pad).
+and the generator (:mod:`.generator`: speechbrain's parameter layout, our forward) upsamples them
+by 5·4·4·4·2 = 640 samples per unit. Every convolution pads with zeros as Meta's generator does
+(speechbrain's ``Conv1d`` reflects, which changes the edges and fails on inputs shorter than the pad).
 
 Deduplicated units (what the LM emits) are first given durations by a
 :class:`DurationPredictor` trained on ``log(1 + frames)``; at inference a unit lasts
@@ -28,13 +28,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from speechbrain.lobes.models.HifiGAN import LRELU_SLOPE, HifiganGenerator, ResBlock1
-from speechbrain.nnet.CNN import Conv1d as SBConv1d
-from speechbrain.nnet.CNN import ConvTranspose1d as SBConvTranspose1d
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from .config import F0_HOP, VocoderConfig
+from .generator import LRELU_SLOPE, HifiGANGenerator, length_mask
 
 __all__ = [
     "DurationPredictor",
@@ -88,15 +85,6 @@ def durations_from_log(log_durations: Tensor) -> Tensor:
     [1, 2, 2, 4, 7]
     """
     return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
-
-
-def length_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """``[B, max_len]`` bool, true inside each sequence.
-
-    >>> length_mask(torch.tensor([1, 3]), 3).tolist()
-    [[True, False, False], [True, True, True]]
-    """
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def expand_by_durations(x: Tensor, durations: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -313,11 +301,12 @@ def _fit_length(x: Tensor, n: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class UnitHifiGAN(HifiganGenerator):
-    """speechbrain's HiFi-GAN generator conditioned on units, pitch, style and speaker embeddings.
+class UnitHifiGAN(HifiGANGenerator):
+    """HiFi-GAN's generator conditioned on units, pitch, style and speaker embeddings.
 
-    Keeps speechbrain's ``conv_pre``, ``ups``, ``resblocks`` and ``conv_post`` (type-1 residual
-    blocks, multi-receptive-field fusion) with zero padding, and adds ``unit_embedding``,
+    The generator (:class:`~spiritlm.vocoder.generator.HifiGANGenerator`: speechbrain's
+    ``conv_pre``, ``ups``, ``resblocks`` and ``conv_post`` layout, type-1 residual blocks,
+    zero padding) plus ``unit_embedding``,
     ``pitch_embedding``, ``style_embedding``, ``speaker_embedding``, ``style_id_embedding``
     (absent tables are ``None``) and ``duration_predictor``; with ``config.harmonic_source`` also
     ``source`` (:class:`HarmonicSource`) and ``source_convs`` (one strided ``Conv1d(1, channels)``
@@ -346,21 +335,13 @@ class UnitHifiGAN(HifiganGenerator):
         config.validate()
         super().__init__(
             in_channels=config.in_channels,
-            out_channels=1,
-            resblock_type="1",
-            resblock_dilation_sizes=config.resblock_dilation_sizes,
-            resblock_kernel_sizes=config.resblock_kernel_sizes,
-            upsample_kernel_sizes=config.upsample_kernel_sizes,
             upsample_initial_channel=config.upsample_initial_channel,
-            upsample_factors=config.upsample_rates,
-            inference_padding=0,
+            upsample_rates=config.upsample_rates,
+            upsample_kernel_sizes=config.upsample_kernel_sizes,
+            resblock_kernel_sizes=config.resblock_kernel_sizes,
+            resblock_dilation_sizes=config.resblock_dilation_sizes,
         )
         self.config = config
-        # Meta's generator (and jik876's HiFi-GAN) pad with zeros; speechbrain's Conv1d reflects.
-        # "constant" is F.pad's name for zero padding, and works on inputs shorter than the pad.
-        for module in self.modules():
-            if isinstance(module, SBConv1d):
-                module.padding_mode = "constant"
         self._init_conv_weights()
 
         dim = config.embedding_dim
@@ -393,11 +374,9 @@ class UnitHifiGAN(HifiganGenerator):
     @torch.no_grad()
     def _init_conv_weights(self, std: float = 0.01) -> None:
         """HiFi-GAN's initialisation: conv weights ~ N(0, 0.01) (set through the weight norm)."""
-        for module in self.modules():
-            if isinstance(module, (SBConv1d, SBConvTranspose1d)):
-                conv = module.conv
-                # assigning a parametrized weight goes through weight norm's right_inverse
-                conv.weight = torch.randn_like(conv.weight) * std
+        for conv in self.weight_norm_convs():
+            # assigning a parametrized weight goes through weight norm's right_inverse
+            conv.weight = torch.randn_like(conv.weight) * std
 
     # -- embeddings ------------------------------------------------------------------------------
 
@@ -479,7 +458,7 @@ class UnitHifiGAN(HifiganGenerator):
             lengths: ``[B]`` valid steps per sequence for a right-padded batch. The input of
                 every convolution is then zeroed beyond each sequence's end, so each row equals
                 what the sequence alone gives (zero padding); samples beyond ``length * hop``
-                are zero. ``None``: all rows are full (speechbrain's forward).
+                are zero. ``None``: all rows are full.
             f0: ``[B, T * S]`` Hz at 200 Hz (0 = unvoiced) for the harmonic source (training
                 feeds the audio's own F0); None: the source's prediction from ``x``. Only for a
                 vocoder with ``config.harmonic_source``.
@@ -490,46 +469,26 @@ class UnitHifiGAN(HifiganGenerator):
             return self._vocode_with_source(x, lengths, f0, phase0)
         if f0 is not None or phase0 is not None:
             raise ValueError("f0 and phase0 are only used by a vocoder with a harmonic source (config.harmonic_source)")
-        if lengths is None:
-            return super().forward(x)
-        return self._masked_generator(x, lengths.to(x.device).long())
-
-    def _masked_generator(self, x: Tensor, lengths: Tensor, excitation: Tensor | None = None) -> Tensor:
-        """speechbrain's generator on a right-padded batch: every convolution's input is zeroed
-        beyond each row's end; ``excitation`` ``[B, 1, T * hop]`` (the harmonic source's) is
-        added after each upsampling through ``source_convs``."""
-        mask = length_mask(lengths, x.size(-1))[:, None, :].to(x.dtype)
-        o = self.conv_pre(x * mask)
-        scale = 1
-        for i in range(self.num_upsamples):
-            o = self.ups[i](F.leaky_relu(o, LRELU_SLOPE) * mask)
-            if excitation is not None:
-                o = o + _fit_length(self.source_convs[i](excitation), o.size(-1))  # type: ignore[index]
-            scale *= self.config.upsample_rates[i]
-            mask = length_mask(lengths * scale, o.size(-1))[:, None, :].to(o.dtype)
-            z = None
-            for j in range(self.num_kernels):
-                y = _masked_resblock(self.resblocks[i * self.num_kernels + j], o, mask)
-                z = y if z is None else z + y
-            o = z / self.num_kernels
-        o = self.conv_post(F.leaky_relu(o) * mask)  # final slope 0.01, as speechbrain and Meta
-        return torch.tanh(o) * mask
+        return super().forward(x, None if lengths is None else lengths.to(x.device).long())
 
     def _vocode_with_source(self, x: Tensor, lengths: Tensor | None, f0: Tensor | None, phase0: Tensor | None = None) -> Tensor:
-        """:meth:`vocode` of a vocoder with a harmonic source (masked like the padded-batch path)."""
-        assert self.source is not None and self.source_convs is not None
+        """:meth:`vocode` of a vocoder with a harmonic source: the excitation is added after every
+        upsampling through ``source_convs``."""
+        source, convs = self.source, self.source_convs
+        assert source is not None and convs is not None
         B, _, T = x.shape
         S = self.config.f0_frames_per_unit
-        lengths = torch.full((B,), T, dtype=torch.long, device=x.device) if lengths is None else lengths.to(x.device).long()
-        unit_mask = length_mask(lengths, T)
+        if lengths is not None:
+            lengths = lengths.to(x.device).long()
         if f0 is not None and f0.shape != (B, T * S):
             raise ValueError(f"f0 must be [B, T*{S}] = {(B, T * S)}, got {tuple(f0.shape)}")
         with _float32(x):  # bf16 would round ln F0 to ~3 % (50 cents) and drift the phase
             if f0 is None:
-                f0 = self.source.f0_from_prediction(*self.source.predict(x.to(self.source.proj.weight.dtype), unit_mask))
-            f0 = f0.float() * length_mask(lengths * S, T * S)
-            excitation = self.source.excitation(f0, phase0)  # [B, 1, T * hop], 0 beyond each row's end
-        return self._masked_generator(x, lengths, excitation)
+                unit_mask = None if lengths is None else length_mask(lengths, T)
+                f0 = source.f0_from_prediction(*source.predict(x.to(source.proj.weight.dtype), unit_mask))
+            f0 = f0.float() if lengths is None else f0.float() * length_mask(lengths * S, T * S)
+            excitation = source.excitation(f0, phase0)  # [B, 1, T * hop], 0 beyond each row's end
+        return super().forward(x, lengths, lambda i, n: _fit_length(convs[i](excitation), n))
 
     def predict_f0(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The harmonic source's ``(ln F0, voicing logit)``, each ``[B, T * S]`` at 200 Hz, for
@@ -620,27 +579,6 @@ class UnitHifiGAN(HifiganGenerator):
         full = bool((lengths == x.size(-1)).all())
         wav = self.vocode(x, None if full else lengths)
         return wav[:, 0, :], lengths * self.hop
-
-    # -- weight norm ---------------------------------------------------------------------------------
-
-    @property
-    def has_weight_norm(self) -> bool:
-        """Whether the convolutions still carry weight-norm parametrizations."""
-        return parametrize.is_parametrized(self.conv_pre.conv)
-
-    def remove_weight_norm(self) -> None:
-        """Folds weight norm into plain weights (inference; idempotent)."""
-        if self.has_weight_norm:
-            super().remove_weight_norm()
-
-
-def _masked_resblock(block: ResBlock1, x: Tensor, mask: Tensor) -> Tensor:
-    """speechbrain's ``ResBlock1.forward`` with each convolution's input zeroed beyond ``mask``."""
-    for c1, c2 in zip(block.convs1, block.convs2):
-        xt = c1(F.leaky_relu(x, LRELU_SLOPE) * mask)
-        xt = c2(F.leaky_relu(xt, LRELU_SLOPE) * mask)
-        x = xt + x
-    return x
 
 
 def num_parameters(module: nn.Module) -> int:

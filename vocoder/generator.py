@@ -1,0 +1,178 @@
+"""HiFi-GAN's generator (type-1 residual blocks, multi-receptive-field fusion) in speechbrain's parameter layout, with one forward path.
+
+The modules and tensor names are speechbrain's ``HifiganGenerator`` (``speechbrain.lobes.models.HifiGAN``)
+one for one — ``conv_pre.conv``, ``ups.N.conv``, ``resblocks.N.convs{1,2}.M.conv``, ``conv_post.conv``,
+each a weight-normed ``nn.Conv1d`` / ``nn.ConvTranspose1d`` (``parametrizations.weight.original0/1``,
+or a plain ``weight`` once folded) — so its checkpoints, ours and Meta's (``meta.py``'s renames) load
+unchanged, and ``tests/test_vocoder_generator.py`` checks the audio against speechbrain's own forward
+with the same state dict. What differs is the forward, written once here:
+
+* every convolution pads with zeros inside the kernel (``nn.Conv1d(padding=d·(k-1)/2)``), as
+  Meta's and jik876's generators do. speechbrain's ``Conv1d`` pads with reflection in a separate
+  ``F.pad`` copy before each convolution: different audio at the edges (Meta's layout would not
+  be reproduced), a failure on inputs shorter than the pad, and ~12 % of the time;
+* the first activation of a stage is computed once for all its residual blocks (they all start
+  with ``leaky_relu`` of the same tensor);
+* ``lengths`` zeroes every convolution's input beyond each row's end, so a right-padded batch
+  gives each row's audio alone; ``inject`` adds a signal after each upsampling (the harmonic
+  source of :class:`~spiritlm.vocoder.model.UnitHifiGAN`).
+
+(vocoder/README.md, "Generator": why a module of our own rather than speechbrain's class.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+
+__all__ = ["LRELU_SLOPE", "WNConv1d", "WNConvTranspose1d", "ResBlock1", "HifiGANGenerator", "length_mask"]
+
+#: slope of the LeakyReLU before every convolution but the last (that one uses 0.01, torch's default)
+LRELU_SLOPE = 0.1
+
+
+def _gate(x: Tensor, mask: Tensor | None) -> Tensor:
+    return x if mask is None else x * mask
+
+
+class WNConv1d(nn.Module):
+    """speechbrain's ``Conv1d(padding="same", weight_norm=True, skip_transpose=True)`` layout
+    (``.conv``), zero padding: ``[B, C_in, T] → [B, C_out, T]`` (odd kernels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        pad = dilation * (kernel_size - 1) // 2
+        self.conv = weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, padding=pad, bias=bias))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class WNConvTranspose1d(nn.Module):
+    """speechbrain's ``ConvTranspose1d(padding=(k-u)//2, weight_norm=True)`` layout (``.conv``):
+    ``[B, C_in, T] → [B, C_out, T·u]`` for ``k - u`` even."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.conv = weight_norm(nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride, padding=(kernel_size - stride) // 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class ResBlock1(nn.Module):
+    """HiFi-GAN's type-1 residual block: for each dilation ``d``,
+    ``x += conv_k(lrelu(conv_{k,d}(lrelu(x))))`` (``convs1`` dilated, ``convs2`` not)."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(WNConv1d(channels, channels, kernel_size, d) for d in dilations)
+        self.convs2 = nn.ModuleList(WNConv1d(channels, channels, kernel_size) for _ in dilations)
+
+    def forward(self, x: Tensor, first: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``x`` ``[B, C, T]``; ``first``: ``lrelu(x)`` already computed (gated); ``mask``
+        ``[B, 1, T]`` zeroes each convolution's input beyond each row's end."""
+        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            xt = first if i == 0 and first is not None else _gate(F.leaky_relu(x, LRELU_SLOPE), mask)
+            xt = c2(_gate(F.leaky_relu(c1(xt), LRELU_SLOPE), mask))
+            x = xt + x
+        return x
+
+
+class HifiGANGenerator(nn.Module):
+    """``[B, C_in, T]`` → ``[B, 1, T · prod(upsample_rates)]`` in [-1, 1].
+
+    Args:
+        in_channels: ``C_in``.
+        upsample_initial_channel: channels after ``conv_pre`` (halved by every upsampling).
+        upsample_rates, upsample_kernel_sizes: stride and kernel of each transposed convolution.
+        resblock_kernel_sizes, resblock_dilation_sizes: the residual blocks of every stage.
+
+    >>> g = HifiGANGenerator(8, 16, [4, 2], [8, 4], [3], [[1, 3]])
+    >>> g(torch.randn(2, 8, 5)).shape
+    torch.Size([2, 1, 40])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        upsample_initial_channel: int,
+        upsample_rates: Sequence[int],
+        upsample_kernel_sizes: Sequence[int],
+        resblock_kernel_sizes: Sequence[int],
+        resblock_dilation_sizes: Sequence[Sequence[int]],
+    ) -> None:
+        super().__init__()
+        self.num_kernels = len(resblock_kernel_sizes)
+        self.num_upsamples = len(upsample_rates)
+        self.upsample_rates = list(upsample_rates)
+        self.conv_pre = WNConv1d(in_channels, upsample_initial_channel, 7)
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        ch = upsample_initial_channel
+        for u, k in zip(upsample_rates, upsample_kernel_sizes):
+            self.ups.append(WNConvTranspose1d(ch, ch // 2, k, u))
+            ch //= 2
+            for rk, dil in zip(resblock_kernel_sizes, resblock_dilation_sizes):
+                self.resblocks.append(ResBlock1(ch, rk, dil))
+        self.conv_post = WNConv1d(ch, 1, 7)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, inject: Callable[[int, int], Tensor] | None = None) -> Tensor:
+        """The generator.
+
+        Args:
+            x: ``[B, C_in, T]``.
+            lengths: ``[B]`` valid steps per row of a right-padded batch (None: all full); the
+                output is zero beyond ``length · prod(rates)``.
+            inject: ``inject(i, n)`` → ``[B, C_i, n]`` added after upsampling layer ``i``.
+        """
+        mask = None if lengths is None else _mask(lengths, x.size(-1), x.dtype)
+        o = self.conv_pre(_gate(x, mask))
+        scale = 1
+        for i in range(self.num_upsamples):
+            o = self.ups[i](_gate(F.leaky_relu(o, LRELU_SLOPE), mask))
+            if inject is not None:
+                o = o + inject(i, o.size(-1))
+            scale *= self.upsample_rates[i]
+            mask = None if lengths is None else _mask(lengths * scale, o.size(-1), o.dtype)
+            first = _gate(F.leaky_relu(o, LRELU_SLOPE), mask)  # shared by the stage's blocks
+            z = self.resblocks[i * self.num_kernels](o, first, mask)
+            for j in range(1, self.num_kernels):
+                z = z + self.resblocks[i * self.num_kernels + j](o, first, mask)
+            o = z / self.num_kernels
+        o = self.conv_post(_gate(F.leaky_relu(o), mask))  # slope 0.01, as speechbrain and Meta
+        return _gate(torch.tanh(o), mask)
+
+    def weight_norm_convs(self) -> list[nn.Module]:
+        """The weight-normed convolutions (``.conv`` of every conv module)."""
+        return [m.conv for m in self.modules() if isinstance(m, (WNConv1d, WNConvTranspose1d))]
+
+    @property
+    def has_weight_norm(self) -> bool:
+        """Whether the convolutions still carry weight-norm parametrizations."""
+        return parametrize.is_parametrized(self.conv_pre.conv)
+
+    def remove_weight_norm(self) -> None:
+        """Folds weight norm into plain weights (inference; idempotent)."""
+        for conv in self.weight_norm_convs():
+            if parametrize.is_parametrized(conv, "weight"):
+                parametrize.remove_parametrizations(conv, "weight")
+
+
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``[B, max_len]`` bool, true inside each sequence.
+
+    >>> length_mask(torch.tensor([1, 3]), 3).tolist()
+    [[True, False, False], [True, True, True]]
+    """
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _mask(lengths: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """``[B, 1, n]``: 1 inside each row's length."""
+    return length_mask(lengths, n)[:, None, :].to(dtype)
