@@ -1,8 +1,10 @@
-"""``spiritlm.vocoder``: unit HiFi-GAN (speechbrain) with a duration predictor — units, pitch, style and speaker to 16 kHz speech.
+"""``spiritlm.vocoder``: unit HiFi-GAN (speechbrain's generator layout; its discriminators and losses) with a duration predictor — units, pitch, style and speaker to 16 kHz speech.
 
-Modules: ``config`` (VocoderConfig and presets), ``model`` (UnitHifiGAN, DurationPredictor),
-``meta`` (Meta's released layout), ``api`` (Vocoder), ``cli`` (``spiritlm vocoder``).
-Importing this package is light: torch and speechbrain load when :class:`Vocoder` is first used.
+Modules: ``config`` (VocoderConfig and presets), ``generator`` (HifiGANGenerator), ``model``
+(UnitHifiGAN, DurationPredictor), ``meta`` (Meta's released layout), ``api`` (Vocoder),
+``streaming`` (``Vocoder.stream``), ``cli`` (``spiritlm vocoder``).
+Importing this package is light: torch loads when :class:`Vocoder` is first used (speechbrain
+only for training).
 """
 
 from __future__ import annotations
