@@ -130,7 +130,10 @@ def load_eval_model(
         raise UserError(f"{e} (--model)") from None
     voc = None
     if vocoder is not None:
+        from spiritlm.generation import check_compatible
+
         voc = _load_vocoder(vocoder, device)
+        check_compatible(lm.tokenizer, lm.num_units, stok, voc)  # a vocoder for other units: refused before any work
     expressive = bool(getattr(lm.tokenizer, "expressive", False))
     return EvalModel(lm=lm, vocoder=voc, speech_tokenizer=stok, expressive=expressive, name=str(model))
 

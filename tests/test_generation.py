@@ -349,14 +349,16 @@ def hf_dir_40(hf_dir, tmp_path_factory):
 def test_a_vocoder_for_other_units_is_refused_at_load(hf_dir, hf_dir_40):
     from spiritlm.errors import UserError
 
-    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 501 hubert units but the model \(--model\) has 40"):
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 501 hubert codes but the model \(--model\) was "
+                                        r"trained on hubert units 0..39 \(speech_units.json\): they come from different"):
         SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(501))
-    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 20 hubert units but the model \(--model\) has 40"):
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 20 hubert codes but the model \(--model\) was trained"):
         SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(20))
     # units not recorded: the vocoder must cover every [HuN] of the vocabulary (64)
-    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 50 hubert units but the model \(--model\) can emit"):
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 50 hubert codes but the model \(--model\) can emit"):
         SpiritLM.from_pretrained(hf_dir, vocoder=fake_vocoder(50))
     SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(40))
+    SpiritLM.from_pretrained(hf_dir_40, vocoder=fake_vocoder(42))  # the data may not have used its last units
     SpiritLM.from_pretrained(hf_dir, vocoder=fake_vocoder(64))
     # an expressive vocoder on a base model: only with a default code to fill pitch/style in
     with pytest.raises(UserError, match=r"needs a pitch stream that the model \(--model\) never emits"):
@@ -387,7 +389,7 @@ def test_a_base_vocoder_on_an_expressive_model_is_refused(tmp_path):
 
     with pytest.raises(UserError, match=r"emits pitch tokens \(\[PiN\]\) but the vocoder \(--vocoder\) has no pitch"):
         check_compatible(tok, None, None, fake_vocoder(100))
-    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 32 pitch codes but the model \(--model\) has 64"):
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 32 pitch codes but the model \(--model\) was trained"):
         check_compatible(tok, {"hubert": 100, "pitch": 64, "style": 100}, None, fake_vocoder(100, 32, 100))
     check_compatible(tok, {"hubert": 100, "pitch": 64, "style": 100}, None, fake_vocoder(100, 64, 100))
 
@@ -421,3 +423,21 @@ def test_cuda_bf16_batched_greedy_equals_one_at_a_time(hf_dir):
     assert lm.generate_batch_ids(prompts, max_new_tokens=20, stop_at_eos=False) == one
     assert [p.token_id for p in lm.stream("the cat", max_new_tokens=20, do_sample=False)] == \
         lm.generate_with_details("the cat", max_new_tokens=20, do_sample=False)["ids"]
+
+
+def test_eval_commands_refuse_a_vocoder_for_other_units(hf_dir_40, tmp_path):
+    """`spiritlm eval … --vocoder` loads it beside the LM: the same check, before any work."""
+    from spiritlm.errors import UserError
+    from spiritlm.evals.common import load_eval_model
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    def save(n, name):
+        cfg = VocoderConfig.preset("tiny", num_units=n, num_speakers=1, embedding_dim=8, upsample_initial_channel=32,
+                                   resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)
+        Vocoder(UnitHifiGAN(cfg)).save(tmp_path / name)
+        return str(tmp_path / name)
+
+    with pytest.raises(UserError, match=r"vocoder \(--vocoder\) has 501 hubert codes .* different speech tokenizers"):
+        load_eval_model(str(hf_dir_40), vocoder=save(501, "v501"))
+    assert load_eval_model(str(hf_dir_40), vocoder=save(40, "v40")).vocoder.config.num_units == 40

@@ -47,9 +47,10 @@ def check_compatible(tokenizer: Any, num_units: dict[str, int] | None, speech_to
         slots = getattr(tokenizer, "num_units", None) or {}
         for s in _STREAM_TOKEN:
             n = int(stok_units.get(s, 0) or 0)
-            if known and n != units[s] and (n or units[s]):
+            d = units[s]  # the data's largest unit + 1: a few of the tokenizer's units may be unused
+            if known and n and d and (n < d or n > int(d * 1.1) + 1):
                 raise UserError(f"the speech tokenizer (--speech_tokenizer) makes {n} {s} units but the model (--model) "
-                                f"was trained on {units[s]}: they come from different speech tokenizers")
+                                f"was trained on units 0..{d - 1} (speech_units.json): they come from different speech tokenizers")
             if s in slots and n > int(slots[s]):
                 raise UserError(f"the speech tokenizer (--speech_tokenizer) makes {n} {s} units but the model's "
                                 f"vocabulary (--model) has {slots[s]} [{_STREAM_TOKEN[s]}N] tokens")
@@ -59,23 +60,30 @@ def check_compatible(tokenizer: Any, num_units: dict[str, int] | None, speech_to
         return
     voc = {"hubert": int(cfg.num_units), "pitch": int(getattr(cfg, "num_pitch", 0) or 0),
            "style": int(getattr(cfg, "num_style", 0) or 0)}
-    source = "model (--model)" if not stok_units else "speech tokenizer (--speech_tokenizer)"
-    if known and voc["hubert"] != units["hubert"]:
-        raise UserError(f"the vocoder (--vocoder) has {voc['hubert']} hubert units but the {source} has "
-                        f"{units['hubert']}: they come from different speech tokenizers")
-    if not known and voc["hubert"] < units["hubert"]:
-        raise UserError(f"the vocoder (--vocoder) has {voc['hubert']} hubert units but the model (--model) can emit "
-                        f"[Hu0]..[Hu{units['hubert'] - 1}]")
+    exact = bool(stok_units)  # the speech tokenizer's table sizes; speech_units.json holds the largest unit seen + 1
     for s in ("pitch", "style"):
         if units[s] and not voc[s]:
             raise UserError(f"the model (--model) emits {s} tokens ([{_STREAM_TOKEN[s]}N]) but the vocoder (--vocoder) "
                             f"has no {s} input: use an expressive vocoder")
-        if units[s] and voc[s] and (voc[s] != units[s] if known else voc[s] < units[s]):
-            raise UserError(f"the vocoder (--vocoder) has {voc[s]} {s} codes but the {source} has {units[s]}")
         default_code = getattr(vocoder, "default_code", None)
         if voc[s] and not units[s] and callable(default_code) and default_code(s) is None:
             raise UserError(f"the vocoder (--vocoder) needs a {s} stream that the model (--model) never emits, and "
                             f"stores no default_{s} code to fill in")
+    for s in _STREAM_TOKEN:
+        n, v = units[s], voc[s]
+        if not n or (not v and s != "hubert"):
+            continue
+        if exact and v != n:
+            raise UserError(f"the vocoder (--vocoder) has {v} {s} codes but the speech tokenizer (--speech_tokenizer) "
+                            f"makes {n}: they come from different speech tokenizers")
+        if v < n:
+            what = f"was trained on {s} units 0..{n - 1} (speech_units.json)" if known else \
+                f"can emit [{_STREAM_TOKEN[s]}0]..[{_STREAM_TOKEN[s]}{n - 1}]"
+            raise UserError(f"the vocoder (--vocoder) has {v} {s} codes but the model (--model) {what}")
+        # the data may leave a few units unused, not most of them: a far larger table is another tokenizer's
+        if known and not exact and v > int(n * 1.1) + 1:
+            raise UserError(f"the vocoder (--vocoder) has {v} {s} codes but the model (--model) was trained on {s} "
+                            f"units 0..{n - 1} (speech_units.json): they come from different speech tokenizers")
 
 
 def check_prompt_units(tokens: Sequence[str], num_units: dict[str, int] | None, tokenizer: Any) -> None:
