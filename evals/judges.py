@@ -672,21 +672,14 @@ def vocode_utterances(vocoder: Any, utts: Sequence, units: dict[str, dict]) -> t
     """The vocoder's resynthesis of manifest utterances from their units rows (frame-rate dicts, each
     utterance's own speaker when the vocoder knows its name, else row 0); utterances without units
     or refused by the vocoder are left out. Returns ``(kept utterances, waveforms)``."""
-    from spiritlm.errors import UserError
+    from spiritlm.generation.outputs import vocode_many
 
     names = list(getattr(vocoder, "speakers", None) or [])
-    kept, prepared = [], []
-    for u in utts:
-        row = units.get(u.id) or units.get(u.audio)
-        if row is None:
-            continue
-        streams = {k: row[k] for k in ("hubert", "pitch", "style") if row.get(k)}
-        try:
-            prepared.append(vocoder.prepare(streams, speaker=u.speaker if u.speaker in names else 0))
-            kept.append(u)
-        except (UserError, ValueError):
-            continue
-    return kept, (vocoder.synthesize_prepared(prepared) if prepared else [])
+    have = [(u, units.get(u.id) or units.get(u.audio)) for u in utts]
+    have = [(u, row) for u, row in have if row is not None]
+    streams = [{k: row[k] for k in ("hubert", "pitch", "style") if row.get(k)} for _, row in have]
+    wavs, _ = vocode_many(vocoder, streams, [u.speaker if u.speaker in names else 0 for u, _ in have])
+    return [have[i][0] for i in sorted(wavs)], [wavs[i] for i in sorted(wavs)]
 
 
 def _accuracy(gold: Sequence[str], pred: Sequence[str]) -> float:

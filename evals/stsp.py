@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from spiritlm.errors import UserError
+from spiritlm.generation.outputs import vocode_many
 
 DIRECTIONS = ("t2t", "t2s", "s2t", "s2s")
 MODALITY = {"t": "text", "s": "speech"}
@@ -426,31 +427,8 @@ def draw_balanced_shots(pool: Sequence[StspItem], k: int, seed: int, target_id: 
     return out
 
 
-def vocode(
-    vocoder: Any, items: Sequence[str | dict], speaker: int | str = 0, stats: dict[str, int] | None = None
-) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Waveforms of the items the vocoder accepts (``{index: wav}``) and one message per refused item.
-
-    Each item is checked alone (``Vocoder.prepare``), so one unusable output (ids beyond the
-    vocoder's tables; an expressive vocoder that stores no default pitch given HuBERT tokens
-    only) is counted, not fatal. An output without pitch or style tokens is voiced with the
-    vocoder's default codes and judged like any other; ``stats["filled"]`` (when given) counts them.
-    """
-    from spiritlm.errors import UserError as _UserError
-
-    prepared, index, errors = [], [], []
-    for i, u in enumerate(items):
-        try:
-            p = vocoder.prepare(u, speaker=speaker)
-        except (_UserError, ValueError) as e:
-            errors.append(str(e))
-            continue
-        prepared.append(p)
-        index.append(i)
-        if stats is not None and p.get("filled"):
-            stats["filled"] = stats.get("filled", 0) + 1
-    wavs = vocoder.synthesize_prepared(prepared) if prepared else []
-    return dict(zip(index, wavs)), errors
+#: generated / reference units → waveforms: the one batch path, shared with tts and the judges
+vocode = vocode_many
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from fairseq2.nn import BatchLayout
 
 from spiritlm.formats import MOST_COMMON_STYLES, parse_speech_string
 
-from .decoder import LlamaDecoder
+from .decoder import LlamaDecoder, use_cpu_weight_layout
 from .outputs import (
     GenerationOutput,
     OutputModality,
@@ -105,7 +105,9 @@ class SpiritLM:
     """A Spirit LM ready to generate: fairseq2 LLaMA + text tokenizer (+ speech tokenizer, vocoder).
 
     Args:
-        model: the fairseq2 ``TransformerLM`` (pre-norm RoPE LLaMA); put in eval mode.
+        model: the fairseq2 ``TransformerLM`` (pre-norm RoPE LLaMA); put in eval mode, and on
+            CPU its projection weights are stored column-major
+            (:func:`~spiritlm.generation.decoder.use_cpu_weight_layout`).
         config: its ``LLaMAConfig``.
         tokenizer: a :class:`spiritlm.text_tokenizer.SpiritTextTokenizer` (or any object with
             its ``encode``/``decode``/``bos_id``/``eos_id``/``text_marker_id``/
@@ -144,6 +146,7 @@ class SpiritLM:
         from .compat import check_compatible
 
         self.model = model.eval()
+        use_cpu_weight_layout(self.model)  # faster decoding steps on CPU, same values
         self.speaker = speaker
         self.config = config
         self.tokenizer = tokenizer

@@ -4,6 +4,8 @@
 * :class:`GenerationOutput`: one text or speech segment of a generation;
 * :class:`StreamPiece` and :class:`PieceDecoder`: generated ids → pieces as they are decoded;
 * :func:`segments_of`: generated ids → segments (text, speech token string, unit dict);
+* :func:`vocode_many`: unit dicts / token strings → waveforms in batches, refused items counted
+  (the evaluations' path from generated or reference units to audio);
 * :func:`speech_units_near`: the ``speech_units.json`` a model's data was built with.
 """
 
@@ -28,6 +30,7 @@ __all__ = [
     "decode_tokens",
     "segments_of",
     "speech_units_near",
+    "vocode_many",
 ]
 
 
@@ -164,3 +167,36 @@ def speech_units_near(tokenizer_file: str | Path) -> dict[str, int] | None:
         return counts if counts.get("hubert", 0) > 0 else None
     except (OSError, ValueError, TypeError, AttributeError):
         return None
+
+
+def vocode_many(
+    vocoder: Any,
+    items: Sequence[str | dict],
+    speaker: int | str | Sequence[int | str] = 0,
+    stats: dict[str, int] | None = None,
+) -> tuple[dict[int, Any], list[str]]:
+    """Waveforms of the items the vocoder accepts (``{index: wav}``) and one message per refused item.
+
+    Each item (an LM token string or a unit dict) is checked alone (``Vocoder.prepare``), so one
+    unusable item (ids beyond the vocoder's tables; an expressive vocoder that stores no default
+    pitch given HuBERT tokens only) is counted, not fatal; the accepted ones run as batches
+    (``Vocoder.synthesize_prepared``). ``speaker``: one for all or one per item. An item without
+    pitch or style tokens is voiced with the vocoder's default codes; ``stats["filled"]`` (when
+    given) counts them.
+    """
+    from spiritlm.errors import UserError
+
+    speakers = [speaker] * len(items) if isinstance(speaker, (int, str)) else list(speaker)
+    prepared, index, errors = [], [], []
+    for i, (u, spk) in enumerate(zip(items, speakers)):
+        try:
+            p = vocoder.prepare(u, speaker=spk)
+        except (UserError, ValueError) as e:
+            errors.append(str(e))
+            continue
+        prepared.append(p)
+        index.append(i)
+        if stats is not None and p.get("filled"):
+            stats["filled"] = stats.get("filled", 0) + 1
+    wavs = vocoder.synthesize_prepared(prepared) if prepared else []
+    return dict(zip(index, wavs)), errors
