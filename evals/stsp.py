@@ -63,7 +63,6 @@ from typing import Any
 import numpy as np
 
 from spiritlm.errors import UserError
-from spiritlm.generation.outputs import vocode_many
 
 DIRECTIONS = ("t2t", "t2s", "s2t", "s2s")
 MODALITY = {"t": "text", "s": "speech"}
@@ -427,8 +426,12 @@ def draw_balanced_shots(pool: Sequence[StspItem], k: int, seed: int, target_id: 
     return out
 
 
-#: generated / reference units → waveforms: the one batch path, shared with tts and the judges
-vocode = vocode_many
+def vocode(vocoder: Any, items: Sequence[str | dict], speaker: Any = 0, stats: dict[str, int] | None = None):
+    """Generated / reference units → ``({index: waveform}, refusal messages)``: the one batch path,
+    shared with tts and the judges (:func:`spiritlm.generation.outputs.vocode_many`)."""
+    from spiritlm.generation.outputs import vocode_many  # torch: imported when vocoding, not with the CLI
+
+    return vocode_many(vocoder, items, speaker, stats)
 
 
 # ---------------------------------------------------------------------------------------------
