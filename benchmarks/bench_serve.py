@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             from spiritlm.recipes.demo import first_test_item
 
             item = first_test_item(L.manifest)
-            audio_path = item["audio"] if item else None
+            audio_path = item.audio if item else None
     if not (model and stok and voc and audio_path):
         raise SystemExit("bench_serve: give --demo DIR, or --model, --speech_tokenizer, --vocoder and --audio")
     audio = Path(audio_path).read_bytes()

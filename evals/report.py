@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from spiritlm.atomic import atomic_file, atomic_path
 from spiritlm.constants import STREAM_RATES
 
 #: The evaluation tasks, in the order the report lists them.
@@ -386,10 +387,9 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -547,11 +547,8 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _copy_wav(src: Path, audio_dir: Path, name: str) -> str:
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    dst = audio_dir / name
-    tmp = audio_dir / f".{name}.tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(audio_dir / name) as tmp:
+        shutil.copyfile(src, tmp)
     return f"audio/{name}"
 
 
@@ -747,9 +744,8 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
 
     text = "\n".join(md) + "\n"
     report = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, report)
+    with atomic_file(report) as f:
+        f.write(text)
     return report
 
 

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from spiritlm.atomic import atomic_file
 from spiritlm.errors import UserError
 from spiritlm.evals.report import EVAL_TASKS, STSP_OURS, DemoLayout, build_report, serve_command
 
@@ -241,12 +242,12 @@ def generate_stage(L: DemoLayout, preset: Preset, seed: int) -> Stage:
         item = first_test_item(L.manifest)
         if item is None:
             raise UserError(f"{L.manifest}: no test-split utterance to prompt the LM with (--out: rerun the corpus stage)")
-        prompt_text = " ".join(item["text"].split()[:4])
+        prompt_text = " ".join(item.text.split()[:4])
         gens[:] = [
             ("t2t", "T→T", ["--text", prompt_text, "--output_modality", "text"], prompt_text),
             ("t2s", "T→S", ["--text", prompt_text, "--output_modality", "speech"], prompt_text),
-            ("s2s", "S→S", ["--speech", item["audio"], "--speech_tokenizer", str(L.tokenizer), "--output_modality", "speech"],
-             f"audio of `{item['id']}`: “{item['text']}”"),
+            ("s2s", "S→S", ["--speech", item.audio, "--speech_tokenizer", str(L.tokenizer), "--output_modality", "speech"],
+             f"audio of `{item.id}`: “{item.text}”"),
         ]
         return [["generate", "--model", str(L.lm_mix), *opts, "--vocoder", str(L.vocoder), "--output_dir", str(L.generate / name),
                  "--max_new_tokens", str(preset.gen_tokens), "--min_new_tokens", "10", "--seed", str(seed)]
@@ -302,40 +303,30 @@ def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, indent=1) + "\n")
 
 
-def first_test_item(manifest: Path) -> dict | None:
-    """The manifest's first test-split line (audio made absolute), or None."""
-    for line in manifest.read_text().splitlines():
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        if item.get("split") == "test":
-            if not os.path.isabs(item["audio"]):
-                item["audio"] = str(manifest.parent / item["audio"])
-            return item
-    return None
+def first_test_item(manifest: Path):
+    """The manifest's first test-split utterance (``spiritlm.corpus.manifest.Utterance``, audio absolute), or None."""
+    from spiritlm.corpus.manifest import read_manifest
+
+    return next((u for u in read_manifest(manifest, required=("id", "audio", "text")) if u.split == "test"), None)
 
 
 def write_test_units(manifest: Path, units: Path, out: Path, n: int) -> int:
     """Copies the units lines of the manifest's first ``n`` test utterances to ``out``; returns how many."""
-    test_ids = [json.loads(ln)["id"] for ln in manifest.read_text().splitlines() if ln.strip() and json.loads(ln).get("split") == "test"]
-    rows = {}
-    for line in units.read_text().splitlines():
-        if line.strip():
-            rows[str(json.loads(line).get("id"))] = line
+    from spiritlm.corpus.manifest import read_manifest
+    from spiritlm.units_jsonl import iter_unit_lines
+
+    test_ids = [u.id for u in read_manifest(manifest, required=("id", "audio")) if u.split == "test"]
+    rows = {line.id: json.dumps(line.record) for line in iter_unit_lines(units) if line.error is None and line.id is not None}
     picked = [rows[i] for i in test_ids if i in rows][:n]
     if not picked:
         raise UserError(f"{units}: no units for the test utterances of {manifest} (--out: rerun the tokenize stage)")
     print(f"[demo] resynthesis: {len(picked)} test utterances of {units} -> {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(picked) + "\n")
-    os.replace(tmp, out)
+    with atomic_file(out) as f:
+        f.write("\n".join(picked) + "\n")
     return len(picked)
 
 

@@ -296,9 +296,10 @@ def attach_f0(utterances: Sequence[Utterance], cache: str | os.PathLike | None =
             computed += 1
         u.f0 = f0
     if cache is not None and computed:
-        tmp = f"{cache}.tmp.npz"
-        np.savez(tmp, **known)
-        os.replace(tmp, cache)
+        from spiritlm.atomic import atomic_path
+
+        with atomic_path(cache, suffix=".npz") as tmp:  # np.savez appends .npz to other names
+            np.savez(tmp, **known)
     return computed
 
 

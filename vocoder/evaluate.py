@@ -28,7 +28,6 @@ for the first few utterances.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -237,10 +236,11 @@ def plot_resynthesis(path: Path, original: np.ndarray, trained: np.ndarray, untr
     axes[2].legend(loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    from spiritlm.atomic import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _finite(x):
@@ -328,7 +328,8 @@ def evaluate_vocoder(
         "control_pitch": pitch, "control_style": style,
         "seconds": round(time.time() - t0, 1),
     }
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    from spiritlm.atomic import atomic_file
+
+    with atomic_file(out_dir / "metrics.json") as f:
+        f.write(json.dumps(_finite(result), indent=1) + "\n")
     return result

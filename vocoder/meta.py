@@ -233,12 +233,8 @@ def _load_state(model: UnitHifiGAN, state: dict[str, Tensor], source: str) -> No
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Calls ``write(tmp)`` for a temporary name next to ``path``, then renames it to ``path``."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Calls ``write(tmp)`` for a temporary name next to ``path`` (:func:`spiritlm.atomic.atomic_path`)."""
+    from spiritlm.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))

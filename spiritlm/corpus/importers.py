@@ -494,15 +494,10 @@ def export_lhotse(utts: Iterable[Utterance], out: str | os.PathLike) -> int:
         ))
     cuts = CutSet.from_cuts(MonoCut(id=r.id, start=0.0, duration=r.duration, channel=0, recording=r, supervisions=[s])
                             for r, s in zip(recs, sups))
-    out = os.fspath(out)
-    from spiritlm.atomic import make_parents
+    from spiritlm.atomic import atomic_path
 
-    make_parents(out)
-    tmp = out + f".tmp{os.getpid()}" + (".jsonl.gz" if out.endswith(".gz") else ".jsonl")
-    try:
-        cuts.to_file(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    out = os.fspath(out)
+    # lhotse picks the format from the name, so the temporary name keeps the extension
+    with atomic_path(out, suffix=".jsonl.gz" if out.endswith(".gz") else ".jsonl") as tmp:
+        cuts.to_file(str(tmp))
     return len(recs)

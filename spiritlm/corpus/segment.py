@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritlm.atomic import atomic_path
+
 
 @dataclass
 class SegmentConfig:
@@ -231,9 +233,8 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
         i0, i1 = int(round(a * rate)), int(round(b * rate))
         sid = f"{utt.id}_{k:04d}"
         path = seg_dir / f"{sid}.wav"
-        tmp = seg_dir / f".{sid}.tmp.wav"
-        sf.write(str(tmp), wav[i0:i1], rate, subtype=subtype)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".wav") as tmp:
+            sf.write(str(tmp), wav[i0:i1], rate, subtype=subtype)
         n = i1 - i0
         words = [Word(w.word, w.start, min(w.end, n / rate)) for w in words]
         out.append(Utterance(

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -397,13 +396,14 @@ class TrainRecipe:
             self.tokenizer = data_mod.load_tokenizer(self.config)
         tok_file = data_mod.tokenizer_path(self.config)
         if self.d.main and tok_file is not None and tok_file.is_file():
-            tmp = self.run_dir / f".tokenizer.model.tmp-{os.getpid()}"
-            shutil.copyfile(tok_file, tmp)
-            os.replace(tmp, self.run_dir / "tokenizer.model")
+            from spiritlm.atomic import atomic_path
+
+            with atomic_path(self.run_dir / "tokenizer.model") as tmp:
+                shutil.copyfile(tok_file, tmp)
             units = Path(self.config.data.data_dir) / "speech_units.json"  # units the data holds: generation's speech mask
             if units.is_file():
-                shutil.copyfile(units, tmp)
-                os.replace(tmp, self.run_dir / "speech_units.json")
+                with atomic_path(self.run_dir / "speech_units.json") as tmp:
+                    shutil.copyfile(units, tmp)
 
     def _find_resume_point(self) -> CheckpointInfo | None:
         """The newest complete checkpoint every rank can read; unreadable ones are set aside
