@@ -445,7 +445,7 @@ def write_eval_outputs(out_dir: str | os.PathLike, result: EvalResult) -> None:
                 tmps[name] = _write_tmp(out / name, text)
         (out / EVAL_DONE).unlink(missing_ok=True)  # no moment where old metrics sit beside new predictions
         for name in texts:
-            if name in tmps:
+            if name in tmps:  # atomic: several files committed in order, metrics.json last
                 os.replace(tmps.pop(name), out / name)
             else:
                 (out / name).unlink(missing_ok=True)  # an older run's throughput would not describe this one

@@ -173,9 +173,10 @@ class AsrJudge:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f"model.safetensors.tmp{os.getpid()}"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
-        os.replace(tmp, d / "model.safetensors")
+        from spiritlm.atomic import atomic_path
+
+        with atomic_path(d / "model.safetensors") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
         _write_json(d / "judge.json", {"format": FORMAT, "kind": "asr", "config": asdict(self.model.cfg), "metrics": metrics or {}})
 
     @classmethod

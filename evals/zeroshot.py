@@ -480,10 +480,9 @@ def make_synthetic_sets(
                 "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"), written)
     params = {"manifest": str(manifest), "split": split, "seed": seed, "num_pairs": num_pairs, "num_voices": num_voices}
     (tmp / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    from spiritlm.atomic import publish_dir
+
+    return publish_dir(tmp, out)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:

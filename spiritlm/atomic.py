@@ -83,6 +83,19 @@ def _remove_stale(path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
+def publish_dir(tmp: Path, final: Path) -> Path:
+    """Renames the whole folder ``tmp`` to ``final``; an existing ``final`` is moved aside first
+    and removed only once ``tmp`` is in place (an interruption leaves one of the two)."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    return final
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     """Opens a temporary file next to ``path``; renames it to ``path`` when the block succeeds.
@@ -209,12 +222,7 @@ def atomic_dir(
     tmp.mkdir()
     try:
         yield tmp
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_empty(created)

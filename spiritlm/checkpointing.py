@@ -17,14 +17,13 @@ trust, prune and set aside their checkpoints with the functions here, so the rul
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from spiritlm.atomic import atomic_file
+from spiritlm.atomic import atomic_file, publish_dir  # noqa: F401  (publish_dir: part of this module's rules)
 
 COMPLETE_NAME = "COMPLETE"
 CHECKPOINTS_DIR = "checkpoints"
@@ -100,18 +99,6 @@ def prune_checkpoints(run_dir: str | Path, newest: int, keep: int) -> list[Path]
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
     return removed
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Renames the whole folder ``tmp`` to ``final``; an existing ``final`` is moved aside first
-    and removed only once ``tmp`` is in place (an interruption leaves one of the two)."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def set_aside(ckpt: Path) -> Path:

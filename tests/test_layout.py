@@ -177,3 +177,23 @@ def test_jiwer_is_called_in_one_place():
                    if any(isinstance(n, (ast.Import, ast.ImportFrom)) and "jiwer" in ((n.module or "") if isinstance(n, ast.ImportFrom) else " ".join(a.name for a in n.names))
                           for n in ast.walk(ast.parse(path.read_text()))))
     assert users == ["spiritlm.edit_distance"], users
+
+
+def test_renames_go_through_spiritlm_atomic():
+    """Outputs are published by spiritlm.atomic (atomic_file / atomic_path / atomic_dir / publish_dir).
+
+    A rename elsewhere must say on its line or the line above why it is not one of those
+    (a comment starting ``# atomic:``), so a new hand-rolled tmp+rename does not slip in.
+    """
+    offenders = []
+    for name, path in _modules().items():
+        if name == "spiritlm.atomic":
+            continue
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("replace", "rename")
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"):
+                near = " ".join(lines[max(0, node.lineno - 2): node.lineno])
+                if "# atomic:" not in near:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders

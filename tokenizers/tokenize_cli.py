@@ -251,7 +251,8 @@ def tokenize(
             report = tokenize_manifest(manifest, tok, target, shard, num_shards, batch_size, use_speaker,
                                        batch_seconds=batch_seconds or None)
         if target != out:
-            os.replace(target, out)  # --overwrite: the new file replaces the finished one only when complete
+            # atomic: a resumable appender (other shards append to `target`), renamed once whole on --overwrite
+            os.replace(target, out)
     finally:
         if target != out and os.path.exists(target):
             os.remove(target)

@@ -48,7 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpointing import (
+from spiritlm.atomic import atomic_file, publish_dir
+from spiritlm.checkpointing import (
     CHECKPOINTS_DIR,
     COMPLETE_NAME,
     CheckpointError,
@@ -57,7 +58,6 @@ from ..checkpointing import (
     find_resume_point,
     mark_complete,
     prune_checkpoints,
-    publish_dir,
     read_checked,
     warn_and_set_aside,
 )
@@ -766,9 +766,8 @@ def save_trained_vocoder(generator: UnitHifiGAN, speakers: list[str], out: Path)
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, indent=1) + "\n")
 
 
 def checkpoint_to_vocoder(run_dir: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:

@@ -728,7 +728,7 @@ def custom_data_dir(variants: dict[str, str], root: str | None = None, data_path
                 os.remove(target)
             with open(target, "w", encoding="utf-8") as f:
                 f.write(content)
-        try:
+        try:  # atomic: first writer wins (os.rename fails on a non-empty target), unlike atomic_dir's replace
             os.rename(tmp, final)
         except OSError:  # another process won the race: use its folder
             if not os.path.isdir(os.path.join(data, "voices", "!v")):
