@@ -417,6 +417,6 @@ def test_stsp_command_on_a_meta_manifest_with_metas_text_classifier(tiny_lm, tmp
     assert sc["meta"]["correct"] == round(m["accuracy_t2t"]["value"] * 5)
     assert "[eval stsp] accuracy_t2t=" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["eval", "stsp", "--model", str(tiny_lm.folder), "--manifest", str(man), "--units", str(units), "--out", str(out),
+        main(["eval", "stsp", "--model", str(tiny_lm.folder), "--manifest", str(man), "--units", str(units), "--out", str(tmp_path / "out2"),
               "--text_judge", str(clf_dir), "--text_judge_tokenizer", str(tmp_path / "nope")])
     assert "nope: no such tokenizer folder (--text_judge_tokenizer)" in capsys.readouterr().err
