@@ -34,6 +34,10 @@ class QuantizerError(UserError, ValueError):
     """A quantizer file that cannot be read (its message names the file)."""
 
 
+
+class TooFewFramesError(UserError, ValueError):
+    """Fewer training frames than clusters: the corpus is too small for the preset (a one-line CLI error)."""
+
 @dataclass
 class KMeansConfig:
     """MiniBatchKMeans settings; defaults are GSLM's (the recipe of HuBERT/Spirit LM units).
@@ -85,7 +89,7 @@ def train_kmeans(features: Sequence[np.ndarray] | np.ndarray, cfg: KMeansConfig)
 
     x = sample_frames(features, cfg.max_frames, cfg.seed)
     if x.shape[0] < cfg.n_clusters:
-        raise ValueError(f"k-means: {x.shape[0]} frames for {cfg.n_clusters} clusters")
+        raise TooFewFramesError(f"k-means: {x.shape[0]} frames for {cfg.n_clusters} clusters: too little training audio for the preset (--manifest, --preset)")
     km = MiniBatchKMeans(
         n_clusters=cfg.n_clusters, init=cfg.init, batch_size=cfg.batch_size, max_iter=cfg.max_iter,
         max_no_improvement=cfg.max_no_improvement, n_init=cfg.n_init,
@@ -136,7 +140,7 @@ def train_kmeans_chunks(read_rows, n_rows: int, cfg: KMeansConfig, log=None, pro
 
     n, K = int(n_rows), cfg.n_clusters
     if n < K:
-        raise ValueError(f"k-means: {n} frames for {K} clusters")
+        raise TooFewFramesError(f"k-means: {n} frames for {K} clusters: too little training audio for the preset (--manifest, --preset)")
     batch = min(cfg.batch_size, n)
     init_size = min(max(3 * batch, 3 * K), n)  # MiniBatchKMeans' default init_size
     rs = np.random.RandomState(cfg.seed)
