@@ -59,7 +59,6 @@ from spiritlm.checkpointing import (
     mark_complete,
     prune_checkpoints,
     read_checked,
-    warn_and_set_aside,
 )
 from ..errors import UserError
 from ..metrics_log import MetricsLog, read_history

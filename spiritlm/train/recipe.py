@@ -61,7 +61,6 @@ from spiritlm.constants import IGNORE_INDEX, SUBSETS
 from spiritlm.metrics_log import MetricsLog, read_history  # shared with the vocoder's recipe
 from spiritlm.model import (
     LLaMAConfig,
-    complete_checkpoints,
     create_model,
     extend_vocabulary_state,
     load_weights_into,
