@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 1 <= args.requests <= 20:
         raise SystemExit("bench_serve: --requests must be in 1..20")
 
-    from spiritlm.evals.report import DemoLayout, serve_command
+    from spiritlm.recipes.report import DemoLayout, serve_command
     from spiritlm.numerics import threads
 
     model, stok, voc, audio_path = args.model, args.speech_tokenizer, args.vocoder, args.audio

@@ -41,7 +41,6 @@ from spiritlm.evals.common import (
     draw_shots,
     edit_counts,
     load_manifest_items,
-    load_units,
     metric,
     ratio_of_sums,
     with_speech_strings,
@@ -49,6 +48,7 @@ from spiritlm.evals.common import (
 )
 from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
 from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER
+from spiritlm.units_jsonl import load_units
 
 __all__ = ["answer_budget", "build_asr_prompt", "clean_answer", "render_shot", "run_asr", "select_items"]
 

@@ -1,8 +1,8 @@
 """What every evaluation shares: the model bundle, inputs, metrics with bootstrap intervals, output files.
 
 * :func:`load_eval_model` → :class:`EvalModel` (the LM, optional vocoder and speech tokenizer);
-* inputs: :func:`load_manifest_items` (a manifest split as dicts), :func:`load_units` (Meta's
-  units JSONL), :func:`speech_string` (a unit dict → the LM's token string), :func:`draw_shots`
+* inputs: :func:`load_manifest_items` (a manifest split as dicts; units files are read by
+  :func:`spiritlm.units_jsonl.load_units`), :func:`speech_string` (a unit dict → the LM's token string), :func:`draw_shots`
   (seeded few-shot examples that never include the target);
 * metrics: :func:`normalize_text`, :func:`word_error_rate` / :func:`char_error_rate` (jiwer),
   :func:`bootstrap_ci` (95% percentile bootstrap), :func:`metric` (one headline metric's record);
@@ -39,7 +39,6 @@ __all__ = [
     "edit_counts",
     "load_eval_model",
     "load_manifest_items",
-    "load_units",
     "metric",
     "normalize_text",
     "speech_string",
@@ -81,10 +80,6 @@ def _load_vocoder(path: str, device: str) -> Any:
         return Vocoder.from_pretrained(path, device=device)
     except FileNotFoundError as e:
         raise UserError(f"{e} (--vocoder)") from None
-
-
-#: judge kind → its sub-folder in a ``spiritlm eval judges`` output folder
-JUDGE_DIRS = {"asr": "asr", "text-sentiment": "text_sentiment", "speech-sentiment": "speech_sentiment"}
 
 
 def check_model_paths(model: str, *, vocoder: str | None = None, speech_tokenizer: str | None = None) -> None:
@@ -162,22 +157,6 @@ def load_manifest_items(manifest: str | os.PathLike, split: str | None = None) -
         splits = sorted({str(u.split) for u in utts})
         raise UserError(f"{manifest}: no utterance of split {split!r} (splits present: {', '.join(splits)}) (--manifest)")
     return items
-
-
-def load_units(path: str | os.PathLike) -> dict[str, dict]:
-    """Meta's units JSONL (``{"id", "audio", "hubert", ["pitch", "style"]}`` a line) → ``{key: row}``.
-
-    Rows are keyed by ``id`` and by ``audio`` path (as written and absolute), as
-    :func:`spiritlm.units_jsonl.read_units` does; use :func:`units_of` to look an item up.
-    """
-    from spiritlm.units_jsonl import read_units
-
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such units file (--units)")
-    try:
-        return read_units(path)
-    except ValueError as e:
-        raise UserError(f"{e} (--units)") from None
 
 
 def check_units_match(items: Sequence[dict], units: dict[str, dict], manifest: str | os.PathLike, units_path: str | os.PathLike) -> None:

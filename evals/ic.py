@@ -40,13 +40,13 @@ from spiritlm.evals.common import (
     check_speech_vocabulary,
     draw_shots,
     load_manifest_items,
-    load_units,
     metric,
     normalize_text,
     with_speech_strings,
     write_eval_outputs,
 )
 from spiritlm.evals.engine import Throughput, choose_by_likelihood, fit_shots, text_stop_ids
+from spiritlm.units_jsonl import load_units
 
 __all__ = ["label_name", "run_ic"]
 

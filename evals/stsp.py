@@ -147,7 +147,7 @@ def items_from_manifest(manifest_items: Sequence[dict], units: dict[str, dict] |
     units are missing keep their text side only and are counted in ``skipped``.
     """
     from spiritlm.evals.common import speech_string, units_of
-    from spiritlm.evals.judges import to_sentiment
+    from spiritlm.judges import to_sentiment
 
     items, skipped = [], 0
     for it in manifest_items:
@@ -224,7 +224,7 @@ def read_meta_stsp(
         UserError: ``path:line:`` for invalid JSON.
     """
     from spiritlm.evals.common import speech_string, units_of
-    from spiritlm.evals.judges import LABELS, to_sentiment
+    from spiritlm.judges import LABELS, to_sentiment
 
     from spiritlm.evals.stsp_score import META_EMOTION_TO_SENTIMENT, read_jsonl
 
@@ -273,7 +273,7 @@ def read_meta_few_shot(
             examples without a speech tokenizer (``--speech_tokenizer``).
     """
     from spiritlm.audio import load_audio
-    from spiritlm.evals.judges import to_sentiment
+    from spiritlm.judges import to_sentiment
 
     folder = Path(folder)
     roots = [Path(audio_root)] if audio_root else [folder, folder.parent, folder.parent.parent, folder.parent.parent.parent]
@@ -857,7 +857,7 @@ def judge_speech(judge: Any, wavs: Sequence[np.ndarray], one_clip_at_a_time: boo
     """Sentiments of ``wavs`` by a speech judge; a Hugging Face classifier scores each clip alone
     when ``one_clip_at_a_time`` (Meta's way: no zero padding, which changes what a wav2vec2-style
     model without attention mask hears). Our prosodic judge pools each clip alone anyway."""
-    from spiritlm.evals.judges import HfSentimentJudge
+    from spiritlm.judges.models import HfSentimentJudge
 
     if one_clip_at_a_time and isinstance(judge, HfSentimentJudge):
         return judge.predict(wavs, batch_size=1)
@@ -910,7 +910,7 @@ def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_jud
 
 def resolve_judge_dirs(judges: str | None, **overrides: str | None) -> dict[str, str | None]:
     """Judge folders: ``judges/{asr,text_sentiment,speech_sentiment}`` unless a flag names another (any HF folder)."""
-    from spiritlm.evals.common import JUDGE_DIRS
+    from spiritlm.judges import JUDGE_DIRS
 
     out: dict[str, str | None] = {}
     for kind, sub in JUDGE_DIRS.items():
@@ -998,7 +998,8 @@ def stsp_command(
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     from spiritlm.evals.common import (check_eval_output, check_model_paths, check_units_match, load_eval_model,
-                                       load_manifest_items, load_units)
+                                       load_manifest_items)
+    from spiritlm.units_jsonl import load_units
 
     # files and flags first: a typo costs a second, not the imports of torch and the model
     check_eval_output(out, overwrite)
@@ -1031,7 +1032,8 @@ def stsp_command(
     if units_map is not None and manifest_items is not None:
         check_units_match(load_manifest_items(manifest), units_map, manifest, units)
 
-    from spiritlm.evals.judges import load_judges_metrics, load_speech_sentiment_judge, load_text_sentiment_judge
+    from spiritlm.judges import load_judges_metrics
+    from spiritlm.judges.models import load_speech_sentiment_judge, load_text_sentiment_judge
 
     if threads:
         import torch

@@ -316,7 +316,8 @@ def tts_command(
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     from spiritlm.evals.common import (check_eval_output, check_model_paths, check_units_match, load_eval_model,
-                                       load_manifest_items, load_units)
+                                       load_manifest_items)
+    from spiritlm.units_jsonl import load_units
 
     # files and flags first: a typo costs a second, not the imports of torch and the model
     check_eval_output(out, overwrite)
@@ -333,7 +334,8 @@ def tts_command(
             raise UserError(f"{flag} must be >= {low}, got {value} ({flag})")
     check_units_match(load_manifest_items(manifest), unit_rows, manifest, units)
 
-    from spiritlm.evals.judges import load_asr_judge, load_judges_metrics
+    from spiritlm.judges import load_judges_metrics
+    from spiritlm.judges.models import load_asr_judge
 
     if threads:
         import torch

@@ -27,8 +27,8 @@ Layouts read (``--sets DIR``):
 ``filename`` may omit ``.wav``. A ``units.jsonl`` (Meta's units, keyed by ``id`` = file stem or by
 ``audio`` path) next to ``gold.csv`` (or in ``spoken/``) is used instead of tokenizing the WAVs.
 
-Without ``--sets`` the task generates such a folder from the corpus (:func:`make_synthetic_sets`)
-and reads it with the same readers.
+Without ``--sets`` the task generates such a folder from the corpus
+(:func:`spiritlm.corpus.zeroshot_sets.make_synthetic_sets`) and reads it with the same readers.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import json
 import os
 import random
 import re
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,37 +45,30 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritlm.corpus.zeroshot_sets import LEXICAL_COLUMNS, STORYCLOZE_COLUMNS, SYNTACTIC_COLUMNS, make_synthetic_sets
 from spiritlm.errors import UserError
 from spiritlm.evals.common import (
     EvalModel,
     EvalResult,
     bootstrap_ci,
-    load_manifest_items,
-    load_units,
     metric,
     speech_string,
     units_of,
     write_eval_outputs,
 )
 from spiritlm.evals.engine import Throughput
+from spiritlm.units_jsonl import load_units
 
 __all__ = [
     "Candidate",
-    "make_synthetic_sets",
-    "perturb_word",
     "read_storycloze_spoken",
     "read_sets",
     "read_storycloze_written",
     "read_zerospeech_set",
     "run_zeroshot",
-    "violate_sentence",
 ]
 
 TASKS = ("lexical", "syntactic", "storycloze")
-LEXICAL_COLUMNS = ("id", "filename", "voice", "frequency", "word", "correct")
-SYNTACTIC_COLUMNS = ("id", "filename", "type", "subtype", "correct")
-STORYCLOZE_COLUMNS = ("InputStoryid", "InputSentence1", "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2",
-                      "AnswerRightEnding")
 
 
 @dataclass
@@ -246,254 +238,6 @@ def read_sets(root: str | os.PathLike, tasks: Sequence[str] = TASKS) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------
-# Synthetic sets from the corpus
-# ---------------------------------------------------------------------------------------------
-
-_VOWELS = "aeiou"
-_CONSONANT_CLASSES = ("pbtdkg", "fvsz", "mn", "lr", "wy", "hj")  # swap within a class: the shape stays pronounceable
-
-
-def perturb_word(word: str, rng: random.Random, lexicon: set[str], tries: int = 50) -> str | None:
-    """A pseudo-word: ``word`` with one letter replaced by a phonotactically similar one.
-
-    A vowel becomes another vowel, a consonant another consonant of the same class (stops,
-    fricatives, nasals, liquids, glides), so the result keeps the word's syllable shape and reads
-    as a possible English word; it must not be in ``lexicon``. None when no try succeeds.
-    """
-    letters = list(word)
-    positions = [i for i, c in enumerate(letters) if c in _VOWELS or any(c in k for k in _CONSONANT_CLASSES)]
-    for _ in range(tries):
-        if not positions:
-            return None
-        i = rng.choice(positions)
-        c = letters[i]
-        pool = _VOWELS if c in _VOWELS else next(k for k in _CONSONANT_CLASSES if c in k)
-        options = [x for x in pool if x != c]
-        if not options:
-            continue
-        new = "".join(letters[:i] + [rng.choice(options)] + letters[i + 1:])
-        if new not in lexicon and new != word:
-            return new
-    return None
-
-
-_BE_SWAP = {"is": "are", "are": "is", "was": "were", "were": "was", "has": "have", "have": "has"}
-_DETERMINERS = ("the", "a", "an", "my", "his", "her", "our", "their", "some", "this")
-
-
-def violate_sentence(words: Sequence[str], rng: random.Random, verbs: dict[str, str]) -> tuple[list[str], str] | None:
-    """An ungrammatical twin of a sentence: ``(words, subtype)`` or None when no rule applies.
-
-    Rules (one is applied): ``agreement_be`` (is↔are, was↔were, has↔have), ``agreement_verb``
-    (a present verb's number: ``walks``↔``walk``, from ``verbs`` = {form: other form}),
-    ``word_order`` (a determiner swapped with the next word: ``the cat`` → ``cat the``).
-    """
-    words = list(words)
-    options = []
-    for i, w in enumerate(words):
-        if w in _BE_SWAP:
-            options.append(("agreement_be", i))
-        elif w in verbs and i > 0:
-            options.append(("agreement_verb", i))
-        if w in _DETERMINERS and i + 1 < len(words) and words[i + 1] not in _DETERMINERS:
-            options.append(("word_order", i))
-    if not options:
-        return None
-    kinds = sorted({k for k, _ in options})
-    kind = rng.choice(kinds)
-    i = rng.choice([j for k, j in options if k == kind])
-    bad = list(words)
-    if kind == "agreement_be":
-        bad[i] = _BE_SWAP[bad[i]]
-    elif kind == "agreement_verb":
-        bad[i] = verbs[bad[i]]
-    else:
-        bad[i], bad[i + 1] = bad[i + 1], bad[i]
-    return bad, kind
-
-
-def _verb_forms() -> dict[str, str]:
-    from spiritlm.corpus import lexicon as L
-
-    forms: dict[str, str] = {}
-    for name in dir(L):
-        if name.startswith(("VERBS_", "INTRANSITIVE")):
-            for pair in getattr(L, name):
-                if isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair):
-                    base = pair[0]
-                    third = L.third_person(base)
-                    if base != third and " " not in base:
-                        forms[base], forms[third] = third, base
-    return forms
-
-
-def _voices(n: int):
-    from spiritlm.corpus.espeak import Voice
-    from spiritlm.corpus.synth import SPEAKERS
-
-    return [(s.name, Voice(name=f"{s.language}+{s.variant}", rate=min(max(round(175 * s.rate_factor), 80), 450),
-                           pitch=min(max(50 + s.pitch_offset, 0), 100))) for s in SPEAKERS[:n]]
-
-
-def _render(jobs: list[tuple[str, list[list[str]], object]], folder: Path, seed: int) -> None:
-    """Renders ``(stem, sentences, voice)`` jobs to ``folder/<stem>.wav`` (16 kHz PCM16), one fork per voice."""
-    from math import gcd
-
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    from spiritlm.corpus.espeak import get_engine
-
-    engine = get_engine()
-    sr_in, sr_out = engine.sample_rate, 16000
-    g = gcd(sr_in, sr_out)
-    by_voice: dict[object, list[tuple[str, list[list[str]]]]] = defaultdict(list)
-    for stem, sentences, voice in jobs:
-        by_voice[voice].append((stem, sentences))
-    for voice, items in by_voice.items():
-        flat = [(s, ".") for _, sentences in items for s in sentences]
-        synths = engine.synthesize_many(flat, voice, rand_seed=seed)  # type: ignore[arg-type]
-        k = 0
-        gap = np.zeros(int(0.25 * sr_in), dtype=np.int16)
-        for stem, sentences in items:
-            parts = [gap]
-            for _ in sentences:
-                parts += [synths[k].samples, gap]
-                k += 1
-            audio = resample_poly(np.concatenate(parts).astype(np.float64) / 32768.0, sr_out // g, sr_in // g)
-            pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-            sf.write(folder / f"{stem}.wav", pcm, sr_out, subtype="PCM_16", format="WAV")
-
-
-def make_synthetic_sets(
-    out: str | os.PathLike,
-    manifest: str | os.PathLike,
-    *,
-    split: str = "test",
-    seed: int = 0,
-    num_pairs: int = 100,
-    num_voices: int = 4,
-) -> Path:
-    """Writes lexical, syntactic and story-ending sets made from the corpus, in the public layouts.
-
-    * lexical: words of the ``split`` transcripts (4+ letters) and a pseudo-word for each
-      (:func:`perturb_word`, never a word of the corpus vocabulary), both spoken by one voice;
-    * syntactic: sentences of the corpus's narrative grammar (``text_sources``, seeded apart from
-      the corpus) and an ungrammatical twin (:func:`violate_sentence`); ``gold.csv`` adds ``voice``
-      and ``text`` columns so the written variant can be scored too;
-    * storycloze: a review sentence of clear sentiment (the corpus's sentiment templates), ended
-      by a sentence of the same sentiment (correct) or of the opposite one (incorrect).
-
-    Audio is rendered with espeak-ng (:mod:`spiritlm.corpus.espeak`) by the corpus's speakers at
-    16 kHz. ``out`` gets ``lexical/dev``, ``syntactic/dev``, ``storycloze/{spoken,written.csv}``
-    and ``synthetic.json`` (the parameters); it is built in a temporary folder and renamed.
-
-    Returns:
-        ``out``.
-    """
-    from spiritlm.corpus import text_sources as T
-
-    out = Path(out)
-    items = load_manifest_items(manifest)
-    vocab = {w for it in items for w in it["text"].split()} | T.vocabulary()
-    split_words = sorted({w for it in items if it.get("split") == split for w in it["text"].split()
-                          if len(w) >= 4 and w.isalpha()})
-    if not split_words:
-        raise UserError(f"{manifest}: no {split!r} transcript has words of 4+ letters (--manifest/--split)")
-    freq = Counter(w for it in items for w in it["text"].split())
-    voices = _voices(num_voices)
-    rng = random.Random(f"{seed}:zeroshot-sets")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    lex, syn, spoken_sc = tmp / "lexical" / "dev", tmp / "syntactic" / "dev", tmp / "storycloze" / "spoken"
-    for d in (lex, syn, spoken_sc):
-        d.mkdir(parents=True)
-
-    # lexical
-    jobs, rows = [], []
-    words = rng.sample(split_words, min(num_pairs, len(split_words)))
-    for i, word in enumerate(words):
-        fake = perturb_word(word, rng, vocab)
-        if fake is None:
-            continue
-        vname, voice = voices[i % len(voices)]
-        for form, correct in ((word, 1), (fake, 0)):
-            stem = f"lex{i:05d}_{'w' if correct else 'n'}"
-            jobs.append((stem, [[form]], voice))
-            rows.append({"id": i, "filename": stem, "voice": vname, "frequency": freq.get(word, 0), "word": form,
-                         "correct": correct})
-    _render(jobs, lex, seed)
-    _write_csv(lex / "gold.csv", LEXICAL_COLUMNS, rows)
-
-    # syntactic
-    verbs = _verb_forms()
-    jobs, rows, i, draws = [], [], 0, 0
-    while i < num_pairs and draws < num_pairs * 20:
-        draws += 1
-        sent = list(T.narrative_item(rng, max_sentences=1).sentences[0][0])
-        made = violate_sentence(sent, rng, verbs)
-        if made is None:
-            continue
-        bad, subtype = made
-        vname, voice = voices[i % len(voices)]
-        for form, correct in ((sent, 1), (bad, 0)):
-            stem = f"syn{i:05d}_{'g' if correct else 'u'}"
-            jobs.append((stem, [form], voice))
-            rows.append({"id": i, "filename": stem, "type": "agreement" if subtype.startswith("agreement") else "word_order", "subtype": subtype,
-                         "correct": correct, "voice": vname, "text": " ".join(form)})
-        i += 1
-    _render(jobs, syn, seed)
-    _write_csv(syn / "gold.csv", SYNTACTIC_COLUMNS + ("voice", "text"), rows)
-
-    # story endings: sentiment-consistent vs inconsistent
-    endings: dict[str, set[tuple[str, ...]]] = {"positive": set(), "negative": set()}
-    contexts: list[tuple[str, tuple[str, ...]]] = []
-    draws = 0
-    while (len(contexts) < num_pairs or not all(endings.values())) and draws < num_pairs * 200:
-        draws += 1
-        label = rng.choice(("positive", "negative"))
-        item = T.sentiment_item(rng, label)
-        if len(item.sentences) == 2:
-            endings[label].add(item.sentences[1][0])
-        elif len(contexts) < num_pairs:
-            contexts.append((label, item.sentences[0][0]))
-    written = []
-    jobs = []
-    if all(endings.values()):
-        ends = {k: sorted(v) for k, v in endings.items()}
-        for i, (label, ctx) in enumerate(contexts):
-            other = "negative" if label == "positive" else "positive"
-            good, bad = rng.choice(ends[label]), rng.choice(ends[other])
-            vname, voice = voices[i % len(voices)]
-            jobs.append((f"sc{i:05d}_correct", [list(ctx), list(good)], voice))
-            jobs.append((f"sc{i:05d}_incorrect", [list(ctx), list(bad)], voice))
-            first = rng.random() < 0.5
-            written.append({"InputStoryid": f"sc{i:05d}", "InputSentence1": " ".join(ctx), "InputSentence2": "",
-                            "InputSentence3": "", "InputSentence4": "",
-                            "RandomFifthSentenceQuiz1": " ".join(good if first else bad),
-                            "RandomFifthSentenceQuiz2": " ".join(bad if first else good),
-                            "AnswerRightEnding": 1 if first else 2})
-    _render(jobs, spoken_sc, seed)
-    _write_csv(tmp / "storycloze" / "written.csv",
-               ("InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
-                "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"), written)
-    params = {"manifest": str(manifest), "split": split, "seed": seed, "num_pairs": num_pairs, "num_voices": num_voices}
-    (tmp / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
-    from spiritlm.atomic import publish_dir
-
-    return publish_dir(tmp, out)
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-
-
-# ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
 
@@ -564,7 +308,7 @@ def run_zeroshot(
         model: from :func:`~spiritlm.evals.common.load_eval_model` (a speech tokenizer for WAVs
             without units).
         out_dir: output folder; generated sets go to ``out_dir/sets``.
-        manifest: the corpus manifest for :func:`make_synthetic_sets` (when ``sets`` is None).
+        manifest: the corpus manifest for :func:`~spiritlm.corpus.zeroshot_sets.make_synthetic_sets` (when ``sets`` is None).
         sets: a folder in the public layouts (module docstring).
         seed: seeds the synthetic sets and the group sample.
         max_items: at most this many groups per task and modality (seeded sample).

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from spiritlm.atomic import atomic_file
 from spiritlm.errors import UserError
-from spiritlm.evals.report import EVAL_TASKS, STSP_OURS, DemoLayout, build_report, serve_command
+from spiritlm.recipes.report import EVAL_TASKS, STSP_OURS, DemoLayout, build_report, serve_command
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -7,8 +7,9 @@ Stages (one folder each, see README.md):
 - ``spiritlm.corpus``      the synthetic aligned speech-text corpus and manifests
 - ``spiritlm.tokenizers``  speech tokenizers: HuBERT units, pitch VQ-VAE, style tokens
 - ``spiritlm.vocoder``     unit HiFi-GAN with duration predictor
-- ``spiritlm.recipes``     launchers and YAML configs
-- ``spiritlm.evals``       few-shot and expressivity evaluations
+- ``spiritlm.judges``      ASR and sentiment judges of generated speech and text
+- ``spiritlm.evals``       few-shot and expressivity evaluations (tasks only)
+- ``spiritlm.recipes``     launchers, YAML configs, the demo and its report
 """
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from spiritlm.errors import UserError
 from spiritlm.formats import UnitFormatError, check_unit_dict
 
 
@@ -201,3 +202,17 @@ def check_unit_ranges(path: str | os.PathLike, sizes: Mapping[str, int], hint: s
             if top >= size:
                 raise UnitFormatError(f"{path}:{line.lineno}: {stream} id {top} is beyond the {size} {stream} units of the "
                                       f"tokenizer (--units{', ' + hint if hint else ''})")
+
+
+def load_units(path: str | os.PathLike, flag: str = "--units") -> dict[str, dict[str, Any]]:
+    """:func:`read_units` of a file a command's ``flag`` names: a missing file or a bad line is a
+    one-line :class:`~spiritlm.errors.UserError` naming the file (and line) and ``flag``.
+
+    Rows are keyed by ``id`` and by ``audio`` path (as written and absolute), as :func:`read_units` does.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such units file ({flag})")
+    try:
+        return read_units(path)
+    except ValueError as e:
+        raise UserError(f"{e} ({flag})") from None

@@ -113,7 +113,7 @@ def test_resume_after_a_torn_line(tmp_path):
 @pytest.fixture(scope="module")
 def untrained_judge(tmp_path_factory):
     """A randomly initialised CTC judge folder: the CLI's plumbing, not alignment quality."""
-    from spiritlm.evals.judges import AsrConfig, AsrJudge, CtcAsr  # the judge's own writer
+    from spiritlm.judges.models import AsrConfig, AsrJudge, CtcAsr  # the judge's own writer
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("judge")

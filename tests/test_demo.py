@@ -135,7 +135,7 @@ def test_every_command_the_demo_runs_parses(tmp_path, preset):
     import jsonargparse
 
     from spiritlm.cli import load_commands
-    from spiritlm.evals.report import DemoLayout
+    from spiritlm.recipes.report import DemoLayout
     from spiritlm.train.config import parse_recipe
 
     layout = DemoLayout(tmp_path)

@@ -15,7 +15,6 @@ from spiritlm.evals.common import (
     draw_shots,
     edit_counts,
     load_manifest_items,
-    load_units,
     metric,
     normalize_text,
     ratio_of_sums,
@@ -24,6 +23,7 @@ from spiritlm.evals.common import (
     word_error_rate,
     write_eval_outputs,
 )
+from spiritlm.units_jsonl import load_units
 
 
 def test_normalize_text():

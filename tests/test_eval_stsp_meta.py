@@ -105,7 +105,7 @@ def tiny_lm(tmp_path_factory):
 def test_meta_run_uses_the_whole_speech_budget_and_writes_metas_prediction_files(tiny_lm, tmp_path):
     import torch
 
-    from spiritlm.evals import judges as J
+    from spiritlm.judges import models as J
     from spiritlm.evals.common import EvalModel
     from spiritlm.vocoder import Vocoder, VocoderConfig
     from spiritlm.vocoder.model import UnitHifiGAN
@@ -284,7 +284,7 @@ def test_text_classifier_with_its_tokenizer_elsewhere(tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from spiritlm.evals.judges import load_text_sentiment_judge
+    from spiritlm.judges.models import load_text_sentiment_judge
 
     clf_dir, tok_dir, tok = _tiny_text_classifier(tmp_path)
     texts = ["the day is good", "a very bad day", "", "good good good"]
@@ -294,7 +294,7 @@ def test_text_classifier_with_its_tokenizer_elsewhere(tmp_path):
         expected = [model.config.id2label[int(model(**tok(t, return_tensors="pt")).logits[0].argmax())].lower() for t in texts]
     assert judge.predict(texts, batch_size=1) == expected  # Meta: the arg-max label, lower-cased
     with pytest.raises(ValueError, match="no separate tokenizer"):
-        from spiritlm.evals import judges as J
+        from spiritlm.judges import models as J
 
         J.TextSentimentJudge.fit(["good day", "bad day"], ["positive", "negative"]).save(tmp_path / "ours")
         load_text_sentiment_judge(tmp_path / "ours", tokenizer=tok_dir)
@@ -304,7 +304,7 @@ def test_emotion_classifier_one_clip_at_a_time_as_meta_scores_it(tmp_path):
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
-    from spiritlm.evals.judges import load_speech_sentiment_judge
+    from spiritlm.judges.models import load_speech_sentiment_judge
 
     labels = {0: "angry", 1: "default", 2: "happy", 3: "sad"}
     cfg = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
@@ -332,7 +332,7 @@ def test_emotion_classifier_one_clip_at_a_time_as_meta_scores_it(tmp_path):
 
 
 def test_demo_runs_stsp_under_both_protocols_and_the_report_sets_them_side_by_side(tmp_path):
-    from spiritlm.evals.report import STSP_OURS, DemoLayout, stsp_protocols_section
+    from spiritlm.recipes.report import STSP_OURS, DemoLayout, stsp_protocols_section
     from spiritlm.recipes import demo as demo_mod
 
     stage = next(s for s in demo_mod.build_stages(tmp_path, demo_mod.PRESETS["quick"], 0) if s.name == "eval-stsp")

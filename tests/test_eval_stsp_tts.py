@@ -10,11 +10,10 @@ import soundfile as sf
 import torch
 
 from spiritlm.errors import UserError
-from spiritlm.evals import judges as J
 from spiritlm.evals import stsp as S
 from spiritlm.evals import tts as T
-
-LABELS = J.LABELS
+from spiritlm.judges import LABELS
+from spiritlm.judges import models as J
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,13 +18,11 @@ from spiritlm.evals.common import EvalModel, draw_shots
 from spiritlm.evals.ic import label_name, run_ic
 from spiritlm.evals.zeroshot import (
     _score_groups,
-    perturb_word,
     read_sets,
     read_storycloze_spoken,
     read_storycloze_written,
     read_zerospeech_set,
     run_zeroshot,
-    violate_sentence,
 )
 from spiritlm.generation import SpiritLM
 from fixtures import tiny_hf_llama
@@ -321,6 +319,8 @@ def test_spoken_items_without_units_or_tokenizer_are_noted(model, public_sets, t
 def test_pseudo_words_and_violations():
     import random
 
+    from spiritlm.corpus.zeroshot_sets import perturb_word, violate_sentence
+
     rng = random.Random(0)
     lexicon = {"river", "rover", "liver"}
     for _ in range(20):
@@ -347,7 +347,7 @@ def test_pseudo_words_and_violations():
 
 
 def test_synthetic_sets_are_readable(corpus, tmp_path):
-    from spiritlm.evals.zeroshot import make_synthetic_sets
+    from spiritlm.corpus.zeroshot_sets import make_synthetic_sets
 
     (corpus / "wavs").mkdir(exist_ok=True)
     out = make_synthetic_sets(tmp_path / "sets", corpus / "manifest.jsonl", num_pairs=3, num_voices=2)
@@ -406,7 +406,8 @@ def test_units_of_another_corpus_with_overlapping_ids_are_refused(task, tiny, co
 
 
 def test_units_made_from_the_manifests_audio_pass_the_check(corpus):
-    from spiritlm.evals.common import check_units_match, load_manifest_items, load_units
+    from spiritlm.evals.common import check_units_match, load_manifest_items
+    from spiritlm.units_jsonl import load_units
 
     items = load_manifest_items(corpus / "manifest.jsonl")
     rows = [json.loads(ln) for ln in (corpus / "units.jsonl").read_text().splitlines()]

@@ -49,7 +49,8 @@ def run(argv) -> tuple[int, str]:
 def world(tmp_path_factory):
     from fixtures import tiny_hf_llama
     from spiritlm.data.synthetic import toy_tokenizer
-    from spiritlm.evals import judges as J
+    from spiritlm.judges import LABELS
+    from spiritlm.judges import models as J
     from spiritlm.vocoder import VocoderConfig
     from spiritlm.vocoder.api import save_pretrained
     from spiritlm.vocoder.model import UnitHifiGAN
@@ -68,7 +69,7 @@ def world(tmp_path_factory):
                       "speaker": "s0", "style": "neutral", "text": f"it was {words[i]}",
                       "words": [{"word": "it", "start": 0.0, "end": 0.1}, {"word": "was", "start": 0.1, "end": 0.2},
                                 {"word": words[i], "start": 0.2, "end": sec}],
-                      "sentiment": J.LABELS[i % 3], "intent": f"i{i % 2}", "split": "test" if i >= 4 else "train"})
+                      "sentiment": LABELS[i % 3], "intent": f"i{i % 2}", "split": "test" if i >= 4 else "train"})
     manifest = d / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     torch.manual_seed(0)
@@ -80,7 +81,7 @@ def world(tmp_path_factory):
     texts = [x["text"] for x in lines]
     J.TextSentimentJudge.fit(texts, [x["sentiment"] for x in lines]).save(d / "judges" / "text_sentiment")
     J.SpeechSentimentJudge.fit([rng.standard_normal(6000).astype(np.float32) * (0.05 + 0.1 * (i % 3)) for i in range(6)],
-                               [J.LABELS[i % 3] for i in range(6)]).save(d / "judges" / "speech_sentiment")
+                               [LABELS[i % 3] for i in range(6)]).save(d / "judges" / "speech_sentiment")
     cfg = VocoderConfig.preset("tiny", num_units=8, num_pitch=0, num_style=0, num_speakers=1, embedding_dim=8,
                                upsample_initial_channel=32, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]],
                                duration_hidden=8)

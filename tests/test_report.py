@@ -1,4 +1,4 @@
-"""The demo's report (`spiritlm.evals.report`) on small hand-made demo folders."""
+"""The demo's report (`spiritlm.recipes.report`) on small hand-made demo folders."""
 
 import json
 import re
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spiritlm.evals.report import (
+from spiritlm.recipes.report import (
     DemoLayout,
     MetricRow,
     build_report,

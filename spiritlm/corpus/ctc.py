@@ -1,6 +1,6 @@
 """The project's character CTC acoustic model: log-mel frames -> conformer -> characters.
 
-It is the ASR judge of ``spiritlm eval judges`` (``evals/judges.py`` trains, saves and loads it)
+It is the ASR judge of ``spiritlm eval judges`` (:mod:`spiritlm.judges` trains, saves and loads it)
 and an aligner of ``spiritlm corpus align`` (:mod:`spiritlm.corpus.align`), so it lives in the
 earlier stage. A judge folder holds ``judge.json`` (``{"format": "spiritlm-judge", "kind": "asr",
 "config": AsrConfig}``) and ``model.safetensors``: :func:`load_ctc_judge` reads one.

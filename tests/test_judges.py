@@ -1,4 +1,4 @@
-"""Judges of the evaluations: trained ASR / sentiment judges learn and round-trip; Hugging Face folders load as judges."""
+"""Judges of the evaluations (spiritlm.judges): trained ASR / sentiment judges learn and round-trip; Hugging Face folders load as judges."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import soundfile as sf
 import torch
 
 from spiritlm.errors import UserError
-from spiritlm.evals import judges as J
+from spiritlm import judges as J
+from spiritlm.judges import models as M
+from spiritlm.judges import train as T
 
 SR = 16000
 FREQ = {"a": 400.0, "b": 900.0, "c": 1800.0}
@@ -53,23 +55,23 @@ def _sentiment_wav(label: str, rng: np.random.Generator) -> np.ndarray:
     return (w + 0.002 * rng.standard_normal(n)).astype(np.float32)
 
 
-TINY_ASR = J.AsrConfig(alphabet=" abc", n_mels=40, d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
+TINY_ASR = M.AsrConfig(alphabet=" abc", n_mels=40, d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.0)
 
 
 def test_ctc_asr_learns_toy_speech_and_round_trips(tmp_path):
     train, test = _toy_pairs(64, 0), _toy_pairs(16, 1)
-    tcfg = J.AsrTrainConfig(steps=120, batch_size=8, lr=5e-3, freq_masks=0, time_masks=0)
-    untrained = J.AsrJudge(J.CtcAsr(TINY_ASR))
+    tcfg = T.AsrTrainConfig(steps=120, batch_size=8, lr=5e-3, freq_masks=0, time_masks=0)
+    untrained = M.AsrJudge(M.CtcAsr(TINY_ASR))
     refs = [t for _, t in test]
-    before = J._cer(refs, untrained.transcribe([w for w, _ in test]))
-    judge, history = J.train_asr(train, TINY_ASR, tcfg, seed=0, progress=False)
+    before = T._cer(refs, untrained.transcribe([w for w, _ in test]))
+    judge, history = T.train_asr(train, TINY_ASR, tcfg, seed=0, progress=False)
     hyps = judge.transcribe([w for w, _ in test])
-    after = J._cer(refs, hyps)
+    after = T._cer(refs, hyps)
     assert history[-1]["loss"] < history[0]["loss"] / 5
     assert after < 0.2 < before, (before, after, list(zip(refs, hyps)))
     judge.save(tmp_path / "asr", {"cer": after})
-    again = J.load_asr_judge(tmp_path / "asr")
-    assert isinstance(again, J.AsrJudge)
+    again = M.load_asr_judge(tmp_path / "asr")
+    assert isinstance(again, M.AsrJudge)
     assert again.transcribe([w for w, _ in test]) == hyps
     meta = json.loads((tmp_path / "asr" / "judge.json").read_text())
     assert meta["kind"] == "asr" and meta["metrics"]["cer"] == after
@@ -80,8 +82,8 @@ def test_ctc_greedy_decode_collapses_repeats_and_blanks():
     path = [2, 2, 0, 2, 3, 3, 0, 0]
     lp = torch.full((1, len(path), 4), -10.0)
     lp[0, torch.arange(len(path)), torch.tensor(path)] = 0.0
-    assert J.ctc_greedy_decode(lp, torch.tensor([8]), " ab") == ["aab"]
-    assert J.ctc_greedy_decode(lp, torch.tensor([3]), " ab") == ["a"]
+    assert M.ctc_greedy_decode(lp, torch.tensor([8]), " ab") == ["aab"]
+    assert M.ctc_greedy_decode(lp, torch.tensor([3]), " ab") == ["a"]
 
 
 def test_text_sentiment_judge_learns_and_round_trips(tmp_path):
@@ -89,10 +91,10 @@ def test_text_sentiment_judge_learns_and_round_trips(tmp_path):
     nouns = ["day", "meal", "trip", "room", "film", "game"]
     train = [(f"the {n} was {w}", lab) for lab, ws in (("positive", pos), ("negative", neg), ("neutral", neu)) for w in ws[:3] for n in nouns[:4]]
     test = [(f"my {n} is {ws[3]}", lab) for lab, ws in (("positive", pos), ("negative", neg), ("neutral", neu)) for n in nouns[4:]]
-    judge = J.TextSentimentJudge.fit([t for t, _ in train], [l for _, l in train])
+    judge = M.TextSentimentJudge.fit([t for t, _ in train], [l for _, l in train])
     assert judge.predict([t for t, _ in train]) == [l for _, l in train]
     judge.save(tmp_path / "ts")
-    again = J.load_text_sentiment_judge(tmp_path / "ts")
+    again = M.load_text_sentiment_judge(tmp_path / "ts")
     texts = [t for t, _ in test] + ["what a wonderful and lovely film", "an awful broken day"]
     assert again.predict(texts) == judge.predict(texts)
     assert again.predict(["what a wonderful and lovely film", "an awful broken day"]) == ["positive", "negative"]
@@ -107,18 +109,18 @@ def test_speech_sentiment_judge_learns_prosody_and_round_trips(tmp_path):
     wavs = [_sentiment_wav(l, rng) for l in labels]
     test_labels = list(J.LABELS) * 3
     test_wavs = [_sentiment_wav(l, rng) for l in test_labels]
-    judge = J.SpeechSentimentJudge.fit(wavs, labels)
+    judge = M.SpeechSentimentJudge.fit(wavs, labels)
     pred = judge.predict(test_wavs)
     acc = np.mean([p == g for p, g in zip(pred, test_labels)])
     assert acc >= 0.8, (acc, pred)
     judge.save(tmp_path / "ss")
-    assert J.load_speech_sentiment_judge(tmp_path / "ss").predict(test_wavs) == pred
+    assert M.load_speech_sentiment_judge(tmp_path / "ss").predict(test_wavs) == pred
 
 
 def test_pooled_speech_features_shape_and_pitch():
     rng = np.random.default_rng(1)
-    cfg = J.SpeechFeatureConfig(n_mels=40)
-    hi, lo = J.pooled_speech_features(_sentiment_wav("positive", rng), cfg), J.pooled_speech_features(_sentiment_wav("negative", rng), cfg)
+    cfg = M.SpeechFeatureConfig(n_mels=40)
+    hi, lo = M.pooled_speech_features(_sentiment_wav("positive", rng), cfg), M.pooled_speech_features(_sentiment_wav("negative", rng), cfg)
     assert hi.shape == lo.shape == (2 * 40 + 12,)
     assert np.isfinite(hi).all() and np.isfinite(lo).all()
     mean_lf0 = 2 * 40 + 5  # index of the mean log-F0 in the statistics
@@ -151,8 +153,8 @@ def test_hf_wav2vec2_ctc_folder_is_an_asr_judge(tmp_path):
     model = Wav2Vec2ForCTC(cfg).eval()
     model.save_pretrained(tmp_path)
     wav = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
-    judge = J.load_asr_judge(tmp_path)
-    assert isinstance(judge, J.HfAsrJudge)
+    judge = M.load_asr_judge(tmp_path)
+    assert isinstance(judge, M.HfAsrJudge)
     got = judge.transcribe([wav])
     with torch.no_grad():  # the reference: the model and processor called by hand
         logits = model(processor(wav, sampling_rate=SR, return_tensors="pt").input_values).logits
@@ -174,19 +176,19 @@ def test_hf_text_classifier_folder_is_a_sentiment_judge(tmp_path):
     model = BertForSequenceClassification(cfg).eval()
     model.save_pretrained(tmp_path)
     texts = ["the food was great", "the food was awful", "ok", "the the ok great"]
-    judge = J.load_text_sentiment_judge(tmp_path)
-    assert isinstance(judge, J.HfSentimentJudge)
+    judge = M.load_text_sentiment_judge(tmp_path)
+    assert isinstance(judge, M.HfSentimentJudge)
     got = judge.predict(texts)
     with torch.no_grad():
         idx = [int(model(**tok(t, return_tensors="pt")).logits.argmax()) for t in texts]
     assert got == [{0: "positive", 1: "negative", 2: "neutral"}[i] for i in idx]
-    mapped = J.load_text_sentiment_judge(tmp_path, label_map={"happy": "negative", "sad": "positive"})
+    mapped = M.load_text_sentiment_judge(tmp_path, label_map={"happy": "negative", "sad": "positive"})
     assert mapped.predict(texts) == [{0: "negative", 1: "positive", 2: "neutral"}[i] for i in idx]
 
 
 def test_missing_judge_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        J.load_asr_judge(tmp_path)
+        M.load_asr_judge(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,10 +216,10 @@ def _write_manifest(root, n_per_split: dict[str, int], seed: int = 0) -> str:
 
 def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
     manifest = _write_manifest(tmp_path, {"train": 24, "valid": 3, "test": 9})
-    cfg = J.JudgesConfig(asr=J.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
-                         asr_train=J.AsrTrainConfig(steps=3, batch_size=8))
+    cfg = T.JudgesConfig(asr=M.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
+                         asr_train=T.AsrTrainConfig(steps=3, batch_size=8))
     out = tmp_path / "judges"
-    metrics = J.train_judges(manifest, out, cfg=cfg, seed=0, log=lambda s: None, progress=False)
+    metrics = T.train_judges(manifest, out, cfg=cfg, seed=0, log=lambda s: None, progress=False)
     saved = json.loads((out / J.METRICS_NAME).read_text())
     assert saved == metrics
     assert saved["text-sentiment"]["accuracy"] == 1.0 and saved["text-sentiment"]["n_test"] == 9
@@ -227,9 +229,9 @@ def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
     assert J.load_judges_metrics(out) == saved
     for kind, sub in J.JUDGE_DIRS.items():
         assert json.loads((out / sub / "judge.json").read_text())["kind"] == kind
-    assert J.load_speech_sentiment_judge(out / "speech_sentiment").predict([_sentiment_wav("positive", np.random.default_rng(5))]) == ["positive"]
+    assert M.load_speech_sentiment_judge(out / "speech_sentiment").predict([_sentiment_wav("positive", np.random.default_rng(5))]) == ["positive"]
     # retraining one judge keeps the others' scores
-    again = J.train_judges(manifest, out, cfg=cfg, seed=1, which=("text-sentiment",), log=lambda s: None, progress=False,
+    again = T.train_judges(manifest, out, cfg=cfg, seed=1, which=("text-sentiment",), log=lambda s: None, progress=False,
                            overwrite=True)
     assert again["asr"] == saved["asr"] and again["speech-sentiment"] == saved["speech-sentiment"] and again["seed"] == 1
     assert sorted(p.name for p in out.iterdir()) == sorted([*J.JUDGE_DIRS.values(), J.METRICS_NAME])  # no temporary folder left
@@ -238,7 +240,7 @@ def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
 def test_train_judges_needs_train_and_test_splits(tmp_path):
     manifest = _write_manifest(tmp_path, {"train": 6})
     with pytest.raises(UserError, match="'train' and a 'test' split"):
-        J.train_judges(manifest, tmp_path / "j", which=("text-sentiment",), log=lambda s: None, progress=False)
+        T.train_judges(manifest, tmp_path / "j", which=("text-sentiment",), log=lambda s: None, progress=False)
 
 
 def test_train_judges_scores_and_augments_with_vocoder_speech(tmp_path):
@@ -253,9 +255,9 @@ def test_train_judges_scores_and_augments_with_vocoder_speech(tmp_path):
     voc = Vocoder(UnitHifiGAN(VocoderConfig.preset(
         "tiny", num_units=16, num_pitch=0, num_style=0, num_speakers=1, embedding_dim=8, upsample_initial_channel=32,
         resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]], duration_hidden=8)))
-    cfg = J.JudgesConfig(asr=J.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
-                         asr_train=J.AsrTrainConfig(steps=2, batch_size=8))
-    m = J.train_judges(manifest, tmp_path / "j", cfg=cfg, which=("asr", "speech-sentiment"), vocoder=voc, units=units,
+    cfg = T.JudgesConfig(asr=M.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
+                         asr_train=T.AsrTrainConfig(steps=2, batch_size=8))
+    m = T.train_judges(manifest, tmp_path / "j", cfg=cfg, which=("asr", "speech-sentiment"), vocoder=voc, units=units,
                        vocoded_fraction=0.5, log=lambda s: None, progress=False)
     assert 0 < m["asr"]["n_train_vocoded"] < 12 and m["asr"]["n_test_vocoded"] == 5
     assert m["asr"]["vocoded_cer"] is not None and 0 <= m["asr"]["vocoded_cer"]
@@ -270,14 +272,14 @@ def test_trained_judges_are_not_replaced_without_overwrite(tmp_path, capsys):
 
     manifest = _write_manifest(tmp_path, {"train": 12, "test": 6})
     out = tmp_path / "judges"
-    J.train_judges(manifest, out, which=("text-sentiment",), log=lambda s: None, progress=False)
+    T.train_judges(manifest, out, which=("text-sentiment",), log=lambda s: None, progress=False)
     before = (out / "text_sentiment" / "judge.json").read_bytes()
     with pytest.raises(SystemExit):
         main(["eval", "judges", "--manifest", manifest, "--out", str(out), "--which", "[text-sentiment]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0] and "text-sentiment" in err[0] and "--overwrite true" in err[0], err
     assert (out / "text_sentiment" / "judge.json").read_bytes() == before
-    J.train_judges(manifest, out, which=("speech-sentiment",), log=lambda s: None, progress=False)  # the missing one
+    T.train_judges(manifest, out, which=("speech-sentiment",), log=lambda s: None, progress=False)  # the missing one
     assert (out / "speech_sentiment" / "judge.json").is_file() and (out / "text_sentiment" / "judge.json").read_bytes() == before
 
 
@@ -285,24 +287,24 @@ def test_truncated_or_broken_judges_are_one_line_naming_the_file(tmp_path):
     """Issue 18 item 13: a truncated ASR judge (SafetensorError), a torn judge.json and a judge
     without its weights raise a UserError naming the file and the flag, not a library error."""
     pairs = _toy_pairs(8, seed=0)
-    judge, _ = J.train_asr(pairs, J.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
-                           J.AsrTrainConfig(steps=1, batch_size=4), seed=0, log=lambda s: None, progress=False)
+    judge, _ = T.train_asr(pairs, M.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
+                           T.AsrTrainConfig(steps=1, batch_size=4), seed=0, log=lambda s: None, progress=False)
     d = tmp_path / "asr"
     judge.save(d)
     weights = d / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(UserError, match=rf"{weights}: unreadable ASR judge weights \(SafetensorError.*\(--judges\)"):
-        J.load_asr_judge(d)
+        M.load_asr_judge(d)
     weights.unlink()
     with pytest.raises(UserError, match=rf"{weights}: missing.*\(--judges\)"):
-        J.load_asr_judge(d)
-    text = J.TextSentimentJudge.fit(["good day", "bad day", "a day"], ["positive", "negative", "neutral"])
+        M.load_asr_judge(d)
+    text = M.TextSentimentJudge.fit(["good day", "bad day", "a day"], ["positive", "negative", "neutral"])
     t = tmp_path / "text"
     text.save(t)
     meta = t / "judge.json"
     meta.write_text(meta.read_text()[:50])
     with pytest.raises(UserError, match=rf"{meta}: unreadable judge.*\(--judges\)"):
-        J.load_text_sentiment_judge(t)
-    meta.write_text(json.dumps({"format": J.FORMAT, "kind": "text-sentiment", "config": {}}))  # no classifier
+        M.load_text_sentiment_judge(t)
+    meta.write_text(json.dumps({"format": M.FORMAT, "kind": "text-sentiment", "config": {}}))  # no classifier
     with pytest.raises(UserError, match=rf"{meta}: unreadable text sentiment judge \(KeyError"):
-        J.load_text_sentiment_judge(t)
+        M.load_text_sentiment_judge(t)
