@@ -43,27 +43,15 @@ from spiritlm.evals.common import (
     load_manifest_items,
     metric,
     ratio_of_sums,
+    select_items,
     with_speech_strings,
     write_eval_outputs,
 )
-from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
-from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER
+from spiritlm.evals.engine import Throughput, answer_budget, clean_answer, text_stop_ids
+from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 from spiritlm.units_jsonl import load_units
 
-__all__ = ["answer_budget", "build_asr_prompt", "clean_answer", "render_shot", "run_asr", "select_items"]
-
-
-def select_items(items: Sequence[dict], max_items: int | None, seed: int) -> list[dict]:
-    """Up to ``max_items`` items, a seeded sample kept in file order (all items when None)."""
-    if max_items is None or max_items >= len(items):
-        return list(items)
-    keep = set(random.Random(seed).sample(range(len(items)), max_items))
-    return [it for i, it in enumerate(items) if i in keep]
-
-
-def render_shot(speech: str, text: str) -> str:
-    """One in-context example: ``[Speech]<speech string>[Text]<text>``."""
-    return f"{SPEECH_MARKER}{speech}{TEXT_MARKER}{text}"
+__all__ = ["build_asr_prompt", "run_asr"]
 
 
 def build_asr_prompt(shots: Sequence[tuple[str, str]], target_speech: str) -> str:
@@ -72,27 +60,8 @@ def build_asr_prompt(shots: Sequence[tuple[str, str]], target_speech: str) -> st
     >>> build_asr_prompt([("[Hu1][Hu2]", "hi there")], "[Hu3]")
     '[Speech][Hu1][Hu2][Text]hi there[Speech][Hu3][Text]'
     """
-    return "".join(render_shot(speech, text) for speech, text in shots) + render_shot(target_speech, "")
-
-
-def clean_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
-    """Generated ids → answer text: cut at the first stop id (marker, newline piece) or EOS, decode, first line."""
-    stops = set(stop_ids) | {tokenizer.eos_id}
-    body = []
-    for i in ids:
-        if i in stops:
-            break
-        body.append(i)
-    return tokenizer.decode(body).split("\n")[0].strip()
-
-
-def answer_budget(ref_tokens: int, ceiling: int, length_ratio: float = 2.0) -> int:
-    """``min(ceiling, length_ratio × ref_tokens + 10)`` rounded up to a multiple of 25 (rows share batches).
-
-    >>> answer_budget(12, 384), answer_budget(300, 384)
-    (50, 384)
-    """
-    return int(min(ceiling, -(-int(length_ratio * ref_tokens + 10) // 25) * 25))
+    return join_prompt([render_pair("speech", speech, "text", text) for speech, text in shots],
+                       render_pair("speech", target_speech, "text", ""))
 
 
 def run_asr(
@@ -147,15 +116,12 @@ def run_asr(
     prompts, budgets, records, skipped = [], [], [], [{"id": i, "reason": "no units"} for i in missing_t]
     for item, speech in targets:
         chosen = draw_shots(pool_items, shots, seed, str(item["id"])) if shots > 0 else []
-        # markers split the sentencepiece runs, so encoding the parts = encoding their concatenation
-        shot_ids = [tok.encode(render_shot(pool_speech[str(s["id"])], s["text"])) for s in chosen]
-        target_ids = tok.encode(render_shot(speech, ""))
-        if 1 + len(target_ids) >= max_len:
+        budget = answer_budget(len(tok.encode(item["text"])), max_new_tokens, length_ratio)
+        ids, k = fit_prompt(tok, [render_pair("speech", pool_speech[str(s["id"])], "text", s["text"]) for s in chosen],
+                            render_pair("speech", speech, "text", ""), max_len=max_len, reserve=budget)
+        if k == 0 and len(ids) >= max_len:  # ids = BOS + the target: it fills the context alone
             skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
             continue
-        budget = answer_budget(len(tok.encode(item["text"])), max_new_tokens, length_ratio)
-        k = fit_shots([len(s) for s in shot_ids], 1 + len(target_ids), max_len, budget)
-        ids = [tok.bos_id] + [t for s in shot_ids[:k] for t in s] + target_ids
         prompts.append(ids)
         budgets.append(budget)
         records.append((item, [str(s["id"]) for s in chosen[:k]]))

@@ -41,6 +41,8 @@ __all__ = [
     "load_manifest_items",
     "metric",
     "normalize_text",
+    "resolve_speaker",
+    "select_items",
     "speech_string",
     "units_of",
     "with_speech_strings",
@@ -80,6 +82,20 @@ def _load_vocoder(path: str, device: str) -> Any:
         return Vocoder.from_pretrained(path, device=device)
     except FileNotFoundError as e:
         raise UserError(f"{e} (--vocoder)") from None
+
+
+def resolve_speaker(vocoder: Any, speaker: int | str) -> tuple[int | str, str | None]:
+    """``(speaker to use, note)``: a numeric speaker the vocoder's table lacks falls back to 0, with a note.
+
+    Meta's protocol speaks with speaker 2 of its 4-speaker vocoder; a vocoder trained here on
+    fewer speakers cannot, and the note (printed and kept in ``metrics.json``) says so.
+    """
+    if vocoder is None or not isinstance(speaker, int) and not str(speaker).isdigit():
+        return speaker, None
+    n = int(getattr(getattr(vocoder, "config", None), "num_speakers", 0) or 0)
+    if int(speaker) < max(n, 1):
+        return int(speaker), None
+    return 0, f"vocoder speaker {speaker} asked, the vocoder has {n} speaker{'s' if n != 1 else ''}: speaker 0 used"
 
 
 def check_model_paths(model: str, *, vocoder: str | None = None, speech_tokenizer: str | None = None) -> None:
@@ -179,6 +195,14 @@ def check_units_match(items: Sequence[dict], units: dict[str, dict], manifest: s
     if bad:
         raise UserError(f"{units_path}: units of another corpus than {manifest}? {len(bad)} of {len(items)} utterances "
                         f"differ ({bad[0]}) (--units/--manifest)")
+
+
+def select_items(items: Sequence[dict], max_items: int | None, seed: int) -> list[dict]:
+    """Up to ``max_items`` items, a seeded sample kept in file order (all items when None)."""
+    if max_items is None or max_items >= len(items):
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), max_items))
+    return [it for i, it in enumerate(items) if i in keep]
 
 
 def units_of(item: dict, units: dict[str, dict]) -> dict | None:

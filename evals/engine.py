@@ -5,6 +5,8 @@ the one decoder) lives on ``SpiritLM``; this module holds what the tasks build w
 
 * :func:`fit_shots`: how many few-shot examples fit in the model's context;
 * :func:`text_stop_ids`: ids that end a text answer (markers, newline pieces);
+* :func:`answer_budget`: a generated answer's token budget from its reference's length;
+* :func:`clean_answer`: generated ids → the answer text (cut at the first stop id);
 * :func:`choose_by_likelihood`: pick one of several candidate continuations per prompt;
 * :class:`Throughput`: tokens/s accumulated over the engine calls of a task.
 """
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Throughput", "choose_by_likelihood", "fit_shots", "text_stop_ids"]
+__all__ = ["Throughput", "answer_budget", "choose_by_likelihood", "clean_answer", "fit_shots", "text_stop_ids"]
 
 
 @dataclass
@@ -89,6 +91,26 @@ def text_stop_ids(tokenizer: Any, newlines: bool = True) -> list[int]:
             if piece == "<0x0A>" or "\n" in piece:
                 ids.append(i)
     return sorted(set(ids))
+
+
+def answer_budget(ref_tokens: int, ceiling: int, length_ratio: float = 2.0) -> int:
+    """``min(ceiling, length_ratio × ref_tokens + 10)`` rounded up to a multiple of 25 (rows share batches).
+
+    >>> answer_budget(12, 384), answer_budget(300, 384)
+    (50, 384)
+    """
+    return int(min(ceiling, -(-int(length_ratio * ref_tokens + 10) // 25) * 25))
+
+
+def clean_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
+    """Generated ids → answer text: cut at the first stop id (marker, newline piece) or EOS, decode, first line."""
+    stops = set(stop_ids) | {tokenizer.eos_id}
+    body = []
+    for i in ids:
+        if i in stops:
+            break
+        body.append(i)
+    return tokenizer.decode(body).split("\n")[0].strip()
 
 
 def choose_by_likelihood(

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from spiritlm.errors import UserError
-from spiritlm.evals.asr import clean_answer, render_shot, select_items
 from spiritlm.evals.common import (
     EvalModel,
     EvalResult,
@@ -42,10 +41,12 @@ from spiritlm.evals.common import (
     load_manifest_items,
     metric,
     normalize_text,
+    select_items,
     with_speech_strings,
     write_eval_outputs,
 )
-from spiritlm.evals.engine import Throughput, choose_by_likelihood, fit_shots, text_stop_ids
+from spiritlm.evals.engine import Throughput, choose_by_likelihood, clean_answer, text_stop_ids
+from spiritlm.evals.prompts import fit_prompt, render_pair
 from spiritlm.units_jsonl import load_units
 
 __all__ = ["label_name", "run_ic"]
@@ -109,13 +110,12 @@ def run_ic(
     prompts, records, skipped = [], [], [{"id": i, "reason": "no units"} for i in missing]
     for item, speech in targets:
         chosen = draw_shots(pool_items, shots, seed, str(item["id"]))
-        shot_ids = [tok.encode(render_shot(pool_speech[str(s["id"])], label_name(s["intent"]))) for s in chosen]
-        target_ids = tok.encode(render_shot(speech, ""))
-        if 1 + len(target_ids) + reserve > max_len:
+        ids, k = fit_prompt(tok, [render_pair("speech", pool_speech[str(s["id"])], "text", label_name(s["intent"])) for s in chosen],
+                            render_pair("speech", speech, "text", ""), max_len=max_len, reserve=reserve)
+        if k == 0 and len(ids) + reserve > max_len:  # ids = BOS + the target: no room left for a label
             skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
             continue
-        k = fit_shots([len(s) for s in shot_ids], 1 + len(target_ids), max_len, reserve)
-        prompts.append([tok.bos_id] + [t for s in shot_ids[:k] for t in s] + target_ids)
+        prompts.append(ids)
         records.append((item, [str(s["id"]) for s in chosen[:k]]))
     if not prompts:
         raise UserError(f"{manifest}: no {split!r} intent item could be evaluated ({len(skipped)} skipped) (--units)")

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from spiritlm.errors import UserError
+from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 
 DIRECTIONS = ("t2t", "t2s", "s2t", "s2s")
 MODALITY = {"t": "text", "s": "speech"}
@@ -318,20 +319,20 @@ def read_meta_few_shot(
 # ---------------------------------------------------------------------------------------------
 
 
-def _marker(modality: str) -> str:
-    from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER
+def stsp_prompt_parts(direction: str, target: StspItem, shots: Sequence[StspItem] = (),
+                      protocol: StspProtocol | None = None) -> tuple[list[str], str, str]:
+    """``(examples, the target after examples, the target alone)``: the parts of :func:`build_stsp_prompt`
+    for :func:`~spiritlm.evals.prompts.fit_prompt` (the separator is the protocol's)."""
+    from spiritlm.generation import build_prompt
 
-    return TEXT_MARKER if modality == "text" else SPEECH_MARKER
-
-
-def render_pair(src: str, prompt: str, tgt: str, continuation: str, inner_markers: bool = False) -> str:
-    """One few-shot example: the prompt, the output marker when the modality changes (or always,
-    with ``inner_markers``: Meta's ``[Text]p[Text]c``), the continuation."""
-    if src != tgt or inner_markers:
-        joint = _marker(tgt)
-    else:
-        joint = " " if src == "text" else ""
-    return _marker(src) + prompt + joint + continuation
+    proto = protocol or PROTOCOLS["meta"]
+    src, tgt = MODALITY[direction[0]], MODALITY[direction[2]]
+    content = target.text if src == "text" else target.speech
+    if content is None:
+        raise ValueError(f"item {target.id} has no {src} prompt")
+    lines = [render_pair(src, s.halves[src][0], tgt, s.halves[tgt][1], proto.inner_markers) for s in shots]
+    alone = build_prompt([(src, content)], tgt)
+    return lines, render_pair(src, content, tgt, "", inner_markers=True) if proto.inner_markers else alone, alone
 
 
 def build_stsp_prompt(direction: str, target: StspItem, shots: Sequence[StspItem] = (), protocol: StspProtocol | None = None) -> str:
@@ -339,9 +340,9 @@ def build_stsp_prompt(direction: str, target: StspItem, shots: Sequence[StspItem
 
     Zero-shot, both protocols write Meta's ``Spiritlm._build_prompt``: the prompt in its
     modality, then the output modality's marker when it differs. Few-shot, each example is
-    :func:`render_pair` followed by the protocol's separator; with ``inner_markers`` (Meta) the
-    target is written like the examples' prompts, ``[Src]content[Tgt]`` even within a modality,
-    so the model continues the pattern it was shown.
+    :func:`~spiritlm.evals.prompts.render_pair` followed by the protocol's separator; with
+    ``inner_markers`` (Meta) the target is written like the examples' prompts, ``[Src]content[Tgt]``
+    even within a modality, so the model continues the pattern it was shown.
 
     >>> t = StspItem("a", "positive", text="what a lovely day", speech="[Hu1][Hu2]")
     >>> build_stsp_prompt("t2s", t)
@@ -352,22 +353,9 @@ def build_stsp_prompt(direction: str, target: StspItem, shots: Sequence[StspItem
     >>> build_stsp_prompt("t2t", t, [s], PROTOCOLS["meta"])
     '[Text]i hate[Text]this rain\\n[Text]what a lovely day[Text]'
     """
-    from spiritlm.generation import build_prompt
-
     proto = protocol or PROTOCOLS["meta"]
-    src, tgt = MODALITY[direction[0]], MODALITY[direction[2]]
-    content = target.text if src == "text" else target.speech
-    if content is None:
-        raise ValueError(f"item {target.id} has no {src} prompt")
-    lines = []
-    for s in shots:
-        a, b = s.halves[src], s.halves[tgt]
-        lines.append(render_pair(src, a[0], tgt, b[1], proto.inner_markers))
-    if lines and proto.inner_markers:
-        zero = _marker(src) + content + _marker(tgt)
-    else:
-        zero = build_prompt([(src, content)], tgt)
-    return "".join(line + proto.shot_separator for line in lines) + zero
+    lines, after, alone = stsp_prompt_parts(direction, target, shots, proto)
+    return join_prompt(lines, after if lines else alone, proto.shot_separator)
 
 
 def draw_meta_shots(pool: Sequence[StspItem], k: int, seed: int, direction: str, need: Sequence[str]) -> list[StspItem]:
@@ -424,14 +412,6 @@ def draw_balanced_shots(pool: Sequence[StspItem], k: int, seed: int, target_id: 
         i += 1
     rng.shuffle(out)
     return out
-
-
-def vocode(vocoder: Any, items: Sequence[str | dict], speaker: Any = 0, stats: dict[str, int] | None = None):
-    """Generated / reference units → ``({index: waveform}, refusal messages)``: the one batch path,
-    shared with tts and the judges (:func:`spiritlm.generation.outputs.vocode_many`)."""
-    from spiritlm.generation.outputs import vocode_many  # torch: imported when vocoding, not with the CLI
-
-    return vocode_many(vocoder, items, speaker, stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,20 +631,6 @@ def _stop_and_allowed(lm: Any, modality: str, proto: StspProtocol) -> tuple[Any,
     return allowed, stops
 
 
-def resolve_speaker(vocoder: Any, speaker: int | str) -> tuple[int | str, str | None]:
-    """``(speaker to use, note)``: a numeric speaker the vocoder's table lacks falls back to 0, with a note.
-
-    Meta's protocol speaks with speaker 2 of its 4-speaker vocoder; a vocoder trained here on
-    fewer speakers cannot, and the note (printed and kept in ``metrics.json``) says so.
-    """
-    if vocoder is None or not isinstance(speaker, int) and not str(speaker).isdigit():
-        return speaker, None
-    n = int(getattr(getattr(vocoder, "config", None), "num_speakers", 0) or 0)
-    if int(speaker) < max(n, 1):
-        return int(speaker), None
-    return 0, f"vocoder speaker {speaker} asked, the vocoder has {n} speaker{'s' if n != 1 else ''}: speaker 0 used"
-
-
 def run_stsp(
     model: Any,
     items: Sequence[StspItem],
@@ -710,6 +676,9 @@ def run_stsp(
     items = _take_balanced(list(items), cfg.max_items)
     if not items:
         raise UserError("no STSP prompt with a sentiment label (--manifest)")
+    from spiritlm.evals.common import resolve_speaker
+    from spiritlm.generation.outputs import vocode_many  # torch: imported when vocoding, not with the CLI
+
     speaker, speaker_note = resolve_speaker(model.vocoder, proto.speaker)
     if speaker_note and any(d.endswith("s") for d in cfg.directions):
         print(f"[eval stsp] note: {speaker_note}", flush=True)
@@ -755,11 +724,9 @@ def run_stsp(
         prompts, kept = [], []
         for it in todo:
             # shots are dropped from the end until the continuation's budget fits in the context
-            while True:
-                ids = lm.tokenizer.encode(build_stsp_prompt(d, it, shots[it.id], proto), bos=True, eos=False)
-                if len(ids) + budget <= ctx or not shots[it.id]:
-                    break
-                shots[it.id] = shots[it.id][:-1]
+            lines, after, alone = stsp_prompt_parts(d, it, shots[it.id], proto)
+            ids, k = fit_prompt(lm.tokenizer, lines, after, max_len=ctx, reserve=budget, separator=proto.shot_separator, alone=alone)
+            shots[it.id] = shots[it.id][:k]
             if len(ids) + max(proto.min_new_tokens, 1) > ctx:
                 too_long[d] = too_long.get(d, 0) + 1
                 continue
@@ -795,7 +762,7 @@ def run_stsp(
             pred = dict(zip(nonempty, text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []))
         else:
             stats: dict[str, int] = {}
-            got, errors = vocode(model.vocoder, [outputs[i] for i in nonempty], speaker, stats)
+            got, errors = vocode_many(model.vocoder, [outputs[i] for i in nonempty], speaker, stats)
             if stats.get("filled"):
                 vocoder_filled[d] = stats["filled"]
             if nonempty and not got:
@@ -873,6 +840,7 @@ def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_jud
     (the ceiling of the speech-output directions).
     """
     from spiritlm.audio import AudioError, load_audio
+    from spiritlm.generation.outputs import vocode_many
 
     out: dict[str, Any] = {}
     if text_judge is not None:
@@ -894,7 +862,7 @@ def judge_ceilings(items: Sequence[StspItem], text_judge: Any = None, speech_jud
             out["speech_audio"] = {"accuracy": float(np.mean([p == it.label for p, it in zip(pred, its)])), "n": len(its)}
         if vocoder is not None:
             its = [it for it in items if it.speech]
-            got, errors = vocode(vocoder, [it.speech for it in its], speaker) if its else ({}, [])
+            got, errors = vocode_many(vocoder, [it.speech for it in its], speaker) if its else ({}, [])
             if got:
                 keys = sorted(got)
                 pred = judge_speech(speech_judge, [got[k] for k in keys], one_clip_at_a_time)

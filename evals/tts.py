@@ -46,10 +46,8 @@ from typing import Any
 import numpy as np
 
 from spiritlm.errors import UserError
-from spiritlm.formats import SPEECH_MARKER, SPEECH_TOKEN_RE, TEXT_MARKER, deduplicate
-
-SHOT_SEPARATOR = ""
-
+from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
+from spiritlm.formats import SPEECH_TOKEN_RE, deduplicate
 
 @dataclass
 class TtsConfig:
@@ -80,18 +78,13 @@ class TtsConfig:
     speaker: int | str = 2
 
 
-def tts_shot(text: str, speech: str) -> str:
-    """One example: ``[Text]text[Speech]units`` followed by the separator."""
-    return f"{TEXT_MARKER}{text}{SPEECH_MARKER}{speech}{SHOT_SEPARATOR}"
-
-
 def build_tts_prompt(target_text: str, shots: Sequence[tuple[str, str]]) -> str:
     """The k-shot prompt: ``shots`` as ``(text, speech token string)`` pairs, then the target's text and ``[Speech]``.
 
     >>> build_tts_prompt("a cat", [("a dog", "[Hu1][Hu2]")])
     '[Text]a dog[Speech][Hu1][Hu2][Text]a cat[Speech]'
     """
-    return "".join(tts_shot(t, s) for t, s in shots) + f"{TEXT_MARKER}{target_text}{SPEECH_MARKER}"
+    return join_prompt([render_pair("text", t, "speech", s) for t, s in shots], render_pair("text", target_text, "speech", ""))
 
 
 def hubert_sequence(speech: str) -> list[str]:
@@ -128,8 +121,7 @@ def run_tts(
     from spiritlm.audio import AudioError, load_audio
     from spiritlm.evals.common import (EvalResult, bootstrap_ci, draw_shots, edit_counts, metric, ratio_of_sums,
                                        speech_string, units_of, write_eval_outputs)
-    from spiritlm.evals.asr import answer_budget
-    from spiritlm.evals.engine import Throughput, fit_shots, text_stop_ids
+    from spiritlm.evals.engine import Throughput, answer_budget, text_stop_ids
 
     cfg = cfg or TtsConfig()
     lm = model.lm
@@ -163,16 +155,15 @@ def run_tts(
         # rounded up to a multiple of 25 tokens: rows with equal budgets decode in one batch
         budget = answer_budget(ref_len, cfg.max_new_tokens, cfg.length_ratio)
         shots = draw_shots(shots_pool, cfg.shots, cfg.seed, str(it["id"])) if cfg.shots else []
-        rendered = [tts_shot(s["text"], s["speech"]) for s in shots]
-        fixed = len(tok.encode(build_tts_prompt(it["text"], []), bos=True))
-        k = fit_shots([len(tok.encode(r)) for r in rendered], fixed, ctx, budget)
+        ids, k = fit_prompt(tok, [render_pair("text", s["text"], "speech", s["speech"]) for s in shots],
+                            render_pair("text", it["text"], "speech", ""), max_len=ctx, reserve=budget)
         shots = shots[:k]
-        if fixed + budget > ctx:
-            budget = ctx - fixed
+        if k == 0 and len(ids) + budget > ctx:  # ids = BOS + the target: what is left of the context is the budget
+            budget = ctx - len(ids)
         if budget <= 0:
             skipped["longer_than_context"] = skipped.get("longer_than_context", 0) + 1
             continue
-        prompts.append((it, tok.encode(build_tts_prompt(it["text"], [(s["text"], s["speech"]) for s in shots]), bos=True)))
+        prompts.append((it, ids))
         budgets.append(budget)
         shot_ids.append([str(s["id"]) for s in shots])
     throughput = Throughput()
@@ -204,7 +195,8 @@ def run_tts(
     char_counts: list[tuple[int, int] | None] = [None] * len(items)
     notes = []
     if model.vocoder is not None and asr_judge is not None:
-        from spiritlm.evals.stsp import resolve_speaker, vocode
+        from spiritlm.evals.common import resolve_speaker
+        from spiritlm.generation.outputs import vocode_many
 
         speaker, speaker_note = resolve_speaker(model.vocoder, cfg.speaker)
         if speaker_note:
@@ -212,7 +204,7 @@ def run_tts(
             notes.append(speaker_note)
         nonempty = [i for i, h in enumerate(hyps) if h]
         stats: dict[str, int] = {}
-        got, errors = vocode(model.vocoder, [hyps[i] for i in nonempty], speaker, stats)
+        got, errors = vocode_many(model.vocoder, [hyps[i] for i in nonempty], speaker, stats)
         keys = sorted(got)
         for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]) if keys else []):
             transcripts[nonempty[k]] = t
@@ -224,7 +216,7 @@ def run_tts(
         metrics["cer"] = metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=cfg.seed, statistic=ratio_of_sums), chance, len(items),
                                 empty_outputs=len(items) - len(nonempty), vocoder_refused=len(errors),
                                 vocoder_filled=stats.get("filled", 0), empty_output_rate=1.0)
-        got, errors = vocode(model.vocoder, [it["speech"] for it in items], speaker)
+        got, errors = vocode_many(model.vocoder, [it["speech"] for it in items], speaker)
         keys = sorted(got)
         if keys:
             rc = np.array([edit_counts(refs_text[k], t, "char") for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]))],

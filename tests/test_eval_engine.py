@@ -181,6 +181,27 @@ def test_fit_shots():
     assert fit_shots([], fixed_length=20, max_seq_len=50, reserve=5) == 0
 
 
+def test_fit_prompt_is_the_joined_prompt_with_the_most_shots_that_fit(lm):
+    """One few-shot assembler for asr/ic/tts/stsp: piecewise ids = the joined string's ids, the
+    longest prefix of shots that leaves the reserve free, and the lone target when none fits."""
+    from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
+
+    tok = lm.tokenizer
+    shots = [render_pair("text", "i hate", "text", "this rain", inner_markers=True),
+             render_pair("speech", "[Hu1][Hu2]", "text", "the old man"), render_pair("text", "a dog", "speech", "[Hu3]")]
+    target, alone = "[Text]what a lovely day[Text]", "[Text]what a lovely day"
+    full, k = fit_prompt(tok, shots, target, max_len=10_000, reserve=5, separator="\n", alone=alone)
+    assert k == 3 and full == tok.encode(join_prompt(shots, target, "\n"), bos=True)
+    two = len(tok.encode(join_prompt(shots[:2], target, "\n"), bos=True))
+    for max_len, want in ((two + 5, 2), (two + 4, 1)):
+        ids, k = fit_prompt(tok, shots, target, max_len=max_len, reserve=5, separator="\n", alone=alone)
+        assert k == want and ids == tok.encode(join_prompt(shots[:k], target, "\n"), bos=True)
+    ids, k = fit_prompt(tok, shots, target, max_len=3, reserve=5, separator="\n", alone=alone)
+    assert k == 0 and ids == tok.encode(alone, bos=True)
+    with pytest.raises(ValueError, match="modality marker"):
+        fit_prompt(tok, ["no marker"], target, max_len=100, reserve=1)
+
+
 def test_text_stop_ids_and_throughput(lm):
     tok = lm.tokenizer
     ids = text_stop_ids(tok)

@@ -365,7 +365,7 @@ def test_demo_runs_stsp_under_both_protocols_and_the_report_sets_them_side_by_si
 
 
 def test_answer_budgets_follow_the_reference_under_a_ceiling():
-    from spiritlm.evals.asr import answer_budget
+    from spiritlm.evals.engine import answer_budget
 
     assert answer_budget(12, 384) == 50 and answer_budget(20, 384) == 50 and answer_budget(21, 384) == 75
     assert answer_budget(187, 384) == 384  # the ceiling
@@ -376,16 +376,18 @@ def test_answer_budgets_follow_the_reference_under_a_ceiling():
 
 
 def test_speaker_falls_back_with_a_note_on_a_smaller_vocoder():
+    from spiritlm.evals.common import resolve_speaker
+
     class Voc:
         class config:
             num_speakers = 4
 
-    assert S.resolve_speaker(Voc(), 2) == (2, None)
+    assert resolve_speaker(Voc(), 2) == (2, None)
     Voc.config.num_speakers = 2
-    assert S.resolve_speaker(Voc(), 2) == (0, "vocoder speaker 2 asked, the vocoder has 2 speakers: speaker 0 used")
+    assert resolve_speaker(Voc(), 2) == (0, "vocoder speaker 2 asked, the vocoder has 2 speakers: speaker 0 used")
     Voc.config.num_speakers = 0
-    assert S.resolve_speaker(Voc(), 0) == (0, None) and S.resolve_speaker(Voc(), "alice") == ("alice", None)
-    assert S.resolve_speaker(None, 2) == (2, None)
+    assert resolve_speaker(Voc(), 0) == (0, None) and resolve_speaker(Voc(), "alice") == ("alice", None)
+    assert resolve_speaker(None, 2) == (2, None)
 
 
 def test_stsp_command_on_a_meta_manifest_with_metas_text_classifier(tiny_lm, tmp_path, capsys):

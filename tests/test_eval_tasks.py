@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from spiritlm.errors import UserError
-from spiritlm.evals.asr import build_asr_prompt, clean_answer, run_asr
+from spiritlm.evals.asr import build_asr_prompt, run_asr
 from spiritlm.evals.common import EvalModel, draw_shots
+from spiritlm.evals.engine import clean_answer
 from spiritlm.evals.ic import label_name, run_ic
 from spiritlm.evals.zeroshot import (
     _score_groups,
@@ -136,7 +137,7 @@ def test_asr_clamps_shots_to_context(model, corpus, tmp_path):
 
 
 def test_asr_budget_follows_each_reference_under_the_ceiling(model, corpus, tmp_path):
-    from spiritlm.evals.asr import answer_budget
+    from spiritlm.evals.engine import answer_budget
 
     run_asr(model, corpus / "manifest.jsonl", corpus / "units.jsonl", tmp_path, shots=1, max_items=4, progress=False)
     cfg = json.loads((tmp_path / "metrics.json").read_text())["config"]

@@ -122,7 +122,7 @@ def test_training_stores_the_most_frequent_training_codes(tmp_path):
 
 
 def test_stsp_and_tts_judge_outputs_without_pitch_tokens():
-    from spiritlm.evals.stsp import vocode
+    from spiritlm.generation.outputs import vocode_many as vocode
 
     voc = _voc(default_pitch=4, default_style=2)
     got, errors = vocode(voc, ["[Hu1][Hu2]", "[Hu99]", "[Pi1][Hu3][Hu4]"])
