@@ -68,8 +68,8 @@ def _tmp_name(path: Path) -> Path:
 def _remove_stale(path: Path) -> None:
     """Removes the temporary folders of ``path`` left by killed runs (their process is gone)."""
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
+        try:  # .NAME.tmp-PID, or .NAME.tmp-PID.EXT from atomic_path(..., suffix=".EXT")
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split(".")[0])
         except ValueError:
             continue
         if pid != os.getpid():

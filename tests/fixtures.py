@@ -25,6 +25,26 @@ from spiritlm.vocoder.data import repeat_codes
 from spiritlm.vocoder.train import TrainConfig
 
 
+#: The one real LibriSpeech utterance of shared/data/real (16 kHz FLAC, 146160 samples).
+REAL_FLAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "7143-88743-0029.flac"
+if not REAL_FLAC.exists():  # a worktree under /work/wt: the shared folder is /work/shared
+    REAL_FLAC = Path("/work/shared/data/real/7143-88743-0029.flac")
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """``spiritlm ARGV`` in this process: ``(exit code, stdout, stderr)`` (pytest's ``capsys``)."""
+    from spiritlm.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 # ---------------------------------------------------------------------------------------------
 # vocoder: a tiny aligned corpus of harmonic tones, and a training config that runs in seconds
 # ---------------------------------------------------------------------------------------------

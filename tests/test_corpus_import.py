@@ -12,24 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures import REAL_FLAC as REAL
+from fixtures import run_cli as run
 
 from spiritlm.cli import main
 from spiritlm.corpus.manifest import read_manifest
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "7143-88743-0029.flac"
-if not REAL.exists():  # a worktree under /work/wt: the shared folder is /work/shared
-    REAL = Path("/work/shared/data/real/7143-88743-0029.flac")
-
-
-def run(argv, capsys):
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _tone_words(words: list[tuple[str, float, float]], duration: float, seed: int = 0) -> np.ndarray:

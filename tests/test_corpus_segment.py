@@ -3,20 +3,16 @@ at word boundaries when words are known (or aligned in windows), at VAD pauses o
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures import REAL_FLAC as REAL
 from fixtures import SR, ToneCtc, tone_speech
 
 from spiritlm.cli import main
 from spiritlm.corpus.manifest import Utterance, Word, read_manifest, write_manifest
 from spiritlm.corpus.segment import SegmentConfig, choose_cuts, segment_manifest
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "7143-88743-0029.flac"
-if not REAL.exists():  # a worktree under /work/wt: the shared folder is /work/shared
-    REAL = Path("/work/shared/data/real/7143-88743-0029.flac")
 
 
 def _long_tone_recording(tmp_path, n_words: int = 160, seed: int = 0):

@@ -9,7 +9,8 @@
 * :mod:`spiritlm.corpus.espeak` -- the ctypes binding to libespeak-ng.
 * :mod:`spiritlm.corpus.text_sources` / :mod:`spiritlm.corpus.lexicon` -- the sentence generators.
 * :mod:`spiritlm.corpus.importers` -- ``spiritlm corpus import`` / ``export``: LibriSpeech (with the
-  public alignments or MFA TextGrids), folders of recordings, lhotse manifests.
+  public alignments or MFA TextGrids), folders of recordings, lhotse manifests, Hugging Face
+  ``datasets`` (save_to_disk folders or parquet with an ``Audio`` column).
 * :mod:`spiritlm.corpus.align` -- ``spiritlm corpus align``: CTC forced alignment (word times, scores).
 * :mod:`spiritlm.corpus.segment` -- ``spiritlm corpus segment``: long recordings cut at pauses.
 

@@ -166,28 +166,38 @@ def import_corpus(
     pattern: str | None = None,
     split: str | None = None,
     require_text: bool = True,
+    audio_column: str | None = None,
+    text_column: str | None = None,
+    speaker_column: str | None = None,
+    id_column: str | None = None,
+    words_column: str | None = None,
     max_duration: float | None = None,
     segment_long: bool = False,
     vad: str = "silero",
     allow_skips: bool = False,
     overwrite: bool = False,
 ) -> None:
-    """Import a corpus you have: write OUT/manifest.jsonl pointing at its audio (nothing is copied).
+    """Import a corpus you have: write OUT/manifest.jsonl pointing at its audio (nothing is copied,
+    except audio held inside a Hugging Face dataset, written once to OUT/audio/).
 
     Examples:
       spiritlm corpus import librispeech --src LibriSpeech/train-clean-100 --out ls100 [--alignments librispeech_alignments/]
       spiritlm corpus import folder --src my_recordings --pattern '{speaker}/*' --out mine
       spiritlm corpus import lhotse --src cuts.jsonl.gz --out imported
+      spiritlm corpus import hf --src my_dataset_saved_to_disk --out imported [--text_column normalized_text]
 
     FORMAT is librispeech (SPEAKER/CHAPTER/*.flac + SPEAKER-CHAPTER.trans.txt), folder (audio
-    files with a same-stem .txt or .lab transcript) or lhotse (a CutSet, or a RecordingSet with
-    --supervisions). Items that cannot be read are skipped and listed in OUT/import_skipped.txt;
-    the command then exits with status 1 unless --allow_skips true.
+    files with a same-stem .txt or .lab transcript), lhotse (a CutSet, or a RecordingSet with
+    --supervisions) or hf (a Hugging Face datasets folder written by save_to_disk, or parquet
+    files, with an Audio column; a DatasetDict's splits become the manifest's). Items that cannot
+    be read are skipped and listed in OUT/import_skipped.txt; the command then exits with status 1
+    unless --allow_skips true. An interrupted hf import reuses the audio it wrote when rerun.
 
     Args:
-        format: librispeech, folder or lhotse.
-        src: the corpus folder (librispeech, folder) or manifest file (lhotse).
-        out: output folder (manifest.jsonl, import_skipped.txt).
+        format: librispeech, folder, lhotse or hf.
+        src: the corpus folder (librispeech, folder), manifest file (lhotse), or dataset (hf: a
+            save_to_disk folder, a parquet file or a folder of parquet files).
+        out: output folder (manifest.jsonl, import_skipped.txt; hf: audio/).
         alignments: librispeech: a folder or file of word alignments, the public LibriSpeech
             SPEAKER-CHAPTER.alignment.txt files or Montreal Forced Aligner TextGrids (words tier).
         supervisions: lhotse: the SupervisionSet of a RecordingSet given as --src (default: the
@@ -196,8 +206,14 @@ def import_corpus(
             ({name} captures, * matches within a folder, ** across folders; relative to --src,
             without extension). Default: speaker = the parent folder.
         split: the split of every utterance (train / valid / test); default from the folder
-            names (librispeech: train-*, dev-*, test-*) or the pattern.
-        require_text: folder: skip audio without a transcript (false: keep it as speech only).
+            names (librispeech: train-*, dev-*, test-*), the pattern, or (hf) the dataset's split
+            names (train* -> train, validation* / dev* -> valid, test* -> test, others kept).
+        require_text: folder, hf: skip audio without a transcript (false: keep it as speech only).
+        audio_column: hf: the audio column (default: audio, else the one column of type Audio).
+        text_column: hf: the transcript column (default: text, sentence or transcription).
+        speaker_column: hf: the speaker column (default: speaker_id, speaker or client_id; else unknown).
+        id_column: hf: the utterance id column (default: id; else SPLIT-ROW).
+        words_column: hf: word times, a list of {word, start, end} in seconds (default: words, when present).
         max_duration: longest recording kept, seconds: longer ones are skipped, or cut with
             --segment_long true.
         segment_long: cut recordings longer than --max_duration at pauses (spiritlm corpus segment)
@@ -205,7 +221,7 @@ def import_corpus(
         vad: with --segment_long, the voice activity detector for recordings without word times:
             silero or energy.
         allow_skips: exit with status 0 even when some items were skipped.
-        overwrite: replace an existing OUT/manifest.jsonl.
+        overwrite: replace an existing OUT/manifest.jsonl (hf: and write its audio again).
     """
     import os
 
@@ -216,9 +232,12 @@ def import_corpus(
     if src is None or out is None:
         raise UserError("corpus import FORMAT needs --src and --out")
     manifest = os.path.join(out, "manifest.jsonl")
+    finished = os.path.exists(manifest)
     _check_in_out(None, manifest, overwrite)
     for flag, value, formats in (("--alignments", alignments, ("librispeech",)), ("--supervisions", supervisions, ("lhotse",)),
-                                 ("--pattern", pattern, ("folder",))):
+                                 ("--pattern", pattern, ("folder",)), ("--audio_column", audio_column, ("hf",)),
+                                 ("--text_column", text_column, ("hf",)), ("--speaker_column", speaker_column, ("hf",)),
+                                 ("--id_column", id_column, ("hf",)), ("--words_column", words_column, ("hf",))):
         if value is not None and format not in formats:
             raise UserError(f"{flag} is for corpus import {' / '.join(formats)}, not {format}")
     try:
@@ -231,10 +250,12 @@ def import_corpus(
                 raise ValueError(f"{src}: no such file (--src)")
             result = importers.import_lhotse(src, supervisions, split)
         elif format == "hf":
-            raise ValueError("hf: Hugging Face datasets import needs the `datasets` package, which spiritlm does not "
-                             "install (pyarrow + pandas); save the dataset's audio as files and use corpus import folder")
+            cols = importers.HFColumns(audio=audio_column, text=text_column, speaker=speaker_column, id=id_column,
+                                       words=words_column)
+            # a finished import replaced (--overwrite true) writes its audio again; an interrupted one reuses it
+            result = importers.import_hf(src, out, cols, split, require_text, reuse_audio=not finished)
         else:
-            raise ValueError(f"unknown FORMAT {format!r}: librispeech, folder or lhotse")
+            raise ValueError(f"unknown FORMAT {format!r}: librispeech, folder, lhotse or hf")
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
     utts, skipped = result.utterances, list(result.skipped)

@@ -14,6 +14,9 @@ is the absolute path of the source file; only the audio header is read (sample r
 * :func:`import_lhotse` / :func:`export_lhotse` -- lhotse ``CutSet`` or ``RecordingSet`` +
   ``SupervisionSet`` manifests (jsonl / jsonl.gz), word times in ``supervision.alignment["word"]``;
   done with lhotse itself, whose recipes cover LibriSpeech, Libriheavy, MLS, GigaSpeech, ...
+* :func:`import_hf` -- Hugging Face ``datasets`` saved with ``save_to_disk`` or as parquet, with an
+  ``Audio`` column read undecoded with pyarrow; audio held inside the dataset (it has no file to
+  point at) is written once to ``OUT/audio/``, the one exception to "nothing is copied".
 
 Times are seconds, sample rates Hz.
 """
@@ -501,3 +504,363 @@ def export_lhotse(utts: Iterable[Utterance], out: str | os.PathLike) -> int:
     with atomic_path(out, suffix=".jsonl.gz" if out.endswith(".gz") else ".jsonl") as tmp:
         cuts.to_file(str(tmp))
     return len(recs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hugging Face datasets
+# ------------------------------------------------------------------------------------------------
+#: Default columns of :func:`import_hf`, the first one present wins.
+HF_TEXT_COLUMNS = ("text", "sentence", "transcription")
+HF_SPEAKER_COLUMNS = ("speaker_id", "speaker", "client_id")
+#: Formats of embedded audio kept as they are (soundfile's format name -> extension).
+_KEEP_FORMATS = {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}
+#: Rows read at a time (an Arrow batch; embedded audio makes rows large).
+_HF_BATCH = 64
+
+
+@dataclass
+class HFColumns:
+    """Which column holds what in a Hugging Face dataset (None: the defaults of :func:`import_hf`)."""
+
+    audio: str | None = None
+    text: str | None = None
+    speaker: str | None = None
+    id: str | None = None
+    words: str | None = None
+
+
+@dataclass
+class _HFSource:
+    """One table to read: a split of a ``save_to_disk`` folder, or one parquet file."""
+
+    where: str  # how skips and errors name it: the split's folder or the parquet file
+    split: str | None  # the dataset's own split name
+    prefix: str  # ids of a dataset without an id column: PREFIX-ROW
+    schema: object  # pyarrow.Schema
+    features: object  # datasets.Features
+    batches: object  # () -> iterator of pyarrow tables / record batches
+    base: str  # folder that relative audio paths are relative to
+
+
+def hf_split(name: str | None) -> str | None:
+    """A dataset's split name as a manifest split: ``train*`` -> train, ``validation*`` / ``valid*`` /
+    ``dev*`` -> valid, ``test*`` -> test (``train.clean.100``, ``validation``, ``test.other``);
+    any other name is kept."""
+    if name is None:
+        return None
+    m = re.match(r"(train|validation|valid|dev|test)(?![a-z])", name.lower())
+    if not m:
+        return name
+    return {"train": "train", "test": "test"}.get(m.group(1), "valid")
+
+
+def _hf_sources(src: str) -> list[_HFSource]:
+    """The tables of ``src``: a ``save_to_disk`` folder (``Dataset`` or ``DatasetDict``), a parquet
+    file, or a folder of parquet files (searched recursively, sorted by path)."""
+    import pyarrow.parquet as pq
+    from datasets import DatasetDict, Features, load_from_disk
+
+    if not os.path.exists(src):
+        raise ValueError(f"{src}: no such file or folder (--src)")
+
+    def first_line(e: Exception) -> str:
+        return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+
+    if os.path.isdir(src) and any(os.path.isfile(os.path.join(src, f)) for f in ("dataset_dict.json", "state.json")):
+        try:  # Arrow files + JSON metadata, memory-mapped; nothing is unpickled
+            loaded = load_from_disk(src, keep_in_memory=False)
+        except Exception as e:
+            raise ValueError(f"{src}: not a readable datasets save_to_disk folder ({first_line(e)}) (--src)") from None
+        parts = loaded.items() if isinstance(loaded, DatasetDict) else [(None, loaded)]
+        out = []
+        for name, ds in parts:
+            table = ds.with_format("arrow")
+            out.append(_HFSource(
+                where=os.path.join(src, name) if name is not None else src, split=name,
+                prefix=name if name is not None else Path(src).name, schema=ds.data.schema, features=ds.features,
+                batches=lambda t=table: t.iter(batch_size=_HF_BATCH), base=os.path.abspath(src),
+            ))
+        return out
+    files = [src] if os.path.isfile(src) else sorted(str(p) for p in Path(src).rglob("*.parquet") if p.is_file())
+    if not files:
+        raise ValueError(f"{src}: neither a datasets save_to_disk folder (dataset_dict.json or state.json) nor parquet "
+                         "files (--src)")
+    out = []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+            features = Features.from_arrow_schema(pf.schema_arrow)
+        except Exception as e:
+            raise ValueError(f"{f}: not a readable parquet file ({first_line(e)}) (--src)") from None
+        # the Hub's layout: SPLIT-00000-of-00004.parquet, or SPLIT/*.parquet
+        m = re.match(r"(.+?)-\d{5}-of-\d{5}$", Path(f).stem)
+        rel_parent = Path(f).parent.relative_to(src) if os.path.isdir(src) else Path(".")
+        split = m.group(1) if m else (rel_parent.name if rel_parent.name else None)
+        out.append(_HFSource(
+            where=f, split=split, prefix=split or Path(f).stem, schema=pf.schema_arrow, features=features,
+            batches=lambda pf=pf: pf.iter_batches(batch_size=_HF_BATCH), base=os.path.dirname(os.path.abspath(f)),
+        ))
+    return out
+
+
+def _hf_column(src: _HFSource, given: str | None, defaults: tuple[str, ...], flag: str) -> str | None:
+    """The column named by ``flag`` (an error naming the file and the flag when it is missing), or
+    the first default present, or None."""
+    names = src.schema.names
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"{src.where}: no column {given!r} ({flag}; columns: {', '.join(names)})")
+        return given
+    return next((c for c in defaults if c in names), None)
+
+
+def _hf_audio_column(src: _HFSource, given: str | None) -> str:
+    import pyarrow as pa
+    from datasets import Audio
+
+    col = _hf_column(src, given, ("audio",), "--audio_column")
+    if col is None:
+        typed = [k for k, v in src.features.items() if isinstance(v, Audio)]
+        if len(typed) != 1:
+            raise ValueError(f"{src.where}: no audio column ({'several Audio columns: ' + ', '.join(typed) if typed else 'none named audio and none of type Audio'}; "
+                             f"name it with --audio_column; columns: {', '.join(src.schema.names)})")
+        col = typed[0]
+    t = src.schema.field(col).type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)
+            or (pa.types.is_struct(t) and {"bytes", "path"} & {t.field(i).name for i in range(t.num_fields)})):
+        raise ValueError(f"{src.where}: column {col!r} holds {t}, not audio (an Audio column: bytes and/or path) (--audio_column)")
+    return col
+
+
+def _hf_words_column(src: _HFSource, given: str | None) -> str | None:
+    import pyarrow as pa
+
+    col = _hf_column(src, given, ("words",), "--words_column")
+    if col is None:
+        return None
+    t = src.schema.field(col).type
+    keys = ({t.value_type.field(i).name for i in range(t.value_type.num_fields)}
+            if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type) else set())
+    if not ({"start", "end"} <= keys and keys & {"word", "text"}):
+        if given is None:
+            return None  # a column that happens to be called words but holds something else
+        raise ValueError(f"{src.where}: column {col!r} holds {t}, not word times (a list of {{word, start, end}}) (--words_column)")
+    return col
+
+
+def _safe_name(uid: str) -> str:
+    """A file name for an utterance id: the id itself when it is a plain name, else a cleaned one
+    with a hash of the id (two ids never share a file)."""
+    import hashlib
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", uid)[:150]
+    if name == uid and not uid.startswith("."):
+        return name
+    return f"{name.lstrip('.') or 'utt'}-{hashlib.sha1(uid.encode()).hexdigest()[:10]}"
+
+
+def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool) -> str:
+    """Writes audio bytes held inside a dataset to ``dest`` + extension, once; returns the path.
+
+    Mono audio in a format the project reads (WAV, FLAC, OGG, MP3) is written as it is (the same
+    bytes, so the same samples); other audio is decoded, downmixed (channel mean, as
+    :func:`spiritlm.audio.load_audio`) and written as WAV (16-bit when the source is, float
+    otherwise) at its own sample rate. Every clip is decoded once to check it (readable, finite,
+    at least 80 ms) before it is written, atomically. With ``reuse`` a file a previous run wrote
+    (same size, for bytes kept as they are) is kept without decoding again.
+
+    Raises:
+        ValueError: unreadable, empty, too short or non-finite audio (the message starts with ``label``).
+    """
+    import io
+
+    import soundfile as sf
+
+    from spiritlm.atomic import atomic_path
+    from spiritlm.audio import AudioError, load_audio
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as e:
+        raise ValueError(f"{label}: not a readable audio file ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})") from None
+    keep = info.channels == 1 and info.format in _KEEP_FORMATS
+    path = dest.with_name(dest.name + (_KEEP_FORMATS[info.format] if keep else ".wav"))
+    if reuse and path.is_file() and (not keep or path.stat().st_size == len(data)):
+        return str(path)
+    try:
+        wav = load_audio(data, target_rate=info.samplerate, name=label)  # checks it; downmixes; no resampling
+    except AudioError as e:
+        raise ValueError(str(e)) from None
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        if keep:
+            tmp.write_bytes(data)
+        else:
+            sf.write(str(tmp), wav, info.samplerate, subtype="PCM_16" if info.subtype == "PCM_16" else "FLOAT")
+    return str(path)
+
+
+def _remove_stale_audio(audio_dir: Path) -> None:
+    """Removes the temporary files that killed runs left in ``audio_dir`` (their process is gone)."""
+    from spiritlm.atomic import _remove_stale
+
+    if audio_dir.is_dir():
+        for tmp in {t.name.split(".tmp-")[0][1:] for t in audio_dir.glob(".*.tmp-*")}:
+            _remove_stale(audio_dir / tmp)
+
+
+def import_hf(
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    columns: HFColumns | None = None,
+    split: str | None = None,
+    require_text: bool = True,
+    reuse_audio: bool = True,
+) -> ImportResult:
+    """Reads a Hugging Face ``datasets`` dataset with an ``Audio`` column.
+
+    ``src`` is a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (each
+    split of a DatasetDict becomes the manifest ``split`` of its rows, see :func:`hf_split`), a
+    parquet file, or a folder of parquet files (the Hub's ``SPLIT-00000-of-00004.parquet`` or
+    ``SPLIT/*.parquet`` names give the split). The audio column is read undecoded (its ``bytes``
+    and ``path``, with pyarrow): this module decodes it with soundfile, so datasets' own audio
+    decoding (torchcodec) is never needed, and nothing is unpickled.
+
+    Columns (``columns``; default in brackets, the first present):
+
+    * audio [``audio``, else the one column of type ``Audio``]: a row whose ``bytes`` are empty
+      and whose ``path`` names an existing file (absolute, or relative to the dataset's folder),
+      or whose ``path`` is an absolute existing file, points at that file (no copy); otherwise the
+      bytes are written once to ``OUT/audio/ID.EXT`` (:func:`_embedded_audio`).
+    * text [``text``, ``sentence``, ``transcription``]; speaker [``speaker_id``, ``speaker``,
+      ``client_id``; else ``"unknown"``]; id [``id``; else ``PREFIX-ROW``, PREFIX the split
+      name or the file's stem, ROW counted from 0 over the split]; ``style`` when there is such a column.
+    * words [``words``]: a list of ``{word (or text), start, end}`` (seconds) per row; silence
+      labels are dropped, the rest must be the transcript's words (its spelling is kept).
+
+    Args:
+        src: the dataset (see above).
+        out_dir: the import's output folder; embedded audio goes to ``out_dir/audio/``.
+        columns: column names (None: all defaults).
+        split: the split of every utterance (overrides the dataset's).
+        require_text: skip rows with an empty transcript, and refuse a dataset without a text
+            column (false: keep them as speech only).
+        reuse_audio: keep audio files a previous, interrupted run wrote (false: write them again).
+
+    Skips (one ``FILE: row I (id ID): problem`` line each): audio bytes that do not decode, empty,
+    shorter than 80 ms or non-finite audio, a path that does not exist, a multi-channel file
+    pointed at, an empty transcript, a missing id, an id used twice, word times that disagree
+    with the transcript or run past the audio.
+
+    Raises:
+        ValueError: ``src`` is not such a dataset, or a column named by a flag is missing or has
+            the wrong type (the message names the file and the flag).
+    """
+    src = os.fspath(src)
+    columns = columns or HFColumns()
+    sources = _hf_sources(src)
+    audio_dir = Path(out_dir).resolve() / "audio"
+    _remove_stale_audio(audio_dir)
+    plans = []
+    for s in sources:  # every column checked before any row is read
+        text_col = _hf_column(s, columns.text, HF_TEXT_COLUMNS, "--text_column")
+        if text_col is None and require_text:
+            raise ValueError(f"{s.where}: no transcript column ({', '.join(HF_TEXT_COLUMNS)}; name it with --text_column, or "
+                             f"--require_text false for speech only; columns: {', '.join(s.schema.names)})")
+        plans.append(_HFPlan(s, _hf_audio_column(s, columns.audio), text_col,
+                             _hf_column(s, columns.speaker, HF_SPEAKER_COLUMNS, "--speaker_column"),
+                             _hf_column(s, columns.id, ("id",), "--id_column"), _hf_words_column(s, columns.words),
+                             _hf_column(s, None, ("style",), "")))
+    result = ImportResult()
+    seen: dict[str, str] = {}
+    counters: dict[str, int] = {}
+    for plan in plans:
+        s = plan.source
+        row = -1
+        for batch in s.batches():
+            cols = {c: batch.column(c).to_pylist() for c in plan.wanted()}
+            for k in range(batch.num_rows):
+                row += 1
+                n_prefix = counters.get(s.prefix, 0)
+                counters[s.prefix] = n_prefix + 1
+                uid = cols[plan.id][k] if plan.id else f"{s.prefix}-{n_prefix:06d}"
+                uid = None if uid is None else str(uid).strip()
+                label = f"{s.where}: row {row}" + (f" (id {uid})" if uid else "")
+                try:
+                    utt = _hf_row(plan, uid, {c: v[k] for c, v in cols.items()}, label, split, require_text, audio_dir,
+                                  reuse_audio, seen)
+                except ValueError as e:
+                    msg = str(e)
+                    result.skipped.append(msg if msg.startswith(label) else f"{label}: {msg}")
+                    continue
+                seen[utt.id] = label
+                result.utterances.append(utt)
+    return result
+
+
+@dataclass
+class _HFPlan:
+    """A table of :func:`import_hf` and the names of its columns (None: absent)."""
+
+    source: _HFSource
+    audio: str
+    text: str | None
+    speaker: str | None
+    id: str | None
+    words: str | None
+    style: str | None
+
+    def wanted(self) -> list[str]:
+        return list(dict.fromkeys(c for c in (self.audio, self.text, self.speaker, self.id, self.words, self.style) if c))
+
+
+def _hf_row(plan: _HFPlan, uid: str | None, row: dict, label: str, split: str | None, require_text: bool,
+            audio_dir: Path, reuse_audio: bool, seen: dict[str, str]) -> Utterance:
+    """One row of :func:`import_hf` -> an utterance; raises ValueError (the skip's reason) for a bad row."""
+    if not uid:
+        raise ValueError(f"empty id (column {plan.id!r}; --id_column names another)")
+    if uid in seen:
+        raise ValueError(f"id {uid!r} already used by {seen[uid]}")
+    text = " ".join(str(row[plan.text] or "").split()) if plan.text else ""
+    if not text and require_text:
+        raise ValueError(f"empty transcript (column {plan.text!r}; --require_text false keeps it as speech only)")
+    spans = []
+    for item in (row[plan.words] or []) if plan.words else []:
+        w = item.get("word", item.get("text"))
+        if w is None or item.get("start") is None or item.get("end") is None:
+            raise ValueError(f"column {plan.words!r}: a word time without word, start or end: {item}")
+        if str(w).strip().lower() not in SILENCE_LABELS:
+            spans.append((str(w).strip(), float(item["start"]), float(item["end"])))
+    if spans and not text:
+        text = " ".join(w for w, _, _ in spans)
+    where = f"{label}: column {plan.words!r}"
+    if spans:  # before any audio is written
+        _check_words_match([w for w, _, _ in spans], text, where)
+    audio = row[plan.audio]
+    if isinstance(audio, str):
+        audio = {"bytes": None, "path": audio}
+    data, path = (audio or {}).get("bytes"), (audio or {}).get("path")
+    local = None
+    if path and (os.path.isabs(path) or not data):  # an embedded clip's relative path only names it
+        local = path if os.path.isabs(path) else os.path.join(plan.source.base, path)
+        if not os.path.isfile(local):
+            if not data:
+                raise ValueError(f"no audio bytes, and its path {path!r} is not a file")
+            local = None
+    if local is not None:
+        local = os.path.abspath(local)
+    elif data:
+        local = _embedded_audio(data, audio_dir / _safe_name(uid), f"{label}: audio bytes", reuse_audio)
+    else:
+        raise ValueError(f"no audio (column {plan.audio!r} has neither bytes nor a path)")
+    rate, n = _audio_header(local)
+    words: list[Word] = []
+    if spans:
+        words = _finish_words([(t, a, b) for t, (_, a, b) in zip(text.split(), spans)], n / rate, where)
+    speaker = row[plan.speaker] if plan.speaker else None
+    style = row[plan.style] if plan.style else None
+    return Utterance(
+        id=uid, audio=local, sample_rate=rate, duration=n / rate,
+        speaker="unknown" if speaker is None or str(speaker) == "" else str(speaker),
+        style="neutral" if style is None or str(style) == "" else str(style), text=text, words=words,
+        split=split if split is not None else hf_split(plan.source.split),
+    )
