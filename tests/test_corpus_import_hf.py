@@ -163,6 +163,16 @@ def test_hf_columns_by_flag_split_override_and_speech_only(tmp_path, capsys):
     assert utts["k0"].text == "" and utts["k1"].text == "word 1" and utts["k1"].speaker == "s1"
     assert all(u.split == "test" and u.style == "whisper" for u in utts.values())
     assert [(w.word, w.end) for w in utts["k2"].words] == [("word", 0.1), ("2", 0.2)]
+    # --max_duration applies as to every importer
+    code, _, err = run(base + cols + ["--require_text", "false", "--max_duration", "0.25", "--overwrite", "true"], capsys)
+    assert code == 1 and "lasts 0.3 s > --max_duration 0.25" in err
+    # parquet in a SPLIT/ folder (the Hub's other layout): the folder names the split
+    (tmp_path / "pq" / "validation").mkdir(parents=True)
+    Dataset.from_list(rows).cast_column("speech", Audio()).to_parquet(str(tmp_path / "pq" / "validation" / "part0.parquet"))
+    code, _, err = run(["corpus", "import", "hf", "--src", tmp_path / "pq", "--out", tmp_path / "v", *cols, "--require_text", "false"],
+                       capsys)
+    assert code == 0, err
+    assert [(u.id, u.split) for u in read_manifest(tmp_path / "v" / "manifest.jsonl")] == [("k0", "valid"), ("k1", "valid"), ("k2", "valid")]
 
 
 def test_hf_bad_rows_are_counted_and_named(tmp_path, capsys):
