@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     p = make_preset("tiny")
     km = p.units_kmeans if args.max_frames is None else replace(p.units_kmeans, max_frames=args.max_frames)
     shards = FrameShards(os.path.join(args.work, f"features-{len(train)}-{len(test)}"), len(sel), SHARD_ITEMS)
-    shards.build(_shard_compute(sel, load_backend(p.features, "cpu").extract), print, "unit features")
+    shards.build(_shard_compute(sel, load_backend(p.features, "cpu").extract), "unit features")
     tr, te = list(range(len(train))), list(range(len(train), len(sel)))
     labs = [lab for i in te for lab in M.frame_labels(sel[i].segments("phones"), shards.length(i), 25.0, 0.0225)]
     test_feats = torch.from_numpy(np.concatenate([np.asarray(shards[i]) for i in te]))

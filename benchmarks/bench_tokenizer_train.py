@@ -37,7 +37,7 @@ if not {full}:
     p = replace(p, scale_steps=False, vqvae_train=replace(p.vqvae_train, steps={pitch_steps}, checkpoint_every=0),
                 style_train=replace(p.style_train, steps={style_steps}))
 t = time.time()
-m = mod.train_tokenizer({manifest!r}, {out!r}, p, seed=0, threads={threads}, log=lambda s: None)
+m = mod.train_tokenizer({manifest!r}, {out!r}, p, seed=0, threads={threads})
 keys = ["pnmi", "phone_purity", "f0_rmse_cents", "vuv_error", "codebook_perplexity", "style_purity"]
 print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "wall_s": time.time() - t,
                   **{{k: round(m[k], 4) for k in keys if k in m}}}}))

@@ -51,6 +51,7 @@ prompts and any judge; a model that always writes positive text gets exactly its
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -64,6 +65,8 @@ import numpy as np
 
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
+
+logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("t2t", "t2s", "s2t", "s2s")
 MODALITY = {"t": "text", "s": "speech"}
@@ -681,7 +684,7 @@ def run_stsp(
 
     speaker, speaker_note = resolve_speaker(model.vocoder, proto.speaker)
     if speaker_note and any(d.endswith("s") for d in cfg.directions):
-        print(f"[eval stsp] note: {speaker_note}", flush=True)
+        logger.info(f"[eval stsp] note: {speaker_note}")
     skipped: dict[str, str] = {}
     vocoder_errors: dict[str, dict] = {}
     vocoder_filled: dict[str, int] = {}  # speech outputs without pitch/style tokens, voiced with the vocoder's defaults

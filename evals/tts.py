@@ -36,6 +36,7 @@ Scores:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -48,6 +49,9 @@ import numpy as np
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 from spiritlm.formats import SPEECH_TOKEN_RE, deduplicate
+
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TtsConfig:
@@ -200,7 +204,7 @@ def run_tts(
 
         speaker, speaker_note = resolve_speaker(model.vocoder, cfg.speaker)
         if speaker_note:
-            print(f"[eval tts] note: {speaker_note}", flush=True)
+            logger.info(f"[eval tts] note: {speaker_note}")
             notes.append(speaker_note)
         nonempty = [i for i, h in enumerate(hyps) if h]
         stats: dict[str, int] = {}

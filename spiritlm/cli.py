@@ -106,11 +106,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("SPIRITLM_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    from spiritlm.logs import console
+
     if debug:
-        _main(argv)
+        with console():
+            _main(argv)
         return
     try:
-        _main(argv)
+        with console():  # the APIs' log records as plain lines, rank 0 only
+            _main(argv)
     except KeyboardInterrupt:
         print("spiritlm: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -219,7 +219,7 @@ def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
     cfg = T.JudgesConfig(asr=M.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
                          asr_train=T.AsrTrainConfig(steps=3, batch_size=8))
     out = tmp_path / "judges"
-    metrics = T.train_judges(manifest, out, cfg=cfg, seed=0, log=lambda s: None, progress=False)
+    metrics = T.train_judges(manifest, out, cfg=cfg, seed=0, progress=False)
     saved = json.loads((out / J.METRICS_NAME).read_text())
     assert saved == metrics
     assert saved["text-sentiment"]["accuracy"] == 1.0 and saved["text-sentiment"]["n_test"] == 9
@@ -231,7 +231,7 @@ def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
         assert json.loads((out / sub / "judge.json").read_text())["kind"] == kind
     assert M.load_speech_sentiment_judge(out / "speech_sentiment").predict([_sentiment_wav("positive", np.random.default_rng(5))]) == ["positive"]
     # retraining one judge keeps the others' scores
-    again = T.train_judges(manifest, out, cfg=cfg, seed=1, which=("text-sentiment",), log=lambda s: None, progress=False,
+    again = T.train_judges(manifest, out, cfg=cfg, seed=1, which=("text-sentiment",), progress=False,
                            overwrite=True)
     assert again["asr"] == saved["asr"] and again["speech-sentiment"] == saved["speech-sentiment"] and again["seed"] == 1
     assert sorted(p.name for p in out.iterdir()) == sorted([*J.JUDGE_DIRS.values(), J.METRICS_NAME])  # no temporary folder left
@@ -240,7 +240,7 @@ def test_train_judges_writes_each_judge_and_its_test_scores(tmp_path):
 def test_train_judges_needs_train_and_test_splits(tmp_path):
     manifest = _write_manifest(tmp_path, {"train": 6})
     with pytest.raises(UserError, match="'train' and a 'test' split"):
-        T.train_judges(manifest, tmp_path / "j", which=("text-sentiment",), log=lambda s: None, progress=False)
+        T.train_judges(manifest, tmp_path / "j", which=("text-sentiment",), progress=False)
 
 
 def test_train_judges_scores_and_augments_with_vocoder_speech(tmp_path):
@@ -258,7 +258,7 @@ def test_train_judges_scores_and_augments_with_vocoder_speech(tmp_path):
     cfg = T.JudgesConfig(asr=M.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
                          asr_train=T.AsrTrainConfig(steps=2, batch_size=8))
     m = T.train_judges(manifest, tmp_path / "j", cfg=cfg, which=("asr", "speech-sentiment"), vocoder=voc, units=units,
-                       vocoded_fraction=0.5, log=lambda s: None, progress=False)
+                       vocoded_fraction=0.5, progress=False)
     assert 0 < m["asr"]["n_train_vocoded"] < 12 and m["asr"]["n_test_vocoded"] == 5
     assert m["asr"]["vocoded_cer"] is not None and 0 <= m["asr"]["vocoded_cer"]
     assert m["speech-sentiment"]["n_test_vocoded"] == 5 and 0 <= m["speech-sentiment"]["vocoded_accuracy"] <= 1
@@ -272,15 +272,17 @@ def test_trained_judges_are_not_replaced_without_overwrite(tmp_path, capsys):
 
     manifest = _write_manifest(tmp_path, {"train": 12, "test": 6})
     out = tmp_path / "judges"
-    T.train_judges(manifest, out, which=("text-sentiment",), log=lambda s: None, progress=False)
+    T.train_judges(manifest, out, which=("text-sentiment",), progress=False)
     before = (out / "text_sentiment" / "judge.json").read_bytes()
     with pytest.raises(SystemExit):
         main(["eval", "judges", "--manifest", manifest, "--out", str(out), "--which", "[text-sentiment]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0] and "text-sentiment" in err[0] and "--overwrite true" in err[0], err
     assert (out / "text_sentiment" / "judge.json").read_bytes() == before
-    T.train_judges(manifest, out, which=("speech-sentiment",), log=lambda s: None, progress=False)  # the missing one
+    main(["eval", "judges", "--manifest", manifest, "--out", str(out), "--which", "[speech-sentiment]", "--progress", "false"])  # the missing one
     assert (out / "speech_sentiment" / "judge.json").is_file() and (out / "text_sentiment" / "judge.json").read_bytes() == before
+    # the API logs (spiritlm.logs); the command shows its lines on stdout as before
+    assert "[judges] speech sentiment: test accuracy" in capsys.readouterr().out
 
 
 def test_truncated_or_broken_judges_are_one_line_naming_the_file(tmp_path):
@@ -288,7 +290,7 @@ def test_truncated_or_broken_judges_are_one_line_naming_the_file(tmp_path):
     without its weights raise a UserError naming the file and the flag, not a library error."""
     pairs = _toy_pairs(8, seed=0)
     judge, _ = T.train_asr(pairs, M.AsrConfig(n_mels=40, d_model=16, num_layers=1, num_heads=2, ffn_dim=32),
-                           T.AsrTrainConfig(steps=1, batch_size=4), seed=0, log=lambda s: None, progress=False)
+                           T.AsrTrainConfig(steps=1, batch_size=4), seed=0, progress=False)
     d = tmp_path / "asr"
     judge.save(d)
     weights = d / "model.safetensors"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def tones(tmp_path_factory):
     return root / "m.jsonl"
 
 
-def test_training_logs_its_plan_and_time_left_and_records_numerics(tones, tmp_path):
+def test_training_logs_its_plan_and_time_left_and_records_numerics(tones, tmp_path, caplog):
     preset = TrainPreset(
         features=FeatureConfig(backend="mfcc", mfcc=MfccConfig(cmvn=False)),
         units_kmeans=KMeansConfig(n_clusters=8, n_init=1),
@@ -60,8 +61,9 @@ def test_training_logs_its_plan_and_time_left_and_records_numerics(tones, tmp_pa
         style_kmeans=KMeansConfig(n_clusters=2, n_init=1, max_frames=None),
         scale_steps=True,
     )
-    lines: list[str] = []
-    metrics = train_tokenizer(str(tones), str(tmp_path / "tok"), preset, seed=0, threads=1, log=lines.append)
+    caplog.set_level(logging.INFO, logger="spiritlm")
+    metrics = train_tokenizer(str(tones), str(tmp_path / "tok"), preset, seed=0, threads=1)
+    lines = [r.getMessage() for r in caplog.records]
     # 7.2 s of audio: 20 passes are a handful of steps, raised to the floors (capped by the preset's
     # 100 pitch steps; 50 style steps, not the preset's 400)
     assert metrics["config"]["vqvae_train"]["steps"] == 100 and metrics["config"]["style_train"]["steps"] == 50
@@ -93,7 +95,7 @@ preset = TrainPreset(
     style_train=StyleTrainConfig(steps=20, batch_size=4, crop_frames=50, log_every=10),
     style_kmeans=KMeansConfig(n_clusters=2, n_init=1, max_frames=None),
 )
-m = train_tokenizer(sys.argv[1], sys.argv[2], preset, seed=0, threads=int(sys.argv[3]), log=lambda s: None)
+m = train_tokenizer(sys.argv[1], sys.argv[2], preset, seed=0, threads=int(sys.argv[3]))
 print(json.dumps(m["numerics"]["blas_openmp_threads"]))
 """
 

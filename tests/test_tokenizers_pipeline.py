@@ -53,7 +53,7 @@ def trained(corpus, tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        metrics = train_tokenizer(str(corpus / "manifest.jsonl"), str(out), small_preset(), seed=0, log=lambda s: None)
+        metrics = train_tokenizer(str(corpus / "manifest.jsonl"), str(out), small_preset(), seed=0)
     finally:
         torch.set_num_threads(n)
     return out, metrics
@@ -304,7 +304,7 @@ def test_meta_pitch_quantizer_layout_and_assemble(trained, tmp_path):
 
 def test_training_is_reproducible(trained, corpus, tmp_path):
     out, metrics = trained
-    again = train_tokenizer(str(corpus / "manifest.jsonl"), str(tmp_path / "again"), small_preset(), seed=0, log=lambda s: None)
+    again = train_tokenizer(str(corpus / "manifest.jsonl"), str(tmp_path / "again"), small_preset(), seed=0)
     def strip(m):  # wall-clock fields aside
         m = {k: v for k, v in m.items() if k != "timings"}
         m["pitch_train_last_log"] = {k: v for k, v in m["pitch_train_last_log"].items() if k != "elapsed_s"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -26,7 +27,7 @@ def _arrays(n=7, dim=3, seed=0):
     return [rng.standard_normal((int(rng.integers(0, 9)), dim)).astype(np.float32) for _ in range(n)]
 
 
-def test_frame_shards_round_trip_resume_and_bounded_sample(tmp_path):
+def test_frame_shards_round_trip_resume_and_bounded_sample(tmp_path, caplog):
     arrays = _arrays()
     calls = []
 
@@ -35,7 +36,7 @@ def test_frame_shards_round_trip_resume_and_bounded_sample(tmp_path):
         return [None if i == 4 else arrays[i] for i in idx], {"samples": [10 * i for i in idx]}
 
     shards = FrameShards(tmp_path / "feats", len(arrays), shard_items=3)
-    assert shards.num_shards == 3 and shards.build(compute, log=lambda s: None) == 3
+    assert shards.num_shards == 3 and shards.build(compute) == 3
     assert calls == [[0, 1, 2], [3, 4, 5], [6]]
     for i, a in enumerate(arrays):
         if i == 4:
@@ -49,9 +50,9 @@ def test_frame_shards_round_trip_resume_and_bounded_sample(tmp_path):
     # a run killed after writing shard 1's frames but not its index: only shard 1 is redone
     os.remove(tmp_path / "feats" / "feats-00001.json")
     again = FrameShards(tmp_path / "feats", len(arrays), shard_items=3)
-    lines = []
-    assert again.build(compute, log=lines.append) == 1 and calls[-1] == [3, 4, 5]
-    assert "2 of 3 shards resumed" in lines[0]
+    caplog.set_level(logging.INFO, logger="spiritlm")
+    assert again.build(compute) == 1 and calls[-1] == [3, 4, 5]
+    assert "2 of 3 shards resumed" in caplog.records[0].getMessage()
 
     # the sample is the rows sample_frames draws from the concatenation, read row by row
     keep = [6, 0, 2, 5]
@@ -69,7 +70,7 @@ def test_frame_shards_round_trip_resume_and_bounded_sample(tmp_path):
 def test_write_sample_is_the_bounded_sample_on_disk_and_is_reused(tmp_path):
     arrays = _arrays(n=9, dim=4, seed=1)
     shards = FrameShards(tmp_path / "feats", len(arrays), shard_items=2, max_open=1)
-    shards.build(lambda idx: ([arrays[i] for i in idx], {}), log=lambda s: None)
+    shards.build(lambda idx: ([arrays[i] for i in idx], {}))
     keep = [8, 1, 3, 4, 0]
     for max_frames in (None, 6):
         path = tmp_path / f"sample-{max_frames}.npy"
@@ -159,10 +160,10 @@ def test_vqvae_dataloader_gives_the_in_memory_crops_and_the_same_model():
 
     cfg = VQVAEConfig(channels=8, latent_dim=4, res_depth=1, codebook_size=8)
     tc = dict(steps=12, batch_size=4, crop_frames=128, log_every=6, checkpoint_every=0, seed=3)
-    a, _ = train_vqvae(ex, cfg, VQVAETrainConfig(**tc), log=lambda s: None)
-    b, _ = train_vqvae(LazySequence(len(ex), lambda i: ex[i]), cfg, VQVAETrainConfig(**tc, num_workers=2), log=lambda s: None,
+    a, _ = train_vqvae(ex, cfg, VQVAETrainConfig(**tc))
+    b, _ = train_vqvae(LazySequence(len(ex), lambda i: ex[i]), cfg, VQVAETrainConfig(**tc, num_workers=2),
                        lengths=[e.shape[1] for e in ex])
-    c, _ = train_vqvae(ex, cfg, VQVAETrainConfig(**{**tc, "seed": 4}), log=lambda s: None)
+    c, _ = train_vqvae(ex, cfg, VQVAETrainConfig(**{**tc, "seed": 4}))
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
@@ -175,11 +176,10 @@ def test_style_cnn_from_stored_logmels_equals_from_audio(tmp_path):
     cfg = StyleConfig(n_mels=16, channels=8, layers=1, embed_dim=4)
     tcfg = StyleTrainConfig(steps=6, batch_size=4, crop_frames=40, log_every=3)
     shards = FrameShards(tmp_path / "mels", len(wavs), shard_items=4, max_open=1)
-    shards.build(lambda idx: (cnn_logmels(cfg, [wavs[i] for i in idx]), {}), log=lambda s: None)
+    shards.build(lambda idx: (cnn_logmels(cfg, [wavs[i] for i in idx]), {}))
     np.testing.assert_array_equal(shards[5], cnn_logmels(cfg, wavs)[5])  # batching does not change a frame
-    a, log_a = train_style_cnn(wavs, labels, StyleConfig(**{**cfg.__dict__, "labels": []}), tcfg, log=lambda s: None)
-    b, log_b = train_style_cnn(None, labels, StyleConfig(**{**cfg.__dict__, "labels": []}), StyleTrainConfig(**{**tcfg.__dict__, "num_workers": 1}),
-                               log=lambda s: None, mels=shards)
+    a, log_a = train_style_cnn(wavs, labels, StyleConfig(**{**cfg.__dict__, "labels": []}), tcfg)
+    b, log_b = train_style_cnn(None, labels, StyleConfig(**{**cfg.__dict__, "labels": []}), StyleTrainConfig(**{**tcfg.__dict__, "num_workers": 1}), mels=shards)
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
@@ -279,10 +279,11 @@ def _preset():
     )
 
 
-def test_training_streams_through_shards_and_resumes(corpus, tmp_path):
+def test_training_streams_through_shards_and_resumes(corpus, tmp_path, caplog):
     work = tmp_path / "work"
-    first: list[str] = []
-    m1 = train_tokenizer(str(corpus), str(tmp_path / "tok1"), _preset(), seed=0, threads=1, log=first.append, work_dir=str(work))
+    caplog.set_level(logging.INFO, logger="spiritlm")
+    m1 = train_tokenizer(str(corpus), str(tmp_path / "tok1"), _preset(), seed=0, threads=1, work_dir=str(work))
+    first = [r.getMessage() for r in caplog.records]
     assert any("skipping bad" in ln for ln in first) and m1["num_train_utts"] == 6
     names = sorted(os.listdir(work))
     assert names[:3] == ["f0", "features", "plan.json"] and names[3].startswith("style-")
@@ -291,8 +292,9 @@ def test_training_streams_through_shards_and_resumes(corpus, tmp_path):
     assert any("k-means on 100 frames" in ln and "partial_fit in chunks" in ln for ln in first)  # --max_frames bounds the sample
     assert not any("resumed" in ln for ln in first)
 
-    second: list[str] = []
-    m2 = train_tokenizer(str(corpus), str(tmp_path / "tok2"), _preset(), seed=0, threads=1, log=second.append, work_dir=str(work))
+    caplog.clear()
+    m2 = train_tokenizer(str(corpus), str(tmp_path / "tok2"), _preset(), seed=0, threads=1, work_dir=str(work))
+    second = [r.getMessage() for r in caplog.records]
     resumed = [ln for ln in second if "shards resumed" in ln]
     assert len(resumed) == 4  # features, F0, style log-mels, style embeddings: nothing recomputed
     assert sum("sample resumed" in ln for ln in second) == 2  # the k-means samples too
@@ -305,7 +307,7 @@ def test_training_streams_through_shards_and_resumes(corpus, tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text("".join(ln for ln in corpus.read_text().splitlines(True)[:4]))
     with pytest.raises(UserError, match=r"shards of an unfinished run with other settings \(--manifest; --manifest / --max_utts.*--overwrite true"):
-        train_tokenizer(str(other), str(tmp_path / "tok3"), _preset(), seed=0, threads=1, log=lambda s: None, work_dir=str(work))
+        train_tokenizer(str(other), str(tmp_path / "tok3"), _preset(), seed=0, threads=1, work_dir=str(work))
 
     # the CLI refuses a negative --num_workers before any work
     from spiritlm.tokenizers.cli import train as train_cli
@@ -314,5 +316,5 @@ def test_training_streams_through_shards_and_resumes(corpus, tmp_path):
         train_cli(str(corpus), str(tmp_path / "tok5"), num_workers=-1)
 
     # without a work_dir the shards live in OUT/work and are removed after success
-    train_tokenizer(str(corpus), str(tmp_path / "tok4"), _preset(), seed=0, threads=1, log=lambda s: None)
+    train_tokenizer(str(corpus), str(tmp_path / "tok4"), _preset(), seed=0, threads=1)
     assert not (tmp_path / "tok4" / "work").exists() and (tmp_path / "tok4" / "metrics.json").exists()

@@ -20,6 +20,7 @@ detects which from the file's keys):
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class QuantizerError(UserError, ValueError):
@@ -113,7 +116,7 @@ def _inertia(x: np.ndarray, centers: np.ndarray, rows: int = 4096) -> float:
     return total
 
 
-def train_kmeans_chunks(read_rows, n_rows: int, cfg: KMeansConfig, log=None, progress: bool = True) -> tuple[np.ndarray, dict]:
+def train_kmeans_chunks(read_rows, n_rows: int, cfg: KMeansConfig, progress: bool = True) -> tuple[np.ndarray, dict]:
     """Fits MiniBatchKMeans with ``partial_fit`` over chunks of a frame sample read on demand.
 
     Only chunks are ever in memory: ``read_rows(rows)`` returns the sample's rows ``rows``
@@ -193,9 +196,8 @@ def train_kmeans_chunks(read_rows, n_rows: int, cfg: KMeansConfig, log=None, pro
             break
     bar.close()
     info = {"steps": step, "epochs": round(step / per_epoch, 2), "early_stop": stopped, "init_inertia": best_inertia / init_size}
-    if log:
-        log(f"[train] k-means: {step} partial_fit steps of {batch} frames ({info['epochs']} passes over {n} frames"
-            + (", stopped: no improvement" if stopped else "") + ")")
+    logger.info(f"[train] k-means: {step} partial_fit steps of {batch} frames ({info['epochs']} passes over {n} frames"
+                + (", stopped: no improvement" if stopped else "") + ")")
     return km.cluster_centers_.astype(np.float32), info
 
 

@@ -20,6 +20,7 @@ file of its own, which k-means then reads chunk by chunk (:func:`read_rows`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from spiritlm.atomic import atomic_file, atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 def trim_heap() -> None:
@@ -95,7 +98,7 @@ class FrameShards(Sequence):
         npy, js = self._paths(k)
         return os.path.exists(npy) and os.path.exists(js)
 
-    def build(self, compute: Callable[[list[int]], tuple[list[np.ndarray | None], dict[str, list]]], log=print, desc: str = "") -> int:
+    def build(self, compute: Callable[[list[int]], tuple[list[np.ndarray | None], dict[str, list]]], desc: str = "") -> int:
         """Computes the missing shards; returns how many were computed (0: all resumed).
 
         ``compute(indices)`` returns ``(arrays, info)``: one array ``(frames_i, D)`` per index, or
@@ -107,7 +110,7 @@ class FrameShards(Sequence):
         os.makedirs(self.directory, exist_ok=True)
         todo = [k for k in range(self.num_shards) if not self.complete(k)]
         if len(todo) < self.num_shards:
-            log(f"[train] {desc or self.name}: {self.num_shards - len(todo)} of {self.num_shards} shards resumed from {self.directory}")
+            logger.info(f"[train] {desc or self.name}: {self.num_shards - len(todo)} of {self.num_shards} shards resumed from {self.directory}")
         for k in tqdm(todo, desc=desc or self.name, unit="shard", disable=not todo):
             idx = list(range(k * self.shard_items, min((k + 1) * self.shard_items, self.n_items)))
             arrays, info = compute(idx)

@@ -17,6 +17,7 @@ argmax of its classifier (``mode="classifier"``, how Meta's style tokens are mad
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -32,6 +33,8 @@ from .utils import lengths_to_mask, pad_batch
 from .vqvae import CropBatchSampler
 from ..constants import SAMPLE_RATE
 from .kmeans import KMeansQuantizer, load_kmeans, save_kmeans
+
+logger = logging.getLogger(__name__)
 
 HOP = 320  # 50 Hz frames, as wav2vec 2.0
 WIN = 400
@@ -318,7 +321,7 @@ class MelCropBatchSampler(CropBatchSampler):
             yield [(int(i), int(rng.integers(0, max(self.lengths[i] - self.crop, 0) + 1))) for i in idx]
 
 
-def train_style_cnn(wavs: Sequence[np.ndarray] | None, labels: Sequence[str], cfg: StyleConfig, tcfg: StyleTrainConfig, log=print,
+def train_style_cnn(wavs: Sequence[np.ndarray] | None, labels: Sequence[str], cfg: StyleConfig, tcfg: StyleTrainConfig,
                     mels: Sequence[np.ndarray] | None = None) -> tuple[StyleCNN, list[dict]]:
     """Trains :class:`StyleCNN` to classify utterance style labels from random crops.
 
@@ -365,6 +368,6 @@ def train_style_cnn(wavs: Sequence[np.ndarray] | None, labels: Sequence[str], cf
             n = tcfg.log_every if step % tcfg.log_every == 0 else step % tcfg.log_every
             rec = {"step": step, "loss": agg / n, "accuracy": acc / n, "elapsed_s": round(time.time() - t0, 2)}
             records.append(rec)
-            log(f"[style cnn] step {step}: loss={rec['loss']:.4f} accuracy={rec['accuracy']:.3f}")
+            logger.info(f"[style cnn] step {step}: loss={rec['loss']:.4f} accuracy={rec['accuracy']:.3f}")
             agg, acc = 0.0, 0.0
     return model.eval(), records

@@ -28,7 +28,9 @@ majority-class chance levels alongside).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -47,6 +49,8 @@ from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
 from .style import StyleConfig, cnn_logmels, pooled_embeddings, StyleTokenizer, StyleTrainConfig, W2V2StyleEncoder, train_style_cnn
 from .utils import load_audio_batch
 from .vqvae import VQVAEConfig, VQVAETrainConfig, codebook_stats, train_vqvae
+
+logger = logging.getLogger(__name__)
 
 #: Training steps of the pitch VQ-VAE and the style CNN follow the corpus: this many passes over
 #: the training frames, within [a floor, the preset's steps] (the preset's steps are a cap that
@@ -76,25 +80,38 @@ def plan_steps(p: TrainPreset, train_seconds: float) -> TrainPreset:
     return replace(p, vqvae_train=replace(v, steps=vq), style_train=replace(st, steps=style))
 
 
-class _StageClock:
-    """Adds to each ``[stage] step N:`` log line the stage's estimated time left and the run's total."""
+class _StageClock(logging.Filter):
+    """Adds to each ``[stage] step N:`` record of the stage trainers' loggers (the pitch VQ-VAE's,
+    the style CNN's) the stage's estimated time left and the run's total; :meth:`watch` attaches it."""
 
-    def __init__(self, log, t_start: float) -> None:
-        self.log, self.t_start = log, t_start
+    def __init__(self, t_start: float) -> None:
+        super().__init__()
+        self.t_start = t_start
         self.name, self.steps, self.t0 = "", 0, t_start
 
     def start(self, name: str, steps: int) -> None:
         self.name, self.steps, self.t0 = name, steps, time.time()
 
-    def __call__(self, line: str) -> None:
+    @contextlib.contextmanager
+    def watch(self, *loggers: logging.Logger):
+        for lg in loggers:
+            lg.addFilter(self)
+        try:
+            yield self
+        finally:
+            for lg in loggers:
+                lg.removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
         import re
 
+        line = record.getMessage()
         m = re.search(r"\] step (\d+):", line)
         if m and self.steps and int(m.group(1)) > 0:
             done, now = int(m.group(1)), time.time()
             left = (now - self.t0) / done * (self.steps - done)
-            line += f"  [{self.name}: ~{left:.0f}s left of this stage; {now - self.t_start:.0f}s elapsed]"
-        self.log(line)
+            record.msg, record.args = line + f"  [{self.name}: ~{left:.0f}s left of this stage; {now - self.t_start:.0f}s elapsed]", None
+        return True
 
 
 @dataclass
@@ -248,7 +265,7 @@ def _read_items(manifest: str, max_utts: int | None) -> list:
     return items
 
 
-def _fit_kmeans(shards, indices: list[int], cfg: KMeansConfig, work_dir: str, name: str, log) -> np.ndarray:
+def _fit_kmeans(shards, indices: list[int], cfg: KMeansConfig, work_dir: str, name: str) -> np.ndarray:
     """k-means centres of a bounded random sample of the frames of ``indices`` in ``shards``.
 
     The sample (at most ``cfg.max_frames`` rows, drawn as
@@ -266,9 +283,9 @@ def _fit_kmeans(shards, indices: list[int], cfg: KMeansConfig, work_dir: str, na
     path = os.path.join(work_dir, f"{name}-sample-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy")
     resumed = os.path.exists(path)
     n, dim = shards.write_sample(path, indices, cfg.max_frames, cfg.seed)
-    log(f"[train] {name}: k-means on {n} frames of dim {dim} (--max_frames {cfg.max_frames}), partial_fit in chunks of {min(cfg.batch_size, n)}"
+    logger.info(f"[train] {name}: k-means on {n} frames of dim {dim} (--max_frames {cfg.max_frames}), partial_fit in chunks of {min(cfg.batch_size, n)}"
         + (f"; sample resumed from {path}" if resumed else ""))
-    centers, _ = train_kmeans_chunks(lambda rows: read_rows(path, rows), n, cfg, log)
+    centers, _ = train_kmeans_chunks(lambda rows: read_rows(path, rows), n, cfg)
     return centers
 
 
@@ -283,7 +300,6 @@ def train_tokenizer(
     device: str = "cpu",
     max_utts: int | None = None,
     threads: int | None = None,
-    log=print,
     work_dir: str | None = None,
     max_frames: int | None = None,
     num_workers: int | None = None,
@@ -315,7 +331,7 @@ def train_tokenizer(
         from spiritlm.numerics import threads as pinned_threads
 
         with pinned_threads(threads):
-            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, log, work_dir, max_frames,
+            return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, work_dir, max_frames,
                                    num_workers, overwrite)
     from threadpoolctl import threadpool_limits
 
@@ -328,7 +344,7 @@ def train_tokenizer(
     with threadpool_limits(limits=1, user_api="blas"):
         own_work = work_dir is None
         work_dir = work_dir or os.path.join(out, "work")
-        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers,
+        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, work_dir, max_frames, num_workers,
                              overwrite)
         if own_work:
             import shutil
@@ -337,7 +353,7 @@ def train_tokenizer(
         return m
 
 
-def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, log, work_dir, max_frames, num_workers,
+def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, work_dir, max_frames, num_workers,
                      overwrite=False) -> dict:
     import hashlib
 
@@ -367,15 +383,15 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     backend = load_backend(p.features, device)
     errors: list[dict] = []
     feat_shards = FrameShards(os.path.join(work_dir, "features"), len(all_items), SHARD_ITEMS)
-    feat_shards.build(_shard_compute(all_items, backend.extract, errors), log, "unit features")
+    feat_shards.build(_shard_compute(all_items, backend.extract, errors), "unit features")
     for e in errors:
-        log(f"[train] skipping {e['id']}: {e['error']}")
+        logger.info(f"[train] skipping {e['id']}: {e['error']}")
     keep = [i for i in range(len(all_items)) if feat_shards.ok(i)]
     if not keep:
         raise ValueError(f"{manifest}: no readable audio ({len(all_items)} utterances skipped)")
     skipped = len(all_items) - len(keep)
     if skipped and not errors:
-        log(f"[train] skipping {skipped} utterances whose audio was unreadable (from the resumed shards)")
+        logger.info(f"[train] skipping {skipped} utterances whose audio was unreadable (from the resumed shards)")
     items = [all_items[i] for i in keep]
     feats = LazySequence(len(keep), lambda k: feat_shards[keep[k]])
     t_feats = time.time() - t0
@@ -383,15 +399,15 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     eval_split = "test" if "test" in splits else ("valid" if "valid" in splits else None)
     train_idx = [i for i, it in enumerate(items) if it.split not in ("test", "valid")] or list(range(len(items)))
     test_idx = [i for i, it in enumerate(items) if it.split == eval_split] if eval_split else train_idx
-    log(f"[train] {len(items)} utterances: {len(train_idx)} for training, {len(test_idx)} for evaluation ({eval_split or 'train'})")
+    logger.info(f"[train] {len(items)} utterances: {len(train_idx)} for training, {len(test_idx)} for evaluation ({eval_split or 'train'})")
     seconds = sum(feat_shards.info(keep[i], "samples") for i in train_idx) / SAMPLE_RATE
     p = plan_steps(p, seconds)
     if p.expressive:
-        log(f"[train] plan for {seconds:.0f}s of training audio: units ({p.features.backend} features + k-means), "
+        logger.info(f"[train] plan for {seconds:.0f}s of training audio: units ({p.features.backend} features + k-means), "
             f"pitch VQ-VAE {p.vqvae_train.steps} steps, style "
             + (f"CNN {p.style_train.steps} steps" if p.style.backend == "cnn" else "encoder")
             + " + k-means; each stage's log lines show its time left")
-    clock = _StageClock(log, t_start)
+    clock = _StageClock(t_start)
     os.makedirs(out, exist_ok=True)
     metrics: dict = {"preset": preset if isinstance(preset, str) else "custom", "seed": seed, "eval_split": eval_split or "train",
                      "num_train_utts": len(train_idx), "num_eval_utts": len(test_idx)}
@@ -400,7 +416,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
     # ---- units: k-means on a bounded sample of the training frames, read from the shards ------
     t0 = time.time()
     km = p.units_kmeans
-    centers = _fit_kmeans(feat_shards, [keep[i] for i in train_idx], km, work_dir, "units", log)
+    centers = _fit_kmeans(feat_shards, [keep[i] for i in train_idx], km, work_dir, "units")
     units = UnitTokenizer(backend, centers, UnitConfig(features=p.features))
     unit_codes = {i: units.quantizer(torch.from_numpy(np.array(feats[i], dtype=np.float32)).to(units.backend.device)).cpu().numpy() for i in test_idx}
     timings["units_s"] = time.time() - t0 + t_feats
@@ -413,8 +429,8 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
         metrics.update(pnmi=M.pnmi(labs, toks), phone_purity=M.purity(labs, toks), phone_majority_rate=M.majority_rate(labs),
                        num_units=int(centers.shape[0]), units_used=int(len(set(toks))))
     else:
-        log("[train] no phone alignments in the evaluation split: pnmi/phone_purity not computed")
-    log(f"[train] units: {centers.shape[0]} clusters on {p.features.backend} features ({timings['units_s']:.1f}s) "
+        logger.info("[train] no phone alignments in the evaluation split: pnmi/phone_purity not computed")
+    logger.info(f"[train] units: {centers.shape[0]} clusters on {p.features.backend} features ({timings['units_s']:.1f}s) "
         + (f"pnmi={metrics['pnmi']:.3f} phone_purity={metrics['phone_purity']:.3f}" if phones_ok else ""))
 
     pitch_tok = style_tok = None
@@ -426,7 +442,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
             return [np.stack([f, v], 1).astype(np.float32) for f, v in extract_f0_batch(ws, pitch_cfg.f0)]
 
         f0_shards = FrameShards(os.path.join(work_dir, "f0"), len(all_items), SHARD_ITEMS)
-        f0_shards.build(_shard_compute(all_items, f0_frames), log, "F0")
+        f0_shards.build(_shard_compute(all_items, f0_frames), "F0")
 
         def track(i):  # (f0, vuv) float32 of utterance i of items, as the F0 backend returned them
             x = np.asarray(f0_shards[keep[i]])
@@ -445,8 +461,9 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
         save_meta_speaker_stats(os.path.join(out, "pitch", "speaker_stats.pt"),
                                 meta_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx))
         clock.start("pitch", p.vqvae_train.steps)
-        model, vq_log = train_vqvae(LazySequence(len(train_idx), lambda k: ex[train_idx[k]]), p.vqvae, p.vqvae_train, out_dir=os.path.join(out, "pitch"),
-                                    device=device, log=clock, lengths=[f0_shards.length(keep[i]) for i in train_idx])
+        with clock.watch(logging.getLogger(train_vqvae.__module__)):
+            model, vq_log = train_vqvae(LazySequence(len(train_idx), lambda k: ex[train_idx[k]]), p.vqvae, p.vqvae_train,
+                                        out_dir=os.path.join(out, "pitch"), device=device, lengths=[f0_shards.length(keep[i]) for i in train_idx])
         pitch_tok = PitchTokenizer(model, stats, pitch_cfg)
         metrics["pitch_train_last_log"] = vq_log[-1] if vq_log else None
         codes = pitch_tok.encode_features([ex[i] for i in test_idx])
@@ -466,7 +483,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
         metrics["f0_rmse_cents_speaker_mean_baseline"] = float(np.sqrt(np.mean(np.concatenate([
             (M.CENTS_PER_LOG * (np.log(f0s[i][0][f0s[i][0] > 0]) - stats.mean_for(items[i].speaker, f0s[i][0]))) ** 2 for i in test_idx]))))
         timings["pitch_s"] = time.time() - t0
-        log(f"[train] pitch: f0_rmse_cents={metrics['f0_rmse_cents']:.1f} vuv_error={metrics['vuv_error']:.3f} "
+        logger.info(f"[train] pitch: f0_rmse_cents={metrics['f0_rmse_cents']:.1f} vuv_error={metrics['vuv_error']:.3f} "
             f"perplexity={metrics['codebook_perplexity']:.1f} usage={metrics['codebook_usage']:.2f} ({timings['pitch_s']:.1f}s)")
 
         # ---- style --------------------------------------------------------------------------
@@ -480,9 +497,10 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
             # the mel settings), then the CNN reads its crops from them through a DataLoader
             mel_key = hashlib.sha1(json.dumps([scfg.n_mels, SAMPLE_RATE, [items[i].id for i in train_idx]]).encode()).hexdigest()[:12]
             mel_shards = FrameShards(os.path.join(work_dir, f"style-mels-{mel_key}"), len(train_idx), SHARD_ITEMS)
-            mel_shards.build(_shard_compute([items[i] for i in train_idx], lambda ws: cnn_logmels(scfg, ws)), log, "style log-mels")
+            mel_shards.build(_shard_compute([items[i] for i in train_idx], lambda ws: cnn_logmels(scfg, ws)), "style log-mels")
             clock.start("style", p.style_train.steps)
-            encoder, style_log = train_style_cnn(None, labels, scfg, p.style_train, log=clock, mels=mel_shards)
+            with clock.watch(logging.getLogger(train_style_cnn.__module__)):
+                encoder, style_log = train_style_cnn(None, labels, scfg, p.style_train, mels=mel_shards)
             metrics["style_encoder_train_accuracy"] = style_log[-1]["accuracy"]
         else:
             encoder = W2V2StyleEncoder.from_pretrained(scfg.checkpoint)
@@ -493,10 +511,10 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
         for name, t in sorted(encoder.state_dict().items()):
             digest.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
         pooled_shards = FrameShards(os.path.join(work_dir, f"style-{digest.hexdigest()[:12]}"), len(all_items), SHARD_ITEMS)
-        pooled_shards.build(_shard_compute(all_items, lambda ws: pooled_embeddings(encoder, ws, scfg.window_frames)), log, "style embeddings")
+        pooled_shards.build(_shard_compute(all_items, lambda ws: pooled_embeddings(encoder, ws, scfg.window_frames)), "style embeddings")
         pooled = LazySequence(len(items), lambda i: np.array(pooled_shards[keep[i]], dtype=np.float32))
         sk = p.style_kmeans
-        style_centers = _fit_kmeans(pooled_shards, [keep[i] for i in train_idx], sk, work_dir, "style", log)
+        style_centers = _fit_kmeans(pooled_shards, [keep[i] for i in train_idx], sk, work_dir, "style")
         style_tok = StyleTokenizer(encoder, scfg, style_centers)
         style_codes = {i: style_tok.quantizer(torch.from_numpy(pooled[i]).to(device)).cpu().numpy() for i in test_idx}
         if all(items[i].style is not None for i in test_idx):
@@ -505,7 +523,7 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
             metrics.update(style_purity=M.purity(labs, toks), style_majority_rate=M.majority_rate(labs),
                            style_pnmi=M.pnmi(labs, toks), num_style_tokens=int(style_centers.shape[0]))
         timings["style_s"] = time.time() - t0
-        log(f"[train] style: purity={metrics.get('style_purity', float('nan')):.3f} ({timings['style_s']:.1f}s)")
+        logger.info(f"[train] style: purity={metrics.get('style_purity', float('nan')):.3f} ({timings['style_s']:.1f}s)")
 
     tok = SpeechTokenizer(units, pitch_tok, style_tok)
     tok.save(out)

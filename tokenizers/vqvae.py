@@ -18,6 +18,7 @@ by halving ``T`` (floor) four times, e.g. 1828 frames -> 114 codes; decoder outp
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -355,7 +358,6 @@ def train_vqvae(
     tcfg: VQVAETrainConfig,
     out_dir: str | os.PathLike | None = None,
     device: str = "cpu",
-    log=print,
     lengths: Sequence[int] | None = None,
 ) -> tuple[PitchVQVAE, list[dict]]:
     """Trains a pitch VQ-VAE on normalised examples ``(2, T_i)``.
@@ -400,7 +402,7 @@ def train_vqvae(
             if logf:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
-            log(f"[pitch vq-vae] step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items() if k != "step"))
+            logger.info(f"[pitch vq-vae] step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items() if k != "step"))
             window_codes, agg = [], {}
         if out_dir and tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
             save_vqvae(model, os.path.join(out_dir, "checkpoints", f"step_{step}"))

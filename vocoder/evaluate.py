@@ -28,15 +28,18 @@ for the first few utterances.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import UserError
 from . import metrics as M
 from .data import Utterance, load_utterances, read_speakers
+
+logger = logging.getLogger(__name__)
 
 PROPERTIES = ("f0_mean_cents", "energy_db", "voiced_fraction")
 #: changes smaller than this are no change (cents, dB, fraction of frames)
@@ -266,7 +269,6 @@ def evaluate_vocoder(
     seed: int | None = None,
     control_pairs: int = 20,
     num_wavs: int = 3,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluates ``vocoder`` on ``split`` of ``manifest`` + ``units`` into ``out`` (see the module docstring).
 
@@ -286,7 +288,7 @@ def evaluate_vocoder(
     utts, report = load_utterances(manifest, units, splits=[split], speakers=speakers, num_units=cfg.num_units,
                                    num_pitch=cfg.num_pitch, num_style=cfg.num_style, max_utts=max_utts)
     for e in report.errors[:10]:
-        log(f"[vocoder eval] skipped {e}")
+        logger.info(f"[vocoder eval] skipped {e}")
     styles_by_id = {it.id: it.style for it in read_audio_manifest(manifest)}
     styles = [styles_by_id.get(u.id) for u in utts]
     originals = [u.wav for u in utts]  # the T x 640 samples of the original audio that the units cover
@@ -300,17 +302,17 @@ def evaluate_vocoder(
             raise UserError(f"{exc} (--tokenizer)") from None
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"[vocoder eval] {len(utts)} utterances of split {split!r} ({report.skipped} lines skipped)")
+    logger.info(f"[vocoder eval] {len(utts)} utterances of split {split!r} ({report.skipped} lines skipped)")
 
     trained, wavs = resynthesis_metrics(voc, utts, originals, tok, speakers, out_dir / "wavs", "trained", num_wavs)
-    log(f"[vocoder eval] trained: {json.dumps(trained)}")
+    logger.info(f"[vocoder eval] trained: {json.dumps(trained)}")
     base = Vocoder(untrained_like(cfg, seed), speakers=voc.speakers, styles=voc.styles)
     untrained, base_wavs = resynthesis_metrics(base, utts, originals, tok, speakers, out_dir / "wavs", "untrained", num_wavs)
-    log(f"[vocoder eval] untrained: {json.dumps(untrained)}")
+    logger.info(f"[vocoder eval] untrained: {json.dumps(untrained)}")
     pitch = pitch_control(voc, utts, originals, wavs, control_pairs)
-    log(f"[vocoder eval] pitch control: {json.dumps(pitch)}")
+    logger.info(f"[vocoder eval] pitch control: {json.dumps(pitch)}")
     style = style_control(voc, utts, originals, wavs, styles, speakers, control_pairs)
-    log(f"[vocoder eval] style control: {json.dumps({k: v for k, v in style.items() if k != 'corpus_properties_by_style'})}")
+    logger.info(f"[vocoder eval] style control: {json.dumps({k: v for k, v in style.items() if k != 'corpus_properties_by_style'})}")
     # the figure shows the most voiced of the first 20 utterances (F0 is what it is about)
     from ..tokenizers.f0 import extract_f0
 

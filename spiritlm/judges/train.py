@@ -6,11 +6,12 @@ folders) and ``OUT/judges_metrics.json``: each judge's score on the manifest's t
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from spiritlm.judges.models import (
     _write_json,
     normalize_transcript,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,6 @@ def train_asr(
     *,
     valid: Sequence[tuple[np.ndarray, str]] = (),
     seed: int = 0,
-    log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> tuple[AsrJudge, list[dict]]:
     """Trains the CTC ASR judge on ``(16 kHz waveform, transcript)`` pairs.
@@ -145,7 +147,7 @@ def train_asr(
             model.eval()
             row["valid_cer"] = round(_cer([normalize_transcript(t, cfg.alphabet) for _, t in valid], judge.transcribe([w for w, _ in valid])), 4)
             model.train()
-            log(f"[asr judge] step {step + 1}: loss {row['loss']:.3f} valid CER {row['valid_cer']:.3f}")
+            logger.info(f"[asr judge] step {step + 1}: loss {row['loss']:.3f} valid CER {row['valid_cer']:.3f}")
         if step % 50 == 0:
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         history.append(row)
@@ -210,7 +212,6 @@ def train_judges(
     vocoder: Any = None,
     units: dict[str, dict] | None = None,
     vocoded_fraction: float = 0.0,
-    log: Callable[[str], None] = print,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
@@ -286,7 +287,7 @@ def train_judges(
         with atomic_dir(out / JUDGE_DIRS["text-sentiment"], overwrite=True) as tmp:
             judge.save(tmp, m)
         metrics["text-sentiment"] = m
-        log(f"[judges] text sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(s_test)})")
+        logger.info(f"[judges] text sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(s_test)})")
     if "speech-sentiment" in which:
         t0 = time.time()
         tr, tr_w = wavs_of(s_train)
@@ -302,7 +303,7 @@ def train_judges(
         with atomic_dir(out / JUDGE_DIRS["speech-sentiment"], overwrite=True) as tmp:
             judge.save(tmp, m)
         metrics["speech-sentiment"] = m
-        log(f"[judges] speech sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(te)})")
+        logger.info(f"[judges] speech sentiment: test accuracy {acc:.3f} (majority class {m['chance']:.3f}, n={len(te)})")
     if "asr" in which:
         t0 = time.time()
         pool = [u for u in train if u.text.strip()]
@@ -318,7 +319,7 @@ def train_judges(
             pairs += list(zip(voc_wavs, [u.text for u in voc_utts]))
             n_vocoded = len(voc_utts)
         judge, history = train_asr(
-            pairs, cfg.asr, cfg.asr_train, valid=list(zip(va_w, [u.text for u in va])), seed=seed, log=log, progress=progress,
+            pairs, cfg.asr, cfg.asr_train, valid=list(zip(va_w, [u.text for u in va])), seed=seed, progress=progress,
         )
         te, te_w = wavs_of(test)
         hyps = judge.transcribe(te_w)
@@ -337,7 +338,7 @@ def train_judges(
             _write_json(tmp / "history.json", history)
         metrics["asr"] = m
         vc = f", on vocoder speech {m['vocoded_cer']:.3f}" if m.get("vocoded_cer") is not None else ""
-        log(f"[judges] asr: test CER {m['cer']:.3f} WER {m['wer']:.3f}{vc} (n={len(te)}, {m['seconds']:.0f} s)")
+        logger.info(f"[judges] asr: test CER {m['cer']:.3f} WER {m['wer']:.3f}{vc} (n={len(te)}, {m['seconds']:.0f} s)")
     metrics["skipped_audio"] = errors
     metrics = _nan_to_none(metrics)
     previous = load_judges_metrics(out)
