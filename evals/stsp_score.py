@@ -175,7 +175,7 @@ def check_manifest_audio(manifest: str | os.PathLike, paths: list[tuple[int, str
     return len(paths)
 
 
-def stsp_score_command(pred: str, ref: str, label: str = "sentiment", out: str | None = None) -> None:
+def stsp_score_command(pred: str, ref: str, label: str = "sentiment", out: str | None = None, overwrite: bool = False) -> None:
     """Score a predictions file in Meta's STSP layout with Meta's matching rules, and our stricter count beside it.
 
     Example: ``spiritlm eval stsp-score --pred pred_s_s.jsonl --ref data/stsp_data/records_emov_test.jsonl --label sentiment``
@@ -188,7 +188,12 @@ def stsp_score_command(pred: str, ref: str, label: str = "sentiment", out: str |
         ref: references JSONL (Meta's ``records_emov_*.jsonl`` layout: ``id`` and ``sentiment`` or ``emotion``).
         label: ``sentiment`` (emotions mapped as Meta maps them) or ``emotion``.
         out: also write the full result as JSON to this file (atomically).
+        overwrite: replace an existing OUT.
     """
+    if out:
+        from spiritlm.atomic import check_output
+
+        check_output(out, overwrite)  # before scoring: a finished OUT is kept unless --overwrite true
     res = score_meta(pred, ref, label)
     fmt = lambda x: "nan" if x is None else f"{x:.4f}"  # noqa: E731
     m, s = res["meta"], res["strict"]

@@ -250,7 +250,8 @@ def generate_stage(L: DemoLayout, preset: Preset, seed: int) -> Stage:
              f"audio of `{item.id}`: “{item.text}”"),
         ]
         return [["generate", "--model", str(L.lm_mix), *opts, "--vocoder", str(L.vocoder), "--output_dir", str(L.generate / name),
-                 "--max_new_tokens", str(preset.gen_tokens), "--min_new_tokens", "10", "--seed", str(seed)]
+                 "--max_new_tokens", str(preset.gen_tokens), "--min_new_tokens", "10", "--seed", str(seed),
+                 "--overwrite", "true"]  # an unfinished stage is redone: a killed run may have written t2s/ already
                 for name, _, opts, _ in gens]
 
     def record(printed: list[str]) -> None:

@@ -27,6 +27,7 @@ def generate_fn(
     out: str | None = None,
     device: str = "cpu",
     show_ids: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Generate a continuation of a text and/or speech prompt and print it.
 
@@ -60,12 +61,18 @@ def generate_fn(
             of an ``arbitrary`` generation go next to it as ``<stem>_<N>.wav``.
         device: ``cpu`` or ``cuda[:N]``.
         show_ids: also print the prompt and generated token ids.
+        overwrite: replace the WAV files of an earlier run (``out`` and its ``<stem>_<N>.wav``, or
+            ``output_dir``'s ``generation_NN.wav``); without it such files make the command stop
+            before loading anything.
     """
     _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder)  # a typo costs a second, not the imports
-    if speaker is not None and vocoder is None:
+    if vocoder is None:
         from spiritlm.errors import UserError
 
-        raise UserError("--speaker chooses the vocoder's voice: give --vocoder DIR too")
+        for flag, value in (("--speaker", speaker), ("--out", out)):
+            if value is not None:
+                raise UserError(f"{flag} is for the vocoder's speech output: give --vocoder DIR too")
+    earlier = _earlier_wavs(out, output_dir, overwrite) if vocoder is not None else []
     _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k)
 
     import torch
@@ -122,6 +129,7 @@ def generate_fn(
     if not result["outputs"]:
         print(f"[{output_modality}] (nothing: the model ended the sequence at once; try --min_new_tokens)")
     n_speech = 0
+    written: list[Path] = []
     for i, seg in enumerate(result["outputs"]):
         if seg.modality == "text" or voc is None:
             print(f"[{seg.modality}] {seg.content if seg.modality == 'text' else seg.tokens}")
@@ -135,14 +143,52 @@ def generate_fn(
         else:
             path = out_dir / f"generation_{i:02d}.wav"
         n_speech += 1
-        path.parent.mkdir(parents=True, exist_ok=True)
         wav = seg.content
         if hasattr(wav, "detach"):
             wav = wav.detach().float().cpu().numpy()
-        tmp = path.with_name(f".{path.name}.tmp")
-        sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)), format="WAV")
-        tmp.replace(path)
+        from spiritlm.atomic import atomic_path
+
+        with atomic_path(path, suffix=".wav") as tmp:
+            sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)), format="WAV")
+        written.append(path)
         print(f"[speech] {path}")
+    for old in earlier:  # --overwrite true: the earlier run's files this one did not replace go too
+        if old not in written:
+            old.unlink(missing_ok=True)
+
+
+def _earlier_wavs(out: str | None, output_dir: str, overwrite: bool) -> list[Path]:
+    """The WAV files an earlier ``generate`` left where this one writes (``--out`` and its
+    ``<stem>_<N>.wav``, or ``--output_dir``'s ``generation_NN.wav``).
+
+    The output rule of every command (:mod:`spiritlm.atomic`): they are refused unless
+    ``overwrite``, in one line naming them, before any model loads.
+
+    Raises:
+        UserError: earlier files without ``overwrite``; ``--out`` a folder or under a file.
+    """
+    import re
+
+    from spiritlm.atomic import check_output
+    from spiritlm.errors import UserError
+
+    if out is not None:
+        first = Path(out)
+        check_output(first, True)  # a folder, or a parent that is a file: one line naming it (--out)
+        pattern = re.compile(re.escape(first.stem) + r"_\d+" + re.escape(first.suffix or ".wav"))
+        found = [first] if first.is_file() else []
+        folder, flag = first.parent, "--out"
+    else:
+        folder, flag = Path(output_dir), "--output_dir"
+        check_output(folder, True, done=("generation_00.wav",), out_flag=flag)  # a file where the folder goes
+        pattern, found = re.compile(r"generation_\d+\.wav"), []
+    if folder.is_dir():
+        found += sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+    if found and not overwrite:
+        where = out if out is not None else output_dir
+        raise UserError(f"{where}: already holds the WAVs of an earlier run ({', '.join(p.name for p in found[:3])}"
+                        f"{', ...' if len(found) > 3 else ''}); pass --overwrite true to replace them ({flag})")
+    return found
 
 
 def _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k) -> None:

@@ -145,16 +145,22 @@ def _finish_skips(skipped: list[str], kept: int, allow_skips: bool, what: str, l
         raise UserError(f"{len(skipped)} {what}(s) skipped (first: {skipped[0]}); pass --allow_skips true to accept")
 
 
-def _check_in_out(manifest: str | None, out: str, overwrite: bool) -> None:
-    """A readable --manifest (when given) and an --out that is new or may be replaced."""
+def _check_in_out(manifest: str | None, out: str, overwrite: bool, done: tuple[str, ...] = ()) -> bool:
+    """A readable --manifest (when given) and an --out that is new or may be replaced; returns
+    whether a finished OUT is there (to be replaced: ``overwrite``).
+
+    The output rule of every command (:func:`spiritlm.atomic.check_output`): a finished OUT (the
+    file, or with ``done`` a folder holding one of those files) is refused unless ``overwrite``;
+    an absent one, or what an interrupted run left (``align``'s OUT.parts/), is written or resumed.
+    """
     import os
 
+    from spiritlm.atomic import check_output
     from spiritlm.errors import UserError
 
     if manifest is not None and not os.path.isfile(manifest):
         raise UserError(f"{manifest}: no such file (--manifest)")
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"{out}: already exists; pass --overwrite true to replace it")
+    return check_output(out, overwrite, done)
 
 
 def import_corpus(
@@ -232,8 +238,7 @@ def import_corpus(
     if src is None or out is None:
         raise UserError("corpus import FORMAT needs --src and --out")
     manifest = os.path.join(out, "manifest.jsonl")
-    finished = os.path.exists(manifest)
-    _check_in_out(None, manifest, overwrite)
+    finished = _check_in_out(None, out, overwrite, done=("manifest.jsonl",))
     for flag, value, formats in (("--alignments", alignments, ("librispeech",)), ("--supervisions", supervisions, ("lhotse",)),
                                  ("--pattern", pattern, ("folder",)), ("--audio_column", audio_column, ("hf",)),
                                  ("--text_column", text_column, ("hf",)), ("--speaker_column", speaker_column, ("hf",)),
@@ -444,7 +449,7 @@ def segment(
 
         model = load_aligner(aligner)
     report = segment_manifest(manifest, out, SegmentConfig(max_seconds=max_seconds, vad=vad, min_pause=min_pause), model, progress)
-    print(f"wrote {out}: {report.kept} utterances kept, {report.cut} cut into {report.segments} segments "
+    print(f"{'wrote ' + out if report.kept + report.segments else 'nothing written'}: {report.kept} utterances kept, {report.cut} cut into {report.segments} segments "
           f"({report.forced_cuts} cut inside speech), {len(report.skipped)} skipped")
     _finish_skips(report.skipped, report.kept + report.segments, allow_skips, "recording", None)
 

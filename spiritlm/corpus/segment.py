@@ -249,7 +249,8 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
 
 def segment_manifest(manifest: str, out: str, cfg: SegmentConfig, aligner=None, progress: bool = True) -> SegmentReport:
     """Cuts every utterance of ``manifest`` longer than ``cfg.max_seconds``; writes the manifest ``out``
-    (short utterances unchanged, long ones replaced by their segments, in order) atomically."""
+    (short utterances unchanged, long ones replaced by their segments, in order) atomically;
+    nothing when every utterance was skipped."""
     from tqdm import tqdm
 
     from spiritlm.audio import AudioError
@@ -274,5 +275,6 @@ def segment_manifest(manifest: str, out: str, cfg: SegmentConfig, aligner=None, 
         report.cut += 1
         report.segments += len(pieces)
         report.forced_cuts += forced
-    write_manifest(out, result)
+    if result:  # every recording skipped: no OUT, which would pass for a finished output on the rerun
+        write_manifest(out, result)
     return report
