@@ -137,6 +137,76 @@ def test_synth_exits_nonzero_when_everything_is_skipped(voc_dir, tmp_path, capsy
     assert "vocoder not found" in capsys.readouterr().err
 
 
+# -- issue 18 item 11: the skip rule of batch commands (as spiritlm tokenize) --------------------------
+#    bad lines are skipped and counted; status 1 unless --allow_skips true; status 1 always when every line was
+
+
+def _status(argv, capsys) -> tuple[int, str, str]:
+    """``spiritlm ARGV``: (exit status, stdout, stderr's last line)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    return code, out.out, lines[-1] if lines else ""
+
+
+def test_synth_skip_rule(voc_dir, tmp_path, capsys):
+    units = write_lines(tmp_path / "u.jsonl", [GOOD, {"id": "b", "hubert": "1 2 99"}, "{torn", {**GOOD, "id": "c"}])
+    synth = ["vocoder", "synth", "--vocoder", voc_dir, "--units", units]
+    code, _, last = _status([*synth, "--out", tmp_path / "strict"], capsys)
+    assert code == 1 and "2 of 4 lines skipped" in last and "--allow_skips true" in last, last
+    assert json.loads((tmp_path / "strict" / "synth_report.json").read_text())["skipped"] == 2  # counted
+    code, printed, last = _status([*synth, "--out", tmp_path / "lenient", "--allow_skips", "true"], capsys)
+    assert code == 0 and "wrote 2 of 4 lines" in printed and "2 skipped" in printed, (printed, last)
+    assert sorted(p.name for p in (tmp_path / "lenient").glob("*.wav")) == ["a.wav", "c.wav"]
+    bad = write_lines(tmp_path / "bad.jsonl", [{"id": "b", "hubert": "1 2 99"}, "{torn"])
+    code, _, last = _status(["vocoder", "synth", "--vocoder", voc_dir, "--units", bad, "--out", tmp_path / "none",
+                             "--allow_skips", "true"], capsys)
+    assert code == 1 and "every line was skipped" in last, last  # --allow_skips does not make nothing a success
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.fixture(scope="module")
+def train_corpus(tmp_path_factory):
+    from fixtures import make_corpus
+
+    d = tmp_path_factory.mktemp("train_corpus")
+    manifest, units = make_corpus(d)
+    return manifest, [json.loads(ln) for ln in open(units)]
+
+
+def _train_argv(manifest, units, out):
+    return ["vocoder", "train", "--manifest", manifest, "--units", units, "--out", out, "--config", "tiny", "--max_steps", "1",
+            "--batch_size", "2", "--segment_units", "4", "--val_every", "1", "--save_every", "1", "--threads", "1"]
+
+
+def test_train_skip_rule(train_corpus, tmp_path, capsys):
+    manifest, lines = train_corpus  # u0-u3 train, u4 valid, u5 test
+    units = write_lines(tmp_path / "u.jsonl", [*lines[:3], {**lines[3], "hubert": "1 2 x"}, *lines[4:], "{torn"])
+    code, _, last = _status(_train_argv(manifest, units, tmp_path / "strict"), capsys)
+    assert code == 1 and "2 units lines skipped" in last and "u.jsonl:4:" in last and "--allow_skips true" in last, last
+    assert not (tmp_path / "strict").exists()  # refused before training: no run folder
+    code, printed, last = _status([*_train_argv(manifest, units, tmp_path / "lenient"), "--allow_skips", "true"], capsys)
+    assert code == 0, last
+    assert "3 training utterances (2 lines skipped)" in printed and (tmp_path / "lenient" / "model.safetensors").is_file()
+    bad = write_lines(tmp_path / "bad.jsonl", [{**ln, "hubert": "1 2 x"} for ln in lines])
+    code, _, last = _status([*_train_argv(manifest, bad, tmp_path / "none"), "--allow_skips", "true"], capsys)
+    assert code == 1 and "no usable utterance" in last and "6 line(s) skipped" in last, last
+    assert not (tmp_path / "none").exists()
+
+
+def test_train_counts_a_bad_line_of_the_validation_split(train_corpus, tmp_path, capsys):
+    """The training pass reads only the train split's lines: a bad valid-split line was dropped from validation unseen."""
+    manifest, lines = train_corpus
+    units = write_lines(tmp_path / "u.jsonl", [*lines[:4], {**lines[4], "pitch": "1 99"}, lines[5]])
+    code, _, last = _status(_train_argv(manifest, units, tmp_path / "run"), capsys)
+    assert code == 1 and "1 units lines skipped" in last and "u.jsonl:5: pitch code 99" in last, last
+
+
 # -- API input checks ----------------------------------------------------------------------------
 
 

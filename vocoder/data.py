@@ -131,6 +131,7 @@ def load_utterances(
     num_pitch: int | None = None,
     num_style: int | None = None,
     max_utts: int | None = None,
+    check_every_line: bool = False,
 ) -> tuple[list[Utterance], LoadReport]:
     """Joins a manifest and a units JSONL (see the module docstring).
 
@@ -144,6 +145,10 @@ def load_utterances(
         num_units, num_pitch, num_style: table sizes; a larger id is a skipped line. A stream
             with a size of 0 is ignored; None accepts any id.
         max_utts: stop after this many kept utterances.
+        check_every_line: lines of the other splits are checked too (JSON, id, streams and
+            table sizes, not their audio) and count as skipped when bad: the one pass over the
+            file of ``spiritlm vocoder train``, which reads the validation split later, up to
+            ``max_utts`` lines, and would otherwise drop its bad lines uncounted.
 
     Returns:
         ``(utterances, report)`` in units-file order.
@@ -165,6 +170,7 @@ def load_utterances(
     report = LoadReport()
     out: list[Utterance] = []
     seen: set[str] = set()
+    seen_elsewhere: set[str] = set()  # ids of other splits' lines (check_every_line)
     with open(units) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -182,9 +188,10 @@ def load_utterances(
             if it is None:
                 report.add(f"{where}: id {uid!r} is not in {manifest}" if uid else f"{where}: no 'id'")
                 continue
-            if splits is not None and it.split not in splits:
+            wanted = splits is None or it.split in splits
+            if not (wanted or check_every_line):
                 continue
-            if uid in seen:
+            if uid in (seen if wanted else seen_elsewhere):
                 report.add(f"{where}: duplicate id {uid!r}")
                 continue
             try:
@@ -205,6 +212,9 @@ def load_utterances(
                     streams[name] = s
             except ValueError as exc:
                 report.add(f"{where}: {exc}")
+                continue
+            if not wanted:
+                seen_elsewhere.add(uid)
                 continue
             spk = it.speaker or "default"
             if spk not in spk_index:

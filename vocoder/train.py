@@ -566,7 +566,7 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_af
     speakers = read_speakers(manifest)
     vcfg = vocoder_config(cfg.config, units, speakers, tokenizer)
     sizes = {"num_units": vcfg.num_units, "num_pitch": vcfg.num_pitch, "num_style": vcfg.num_style}
-    train_utts, report = load_utterances(manifest, units, splits=["train", None], speakers=speakers, **sizes)
+    train_utts, report = load_utterances(manifest, units, splits=["train", None], speakers=speakers, check_every_line=True, **sizes)
     for e in report.errors[:20]:
         log(f"skipped {e}")
     if report.skipped > 20:
