@@ -169,3 +169,51 @@ def test_shards_of_other_settings_are_refused_naming_the_flag_or_restarted_with_
     assert (work / "features").is_dir() and json.loads((work / "plan.json").read_text()) == plan
     _check_work_dir(str(work), other, overwrite=True)
     assert not (work / "features").exists() and json.loads((work / "plan.json").read_text()) == other
+
+
+def test_a_killed_tokenizer_train_resumes_by_itself(tones, tmp_path, capsys, monkeypatch):
+    """Issue 18 item 3 (every trainer resumes): `tokenizer train` killed after its feature pass is
+    continued by the same command without a flag: OUT is not there to be refused, the features are
+    read back from OUT.work's complete shards (not extracted again), and the result equals an
+    uninterrupted run's."""
+    from spiritlm.cli import main
+    from spiritlm.tokenizers import train as T
+
+    small = TrainPreset(features=FeatureConfig(backend="mfcc", mfcc=MfccConfig(cmvn=False)),
+                        units_kmeans=KMeansConfig(n_clusters=8, n_init=1), expressive=False)
+    monkeypatch.setattr(T, "make_preset", lambda *a, **k: small)  # the named presets need 100 clusters' worth of audio
+    extracted = []
+    real_backend, real_fit = T.load_backend, T._fit_kmeans
+
+    def counting_backend(*a, **k):
+        backend = real_backend(*a, **k)
+        extract = backend.extract
+        backend.extract = lambda *x, **y: (extracted.append(1), extract(*x, **y))[1]
+        return backend
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "load_backend", counting_backend)
+    monkeypatch.setattr(T, "_fit_kmeans", killed)
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--manifest", str(tones), "--out", str(out), "--threads", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 130 and not out.exists() and (tmp_path / "tok.work" / "features").is_dir()
+    n = len(extracted)
+    assert n > 0
+    monkeypatch.setattr(T, "_fit_kmeans", real_fit)
+    extracted.clear()
+    main(argv)  # the same command: resumed, not refused
+    assert not extracted and (out / "units" / "unit_config.json").is_file() and not (tmp_path / "tok.work").exists()
+    main([*argv[:5], str(tmp_path / "straight"), "--threads", "1"])
+    assert len(extracted) == n  # a run from nothing extracts them
+    files = sorted(f for f in (tmp_path / "straight" / "units").iterdir() if f.is_file())
+    assert any(f.suffix in (".npy", ".pt", ".safetensors") for f in files), files
+    for f in files:  # the same k-means centres
+        assert (out / "units" / f.name).read_bytes() == f.read_bytes(), f.name
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # finished: refused
+        main(argv)
+    assert "--overwrite true" in capsys.readouterr().err
