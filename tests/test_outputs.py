@@ -168,6 +168,8 @@ NOT_HERE = {
     "checkpoint info": "prints, writes nothing",
     "checkpoint export": "needs a training run; its rule is tested in test_checkpoint_export.py",
     "serve": "serves a page, writes no output",
+    "corpus import hf": "the same rule as the other formats (corpus/cli.py); tested with its datasets in "
+                        "test_corpus_import_hf.py (a finished import refused, --overwrite true, an interrupted one resumed)",
     "demo": "an orchestrator that resumes: a finished stage is skipped, never replaced (--fresh true starts over); test_demo.py",
     "tokenizer train": "its presets need more audio than these 6 tones (100 k-means clusters); the rule is "
                        "test_tokenizer_training.py::test_train_refuses_a_trained_tokenizer_unless_overwrite",
