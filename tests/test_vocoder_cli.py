@@ -143,15 +143,11 @@ def test_synth_exits_nonzero_when_everything_is_skipped(voc_dir, tmp_path, capsy
 
 def _status(argv, capsys) -> tuple[int, str, str]:
     """``spiritlm ARGV``: (exit status, stdout, stderr's last line)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    lines = out.err.strip().splitlines()
-    return code, out.out, lines[-1] if lines else ""
+    from fixtures import run_cli
+
+    code, out, err = run_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    return code, out, lines[-1] if lines else ""
 
 
 def test_synth_skip_rule(voc_dir, tmp_path, capsys):
