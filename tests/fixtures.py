@@ -49,9 +49,13 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 # vocoder: a tiny aligned corpus of harmonic tones, and a training config that runs in seconds
 # ---------------------------------------------------------------------------------------------
 
-def make_corpus(root, n_utts: int = 6, seed: int = 0, n_units: int = 20, n_pitch: int = 8, n_style: int = 4):
+def make_corpus(root, n_utts: int = 6, seed: int = 0, n_units: int = 20, n_pitch: int = 8, n_style: int = 4,
+                pause_units: int = 0):
     """A tiny aligned corpus: harmonic tones whose F0 follows the pitch codes, units from the
-    codes too (so audio is predictable from units), 2 speakers, splits train/valid/test."""
+    codes too (so audio is predictable from units), 2 speakers, splits train/valid/test.
+
+    ``pause_units > 0``: the first and last ``pause_units`` units of each utterance are digital
+    silence, with unit ``n_units - 1`` (no tone uses it)."""
     rng = np.random.default_rng(seed)
     os.makedirs(root / "audio", exist_ok=True)
     man, units = [], []
@@ -65,12 +69,17 @@ def make_corpus(root, n_utts: int = 6, seed: int = 0, n_units: int = 20, n_pitch
         # a buzz with harmonics up to ~4 kHz plus a little noise: energy in every mel band
         wav = sum(np.sin(k * phase) / k for k in range(1, 25)) * 0.15 + 0.005 * rng.standard_normal(len(phase))
         wav = np.concatenate([wav, np.zeros(int(rng.integers(0, UNIT_HOP)))]).astype(np.float32)  # partial last frame
+        pauses = (slice(0, pause_units), slice(T - pause_units, T)) if pause_units else ()
+        for sl in pauses:
+            wav[sl.start * UNIT_HOP: sl.stop * UNIT_HOP] = 0.0
         uid = f"u{i}"
         sf.write(root / "audio" / f"{uid}.wav", wav, SAMPLE_RATE)
         split = "valid" if i == n_utts - 2 else "test" if i == n_utts - 1 else "train"
         man.append({"id": uid, "audio": f"audio/{uid}.wav", "sample_rate": SAMPLE_RATE, "duration": len(wav) / SAMPLE_RATE,
                     "speaker": f"spk{i % 2}", "style": "default", "text": "x", "words": [], "split": split})
-        hub = (per_unit_pitch * 2 + rng.integers(0, 2, size=T)) % n_units
+        hub = (per_unit_pitch * 2 + rng.integers(0, 2, size=T)) % (n_units - 1 if pause_units else n_units)
+        for sl in pauses:
+            hub[sl] = n_units - 1
         units.append({"id": uid, "audio": f"audio/{uid}.wav", "hubert": " ".join(map(str, hub)),
                       "pitch": " ".join(map(str, pitch)), "style": " ".join(map(str, style))})
     with open(root / "manifest.jsonl", "w") as f:

@@ -147,6 +147,12 @@ class LossWeights:
             Parallel WaveGAN); 0 = off (HiFi-GAN's recipe).
         f0: weight of the harmonic source's F0 loss (MSE on log F0 over voiced frames + BCE on
             voicing; only for a vocoder with ``harmonic_source``).
+        silence: weight of :func:`silence_loss`'s level term: L1 of the log energy of the output
+            against the target's on the 5 ms frames where the target is silent (below
+            ``SILENCE_DB``); 0 = off. The mel L1 spreads a hum in pauses over 80 bands and floors
+            it at 1e-5, so on its own it leaves the pauses of a small vocoder humming.
+        dc: weight of :func:`silence_loss`'s DC term: ``|mean|`` of each output segment (the mel
+            filters give 0 Hz no weight, so nothing else stops a constant offset); 0 = off.
     """
 
     mel: float = 45.0
@@ -155,6 +161,54 @@ class LossWeights:
     duration: float = 1.0
     stft: float = 0.0
     f0: float = 1.0
+    silence: float = 0.0
+    dc: float = 0.0
+
+
+#: a target frame (80 samples, 5 ms) is silent below this RMS level (dBFS); speech is 40–60 dB louder
+SILENCE_DB = -60.0
+#: energy floor (dBFS) of the silence term's logarithm: matching below -100 dBFS is not asked for
+SILENCE_FLOOR_DB = -100.0
+SILENCE_FRAME = 80
+
+
+def silence_loss(y_hat: torch.Tensor, y: torch.Tensor, threshold_db: float = SILENCE_DB, floor_db: float = SILENCE_FLOOR_DB,
+                 frame: int = SILENCE_FRAME) -> tuple[torch.Tensor, torch.Tensor]:
+    """The silence and DC terms of the generator's loss (issue 17: a small vocoder hums and
+    carries a DC offset in the pauses of its input).
+
+    Args:
+        y_hat, y: ``[B, 1, N]`` (or ``[B, N]``) generated and target waveforms in [-1, 1].
+        threshold_db: target frames whose RMS is below this (dBFS) are silent.
+        floor_db: energy floor (dBFS) added inside both logarithms.
+        frame: samples per frame (the tail that does not fill a frame is left out).
+
+    Returns:
+        ``(silence, dc)``: the mean over silent frames of ``|ln(e_hat + f) - ln(e + f)|`` (``e``:
+        a frame's mean square, ``f``: the floor as energy; 0 when no frame is silent), and the mean
+        over the batch of ``|mean(y_hat)|`` of each row.
+
+    >>> y = torch.zeros(1, 1, 320); y[..., :160] = 0.5          # two loud frames, two silent ones
+    >>> s, dc = silence_loss(y.clone(), y)
+    >>> float(s), float(dc)
+    (0.0, 0.25)
+    >>> s, _ = silence_loss(y + 0.01, y)                        # a -40 dBFS offset in the pauses
+    >>> round(float(s), 2)                                       # ln(1e-4 / 1e-10), nats of energy
+    13.82
+    """
+    y_hat = y_hat.float().reshape(y_hat.size(0), -1)
+    y = y.float().reshape(y.size(0), -1)
+    n = min(y.size(1), y_hat.size(1)) // frame * frame
+    e_hat = y_hat[:, :n].reshape(y.size(0), -1, frame).pow(2).mean(-1)
+    e = y[:, :n].reshape(y.size(0), -1, frame).pow(2).mean(-1)
+    silent = e < 10 ** (threshold_db / 10)
+    floor = 10 ** (floor_db / 10)
+    if silent.any():
+        silence = (torch.log(e_hat + floor) - torch.log(e + floor)).abs()[silent].mean()
+    else:
+        silence = y_hat.sum() * 0.0  # keeps the graph (DDP) with no silent frame in the batch
+    dc = y_hat.mean(dim=1).abs().mean()
+    return silence, dc
 
 
 class HannSTFTLoss(STFTLoss):

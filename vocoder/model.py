@@ -373,10 +373,18 @@ class UnitHifiGAN(HifiGANGenerator):
 
     @torch.no_grad()
     def _init_conv_weights(self, std: float = 0.01) -> None:
-        """HiFi-GAN's initialisation: conv weights ~ N(0, 0.01) (set through the weight norm)."""
+        """HiFi-GAN's initialisation: conv weights ~ N(0, 0.01) (set through the weight norm), and
+        the convolutions' biases 0.
+
+        With torch's default biases (uniform in ±1/sqrt(fan_in)) the untrained ``tiny`` generator
+        puts out a DC of up to 0.02 (seeds 0–3: −0.020 … 0.010, 20–60× its AC), which the mel loss
+        cannot see (its filters give 0 Hz no weight); with zero biases its DC is < 1e-4 (issue 17,
+        vocoder/README.md "Silence"). Loaded checkpoints (ours, Meta's) replace all of this."""
         for conv in self.weight_norm_convs():
             # assigning a parametrized weight goes through weight norm's right_inverse
             conv.weight = torch.randn_like(conv.weight) * std
+            if conv.bias is not None:
+                conv.bias.zero_()
 
     # -- embeddings ------------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ from ..metrics_log import MetricsLog, read_history
 from spiritlm.distributed import Dist
 from .config import VocoderConfig
 from .data import SegmentSampler, Utterance, attach_f0, load_utterances, most_frequent_codes, read_speakers
-from .losses import LossWeights, MelConfig, build_discriminator, build_losses
+from .losses import LossWeights, MelConfig, build_discriminator, build_losses, silence_loss
 from .model import UnitHifiGAN, num_parameters
 
 #: Meta's table sizes, used for a stream the data has and neither the preset nor a tokenizer sizes
@@ -138,8 +138,8 @@ def recipe_defaults(config: str) -> dict[str, Any]:
     """Per-preset defaults of :class:`TrainConfig` (the full discriminator and HiFi-GAN's batch for
     base sizes; for ``tiny`` also the multi-resolution STFT loss at weight 15, see vocoder/README.md)."""
     if config == "tiny":
-        return {"disc_width_div": 16, "batch_size": 8, "segment_units": 12, "stft_weight": 15.0}
-    return {"disc_width_div": 1, "batch_size": 16, "segment_units": 14, "stft_weight": 0.0}
+        return {"disc_width_div": 16, "batch_size": 8, "segment_units": 12, "stft_weight": 15.0, "silence_weight": 0.0, "dc_weight": 0.0}
+    return {"disc_width_div": 1, "batch_size": 16, "segment_units": 14, "stft_weight": 0.0, "silence_weight": 0.0, "dc_weight": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ VOCODER_FILES = ("config.json", "model.safetensors")
 #: settings a resumed run may change: they do not change what the steps compute
 RESUMABLE_CHANGES = ("max_steps", "log_every", "val_every", "save_every", "keep_checkpoints", "num_samples", "max_val_utts", "threads")
 #: ``train_config.json`` key -> the ``spiritlm vocoder train`` flag that sets it (messages)
-FLAGS = {"weights.stft": "--stft_weight", "vocoder": "--tokenizer / --units (the vocoder's table sizes)",
+FLAGS = {"weights.stft": "--stft_weight", "weights.silence": "--silence_weight", "weights.dc": "--dc_weight", "vocoder": "--tokenizer / --units (the vocoder's table sizes)",
          "speakers": "--manifest (its speakers)"}
 #: settings that are flags of ``spiritlm vocoder train`` under their own name
 CLI_SETTINGS = ("config", "batch_size", "segment_units", "lr", "disc_width_div", "disc_start_step", "seed", "dtype", "manifest",
@@ -685,6 +685,9 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_af
         if f0_pred is not None:
             loss_g["G_f0_mse"], loss_g["G_vuv_bce"] = f0_loss(*f0_pred, batch["f0"])
             loss_g["G_loss"] = loss_g["G_loss"] + cfg.weights.f0 * (loss_g["G_f0_mse"] + loss_g["G_vuv_bce"])
+        if cfg.weights.silence or cfg.weights.dc:  # issue 17: quiet, DC-free pauses (losses.silence_loss)
+            loss_g["G_silence"], loss_g["G_dc"] = silence_loss(y_hat, y)
+            loss_g["G_loss"] = loss_g["G_loss"] + cfg.weights.silence * loss_g["G_silence"] + cfg.weights.dc * loss_g["G_dc"]
         opt_g.zero_grad(set_to_none=True)
         loss_g["G_loss"].backward()
         opt_g.step()
@@ -700,7 +703,7 @@ def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_af
         rec = {"loss_g": loss_g["G_loss"], "mel_l1": loss_g["G_l1_spec_loss"]}
         for name, key in (("loss_d", "D_loss"), ("adv", "G_mse_fake_loss"), ("feat_match", "G_feat_match_loss"), ("dur_mse", "G_dur_loss"),
                           ("stft_mag", "G_stft_loss_mg"), ("stft_sc", "G_stft_loss_sc"), ("f0_mse", "G_f0_mse"),
-                          ("vuv_bce", "G_vuv_bce")):
+                          ("vuv_bce", "G_vuv_bce"), ("silence", "G_silence"), ("dc", "G_dc")):
             if key in loss_g or key in loss_d:
                 rec[name] = loss_g.get(key, loss_d.get(key))
         for k, v in rec.items():

@@ -27,6 +27,8 @@ def train(
     disc_start_step: int = 0,
     lr: float = 2e-4,
     stft_weight: float | None = None,
+    silence_weight: float | None = None,
+    dc_weight: float | None = None,
     seed: int = 0,
     log_every: int = 10,
     val_every: int = 200,
@@ -73,6 +75,10 @@ def train(
         stft_weight: weight of the multi-resolution STFT loss (log magnitude + spectral
             convergence at FFT sizes 1024/2048/512) next to 45 x mel L1; 0 = off (default: 15 for
             tiny, 0 = HiFi-GAN's recipe for base sizes; vocoder/README.md).
+        silence_weight: weight of the silence loss: L1 of the output's log energy against the
+            target's on the 5 ms frames where the target is below -60 dBFS (quiet pauses); 0 = off
+            (default: the preset's, vocoder/README.md).
+        dc_weight: weight of the DC loss, |mean| of each generated segment; 0 = off (default: the preset's).
         seed: seed of initialisation, sampling and dropout.
         log_every: steps between metric records.
         val_every: steps between validations and audio samples.
@@ -106,8 +112,9 @@ def train(
             raise UserError(f"{flag} must be >= 0, got {value} ({flag})")
     if not lr > 0:
         raise UserError(f"--lr must be > 0, got {lr} (--lr)")
-    if stft_weight is not None and not stft_weight >= 0:
-        raise UserError(f"--stft_weight must be >= 0, got {stft_weight} (--stft_weight)")
+    for value, flag in ((stft_weight, "--stft_weight"), (silence_weight, "--silence_weight"), (dc_weight, "--dc_weight")):
+        if value is not None and not value >= 0:
+            raise UserError(f"{flag} must be >= 0, got {value} ({flag})")
 
     from .losses import LossWeights
     from .train import TrainConfig, recipe_defaults, train_vocoder
@@ -118,7 +125,9 @@ def train(
         batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
         disc_width_div=disc_width_div or d["disc_width_div"], disc_start_step=disc_start_step, lr=lr, seed=seed,
         log_every=log_every, val_every=val_every, save_every=save_every, keep_checkpoints=keep_checkpoints, threads=threads, dtype=dtype,
-        weights=LossWeights(stft=d["stft_weight"] if stft_weight is None else stft_weight),
+        weights=LossWeights(stft=d["stft_weight"] if stft_weight is None else stft_weight,
+                            silence=d["silence_weight"] if silence_weight is None else silence_weight,
+                            dc=d["dc_weight"] if dc_weight is None else dc_weight),
     )
     if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
         raise UserError("--max_steps, --batch_size and --segment_units must be positive")
