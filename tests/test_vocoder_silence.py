@@ -71,3 +71,24 @@ def test_training_with_the_silence_loss_quiets_the_pauses(tmp_path):
     (off_db, off_dc), (on_db, on_dc) = levels["off"], levels["on"]
     assert on_db < off_db - 6, levels
     assert on_dc < off_dc, levels
+
+
+def test_cli_silence_and_dc_weights_reach_the_recipe(tmp_path, monkeypatch, capsys):
+    import spiritlm.vocoder.train as T
+    from spiritlm.cli import main
+
+    seen = []
+    monkeypatch.setattr(T, "train_vocoder", lambda manifest, units, out, cfg, **kw: seen.append((cfg.weights.silence, cfg.weights.dc))
+                        or {"final_step": 0, "seconds": 0.0, "train": {}})
+    man, units = tmp_path / "man.jsonl", tmp_path / "units.jsonl"
+    man.write_text("{}\n")
+    units.write_text("{}\n")
+    argv = ["vocoder", "train", "--manifest", str(man), "--units", str(units), "--out", str(tmp_path / "o")]
+    main(argv)  # the preset's recipe
+    main([*argv, "--config", "base"])
+    main([*argv, "--silence_weight", "2.5", "--dc_weight", "0"])
+    tiny, base = T.recipe_defaults("tiny"), T.recipe_defaults("base")
+    assert seen == [(tiny["silence_weight"], tiny["dc_weight"]), (base["silence_weight"], base["dc_weight"]), (2.5, 0.0)]
+    with pytest.raises(SystemExit):
+        main([*argv, "--dc_weight", "-1"])
+    assert "--dc_weight must be >= 0, got -1.0 (--dc_weight)" in capsys.readouterr().err
