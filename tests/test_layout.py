@@ -197,3 +197,35 @@ def test_renames_go_through_spiritlm_atomic():
                 if "# atomic:" not in near:
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_padding_masks_are_defined_once():
+    """Length masks and padded batches have one home (spiritlm/tensors.py): no other module defines
+    a mask function or writes the ``arange(T)[None, :] < lengths[:, None]`` idiom, and none fills
+    a zeros tensor row by row (``out[i, : n] = row`` in a loop; ``pad_batch`` does it)."""
+    import re
+
+    idiom = re.compile(r"arange\([^)]*\)\[None, :\]\s*<|arange\([^)]*\)\.unsqueeze\(0\)\s*<")
+    defs, idioms, loops = [], [], []
+    for name, path in _modules().items():
+        src = path.read_text()
+        tree = ast.parse(src)
+        defs += [f"{name}.{n.name}" for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and re.fullmatch(r"_?lengths?_(to_)?mask", n.name)]
+        if name != "spiritlm.tensors":
+            idioms += [f"{name}:{src[: m.start()].count(chr(10)) + 1}" for m in idiom.finditer(src)]
+        for loop in (n for n in ast.walk(tree) if isinstance(n, ast.For)):
+            for st in loop.body:
+                if not (isinstance(st, ast.Assign) and isinstance(st.targets[0], ast.Subscript)):
+                    continue
+                index, value = st.targets[0].slice, st.value
+                row_slice = (isinstance(index, ast.Tuple) and len(index.elts) == 2 and isinstance(index.elts[1], ast.Slice)
+                             and (index.elts[1].lower is None) != (index.elts[1].upper is None))
+                # a row copied in (a name, or a tensor made of one), not a row computed from the batch itself
+                copied = isinstance(value, ast.Name) or (isinstance(value, ast.Call) and (
+                    getattr(value.func, "attr", None) or getattr(value.func, "id", None)) in ("tensor", "from_numpy", "as_tensor", "reshape", "float"))
+                if row_slice and copied:
+                    loops.append(f"{name}:{st.lineno}")
+    assert defs == ["spiritlm.tensors.length_mask"], defs
+    assert not idioms, idioms
+    assert not loops, loops
+

@@ -50,7 +50,7 @@ def test_batched_features_equal_transformers_one_at_a_time(norm):
             np.testing.assert_allclose(f, r, atol=2e-5)
         if norm == "group":
             # the reference run on the padded batch differs: the front end's group norm sees the padding
-            from spiritlm.tokenizers.utils import pad_batch
+            from spiritlm.tensors import pad_batch
 
             x, _ = pad_batch(wavs)
             plain = ref(x, output_hidden_states=True).hidden_states[2]
@@ -212,7 +212,7 @@ def test_bf16_path_agrees_with_fp32_and_batches_like_one_at_a_time(norm):
 def test_folded_first_layer_equals_masked_group_norm():
     """Conv + group norm folded into one convolution (statistics from the input windows) equals
     conv -> group norm over the valid frames, for each utterance of a padded batch."""
-    from spiritlm.tokenizers.utils import pad_batch
+    from spiritlm.tensors import pad_batch
 
     model = tiny_hubert("group")
     hb = HubertBackend(copy.deepcopy(model), layer=1)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from spiritlm.constants import SAMPLE_RATE, STREAM_RATES
-from .utils import lengths_to_mask, pad_batch, resolve_device
+from .utils import resolve_device
+from ..tensors import length_mask, pad_batch
 
 #: (kernel, stride) of the convolutional front end of a 25 Hz HuBERT: the 50 Hz chain of
 #: HuBERT base plus one more stride-2 layer; 640 samples per frame.
@@ -225,7 +226,7 @@ class MfccBackend(FeatureBackend):
             d1 = torch.gather(d1, 1, idx)
             d2 = torchaudio.functional.compute_deltas(d1.transpose(1, 2), win_length=5).transpose(1, 2)
             feats = torch.cat([mfcc, d1, d2], dim=2)  # (B, M, 3 n_mfcc)
-        mask = lengths_to_mask(n100, M).unsqueeze(-1).float()
+        mask = length_mask(n100, M).unsqueeze(-1).float()
         if self.cfg.cmvn:
             count = mask.sum(1, keepdim=True).clamp(min=1)
             mean = (feats * mask).sum(1, keepdim=True) / count
@@ -433,7 +434,7 @@ class HubertBackend(FeatureBackend):
         B, N = wavs.shape
         valid = ((lengths - k) // s + 1).clamp(min=1)  # (B,)
         win = wavs.unfold(-1, k, s).double()  # (B, T0, k) windows
-        mask = lengths_to_mask(valid.to(wavs.device), win.shape[1]).unsqueeze(-1)
+        mask = length_mask(valid.to(wavs.device), win.shape[1]).unsqueeze(-1)
         win = win * mask
         cnt = valid.to(wavs.device, torch.float64)[:, None]
         m = win.sum(1) / cnt  # (B, k)
@@ -521,14 +522,14 @@ class HubertBackend(FeatureBackend):
     def forward(self, wavs, lengths):
         wavs = wavs.float()
         if self.normalize:
-            mask = lengths_to_mask(lengths, wavs.shape[1]).float()
+            mask = length_mask(lengths, wavs.shape[1]).float()
             cnt = mask.sum(1, keepdim=True)
             mean = (wavs * mask).sum(1, keepdim=True) / cnt
             var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / cnt
             wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * mask
         flen = torch.tensor([self.num_frames(int(n)) for n in lengths.cpu()], device=wavs.device)
         T = int(flen.max())
-        attn = lengths_to_mask(flen, T)  # bool: transformers indexes with ~mask
+        attn = length_mask(flen, T)  # bool: transformers indexes with ~mask
         feats = self.conv_features(wavs, lengths.to(wavs.device))[:, :, :T].transpose(1, 2)
         if self.amp_dtype is not None:
             x = self._encoder_low(feats, attn)

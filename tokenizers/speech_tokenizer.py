@@ -78,7 +78,7 @@ class UnitTokenizer:
     @torch.inference_mode()
     def encode(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Units int64 ``(frames_i,)`` of each waveform (frames as a 25 Hz HuBERT)."""
-        from .utils import pad_batch
+        from ..tensors import pad_batch
 
         batch, lengths = pad_batch(wavs)
         dev = self.backend.device

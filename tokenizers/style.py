@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import lengths_to_mask, pad_batch
+from ..tensors import length_mask, pad_batch
 from .vqvae import CropBatchSampler
 from ..constants import SAMPLE_RATE
 from .kmeans import KMeansQuantizer, load_kmeans, save_kmeans
@@ -96,11 +96,11 @@ class StyleCNN(nn.Module):
         frames = torch.tensor([num_style_frames(int(n)) for n in lengths.cpu()], device=wavs.device)
         T = int(frames.max())
         x = torch.log(self.mel(wavs.float())[:, :, :T] + 1e-6).transpose(1, 2)
-        return x * lengths_to_mask(frames, T).unsqueeze(-1), frames
+        return x * length_mask(frames, T).unsqueeze(-1), frames
 
     def embed_logmel(self, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``(B, T, n_mels)`` log-mels -> ``(B, T, E)`` frame embeddings (zero on padding)."""
-        mask = lengths_to_mask(frames, x.shape[1]).unsqueeze(1).to(x.dtype)  # (B, 1, T)
+        mask = length_mask(frames, x.shape[1]).unsqueeze(1).to(x.dtype)  # (B, 1, T)
         h = ((x - self.feat_mean) / self.feat_std).transpose(1, 2) * mask
         for conv in self.convs:
             h = F.relu(conv(h)) * mask
@@ -111,7 +111,7 @@ class StyleCNN(nn.Module):
         return self.embed_logmel(x, frames), frames
 
     def utterance_logits(self, emb: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        m = lengths_to_mask(frames, emb.shape[1]).unsqueeze(-1).to(emb.dtype)
+        m = length_mask(frames, emb.shape[1]).unsqueeze(-1).to(emb.dtype)
         return self.classifier((emb * m).sum(1) / m.sum(1).clamp(min=1))
 
 
@@ -137,11 +137,8 @@ class W2V2StyleEncoder(nn.Module):
             w = wavs[i : i + 1, : int(n)].float()
             w = (w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-7)  # as Wav2Vec2FeatureExtractor
             outs.append(self.model.projector(self.model.wav2vec2(w)[0])[0])
-        frames = torch.tensor([o.shape[0] for o in outs], device=wavs.device)
-        emb = torch.zeros(len(outs), int(frames.max()), outs[0].shape[-1], device=wavs.device)
-        for i, o in enumerate(outs):
-            emb[i, : o.shape[0]] = o
-        return emb, frames
+        emb, frames = pad_batch(outs, dtype=None)
+        return emb, frames.to(wavs.device)
 
 
 def pool_windows(emb: torch.Tensor, frames: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +149,7 @@ def pool_windows(emb: torch.Tensor, frames: torch.Tensor, window: int) -> tuple[
     B, T, E = emb.shape
     W = math.ceil(T / window)
     pad = W * window - T
-    m = lengths_to_mask(frames, T).to(emb.dtype)
+    m = length_mask(frames, T).to(emb.dtype)
     e = F.pad(emb * m.unsqueeze(-1), (0, 0, 0, pad)).reshape(B, W, window, E).sum(2)
     c = F.pad(m, (0, pad)).reshape(B, W, window).sum(2)
     return e / c.clamp(min=1).unsqueeze(-1), (frames + window - 1) // window

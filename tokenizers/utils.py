@@ -42,30 +42,6 @@ def import_pyworld():
     return pyworld
 
 
-def pad_batch(wavs: Sequence[np.ndarray | torch.Tensor], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads 1-D waveforms with zeros into one tensor.
-
-    Args:
-        wavs: ``B`` waveforms of shape ``(samples_i,)``.
-        extra: zeros added after the longest one (samples).
-
-    Returns:
-        ``(batch, lengths)``: float32 ``(B, max_i samples_i + extra)`` and int64 ``(B,)`` sample counts.
-    """
-    tensors = [torch.as_tensor(np.asarray(w, dtype=np.float32)) if not isinstance(w, torch.Tensor) else w.float() for w in wavs]
-    lengths = torch.tensor([t.shape[-1] for t in tensors], dtype=torch.long)
-    out = torch.zeros(len(tensors), int(lengths.max()) + extra if len(tensors) else 0)
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[-1]] = t.reshape(-1)
-    return out, lengths
-
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
-    """``(B,)`` lengths -> bool ``(B, max_len)`` mask, True on valid positions."""
-    max_len = int(lengths.max()) if max_len is None else max_len
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` -> cuda if available else cpu; a clear error for unavailable cuda."""
     if device is None or str(device) == "auto":

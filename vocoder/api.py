@@ -36,6 +36,7 @@ import torch
 
 from spiritlm.errors import UserError
 from spiritlm.formats import MOST_COMMON_STYLES, SPEECH_TOKEN_RE, string_to_units
+from spiritlm.tensors import pad_batch
 
 from .config import FORMAT, VocoderConfig
 from .meta import _atomic, _load_state, export_meta, is_meta_dir, load_meta, read_names, write_names
@@ -449,10 +450,7 @@ class Vocoder:
         def pad(key: str) -> torch.Tensor | None:
             if batch[0][key] is None:
                 return None
-            out = torch.zeros(len(batch), T, dtype=torch.long)
-            for b, p in enumerate(batch):
-                out[b, : p[key].size] = torch.from_numpy(p[key])
-            return out.to(dev)
+            return pad_batch([p[key] for p in batch], dtype=torch.long, width=T)[0].to(dev)
 
         wav, samples = self.model.infer(
             pad("units"),

@@ -33,6 +33,7 @@ from ..audio import AudioError, load_audio
 from ..constants import SAMPLE_RATE, STREAM_RATES, UNIT_HOP
 from ..errors import UserError
 from ..formats import deduplicate
+from ..tensors import pad_batch
 
 PITCH_RATIO = round(STREAM_RATES["hubert"] / STREAM_RATES["pitch"])
 STYLE_RATIO = round(STREAM_RATES["hubert"] / STREAM_RATES["style"])
@@ -377,14 +378,8 @@ def collate(segments: Sequence[dict]) -> dict[str, torch.Tensor]:
     for key in ("pitch", "style", "f0"):
         if segments[0].get(key) is not None:
             out[key] = torch.from_numpy(np.stack([s[key] for s in segments]))
-    K = max(len(s["dedup"]) for s in segments)
-    dedup = torch.zeros(len(segments), K, dtype=torch.long)
-    durs = torch.zeros(len(segments), K, dtype=torch.long)
-    for i, s in enumerate(segments):
-        dedup[i, : len(s["dedup"])] = torch.from_numpy(s["dedup"])
-        durs[i, : len(s["durations"])] = torch.from_numpy(s["durations"])
-    out["dedup"], out["durations"] = dedup, durs
-    out["dedup_lengths"] = torch.tensor([len(s["dedup"]) for s in segments], dtype=torch.long)
+    out["dedup"], out["dedup_lengths"] = pad_batch([s["dedup"] for s in segments], dtype=torch.long)
+    out["durations"], _ = pad_batch([s["durations"] for s in segments], dtype=torch.long, width=out["dedup"].shape[1])
     return out
 
 

@@ -30,7 +30,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["LRELU_SLOPE", "WNConv1d", "WNConvTranspose1d", "ResBlock1", "HifiGANGenerator", "length_mask"]
+from ..tensors import length_mask
+
+__all__ = ["LRELU_SLOPE", "WNConv1d", "WNConvTranspose1d", "ResBlock1", "HifiGANGenerator"]
 
 #: slope of the LeakyReLU before every convolution but the last (that one uses 0.01, torch's default)
 LRELU_SLOPE = 0.1
@@ -162,15 +164,6 @@ class HifiGANGenerator(nn.Module):
         for conv in self.weight_norm_convs():
             if parametrize.is_parametrized(conv, "weight"):
                 parametrize.remove_parametrizations(conv, "weight")
-
-
-def length_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """``[B, max_len]`` bool, true inside each sequence.
-
-    >>> length_mask(torch.tensor([1, 3]), 3).tolist()
-    [[True, False, False], [True, True, True]]
-    """
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def _mask(lengths: Tensor, n: int, dtype: torch.dtype) -> Tensor:

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tensors import length_mask
 from .config import F0_HOP, VocoderConfig
-from .generator import LRELU_SLOPE, HifiGANGenerator, length_mask
+from .generator import LRELU_SLOPE, HifiGANGenerator
 
 __all__ = [
     "DurationPredictor",
@@ -42,7 +43,6 @@ __all__ = [
     "durations_from_log",
     "upsample_codes",
     "expand_by_durations",
-    "length_mask",
 ]
 
 

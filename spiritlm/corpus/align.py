@@ -73,16 +73,6 @@ class CtcModel:
         return self.samples_per_frame / self.sample_rate
 
 
-def _pad(wavs: Sequence[np.ndarray]):
-    import torch
-
-    lengths = torch.tensor([len(w) for w in wavs])
-    batch = torch.zeros(len(wavs), int(lengths.max()))
-    for i, w in enumerate(wavs):
-        batch[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-    return batch, lengths
-
-
 class JudgeCtc(CtcModel):
     """The project's CTC ASR judge (:mod:`spiritlm.corpus.ctc`: log-mel -> conformer -> characters, 50 Hz)."""
 
@@ -102,8 +92,10 @@ class JudgeCtc(CtcModel):
     def emissions(self, wavs):
         import torch
 
+        from spiritlm.tensors import pad_batch
+
         with torch.inference_mode():
-            batch, lengths = _pad([w if len(w) >= 400 else np.pad(w, (0, 400 - len(w))) for w in wavs])
+            batch, lengths = pad_batch([w if len(w) >= 400 else np.pad(w, (0, 400 - len(w))) for w in wavs])
             feats, frames = self.features(batch.to(self.device), lengths.to(self.device))
             lp, n = self.model(feats, frames)
         return [lp[i, : int(n[i])].float().cpu() for i in range(len(wavs))]
@@ -174,7 +166,9 @@ class MmsCtc(CtcModel):
     def emissions(self, wavs):
         import torch
 
-        batch, lengths = _pad(wavs)
+        from spiritlm.tensors import pad_batch
+
+        batch, lengths = pad_batch(wavs)
         with torch.inference_mode():
             em, n = self.model(batch.to(self.device), lengths.to(self.device))
         lp = em.float().log_softmax(-1).cpu()

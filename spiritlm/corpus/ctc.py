@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from spiritlm.constants import SAMPLE_RATE
+from spiritlm.tensors import length_mask
 
 #: ``judge.json``'s ``format``.
 JUDGE_FORMAT = "spiritlm-judge"
@@ -71,7 +72,7 @@ class LogMel(nn.Module):
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.log(self.mel(wavs) + 1e-6).transpose(1, 2)  # (B, frames, n_mels)
         frames = lengths // self.hop + 1
-        mask = (torch.arange(x.shape[1])[None, :] < frames[:, None]).unsqueeze(-1).float()
+        mask = length_mask(frames, x.shape[1]).unsqueeze(-1).float()
         count = mask.sum(1, keepdim=True).clamp(min=1)
         mean = (x * mask).sum(1, keepdim=True) / count
         var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / count

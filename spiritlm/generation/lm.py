@@ -33,6 +33,7 @@ from torch import Tensor
 from fairseq2.nn import BatchLayout
 
 from spiritlm.formats import MOST_COMMON_STYLES, parse_speech_string
+from spiritlm.tensors import pad_batch
 
 from .decoder import LlamaDecoder, use_cpu_weight_layout
 from .outputs import (
@@ -353,12 +354,9 @@ class SpiritLM:
     ) -> Iterator[tuple[list[int], list[int]]]:
         eos = self.tokenizer.eos_id
         V = self.config.vocab_size
-        lengths = [len(prompts[i]) for i in rows]
-        W = max(lengths)
         pad = eos if eos is not None and eos >= 0 else 0
-        ids = torch.full((len(rows), W), pad, dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, W - lengths[r] :] = torch.tensor(list(prompts[i]), dtype=torch.long)
+        ids, lens = pad_batch([list(prompts[i]) for i in rows], dtype=torch.long, value=pad, side="left")
+        lengths, W = lens.tolist(), ids.shape[1]
         idx = torch.tensor(rows, dtype=torch.long)
         ban = ban_all[idx].to(device)
         stop = stop_all[idx].to(device)
@@ -407,11 +405,8 @@ class SpiritLM:
     def _full_forward(self, seqs: list[list[int]]) -> Tensor:
         """Reference path (``use_cache=False``): fairseq2's own forward over whole right-padded
         sequences; the logits ``[B, V]`` at each row's last token."""
-        lens = [len(s) for s in seqs]
-        W = max(lens)
-        ids = torch.zeros(len(seqs), W, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : lens[r]] = torch.tensor(s, dtype=torch.long)
+        ids, lengths = pad_batch(seqs, dtype=torch.long)
+        lens, W = lengths.tolist(), ids.shape[1]
         ids = ids.to(self.device)
         logits = self.model(ids, BatchLayout.of(ids, lens if min(lens) < W else None))
         return logits[torch.arange(len(seqs), device=ids.device), torch.tensor(lens, device=ids.device) - 1]
@@ -754,11 +749,8 @@ class SpiritLM:
         dec = LlamaDecoder(self.model)
         for u0 in range(0, len(unique), batch_size):
             chunk = unique[u0 : u0 + batch_size]
-            lengths = [len(p) for p in chunk]
-            W = max(lengths)
-            ids = torch.zeros(len(chunk), W, dtype=torch.long)
-            for r, p in enumerate(chunk):
-                ids[r, W - len(p) :] = torch.tensor(p, dtype=torch.long)
+            ids, lens = pad_batch([list(p) for p in chunk], dtype=torch.long, side="left")
+            lengths, W = lens.tolist(), ids.shape[1]
             first = dec.prefill(ids.to(device), lengths, W).float().log_softmax(-1)  # [U, V]: each first token
             k, v, valid = dec.k, dec.v, dec.key_valid
             pairs = sorted(((r, i) for r, p in enumerate(chunk) for i in groups[p]),
@@ -782,12 +774,10 @@ class SpiritLM:
         """Scores the continuations ``part`` (``(prompt row, pair index)``) after their cached prompts."""
         device = first.device
         conts = [list(continuations[i]) for _, i in part]
-        C, L = len(part), max(len(c) for c in conts)
-        rows = torch.tensor([r for r, _ in part], device=device)
-        block = torch.zeros(C, L, dtype=torch.long)
-        for j, c in enumerate(conts):
-            block[j, : len(c)] = torch.tensor(c, dtype=torch.long)
+        block, _ = pad_batch(conts, dtype=torch.long)
+        C, L = block.shape
         block = block.to(device)
+        rows = torch.tensor([r for r, _ in part], device=device)
         plen = torch.tensor([len(chunk[r]) for r, _ in part], device=device)
         positions = plen.unsqueeze(1) + torch.arange(L, device=device).unsqueeze(0)
         # the prompts' cache rows, with room for the block after them

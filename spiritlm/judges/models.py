@@ -132,7 +132,7 @@ class AsrJudge:
     @torch.inference_mode()
     def transcribe(self, wavs: Sequence[np.ndarray], batch_size: int = 16) -> list[str]:
         """Transcripts of 16 kHz float waveforms ``(samples,)`` (lower-case, the judge's alphabet)."""
-        from spiritlm.tokenizers.utils import pad_batch
+        from spiritlm.tensors import pad_batch
 
         order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))  # similar lengths share a batch
         texts: dict[int, str] = {}

@@ -33,6 +33,7 @@ from spiritlm.judges.models import (
     _write_json,
     normalize_transcript,
 )
+from spiritlm.tensors import pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ def train_asr(
             queue = list(batches)
             rng.shuffle(queue)
         idx = queue.pop()
-        lens = torch.tensor([feats[i].shape[0] for i in idx])
-        x = torch.zeros(len(idx), int(lens.max()), cfg.n_mels)
-        for j, i in enumerate(idx):
-            x[j, : lens[j]] = feats[i]
+        x, lens = pad_batch([feats[i] for i in idx])  # (B, frames, n_mels)
         x = x.transpose(1, 2)  # SpecAugment works on (B, freq, time)
         for _ in range(tcfg.freq_masks):
             x = fmask(x)
