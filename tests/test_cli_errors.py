@@ -178,6 +178,8 @@ def test_every_command_reports_a_missing_path_before_importing_torch(tmp_path):
     does not exist. Checked by what was imported when the error came (not by the clock): every
     command's missing input is one line naming it and its flag, with torch not imported yet."""
     nope, out = str(tmp_path / "nope"), str(tmp_path / "out")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "audio": "a.wav", "text": "hi"}\n')
     cases = [
         (["checkpoint", "info", "--checkpoint", nope], "(--checkpoint)"),
         (["checkpoint", "export", "--checkpoint", nope, "--out", out], "(--checkpoint)"),
@@ -197,6 +199,17 @@ def test_every_command_reports_a_missing_path_before_importing_torch(tmp_path):
         (["vocoder", "train", "--manifest", nope, "--units", nope, "--out", out], "(--manifest)"),
         (["vocoder", "eval", "--vocoder", nope, "--manifest", nope, "--units", nope, "--out", out], "(--manifest)"),
         (["demo", "--only", "report", "--out", nope], "(--out)"),
+        (["corpus", "import", "librispeech", "--src", nope, "--out", out], "(--src)"),
+        (["corpus", "import", "lhotse", "--src", nope, "--out", out], "(--src)"),
+        (["corpus", "export", "lhotse", "--manifest", nope, "--out", out + ".jsonl"], "(--manifest)"),
+        (["corpus", "align", "--manifest", nope, "--aligner", "mms_fa", "--out", out], "(--manifest)"),
+        (["corpus", "align", "--manifest", str(manifest), "--aligner", nope, "--out", out], "(--aligner)"),
+        (["corpus", "segment", "--manifest", nope, "--out", out], "(--manifest)"),
+        (["eval", "ic", "--model", nope, "--manifest", nope, "--units", nope, "--out", out], "(--manifest)"),
+        (["eval", "stsp", "--model", nope, "--manifest", nope, "--units", nope, "--out", out], "(--manifest)"),
+        (["eval", "stsp-score", "--pred", nope, "--ref", nope], "(--pred)"),
+        (["generate", "--model", nope, "--text", "hi", "--vocoder", nope, "--out", out + ".wav"], "(--model)"),
+        (["serve", "--model", nope], "(--model)"),
     ]
     for (argv, flag), r in zip(cases, _run_fresh([c for c, _ in cases])):
         lines = r["err"].strip().splitlines()
