@@ -247,3 +247,21 @@ def test_hf_split_names(name, split):
     from spiritlm.corpus.importers import hf_split
 
     assert hf_split(name) == split
+
+
+def test_hf_rows_refused_or_cut_by_max_duration_leave_no_audio(tmp_path, capsys):
+    """--max_duration refuses a long row before its clip is written; a row written to be cut
+    (--segment_long) but not kept leaves no clip in OUT/audio/ either."""
+    make_dataset(tmp_path)
+    argv = ["corpus", "import", "hf", "--src", tmp_path / "saved", "--out", tmp_path / "m", "--max_duration", "1.0"]
+    code, _, err = run(argv, capsys)
+    assert code == 1 and f"{tmp_path / 'saved' / 'train'}: row 0 (id u0): audio bytes: lasts 1.6 s > --max_duration 1" in err
+    assert sorted(p.name for p in (tmp_path / "m" / "audio").iterdir()) == ["u1.wav", "u3.wav", "u4.flac"]
+    assert [u.id for u in read_manifest(tmp_path / "m" / "manifest.jsonl")] == ["u1", "u3", "u4"]
+    # --segment_long: the long clip is written to be cut; a transcript without word times cannot be cut without
+    # --aligner, so the row is skipped, and its clip does not stay behind
+    code, _, err = run([*argv[:-2], "--max_duration", "5", "--segment_long", "true", "--vad", "energy", "--overwrite", "true",
+                        "--allow_skips", "true"], capsys)
+    assert code == 0 and f"{tmp_path / 'm' / 'audio' / 'u2.flac'}: has a transcript but no word times" in err, err
+    assert [u.id for u in read_manifest(tmp_path / "m" / "manifest.jsonl")] == ["u0", "u1", "u3", "u4"]
+    assert sorted(p.name for p in (tmp_path / "m" / "audio").iterdir()) == ["u0.flac", "u1.wav", "u3.wav", "u4.flac"]

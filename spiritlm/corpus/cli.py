@@ -6,6 +6,7 @@ included, from the signature and the docstring with jsonargparse.
 
 from __future__ import annotations
 
+from typing import Literal
 
 def synth(
     out: str,
@@ -171,6 +172,9 @@ def import_corpus(
     supervisions: str | None = None,
     pattern: str | None = None,
     split: str | None = None,
+    split_by: Literal["none", "utterance", "speaker"] = "none",
+    split_fractions: dict[str, float] | None = None,
+    seed: int = 0,
     require_text: bool = True,
     audio_column: str | None = None,
     text_column: str | None = None,
@@ -188,7 +192,7 @@ def import_corpus(
 
     Examples:
       spiritlm corpus import librispeech --src LibriSpeech/train-clean-100 --out ls100 [--alignments librispeech_alignments/]
-      spiritlm corpus import folder --src my_recordings --pattern '{speaker}/*' --out mine
+      spiritlm corpus import folder --src my_recordings --pattern '{speaker}/*' --split_by speaker --out mine
       spiritlm corpus import lhotse --src cuts.jsonl.gz --out imported
       spiritlm corpus import hf --src my_dataset_saved_to_disk --out imported [--text_column normalized_text]
 
@@ -214,6 +218,14 @@ def import_corpus(
         split: the split of every utterance (train / valid / test); default from the folder
             names (librispeech: train-*, dev-*, test-*), the pattern, or (hf) the dataset's split
             names (train* -> train, validation* / dev* -> valid, test* -> test, others kept).
+        split_by: none keeps the splits the source has (above); utterance or speaker makes
+            held-out splits, replacing the source's: each utterance id, or each speaker (whole
+            speakers per split: speaker-disjoint splits), is hashed with --seed into
+            --split_fractions. Fractions hold in expectation, counted in utterances or in
+            speakers (not hours); adding files never moves the ones imported before.
+        split_fractions: with --split_by: split name to fraction, as JSON (default
+            {"train": 0.9, "valid": 0.05, "test": 0.05}); a split that gets no utterance is an error.
+        seed: with --split_by: the hash seed (another seed, another assignment).
         require_text: folder, hf: skip audio without a transcript (false: keep it as speech only).
         audio_column: hf: the audio column (default: audio, else the one column of type Audio).
         text_column: hf: the transcript column (default: text, sentence or transcription).
@@ -237,6 +249,14 @@ def import_corpus(
 
     if src is None or out is None:
         raise UserError("corpus import FORMAT needs --src and --out")
+    if split_by != "none" and split is not None:
+        raise UserError(f"--split {split} and --split_by {split_by} both set the splits: give one")
+    if split_by == "none" and split_fractions is not None:
+        raise UserError("--split_fractions needs --split_by utterance or speaker")
+    try:
+        fractions = importers.check_split_fractions(split_fractions)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     manifest = os.path.join(out, "manifest.jsonl")
     finished = _check_in_out(None, out, overwrite, done=("manifest.jsonl",))
     for flag, value, formats in (("--alignments", alignments, ("librispeech",)), ("--supervisions", supervisions, ("lhotse",)),
@@ -258,12 +278,16 @@ def import_corpus(
             cols = importers.HFColumns(audio=audio_column, text=text_column, speaker=speaker_column, id=id_column,
                                        words=words_column)
             # a finished import replaced (--overwrite true) writes its audio again; an interrupted one reuses it
-            result = importers.import_hf(src, out, cols, split, require_text, reuse_audio=not finished)
+            # rows longer than --max_duration are refused before their audio is written (unless cut)
+            result = importers.import_hf(src, out, cols, split, require_text, reuse_audio=not finished,
+                                         max_duration=None if segment_long else max_duration)
         else:
             raise ValueError(f"unknown FORMAT {format!r}: librispeech, folder, lhotse or hf")
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
     utts, skipped = result.utterances, list(result.skipped)
+    # before segmenting: the pieces of a long recording inherit its split
+    importers.assign_splits(utts, split_by, fractions, seed)
     if max_duration is not None:
         long = [u for u in utts if u.duration > max_duration]
         utts = [u for u in utts if u.duration <= max_duration]
@@ -278,9 +302,16 @@ def import_corpus(
                 except ValueError as e:
                     skipped.append(f"{u.audio}: {e}")
         else:
-            skipped += [f"{u.audio}: lasts {u.duration:.1f} s > --max_duration {max_duration:g} (--segment_long true cuts it)" for u in long]
+            skipped += [f"{u.audio}: {importers.too_long(u.duration, max_duration)}" for u in long]
+    if split_by != "none":
+        try:
+            importers.check_splits_filled(utts, split_by, fractions, seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if utts:
         write_manifest(manifest, utts)
+    if format == "hf" and utts:  # no clip of a refused or cut row is left behind (a rerun before this point reuses them)
+        importers.remove_unreferenced_audio(os.path.join(out, "audio"), utts)
     log = os.path.join(out, "import_skipped.txt")
     if skipped:
         from spiritlm.atomic import atomic_file
@@ -293,6 +324,12 @@ def import_corpus(
     hours = sum(u.duration for u in utts) / 3600
     if utts:
         print(f"wrote {manifest}: {len(utts)} utterances ({hours:.3f} h, {aligned} with word times), {len(skipped)} skipped")
+        by_split: dict[str, list] = {}
+        for u in utts:
+            by_split.setdefault(str(u.split), []).append(u)
+        print("splits: " + "  ".join(
+            f"{k}={len(v)} ({sum(u.duration for u in v) / 3600:.3f} h, {len({u.speaker for u in v})} speakers)"
+            for k, v in sorted(by_split.items())))
     _finish_skips(skipped, len(utts), allow_skips, "item", log)
 
 

@@ -78,6 +78,11 @@ def split_of_path(path: str) -> str | None:
     return None
 
 
+def too_long(duration: float, max_duration: float) -> str:
+    """The reason a recording is refused by ``--max_duration``."""
+    return f"lasts {duration:.1f} s > --max_duration {max_duration:g} (--segment_long true cuts it)"
+
+
 def _check_words_match(words: list[str], text: str, where: str) -> None:
     """Raises ValueError when an alignment's words are not the transcript's (case-insensitive)."""
     ref = text.split()
@@ -104,6 +109,93 @@ def _finish_words(spans: list[tuple[str, float, float]], duration: float, where:
             raise ValueError(f"{where}: word {w!r} at {s:.3f}-{e:.3f} s is not in time order")
         out.append(Word(w, round(max(0.0, s), 6), round(min(e, duration), 6)))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# held-out splits (--split_by)
+# ------------------------------------------------------------------------------------------------
+#: What ``--split_by`` takes: keep the source's splits, or hash utterances / whole speakers into splits.
+SPLIT_BY = ("none", "utterance", "speaker")
+#: Default ``--split_fractions``.
+DEFAULT_SPLIT_FRACTIONS = {"train": 0.9, "valid": 0.05, "test": 0.05}
+
+
+def check_split_fractions(fractions: dict[str, float] | None) -> dict[str, float]:
+    """``--split_fractions`` (None: :data:`DEFAULT_SPLIT_FRACTIONS`) checked: non-empty names,
+    fractions in (0, 1] summing to 1 (within 1e-6). Raises ValueError naming the flag."""
+    import json
+
+    fractions = dict(DEFAULT_SPLIT_FRACTIONS if fractions is None else fractions)
+    if not fractions:
+        raise ValueError("--split_fractions is empty: give split names and fractions, e.g. "
+                         '{"train": 0.9, "valid": 0.05, "test": 0.05}')
+    for name, f in fractions.items():
+        if not str(name).strip():
+            raise ValueError(f"--split_fractions: an empty split name ({fractions})")
+        if not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
+            raise ValueError(f"--split_fractions: split {name!r} has fraction {f!r}; each must be in (0, 1]")
+    total = sum(float(f) for f in fractions.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"--split_fractions {json.dumps(fractions)} sums to {total:g}, not 1")
+    return {str(k): float(v) for k, v in fractions.items()}
+
+
+def split_point(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) that depends only on ``seed`` and ``key`` (SHA-256)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_splits(utts: list[Utterance], by: str, fractions: dict[str, float], seed: int = 0) -> list[Utterance]:
+    """Sets every utterance's ``split`` (in place; returns ``utts``) for ``--split_by utterance|speaker``.
+
+    Each key (the utterance id, or the speaker: whole speakers go to one split, so the splits are
+    speaker-disjoint) is hashed with the seed to a point in [0, 1) (:func:`split_point`), and the
+    split is the one whose slice of the cumulative fractions (names in sorted order) holds it.
+    The fractions are therefore met in expectation over keys, counted in utterances
+    (``utterance``) or in speakers (``speaker``), not in hours; and an utterance's split depends
+    only on its own key: adding files to a corpus never moves the ones already imported (the rule
+    of TensorFlow's speech-commands ``which_set``, not a global shuffle).
+
+    ``by == "none"`` leaves the splits as the source gave them.
+    """
+    if by == "none":
+        return utts
+    if by not in SPLIT_BY:
+        raise ValueError(f"--split_by must be one of {', '.join(SPLIT_BY)}, got {by!r}")
+    names = sorted(fractions)
+    edges, acc = [], 0.0
+    for n in names:
+        acc += fractions[n]
+        edges.append(acc)
+    edges[-1] = 1.0  # rounding of the sum: the last slice reaches 1
+    memo: dict[str, str] = {}
+    for u in utts:
+        key = u.id if by == "utterance" else u.speaker
+        if key not in memo:
+            x = split_point(key, seed)
+            memo[key] = names[next(i for i, e in enumerate(edges) if x < e)]
+        u.split = memo[key]
+    return utts
+
+
+def check_splits_filled(utts: list[Utterance], by: str, fractions: dict[str, float], seed: int) -> None:
+    """Raises ValueError (one line naming the flags) when a split asked for got no utterance."""
+    import json
+
+    got = {u.split for u in utts}
+    empty = [n for n in sorted(fractions) if n not in got]
+    if not empty or not utts:
+        return
+    keys = len({u.id if by == "utterance" else u.speaker for u in utts})
+    what = "utterances" if by == "utterance" else "speakers"
+    hint = ("--split_by utterance, a --pattern that names more speakers, " if by == "speaker" else "") + \
+        "larger --split_fractions for it, or another --seed"
+    named = ("split " if len(empty) == 1 else "splits ") + ", ".join(map(repr, empty))
+    raise ValueError(f"--split_by {by}: {named} got no utterance ({keys} {what} hashed with --seed {seed} "
+                     f"into --split_fractions {json.dumps(fractions)}); try {hint}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -659,7 +751,7 @@ def _safe_name(uid: str) -> str:
     return f"{name.lstrip('.') or 'utt'}-{hashlib.sha1(uid.encode()).hexdigest()[:10]}"
 
 
-def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool) -> str:
+def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool, max_duration: float | None = None) -> str:
     """Writes audio bytes held inside a dataset to ``dest`` + extension, once; returns the path.
 
     Mono audio in a format the project reads (WAV, FLAC, OGG, MP3) is written as it is (the same
@@ -667,10 +759,11 @@ def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool) -> str:
     :func:`spiritlm.audio.load_audio`) and written as WAV (16-bit when the source is, float
     otherwise) at its own sample rate. Every clip is decoded once to check it (readable, finite,
     at least 80 ms) before it is written, atomically. With ``reuse`` a file a previous run wrote
-    (same size, for bytes kept as they are) is kept without decoding again.
+    (same size, for bytes kept as they are) is kept without decoding again. A clip longer than
+    ``max_duration`` seconds (its header says) is refused before anything is written.
 
     Raises:
-        ValueError: unreadable, empty, too short or non-finite audio (the message starts with ``label``).
+        ValueError: unreadable, empty, too short, too long or non-finite audio (the message starts with ``label``).
     """
     import io
 
@@ -683,6 +776,8 @@ def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool) -> str:
         info = sf.info(io.BytesIO(data))
     except Exception as e:
         raise ValueError(f"{label}: not a readable audio file ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})") from None
+    if max_duration is not None and info.samplerate > 0 and info.frames / info.samplerate > max_duration:
+        raise ValueError(f"{label}: {too_long(info.frames / info.samplerate, max_duration)}")
     keep = info.channels == 1 and info.format in _KEEP_FORMATS
     path = dest.with_name(dest.name + (_KEEP_FORMATS[info.format] if keep else ".wav"))
     if reuse and path.is_file() and (not keep or path.stat().st_size == len(data)):
@@ -697,6 +792,22 @@ def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool) -> str:
         else:
             sf.write(str(tmp), wav, info.samplerate, subtype="PCM_16" if info.subtype == "PCM_16" else "FLOAT")
     return str(path)
+
+
+def remove_unreferenced_audio(audio_dir: str | os.PathLike, utts: Iterable[Utterance]) -> int:
+    """Removes the files of ``audio_dir`` (``OUT/audio`` of :func:`import_hf`) that no utterance
+    points at: clips of rows refused after their audio was written (cut by ``--segment_long``
+    into ``OUT/segments/``, or an import replaced with other rows). Returns how many it removed."""
+    audio_dir = Path(audio_dir)
+    if not audio_dir.is_dir():
+        return 0
+    kept = {os.path.realpath(u.audio) for u in utts}
+    gone = 0
+    for p in audio_dir.iterdir():  # temporaries of killed runs (.NAME.tmp-PID.EXT) are _remove_stale_audio's
+        if p.is_file() and not p.name.startswith(".") and os.path.realpath(p) not in kept:
+            p.unlink()
+            gone += 1
+    return gone
 
 
 def _remove_stale_audio(audio_dir: Path) -> None:
@@ -715,6 +826,7 @@ def import_hf(
     split: str | None = None,
     require_text: bool = True,
     reuse_audio: bool = True,
+    max_duration: float | None = None,
 ) -> ImportResult:
     """Reads a Hugging Face ``datasets`` dataset with an ``Audio`` column.
 
@@ -745,6 +857,7 @@ def import_hf(
         require_text: skip rows with an empty transcript, and refuse a dataset without a text
             column (false: keep them as speech only).
         reuse_audio: keep audio files a previous, interrupted run wrote (false: write them again).
+        max_duration: refuse rows longer than this (seconds), before their audio is written.
 
     Skips (one ``FILE: row I (id ID): problem`` line each): audio bytes that do not decode, empty,
     shorter than 80 ms or non-finite audio, a path that does not exist, a multi-channel file
@@ -787,7 +900,7 @@ def import_hf(
                 label = f"{s.where}: row {row}" + (f" (id {uid})" if uid else "")
                 try:
                     utt = _hf_row(plan, uid, {c: v[k] for c, v in cols.items()}, label, split, require_text, audio_dir,
-                                  reuse_audio, seen)
+                                  reuse_audio, seen, max_duration)
                 except ValueError as e:
                     msg = str(e)
                     result.skipped.append(msg if msg.startswith(label) else f"{label}: {msg}")
@@ -814,7 +927,7 @@ class _HFPlan:
 
 
 def _hf_row(plan: _HFPlan, uid: str | None, row: dict, label: str, split: str | None, require_text: bool,
-            audio_dir: Path, reuse_audio: bool, seen: dict[str, str]) -> Utterance:
+            audio_dir: Path, reuse_audio: bool, seen: dict[str, str], max_duration: float | None = None) -> Utterance:
     """One row of :func:`import_hf` -> an utterance; raises ValueError (the skip's reason) for a bad row."""
     if not uid:
         raise ValueError(f"empty id (column {plan.id!r}; --id_column names another)")
@@ -849,10 +962,12 @@ def _hf_row(plan: _HFPlan, uid: str | None, row: dict, label: str, split: str | 
     if local is not None:
         local = os.path.abspath(local)
     elif data:
-        local = _embedded_audio(data, audio_dir / _safe_name(uid), f"{label}: audio bytes", reuse_audio)
+        local = _embedded_audio(data, audio_dir / _safe_name(uid), f"{label}: audio bytes", reuse_audio, max_duration)
     else:
         raise ValueError(f"no audio (column {plan.audio!r} has neither bytes nor a path)")
     rate, n = _audio_header(local)
+    if max_duration is not None and n / rate > max_duration:
+        raise ValueError(too_long(n / rate, max_duration))
     words: list[Word] = []
     if spans:
         words = _finish_words([(t, a, b) for t, (_, a, b) in zip(text.split(), spans)], n / rate, where)
