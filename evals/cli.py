@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+
 
 def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device: str):
     from spiritlm.evals.common import load_eval_model
@@ -40,38 +42,22 @@ def _check_paths(model: str, vocoder: str | None, speech_tokenizer: str | None) 
     check_model_paths(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer)
 
 
-def _check_numbers(**flags: tuple[int | None, int]) -> None:
-    """``name=(value, lowest allowed)``: a one-line UserError naming the flag."""
-    from spiritlm.errors import UserError
-
-    for name, (value, low) in flags.items():
-        if value is not None and value < low:
-            raise UserError(f"--{name} must be >= {low}, got {value} (--{name})")
-
-
-def _threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def asr(
     model: str,
     manifest: str,
     units: str,
     out: str,
-    shots: int = 10,
+    shots: NonNegativeInt = 10,
     seed: int = 0,
     split: str = "test",
     shot_split: str = "train",
-    max_items: int | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 384,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
+    max_new_tokens: PositiveInt = 384,
     vocoder: str | None = None,
     speech_tokenizer: str | None = None,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: NonNegativeInt = 0,
     overwrite: bool = False,
 ) -> None:
     """Few-shot ASR: [Speech]<units>[Text]<transcript> × k, then the target; WER and CER (jiwer).
@@ -94,19 +80,19 @@ def asr(
         vocoder: vocoder folder (unused by asr; accepted so every task takes the same flags).
         speech_tokenizer: speech tokenizer folder (unused by asr: inputs are units).
         device: cpu or cuda.
-        threads: torch CPU threads (default: torch's).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     _check_out(out, overwrite)
     _check_inputs(manifest, units, split)
-    _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1))
     _check_paths(model, vocoder, speech_tokenizer)
     _check_units_match(manifest, units)
     from spiritlm.evals.asr import run_asr
+    from spiritlm.numerics import threads as pinned_threads
 
-    _threads(threads)
-    run_asr(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
-            shot_split=shot_split, max_items=max_items, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    with pinned_threads(threads):
+        run_asr(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
+                shot_split=shot_split, max_items=max_items, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
 def ic(
@@ -114,17 +100,17 @@ def ic(
     manifest: str,
     units: str,
     out: str,
-    shots: int = 30,
+    shots: NonNegativeInt = 30,
     seed: int = 0,
     split: str = "test",
     shot_split: str = "train",
-    max_items: int | None = None,
-    batch_size: int = 16,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
     generation: bool = True,
     vocoder: str | None = None,
     speech_tokenizer: str | None = None,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: NonNegativeInt = 0,
     overwrite: bool = False,
 ) -> None:
     """Few-shot intent classification from speech, by label likelihood (and by generation); accuracy, confusion matrix.
@@ -147,19 +133,19 @@ def ic(
         vocoder: unused by ic (accepted so every task takes the same flags).
         speech_tokenizer: unused by ic (inputs are units).
         device: cpu or cuda.
-        threads: torch CPU threads (default: torch's).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     _check_out(out, overwrite)
     _check_inputs(manifest, units, split)
-    _check_numbers(shots=(shots, 0), max_items=(max_items, 1), batch_size=(batch_size, 1))
     _check_paths(model, vocoder, speech_tokenizer)
     _check_units_match(manifest, units)
     from spiritlm.evals.ic import run_ic
+    from spiritlm.numerics import threads as pinned_threads
 
-    _threads(threads)
-    run_ic(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
-           shot_split=shot_split, max_items=max_items, batch_size=batch_size, generation=generation)
+    with pinned_threads(threads):
+        run_ic(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
+               shot_split=shot_split, max_items=max_items, batch_size=batch_size, generation=generation)
 
 
 def zeroshot(
@@ -170,13 +156,13 @@ def zeroshot(
     speech_tokenizer: str | None = None,
     units: str | None = None,
     seed: int = 0,
-    max_items: int | None = None,
-    batch_size: int = 16,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
     split: str = "test",
     tasks: str = "lexical,syntactic,storycloze",
     vocoder: str | None = None,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: NonNegativeInt = 0,
     overwrite: bool = False,
 ) -> None:
     """Zero-shot likelihood tasks: lexical (sWUGGY-style), syntactic (sBLIMP-style), story endings (StoryCloze-style), spoken and written.
@@ -202,7 +188,7 @@ def zeroshot(
         tasks: comma-separated subset of lexical, syntactic, storycloze.
         vocoder: unused by zeroshot.
         device: cpu or cuda.
-        threads: torch CPU threads (default: torch's).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     from pathlib import Path
@@ -215,14 +201,14 @@ def zeroshot(
     if sets is None and manifest is None:
         raise UserError("give --manifest (synthetic sets from its vocabulary) or --sets DIR")
     _check_inputs(manifest if sets is None else None)
-    _check_numbers(max_items=(max_items, 1), batch_size=(batch_size, 1))
     _check_paths(model, vocoder, speech_tokenizer)
     from spiritlm.evals.zeroshot import run_zeroshot
+    from spiritlm.numerics import threads as pinned_threads
 
-    _threads(threads)
-    run_zeroshot(_model(model, vocoder, speech_tokenizer, device), out, manifest=manifest, sets=sets, seed=seed,
-                 max_items=max_items, batch_size=batch_size, split=split,
-                 tasks=[t.strip() for t in tasks.split(",") if t.strip()])
+    with pinned_threads(threads):
+        run_zeroshot(_model(model, vocoder, speech_tokenizer, device), out, manifest=manifest, sets=sets, seed=seed,
+                     max_items=max_items, batch_size=batch_size, split=split,
+                     tasks=[t.strip() for t in tasks.split(",") if t.strip()])
 
 
 # tts and stsp keep their commands beside their APIs (light modules: numpy, no torch at import)

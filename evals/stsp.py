@@ -62,7 +62,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 
+from spiritlm.cli import TopP
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 
@@ -564,7 +566,7 @@ class StspConfig:
         do_sample, temperature, top_p, top_k, max_new_tokens_text, max_new_tokens_speech,
         min_new_tokens, speaker: None keeps the protocol's value; anything else overrides it
             (recorded in ``metrics.json`` ``config.protocol_overrides``).
-        max_items: evaluate at most this many prompts (0: all), taken balanced over labels in file order.
+        max_items: evaluate at most this many prompts (None: all), taken balanced over labels in file order.
         batch_size: rows decoded together.
     """
 
@@ -579,7 +581,7 @@ class StspConfig:
     max_new_tokens_text: int | None = None
     max_new_tokens_speech: int | None = None
     min_new_tokens: int | None = None
-    max_items: int = 0
+    max_items: int | None = None
     batch_size: int = 16
     speaker: int | str | None = None
 
@@ -594,8 +596,8 @@ class StspConfig:
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None and getattr(self, n) != getattr(base, n)}
 
 
-def _take_balanced(items: Sequence[StspItem], n: int) -> list[StspItem]:
-    if n <= 0 or n >= len(items):
+def _take_balanced(items: Sequence[StspItem], n: int | None) -> list[StspItem]:
+    if not n or n >= len(items):
         return list(items)
     by: dict[str, list[StspItem]] = {}
     for it in items:
@@ -907,22 +909,22 @@ def stsp_command(
     protocol: str = "meta",
     split: str = "test",
     shot_split: str = "train",
-    shots: int = 0,
+    shots: NonNegativeInt = 0,
     seed: int = 0,
     directions: list[str] = list(DIRECTIONS),
     do_sample: bool | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    max_new_tokens_text: int | None = None,
-    max_new_tokens_speech: int | None = None,
-    max_items: int = 0,
-    batch_size: int = 16,
+    temperature: NonNegativeFloat | None = None,
+    top_p: TopP | None = None,
+    top_k: NonNegativeInt | None = None,
+    max_new_tokens_text: PositiveInt | None = None,
+    max_new_tokens_speech: PositiveInt | None = None,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
     audio_root: str | None = None,
     shots_dir: str | None = None,
     speaker: str | None = None,
     device: str = "cpu",
-    threads: int = 0,
+    threads: NonNegativeInt = 0,
     progress: bool = True,
     overwrite: bool = False,
 ) -> None:
@@ -957,7 +959,7 @@ def stsp_command(
         top_k: keep the k likeliest tokens (default: the protocol's: meta 50, ours 0 = off).
         max_new_tokens_text: budget of text continuations (default: meta 50, ours 40).
         max_new_tokens_speech: budget of speech continuations (default: meta 300, ours 150).
-        max_items: at most this many prompts, balanced over labels (0: all).
+        max_items: at most this many prompts, balanced over labels (default: all).
         batch_size: rows decoded together.
         audio_root: folder Meta's ``wav_path`` values are relative to (default: the manifest's folder and its parents).
         shots_dir: Meta's few-shot folder (``{t2t,t2s,s2t,s2s}.jsonl``) for few-shot runs on Meta's manifests.
@@ -983,11 +985,6 @@ def stsp_command(
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise UserError(f"unknown STSP directions {bad} (choose from {', '.join(DIRECTIONS)}) (--directions)")
-    for value, flag, low in ((shots, "--shots", 0), (max_items, "--max_items", 0), (batch_size, "--batch_size", 1),
-                             (max_new_tokens_text, "--max_new_tokens_text", 1), (max_new_tokens_speech, "--max_new_tokens_speech", 1),
-                             (top_k, "--top_k", 0)):
-        if value is not None and value < low:
-            raise UserError(f"{flag} must be >= {low}, got {value} ({flag})")
     dirs = resolve_judge_dirs(judges, text_judge=text_judge, speech_judge=speech_judge)
     if judges and not Path(judges).is_dir():
         raise UserError(f"{judges}: no such judges directory (train one with `spiritlm eval judges`) (--judges)")

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
@@ -65,7 +66,7 @@ class TtsConfig:
         top_p: nucleus mass.
         max_new_tokens: hard budget of a generation (tokens).
         length_ratio: budget relative to the reference's token count (+10).
-        max_items: at most this many targets (0: all).
+        max_items: at most this many targets (None: all).
         batch_size: rows decoded together.
         speaker: vocoder speaker (Meta's default 2; falls back to 0 with a note on a smaller vocoder).
     """
@@ -77,7 +78,7 @@ class TtsConfig:
     top_p: float = 0.95
     max_new_tokens: int = 2048
     length_ratio: float = 2.0
-    max_items: int = 0
+    max_items: int | None = None
     batch_size: int = 16
     speaker: int | str = 2
 
@@ -274,15 +275,15 @@ def tts_command(
     vocoder: str | None = None,
     split: str = "test",
     shot_split: str = "train",
-    shots: int = 10,
+    shots: NonNegativeInt = 10,
     seed: int = 0,
     do_sample: bool = False,
-    max_new_tokens: int = 2048,
-    max_items: int = 0,
-    batch_size: int = 16,
+    max_new_tokens: PositiveInt = 2048,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
     speaker: str = "2",
     device: str = "cpu",
-    threads: int = 0,
+    threads: NonNegativeInt = 0,
     overwrite: bool = False,
 ) -> None:
     """Few-shot TTS: [Text]…[Speech]… prompts, generated units → vocoder → ASR judge → CER; unit edit rate.
@@ -304,11 +305,11 @@ def tts_command(
         seed: seed of the shot draws (and of sampling).
         do_sample: sample (temperature 0.8, top_p 0.95) instead of greedy decoding.
         max_new_tokens: ceiling of a generation's budget, min(ceiling, 2 x reference tokens + 10) (tokens).
-        max_items: at most this many targets (0: all).
+        max_items: at most this many targets (default: all).
         batch_size: rows decoded together.
         speaker: vocoder speaker, row number or name (Meta's default 2; 0 with a note on a smaller vocoder).
         device: cpu or cuda.
-        threads: torch CPU threads (0: leave torch's setting).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     from spiritlm.evals.common import (check_eval_output, check_model_paths, check_units_match, load_eval_model,
@@ -324,23 +325,17 @@ def tts_command(
     if asr_dir and not Path(asr_dir).is_dir():
         raise UserError(f"{asr_dir}: no such ASR judge directory ({'--asr_judge' if asr_judge else '--judges'})")
     check_model_paths(model, vocoder=vocoder)
-    for value, flag, low in ((shots, "--shots", 0), (max_new_tokens, "--max_new_tokens", 1), (max_items, "--max_items", 0),
-                             (batch_size, "--batch_size", 1)):
-        if value < low:
-            raise UserError(f"{flag} must be >= {low}, got {value} ({flag})")
     check_units_match(load_manifest_items(manifest), unit_rows, manifest, units)
 
     from spiritlm.judges import load_judges_metrics
     from spiritlm.judges.models import load_asr_judge
+    from spiritlm.numerics import threads as pinned_threads
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    em = load_eval_model(model, vocoder=vocoder, device=device)
-    judge = load_asr_judge(asr_dir, device) if asr_dir else None
     cfg = TtsConfig(shots=shots, seed=seed, do_sample=do_sample, max_new_tokens=max_new_tokens, max_items=max_items,
                     batch_size=batch_size, speaker=int(speaker) if str(speaker).isdigit() else speaker)
-    run_tts(em, targets, pool, unit_rows, asr_judge=judge, cfg=cfg, out_dir=out,
-            judges_metrics=load_judges_metrics(judges) if judges else None,
-            extra_config={"manifest": str(manifest), "units": str(units), "vocoder": vocoder, "asr_judge": asr_dir})
+    with pinned_threads(threads):
+        em = load_eval_model(model, vocoder=vocoder, device=device)
+        judge = load_asr_judge(asr_dir, device) if asr_dir else None
+        run_tts(em, targets, pool, unit_rows, asr_judge=judge, cfg=cfg, out_dir=out,
+                judges_metrics=load_judges_metrics(judges) if judges else None,
+                extra_config={"manifest": str(manifest), "units": str(units), "vocoder": vocoder, "asr_judge": asr_dir})

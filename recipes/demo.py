@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from jsonargparse.typing import NonNegativeInt
+
 from spiritlm.atomic import atomic_file
 from spiritlm.errors import UserError
 from spiritlm.recipes.report import EVAL_TASKS, STSP_OURS, DemoLayout, build_report, serve_command
@@ -187,7 +189,7 @@ def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list
               outputs=[L.text], owns=[L.text]),
         Stage("tokenizer", [["tokenizer", "train", "--manifest", manifest, "--out", tok, "--preset", "tiny", "--seed", s]],
               outputs=[L.tokenizer / "metrics.json"], owns=[L.tokenizer], needs=[L.manifest]),
-        Stage("tokenize", [["tokenize", "--manifest", manifest, "--tokenizer", tok, "--out", units]],
+        Stage("tokenize", [["tokenize", "--manifest", manifest, "--speech_tokenizer", tok, "--out", units]],
               outputs=[L.units], owns=[L.units, Path(f"{L.units}.errors.json")], needs=[L.manifest, L.tokenizer / "metrics.json"]),
         Stage("data", [["data", "build", "--manifest", manifest, "--out", str(L.data_train), "--split", "train",
                         "--extra_text", str(L.text), *common],
@@ -211,8 +213,8 @@ def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list
 
 def vocoder_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> list[Stage]:
     """Vocoder training, then its resynthesis metrics and a few resynthesized test utterances."""
-    train = Stage("vocoder", [["vocoder", "train", "--manifest", str(L.manifest), "--units", str(L.units), "--tokenizer", str(L.tokenizer),
-                               "--out", str(L.vocoder), "--config", "tiny", "--max_steps", str(preset.vocoder_steps),
+    train = Stage("vocoder", [["vocoder", "train", "--manifest", str(L.manifest), "--units", str(L.units), "--speech_tokenizer", str(L.tokenizer),
+                               "--out", str(L.vocoder), "--preset", "tiny", "--max_steps", str(preset.vocoder_steps),
                                # the vocoder README's CPU recipe: mel + duration first, a narrow discriminator at the end
                                "--disc_start_step", str(preset.vocoder_steps - preset.vocoder_gan_steps), "--disc_width_div", "16", "--lr", "1e-3",
                                "--val_every", str(preset.vocoder_steps), "--save_every", str(max(preset.vocoder_steps // 4, 1)),
@@ -224,7 +226,7 @@ def vocoder_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> li
 
     resynth = Stage("resynthesis",
                     [["vocoder", "eval", "--vocoder", str(L.vocoder), "--manifest", str(L.manifest), "--units", str(L.units),
-                      "--tokenizer", str(L.tokenizer), "--out", str(L.vocoder_eval), "--max_utts", str(preset.eval_items),
+                      "--speech_tokenizer", str(L.tokenizer), "--out", str(L.vocoder_eval), "--max_utts", str(preset.eval_items),
                       "--control_pairs", str(min(preset.eval_items, 20)), "--threads", str(threads), "--overwrite", "true"],
                      ["vocoder", "synth", "--vocoder", str(L.vocoder), "--units", str(L.resynth_units), "--out", str(L.resynth),
                       "--overwrite", "true"]],
@@ -501,7 +503,7 @@ def _cpus() -> int:
 
 
 def demo(preset: str = "full", out: str = "demo_out", fresh: bool = False, only: str | None = None,
-         seed: int = 0, threads: int = 1) -> None:
+         seed: int = 0, threads: NonNegativeInt = 1) -> None:
     """Run the whole pipeline on the synthetic corpus and write a report (what ``make demo`` runs).
 
     Stages: corpus, text, tokenizer, tokenize, data, lm-text, lm-interleaved, vocoder,

@@ -9,15 +9,26 @@ builds the parser, ``--help`` included, from each function's signature and docst
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 import inspect
 import os
 import re
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 
 import jsonargparse
+from jsonargparse.typing import restricted_number_type
+
+#: flag types several commands share beyond jsonargparse.typing's (PositiveInt, NonNegativeInt, …)
+TopP = restricted_number_type("TopP", float, [(">", 0.0), ("<=", 1.0)], docstring="nucleus mass in (0, 1]")
+Port = restricted_number_type("Port", int, [(">", 0), ("<", 65536)], docstring="TCP port 1-65535")
+
+if typing.TYPE_CHECKING:
+    from spiritlm.errors import FlagError
 
 # name -> (module holding COMMANDS, one-line description)
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
@@ -65,22 +76,165 @@ def positional(fn: Callable) -> Callable:
     return fn
 
 
+def flags_from(config: type, *names: str) -> Callable[[Callable], Callable]:
+    """Makes fields ``names`` of dataclass ``config`` flags of the decorated command.
+
+    Their types, defaults and help are the dataclass's: one declaration, so the command's
+    defaults cannot drift from the API's. The command takes them as ``**settings`` (keyword
+    arguments) and builds ``config(**settings)``.
+    """
+    import dataclasses
+
+    import docstring_parser
+
+    hints = typing.get_type_hints(config)
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    docs = {p.arg_name: p.description for p in docstring_parser.parse(config.__doc__ or "").params}
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        lines = []
+        for name in names:
+            f = fields[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[name]))
+            fn.__annotations__[name] = hints[name]
+            text = " ".join((docs.get(name) or "").split())
+            lines.append(f"        {name}: {text} (``{config.__name__}.{name}``)")
+        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        doc = (fn.__doc__ or "").rstrip()
+        if "Args:" not in doc:
+            doc += "\n\n    Args:"
+        fn.__doc__ = doc + "\n" + "\n".join(lines) + "\n    "
+        return fn
+
+    return decorate
+
+
 def _summary(fn: Callable) -> str:
     doc = (fn.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
 
 
 def _run(fn: Callable, args: list[str], prog: str):
-    if getattr(fn, "cli_argv", False):  # a command with its own parser (spiritlm train's recipe parser)
+    """Parses ``args`` with the parser jsonargparse builds from ``fn``'s signature and calls ``fn``.
+
+    The signature is the command's one declaration: types (``PositiveInt``, ``Literal[...]``, …)
+    carry the ranges, so a bad value is refused here, in one line naming the flag
+    (:func:`flag_error`). ``--config FILE`` is, in every command, a YAML file of the command's
+    options (later flags override it); ``spiritlm train``'s is its recipe, read by the recipe
+    parser, the only command with a parser of its own (``cli_argv``: named recipes, sections).
+    """
+    if getattr(fn, "cli_argv", False):
         return fn(args, prog=prog)
-    if "config" in inspect.signature(fn).parameters:
-        # jsonargparse.CLI drops a parameter named `config` after parsing (it reserves the name for
-        # its config-file option), so `vocoder train --config base` silently trained `tiny`
-        parser = jsonargparse.ArgumentParser(prog=prog, description=_plain_help(fn).__doc__)
-        parser.add_function_arguments(_plain_help(fn), as_positional=getattr(fn, "cli_positional", False))
+    import docstring_parser
+
+    plain = _plain_help(fn)
+    doc = docstring_parser.parse(plain.__doc__ or "")  # the description; Args become each flag's help
+    description = "\n\n".join(t for t in (doc.short_description, doc.long_description) if t)
+    parser = jsonargparse.ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser.add_argument("--config", action=jsonargparse.ActionConfigFile,
+                        help="a YAML file of this command's options (flags after it override it)")
+    parser.add_function_arguments(plain, as_positional=getattr(fn, "cli_positional", False))
+    try:
         ns = parser.parse_args(args)
-        return fn(**{name: ns[name] for name in inspect.signature(fn).parameters})
-    return jsonargparse.CLI(_plain_help(fn), args=args, prog=prog, as_positional=getattr(fn, "cli_positional", False))
+    except argparse.ArgumentError as exc:
+        raise flag_error(fn, exc, args) from None
+    return fn(**{name: ns[name] for name in inspect.signature(fn).parameters})
+
+
+def flag_error(fn: Callable, exc: BaseException, args: Sequence[str]) -> FlagError:
+    """jsonargparse's refusal of ``args`` as one line in the words of the flags.
+
+    ``--shots -1`` for ``shots: NonNegativeInt`` gives ``--shots must be >= 0, got -1 (--shots)``.
+    """
+    from spiritlm.errors import FlagError
+
+    text = str(exc)
+    key = re.match(r'Parser key "([^"]+)"', text)
+    if key is None:  # argparse's own: unknown options, a flag without its value, a missing one
+        if text.startswith("unrecognized arguments:"):
+            return FlagError(f"unknown option(s) {text.split(':', 1)[1].strip()} (see --help)")
+        missing = re.match(r"the following arguments are required: (.*)", text)
+        if missing and not getattr(fn, "cli_positional", False):
+            names = [f"--{n.strip()}" for n in missing.group(1).split(",")]
+            return FlagError(f"missing {', '.join(names)}")
+        return FlagError(" ".join(text.split()))
+    name = key.group(1)
+    flag = f"--{name}"
+    got = _given(name, args)
+    rule = _rule(fn, name)
+    if rule:
+        return FlagError(f"{flag} must be {rule}, got {got} ({flag})")
+    detail = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip()), "")
+    return FlagError(f"{flag}: {detail} ({flag})")
+
+
+def check_values(fn: Callable, **values: object) -> None:
+    """Checks ``values`` against the types of ``fn``'s parameters, as parsing its flags would (for
+    callers that do not come through the parser, such as the web API); raises :class:`FlagError`."""
+    from spiritlm.errors import FlagError
+
+    hints = typing.get_type_hints(fn)
+    for name, value in values.items():
+        hint = hints[name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        if value is None and union and len(options) < len(typing.get_args(hint)):
+            continue
+        t = options[0]
+        try:
+            ok = value in typing.get_args(t) if typing.get_origin(t) is typing.Literal else t(value) is not None
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise FlagError(f"--{name} must be {_rule(fn, name) or t.__name__}, got {value} (--{name})")
+
+
+def _given(name: str, args: Sequence[str]) -> str:
+    """The value typed after ``--name`` (the last one, as argparse keeps), else ``?``."""
+    got = "?"
+    for i, a in enumerate(args):
+        if a == f"--{name}" and i + 1 < len(args):
+            got = args[i + 1]
+        elif a.startswith(f"--{name}="):
+            got = a.split("=", 1)[1]
+    return got
+
+
+def _rule(fn: Callable, name: str) -> str:
+    """The values parameter ``name`` of ``fn`` accepts, in words (``>= 1``, ``one of a, b``), or ""."""
+    try:
+        hint = typing.get_type_hints(fn).get(name)
+    except Exception:  # an annotation that does not resolve: jsonargparse's words then
+        return ""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    if len(options) != 1:
+        return ""
+    t = options[0]
+    if typing.get_origin(t) is typing.Literal:
+        return "one of " + ", ".join(str(v) for v in typing.get_args(t))
+    restrictions = getattr(t, "_restrictions", None)
+    if restrictions:
+        base = getattr(t, "_type", float)
+        bounds = []
+        for op, ref in restrictions:
+            sym = _OPS[op.__name__]
+            if base is int and sym in (">", "<"):  # integers: > 0 reads as >= 1
+                sym, ref = sym + "=", ref + (1 if sym == ">" else -1)
+            bounds.append((sym, ref))
+        if len(bounds) == 2 and bounds[0][0][0] == ">" and bounds[1][0][0] == "<" and getattr(t, "_join", "and") == "and":
+            (lo_op, lo), (hi_op, hi) = bounds
+            return f"in {'[' if lo_op == '>=' else '('}{lo:g}, {hi:g}{']' if hi_op == '<=' else ')'}"
+        return f" {getattr(t, '_join', 'and')} ".join(f"{sym} {ref}" for sym, ref in bounds)
+    if t in (int, float):
+        return "an integer" if t is int else "a number"
+    return ""
+
+
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
 
 
 _RST_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj|exc):`~?([^`]+)`")
@@ -121,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # every command ends in one line; --debug shows the traceback
         where = " ".join(argv[:2]) if len(argv) > 1 and not argv[1].startswith("-") else (argv[0] if argv else "")
         print(f"spiritlm {where}: error: {_describe(exc)}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(2 if type(exc).__name__ == "FlagError" else 1) from None
 
 
 def _describe(exc: BaseException) -> str:

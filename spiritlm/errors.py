@@ -6,7 +6,7 @@ and the problem in the words of the command's flags::
     raise UserError(f"{path}:{lineno}: unit 'abc' is not an integer (--units)")
 
 ``spiritlm`` prints such errors as one line, ``spiritlm <command>: error: <message>``, and exits
-with status 1; the traceback is shown only with ``--debug`` or ``SPIRITLM_DEBUG=1``. The
+with status 1 (2 for a flag the parser refuses: :class:`FlagError`); the traceback is shown only with ``--debug`` or ``SPIRITLM_DEBUG=1``. The
 project's older error classes (``AudioError``, ``ManifestError``, …) are printed the same way.
 """
 
@@ -15,6 +15,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem with the user's input, files or flags; its message is the whole story (one line)."""
+
+
+class FlagError(UserError):
+    """A flag the command's parser refuses (unknown, missing, or a value outside its type's range):
+    raised by :func:`spiritlm.cli.flag_error`, printed as one line, exit status 2 as argparse's."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
+
+from spiritlm.cli import TopP
 
 
 def generate_fn(
@@ -10,14 +15,14 @@ def generate_fn(
     text: str | None = None,
     speech: str | None = None,
     speech_first: bool = False,
-    output_modality: str = "text",
-    max_new_tokens: int = 100,
-    min_new_tokens: int = 0,
+    output_modality: Literal["text", "speech", "arbitrary"] = "text",
+    max_new_tokens: PositiveInt = 200,
+    min_new_tokens: NonNegativeInt = 0,
     ban_eos: bool = False,
     do_sample: bool = True,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    top_k: int = 0,
+    temperature: NonNegativeFloat = 0.8,
+    top_p: TopP = 0.95,
+    top_k: NonNegativeInt = 0,
     seed: int | None = 0,
     use_cache: bool = True,
     speech_tokenizer: str | None = None,
@@ -73,7 +78,7 @@ def generate_fn(
             if value is not None:
                 raise UserError(f"{flag} is for the vocoder's speech output: give --vocoder DIR too")
     earlier = _earlier_wavs(out, output_dir, overwrite) if vocoder is not None else []
-    _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k)
+    _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature)
 
     import torch
 
@@ -191,19 +196,14 @@ def _earlier_wavs(out: str | None, output_dir: str, overwrite: bool) -> list[Pat
     return found
 
 
-def _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k) -> None:
+def _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature) -> None:
+    """What the flags' types cannot say: how two flags relate."""
     from spiritlm.errors import UserError
 
-    if max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens {max_new_tokens}: must be at least 1")
-    if not 0 <= min_new_tokens <= max_new_tokens:
+    if min_new_tokens > max_new_tokens:
         raise UserError(f"--min_new_tokens {min_new_tokens}: must be in 0..--max_new_tokens ({max_new_tokens})")
     if do_sample and not temperature > 0:
         raise UserError(f"--temperature {temperature}: must be > 0 when sampling (or --do_sample false)")
-    if not 0 < top_p <= 1:
-        raise UserError(f"--top_p {top_p}: must be in (0, 1]")
-    if top_k < 0:
-        raise UserError(f"--top_k {top_k}: must be >= 0 (0: off)")
 
 
 def check_model_paths(model: str, speech_tokenizer: str | None, vocoder: str | None) -> None:
@@ -230,8 +230,6 @@ def _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder)
 
     if text is None and speech is None:
         raise UserError("give --text and/or --speech")
-    if output_modality not in ("text", "speech", "arbitrary"):
-        raise UserError(f"--output_modality {output_modality}: choose from text, speech, arbitrary")
     check_model_paths(model, speech_tokenizer, vocoder)
     if speech is not None:
         if speech.lstrip().startswith("["):

@@ -54,11 +54,11 @@ def test_eval_commands_check_paths_and_numbers_first(files):
         (["eval", "tts", "--model", f["model"], "--manifest", str(good), "--units", str(f["tmp"] / "nounits.jsonl"), "--out", f["out"]],
          "nounits.jsonl: no such units file (--units)"),
         (["eval", "judges", "--manifest", str(good), "--out", f["out"], "--which", "[asr,mood]"], "unknown judges ['mood']"),
-        (["eval", "judges", "--manifest", str(good), "--out", f["out"], "--asr_steps", "-5"], "(--asr_steps)"),
+        (["eval", "judges", "--manifest", str(good), "--out", f["out"], "--asr_steps", "-5"], "--asr_steps must be >= 1, got -5 (--asr_steps)"),
     ]
     for (argv, msg), r in zip(cases, _run_fresh([c for c, _ in cases])):
         lines = r["err"].strip().splitlines()
-        assert r["code"] == 1 and len(lines) == 1 and msg in lines[0], (argv, r)
+        assert r["code"] == (2 if msg.startswith("--") else 1) and len(lines) == 1 and msg in lines[0], (argv, r)  # 2: FlagError
         assert not r["torch"], argv
 
 
@@ -70,9 +70,9 @@ def test_vocoder_commands_check_flags_and_files_before_importing_torch(files):
     cases = [
         (["vocoder", "train", "--manifest", str(f["tmp"] / "nope.jsonl"), "--units", f["units"], "--out", f["out"]],
          "nope.jsonl: file not found (--manifest)"),
-        ([*train, "--config", "huge"], "unknown vocoder config 'huge' (choose from tiny, base, expressive) (--config)"),
+        ([*train, "--preset", "huge"], "unknown vocoder preset 'huge' (choose from tiny, base, expressive) (--preset)"),
         ([*train, "--max_steps", "-3"], "--max_steps must be >= 1, got -3 (--max_steps)"),
-        ([*train, "--tokenizer", str(f["tmp"])], "not a speech tokenizer directory, no config.json (--tokenizer)"),
+        ([*train, "--speech_tokenizer", str(f["tmp"])], "not a speech tokenizer directory, no config.json (--speech_tokenizer)"),
         (["vocoder", "synth", "--vocoder", str(f["tmp"] / "novoc"), "--units", f["units"], "--out", f["out"]],
          "novoc: vocoder not found (--vocoder)"),
         (["vocoder", "synth", "--vocoder", f["model"], "--units", str(f["tmp"] / "no.jsonl"), "--out", f["out"]],
@@ -82,13 +82,14 @@ def test_vocoder_commands_check_flags_and_files_before_importing_torch(files):
     ]
     for (argv, msg), r in zip(cases, _run_fresh([c for c, _ in cases])):
         lines = r["err"].strip().splitlines()
-        assert r["code"] == 1 and len(lines) == 1 and msg in lines[0], (argv, r)
+        # status 2: a value the flag's type refuses (spiritlm.errors.FlagError); 1: a bad file
+        assert r["code"] == (2 if msg.startswith("--") else 1) and len(lines) == 1 and msg in lines[0], (argv, r)
         assert not r["torch"], argv
     assert not (f["tmp"] / "out").exists()  # nothing half-made
 
 
 def test_vocoder_train_config_flag_reaches_the_recipe(files, monkeypatch):
-    """jsonargparse.CLI drops a parameter named `config`: `--config base` used to train `tiny`."""
+    """jsonargparse.CLI dropped a parameter named `config`: `--config base` used to train `tiny` (now --preset)."""
     import spiritlm.vocoder.train as T
 
     seen = {}
@@ -100,7 +101,7 @@ def test_vocoder_train_config_flag_reaches_the_recipe(files, monkeypatch):
     monkeypatch.setattr(T, "train_vocoder", fake)
     man = files["tmp"] / "man.jsonl"
     man.write_text("{}\n")
-    main(["vocoder", "train", "--manifest", str(man), "--units", files["units"], "--out", files["out"], "--config", "base"])
+    main(["vocoder", "train", "--manifest", str(man), "--units", files["units"], "--out", files["out"], "--preset", "base"])
     assert seen["config"] == "base"
 
 
@@ -134,7 +135,7 @@ def test_eval_asr_ic_zeroshot_check_units_numbers_and_sets_first(files):
     ]
     for (argv, msg), r in zip(cases, _run_fresh([c for c, _ in cases])):
         lines = r["err"].strip().splitlines()
-        assert r["code"] == 1 and len(lines) == 1 and msg in lines[0], (argv, r)
+        assert r["code"] == (2 if msg.startswith("--") else 1) and len(lines) == 1 and msg in lines[0], (argv, r)  # 2: FlagError
         assert not r["torch"], argv
 
 
@@ -187,7 +188,7 @@ def test_every_command_reports_a_missing_path_before_importing_torch(tmp_path):
         (["tokenizer", "assemble", "--meta_checkpoints", nope, "--out", out], "(--meta_checkpoints)"),
         (["tokenizer", "dump-features", "--manifest", nope, "--out", out], "(--manifest)"),
         (["tokenizer", "train", "--manifest", nope, "--out", out], "(--manifest)"),
-        (["tokenize", "--manifest", nope, "--tokenizer", nope, "--out", out], "(--manifest)"),
+        (["tokenize", "--manifest", nope, "--speech_tokenizer", nope, "--out", out], "(--manifest)"),
         (["data", "build", "--manifest", nope, "--units", nope, "--out", out], "(--manifest)"),
         (["data", "train-text-tokenizer", "--text_file", nope, "--out", out], "(--text_file)"),
         (["train", "--config", nope + ".yaml"], "(--config)"),

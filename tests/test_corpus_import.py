@@ -244,7 +244,7 @@ def test_imported_librispeech_tokenize_build_speech_starts_at_aligned_word(tmp_p
     manifest = tmp_path / "m" / "manifest.jsonl"
     assert run(["corpus", "import", "librispeech", "--src", src, "--out", tmp_path / "m", "--alignments", ali], capsys)[0] == 0
     (tmp_path / "tok").mkdir()
-    code, _, err = run(["tokenize", "--manifest", manifest, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "u.jsonl"],
+    code, _, err = run(["tokenize", "--manifest", manifest, "--speech_tokenizer", tmp_path / "tok", "--out", tmp_path / "u.jsonl"],
                        capsys)
     assert code == 0, err
     out = tmp_path / "tokens"

@@ -76,7 +76,7 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     torch.save({"cluster_centers": torch.randn(8, 39).numpy(), "n_clusters": 8}, d / "km.pt")
     assert run(["tokenizer", "assemble", "--hubert", "mfcc", "--kmeans", d / "km.pt", "--out", d / "tok"])[0] == 0
-    assert run(["tokenize", "--manifest", manifest, "--tokenizer", d / "tok", "--out", d / "units.jsonl"])[0] == 0
+    assert run(["tokenize", "--manifest", manifest, "--speech_tokenizer", d / "tok", "--out", d / "units.jsonl"])[0] == 0
     tok = toy_tokenizer(d / "lmtok", num_hubert=64)
     tiny_hf_llama(d / "lm", vocab_size=tok.vocab_size, tokenizer_model=d / "lmtok" / "tokenizer.model", max_position_embeddings=512)
     texts = [x["text"] for x in lines]
@@ -136,7 +136,7 @@ COMMANDS = {
     "corpus text": (lambda w, o: ["corpus", "text", "--out", o, "--num_sentences", "20"], ""),
     "tokenizer dump-features": (lambda w, o: ["tokenizer", "dump-features", "--manifest", w["manifest"], "--out", o], "u0.npy"),
     "tokenizer assemble": (lambda w, o: ["tokenizer", "assemble", "--hubert", "mfcc", "--kmeans", w["km"], "--out", o], "config.json"),
-    "tokenize": (lambda w, o: ["tokenize", "--manifest", w["manifest"], "--tokenizer", w["tok"], "--out", o], ""),
+    "tokenize": (lambda w, o: ["tokenize", "--manifest", w["manifest"], "--speech_tokenizer", w["tok"], "--out", o], ""),
     "data train-text-tokenizer": (lambda w, o: ["data", "train-text-tokenizer", "--text_file", w["text"], "--vocab_size", "400",
                                                 "--num_hubert", "8", "--out", o], ""),
     "data build": (lambda w, o: ["data", "build", "--manifest", FIXTURES / "manifest.jsonl", "--units", FIXTURES / "units.jsonl",
@@ -152,7 +152,7 @@ COMMANDS = {
     "vocoder synth": (lambda w, o: ["vocoder", "synth", "--vocoder", w["voc"], "--units", w["units"], "--out", o], "synth_report.json"),
     "vocoder eval": (lambda w, o: ["vocoder", "eval", "--vocoder", w["voc"], "--manifest", w["manifest"], "--units", w["units"],
                                    "--split", "train", "--max_utts", "2", "--control_pairs", "0", "--out", o], "metrics.json"),
-    "vocoder train": (lambda w, o: ["vocoder", "train", "--manifest", w["manifest"], "--units", w["units"], "--tokenizer", w["tok"],
+    "vocoder train": (lambda w, o: ["vocoder", "train", "--manifest", w["manifest"], "--units", w["units"], "--speech_tokenizer", w["tok"],
                                     "--out", o, "--max_steps", "1", "--batch_size", "2", "--segment_units", "4", "--val_every", "1",
                                     "--save_every", "1"], "model.safetensors"),
     "eval judges": (lambda w, o: ["eval", "judges", "--manifest", w["manifest"], "--out", o, "--which", "[text-sentiment]"],

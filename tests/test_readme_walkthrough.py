@@ -80,7 +80,7 @@ def test_the_walkthrough_parses_into_commands():
     written = set()
     for argv in kept:
         for flag, value in zip(argv, argv[1:]):
-            if flag in ("--manifest", "--units", "--tokenizer", "--text_tokenizer", "--extra_text", "--data.data_dir",
+            if flag in ("--manifest", "--units", "--speech_tokenizer", "--text_tokenizer", "--extra_text", "--data.data_dir",
                         "--data.val_dir", "--model.init_from", "--model"):
                 root = value.split("/")[0]
                 assert any(w == value or value.startswith(w + "/") or w.startswith(root) for w in written), (flag, value)

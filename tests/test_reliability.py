@@ -465,7 +465,7 @@ def test_tokenize_exits_nonzero_after_skipping_unless_allowed(tmp_path, capsys, 
     monkeypatch.setattr(speech_tokenizer.SpeechTokenizer, "load", classmethod(lambda cls, d, device="cpu", precision="fp32": FakeSpeechTokenizer()))
     (tmp_path / "tok").mkdir()
     manifest = _wav_manifest(tmp_path, 3, bad={1: np.zeros(100, np.float32)})
-    argv = ["tokenize", "--manifest", manifest, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "u.jsonl"]
+    argv = ["tokenize", "--manifest", manifest, "--speech_tokenizer", tmp_path / "tok", "--out", tmp_path / "u.jsonl"]
     code, out, err = run_cli(argv, capsys)
     assert code == 1 and "2 written" in out
     assert "--allow_skips true" in one_error_line(err)
@@ -511,7 +511,7 @@ def test_bad_manifest_line_is_one_line_naming_file_and_line(tmp_path, capsys):
     manifest.write_text(MANIFEST.read_text().splitlines()[0] + "\n{not json\n")
     code, _, err = run_cli(["data", "build", "--manifest", manifest, "--units", UNITS, "--out", tmp_path / "d"], capsys)
     assert code == 1 and f"{manifest}:2:" in one_error_line(err)
-    code, _, err = run_cli(["tokenize", "--manifest", manifest, "--tokenizer", tmp_path, "--out", tmp_path / "u.jsonl"], capsys)
+    code, _, err = run_cli(["tokenize", "--manifest", manifest, "--speech_tokenizer", tmp_path, "--out", tmp_path / "u.jsonl"], capsys)
     assert code == 1 and str(manifest) in one_error_line(err)
 
 
@@ -519,7 +519,7 @@ def test_missing_inputs_are_one_line_naming_the_flag(tmp_path, capsys):
     cases = [
         (["data", "build", "--manifest", tmp_path / "nope.jsonl", "--units", UNITS, "--out", tmp_path / "d"], "--manifest"),
         (["data", "build", "--manifest", MANIFEST, "--units", tmp_path / "nope.jsonl", "--out", tmp_path / "d"], "--units"),
-        (["tokenize", "--manifest", MANIFEST, "--tokenizer", tmp_path / "nope", "--out", tmp_path / "u.jsonl"], "--tokenizer"),
+        (["tokenize", "--manifest", MANIFEST, "--speech_tokenizer", tmp_path / "nope", "--out", tmp_path / "u.jsonl"], "--speech_tokenizer"),
         (["generate", "--model", tmp_path / "nope", "--text", "hi"], "--model"),
         (["data", "train-text-tokenizer", "--out", tmp_path / "m.model", "--text_file", tmp_path / "nope.txt"], "--text_file"),
         (["tokenizer", "train", "--manifest", MANIFEST, "--out", tmp_path / "nope_tok", "--preset", "nope"], "--preset"),
@@ -563,7 +563,7 @@ def test_generate_checks_sampling_flags_first(tmp_path, args, flag):
     from fixtures import run_fresh as _run_fresh
 
     (r,) = _run_fresh([["generate", "--model", str(tmp_path), "--text", "hi", *args]])
-    assert r["code"] == 1 and flag in one_error_line(r["err"])
+    assert r["code"] == 2 and flag in one_error_line(r["err"])
     assert not r["torch"]  # checked before the imports of torch, whatever the machine's load
 
 
@@ -610,7 +610,7 @@ def test_tokenize_with_nothing_readable_leaves_no_output_file(tmp_path, capsys, 
     (tmp_path / "tok").mkdir()
     manifest = _wav_manifest(tmp_path, 2, bad={0: np.zeros(10, np.float32), 1: np.zeros(10, np.float32)})
     out = tmp_path / "sub" / "u.jsonl"
-    code, _, err = run_cli(["tokenize", "--manifest", manifest, "--tokenizer", tmp_path / "tok", "--out", out,
+    code, _, err = run_cli(["tokenize", "--manifest", manifest, "--speech_tokenizer", tmp_path / "tok", "--out", out,
                             "--allow_skips", "true"], capsys)
     assert code == 1 and "every utterance" in one_error_line(err)
     assert not out.exists()  # no empty units file: only the list of what was skipped, and why

@@ -154,7 +154,7 @@ BAD = {
     "unknown speaker": ({"text": "hi", "output_modality": "speech", "speaker": "carol"}, None, 400,
                         "unknown speaker 'carol'; known: alice, bob (speaker)"),
     "not a number": ({"text": "hi", "top_p": "lots"}, None, 400, "top_p 'lots': must be a number"),
-    "bad sampling": ({"text": "hi", "top_p": "1.5"}, None, 400, "top_p 1.5: must be in (0, 1]"),
+    "bad sampling": ({"text": "hi", "top_p": "1.5"}, None, 400, "top_p must be in (0, 1], got 1.5 (top_p)"),
     "unknown field": ({"text": "hi", "temprature": "0.5"}, None, 400, "unknown field 'temprature'"),
     "unknown modality": ({"text": "hi", "output_modality": "video"}, None, 400, "output_modality 'video'"),
 }
@@ -255,7 +255,7 @@ def test_cli_refuses_bad_flags_in_one_line(tmp_path, stack):
     r = run("--model", str(tmp_path / "none"))
     assert r.returncode == 1 and r.stderr.strip() == f"spiritlm serve: error: {tmp_path / 'none'}: no such model directory (--model)"
     r = run("--model", str(stack["model"]), "--max_queue", "-1")
-    assert r.returncode == 1 and "--max_queue -1: must be >= 0" in r.stderr
+    assert r.returncode == 2 and "--max_queue must be >= 0, got -1 (--max_queue)" in r.stderr
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         r = run("--model", str(stack["model"]), "--port", str(port))

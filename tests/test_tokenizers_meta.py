@@ -362,7 +362,7 @@ def test_tokenize_passes_the_manifest_speaker_to_metas_quantizer(tmp_path):
     sf.write(tmp_path / "a.wav", wav, SR)
     lines = [{"id": "known", "audio": str(tmp_path / "a.wav"), "speaker": "spkA"}, {"id": "unknown", "audio": str(tmp_path / "a.wav"), "speaker": "spkZ"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    tokenize(manifest=str(tmp_path / "m.jsonl"), tokenizer=str(tmp_path / "tok"), out=str(tmp_path / "units.jsonl"))
+    tokenize(manifest=str(tmp_path / "m.jsonl"), speech_tokenizer=str(tmp_path / "tok"), out=str(tmp_path / "units.jsonl"))
     got = {json.loads(x)["id"]: json.loads(x)["pitch"] for x in (tmp_path / "units.jsonl").read_text().splitlines()}
     # reference input: DIO F0 interpolated over unvoiced frames, minus the mean in Hz, and voicing
     f0, vuv = extract_f0(wav, F0Config(backend="dio"))

@@ -139,7 +139,7 @@ def test_tokenize_real_speech_framing(trained, tmp_path, capsys):
     manifest = tmp_path / "real.jsonl"
     manifest.write_text(json.dumps({"id": "7143-88743-0029", "audio": REAL}) + "\n")
     units = tmp_path / "units.jsonl"
-    tokenize(manifest=str(manifest), tokenizer=str(out), out=str(units))
+    tokenize(manifest=str(manifest), speech_tokenizer=str(out), out=str(units))
     rec = json.loads(units.read_text())
     assert rec["id"] == "7143-88743-0029" and rec["audio"] == REAL
     assert len(rec["hubert"].split()) == 228
@@ -168,7 +168,7 @@ def test_tokenize_skips_bad_audio_and_resumes(trained, corpus, tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     units = tmp_path / "units.jsonl"
-    tokenize(manifest=str(manifest), tokenizer=str(out), out=str(units), batch_size=3, allow_skips=True)
+    tokenize(manifest=str(manifest), speech_tokenizer=str(out), out=str(units), batch_size=3, allow_skips=True)
     written = [json.loads(x) for x in units.read_text().splitlines()]
     assert [w["id"] for w in written] == [g["id"] for g in good]
     errors = json.loads((tmp_path / "units.jsonl.errors.json").read_text())

@@ -254,12 +254,12 @@ def test_cli_stft_weight_reaches_the_recipe(tmp_path, monkeypatch, capsys):
     units.write_text("{}\n")
     argv = ["vocoder", "train", "--manifest", str(man), "--units", str(units), "--out", str(tmp_path / "o")]
     main(argv)  # tiny: the recipe's weight
-    main([*argv, "--config", "base"])
+    main([*argv, "--preset", "base"])
     main([*argv, "--stft_weight", "2.5"])
     assert seen == [15.0, 0.0, 2.5]
     with pytest.raises(SystemExit):
         main([*argv, "--stft_weight", "-1"])
-    assert "--stft_weight must be >= 0, got -1.0 (--stft_weight)" in capsys.readouterr().err
+    assert "--stft_weight must be >= 0, got -1 (--stft_weight)" in capsys.readouterr().err
 
 
 def test_doctests_of_the_losses_and_training_helpers():

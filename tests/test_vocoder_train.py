@@ -184,7 +184,7 @@ def test_tokenizer_sizes_and_mismatch(tmp_path):
                                                  "n_units": 10, "n_pitch": 8, "n_style": 4}))
     with pytest.raises(UserError, match=r"no usable utterance.*unit \d+ is beyond the vocoder's 10 units"):
         train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tok), progress=False, log=lambda s: None)
-    with pytest.raises(UserError, match=r"config.json: not a speech tokenizer directory \(--tokenizer\)"):
+    with pytest.raises(UserError, match=r"config.json: not a speech tokenizer directory \(--speech_tokenizer\)"):
         train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tmp_path), progress=False, log=lambda s: None)
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Literal
+
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 
 def dump_features(
     manifest: str,
     out: str,
-    backend: str = "mfcc",
-    checkpoint: str | None = None,
-    layer: int = 11,
+    backend: Literal["mfcc", "hubert", "fairseq-hubert"] = "mfcc",
+    hubert: str | None = None,
+    layer: PositiveInt = 11,
     normalize: bool = False,
     device: str = "cpu",
-    batch_size: int = 8,
+    batch_size: PositiveInt = 8,
     overwrite: bool = False,
 ) -> None:
     """Writes each utterance's 25 Hz features as OUT/<id>.npy (float32, frames x dim).
@@ -29,7 +32,7 @@ def dump_features(
         out: output folder.
         backend: ``hubert`` (transformers directory), ``fairseq-hubert`` (fairseq checkpoint
             file) or ``mfcc``.
-        checkpoint: HuBERT directory / checkpoint file (hubert, fairseq-hubert).
+        hubert: HuBERT directory / checkpoint file (backends hubert, fairseq-hubert).
         layer: transformer layer (1-based; Spirit LM uses 11).
         normalize: normalise each waveform to zero mean and unit variance first (models
             trained with normalize=True).
@@ -62,7 +65,7 @@ def dump_features(
     from .features import FeatureConfig, load_backend
     from .utils import load_audio_batch
 
-    model = load_backend(FeatureConfig(backend=backend, checkpoint=checkpoint, layer=layer, normalize=normalize), device)
+    model = load_backend(FeatureConfig(backend=backend, checkpoint=hubert, layer=layer, normalize=normalize), device)
     os.makedirs(out, exist_ok=True)
     errors = []
     for i in tqdm(range(0, len(todo), batch_size), desc="features", unit="batch"):
@@ -128,7 +131,7 @@ def assemble(
     out: str,
     hubert: str | None = None,
     kmeans: str | None = None,
-    layer: int = 11,
+    layer: PositiveInt = 11,
     pitch: str | None = None,
     style: str | None = None,
     style_kmeans: str | None = None,
@@ -255,16 +258,16 @@ def train(
     out: str,
     preset: str = "tiny",
     hubert: str | None = None,
-    layer: int = 11,
+    layer: PositiveInt = 11,
     style_encoder: str | None = None,
     seed: int = 0,
     device: str = "cpu",
-    max_utts: int | None = None,
-    threads: int = 1,
+    max_utts: PositiveInt | None = None,
+    threads: NonNegativeInt = 1,
     work_dir: str | None = None,
-    max_frames: int | None = None,
+    max_frames: PositiveInt | None = None,
     keep_work: bool = False,
-    num_workers: int = 0,
+    num_workers: NonNegativeInt | None = None,
     overwrite: bool = False,
 ) -> None:
     """Trains the streams a preset needs and writes OUT (tokenizer) and OUT/metrics.json.
@@ -294,7 +297,8 @@ def train(
         max_frames: frames sampled for the units' k-means (default: the preset's; base: 1,000,000).
         keep_work: keep WORK_DIR after success.
         num_workers: DataLoader processes reading the pitch VQ-VAE's and the style CNN's
-            training crops from the shards (0: the training process; the result is the same).
+            training crops from the shards (default: the preset's, 0 = the training process;
+            the result is the same).
         overwrite: replace a tokenizer in OUT, and shards of other settings in WORK_DIR.
     """
     import shutil
@@ -306,8 +310,6 @@ def train(
         raise UserError(f"{manifest}: no such file (--manifest)")
     markers = ("units/unit_config.json",)
     check_new_output(out, overwrite, markers=markers)  # before hours of training, not after
-    if num_workers < 0:
-        raise UserError(f"--num_workers {num_workers}: must be 0 or more")
     from .train import make_preset, train_tokenizer
 
     try:
@@ -319,7 +321,7 @@ def train(
     # with --overwrite an older tokenizer in OUT is replaced on success; any other non-empty folder is refused
     with atomic_dir(out, overwrite=overwrite, markers=markers) as tmp:
         m = train_tokenizer(manifest, str(tmp), preset, hubert=hubert, layer=layer, style_encoder=style_encoder, seed=seed, device=device,
-                            max_utts=max_utts, threads=threads or None, work_dir=work_dir, max_frames=max_frames, num_workers=num_workers,
+                            max_utts=max_utts, threads=threads, work_dir=work_dir, max_frames=max_frames, num_workers=num_workers,
                             overwrite=overwrite)
     if not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)

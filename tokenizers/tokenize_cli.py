@@ -6,6 +6,9 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
+
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from spiritlm.launch import shard_from_env  # shared with spiritlm corpus align
 
@@ -161,16 +164,16 @@ def _check_out(out: str, overwrite: bool, shard_ids: set[str], num_shards: int) 
 
 def tokenize(
     manifest: str,
-    tokenizer: str,
+    speech_tokenizer: str,
     out: str,
-    shard: int | None = None,
-    num_shards: int | None = None,
+    shard: NonNegativeInt | None = None,
+    num_shards: PositiveInt | None = None,
     device: str = "cpu",
-    batch_size: int = 8,
-    batch_seconds: float = 80.0,
-    precision: str = "fp32",
+    batch_size: PositiveInt = 8,
+    batch_seconds: NonNegativeFloat = 80.0,
+    precision: Literal["fp32", "float32", "bf16", "bfloat16"] = "fp32",
     use_speaker: bool = True,
-    threads: int = 1,
+    threads: NonNegativeInt = 1,
     allow_skips: bool = False,
     overwrite: bool = False,
 ) -> None:
@@ -194,11 +197,11 @@ def tokenize(
     shard comes from the launcher: torchrun's RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_NTASKS,
     e.g. `torchrun --nproc_per_node 8 -m spiritlm.cli tokenize ... --device cuda` (see docs/scaling.md).
 
-    Example: spiritlm tokenize --manifest corpus/manifest.jsonl --tokenizer tok/ --out units.jsonl
+    Example: spiritlm tokenize --manifest corpus/manifest.jsonl --speech_tokenizer tok/ --out units.jsonl
 
     Args:
         manifest: JSONL manifest (id, audio; speaker for pitch normalisation).
-        tokenizer: tokenizer directory (from spiritlm tokenizer train or assemble).
+        speech_tokenizer: speech tokenizer directory (from spiritlm tokenizer train or assemble).
         out: output JSONL (appended to; shards may share one file on a local disk). ``{shard}`` in
             the name is replaced by the shard index (one file per shard: use it on network file
             systems, where appends from several machines are not atomic).
@@ -225,16 +228,14 @@ def tokenize(
 
     if not os.path.isfile(manifest):
         raise UserError(f"{manifest}: no such file (--manifest)")
-    if not os.path.isdir(tokenizer):
-        raise UserError(f"{tokenizer}: no such tokenizer directory (--tokenizer)")
+    if not os.path.isdir(speech_tokenizer):
+        raise UserError(f"{speech_tokenizer}: no such speech tokenizer directory (--speech_tokenizer)")
     shard, num_shards, source = shard_from_env(shard, num_shards)
     if not 0 <= shard < num_shards:
         raise UserError(f"--shard {shard}: must be in 0..{num_shards - 1} (--num_shards {num_shards}; from {source})")
     out = out.replace("{shard}", str(shard))  # one file per shard, e.g. on a network file system
     if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # torchrun: one GPU per process
         device = f"cuda:{os.environ['LOCAL_RANK']}"
-    if precision not in ("fp32", "float32", "bf16", "bfloat16"):
-        raise UserError(f"--precision {precision}: must be fp32 or bf16")
 
     from ..corpus.manifest import read_audio_manifest
     from spiritlm.numerics import threads as pinned_threads
@@ -247,7 +248,7 @@ def tokenize(
     target = _check_out(out, overwrite, {it.id for i, it in enumerate(items) if i % num_shards == shard}, num_shards)
     try:
         with pinned_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
-            tok = SpeechTokenizer.load(tokenizer, device=device, precision=precision)
+            tok = SpeechTokenizer.load(speech_tokenizer, device=device, precision=precision)
             report = tokenize_manifest(manifest, tok, target, shard, num_shards, batch_size, use_speaker,
                                        batch_seconds=batch_seconds or None)
         if target != out:

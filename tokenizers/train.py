@@ -299,7 +299,7 @@ def train_tokenizer(
     seed: int = 0,
     device: str = "cpu",
     max_utts: int | None = None,
-    threads: int | None = None,
+    threads: int | None = 1,
     work_dir: str | None = None,
     max_frames: int | None = None,
     num_workers: int | None = None,
@@ -322,8 +322,9 @@ def train_tokenizer(
     resumes from the complete shards and samples.
     ``work_dir`` None: ``out/work``, removed once the tokenizer is written.
 
-    ``threads`` sets torch's intra-op CPU threads for the run (1 avoids the thrashing of
-    oversubscribed shared CPUs; None keeps torch's default). BLAS pools run one thread.
+    ``threads`` sets torch's intra-op CPU threads for the run (default 1, as ``spiritlm tokenizer
+    train --threads``: it avoids the thrashing of oversubscribed shared CPUs; 0 or None keeps
+    torch's default). BLAS pools run one thread.
     Same seed and threads give the same metrics on one machine; across machines the CPU's
     instruction set matters too (see :mod:`spiritlm.numerics`, recorded in ``metrics["numerics"]``).
     """

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+
 from spiritlm.errors import UserError
 
 
@@ -18,9 +20,9 @@ def synth(
     speaker: str | None = None,
     dur_pred: bool | None = None,
     style_id: str = "0",
-    batch_size: int = 0,
+    batch_size: PositiveInt | None = None,
     device: str = "cpu",
-    threads: int = 0,
+    threads: NonNegativeInt = 0,
     allow_skips: bool = False,
     overwrite: bool = False,
 ) -> None:
@@ -49,10 +51,10 @@ def synth(
             ``speaker`` field if it has one, else speaker 0.
         dur_pred: predict unit durations; default: false for unit dicts, true for token strings.
         style_id: style id (index or name from ``styles.txt``) of a multistyle vocoder.
-        batch_size: utterances per forward pass (0: the vocoder's default, 1 on a CPU, where
+        batch_size: utterances per forward pass (default: the vocoder's, 1 on a CPU, where
             padded batches cost more per second of audio than one at a time; 16 on a GPU).
         device: ``cpu`` or ``cuda[:N]``.
-        threads: torch CPU threads (0: torch's default).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         allow_skips: exit with status 0 even when some lines were skipped.
         overwrite: replace a finished OUT (one holding synth_report.json).
     """
@@ -61,8 +63,6 @@ def synth(
     src = Path(units)  # flags and files first: a typo costs a second, not the imports of torch
     if not src.is_file():
         raise UserError(f"{src}: file not found (--units)")
-    if batch_size < 0:
-        raise UserError(f"batch size must be >= 1 (or 0 for the vocoder's default), got {batch_size} (--batch_size)")
     if not Path(vocoder).exists():
         raise UserError(f"{vocoder}: vocoder not found (--vocoder)")
     markers = ("synth_report.json",)

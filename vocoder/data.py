@@ -198,7 +198,7 @@ def load_utterances(
             try:
                 u = parse_stream(rec.get("hubert", ""), "hubert")
                 if num_units is not None and int(u.max()) >= num_units:
-                    raise ValueError(f"unit {int(u.max())} is beyond the vocoder's {num_units} units (--units / --config)")
+                    raise ValueError(f"unit {int(u.max())} is beyond the vocoder's {num_units} units (--units / --preset)")
                 streams = {}
                 for name, size in (("pitch", num_pitch), ("style", num_style)):
                     if size == 0:
@@ -209,7 +209,7 @@ def load_utterances(
                         continue
                     s = parse_stream(rec[name], name)
                     if size is not None and int(s.max()) >= size:
-                        raise ValueError(f"{name} code {int(s.max())} is beyond the vocoder's {size} {name} codes (--units / --tokenizer)")
+                        raise ValueError(f"{name} code {int(s.max())} is beyond the vocoder's {size} {name} codes (--units / --speech_tokenizer)")
                     streams[name] = s
             except ValueError as exc:
                 report.add(f"{where}: {exc}")

@@ -299,7 +299,7 @@ def evaluate_vocoder(
         try:
             tok = SpeechTokenizer.load(tokenizer)
         except (FileNotFoundError, ValueError) as exc:
-            raise UserError(f"{exc} (--tokenizer)") from None
+            raise UserError(f"{exc} (--speech_tokenizer)") from None
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info(f"[vocoder eval] {len(utts)} utterances of split {split!r} ({report.skipped} lines skipped)")

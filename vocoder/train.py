@@ -157,9 +157,9 @@ def tokenizer_sizes(tokenizer: str | None) -> dict[str, int] | None:
             meta = json.load(f)
         return {"num_units": int(meta["n_units"]), "num_pitch": int(meta.get("n_pitch", 0)), "num_style": int(meta.get("n_style", 0))}
     except FileNotFoundError:
-        raise UserError(f"{path}: not a speech tokenizer directory (--tokenizer)") from None
+        raise UserError(f"{path}: not a speech tokenizer directory (--speech_tokenizer)") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: not a speech tokenizer config ({exc}) (--tokenizer)") from None
+        raise UserError(f"{path}: not a speech tokenizer config ({exc}) (--speech_tokenizer)") from None
 
 
 def _streams_in(units: str) -> set[str]:
@@ -182,7 +182,7 @@ def vocoder_config(preset: str, units: str, speakers: list[str], tokenizer: str 
     try:
         base = VocoderConfig.preset(preset)
     except ValueError as exc:
-        raise UserError(f"{exc} (--config)") from None
+        raise UserError(f"{exc} (--preset)") from None
     sizes = tokenizer_sizes(tokenizer)
     streams = _streams_in(units)
     if sizes is None:
@@ -192,7 +192,7 @@ def vocoder_config(preset: str, units: str, speakers: list[str], tokenizer: str 
     else:
         for name in ("pitch", "style"):
             if sizes[f"num_{name}"] and name not in streams:
-                raise UserError(f"{units}: no '{name}' stream, but the tokenizer has one: were the units made by it? (--units / --tokenizer)")
+                raise UserError(f"{units}: no '{name}' stream, but the tokenizer has one: were the units made by it? (--units / --speech_tokenizer)")
             if not sizes[f"num_{name}"] and name in streams:
                 sizes[f"num_{name}"] = 0  # a base tokenizer: ignore extra streams
     return VocoderConfig.preset(preset, num_speakers=len(speakers), **sizes)
@@ -368,8 +368,9 @@ VOCODER_FILES = ("config.json", "model.safetensors")
 #: settings a resumed run may change: they do not change what the steps compute
 RESUMABLE_CHANGES = ("max_steps", "log_every", "val_every", "save_every", "keep_checkpoints", "num_samples", "max_val_utts", "threads")
 #: ``train_config.json`` key -> the ``spiritlm vocoder train`` flag that sets it (messages)
-FLAGS = {"weights.stft": "--stft_weight", "weights.silence": "--silence_weight", "weights.dc": "--dc_weight", "vocoder": "--tokenizer / --units (the vocoder's table sizes)",
-         "speakers": "--manifest (its speakers)"}
+FLAGS = {"weights.stft": "--stft_weight", "weights.silence": "--silence_weight", "weights.dc": "--dc_weight",
+         "vocoder": "--speech_tokenizer / --units (the vocoder's table sizes)", "speakers": "--manifest (its speakers)",
+         "config": "--preset", "tokenizer": "--speech_tokenizer"}
 #: settings that are flags of ``spiritlm vocoder train`` under their own name
 CLI_SETTINGS = ("config", "batch_size", "segment_units", "lr", "disc_width_div", "disc_start_step", "seed", "dtype", "manifest",
                 "units", "tokenizer")

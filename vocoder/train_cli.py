@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
+
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from spiritlm.errors import UserError
 
@@ -14,30 +17,35 @@ def _check_files(**paths: str) -> None:
             raise UserError(f"{path}: file not found (--{flag})")
 
 
+def _check_speech_tokenizer(path: str | None) -> None:
+    if path is not None and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"{path}: not a speech tokenizer directory, no config.json (--speech_tokenizer)")
+
+
 def train(
     manifest: str,
     units: str,
     out: str,
-    config: str = "tiny",
-    tokenizer: str | None = None,
-    max_steps: int = 1000,
-    batch_size: int | None = None,
-    segment_units: int | None = None,
-    disc_width_div: int | None = None,
-    disc_start_step: int = 0,
-    lr: float = 2e-4,
-    stft_weight: float | None = None,
-    silence_weight: float | None = None,
-    dc_weight: float | None = None,
+    preset: str = "tiny",
+    speech_tokenizer: str | None = None,
+    max_steps: PositiveInt = 1000,
+    batch_size: PositiveInt | None = None,
+    segment_units: PositiveInt | None = None,
+    disc_width_div: PositiveInt | None = None,
+    disc_start_step: NonNegativeInt = 0,
+    lr: PositiveFloat = 2e-4,
+    stft_weight: NonNegativeFloat | None = None,
+    silence_weight: NonNegativeFloat | None = None,
+    dc_weight: NonNegativeFloat | None = None,
     seed: int = 0,
-    log_every: int = 10,
-    val_every: int = 200,
-    save_every: int = 200,
-    keep_checkpoints: int = 1,
-    threads: int = 1,
-    dtype: str = "auto",
+    log_every: NonNegativeInt = 10,
+    val_every: NonNegativeInt = 200,
+    save_every: NonNegativeInt = 200,
+    keep_checkpoints: NonNegativeInt = 1,
+    threads: NonNegativeInt = 1,
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto",
     resume: bool | None = None,
-    stop_after: int | None = None,
+    stop_after: PositiveInt | None = None,
     overwrite: bool = False,
     allow_skips: bool = False,
 ) -> None:
@@ -46,7 +54,7 @@ def train(
     Example::
 
         spiritlm vocoder train --manifest corpus/manifest.jsonl --units units.jsonl \\
-            --tokenizer tokenizer --out vocoder --config tiny --max_steps 1000
+            --speech_tokenizer tokenizer --out vocoder --preset tiny --max_steps 1000
 
     OUT then holds the vocoder (``spiritlm vocoder synth --vocoder OUT``), checkpoints/,
     metrics.jsonl / metrics.json, TensorBoard logs (tb/) and audio samples (samples/). Under
@@ -63,8 +71,8 @@ def train(
             (or lines without a split), validates on valid (else test).
         units: units JSONL of that audio (``spiritlm tokenize`` output, Meta's format).
         out: run directory; the trained vocoder is written there.
-        config: vocoder preset: tiny, base or expressive.
-        tokenizer: the speech tokenizer directory that made the units (sizes the unit/pitch/style
+        preset: vocoder preset: tiny, base or expressive.
+        speech_tokenizer: the speech tokenizer directory that made the units (sizes the unit/pitch/style
             tables and checks every id); without it the preset's sizes are used.
         max_steps: training steps.
         batch_size: segments per step (default: 8 for tiny, 16 otherwise).
@@ -96,32 +104,16 @@ def train(
     from .config import PRESETS
 
     _check_files(manifest=manifest, units=units)
-    if config not in PRESETS:
-        raise UserError(f"unknown vocoder config {config!r} (choose from {', '.join(PRESETS)}) (--config)")
-    if tokenizer is not None and not os.path.isfile(os.path.join(tokenizer, "config.json")):
-        raise UserError(f"{tokenizer}: not a speech tokenizer directory, no config.json (--tokenizer)")
-    if dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"dtype must be auto, float32 or bfloat16, got {dtype!r} (--dtype)")
-    for value, flag in ((max_steps, "--max_steps"), (batch_size, "--batch_size"), (segment_units, "--segment_units"),
-                        (disc_width_div, "--disc_width_div"), (stop_after, "--stop_after")):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be >= 1, got {value} ({flag})")
-    for value, flag in ((disc_start_step, "--disc_start_step"), (log_every, "--log_every"), (val_every, "--val_every"),
-                        (save_every, "--save_every"), (keep_checkpoints, "--keep_checkpoints"), (threads, "--threads")):
-        if value < 0:
-            raise UserError(f"{flag} must be >= 0, got {value} ({flag})")
-    if not lr > 0:
-        raise UserError(f"--lr must be > 0, got {lr} (--lr)")
-    for value, flag in ((stft_weight, "--stft_weight"), (silence_weight, "--silence_weight"), (dc_weight, "--dc_weight")):
-        if value is not None and not value >= 0:
-            raise UserError(f"{flag} must be >= 0, got {value} ({flag})")
+    if preset not in PRESETS:
+        raise UserError(f"unknown vocoder preset {preset!r} (choose from {', '.join(PRESETS)}) (--preset)")
+    _check_speech_tokenizer(speech_tokenizer)
 
     from .losses import LossWeights
     from .train import TrainConfig, recipe_defaults, train_vocoder
 
-    d = recipe_defaults(config)
+    d = recipe_defaults(preset)
     cfg = TrainConfig(
-        config=config, max_steps=max_steps,
+        config=preset, max_steps=max_steps,
         batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
         disc_width_div=disc_width_div or d["disc_width_div"], disc_start_step=disc_start_step, lr=lr, seed=seed,
         log_every=log_every, val_every=val_every, save_every=save_every, keep_checkpoints=keep_checkpoints, threads=threads, dtype=dtype,
@@ -129,9 +121,7 @@ def train(
                             silence=d["silence_weight"] if silence_weight is None else silence_weight,
                             dc=d["dc_weight"] if dc_weight is None else dc_weight),
     )
-    if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.segment_units < 1:
-        raise UserError("--max_steps, --batch_size and --segment_units must be positive")
-    s = train_vocoder(manifest, units, out, cfg, tokenizer=tokenizer, stop_after=stop_after, overwrite=overwrite,
+    s = train_vocoder(manifest, units, out, cfg, tokenizer=speech_tokenizer, stop_after=stop_after, overwrite=overwrite,
                       allow_skips=allow_skips)
     last = s["train"][max(s["train"], key=int)] if s.get("train") else {}
     print(f"vocoder train: step {s['final_step']}, mel L1 {last.get('mel_l1', float('nan')):.4f}, {s['seconds']:.0f} s -> {out}")
@@ -142,12 +132,12 @@ def evaluate(
     manifest: str,
     units: str,
     out: str,
-    tokenizer: str | None = None,
+    speech_tokenizer: str | None = None,
     split: str = "test",
-    max_utts: int | None = None,
+    max_utts: PositiveInt | None = None,
     seed: int | None = None,
-    control_pairs: int = 20,
-    threads: int = 1,
+    control_pairs: NonNegativeInt = 20,
+    threads: NonNegativeInt = 1,
     allow_skips: bool = False,
     overwrite: bool = False,
 ) -> None:
@@ -156,7 +146,7 @@ def evaluate(
     Example::
 
         spiritlm vocoder eval --vocoder vocoder --manifest corpus/manifest.jsonl \\
-            --units units.jsonl --tokenizer tokenizer --out vocoder_eval
+            --units units.jsonl --speech_tokenizer tokenizer --out vocoder_eval
 
     Writes OUT/metrics.json (MCD, F0 RMSE, voicing error, unit re-tokenization error, duration
     MAE for the trained and an untrained vocoder; pitch and style control experiments),
@@ -170,7 +160,7 @@ def evaluate(
         manifest: corpus manifest (id, audio, speaker, style, split).
         units: units JSONL of that audio (the vocoder's input).
         out: output folder.
-        tokenizer: speech tokenizer directory that made the units (for the re-tokenization
+        speech_tokenizer: speech tokenizer directory that made the units (for the re-tokenization
             error; omitted: not computed).
         split: manifest split to evaluate.
         max_utts: evaluate at most this many utterances of the split.
@@ -187,12 +177,7 @@ def evaluate(
     check_new_output(out, overwrite, markers=markers)
     if not os.path.exists(vocoder):
         raise UserError(f"{vocoder}: vocoder not found (--vocoder)")
-    if tokenizer is not None and not os.path.isfile(os.path.join(tokenizer, "config.json")):
-        raise UserError(f"{tokenizer}: not a speech tokenizer directory, no config.json (--tokenizer)")
-    if max_utts is not None and max_utts < 1:
-        raise UserError(f"--max_utts must be >= 1, got {max_utts} (--max_utts)")
-    if control_pairs < 0:
-        raise UserError(f"--control_pairs must be >= 0, got {control_pairs} (--control_pairs)")
+    _check_speech_tokenizer(speech_tokenizer)
 
     import torch
 
@@ -203,7 +188,7 @@ def evaluate(
         torch.set_num_threads(threads)
     try:
         with atomic_dir(out, overwrite, markers=markers) as tmp:
-            r = evaluate_vocoder(vocoder, manifest, units, str(tmp), tokenizer=tokenizer, split=split, max_utts=max_utts,
+            r = evaluate_vocoder(vocoder, manifest, units, str(tmp), tokenizer=speech_tokenizer, split=split, max_utts=max_utts,
                                  seed=seed, control_pairs=control_pairs)
     finally:
         torch.set_num_threads(prev)

@@ -8,54 +8,30 @@ from __future__ import annotations
 
 from typing import Literal
 
-def synth(
-    out: str,
-    num_utts: int = 200,
-    seed: int = 0,
-    workers: int | None = None,
-    sample_rate: int = 16000,
-    num_speakers: int = 4,
-    splits: dict[str, float] | None = None,
-    mix: dict[str, float] | None = None,
-    sentiment_style_coupling: float = 0.7,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> None:
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from spiritlm.cli import flags_from
+from spiritlm.corpus.segment import SegmentConfig
+from spiritlm.corpus.synth import SampleRate, SynthConfig
+
+
+@flags_from(SynthConfig, "num_utts", "seed", "workers", "sample_rate", "num_speakers", "splits", "mix",
+            "sentiment_style_coupling", "progress")
+def synth(out: str, overwrite: bool = False, **settings) -> None:
     """Synthesise an aligned speech-text corpus with libespeak-ng.
 
     Writes OUT/wavs/<id>.wav (16-bit PCM mono), OUT/manifest.jsonl (with exact word and phone
     times in seconds), OUT/stats.json and OUT/synth_report.json (timing). The same arguments
-    give byte-identical WAVs, manifest and stats, whatever the number of workers.
+    give byte-identical WAVs, manifest and stats, whatever the number of workers. --splits and
+    --mix are JSON, e.g. --splits '{"train": 0.9, "test": 0.1}'.
 
     Args:
         out: output folder (created if missing).
-        num_utts: number of utterances.
-        seed: random seed of texts, speakers, styles and prosody.
-        workers: rendering processes (default: the number of CPUs).
-        sample_rate: output sample rate in Hz.
-        num_speakers: number of synthetic speakers (1 to 8).
-        splits: split name to fraction, as JSON (default {"train": 0.8, "valid": 0.1, "test": 0.1}).
-        mix: text source to fraction, as JSON (default {"sentiment": 0.3, "intent": 0.3, "narrative": 0.4}).
-        sentiment_style_coupling: probability that a sentiment sentence is spoken in the style
-            of its label (positive: happy, negative: sad, neutral: neutral).
         overwrite: replace a corpus already in OUT.
-        progress: show a progress bar on stderr.
     """
-    from spiritlm.corpus.synth import SynthConfig, synthesize_corpus
+    from spiritlm.corpus.synth import synthesize_corpus
 
-    cfg = SynthConfig(
-        num_utts=num_utts,
-        seed=seed,
-        workers=workers,
-        sample_rate=sample_rate,
-        num_speakers=num_speakers,
-        sentiment_style_coupling=sentiment_style_coupling,
-        progress=progress,
-    )
-    if splits is not None:
-        cfg.splits = dict(splits)
-    if mix is not None:
-        cfg.mix = dict(mix)
+    cfg = SynthConfig(**settings)
     from spiritlm.errors import UserError
 
     try:
@@ -74,7 +50,7 @@ def synth(
     )
 
 
-def check(manifest: str, audio: bool = True, sample_rate: int | None = None) -> None:
+def check(manifest: str, audio: bool = True, sample_rate: SampleRate | None = None) -> None:
     """Validate a manifest: every line, every problem.
 
     Checks JSON syntax, keys and types, duplicate ids, audio files (what `spiritlm tokenize`
@@ -101,7 +77,7 @@ def check(manifest: str, audio: bool = True, sample_rate: int | None = None) -> 
 # `spiritlm corpus check MANIFEST` takes its manifest positionally (see spiritlm.cli.positional).
 check.cli_positional = True  # type: ignore[attr-defined]
 
-def text(out: str, num_sentences: int = 20000, seed: int = 0, mix: dict[str, float] | None = None, overwrite: bool = False) -> None:
+def text(out: str, num_sentences: PositiveInt = 20000, seed: int = 0, mix: dict[str, float] | None = None, overwrite: bool = False) -> None:
     """Write a text-only corpus (one document a line) from the spoken corpus' sentence generators.
 
     It stands in for the text a real run inherits from LLaMA-2's pretraining; pass it to
@@ -181,9 +157,9 @@ def import_corpus(
     speaker_column: str | None = None,
     id_column: str | None = None,
     words_column: str | None = None,
-    max_duration: float | None = None,
+    max_duration: PositiveFloat | None = None,
     segment_long: bool = False,
-    vad: str = "silero",
+    vad: Literal["silero", "energy"] = "silero",
     allow_skips: bool = False,
     overwrite: bool = False,
 ) -> None:
@@ -372,12 +348,12 @@ def align(
     manifest: str,
     aligner: str,
     out: str,
-    shard: int | None = None,
-    num_shards: int | None = None,
-    batch_size: int = 8,
-    min_score: float = 0.0,
-    max_seconds: float = 120.0,
-    threads: int = 0,
+    shard: NonNegativeInt | None = None,
+    num_shards: PositiveInt | None = None,
+    batch_size: PositiveInt = 8,
+    min_score: ClosedUnitInterval = 0.0,
+    max_seconds: PositiveFloat = 120.0,
+    threads: NonNegativeInt = 0,
     device: str = "cpu",
     allow_skips: bool = False,
     overwrite: bool = False,
@@ -414,8 +390,6 @@ def align(
     from spiritlm.errors import UserError
 
     _check_in_out(manifest, out, overwrite)
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     from spiritlm.launch import shard_from_env
 
     shard, num_shards, source = shard_from_env(shard, num_shards)
@@ -441,16 +415,15 @@ def align(
                   rejects_path(out) if report.merged else None)
 
 
+@flags_from(SegmentConfig, "max_seconds", "vad", "min_pause")
 def segment(
     manifest: str,
     out: str,
-    max_seconds: float = 30.0,
-    vad: str = "silero",
-    min_pause: float = 0.2,
     aligner: str | None = None,
     allow_skips: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    **settings,
 ) -> None:
     """Cut recordings longer than --max_seconds at pauses into utterances (written to OUT's folder, segments/).
 
@@ -463,29 +436,20 @@ def segment(
     Args:
         manifest: input manifest.
         out: output manifest (short utterances unchanged, long ones replaced by their segments).
-        max_seconds: longest segment, seconds.
-        vad: silero or energy (recordings without word times).
-        min_pause: shortest pause the VAD reports, seconds.
         aligner: a CTC aligner (see spiritlm corpus align) for recordings with a transcript but no word times.
         allow_skips: exit with status 0 even when some recordings could not be cut.
         overwrite: replace an existing OUT.
         progress: show a progress bar.
     """
-    from spiritlm.errors import UserError
-
     _check_in_out(manifest, out, overwrite)
-    if vad not in ("silero", "energy"):
-        raise UserError(f"--vad must be silero or energy, got {vad!r}")
-    if not max_seconds > 0:
-        raise UserError(f"--max_seconds must be positive, got {max_seconds}")
-    from spiritlm.corpus.segment import SegmentConfig, segment_manifest
+    from spiritlm.corpus.segment import segment_manifest
 
     model = None
     if aligner is not None:
         from spiritlm.corpus.align import load_aligner
 
         model = load_aligner(aligner)
-    report = segment_manifest(manifest, out, SegmentConfig(max_seconds=max_seconds, vad=vad, min_pause=min_pause), model, progress)
+    report = segment_manifest(manifest, out, SegmentConfig(**settings), model, progress)
     print(f"{'wrote ' + out if report.kept + report.segments else 'nothing written'}: {report.kept} utterances kept, {report.cut} cut into {report.segments} segments "
           f"({report.forced_cuts} cut inside speech), {len(report.skipped)} skipped")
     _finish_skips(report.skipped, report.kept + report.segments, allow_skips, "recording", None)

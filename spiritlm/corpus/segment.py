@@ -20,8 +20,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 
 from spiritlm.atomic import atomic_path
 
@@ -38,10 +40,11 @@ class SegmentConfig:
             by this many dB are silence.
     """
 
-    max_seconds: float = 30.0
-    vad: str = "silero"
-    min_pause: float = 0.2
-    energy_floor_db: float = 35.0
+    # typed as `spiritlm corpus segment`'s flags (spiritlm.cli.flags_from): the parser refuses a bad value
+    max_seconds: PositiveFloat = 30.0
+    vad: Literal["silero", "energy"] = "silero"
+    min_pause: NonNegativeFloat = 0.2
+    energy_floor_db: PositiveFloat = 35.0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from math import gcd
 
 import numpy as np
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt, restricted_number_type
 
 from spiritlm.corpus import text_sources
 from spiritlm.corpus.espeak import Espeak, EspeakError, Voice, custom_data_dir, variant_file
@@ -122,6 +123,10 @@ STYLES: dict[str, Style] = {
 SENTIMENT_STYLE = {"positive": "happy", "negative": "sad", "neutral": "neutral"}
 
 
+SampleRate = restricted_number_type("SampleRate", int, [(">=", 8000), ("<=", 48000)], docstring="Hz, 8000-48000")
+NumSpeakers = restricted_number_type("NumSpeakers", int, [(">=", 1), ("<=", len(SPEAKERS))], docstring="1 to the number of SPEAKERS")
+
+
 @dataclass
 class SynthConfig:
     """What to synthesise. Every field is part of the output's identity except ``workers``,
@@ -147,20 +152,21 @@ class SynthConfig:
         progress: show a tqdm progress bar on stderr.
     """
 
-    num_utts: int = 200
+    # typed as `spiritlm corpus synth`'s flags (spiritlm.cli.flags_from): the parser refuses a bad value
+    num_utts: PositiveInt = 200
     seed: int = 0
-    sample_rate: int = 16000
+    sample_rate: SampleRate = 16000
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
     mix: dict[str, float] = field(default_factory=lambda: {"sentiment": 0.3, "intent": 0.3, "narrative": 0.4})
-    num_speakers: int = 4
+    num_speakers: NumSpeakers = 4
     styles: tuple[str, ...] = ("neutral", "happy", "sad", "whisper")
-    sentiment_style_coupling: float = 0.7
+    sentiment_style_coupling: ClosedUnitInterval = 0.7
     lead_silence: tuple[float, float] = (0.10, 0.25)
     sentence_gap: tuple[float, float] = (0.25, 0.50)
     trail_silence: tuple[float, float] = (0.10, 0.25)
     id_prefix: str = "utt"
-    workers: int | None = None
-    chunk_size: int = 4
+    workers: PositiveInt | None = None
+    chunk_size: PositiveInt = 4
     progress: bool = True
 
     def validate(self) -> None:

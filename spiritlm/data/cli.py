@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Literal
+
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt, restricted_number_type
 
 from spiritlm.cli import positional
+
+GroupWords = restricted_number_type("GroupWords", int, (">=", -1), docstring="-1: auto, 0: each utterance alone, N: groups of N words")
 
 
 def build(
@@ -17,17 +22,17 @@ def build(
     text_tokenizer: str | None = None,
     extra_text: str | None = None,
     split: str | None = None,
-    workers: int = 2,
+    workers: PositiveInt = 2,
     seed: int = 0,
-    vocab_size: int = 1000,
-    pad_to_multiple: int = 256,
-    text_span_min: int = 10,
-    text_span_max: int = 30,
-    speech_span_min: int = 5,
-    speech_span_max: int = 15,
-    duration_tolerance: float = 0.1,
-    group_words: int = -1,
-    shard_tokens: int = 1 << 26,
+    vocab_size: PositiveInt = 1000,
+    pad_to_multiple: PositiveInt = 256,
+    text_span_min: PositiveInt = 10,
+    text_span_max: PositiveInt = 30,
+    speech_span_min: PositiveInt = 5,
+    speech_span_max: PositiveInt = 15,
+    duration_tolerance: NonNegativeFloat = 0.1,
+    group_words: GroupWords = -1,
+    shard_tokens: PositiveInt = 1 << 26,
     progress: bool = True,
     overwrite: bool = False,
     allow_skips: bool = False,
@@ -124,10 +129,10 @@ def build(
 @positional
 def inspect(
     data_dir: str,
-    num_examples: int = 2,
-    max_speech_tokens: int = 24,
-    color: str = "auto",
-    tokenizer: str | None = None,
+    num_examples: NonNegativeInt = 2,
+    max_speech_tokens: NonNegativeInt = 24,
+    color: Literal["auto", "always", "never"] = "auto",
+    text_tokenizer: str | None = None,
 ) -> None:
     """Print the summary and decoded documents of a token directory, spans tagged by modality.
 
@@ -136,14 +141,12 @@ def inspect(
         num_examples: documents shown per subset.
         max_speech_tokens: speech tokens shown per speech span before cutting.
         color: colour the modality tags: auto (when writing to a terminal), always or never.
-        tokenizer: sentencepiece model to decode with (default: the one named in the index).
+        text_tokenizer: sentencepiece model to decode with (default: the one named in the index).
     """
     from spiritlm.data.inspect import inspect_dir
 
-    if color not in ("auto", "always", "never"):
-        raise ValueError(f"--color must be auto, always or never, got {color!r}")
     use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
-    print(inspect_dir(data_dir, num_examples, max_speech_tokens, use_color, tokenizer))
+    print(inspect_dir(data_dir, num_examples, max_speech_tokens, use_color, text_tokenizer))
 
 
 def train_text_tokenizer(
@@ -152,10 +155,10 @@ def train_text_tokenizer(
     text_file: str | None = None,
     base_model: str | None = None,
     split: str | None = None,
-    vocab_size: int = 1000,
+    vocab_size: PositiveInt = 1000,
     expressive: bool = False,
-    num_hubert: int = 501,
-    pad_to_multiple: int = 256,
+    num_hubert: PositiveInt = 501,
+    pad_to_multiple: PositiveInt = 256,
     overwrite: bool = False,
 ) -> None:
     """Train a BPE text tokenizer (or take an existing one) and extend it with the speech vocabulary.

@@ -6,6 +6,8 @@ for; :mod:`spiritlm.evals.cli` lists it), its code lives with the judges.
 
 from __future__ import annotations
 
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
+
 
 def _check_inputs(manifest: str, units: str | None) -> dict[str, dict] | None:
     """Reads the manifest and the units (a bad line named, ``path:line``) before the seconds of torch imports."""
@@ -24,14 +26,14 @@ def judges(
     manifest: str,
     out: str,
     seed: int = 0,
-    asr_steps: int = 800,
-    asr_batch_size: int = 8,
-    max_asr_train: int = 0,
+    asr_steps: PositiveInt = 800,
+    asr_batch_size: PositiveInt = 8,
+    max_asr_train: NonNegativeInt = 0,
     which: list[str] = ["asr", "text-sentiment", "speech-sentiment"],  # noqa: B006 (jsonargparse reads the default)
     vocoder: str | None = None,
     units: str | None = None,
-    vocoded_fraction: float = 0.0,
-    threads: int = 0,
+    vocoded_fraction: ClosedUnitInterval = 0.0,
+    threads: NonNegativeInt = 0,
     progress: bool = True,
     overwrite: bool = False,
 ) -> None:
@@ -55,7 +57,7 @@ def judges(
         vocoder: a vocoder folder: the judges are also scored on its resynthesis of the test split (needs --units).
         units: Meta units JSONL of the manifest's audio (for --vocoder).
         vocoded_fraction: this fraction of the ASR's train utterances is added again as vocoder resyntheses.
-        threads: torch CPU threads (0: leave torch's setting).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         progress: show a progress bar.
         overwrite: retrain (replace) judges of --which that OUT already holds.
     """
@@ -64,19 +66,11 @@ def judges(
 
     # every flag and file is checked before the seconds of torch imports of the judges module
     unit_rows = _check_inputs(manifest, units)
-    if asr_steps < 1:
-        raise UserError(f"--asr_steps must be >= 1, got {asr_steps} (--asr_steps)")
-    if asr_batch_size < 1:
-        raise UserError(f"--asr_batch_size must be >= 1, got {asr_batch_size} (--asr_batch_size)")
-    if max_asr_train < 0:
-        raise UserError(f"--max_asr_train must be >= 0 (0: all), got {max_asr_train} (--max_asr_train)")
     unknown = sorted(set(which) - set(JUDGE_DIRS))
     if unknown:
         raise UserError(f"unknown judges {unknown} (choose from {', '.join(JUDGE_DIRS)}) (--which)")
     if (vocoder is None) != (units is None):
         raise UserError("--vocoder and --units go together (the judges hear the vocoder's resynthesis of the units)")
-    if not 0.0 <= vocoded_fraction <= 1.0:
-        raise UserError(f"--vocoded_fraction must be in [0, 1], got {vocoded_fraction}")
     if vocoded_fraction > 0 and vocoder is None:
         raise UserError("--vocoded_fraction needs --vocoder and --units")
 

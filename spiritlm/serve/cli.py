@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from jsonargparse.typing import NonNegativeInt
 
+from spiritlm.cli import Port, flags_from
+from spiritlm.serve.config import ServeLimits
+
+
+@flags_from(ServeLimits, "max_queue", "max_upload_mb", "max_audio_seconds", "max_new_tokens", "max_text_chars", "chunk_frames")
 def serve(
     model: str,
     vocoder: str | None = None,
     speech_tokenizer: str | None = None,
     host: str = "127.0.0.1",
-    port: int = 8000,
-    max_queue: int = 4,
-    max_upload_mb: float = 20.0,
-    max_audio_seconds: float = 60.0,
-    max_new_tokens: int = 500,
-    max_text_chars: int = 4000,
-    chunk_frames: int = 25,
+    port: Port = 8000,
     device: str = "cpu",
-    threads: int = 0,
+    threads: NonNegativeInt = 0,
+    **limits,
 ) -> None:
     """Serve a model: a web page (record, upload or type; hear the answer as it streams) and an API.
 
@@ -33,29 +34,16 @@ def serve(
         host: the address to listen on (default: this machine only; anything else exposes the
             model to the network).
         port: the TCP port.
-        max_queue: requests that may wait while one runs.
-        max_upload_mb: largest request body (an audio upload), in MiB.
-        max_audio_seconds: longest audio upload, in seconds.
-        max_new_tokens: the most tokens one request may generate.
-        max_text_chars: the longest text prompt, in characters.
-        chunk_frames: 40 ms frames per streamed audio chunk at least: fewer send the first audio
-            sooner and cost more vocoder work.
         device: ``cpu`` or ``cuda[:N]``.
-        threads: torch CPU threads (0: torch's default).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
     """
     import socket
 
     from spiritlm.errors import UserError
     from spiritlm.generation_cli import check_model_paths
-    from spiritlm.serve.config import ServeLimits
 
-    limits = ServeLimits(max_queue=max_queue, max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
-                         max_new_tokens=max_new_tokens, max_text_chars=max_text_chars, chunk_frames=chunk_frames)
+    settings = ServeLimits(**limits)
     check_model_paths(model, speech_tokenizer, vocoder)
-    if not 0 < port < 65536:
-        raise UserError(f"--port {port}: must be in 1..65535")
-    if threads < 0:
-        raise UserError(f"--threads {threads}: must be >= 0 (0: torch's default)")
     try:  # a busy port costs a second here, not after the models load
         with socket.create_server((host, port)):
             pass
@@ -65,10 +53,10 @@ def serve(
     from spiritlm.numerics import threads as thread_pools
 
     with thread_pools(threads):  # process-wide: the worker thread that generates runs with them
-        _serve(model, vocoder, speech_tokenizer, host, port, device, limits)
+        _serve(model, vocoder, speech_tokenizer, host, port, device, settings)
 
 
-def _serve(model, vocoder, speech_tokenizer, host, port, device, limits) -> None:
+def _serve(model, vocoder, speech_tokenizer, host, port, device, settings) -> None:
     import uvicorn
 
     from spiritlm.serve.app import create_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spiritlm.errors import UserError
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 
 @dataclass(frozen=True)
@@ -24,22 +24,21 @@ class ServeLimits:
             (each chunk recomputes the generator's receptive field on both sides).
     """
 
-    max_queue: int = 4
-    max_upload_mb: float = 20.0
-    max_audio_seconds: float = 60.0
-    max_new_tokens: int = 500
-    max_text_chars: int = 4000
-    chunk_frames: int = 25
+    # the types are the `spiritlm serve` flags' (spiritlm.cli.flags_from): the parser refuses a bad value
+    max_queue: NonNegativeInt = 4
+    max_upload_mb: PositiveFloat = 20.0
+    max_audio_seconds: PositiveFloat = 60.0
+    max_new_tokens: PositiveInt = 500
+    max_text_chars: PositiveInt = 4000
+    chunk_frames: PositiveInt = 25
 
     def __post_init__(self) -> None:
-        if self.max_queue < 0:
-            raise UserError(f"--max_queue {self.max_queue}: must be >= 0 (0: no request waits)")
-        for name in ("max_upload_mb", "max_audio_seconds"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"--{name} {getattr(self, name)}: must be > 0")
-        for name in ("max_new_tokens", "max_text_chars", "chunk_frames"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} {getattr(self, name)}: must be at least 1")
+        # the fields' types are the rules, for Python callers as for the flags' parser
+        from dataclasses import asdict
+
+        from spiritlm.cli import check_values
+
+        check_values(type(self), **asdict(self))
 
     @property
     def max_upload_bytes(self) -> int:

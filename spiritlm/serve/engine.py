@@ -546,10 +546,14 @@ class Engine:
 
 
 def _check_sampling(req: GenerationRequest) -> None:
-    from spiritlm.generation_cli import _check_sampling as check  # the CLI's rules, in the API's field names
+    # `spiritlm generate`'s flag types and rules, in the API's field names: one declaration of both
+    from spiritlm.cli import check_values
+    from spiritlm.generation_cli import _check_sampling as check, generate_fn
 
     try:
-        check(req.max_new_tokens, req.min_new_tokens, req.do_sample, req.temperature, req.top_p, req.top_k)
+        check_values(generate_fn, max_new_tokens=req.max_new_tokens, min_new_tokens=req.min_new_tokens,
+                     temperature=req.temperature, top_p=req.top_p, top_k=req.top_k)
+        check(req.max_new_tokens, req.min_new_tokens, req.do_sample, req.temperature)
     except UserError as e:
         message = one_line(e).replace("--", "")
         raise RequestError(message, field=message.split(" ", 1)[0]) from None

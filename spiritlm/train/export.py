@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from spiritlm.atomic import atomic_dir
 from spiritlm.errors import UserError
@@ -88,7 +89,8 @@ def export_checkpoint(
     return Path(out)
 
 
-def export(checkpoint: str, out: str, dtype: str = "float32", tokenizer: str | None = None, overwrite: bool = False) -> None:
+def export(checkpoint: str, out: str, dtype: Literal["float32", "bfloat16", "float16"] = "float32", text_tokenizer: str | None = None,
+           overwrite: bool = False) -> None:
     """Exports a training checkpoint as a Hugging Face LLaMA directory, one tensor at a time.
 
     Args:
@@ -96,18 +98,18 @@ def export(checkpoint: str, out: str, dtype: str = "float32", tokenizer: str | N
             number of processes).
         out: the Hugging Face directory to write.
         dtype: stored dtype of the weights: float32, bfloat16 or float16.
-        tokenizer: sentencepiece model to copy as tokenizer.model (default: the run's).
+        text_tokenizer: sentencepiece model to copy as tokenizer.model (default: the run's).
         overwrite: replace an existing --out (atomically).
     """
     ckpt = Path(checkpoint)
     if not ckpt.is_dir():
         raise UserError(f"{ckpt}: no such checkpoint folder (--checkpoint)")
-    if tokenizer is not None and not Path(tokenizer).is_file():
-        raise UserError(f"{tokenizer}: no such file (--tokenizer)")
+    if text_tokenizer is not None and not Path(text_tokenizer).is_file():
+        raise UserError(f"{text_tokenizer}: no such file (--text_tokenizer)")
     from spiritlm.atomic import check_new_output
 
     check_new_output(out, overwrite, markers=("config.json",))  # before any tensor is read
-    path = export_checkpoint(ckpt, out, dtype=dtype, tokenizer_model=tokenizer, overwrite=overwrite)
+    path = export_checkpoint(ckpt, out, dtype=dtype, tokenizer_model=text_tokenizer, overwrite=overwrite)
     print(f"[spiritlm checkpoint export] wrote {path} from {ckpt}")
 
 
