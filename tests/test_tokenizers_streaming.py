@@ -279,7 +279,7 @@ def _preset():
     )
 
 
-def test_training_streams_through_shards_and_resumes(corpus, tmp_path, caplog):
+def test_training_streams_through_shards_and_resumes(corpus, tmp_path, caplog, capsys):
     work = tmp_path / "work"
     caplog.set_level(logging.INFO, logger="spiritlm")
     m1 = train_tokenizer(str(corpus), str(tmp_path / "tok1"), _preset(), seed=0, threads=1, work_dir=str(work))
@@ -309,11 +309,16 @@ def test_training_streams_through_shards_and_resumes(corpus, tmp_path, caplog):
     with pytest.raises(UserError, match=r"shards of an unfinished run with other settings \(--manifest; --manifest / --max_utts.*--overwrite true"):
         train_tokenizer(str(other), str(tmp_path / "tok3"), _preset(), seed=0, threads=1, work_dir=str(work))
 
-    # the CLI refuses a negative --num_workers before any work
-    from spiritlm.tokenizers.cli import train as train_cli
+    # the CLI refuses a negative --num_workers before any work: the flag's type (NonNegativeInt) says so
+    from spiritlm.cli import main
 
-    with pytest.raises(UserError, match="--num_workers -1"):
-        train_cli(str(corpus), str(tmp_path / "tok5"), num_workers=-1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["tokenizer", "train", "--manifest", str(corpus), "--out", str(tmp_path / "tok5"), "--num_workers", "-1"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "spiritlm tokenizer train: error: --num_workers must be >= 0, got -1 (--num_workers)"]
+    assert not (tmp_path / "tok5").exists()
 
     # without a work_dir the shards live in OUT/work and are removed after success
     train_tokenizer(str(corpus), str(tmp_path / "tok4"), _preset(), seed=0, threads=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
 
 from spiritlm.cli import flags_from
 from spiritlm.corpus.segment import SegmentConfig
