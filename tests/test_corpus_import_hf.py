@@ -130,7 +130,7 @@ def test_hf_save_to_disk_and_parquet_import_check_and_tokenize(tmp_path, capsys)
     backend = load_backend(features)
     centers = np.random.default_rng(0).standard_normal((8, backend.dim)).astype(np.float32)
     SpeechTokenizer(UnitTokenizer(backend, centers, UnitConfig(features=features))).save(tmp_path / "tok")
-    code, _, err = run(["tokenize", "--manifest", tmp_path / "m" / "manifest.jsonl", "--tokenizer", tmp_path / "tok",
+    code, _, err = run(["tokenize", "--manifest", tmp_path / "m" / "manifest.jsonl", "--speech_tokenizer", tmp_path / "tok",
                         "--out", tmp_path / "u.jsonl"], capsys)
     assert code == 0, err
     units = {d["id"]: d for d in map(json.loads, (tmp_path / "u.jsonl").read_text().splitlines())}

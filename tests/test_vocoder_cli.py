@@ -176,7 +176,7 @@ def train_corpus(tmp_path_factory):
 
 
 def _train_argv(manifest, units, out):
-    return ["vocoder", "train", "--manifest", manifest, "--units", units, "--out", out, "--config", "tiny", "--max_steps", "1",
+    return ["vocoder", "train", "--manifest", manifest, "--units", units, "--out", out, "--preset", "tiny", "--max_steps", "1",
             "--batch_size", "2", "--segment_units", "4", "--val_every", "1", "--save_every", "1", "--threads", "1"]
 
 
