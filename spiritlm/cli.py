@@ -123,8 +123,9 @@ def _run(fn: Callable, args: list[str], prog: str):
     The signature is the command's one declaration: types (``PositiveInt``, ``Literal[...]``, …)
     carry the ranges, so a bad value is refused here, in one line naming the flag
     (:func:`flag_error`). ``--config FILE`` is, in every command, a YAML file of the command's
-    options (later flags override it); ``spiritlm train``'s is its recipe, read by the recipe
-    parser, the only command with a parser of its own (``cli_argv``: named recipes, sections).
+    options (later flags override it); a command with a ``config`` parameter of its own takes its
+    recipe there (a YAML file as well); ``spiritlm train``'s is read by the recipe parser, the
+    only command with a parser of its own (``cli_argv``: named recipes, sections).
     """
     if getattr(fn, "cli_argv", False):
         return fn(args, prog=prog)
@@ -134,8 +135,9 @@ def _run(fn: Callable, args: list[str], prog: str):
     doc = docstring_parser.parse(plain.__doc__ or "")  # the description; Args become each flag's help
     description = "\n\n".join(t for t in (doc.short_description, doc.long_description) if t)
     parser = jsonargparse.ArgumentParser(prog=prog, description=description, exit_on_error=False)
-    parser.add_argument("--config", action=jsonargparse.ActionConfigFile,
-                        help="a YAML file of this command's options (flags after it override it)")
+    if "config" not in inspect.signature(fn).parameters:  # a command's own `config` is its recipe: a YAML file too
+        parser.add_argument("--config", action=jsonargparse.ActionConfigFile,
+                            help="a YAML file of this command's options (flags after it override it)")
     parser.add_function_arguments(plain, as_positional=getattr(fn, "cli_positional", False))
     try:
         ns = parser.parse_args(args)

@@ -43,6 +43,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
+
 from spiritlm.formats import SPEECH_MARKER, TEXT_MARKER, deduplicate, speech_token, units_to_string
 from spiritlm.units_jsonl import find_units
 
@@ -102,16 +104,17 @@ class InterleaveConfig:
             utterance.
     """
 
-    text_span_min: int = 10
-    text_span_max: int = 30
-    speech_span_min: int = 5
-    speech_span_max: int = 15
+    # typed as `spiritlm data build`'s flags (spiritlm.cli.flags_from): the parser refuses a bad value
+    text_span_min: PositiveInt = 10
+    text_span_max: PositiveInt = 30
+    speech_span_min: PositiveInt = 5
+    speech_span_max: PositiveInt = 15
     expressive: bool = False
     hubert_rate: float = STREAM_RATES["hubert"]
     pitch_rate: float = STREAM_RATES["pitch"]
     style_rate: float = STREAM_RATES["style"]
     hubert_order_rate: float = 24.99
-    duration_tolerance: float = 0.1
+    duration_tolerance: NonNegativeFloat = 0.1
     group_words: int = 0
 
     def __post_init__(self) -> None:

@@ -145,7 +145,11 @@ def test_flag_names_say_which_tokenizer_and_config_is_a_file_of_options():
     a YAML file in `train`. Now: --speech_tokenizer / --text_tokenizer, and --config is, in every
     command, a YAML file of the command's options (spiritlm.cli adds it; --preset names presets)."""
     table = _flag_table()
-    assert "tokenizer" not in table and "config" not in table, {k: [c for c, _, _ in table.get(k, [])] for k in ("tokenizer", "config")}
+    assert "tokenizer" not in table, f"{[c for c, _, _ in table['tokenizer']]}: say --speech_tokenizer or --text_tokenizer"
+    for group, name, fn in ALL:  # a command's own --config is its recipe: a YAML file, never a preset's name
+        if "config" in inspect.signature(fn).parameters and not getattr(fn, "cli_argv", False):
+            doc = {p.arg_name: p.description for p in docstring_parser.parse(fn.__doc__ or "").params}["config"]
+            assert "YAML" in doc, f"spiritlm {group} {name}: --config must be a YAML file (name presets --preset): {doc!r}"
 
 
 def test_the_allow_lists_name_flags_that_still_differ():
@@ -177,6 +181,14 @@ API_OF = {
     "data inspect": ("spiritlm.data.inspect:inspect_dir", {"text_tokenizer": "tokenizer"}),
     "checkpoint export": ("spiritlm.train.export:export_checkpoint", {"text_tokenizer": "tokenizer_model"}),
     "serve": ("spiritlm.serve.config:ServeLimits", {}),
+    "eval asr": ("spiritlm.evals.asr:run_asr", {}),
+    "eval ic": ("spiritlm.evals.ic:run_ic", {}),
+    "eval zeroshot": ("spiritlm.evals.zeroshot:run_zeroshot", {}),
+    "eval tts": ("spiritlm.evals.tts:TtsConfig", {}),
+    "eval stsp": ("spiritlm.evals.stsp:StspConfig", {}),
+    "eval judges": ("spiritlm.judges.train:AsrTrainConfig", {"asr_steps": "steps", "asr_batch_size": "batch_size"}),
+    "eval judges ": ("spiritlm.judges.train:JudgesConfig", {}),
+    "eval judges  ": ("spiritlm.judges.train:train_judges", {}),
 }
 # How a command's default may differ from its API's, and why.
 # A command serves a person at a terminal, the API a program: the command refuses to replace a
@@ -198,6 +210,8 @@ API_DEFAULT_DIFFERS = {
                                    "(80 s of padded audio per batch) for speed",
     ("data build", "group_words"): "-1: chosen from the corpus by build_dataset (InterleaveConfig holds the value used)",
     ("data inspect", "color"): "the flag's auto/always/never becomes the API's bool (auto: when writing to a terminal)",
+    ("eval zeroshot", "tasks"): "the flag is one comma-separated string of the API's task names",
+    ("eval tts", "speaker"): "the flag takes a row number or a name from speakers.txt (a string)",
 }
 
 
@@ -230,7 +244,8 @@ def test_a_command_declares_the_defaults_of_the_api_it_calls():
             if name not in api or p.default is p.empty or p.name in POLICY_FLAGS or (command, p.name) in API_DEFAULT_DIFFERS:
                 continue
             compared += 1
-            if p.default != api[name]:
+            same = list(p.default) == list(api[name]) if isinstance(p.default, (list, tuple)) else p.default == api[name]
+            if not same:
                 bad.append(f"spiritlm {command} --{p.name} {p.default!r}, but {target}'s {name} is {api[name]!r}")
     assert not bad, "\n".join(bad)
     assert compared > 40  # the table maps most of the forwarded flags

@@ -7,18 +7,20 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt, restricted_number_type
+from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
 
-from spiritlm.cli import positional
+from spiritlm.cli import flags_from, positional
+from spiritlm.interleave import InterleaveConfig
 
 GroupWords = restricted_number_type("GroupWords", int, (">=", -1), docstring="-1: auto, 0: each utterance alone, N: groups of N words")
 
 
+@flags_from(InterleaveConfig, "expressive", "text_span_min", "text_span_max", "speech_span_min", "speech_span_max",
+            "duration_tolerance")
 def build(
     manifest: str,
     units: str,
     out: str,
-    expressive: bool = False,
     text_tokenizer: str | None = None,
     extra_text: str | None = None,
     split: str | None = None,
@@ -26,16 +28,12 @@ def build(
     seed: int = 0,
     vocab_size: PositiveInt = 1000,
     pad_to_multiple: PositiveInt = 256,
-    text_span_min: PositiveInt = 10,
-    text_span_max: PositiveInt = 30,
-    speech_span_min: PositiveInt = 5,
-    speech_span_max: PositiveInt = 15,
-    duration_tolerance: NonNegativeFloat = 0.1,
     group_words: GroupWords = -1,
     shard_tokens: PositiveInt = 1 << 26,
     progress: bool = True,
     overwrite: bool = False,
     allow_skips: bool = False,
+    **interleave,
 ) -> None:
     """Tokenize speech-only, text-only and interleaved documents into sharded token files.
 
@@ -50,7 +48,6 @@ def build(
         manifest: manifest JSONL (utterances with text and word alignments).
         units: units JSONL (Meta's unit dicts with an "id" or "audio" key, not deduplicated).
         out: output directory.
-        expressive: Spirit LM Expressive: include pitch and style tokens (64 + 100 more ids).
         text_tokenizer: sentencepiece model: an extended one is used as is, a text-only one
             (e.g. LLaMA-2's tokenizer.model) is extended and saved in OUT; when omitted a BPE
             model is trained on the manifest's text and saved in OUT.
@@ -61,11 +58,6 @@ def build(
         seed: seed of the interleaving draws.
         vocab_size: size of a trained BPE model before the speech tokens are added.
         pad_to_multiple: pad the extended vocabulary to a multiple of this.
-        text_span_min: fewest words in a text span of an interleaved document.
-        text_span_max: most words in a text span.
-        speech_span_min: fewest words in a speech span.
-        speech_span_max: most words in a speech span.
-        duration_tolerance: largest gap in seconds between a stream's length and the duration.
         group_words: 0 interleaves each utterance alone (Meta's setting, for utterances of 15
             words or more); N > 0 interleaves groups of consecutive utterances of one speaker
             holding at least N words. Needed for corpora of short sentences (such as the
@@ -88,17 +80,8 @@ def build(
     check_new_output(out, overwrite, markers=("index.json", "summary.json"))
 
     from spiritlm.data.build import build_dataset
-    from spiritlm.interleave import InterleaveConfig
 
-    cfg = InterleaveConfig(
-        text_span_min=text_span_min,
-        text_span_max=text_span_max,
-        speech_span_min=speech_span_min,
-        speech_span_max=speech_span_max,
-        expressive=expressive,
-        duration_tolerance=duration_tolerance,
-        group_words=group_words,
-    )
+    cfg = InterleaveConfig(group_words=group_words, **interleave)
     summary = build_dataset(
         manifest,
         units,
