@@ -47,7 +47,7 @@ from spiritlm.evals.common import (
     with_speech_strings,
     write_eval_outputs,
 )
-from spiritlm.evals.engine import Throughput, answer_budget, clean_answer, text_stop_ids
+from spiritlm.evals.engine import Throughput, allowed_with, answer_budget, clean_answer, generate_by_budget, text_stop_ids
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 from spiritlm.units_jsonl import load_units
 
@@ -108,69 +108,32 @@ def run_asr(
     if shots > 0 and not pool:
         raise UserError(f"{manifest}: no {shot_split!r} utterance has units in {units} (--units)")
     pool_items = [p for p, _ in pool]
-    pool_speech = {str(p["id"]): s for p, s in pool}
     max_len = lm.config.max_seq_len
 
     if targets:
         check_speech_vocabulary(model, targets[0][1], units)
-    prompts, budgets, records, skipped = [], [], [], [{"id": i, "reason": "no units"} for i in missing_t]
-    for item, speech in targets:
-        chosen = draw_shots(pool_items, shots, seed, str(item["id"])) if shots > 0 else []
-        budget = answer_budget(len(tok.encode(item["text"])), max_new_tokens, length_ratio)
-        ids, k = fit_prompt(tok, [render_pair("speech", pool_speech[str(s["id"])], "text", s["text"]) for s in chosen],
-                            render_pair("speech", speech, "text", ""), max_len=max_len, reserve=budget)
-        if k == 0 and len(ids) >= max_len:  # ids = BOS + the target: it fills the context alone
-            skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
-            continue
-        prompts.append(ids)
-        budgets.append(budget)
-        records.append((item, [str(s["id"]) for s in chosen[:k]]))
+    skipped = [{"id": i, "reason": "no units"} for i in missing_t]
+    prompts, budgets, records = _asr_prompts(tok, targets, pool, skipped, shots=shots, seed=seed, max_len=max_len,
+                                             max_new_tokens=max_new_tokens, length_ratio=length_ratio)
     if not prompts:
         raise UserError(f"{manifest}: no {split!r} item could be evaluated ({len(skipped)} skipped: "
                         f"{skipped[0]['reason'] if skipped else 'none found'}) (--manifest/--units)")
 
-    allowed = lm.allowed_tokens("text").clone()
     stop = text_stop_ids(tok)
-    allowed[[i for i in stop if i < allowed.numel()]] = True
     thr = Throughput()
-    outs: list[list[int]] = [[] for _ in prompts]
-    for b in sorted(set(budgets)):  # one call per budget (the engine takes one budget per call)
-        idx = [i for i, x in enumerate(budgets) if x == b]
-        got = lm.generate_batch_ids([prompts[i] for i in idx], allowed=allowed, max_new_tokens=b, do_sample=False,
-                                    batch_size=batch_size, stop_ids=stop, progress=progress)
-        thr.add(lm.last_stats)
-        for i, o in zip(idx, got):
-            outs[i] = o
+    outs = generate_by_budget(lm, prompts, budgets, thr, allowed=allowed_with(lm, "text", stop), do_sample=False,
+                              batch_size=batch_size, stop_ids=stop, progress=progress)
     stop_set = set(stop) | {tok.eos_id}
     hit_budget = sum(1 for o, b, p in zip(outs, budgets, prompts)
                      if not (o and o[-1] in stop_set) and len(o) >= min(b, max_len - len(p)))
-
-    chance_rng = random.Random(f"{seed}:asr-chance")
-    refs, hyps, w_counts, c_counts, wc_chance, cc_chance, predictions = [], [], [], [], [], [], []
-    for (item, shot_ids), ids, prompt, budget in zip(records, outs, prompts, budgets):
-        hyp = clean_answer(tok, ids, stop)
-        ref = item["text"]
-        w, c = edit_counts(ref, hyp, "word"), edit_counts(ref, hyp, "char")
-        guess = chance_rng.choice(pool_items)["text"] if pool_items else ""
-        wc_chance.append(edit_counts(ref, guess, "word"))
-        cc_chance.append(edit_counts(ref, guess, "char"))
-        refs.append(ref)
-        hyps.append(hyp)
-        w_counts.append(w)
-        c_counts.append(c)
-        predictions.append({
-            "id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompt), "budget": budget,
-            "reference": ref, "output": hyp,
-            "score": {"word_errors": w[0], "ref_words": w[1], "char_errors": c[0], "ref_chars": c[1]},
-        })
+    predictions, counts = _score_answers(tok, records, outs, prompts, budgets, stop, pool_items, seed)
     n = len(predictions)
-    wer, cer = ratio_of_sums(np.asarray(w_counts, float)), ratio_of_sums(np.asarray(c_counts, float))
     shots_used = [len(p["shot_ids"]) for p in predictions]
     metrics = {
-        "wer": metric(wer, bootstrap_ci(w_counts, seed=seed, statistic=ratio_of_sums),
-                      ratio_of_sums(np.asarray(wc_chance, float)), n, lower_is_better=True),
-        "cer": metric(cer, bootstrap_ci(c_counts, seed=seed, statistic=ratio_of_sums),
-                      ratio_of_sums(np.asarray(cc_chance, float)), n, lower_is_better=True),
+        **{name: metric(ratio_of_sums(np.asarray(counts[name], float)),
+                        bootstrap_ci(counts[name], seed=seed, statistic=ratio_of_sums),
+                        ratio_of_sums(np.asarray(counts[f"{name}_chance"], float)), n, lower_is_better=True)
+           for name in ("wer", "cer")},
         "empty_wer": 1.0,
         "chance_method": "hypothesis = transcript of a seeded random shot-split utterance (speech ignored)",
         "config": {
@@ -186,3 +149,47 @@ def run_asr(
     result = EvalResult("asr", metrics, predictions, thr.as_dict())
     write_eval_outputs(out_dir, result)
     return result
+
+
+def _asr_prompts(tok, targets: Sequence[tuple[dict, str]], pool: Sequence[tuple[dict, str]], skipped: list[dict], *, shots: int,
+                 seed: int, max_len: int, max_new_tokens: int, length_ratio: float) -> tuple[list[list[int]], list[int], list[tuple[dict, list[str]]]]:
+    """``(prompt ids, answer budgets, (item, shot ids))`` of the targets that fit; the others are added to ``skipped``."""
+    pool_items = [p for p, _ in pool]
+    pool_speech = {str(p["id"]): s for p, s in pool}
+    prompts, budgets, records = [], [], []
+    for item, speech in targets:
+        chosen = draw_shots(pool_items, shots, seed, str(item["id"])) if shots > 0 else []
+        budget = answer_budget(len(tok.encode(item["text"])), max_new_tokens, length_ratio)
+        ids, k = fit_prompt(tok, [render_pair("speech", pool_speech[str(s["id"])], "text", s["text"]) for s in chosen],
+                            render_pair("speech", speech, "text", ""), max_len=max_len, reserve=budget)
+        if k == 0 and len(ids) >= max_len:  # ids = BOS + the target: it fills the context alone
+            skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
+            continue
+        prompts.append(ids)
+        budgets.append(budget)
+        records.append((item, [str(s["id"]) for s in chosen[:k]]))
+    return prompts, budgets, records
+
+
+def _score_answers(tok, records, outs, prompts, budgets, stop, pool_items, seed) -> tuple[list[dict], dict[str, list]]:
+    """Prediction rows and the word/char edit counts of each answer and of the chance hypothesis
+    (a seeded random shot-split transcript): ``{"wer", "cer", "wer_chance", "cer_chance"}``."""
+    chance_rng = random.Random(f"{seed}:asr-chance")
+    counts: dict[str, list] = {"wer": [], "cer": [], "wer_chance": [], "cer_chance": []}
+    predictions = []
+    for (item, shot_ids), ids, prompt, budget in zip(records, outs, prompts, budgets):
+        hyp = clean_answer(tok, ids, stop)
+        ref = item["text"]
+        w, c = edit_counts(ref, hyp, "word"), edit_counts(ref, hyp, "char")
+        guess = chance_rng.choice(pool_items)["text"] if pool_items else ""
+        counts["wer"].append(w)
+        counts["cer"].append(c)
+        counts["wer_chance"].append(edit_counts(ref, guess, "word"))
+        counts["cer_chance"].append(edit_counts(ref, guess, "char"))
+        predictions.append({
+            "id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompt), "budget": budget,
+            "reference": ref, "output": hyp,
+            "score": {"word_errors": w[0], "ref_words": w[1], "char_errors": c[0], "ref_chars": c[1]},
+        })
+    return predictions, counts
+

@@ -7,6 +7,7 @@ the one decoder) lives on ``SpiritLM``; this module holds what the tasks build w
 * :func:`text_stop_ids`: ids that end a text answer (markers, newline pieces);
 * :func:`answer_budget`: a generated answer's token budget from its reference's length;
 * :func:`clean_answer`: generated ids → the answer text (cut at the first stop id);
+* :func:`allowed_with`, :func:`generate_by_budget`: an answer's vocabulary mask; one decoding call per budget;
 * :func:`choose_by_likelihood`: pick one of several candidate continuations per prompt;
 * :class:`Throughput`: tokens/s accumulated over the engine calls of a task.
 """
@@ -17,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Throughput", "answer_budget", "choose_by_likelihood", "clean_answer", "fit_shots", "text_stop_ids"]
+__all__ = ["Throughput", "allowed_with", "answer_budget", "choose_by_likelihood", "clean_answer", "fit_shots", "generate_by_budget",
+           "text_stop_ids"]
 
 
 @dataclass
@@ -111,6 +113,28 @@ def clean_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
             break
         body.append(i)
     return tokenizer.decode(body).split("\n")[0].strip()
+
+
+def allowed_with(lm: Any, modality: str, ids: Sequence[int]) -> Any:
+    """The vocabulary mask of a ``modality`` answer widened by ``ids`` (the stop ids that end it)."""
+    allowed = lm.allowed_tokens(modality).clone()
+    allowed[[i for i in ids if 0 <= i < allowed.numel()]] = True
+    return allowed
+
+
+def generate_by_budget(lm: Any, prompts: Sequence[Sequence[int]], budgets: Sequence[int], throughput: Throughput,
+                       **kwargs: Any) -> list[list[int]]:
+    """``lm.generate_batch_ids`` once per distinct budget (rows with equal budgets decode together:
+    the engine takes one budget per call); outputs in prompt order, each call's stats added to
+    ``throughput``. ``kwargs`` go to every call (mask, sampling, batch size, stop ids)."""
+    outs: list[list[int]] = [[] for _ in prompts]
+    for b in sorted(set(budgets)):
+        idx = [i for i, x in enumerate(budgets) if x == b]
+        got = lm.generate_batch_ids([prompts[i] for i in idx], max_new_tokens=b, **kwargs)
+        throughput.add(getattr(lm, "last_stats", None))
+        for i, o in zip(idx, got):
+            outs[i] = o
+    return outs
 
 
 def choose_by_likelihood(

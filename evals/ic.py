@@ -45,7 +45,7 @@ from spiritlm.evals.common import (
     with_speech_strings,
     write_eval_outputs,
 )
-from spiritlm.evals.engine import Throughput, choose_by_likelihood, clean_answer, text_stop_ids
+from spiritlm.evals.engine import Throughput, allowed_with, choose_by_likelihood, clean_answer, text_stop_ids
 from spiritlm.evals.prompts import fit_prompt, render_pair
 from spiritlm.units_jsonl import load_units
 
@@ -107,16 +107,9 @@ def run_ic(
 
     if targets:
         check_speech_vocabulary(model, targets[0][1], units)
-    prompts, records, skipped = [], [], [{"id": i, "reason": "no units"} for i in missing]
-    for item, speech in targets:
-        chosen = draw_shots(pool_items, shots, seed, str(item["id"]))
-        ids, k = fit_prompt(tok, [render_pair("speech", pool_speech[str(s["id"])], "text", label_name(s["intent"])) for s in chosen],
-                            render_pair("speech", speech, "text", ""), max_len=max_len, reserve=reserve)
-        if k == 0 and len(ids) + reserve > max_len:  # ids = BOS + the target: no room left for a label
-            skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
-            continue
-        prompts.append(ids)
-        records.append((item, [str(s["id"]) for s in chosen[:k]]))
+    skipped = [{"id": i, "reason": "no units"} for i in missing]
+    prompts, records = _ic_prompts(tok, targets, pool_items, pool_speech, skipped, shots=shots, seed=seed, max_len=max_len,
+                                   reserve=reserve)
     if not prompts:
         raise UserError(f"{manifest}: no {split!r} intent item could be evaluated ({len(skipped)} skipped) (--units)")
 
@@ -126,9 +119,7 @@ def run_ic(
     gen_pred: list[str | None] = [None] * len(prompts)
     if generation:
         stop = text_stop_ids(tok)
-        allowed = lm.allowed_tokens("text").clone()
-        allowed[[i for i in stop if i < allowed.numel()]] = True
-        outs = lm.generate_batch_ids(prompts, allowed=allowed, max_new_tokens=reserve + 2, do_sample=False,
+        outs = lm.generate_batch_ids(prompts, allowed=allowed_with(lm, "text", stop), max_new_tokens=reserve + 2, do_sample=False,
                                      batch_size=batch_size, stop_ids=stop, progress=progress)
         thr.add(lm.last_stats)
         by_name = {normalize_text(label_name(lab)): lab for lab in labels}
@@ -176,3 +167,20 @@ def run_ic(
     result = EvalResult("ic", metrics, predictions, thr.as_dict())
     write_eval_outputs(out_dir, result)
     return result
+
+
+def _ic_prompts(tok, targets, pool_items, pool_speech, skipped: list[dict], *, shots: int, seed: int, max_len: int,
+                reserve: int) -> tuple[list[list[int]], list[tuple[dict, list[str]]]]:
+    """``(prompt ids, (item, shot ids))`` of the targets that leave ``reserve`` tokens for a label; the others go to ``skipped``."""
+    prompts, records = [], []
+    for item, speech in targets:
+        chosen = draw_shots(pool_items, shots, seed, str(item["id"]))
+        ids, k = fit_prompt(tok, [render_pair("speech", pool_speech[str(s["id"])], "text", label_name(s["intent"])) for s in chosen],
+                            render_pair("speech", speech, "text", ""), max_len=max_len, reserve=reserve)
+        if k == 0 and len(ids) + reserve > max_len:  # ids = BOS + the target: no room left for a label
+            skipped.append({"id": str(item["id"]), "reason": "target does not fit in max_seq_len"})
+            continue
+        prompts.append(ids)
+        records.append((item, [str(s["id"]) for s in chosen[:k]]))
+    return prompts, records
+

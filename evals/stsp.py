@@ -636,6 +636,127 @@ def _stop_and_allowed(lm: Any, modality: str, proto: StspProtocol) -> tuple[Any,
     return allowed, stops
 
 
+def _missing_for(direction: str, model: Any, text_judge: Any, speech_judge: Any) -> str | None:
+    """Why ``direction`` cannot be judged (no judge or vocoder for its output), or None."""
+    if MODALITY[direction[2]] == "text":
+        return "no text sentiment judge" if text_judge is None else None
+    if model.vocoder is None or speech_judge is None:
+        return "no vocoder" if model.vocoder is None else "no speech sentiment judge"
+    return None
+
+
+def _direction_shots(d: str, todo: Sequence[StspItem], shot_pool: Sequence[StspItem] | dict[str, Sequence[StspItem]],
+                     cfg: StspConfig, proto: StspProtocol) -> dict[str, list[StspItem]] | str:
+    """Each target's few-shot examples (``{item id: examples}``) by the protocol's draw, or why there are none."""
+    need = sorted({MODALITY[d[0]], MODALITY[d[2]]})
+    pool_d = shot_pool.get(d, ()) if isinstance(shot_pool, dict) else shot_pool
+    if proto.shot_draw == "meta":
+        try:
+            drawn = draw_meta_shots(pool_d, cfg.shots, cfg.seed, d, need)
+        except ValueError as e:
+            return f"few-shot draw: {e}"
+        if cfg.shots and not drawn:
+            return f"no examples with {'+'.join(need)} halves in the shot pool"
+        return {it.id: list(drawn) for it in todo}
+    shots = {it.id: draw_balanced_shots(pool_d, cfg.shots, cfg.seed, it.id, need) for it in todo}
+    if cfg.shots and any(len(v) < cfg.shots for v in shots.values()):
+        return f"fewer than {cfg.shots} examples with {'+'.join(need)} halves in the shot pool"
+    return shots
+
+
+def _direction_prompts(lm: Any, d: str, todo: Sequence[StspItem], shots: dict[str, list[StspItem]], proto: StspProtocol,
+                       budget: int) -> tuple[list[list[int]], list[StspItem], int]:
+    """``(prompt ids, the items kept, how many were longer than the context)``; ``shots`` is cut to
+    the examples each prompt holds (dropped from the end until the continuation's budget fits)."""
+    ctx = lm.config.max_seq_len
+    prompts, kept, too_long = [], [], 0
+    for it in todo:
+        lines, after, alone = stsp_prompt_parts(d, it, shots[it.id], proto)
+        ids, k = fit_prompt(lm.tokenizer, lines, after, max_len=ctx, reserve=budget, separator=proto.shot_separator, alone=alone)
+        shots[it.id] = shots[it.id][:k]
+        if len(ids) + max(proto.min_new_tokens, 1) > ctx:
+            too_long += 1
+            continue
+        prompts.append(ids)
+        kept.append(it)
+    return prompts, kept, too_long
+
+
+def _continuations(tokenizer: Any, outs: Sequence[Sequence[int]], stops: Sequence[int], tgt: str, proto: StspProtocol) -> list[str]:
+    """Generated ids -> what is judged: the text (Meta: the decoded continuation, stripped; ours: its
+    text segments) or the speech token string of a ``tgt`` continuation."""
+    from spiritlm.formats import split_modalities
+
+    stop_set = set(stops) | {tokenizer.eos_id}
+    texts = []
+    for ids in outs:
+        ids = list(ids)
+        while ids and ids[-1] in stop_set:
+            ids = ids[:-1]
+        texts.append(tokenizer.decode(ids))
+    if tgt == "text" and proto.text_stops == "eos":
+        return [t.strip() for t in texts]  # Meta: newlines inside kept; markers were banned
+    if tgt == "text":
+        return [" ".join(s.text for s in split_modalities(t) if s.modality == "text").strip() for t in texts]
+    return ["".join(s.render() for s in split_modalities(t) if s.modality == "speech") for t in texts]
+
+
+def _judge_outputs(outputs: Sequence[str], tgt: str, proto: StspProtocol, text_judge: Any, speech_judge: Any, vocoder: Any,
+                   speaker: Any) -> tuple[list[str] | None, list[str], int]:
+    """``(judged labels, vocoder refusals, speech outputs voiced with the vocoder's default codes)``;
+    judged labels None when the vocoder refused every speech output.
+
+    An empty continuation has no sentiment: it is judged ``(empty)``, which is never right, unless
+    the protocol hands it to the classifier as Meta's pipeline does (a text classifier answers anyway).
+    """
+    from spiritlm.generation.outputs import vocode_many  # torch: imported when vocoding, not with the CLI
+
+    nonempty = [i for i, o in enumerate(outputs) if o or (tgt == "text" and proto.judge_empty)]
+    errors: list[str] = []
+    stats: dict[str, int] = {}
+    if tgt == "text":
+        pred = dict(zip(nonempty, text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []))
+    else:
+        got, errors = vocode_many(vocoder, [outputs[i] for i in nonempty], speaker, stats)
+        if nonempty and not got:
+            return None, errors, stats.get("filled", 0)
+        keys = sorted(got)
+        labels = judge_speech(speech_judge, [got[k] for k in keys], proto.one_clip_at_a_time) if keys else []
+        pred = dict(zip([nonempty[k] for k in keys], labels))
+    return [pred.get(i, EMPTY) for i in range(len(outputs))], errors, stats.get("filled", 0)
+
+
+def _run_metrics(rows: Sequence[dict], items: Sequence[StspItem], cfg: StspConfig, proto: StspProtocol, notes: dict,
+                 seed: int) -> dict[str, Any]:
+    """:func:`stsp_metrics` of the rows with the run's notes, shots used, label and judged distributions."""
+    metrics = stsp_metrics(rows, seed=seed)
+    metrics.update(notes)
+    if cfg.shots:
+        used = [len(r["shot_ids"]) for r in rows]
+        metrics["shots_used"] = {"min": min(used), "mean": round(float(np.mean(used)), 3), "max": max(used)}
+    metrics["labels"] = dict(sorted(Counter(it.label for it in items).items()))
+    metrics["judged_distribution"] = {
+        d: dict(sorted(Counter(r["judged"] for r in rows if r["direction"] == d).items())) for d in DIRECTIONS
+        if any(r["direction"] == d for r in rows)
+    }
+    return metrics
+
+
+def _write_meta_layout(out_dir: str | os.PathLike, rows: Sequence[dict], meta_reference: str | os.PathLike | None, metrics: dict) -> None:
+    """Each direction's judged labels in Meta's predictions layout (``pred_<direction>.jsonl``),
+    scored against ``meta_reference`` by Meta's rules and ours when given (``metrics["meta_score"]``)."""
+    from spiritlm.evals.stsp_score import score_meta, write_meta_predictions
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for d in DIRECTIONS:
+        rs = [r for r in rows if r["direction"] == d]
+        if rs:
+            write_meta_predictions(Path(out_dir) / f"pred_{d}.jsonl", [(r["id"], r["judged"]) for r in rs])
+            if meta_reference is not None:
+                sc = score_meta(Path(out_dir) / f"pred_{d}.jsonl", meta_reference, "sentiment")
+                metrics.setdefault("meta_score", {})[d] = {k: sc[k] for k in ("meta", "strict", "meta_refuses")}
+
+
 def run_stsp(
     model: Any,
     items: Sequence[StspItem],
@@ -670,7 +791,6 @@ def run_stsp(
     """
     from spiritlm.evals.common import EvalResult, write_eval_outputs
     from spiritlm.evals.engine import Throughput
-    from spiritlm.formats import split_modalities
 
     cfg = cfg or StspConfig()
     proto = cfg.settings()
@@ -682,7 +802,6 @@ def run_stsp(
     if not items:
         raise UserError("no STSP prompt with a sentiment label (--manifest)")
     from spiritlm.evals.common import resolve_speaker
-    from spiritlm.generation.outputs import vocode_many  # torch: imported when vocoding, not with the CLI
 
     speaker, speaker_note = resolve_speaker(model.vocoder, proto.speaker)
     if speaker_note and any(d.endswith("s") for d in cfg.directions):
@@ -696,89 +815,35 @@ def run_stsp(
     t_start = time.time()
     for d in cfg.directions:
         src, tgt = MODALITY[d[0]], MODALITY[d[2]]
-        if tgt == "text" and text_judge is None:
-            skipped[d] = "no text sentiment judge"
-            continue
-        if tgt == "speech" and (model.vocoder is None or speech_judge is None):
-            skipped[d] = "no vocoder" if model.vocoder is None else "no speech sentiment judge"
-            continue
         todo = [it for it in items if (it.text if src == "text" else it.speech)]
-        if not todo:
-            skipped[d] = f"no {src} prompts"
+        shots = _missing_for(d, model, text_judge, speech_judge) or (f"no {src} prompts" if not todo else None) \
+            or _direction_shots(d, todo, shot_pool, cfg, proto)
+        if isinstance(shots, str):
+            skipped[d] = shots
             continue
-        need = sorted({src, tgt})
-        pool_d = shot_pool.get(d, ()) if isinstance(shot_pool, dict) else shot_pool
-        if proto.shot_draw == "meta":
-            try:
-                drawn = draw_meta_shots(pool_d, cfg.shots, cfg.seed, d, need)
-            except ValueError as e:
-                skipped[d] = f"few-shot draw: {e}"
-                continue
-            if cfg.shots and not drawn:
-                skipped[d] = f"no examples with {'+'.join(need)} halves in the shot pool"
-                continue
-            shots = {it.id: list(drawn) for it in todo}
-        else:
-            shots = {it.id: draw_balanced_shots(pool_d, cfg.shots, cfg.seed, it.id, need) for it in todo}
-            if cfg.shots and any(len(v) < cfg.shots for v in shots.values()):
-                skipped[d] = f"fewer than {cfg.shots} examples with {'+'.join(need)} halves in the shot pool"
-                continue
-        allowed, stops = _stop_and_allowed(lm, tgt, proto)
         budget = proto.max_new_tokens_text if tgt == "text" else proto.max_new_tokens_speech
-        ctx = lm.config.max_seq_len
-        prompts, kept = [], []
-        for it in todo:
-            # shots are dropped from the end until the continuation's budget fits in the context
-            lines, after, alone = stsp_prompt_parts(d, it, shots[it.id], proto)
-            ids, k = fit_prompt(lm.tokenizer, lines, after, max_len=ctx, reserve=budget, separator=proto.shot_separator, alone=alone)
-            shots[it.id] = shots[it.id][:k]
-            if len(ids) + max(proto.min_new_tokens, 1) > ctx:
-                too_long[d] = too_long.get(d, 0) + 1
-                continue
-            prompts.append(ids)
-            kept.append(it)
-        todo = kept
+        prompts, todo, too_long[d] = _direction_prompts(lm, d, todo, shots, proto, budget)
+        if not too_long[d]:
+            del too_long[d]
         if not todo:
-            skipped[d] = f"every prompt is longer than the model's context ({ctx} tokens)"
+            skipped[d] = f"every prompt is longer than the model's context ({lm.config.max_seq_len} tokens)"
             continue
+        allowed, stops = _stop_and_allowed(lm, tgt, proto)
         outs = lm.generate_batch_ids(
             prompts, allowed=allowed, max_new_tokens=budget, do_sample=proto.do_sample, temperature=proto.temperature,
             top_p=proto.top_p, top_k=proto.top_k, seed=cfg.seed, min_new_tokens=proto.min_new_tokens, batch_size=cfg.batch_size,
             stop_ids=stops, progress=progress,
         )
         throughput.add(getattr(lm, "last_stats", None))
-        stop_set = set(stops) | {lm.tokenizer.eos_id}
-        texts = []
-        for ids in outs:
-            while ids and ids[-1] in stop_set:
-                ids = ids[:-1]
-            texts.append(lm.tokenizer.decode(ids))
-        if tgt == "text" and proto.text_stops == "eos":
-            # Meta: the decoded continuation, stripped (newlines inside kept; markers were banned)
-            outputs = [t.strip() for t in texts]
-        elif tgt == "text":
-            outputs = [" ".join(s.text for s in split_modalities(t) if s.modality == "text").strip() for t in texts]
-        else:
-            outputs = ["".join(s.render() for s in split_modalities(t) if s.modality == "speech") for t in texts]
-        # an empty continuation has no sentiment: judged "(empty)", which is never right, unless the
-        # protocol hands it to the classifier as Meta's pipeline does (a text classifier answers anyway)
-        nonempty = [i for i, o in enumerate(outputs) if o or (tgt == "text" and proto.judge_empty)]
-        if tgt == "text":
-            pred = dict(zip(nonempty, text_judge.predict([outputs[i] for i in nonempty]) if nonempty else []))
-        else:
-            stats: dict[str, int] = {}
-            got, errors = vocode_many(model.vocoder, [outputs[i] for i in nonempty], speaker, stats)
-            if stats.get("filled"):
-                vocoder_filled[d] = stats["filled"]
-            if nonempty and not got:
-                skipped[d] = f"the vocoder refused every output: {errors[0]}"
-                continue
-            if errors:
-                vocoder_errors[d] = {"count": len(errors), "first": errors[0]}
-            keys = sorted(got)
-            labels = judge_speech(speech_judge, [got[k] for k in keys], proto.one_clip_at_a_time) if keys else []
-            pred = dict(zip([nonempty[k] for k in keys], labels))
-        judged = [pred.get(i, EMPTY) for i in range(len(outputs))]
+        outputs = _continuations(lm.tokenizer, outs, stops, tgt, proto)
+        judged, errors, filled = _judge_outputs(outputs, tgt, proto, text_judge, speech_judge, model.vocoder, speaker)
+        if filled:
+            vocoder_filled[d] = filled
+        if judged is None:
+            skipped[d] = f"the vocoder refused every output: {errors[0]}"
+            continue
+        if errors:
+            vocoder_errors[d] = {"count": len(errors), "first": errors[0]}
         for i, (it, out, j) in enumerate(zip(todo, outputs, judged)):
             rows.append({
                 "id": it.id, "direction": d, "label": it.label, "shot_ids": [s.id for s in shots[it.id]],
@@ -787,19 +852,9 @@ def run_stsp(
             })
     if not rows:
         raise UserError(f"STSP ran no direction: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
-    metrics = stsp_metrics(rows, seed=cfg.seed)
-    metrics["skipped_directions"] = skipped
-    metrics["vocoder_errors"] = vocoder_errors
-    metrics["vocoder_filled"] = vocoder_filled
-    metrics["skipped_too_long"] = too_long
-    if cfg.shots:
-        used = [len(r["shot_ids"]) for r in rows]
-        metrics["shots_used"] = {"min": min(used), "mean": round(float(np.mean(used)), 3), "max": max(used)}
-    metrics["labels"] = dict(sorted(Counter(it.label for it in items).items()))
-    metrics["judged_distribution"] = {
-        d: dict(sorted(Counter(r["judged"] for r in rows if r["direction"] == d).items())) for d in DIRECTIONS
-        if any(r["direction"] == d for r in rows)
-    }
+    notes = {"skipped_directions": skipped, "vocoder_errors": vocoder_errors, "vocoder_filled": vocoder_filled,
+             "skipped_too_long": too_long}
+    metrics = _run_metrics(rows, items, cfg, proto, notes, seed=cfg.seed)
     metrics["judge_ceilings"] = judge_ceilings(items, text_judge, speech_judge, model.vocoder, speaker, proto.one_clip_at_a_time)
     if judges_metrics:
         metrics["judges"] = {k: v for k, v in judges_metrics.items() if k in ("asr", "text-sentiment", "speech-sentiment")}
@@ -807,16 +862,7 @@ def run_stsp(
                          "settings": asdict(proto), "protocol_overrides": cfg.overrides(), "speaker_used": speaker,
                          "speaker_note": speaker_note, **(extra_config or {})}
     if out_dir is not None:
-        from spiritlm.evals.stsp_score import score_meta, write_meta_predictions
-
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        for d in DIRECTIONS:
-            rs = [r for r in rows if r["direction"] == d]
-            if rs:
-                write_meta_predictions(Path(out_dir) / f"pred_{d}.jsonl", [(r["id"], r["judged"]) for r in rs])
-                if meta_reference is not None:
-                    sc = score_meta(Path(out_dir) / f"pred_{d}.jsonl", meta_reference, "sentiment")
-                    metrics.setdefault("meta_score", {})[d] = {k: sc[k] for k in ("meta", "strict", "meta_refuses")}
+        _write_meta_layout(out_dir, rows, meta_reference, metrics)
     thr = throughput.as_dict()
     thr["wall_seconds"] = round(time.time() - t_start, 2)
     result = EvalResult("stsp", metrics, rows, thr)
