@@ -123,125 +123,42 @@ def run_tts(
     Returns:
         :class:`spiritlm.evals.common.EvalResult` (task ``tts``); written to ``out_dir`` when given.
     """
-    from spiritlm.audio import AudioError, load_audio
-    from spiritlm.evals.common import (EvalResult, bootstrap_ci, draw_shots, edit_counts, metric, ratio_of_sums,
-                                       speech_string, units_of, write_eval_outputs)
-    from spiritlm.evals.engine import Throughput, answer_budget, text_stop_ids
+    from spiritlm.evals.common import EvalResult, edit_counts, write_eval_outputs
+    from spiritlm.evals.engine import Throughput, allowed_with, generate_by_budget, text_stop_ids
 
     cfg = cfg or TtsConfig()
     lm = model.lm
     tok = lm.tokenizer
     skipped: dict[str, int] = {}
-
-    def with_speech(items: Sequence[dict]) -> list[dict]:
-        out = []
-        for it in items:
-            row = units_of(it, units)
-            if row is None or not it.get("text", "").strip():
-                skipped["no_units_or_text"] = skipped.get("no_units_or_text", 0) + 1
-                continue
-            out.append({**it, "speech": speech_string(row, model.expressive)})
-        return out
-
-    tgts = with_speech(targets)
+    tgts = _with_speech(targets, units, model.expressive, skipped)
     if cfg.max_items:
         tgts = tgts[: cfg.max_items]
-    shots_pool = with_speech(pool)
+    shots_pool = _with_speech(pool, units, model.expressive, skipped)
     if not tgts:
         raise UserError("no TTS target has units and text (--units, --manifest)")
+    items, prompts, budgets, shot_ids = _tts_prompts(tok, tgts, shots_pool, cfg, lm.config.max_seq_len, skipped)
     stops = text_stop_ids(tok)
-    allowed = lm.allowed_tokens("speech").clone()
-    for i in stops:
-        allowed[i] = True
-    prompts, budgets, shot_ids = [], [], []
-    ctx = lm.config.max_seq_len
-    for it in tgts:
-        ref_len = len(tok.encode(it["speech"]))
-        # rounded up to a multiple of 25 tokens: rows with equal budgets decode in one batch
-        budget = answer_budget(ref_len, cfg.max_new_tokens, cfg.length_ratio)
-        shots = draw_shots(shots_pool, cfg.shots, cfg.seed, str(it["id"])) if cfg.shots else []
-        ids, k = fit_prompt(tok, [render_pair("text", s["text"], "speech", s["speech"]) for s in shots],
-                            render_pair("text", it["text"], "speech", ""), max_len=ctx, reserve=budget)
-        shots = shots[:k]
-        if k == 0 and len(ids) + budget > ctx:  # ids = BOS + the target: what is left of the context is the budget
-            budget = ctx - len(ids)
-        if budget <= 0:
-            skipped["longer_than_context"] = skipped.get("longer_than_context", 0) + 1
-            continue
-        prompts.append((it, ids))
-        budgets.append(budget)
-        shot_ids.append([str(s["id"]) for s in shots])
     throughput = Throughput()
     t0 = time.time()
-    outs: list[list[int]] = [[] for _ in prompts]
-    # rows with equal budgets run together (one budget per generate_batch_ids call)
-    for b in sorted(set(budgets)):
-        idx = [i for i, x in enumerate(budgets) if x == b]
-        res = lm.generate_batch_ids(
-            [prompts[i][1] for i in idx], allowed=allowed, max_new_tokens=b, do_sample=cfg.do_sample,
-            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size, stop_ids=stops,
-        )
-        throughput.add(getattr(lm, "last_stats", None))
-        for i, r in zip(idx, res):
-            outs[i] = r
+    outs = generate_by_budget(lm, prompts, budgets, throughput, allowed=allowed_with(lm, "speech", stops), do_sample=cfg.do_sample,
+                              temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size, stop_ids=stops)
     stop_set = set(stops) | {tok.eos_id}
     hyps = []
     for ids in outs:
         while ids and ids[-1] in stop_set:
             ids = ids[:-1]
         hyps.append("".join(m.group(0) for m in SPEECH_TOKEN_RE.finditer(tok.decode(ids))))
-    items = [p[0] for p in prompts]
-    refs_text = [it["text"] for it in items]
     unit_counts = [edit_counts(" ".join(hubert_sequence(it["speech"])), " ".join(hubert_sequence(h)), "word") for it, h in zip(items, hyps)]
     unit_chance = [edit_counts(" ".join(hubert_sequence(a["speech"])), " ".join(hubert_sequence(b["speech"])), "word")
                    for a, b in zip(items, _rolled(items))]
     metrics: dict[str, Any] = {}
-    transcripts: list[str | None] = [None] * len(items)
-    char_counts: list[tuple[int, int] | None] = [None] * len(items)
-    notes = []
+    notes: list[str] = []
     if model.vocoder is not None and asr_judge is not None:
-        from spiritlm.evals.common import resolve_speaker
-        from spiritlm.generation.outputs import vocode_many
-
-        speaker, speaker_note = resolve_speaker(model.vocoder, cfg.speaker)
-        if speaker_note:
-            logger.info(f"[eval tts] note: {speaker_note}")
-            notes.append(speaker_note)
-        nonempty = [i for i, h in enumerate(hyps) if h]
-        stats: dict[str, int] = {}
-        got, errors = vocode_many(model.vocoder, [hyps[i] for i in nonempty], speaker, stats)
-        keys = sorted(got)
-        for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]) if keys else []):
-            transcripts[nonempty[k]] = t
-        if errors:
-            notes.append(f"the vocoder refused {len(errors)} outputs (judged as empty transcripts): {errors[0]}")
-        char_counts = [edit_counts(r, t or "", "char") for r, t in zip(refs_text, transcripts)]
-        arr = np.array(char_counts, dtype=np.float64)
-        chance = ratio_of_sums(np.array([edit_counts(a, b, "char") for a, b in zip(refs_text, _rolled(refs_text))], dtype=np.float64))
-        metrics["cer"] = metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=cfg.seed, statistic=ratio_of_sums), chance, len(items),
-                                empty_outputs=len(items) - len(nonempty), vocoder_refused=len(errors),
-                                vocoder_filled=stats.get("filled", 0), empty_output_rate=1.0)
-        got, errors = vocode_many(model.vocoder, [it["speech"] for it in items], speaker)
-        keys = sorted(got)
-        if keys:
-            rc = np.array([edit_counts(refs_text[k], t, "char") for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]))],
-                          dtype=np.float64)
-            metrics["resynth_cer"] = metric(ratio_of_sums(rc), bootstrap_ci(rc, seed=cfg.seed, statistic=ratio_of_sums), None, len(keys))
-        own, own_refs = [], []
-        for it in items:
-            try:
-                own.append(load_audio(it["audio"]))
-                own_refs.append(it["text"])
-            except (AudioError, KeyError, TypeError):
-                continue
-        if own:
-            jc = np.array([edit_counts(r, t, "char") for r, t in zip(own_refs, asr_judge.transcribe(own))], dtype=np.float64)
-            metrics["judge_cer"] = metric(ratio_of_sums(jc), bootstrap_ci(jc, seed=cfg.seed, statistic=ratio_of_sums), None, len(own))
+        transcripts, char_counts = _judge_speech_outputs(model.vocoder, asr_judge, items, hyps, cfg, metrics, notes)
     else:
+        transcripts, char_counts = [None] * len(items), [None] * len(items)
         notes.append("cer not computed: " + ("no vocoder (--vocoder)" if model.vocoder is None else "no ASR judge (--judges or --asr_judge)"))
-    ua = np.array(unit_counts, dtype=np.float64)
-    metrics["unit_edit_rate"] = metric(ratio_of_sums(ua), bootstrap_ci(ua, seed=cfg.seed, statistic=ratio_of_sums),
-                                       ratio_of_sums(np.array(unit_chance, dtype=np.float64)), len(items), empty_output_rate=1.0)
+    metrics["unit_edit_rate"] = _rate(unit_counts, cfg.seed, _ratio(unit_chance), empty_output_rate=1.0)
     metrics["skipped"] = skipped
     metrics["notes"] = notes
     metrics["mean_shots"] = float(np.mean([len(s) for s in shot_ids])) if shot_ids else 0.0
@@ -263,6 +180,105 @@ def run_tts(
     if out_dir is not None:
         write_eval_outputs(out_dir, result)
     return result
+
+
+def _with_speech(items: Sequence[dict], units: dict[str, dict], expressive: bool, skipped: dict[str, int]) -> list[dict]:
+    """The items with units and text, each with its ``speech`` token string; the others counted in ``skipped``."""
+    from spiritlm.evals.common import speech_string, units_of
+
+    out = []
+    for it in items:
+        row = units_of(it, units)
+        if row is None or not it.get("text", "").strip():
+            skipped["no_units_or_text"] = skipped.get("no_units_or_text", 0) + 1
+            continue
+        out.append({**it, "speech": speech_string(row, expressive)})
+    return out
+
+
+def _tts_prompts(tok: Any, tgts: Sequence[dict], shots_pool: Sequence[dict], cfg: TtsConfig, ctx: int,
+                 skipped: dict[str, int]) -> tuple[list[dict], list[list[int]], list[int], list[list[str]]]:
+    """``(targets kept, prompt ids, budgets, shot ids)``; a target whose prompt leaves no budget is counted in ``skipped``.
+
+    A budget is ``length_ratio`` times the reference's tokens (+10) under ``max_new_tokens``,
+    rounded up to a multiple of 25 tokens: rows with equal budgets decode in one batch.
+    """
+    from spiritlm.evals.common import draw_shots
+    from spiritlm.evals.engine import answer_budget
+
+    items, prompts, budgets, shot_ids = [], [], [], []
+    for it in tgts:
+        budget = answer_budget(len(tok.encode(it["speech"])), cfg.max_new_tokens, cfg.length_ratio)
+        shots = draw_shots(shots_pool, cfg.shots, cfg.seed, str(it["id"])) if cfg.shots else []
+        ids, k = fit_prompt(tok, [render_pair("text", s["text"], "speech", s["speech"]) for s in shots],
+                            render_pair("text", it["text"], "speech", ""), max_len=ctx, reserve=budget)
+        if k == 0 and len(ids) + budget > ctx:  # ids = BOS + the target: what is left of the context is the budget
+            budget = ctx - len(ids)
+        if budget <= 0:
+            skipped["longer_than_context"] = skipped.get("longer_than_context", 0) + 1
+            continue
+        items.append(it)
+        prompts.append(ids)
+        budgets.append(budget)
+        shot_ids.append([str(s["id"]) for s in shots[:k]])
+    return items, prompts, budgets, shot_ids
+
+
+def _ratio(counts: Sequence[tuple[int, int]]) -> float:
+    from spiritlm.evals.common import ratio_of_sums
+
+    return ratio_of_sums(np.array(counts, dtype=np.float64))
+
+
+def _rate(counts: Sequence[tuple[int, int]], seed: int, chance: float | None, n: int | None = None, **extra: Any) -> dict:
+    """An error rate's metric record: errors / reference units over the items, its bootstrap interval, ``chance``."""
+    from spiritlm.evals.common import bootstrap_ci, metric, ratio_of_sums
+
+    arr = np.array(counts, dtype=np.float64)
+    return metric(ratio_of_sums(arr), bootstrap_ci(arr, seed=seed, statistic=ratio_of_sums), chance, len(arr) if n is None else n, **extra)
+
+
+def _judge_speech_outputs(vocoder: Any, asr_judge: Any, items: Sequence[dict], hyps: Sequence[str], cfg: TtsConfig, metrics: dict,
+                          notes: list[str]) -> tuple[list[str | None], list[tuple[int, int] | None]]:
+    """The ASR judge on the vocoded outputs (``cer``), on the vocoder's resynthesis of the references
+    (``resynth_cer``) and on the original audio (``judge_cer``); returns each output's transcript and char counts."""
+    from spiritlm.audio import AudioError, load_audio
+    from spiritlm.evals.common import edit_counts, resolve_speaker
+    from spiritlm.generation.outputs import vocode_many
+
+    refs_text = [it["text"] for it in items]
+    transcripts: list[str | None] = [None] * len(items)
+    speaker, speaker_note = resolve_speaker(vocoder, cfg.speaker)
+    if speaker_note:
+        logger.info(f"[eval tts] note: {speaker_note}")
+        notes.append(speaker_note)
+    nonempty = [i for i, h in enumerate(hyps) if h]
+    stats: dict[str, int] = {}
+    got, errors = vocode_many(vocoder, [hyps[i] for i in nonempty], speaker, stats)
+    keys = sorted(got)
+    for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]) if keys else []):
+        transcripts[nonempty[k]] = t
+    if errors:
+        notes.append(f"the vocoder refused {len(errors)} outputs (judged as empty transcripts): {errors[0]}")
+    char_counts: list[tuple[int, int] | None] = [edit_counts(r, t or "", "char") for r, t in zip(refs_text, transcripts)]
+    chance = _ratio([edit_counts(a, b, "char") for a, b in zip(refs_text, _rolled(refs_text))])
+    metrics["cer"] = _rate(char_counts, cfg.seed, chance, len(items), empty_outputs=len(items) - len(nonempty),  # type: ignore[arg-type]
+                           vocoder_refused=len(errors), vocoder_filled=stats.get("filled", 0), empty_output_rate=1.0)
+    got, errors = vocode_many(vocoder, [it["speech"] for it in items], speaker)
+    keys = sorted(got)
+    if keys:
+        metrics["resynth_cer"] = _rate([edit_counts(refs_text[k], t, "char") for k, t in zip(keys, asr_judge.transcribe([got[k] for k in keys]))],
+                                       cfg.seed, None)
+    own, own_refs = [], []
+    for it in items:
+        try:
+            own.append(load_audio(it["audio"]))
+            own_refs.append(it["text"])
+        except (AudioError, KeyError, TypeError):
+            continue
+    if own:
+        metrics["judge_cer"] = _rate([edit_counts(r, t, "char") for r, t in zip(own_refs, asr_judge.transcribe(own))], cfg.seed, None)
+    return transcripts, char_counts
 
 
 def tts_command(
