@@ -173,6 +173,14 @@ def test_max_duration_refuses_or_segments(tmp_path, capsys):
         for w in u.words:
             truth = next(t for t in REAL_WORDS if t[0] == w.word and abs(t[1] - off - w.start) < 1e-3)
             assert w.end == pytest.approx(truth[2] - off, abs=1e-3)
+    # --split_by replaces LibriSpeech's own split (train-clean-5: train); the pieces of a cut recording stay together
+    code, _, err = run(["corpus", "import", "librispeech", "--src", src, "--out", tmp_path / "c", "--alignments", ali,
+                        "--max_duration", "5", "--segment_long", "true", "--split_by", "utterance",
+                        "--split_fractions", '{"train": 0.5, "test": 0.5}', "--seed", "3"], capsys)
+    assert code == 0, err
+    splits = {u.id: u.split for u in read_manifest(tmp_path / "c" / "manifest.jsonl")}
+    assert set(splits.values()) == {"train", "test"}
+    assert len({s for k, s in splits.items() if k.startswith("7143-88743-0029_")}) == 1
 
 
 def test_folder_with_pattern(tmp_path, capsys):

@@ -198,7 +198,8 @@ def import_corpus(
             held-out splits, replacing the source's: each utterance id, or each speaker (whole
             speakers per split: speaker-disjoint splits), is hashed with --seed into
             --split_fractions. Fractions hold in expectation, counted in utterances or in
-            speakers (not hours); adding files never moves the ones imported before.
+            speakers (not hours); adding files never moves the ones imported before; the
+            pieces of a recording cut by --segment_long stay in its split.
         split_fractions: with --split_by: split name to fraction, as JSON (default
             {"train": 0.9, "valid": 0.05, "test": 0.05}); a split that gets no utterance is an error.
         seed: with --split_by: the hash seed (another seed, another assignment).
@@ -302,7 +303,7 @@ def import_corpus(
         print(f"wrote {manifest}: {len(utts)} utterances ({hours:.3f} h, {aligned} with word times), {len(skipped)} skipped")
         by_split: dict[str, list] = {}
         for u in utts:
-            by_split.setdefault(str(u.split), []).append(u)
+            by_split.setdefault("(none)" if u.split is None else u.split, []).append(u)
         print("splits: " + "  ".join(
             f"{k}={len(v)} ({sum(u.duration for u in v) / 3600:.3f} h, {len({u.speaker for u in v})} speakers)"
             for k, v in sorted(by_split.items())))
