@@ -317,11 +317,11 @@ def test_folder_import_trains_a_vocoder_and_the_asr_judge(tmp_path, capsys):
     backend = load_backend(features)
     centers = np.random.default_rng(0).standard_normal((8, backend.dim)).astype(np.float32)
     SpeechTokenizer(UnitTokenizer(backend, centers, UnitConfig(features=features))).save(tmp_path / "tok")
-    code, _, err = run(["tokenize", "--manifest", m, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "u.jsonl"], capsys)
+    code, _, err = run(["tokenize", "--manifest", m, "--speech_tokenizer", tmp_path / "tok", "--out", tmp_path / "u.jsonl"], capsys)
     assert code == 0, err
 
-    code, out, err = run(["vocoder", "train", "--manifest", m, "--units", tmp_path / "u.jsonl", "--tokenizer", tmp_path / "tok",
-                          "--out", tmp_path / "voc", "--config", "tiny", "--max_steps", "2", "--batch_size", "2",
+    code, out, err = run(["vocoder", "train", "--manifest", m, "--units", tmp_path / "u.jsonl", "--speech_tokenizer", tmp_path / "tok",
+                          "--out", tmp_path / "voc", "--preset", "tiny", "--max_steps", "2", "--batch_size", "2",
                           "--segment_units", "4", "--disc_width_div", "32", "--log_every", "1", "--val_every", "2",
                           "--save_every", "0"], capsys)
     assert code == 0, err
