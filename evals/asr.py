@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from spiritlm.errors import UserError
 from spiritlm.evals.common import (
@@ -70,14 +71,14 @@ def run_asr(
     units: str | Path,
     out_dir: str | Path,
     *,
-    shots: int = 10,
+    shots: NonNegativeInt = 10,
     seed: int = 0,
     split: str = "test",
     shot_split: str = "train",
-    max_items: int | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 384,
-    length_ratio: float = 2.0,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
+    max_new_tokens: PositiveInt = 384,
+    length_ratio: PositiveFloat = 2.0,
     progress: bool = True,
 ) -> EvalResult:
     """k-shot ASR on a manifest split; writes ``metrics.json`` and ``predictions.jsonl`` to ``out_dir``.
@@ -89,7 +90,8 @@ def run_asr(
         out_dir: output folder.
         shots: in-context examples per target (clamped to what fits in ``max_seq_len``).
         seed: seeds the shots, the item sample and the chance baseline.
-        split: the split evaluated; ``shot_split``: the split shots come from.
+        split: the split evaluated.
+        shot_split: the split shots come from.
         max_items: evaluate a seeded sample of this many items (None: all).
         batch_size: prompts decoded together.
         max_new_tokens: ceiling of an answer's budget (tokens).

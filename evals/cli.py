@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from jsonargparse.typing import NonNegativeInt, PositiveInt
+from jsonargparse.typing import NonNegativeInt
+
+from spiritlm.cli import flags_from
+from spiritlm.evals.asr import run_asr  # light modules (numpy): their signatures are the commands' flags
+from spiritlm.evals.ic import run_ic
+from spiritlm.evals.zeroshot import run_zeroshot
 
 
 def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device: str):
@@ -42,23 +47,18 @@ def _check_paths(model: str, vocoder: str | None, speech_tokenizer: str | None) 
     check_model_paths(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer)
 
 
+@flags_from(run_asr, "shots", "seed", "split", "shot_split", "max_items", "batch_size", "max_new_tokens")
 def asr(
     model: str,
     manifest: str,
     units: str,
     out: str,
-    shots: NonNegativeInt = 10,
-    seed: int = 0,
-    split: str = "test",
-    shot_split: str = "train",
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
-    max_new_tokens: PositiveInt = 384,
     vocoder: str | None = None,
     speech_tokenizer: str | None = None,
     device: str = "cpu",
     threads: NonNegativeInt = 0,
     overwrite: bool = False,
+    **settings,
 ) -> None:
     """Few-shot ASR: [Speech]<units>[Text]<transcript> × k, then the target; WER and CER (jiwer).
 
@@ -70,13 +70,6 @@ def asr(
         manifest: manifest JSONL (text, split).
         units: Meta units JSONL of the manifest's audio (`spiritlm tokenize`).
         out: output folder (metrics.json, predictions.jsonl).
-        shots: in-context examples per item (clamped to the model's context).
-        seed: seeds the shots and the item sample; the same seed writes the same files.
-        split: split evaluated.
-        shot_split: split the shots come from.
-        max_items: evaluate a seeded sample of this many items (default: all).
-        batch_size: prompts decoded together.
-        max_new_tokens: ceiling of an answer's budget, min(ceiling, 2 x reference tokens + 10) (tokens).
         vocoder: vocoder folder (unused by asr; accepted so every task takes the same flags).
         speech_tokenizer: speech tokenizer folder (unused by asr: inputs are units).
         device: cpu or cuda.
@@ -84,34 +77,27 @@ def asr(
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     _check_out(out, overwrite)
-    _check_inputs(manifest, units, split)
+    _check_inputs(manifest, units, settings["split"])
     _check_paths(model, vocoder, speech_tokenizer)
     _check_units_match(manifest, units)
-    from spiritlm.evals.asr import run_asr
     from spiritlm.numerics import threads as pinned_threads
 
     with pinned_threads(threads):
-        run_asr(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
-                shot_split=shot_split, max_items=max_items, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        run_asr(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, **settings)
 
 
+@flags_from(run_ic, "shots", "seed", "split", "shot_split", "max_items", "batch_size", "generation")
 def ic(
     model: str,
     manifest: str,
     units: str,
     out: str,
-    shots: NonNegativeInt = 30,
-    seed: int = 0,
-    split: str = "test",
-    shot_split: str = "train",
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
-    generation: bool = True,
     vocoder: str | None = None,
     speech_tokenizer: str | None = None,
     device: str = "cpu",
     threads: NonNegativeInt = 0,
     overwrite: bool = False,
+    **settings,
 ) -> None:
     """Few-shot intent classification from speech, by label likelihood (and by generation); accuracy, confusion matrix.
 
@@ -123,13 +109,6 @@ def ic(
         manifest: manifest JSONL (intent, split).
         units: Meta units JSONL of the manifest's audio.
         out: output folder (metrics.json, predictions.jsonl).
-        shots: in-context examples per item (paper: 30; clamped to the model's context).
-        seed: seeds the shots and the item sample.
-        split: split evaluated.
-        shot_split: split the shots come from.
-        max_items: evaluate a seeded sample of this many items (default: all).
-        batch_size: sequences per forward pass.
-        generation: also predict by greedy generation (accuracy_generation).
         vocoder: unused by ic (accepted so every task takes the same flags).
         speech_tokenizer: unused by ic (inputs are units).
         device: cpu or cuda.
@@ -137,17 +116,16 @@ def ic(
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
     _check_out(out, overwrite)
-    _check_inputs(manifest, units, split)
+    _check_inputs(manifest, units, settings["split"])
     _check_paths(model, vocoder, speech_tokenizer)
     _check_units_match(manifest, units)
-    from spiritlm.evals.ic import run_ic
     from spiritlm.numerics import threads as pinned_threads
 
     with pinned_threads(threads):
-        run_ic(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, shots=shots, seed=seed, split=split,
-               shot_split=shot_split, max_items=max_items, batch_size=batch_size, generation=generation)
+        run_ic(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, **settings)
 
 
+@flags_from(run_zeroshot, "seed", "max_items", "batch_size", "split")
 def zeroshot(
     model: str,
     out: str,
@@ -155,15 +133,12 @@ def zeroshot(
     sets: str | None = None,
     speech_tokenizer: str | None = None,
     units: str | None = None,
-    seed: int = 0,
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
-    split: str = "test",
     tasks: str = "lexical,syntactic,storycloze",
     vocoder: str | None = None,
     device: str = "cpu",
     threads: NonNegativeInt = 0,
     overwrite: bool = False,
+    **settings,
 ) -> None:
     """Zero-shot likelihood tasks: lexical (sWUGGY-style), syntactic (sBLIMP-style), story endings (StoryCloze-style), spoken and written.
 
@@ -181,10 +156,6 @@ def zeroshot(
         sets: a folder in the ZeroSpeech 2021 / StoryCloze layouts (see evals/README.md).
         speech_tokenizer: speech tokenizer folder; spoken items need it unless the set folder has units.jsonl.
         units: unused by zeroshot (spoken items are tokenized from their WAVs); accepted so every task takes the same flags.
-        seed: seeds the synthetic sets and the item sample.
-        max_items: at most this many pairs per set (seeded sample).
-        batch_size: sequences per forward pass.
-        split: manifest split whose words and sentences seed the synthetic sets.
         tasks: comma-separated subset of lexical, syntactic, storycloze.
         vocoder: unused by zeroshot.
         device: cpu or cuda.
@@ -202,13 +173,11 @@ def zeroshot(
         raise UserError("give --manifest (synthetic sets from its vocabulary) or --sets DIR")
     _check_inputs(manifest if sets is None else None)
     _check_paths(model, vocoder, speech_tokenizer)
-    from spiritlm.evals.zeroshot import run_zeroshot
     from spiritlm.numerics import threads as pinned_threads
 
     with pinned_threads(threads):
-        run_zeroshot(_model(model, vocoder, speech_tokenizer, device), out, manifest=manifest, sets=sets, seed=seed,
-                     max_items=max_items, batch_size=batch_size, split=split,
-                     tasks=[t.strip() for t in tasks.split(",") if t.strip()])
+        run_zeroshot(_model(model, vocoder, speech_tokenizer, device), out, manifest=manifest, sets=sets,
+                     tasks=[t.strip() for t in tasks.split(",") if t.strip()], **settings)
 
 
 # tts and stsp keep their commands beside their APIs (light modules: numpy, no torch at import)

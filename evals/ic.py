@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from spiritlm.errors import UserError
 from spiritlm.evals.common import (
@@ -63,12 +64,12 @@ def run_ic(
     units: str | Path,
     out_dir: str | Path,
     *,
-    shots: int = 30,
+    shots: NonNegativeInt = 30,
     seed: int = 0,
     split: str = "test",
     shot_split: str = "train",
-    max_items: int | None = None,
-    batch_size: int = 16,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
     generation: bool = True,
     progress: bool = True,
 ) -> EvalResult:
@@ -81,7 +82,8 @@ def run_ic(
         out_dir: output folder (``metrics.json``, ``predictions.jsonl``).
         shots: in-context examples (clamped to the context; paper: 30).
         seed: seeds shots and the item sample.
-        split, shot_split: evaluated split and the split shots come from.
+        split: the split evaluated.
+        shot_split: the split shots come from.
         max_items: a seeded sample of this many items (None: all).
         batch_size: sequences per forward pass.
         generation: also predict by greedy generation.

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from jsonargparse.typing import PositiveInt
 
 from spiritlm.corpus.zeroshot_sets import LEXICAL_COLUMNS, STORYCLOZE_COLUMNS, SYNTACTIC_COLUMNS, make_synthetic_sets
 from spiritlm.errors import UserError
@@ -295,11 +296,11 @@ def run_zeroshot(
     manifest: str | os.PathLike | None = None,
     sets: str | os.PathLike | None = None,
     seed: int = 0,
-    max_items: int | None = None,
-    batch_size: int = 16,
+    max_items: PositiveInt | None = None,
+    batch_size: PositiveInt = 16,
     split: str = "test",
     tasks: Sequence[str] = TASKS,
-    num_pairs: int | None = None,
+    num_pairs: PositiveInt | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Scores every group of every task and modality; writes ``metrics.json`` / ``predictions.jsonl``.

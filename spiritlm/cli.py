@@ -76,32 +76,38 @@ def positional(fn: Callable) -> Callable:
     return fn
 
 
-def flags_from(config: type, *names: str) -> Callable[[Callable], Callable]:
-    """Makes fields ``names`` of dataclass ``config`` flags of the decorated command.
+def flags_from(api: Callable, *names: str) -> Callable[[Callable], Callable]:
+    """Makes parameters ``names`` of ``api`` (a dataclass's fields, or a function's keyword
+    parameters) flags of the decorated command.
 
-    Their types, defaults and help are the dataclass's: one declaration, so the command's
-    defaults cannot drift from the API's. The command takes them as ``**settings`` (keyword
-    arguments) and builds ``config(**settings)``.
+    Their types, defaults and help are the API's: one declaration, so the command's defaults
+    cannot drift from the API's. The command takes them as ``**settings`` (keyword arguments) and
+    passes them on (``Config(**settings)``, ``run(..., **settings)``).
     """
     import dataclasses
 
     import docstring_parser
 
-    hints = typing.get_type_hints(config)
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    docs = {p.arg_name: p.description for p in docstring_parser.parse(config.__doc__ or "").params}
+    hints = typing.get_type_hints(api)
+    if dataclasses.is_dataclass(api):
+        fields = {f.name: f for f in dataclasses.fields(api)}
+        defaults = {n: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                    for n, f in fields.items() if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    else:
+        defaults = {n: p.default for n, p in inspect.signature(api).parameters.items() if p.default is not p.empty}
+    docs = {p.arg_name: p.description for p in docstring_parser.parse(api.__doc__ or "").params}
+    missing = [n for n in names if n not in defaults or not docs.get(n)]
+    if missing:
+        raise TypeError(f"flags_from({api.__qualname__}): {missing} need a default and a line in its docstring")
 
     def decorate(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
         params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
         lines = []
         for name in names:
-            f = fields[name]
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[name]))
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=hints[name]))
             fn.__annotations__[name] = hints[name]
-            text = " ".join((docs.get(name) or "").split())
-            lines.append(f"        {name}: {text} (``{config.__name__}.{name}``)")
+            lines.append(f"        {name}: {' '.join(docs[name].split())} (``{api.__qualname__}``)")
         fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         doc = (fn.__doc__ or "").rstrip()
         if "Args:" not in doc:
