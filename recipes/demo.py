@@ -213,10 +213,11 @@ def build_stages(out: Path, preset: Preset, seed: int, threads: int = 1) -> list
 
 def vocoder_stages(L: DemoLayout, preset: Preset, seed: int, threads: int) -> list[Stage]:
     """Vocoder training, then its resynthesis metrics and a few resynthesized test utterances."""
-    train = Stage("vocoder", [["vocoder", "train", "--manifest", str(L.manifest), "--units", str(L.units), "--speech_tokenizer", str(L.tokenizer),
-                               "--out", str(L.vocoder), "--preset", "tiny", "--max_steps", str(preset.vocoder_steps),
-                               # the vocoder README's CPU recipe: mel + duration first, a narrow discriminator at the end
-                               "--disc_start_step", str(preset.vocoder_steps - preset.vocoder_gan_steps), "--disc_width_div", "16", "--lr", "1e-3",
+    # the CPU recipe recipes/configs/vocoder-tiny.yaml (mel + duration first, a narrow discriminator
+    # at the end), scaled to this preset's steps
+    train = Stage("vocoder", [["vocoder", "train", "--config", "vocoder-tiny", "--manifest", str(L.manifest), "--units", str(L.units),
+                               "--speech_tokenizer", str(L.tokenizer), "--out", str(L.vocoder), "--max_steps", str(preset.vocoder_steps),
+                               "--disc_start_step", str(preset.vocoder_steps - preset.vocoder_gan_steps),
                                "--val_every", str(preset.vocoder_steps), "--save_every", str(max(preset.vocoder_steps // 4, 1)),
                                "--seed", str(seed), "--threads", str(threads), "--resume", "true"]],
                   outputs=[L.vocoder / "config.json"], owns=[L.vocoder], needs=[L.manifest, L.units, L.tokenizer / "metrics.json"])

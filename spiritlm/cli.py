@@ -18,6 +18,7 @@ import re
 import sys
 import types
 import typing
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 import jsonargparse
@@ -137,6 +138,9 @@ def _run(fn: Callable, args: list[str], prog: str):
         return fn(args, prog=prog)
     import docstring_parser
 
+    args = [f"--config={resolve_config(a[9:])}" if a.startswith("--config=") else a for a in args]
+    args = [resolve_config(a) if i and args[i - 1] == "--config" else a for i, a in enumerate(args)]
+
     plain = _plain_help(fn)
     doc = docstring_parser.parse(plain.__doc__ or "")  # the description; Args become each flag's help
     description = "\n\n".join(t for t in (doc.short_description, doc.long_description) if t)
@@ -150,6 +154,29 @@ def _run(fn: Callable, args: list[str], prog: str):
     except argparse.ArgumentError as exc:
         raise flag_error(fn, exc, args) from None
     return fn(**{name: ns[name] for name in inspect.signature(fn).parameters})
+
+
+def packaged_recipes() -> Path | None:
+    """The folder of the recipes shipped with spiritlm (``recipes/configs``), found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("spiritlm.recipes")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "configs").is_dir():
+            return Path(location) / "configs"
+    return None
+
+
+def resolve_config(where: str) -> str:
+    """A ``--config`` value: a file as given, else the packaged recipe of that name from any folder
+    (``vocoder-tiny`` is ``recipes/configs/vocoder-tiny.yaml``), else as given (the parser names it)."""
+    if Path(where).is_file():
+        return where
+    folder, name = packaged_recipes(), Path(where).name
+    for candidate in (folder / name, folder / f"{name}.yaml") if folder is not None else ():
+        if candidate.is_file():
+            return str(candidate)
+    return where
 
 
 def flag_error(fn: Callable, exc: BaseException, args: Sequence[str]) -> FlagError:

@@ -90,7 +90,7 @@ def make_corpus(root, n_utts: int = 6, seed: int = 0, n_units: int = 20, n_pitch
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(config="tiny", max_steps=4, batch_size=2, segment_units=4, disc_width_div=32, log_every=1,
+    base = dict(preset="tiny", max_steps=4, batch_size=2, segment_units=4, disc_width_div=32, log_every=1,
                 val_every=0, save_every=2, threads=1, max_val_utts=1, num_samples=1)
     base.update(kw)
     return TrainConfig(**base)

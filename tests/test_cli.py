@@ -165,7 +165,7 @@ def test_the_allow_lists_name_flags_that_still_differ():
 # command -> (the API it forwards to, {flag: the API's name for it}); dataclass APIs: their fields
 API_OF = {
     "generate": ("spiritlm.generation.lm:SpiritLM.generate", {}),
-    "vocoder train": ("spiritlm.vocoder.train:TrainConfig", {"preset": "config"}),
+    "vocoder train": ("spiritlm.vocoder.train:TrainConfig", {}),
     "vocoder train ": ("spiritlm.vocoder.train:train_vocoder", {"speech_tokenizer": "tokenizer"}),
     "vocoder eval": ("spiritlm.vocoder.evaluate:evaluate_vocoder", {"speech_tokenizer": "tokenizer"}),
     "vocoder synth": ("spiritlm.vocoder.api:Vocoder.synthesize", {}),

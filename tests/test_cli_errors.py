@@ -95,7 +95,7 @@ def test_vocoder_train_config_flag_reaches_the_recipe(files, monkeypatch):
     seen = {}
 
     def fake(manifest, units, out, cfg, **kw):
-        seen["config"] = cfg.config
+        seen["config"] = cfg.preset
         return {"final_step": 0, "seconds": 0.0, "train": {}}
 
     monkeypatch.setattr(T, "train_vocoder", fake)

@@ -87,8 +87,8 @@ def test_cli_silence_and_dc_weights_reach_the_recipe(tmp_path, monkeypatch, caps
     main(argv)  # the preset's recipe
     main([*argv, "--preset", "base"])
     main([*argv, "--silence_weight", "2.5", "--dc_weight", "0"])
-    tiny, base = T.recipe_defaults("tiny"), T.recipe_defaults("base")
-    assert seen == [(tiny["silence_weight"], tiny["dc_weight"]), (base["silence_weight"], base["dc_weight"]), (2.5, 0.0)]
+    tiny, base = T.TrainConfig.from_recipe("vocoder-tiny").weights, T.TrainConfig.from_recipe("vocoder-base").weights
+    assert seen == [(tiny.silence, tiny.dc), (base.silence, base.dc), (2.5, 0.0)]
     with pytest.raises(SystemExit):
         main([*argv, "--dc_weight", "-1"])
     assert "--dc_weight must be >= 0, got -1 (--dc_weight)" in capsys.readouterr().err

@@ -314,3 +314,75 @@ def test_truncated_vocoder_folder_is_one_line_naming_the_file_and_flag(tmp_path)
     gen.write_bytes(gen.read_bytes()[:200])
     with pytest.raises(UserError, match=rf"{gen}: cannot read the checkpoint .*\(--vocoder\)"):
         Vocoder.from_pretrained(tmp_path / "meta")
+
+
+# --- the trainer skeleton (issue 19) and its log window (issue 18 item 10) ------------------------
+
+
+def test_resume_logs_what_the_uninterrupted_run_logs_when_log_every_does_not_divide_save_every(tmp_path):
+    """The log window is saved with the checkpoint: a run stopped at step 3 (log_every 2) and
+    resumed writes the same step-4 record as the uninterrupted run, and no partial record at 3."""
+    manifest, units = make_corpus(tmp_path)
+    quiet = dict(progress=False, log=lambda s: None)
+    cfg = dict(max_steps=4, log_every=2, save_every=3)
+    full = train_vocoder(manifest, units, str(tmp_path / "full"), tiny_cfg(**cfg), **quiet)
+    train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(**cfg), stop_after=3, **quiet)
+    state = json.loads((tmp_path / "split" / "checkpoints" / "step_3" / "trainer_state.json").read_text())
+    assert sorted(state["log_window"]) and all(len(v) == 1 for v in state["log_window"].values())  # step 3's values
+    split = train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(**cfg), **quiet)
+    assert sorted(split["train"], key=int) == ["2", "4"]
+    for key in ("loss_g", "mel_l1", "dur_mse"):
+        assert split["train"]["4"][key] == full["train"]["4"][key], key
+
+
+def test_cli_reads_the_packaged_recipe_and_flags_override_it(tmp_path, monkeypatch):
+    """`--config vocoder-tiny` is recipes/configs/vocoder-tiny.yaml (by name from any folder; a flag
+    after it overrides it), the Python API reads the same file, `--preset NAME` alone takes that
+    preset's sizes from its file, and the demo's vocoder stage is the recipe."""
+    import spiritlm.vocoder.train as T
+    from spiritlm.cli import main
+    from spiritlm.recipes.demo import PRESETS, DemoLayout, vocoder_stages
+
+    seen = []
+    monkeypatch.setattr(T, "train_vocoder", lambda manifest, units, out, cfg, **kw: seen.append(cfg)
+                        or {"final_step": 0, "seconds": 0.0, "train": {}})
+    man, units = tmp_path / "man.jsonl", tmp_path / "units.jsonl"
+    man.write_text("{}\n")
+    units.write_text("{}\n")
+    argv = ["vocoder", "train", "--manifest", str(man), "--units", str(units), "--out", str(tmp_path / "o")]
+    monkeypatch.chdir(tmp_path)  # the packaged name resolves from any folder
+    main([*argv, "--config", "vocoder-tiny"])
+    main([*argv, "--config", "vocoder-tiny", "--lr", "5e-4", "--stft_weight", "2"])
+    own = tmp_path / "mine.yaml"
+    own.write_text("preset: base\nmax_steps: 7\nsilence_weight: 0.5\n")
+    main([*argv, "--config", str(own)])
+    main([*argv, "--preset", "base"])
+    tiny = T.TrainConfig.from_recipe("vocoder-tiny")
+    assert seen[0] == tiny and (tiny.preset, tiny.lr, tiny.disc_width_div, tiny.disc_start_step, tiny.max_steps, tiny.weights.stft) == (
+        "tiny", 1e-3, 16, 700, 800, 15.0)
+    assert (seen[1].lr, seen[1].weights.stft, seen[1].max_steps) == (5e-4, 2.0, 800)
+    assert (seen[2].preset, seen[2].max_steps, seen[2].weights.silence, seen[2].batch_size) == ("base", 7, 0.5, 16)
+    base = T.TrainConfig.from_recipe("vocoder-base")
+    assert (seen[3].batch_size, seen[3].segment_units, seen[3].disc_width_div, seen[3].weights.stft) == (16, 14, 1, 0.0) == (
+        base.batch_size, base.segment_units, base.disc_width_div, base.weights.stft)
+    assert T.TrainConfig.from_recipe("vocoder-expressive").preset == "expressive"
+    own.write_text("learning_rate: 1\n")
+    with pytest.raises(UserError, match=r"mine.yaml: unknown key\(s\) learning_rate \(keys: preset, max_steps"):
+        T.TrainConfig.from_recipe(str(own))
+    (train,) = vocoder_stages(DemoLayout(tmp_path / "demo"), PRESETS["full"], seed=0, threads=1)[:1]
+    cmd = train.commands[0]
+    assert cmd[cmd.index("--config") + 1] == "vocoder-tiny" and "--lr" not in cmd and "--disc_width_div" not in cmd
+    assert cmd[cmd.index("--disc_start_step") + 1] == str(tiny.disc_start_step)  # the full demo is the recipe
+
+
+@pytest.mark.slow
+def test_a_run_of_an_older_version_resumes(tmp_path):
+    """train_config.json of a version whose preset key was `config` is the same run."""
+    manifest, units = make_corpus(tmp_path)
+    quiet = dict(progress=False, log=lambda s: None)
+    run = tmp_path / "run"
+    train_vocoder(manifest, units, str(run), tiny_cfg(), stop_after=2, **quiet)
+    rec = json.loads((run / "train_config.json").read_text())
+    rec = {("config" if k == "preset" else k): v for k, v in rec.items()}
+    (run / "train_config.json").write_text(json.dumps(rec))
+    assert train_vocoder(manifest, units, str(run), tiny_cfg(), **quiet)["final_step"] == 4

@@ -22,10 +22,16 @@ Outputs in ``out``:
   leaves the previous one intact; a resume takes the newest checkpoint that reads, setting a
   truncated one aside (``step_N.bad``) with a warning naming the file.
 
-The run folder follows the rule of every trainer (:func:`check_run_dir`): rerunning an interrupted
-run with the same settings resumes it (and reproduces the uninterrupted run exactly on CPU); a
-folder holding a trained vocoder, or an unfinished run of other settings, is refused unless
-``overwrite``.
+The recipe is :class:`VocoderRecipe`, on the trainer skeleton every trainer shares
+(:mod:`spiritlm.trainer`: setup / train_step / log_train / validate / save_checkpoint / finish,
+the loop, the log window kept in the checkpoint); its settings are a YAML file in
+``recipes/configs/`` (``vocoder-tiny.yaml``, the demo's and the README's CPU recipe;
+``vocoder-base.yaml``, ``vocoder-expressive.yaml``), read by :meth:`TrainConfig.from_recipe`.
+
+The run folder follows the rule of every trainer (:data:`RUN_RULE`, a
+:class:`spiritlm.trainer.RunRule`): rerunning an interrupted run with the same settings resumes
+it (and reproduces the uninterrupted run exactly on CPU, logged metrics included); a folder
+holding a trained vocoder, or an unfinished run of other settings, is refused unless ``overwrite``.
 
 GPU: bf16 autocast for the generator and discriminator (losses in float32), DDP under
 ``torchrun`` (each rank draws its own utterances; rank 0 writes).
@@ -46,6 +52,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from speechbrain import Stage
 from torch import nn
 
 from spiritlm.atomic import atomic_file, publish_dir
@@ -60,9 +67,10 @@ from spiritlm.checkpointing import (
     prune_checkpoints,
     read_checked,
 )
-from ..errors import UserError
-from ..metrics_log import MetricsLog, read_history
 from spiritlm.distributed import Dist
+from spiritlm.errors import UserError
+from spiritlm.metrics_log import MetricsLog, read_history
+from spiritlm.trainer import LogWindow, Recipe, RunRule, Schedule, config_from_dict, read_recipe
 from .config import VocoderConfig
 from .data import SegmentSampler, Utterance, attach_f0, load_utterances, most_frequent_codes, read_speakers
 from .losses import LossWeights, MelConfig, build_discriminator, build_losses, silence_loss
@@ -78,8 +86,8 @@ class TrainConfig:
     """A vocoder training run.
 
     Attributes:
-        config: vocoder preset (``tiny``, ``base``, ``expressive``); table sizes are then set from
-            the tokenizer (or the data) and the manifest's speakers.
+        preset: vocoder preset (``tiny``, ``base``, ``expressive``: :data:`spiritlm.vocoder.config.PRESETS`);
+            table sizes are then set from the tokenizer (or the data) and the manifest's speakers.
         max_steps: optimiser steps (each: one discriminator and one generator update).
         batch_size: segments per step (per process under DDP).
         segment_units: units per segment (640 samples each).
@@ -108,7 +116,7 @@ class TrainConfig:
         dtype: ``auto`` (bfloat16 autocast on GPU, float32 on CPU), ``float32`` or ``bfloat16``.
     """
 
-    config: str = "tiny"
+    preset: str = "tiny"
     max_steps: int = 1000
     batch_size: int = 8
     segment_units: int = 12
@@ -133,13 +141,68 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "the recipe") -> "TrainConfig":
+        """A config from a recipe's values over the defaults (``weights`` and ``mel``: mappings of
+        their fields; :func:`spiritlm.trainer.config_from_dict`).
 
-def recipe_defaults(config: str) -> dict[str, Any]:
-    """Per-preset defaults of :class:`TrainConfig` (the full discriminator and HiFi-GAN's batch for
-    base sizes; for ``tiny`` also the multi-resolution STFT loss at weight 15, see vocoder/README.md)."""
-    if config == "tiny":
-        return {"disc_width_div": 16, "batch_size": 8, "segment_units": 12, "stft_weight": 15.0, "silence_weight": 0.0, "dc_weight": 0.0}
-    return {"disc_width_div": 1, "batch_size": 16, "segment_units": 14, "stft_weight": 0.0, "silence_weight": 0.0, "dc_weight": 0.0}
+        Raises:
+            UserError: a key that is not a field (naming ``where``).
+        """
+        return config_from_dict(cls(), values, where)
+
+    @classmethod
+    def from_recipe(cls, where: str = "vocoder-tiny", **overrides: Any) -> "TrainConfig":
+        """The config of a recipe: a YAML file of ``spiritlm vocoder train``'s options (the
+        packaged ones by name: ``vocoder-tiny`` is ``recipes/configs/vocoder-tiny.yaml``), with
+        fields overridden (``weights``/``mel`` overrides merge into the recipe's). Flags that are
+        not fields of their own name: ``stft_weight``, ``silence_weight``, ``dc_weight`` (``weights.*``).
+
+        >>> cfg = TrainConfig.from_recipe("vocoder-tiny", max_steps=20)
+        >>> cfg.preset, cfg.max_steps, cfg.lr, cfg.disc_width_div, cfg.weights.stft
+        ('tiny', 20, 0.001, 16, 15.0)
+        """
+        path, values = read_recipe(where, RECIPE_FAMILY)
+        values = {k: v for k, v in values.items() if k not in RUN_OPTIONS}
+        weights = {WEIGHT_FLAGS[k]: values.pop(k) for k in list(values) if k in WEIGHT_FLAGS}
+        if weights:
+            values["weights"] = {**(values.get("weights") or {}), **weights}
+        for key, value in overrides.items():
+            if key in ("weights", "mel") and isinstance(value, dict):
+                values[key] = {**(values.get(key) or {}), **value}
+            else:
+                values[key] = value
+        return cls.from_dict(values, str(path))
+
+
+#: ``spiritlm vocoder train`` flags of loss weights -> :class:`LossWeights` field
+WEIGHT_FLAGS = {"stft_weight": "stft", "silence_weight": "silence", "dc_weight": "dc"}
+#: options of a recipe file that are the run's, not the config's (inputs, outputs, the run rule)
+RUN_OPTIONS = ("manifest", "units", "out", "speech_tokenizer", "resume", "stop_after", "overwrite", "allow_skips")
+
+
+def recipe_defaults(preset: str) -> dict[str, Any]:
+    """What ``spiritlm vocoder train`` flags left unset take for ``preset``: ``batch_size``,
+    ``segment_units``, ``disc_width_div`` and the loss weights of ``recipes/configs/vocoder-PRESET.yaml``
+    (the full discriminator and HiFi-GAN's batch for base sizes; for ``tiny`` also the
+    multi-resolution STFT loss at weight 15, see vocoder/README.md).
+
+    >>> recipe_defaults("tiny")["stft_weight"], recipe_defaults("base")["disc_width_div"]
+    (15.0, 1)
+    """
+    _, values = read_recipe(f"vocoder-{preset}", RECIPE_FAMILY, flag="--preset")
+    return {k: values[k] for k in ("batch_size", "segment_units", "disc_width_div", "stft_weight", "silence_weight", "dc_weight")}
+
+
+#: packaged vocoder recipes are ``recipes/configs/vocoder-*.yaml``
+RECIPE_FAMILY = "vocoder"
+
+
+def _upgrade_record(saved: dict[str, Any]) -> dict[str, Any]:
+    """A ``train_config.json`` of an older version in this version's keys (``config`` was the preset)."""
+    if "config" in saved and "preset" not in saved:
+        saved = {("preset" if k == "config" else k): v for k, v in saved.items()}
+    return saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,10 +345,11 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, generator, discriminator, opt_g, opt_d, sched_g, sched_d,
-                    sampler: SegmentSampler, keep: int) -> Path:
+                    sampler: SegmentSampler, keep: int, log_window: dict[str, list[float]] | None = None) -> Path:
     """Writes ``checkpoints/step_N`` (temporary folder, ``COMPLETE`` last, then renamed into place)
     and only then prunes to the ``keep`` most recent complete ones (0: all): the previous complete
-    checkpoint stays until the new one is whole (:mod:`spiritlm.checkpointing`)."""
+    checkpoint stays until the new one is whole (:mod:`spiritlm.checkpointing`). ``log_window``:
+    the metrics logged since the last record (:class:`spiritlm.trainer.LogWindow`), for a resume."""
     from safetensors.torch import save_file
 
     root = run_dir / CHECKPOINTS_DIR
@@ -301,7 +365,8 @@ def save_checkpoint(run_dir: Path, step: int, generator, discriminator, opt_g, o
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
-    state = {"step": step, "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(), "sampler": sampler.state_dict()}
+    state = {"step": step, "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(), "sampler": sampler.state_dict(),
+             "log_window": log_window or {}}
     (tmp / "trainer_state.json").write_text(json.dumps(state))
     for f in tmp.iterdir():  # on disk before the marker says so
         with open(f, "rb") as fh:
@@ -370,90 +435,43 @@ RESUMABLE_CHANGES = ("max_steps", "log_every", "val_every", "save_every", "keep_
 #: ``train_config.json`` key -> the ``spiritlm vocoder train`` flag that sets it (messages)
 FLAGS = {"weights.stft": "--stft_weight", "weights.silence": "--silence_weight", "weights.dc": "--dc_weight",
          "vocoder": "--speech_tokenizer / --units (the vocoder's table sizes)", "speakers": "--manifest (its speakers)",
-         "config": "--preset", "tokenizer": "--speech_tokenizer"}
+         "preset": "--preset", "tokenizer": "--speech_tokenizer"}
 #: settings that are flags of ``spiritlm vocoder train`` under their own name
-CLI_SETTINGS = ("config", "batch_size", "segment_units", "lr", "disc_width_div", "disc_start_step", "seed", "dtype", "manifest",
+CLI_SETTINGS = ("batch_size", "segment_units", "lr", "disc_width_div", "disc_start_step", "seed", "dtype", "manifest",
                 "units", "tokenizer")
 #: what a run writes into OUT (removed by ``--overwrite true``; the F0 cache is kept: it is the audio's)
 RUN_ENTRIES = ("checkpoints", "samples", "tb", "metrics.jsonl", "metrics.json", "train_config.json", *VOCODER_FILES,
                "speakers.txt", "styles.txt")
+#: the trainer rule (:class:`spiritlm.trainer.RunRule`) of a vocoder run folder
+RUN_RULE = RunRule(what="a trained vocoder", finished=VOCODER_FILES, record="train_config.json",
+                   resumable=(*RESUMABLE_CHANGES, "checkpoint"), flags=FLAGS, settings_flags=CLI_SETTINGS,
+                   paths=("manifest", "units", "tokenizer"), whole=("vocoder",), entries=RUN_ENTRIES, upgrade=_upgrade_record)
 
 
 def is_finished(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a trained vocoder (the files a run writes at ``max_steps``)."""
-    return all((run_dir / f).is_file() for f in VOCODER_FILES)
+    return RUN_RULE.is_finished(run_dir)
 
 
 def check_finished(run_dir: Path, overwrite: bool) -> None:
     """Refuses to train into a folder holding a trained vocoder unless ``overwrite``."""
-    if is_finished(run_dir) and not overwrite:
-        raise UserError(f"{run_dir}: holds a trained vocoder ({', '.join(VOCODER_FILES)}); pass --overwrite true to train a "
-                        "new one in its place, or choose another --out")
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "vocoder":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    RUN_RULE.check_finished(run_dir, overwrite)
 
 
 def run_difference(saved: dict[str, Any], record: dict[str, Any]) -> str | None:
     """The first setting (a ``train_config.json`` key) that differs between two runs, apart from
     :data:`RESUMABLE_CHANGES`; None when one can resume the other."""
-    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(record)))
-    for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE_CHANGES or key == "checkpoint":
-            continue
-        x, y = a.get(key), b.get(key)
-        if key in ("manifest", "units", "tokenizer") and x and y:
-            x, y = os.path.abspath(x), os.path.abspath(y)
-        if x != y:
-            return key
-    return None
+    return RUN_RULE.difference(_upgrade_record(saved), record)
 
 
 def check_run_dir(run_dir: Path, record: dict[str, Any], overwrite: bool) -> bool:
-    """Decides what a run does with ``run_dir``; returns True when it must start over (``overwrite``
-    on an existing run: :func:`clear_run`), False to resume (or start in a new folder).
-
-    Raises:
-        UserError: an unfinished run of other settings (naming the first differing flag) or an
-            unreadable ``train_config.json``, without ``overwrite``.
-    """
-    saved_file = run_dir / "train_config.json"
-    if overwrite:
-        return saved_file.is_file() or is_finished(run_dir) or (run_dir / CHECKPOINTS_DIR).is_dir()
-    if not saved_file.is_file():
-        return False
-    try:
-        saved = json.loads(saved_file.read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{saved_file}: unreadable ({' '.join(str(exc).split())[:120]}); pass --overwrite true to start over (--out)") from None
-    key = run_difference(saved, record)
-    if key is None:
-        return False
-    flag = FLAGS.get(key, f"--{key}" if key in CLI_SETTINGS else f"the recipe's {key}")
-    was, now = (json.dumps(_flatten(json.loads(json.dumps(r))).get(key))[:60] for r in (saved, record))
-    raise UserError(
-        f"{saved_file}: an unfinished run with {key} {was}, this command has {now} ({flag}): rerun with the run's "
-        "settings to resume it, or pass --overwrite true to start over (its checkpoints are deleted)"
-    )
+    """:meth:`spiritlm.trainer.RunRule.check` of a vocoder run: True to start over, False to resume."""
+    return RUN_RULE.check(run_dir, record, overwrite)
 
 
 def clear_run(run_dir: Path) -> None:
     """Removes what an earlier run wrote into ``run_dir`` (:data:`RUN_ENTRIES`; other files stay)."""
-    for name in RUN_ENTRIES:
-        p = run_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    RUN_RULE.clear(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,7 +512,7 @@ def validate(generator: UnitHifiGAN, utts: list[Utterance], mel_loss: nn.Module,
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The recipe
 # ---------------------------------------------------------------------------------------------
 
 
@@ -514,9 +532,9 @@ def train_vocoder(
 ) -> dict[str, Any]:
     """Trains (or resumes) a vocoder into ``out``; see the module docstring for the outputs.
 
-    The rule of every trainer (:func:`check_run_dir`): an ``out`` holding a trained vocoder is
-    refused unless ``overwrite``; an unfinished run there (``train_config.json``) resumes from its
-    newest readable checkpoint when its settings are this call's (those in
+    The rule of every trainer (:class:`spiritlm.trainer.RunRule`): an ``out`` holding a trained
+    vocoder is refused unless ``overwrite``; an unfinished run there (``train_config.json``)
+    resumes from its newest readable checkpoint when its settings are this call's (those in
     :data:`RESUMABLE_CHANGES` may differ), and is refused naming the first differing flag
     otherwise; ``overwrite`` starts over (the old run's checkpoints, metrics and vocoder are removed).
     With ``allow_skips=False`` (``spiritlm vocoder train``'s default), units lines that cannot be
@@ -527,237 +545,325 @@ def train_vocoder(
             whose split is ``train`` or absent, validation the ``valid`` split, else ``test``).
         units: units JSONL (Meta's format) of the manifest's audio.
         out: run directory.
-        cfg: the recipe (default :class:`TrainConfig`).
+        cfg: the recipe (default :class:`TrainConfig`; :meth:`TrainConfig.from_recipe` reads a
+            ``recipes/configs/vocoder-*.yaml``).
         tokenizer: the speech tokenizer directory that made the units (sizes the tables and
             checks the ids); optional.
         resume: ignored, kept for old scripts: an unfinished run of the same settings always resumes.
         stop_after: stop (with a checkpoint) after this many steps in total, as if interrupted;
             the schedule still assumes ``max_steps``.
         progress: show a tqdm bar.
-        log: line logger (default: print on rank 0).
+        log: a line callable instead of the module's ``logging`` logger (rank 0: :mod:`spiritlm.logs`).
         overwrite: replace a trained vocoder or an unfinished run of other settings in ``out``.
 
     Returns:
         Summary: ``{"final_step", "train": {step: record}, "val": {step: record}, "seconds",
         "out"}``.
     """
-    cfg = cfg or TrainConfig()
-    d = Dist()
-    log = log or (lambda s: print(f"[vocoder train] {s}", flush=True) if d.main else None)
+    recipe = VocoderRecipe(manifest, units, out, cfg or TrainConfig(), tokenizer=tokenizer, stop_after=stop_after,
+                           progress=progress, log=log, overwrite=overwrite, allow_skips=allow_skips)
+    # torch's intra-op threads only, as this trainer always did: spiritlm.numerics.threads would
+    # also pin the BLAS pools, which the demo's figures were not measured with
     prev_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if recipe.cfg.threads:
+        torch.set_num_threads(recipe.cfg.threads)
     try:
-        return _train(manifest, units, out, cfg, tokenizer, overwrite, stop_after, progress, log, d, allow_skips)
+        recipe.run()
     finally:
         torch.set_num_threads(prev_threads)
-        d.close()
+        if recipe.d is not None:
+            recipe.d.close()
+    return recipe.summary
 
 
-def _train(manifest, units, out, cfg: TrainConfig, tokenizer, overwrite, stop_after, progress, log, d: Dist,
-           allow_skips: bool = True) -> dict[str, Any]:
-    from speechbrain import Stage
+class VocoderRecipe(Recipe):
+    """One vocoder training run (fresh or resumed) on the :class:`spiritlm.trainer.Recipe` skeleton.
 
-    t_start = time.time()
-    run_dir = Path(out)
-    for path, flag in ((manifest, "--manifest"), (units, "--units")):
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: file not found ({flag})")
-    check_finished(run_dir, overwrite)  # before the data is read: a refusal costs nothing
-    speakers = read_speakers(manifest)
-    vcfg = vocoder_config(cfg.config, units, speakers, tokenizer)
-    sizes = {"num_units": vcfg.num_units, "num_pitch": vcfg.num_pitch, "num_style": vcfg.num_style}
-    train_utts, report = load_utterances(manifest, units, splits=["train", None], speakers=speakers, check_every_line=True, **sizes)
-    for e in report.errors[:20]:
-        log(f"skipped {e}")
-    if report.skipped > 20:
-        log(f"... and {report.skipped - 20} more skipped lines")
-    if report.skipped and not allow_skips:  # the one rule of batch commands (spiritlm tokenize, vocoder synth)
-        raise UserError(f"{units}: {report.skipped} units lines skipped (first: {report.errors[0]}); "
-                        "pass --allow_skips true to train without them")
-    try:
-        val_utts, _ = load_utterances(manifest, units, splits=["valid"], speakers=speakers, max_utts=cfg.max_val_utts, **sizes)
-    except UserError:
+    ``setup`` reads the data and checks the run folder before any model exists (a refusal costs
+    nothing), then builds the models, optimisers and sampler under the seeds and restores a
+    checkpoint; each ``train_step`` is one discriminator and one generator update on a batch of
+    random segments; ``validate`` scores whole validation utterances and writes audio samples
+    (rank 0); ``finish`` writes the vocoder folder once ``max_steps`` is reached.
+    """
+
+    name = "vocoder train"
+
+    def __init__(self, manifest: str, units: str, out: str, cfg: TrainConfig, *, tokenizer: str | None = None,
+                 stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+                 overwrite: bool = False, allow_skips: bool = True) -> None:
+        super().__init__(log)
+        self.manifest, self.units, self.cfg, self.tokenizer = manifest, units, cfg, tokenizer
+        self.run_dir = Path(out)
+        self.stop_after, self.progress, self.overwrite, self.allow_skips = stop_after, progress, overwrite, allow_skips
+        self.summary: dict[str, Any] = {}
+        self.d: Dist | None = None
+        self.metrics: MetricsLog | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Everything before the first step, in the order that keeps runs reproducible."""
+        self.t_start = time.time()
+        self.d = d = Dist()
+        self.main = d.main
+        for path, flag in ((self.manifest, "--manifest"), (self.units, "--units")):
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: file not found ({flag})")
+        RUN_RULE.check_finished(self.run_dir, self.overwrite)  # before the data is read: a refusal costs nothing
+        self._setup_data()
+        self._setup_run_dir()
+        if self.vcfg.harmonic_source:
+            self._setup_f0()
+        self._setup_models()
+        self._setup_optimizers()
+        resumed = self._resume()
+        self.resumed = resumed is not None
+        self.metrics = MetricsLog(self.run_dir, d, tensorboard=True)
+        self.metrics.start(self.step if self.resumed else None)  # a resume drops the records after its checkpoint
+        cfg = self.cfg
+        self.use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
+        end = cfg.max_steps if self.stop_after is None else min(cfg.max_steps, self.stop_after)
+        self.schedule = Schedule(max_steps=cfg.max_steps, end=end, log_every=cfg.log_every, val_every=cfg.val_every,
+                                 save_every=cfg.save_every)
+
+    def _setup_data(self) -> None:
+        """Speakers, the vocoder's config for this data, training and validation utterances."""
+        cfg, units = self.cfg, self.units
+        self.speakers = speakers = read_speakers(self.manifest)
+        vcfg = vocoder_config(cfg.preset, units, speakers, self.tokenizer)
+        sizes = {"num_units": vcfg.num_units, "num_pitch": vcfg.num_pitch, "num_style": vcfg.num_style}
+        self.train_utts, report = load_utterances(self.manifest, units, splits=["train", None], speakers=speakers,
+                                                  check_every_line=True, **sizes)
+        for e in report.errors[:20]:
+            self.log(f"skipped {e}")
+        if report.skipped > 20:
+            self.log(f"... and {report.skipped - 20} more skipped lines")
+        if report.skipped and not self.allow_skips:  # the one rule of batch commands (spiritlm tokenize, vocoder synth)
+            raise UserError(f"{units}: {report.skipped} units lines skipped (first: {report.errors[0]}); "
+                            "pass --allow_skips true to train without them")
+        self.val_utts = self._validation_utterances(sizes)
+        self.log(f"{len(self.train_utts)} training utterances ({report.skipped} lines skipped), {len(self.val_utts)} for validation, "
+                 f"{len(speakers)} speakers; streams: units{' + pitch' if vcfg.num_pitch else ''}{' + style' if vcfg.num_style else ''}")
+        # stored with the vocoder: the codes filled in for inputs without a pitch/style stream
+        common = most_frequent_codes(self.train_utts)
+        self.vcfg = dataclasses.replace(vcfg, default_pitch=common.get("pitch") if vcfg.num_pitch else None,
+                                        default_style=common.get("style") if vcfg.num_style else None)
+
+    def _validation_utterances(self, sizes: dict[str, int]) -> list[Utterance]:
+        """The ``valid`` split's first ``max_val_utts`` utterances, else the ``test`` split's, else none."""
+        for split in ("valid", "test"):
+            try:
+                utts, _ = load_utterances(self.manifest, self.units, splits=[split], speakers=self.speakers,
+                                          max_utts=self.cfg.max_val_utts, **sizes)
+                return utts
+            except UserError:
+                continue
+        return []
+
+    def _setup_run_dir(self) -> None:
+        """Refuses, resumes or starts over (:data:`RUN_RULE`), then writes ``train_config.json``."""
+        tokenizer = self.tokenizer
+        record = {**self.cfg.to_dict(), "vocoder": self.vcfg.to_dict(), "manifest": os.path.abspath(self.manifest),
+                  "units": os.path.abspath(self.units), "tokenizer": os.path.abspath(tokenizer) if tokenizer else None,
+                  "speakers": self.speakers}
+        self.fresh = RUN_RULE.check(self.run_dir, record, self.overwrite)
+        if self.d.main:  # only once the data is usable: a failed start leaves no half-made run folder
+            if self.fresh:
+                RUN_RULE.clear(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(self.run_dir / "train_config.json", record)
+        self.d.barrier()
+
+    def _setup_f0(self) -> None:
+        """The harmonic source's targets and excitation: the training audio's F0 (cached in OUT)."""
+        d, run_dir, t_f0 = self.d, self.run_dir, time.time()
+        cache = run_dir / f"f0_cache.rank{d.rank}.npz" if d.world_size > 1 else run_dir / "f0_cache.npz"
+        n = attach_f0(self.train_utts, cache, progress=self.progress and d.main)
+        self.log(f"F0 of {len(self.train_utts)} training utterances ({n} computed, {len(self.train_utts) - n} cached) "
+                 f"in {time.time() - t_f0:.0f} s")
+
+    def _setup_models(self) -> None:
+        """Generator, discriminator and losses under the seeds; DDP wrappers with several processes."""
+        cfg, d = self.cfg, self.d
+        torch.manual_seed(cfg.seed)  # same seed -> same initial generator (the untrained baseline of the eval)
+        self.generator = UnitHifiGAN(self.vcfg).to(d.device)
+        self.discriminator = build_discriminator(cfg.disc_width_div).to(d.device)
+        torch.manual_seed(cfg.seed + 1000 * d.rank)  # dropout differs by rank
+        self.g_loss, self.d_loss, fm_weight = build_losses(self.discriminator, cfg.weights, cfg.mel, self.vcfg.sample_rate,
+                                                           self.vcfg.duration_predictor)
+        self.log(f"generator {num_parameters(self.generator) / 1e6:.2f} M parameters ({cfg.preset}), discriminator "
+                 f"{num_parameters(self.discriminator) / 1e6:.2f} M (width / {cfg.disc_width_div}); feature-matching weight {fm_weight:g}")
+        self.step_module: nn.Module = GeneratorStep(self.generator)
+        self.disc: nn.Module = self.discriminator
+        if d.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [d.device.index] if d.device.type == "cuda" else None
+            self.step_module = DDP(self.step_module, device_ids=ids)
+            self.disc = DDP(self.discriminator, device_ids=ids)
+
+    def _setup_optimizers(self) -> None:
+        """AdamW and an exponential decay for each network; the segment sampler (its own seed)."""
+        cfg, d = self.cfg, self.d
+        self.opt_g = torch.optim.AdamW(self.generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=cfg.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=cfg.lr_decay)
+        self.sampler = SegmentSampler(self.train_utts, cfg.batch_size, cfg.segment_units, seed=cfg.seed, rank=d.rank,
+                                      world_size=d.world_size)
+
+    def _resume(self) -> dict[str, Any] | None:
+        """Restores the newest readable checkpoint of an unfinished run (its weights, optimisers,
+        schedulers, RNG, sampler position and log window); None for a fresh run."""
+        d, run_dir = self.d, self.run_dir
+        self.step, self.window = 0, LogWindow()
+        if d.main:
+            _adopt_legacy_checkpoints(run_dir)
+        d.barrier()
+        ckpt = None if self.fresh else find_resume_point(run_dir, read_checkpoint, d, "vocoder train")
+        if ckpt is None:
+            if d.main:
+                (run_dir / "metrics.json").unlink(missing_ok=True)
+            return None
         try:
-            val_utts, _ = load_utterances(manifest, units, splits=["test"], speakers=speakers, max_utts=cfg.max_val_utts, **sizes)
-        except UserError:
-            val_utts = []
-    log(f"{len(train_utts)} training utterances ({report.skipped} lines skipped), {len(val_utts)} for validation, "
-        f"{len(speakers)} speakers; streams: units{' + pitch' if vcfg.num_pitch else ''}{' + style' if vcfg.num_style else ''}")
-    # stored with the vocoder: the codes filled in for inputs without a pitch/style stream
-    common = most_frequent_codes(train_utts)
-    vcfg = dataclasses.replace(vcfg, default_pitch=common.get("pitch") if vcfg.num_pitch else None,
-                               default_style=common.get("style") if vcfg.num_style else None)
-    record = {**cfg.to_dict(), "vocoder": vcfg.to_dict(), "manifest": os.path.abspath(manifest), "units": os.path.abspath(units),
-              "tokenizer": os.path.abspath(tokenizer) if tokenizer else None, "speakers": speakers}
-    fresh = check_run_dir(run_dir, record, overwrite)
-    if d.main:  # only once the data is usable: a failed start leaves no half-made run folder
-        if fresh:
-            clear_run(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "train_config.json", record)
-    d.barrier()
-    if vcfg.harmonic_source:  # the source's targets and excitation: the training audio's F0 (cached in OUT)
-        t_f0 = time.time()
-        n = attach_f0(train_utts, run_dir / f"f0_cache.rank{d.rank}.npz" if d.world_size > 1 else run_dir / "f0_cache.npz",
-                      progress=progress and d.main)
-        log(f"F0 of {len(train_utts)} training utterances ({n} computed, {len(train_utts) - n} cached) in {time.time() - t_f0:.0f} s")
-
-    torch.manual_seed(cfg.seed)  # same seed -> same initial generator (the untrained baseline of the eval)
-    generator = UnitHifiGAN(vcfg).to(d.device)
-    discriminator = build_discriminator(cfg.disc_width_div).to(d.device)
-    torch.manual_seed(cfg.seed + 1000 * d.rank)  # dropout differs by rank
-    g_loss, d_loss, fm_weight = build_losses(discriminator, cfg.weights, cfg.mel, vcfg.sample_rate, vcfg.duration_predictor)
-    log(f"generator {num_parameters(generator) / 1e6:.2f} M parameters ({cfg.config}), discriminator "
-        f"{num_parameters(discriminator) / 1e6:.2f} M (width / {cfg.disc_width_div}); feature-matching weight {fm_weight:g}")
-
-    step_module: nn.Module = GeneratorStep(generator)
-    disc: nn.Module = discriminator
-    if d.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [d.device.index] if d.device.type == "cuda" else None
-        step_module = DDP(step_module, device_ids=ids)
-        disc = DDP(discriminator, device_ids=ids)
-    opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
-    sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
-    sampler = SegmentSampler(train_utts, cfg.batch_size, cfg.segment_units, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
-
-    step = 0
-    if d.main:
-        _adopt_legacy_checkpoints(run_dir)
-    d.barrier()
-    ckpt = None if fresh else find_resume_point(run_dir, read_checkpoint, d, "vocoder train")
-    if ckpt is not None:
-        try:
-            step = load_checkpoint(ckpt, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler)
+            self.step = load_checkpoint(ckpt, self.generator, self.discriminator, self.opt_g, self.opt_d, self.sched_g,
+                                        self.sched_d, self.sampler)
         except (RuntimeError, ValueError, KeyError) as exc:  # files that read but do not fit this model
             reason = " ".join(str(exc).split())[:200]
             raise UserError(f"{ckpt['path']}: does not fit this run ({reason}); pass --overwrite true to start over (--out)") from None
-        log(f"resumed from {ckpt['path']} (step {step})")
-    elif d.main:
-        (run_dir / "metrics.json").unlink(missing_ok=True)
-    logger = MetricsLog(run_dir, d, tensorboard=True)
-    logger.start(step if ckpt is not None else None)  # a resume drops the records after its checkpoint
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
-    end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+        self.window = LogWindow.from_state(ckpt["trainer"].get("log_window"))
+        self.log(f"resumed from {ckpt['path']} (step {self.step})")
+        return ckpt
 
-    bar = None
-    if progress and d.main and step < end:
-        from tqdm.auto import tqdm
+    # -- the loop ---------------------------------------------------------------------------
 
-        bar = tqdm(total=end, initial=step, desc="vocoder train", unit="step", dynamic_ncols=True)
-    window: dict[str, list[float]] = {}
-    t0, steps_here = time.perf_counter(), 0
-    cpu0, cpu_steps = time.process_time(), 0
-    generator.train()
-    discriminator.train()
-    while step < end:
-        batch = {k: v.to(d.device) for k, v in sampler.next_batch().items()}
+    def on_train_start(self) -> None:
+        self.t0, self.steps_here = time.perf_counter(), 0
+        self.cpu0, self.cpu_steps = time.process_time(), 0
+        self.generator.train()
+        self.discriminator.train()
+
+    def train_step(self) -> None:
+        """One discriminator update (from ``disc_start_step``) and one generator update."""
+        cfg, d, step = self.cfg, self.d, self.step
+        batch = {k: v.to(d.device) for k, v in self.sampler.next_batch().items()}
         y = batch["audio"]
-        with _autocast(d.device, use_bf16):
-            y_hat, log_dur, f0_pred = step_module(batch)
+        with _autocast(d.device, self.use_bf16):
+            y_hat, log_dur, f0_pred = self.step_module(batch)
         y_hat = y_hat.float()
-
-        B = y.size(0)
         mask = batch["durations"] > 0
         dur_args = (log_dur.float()[mask] if log_dur is not None else None, torch.log1p(batch["durations"].float())[mask])
         if step >= cfg.disc_start_step:
-            # discriminator: real -> 1, generated (detached) -> 0; one pass over [real; generated]
-            with _autocast(d.device, use_bf16):
-                scores, _ = disc(torch.cat([y, y_hat.detach()]))
-            scores = _f32(scores)
-            loss_d = d_loss([s[B:] for s in scores], [s[:B] for s in scores])
-            opt_d.zero_grad(set_to_none=True)
-            loss_d["D_loss"].backward()
-            opt_d.step()
-
-            # generator, against the updated discriminator (real feature maps are targets: detached)
-            with _autocast(d.device, use_bf16):
-                scores, feats = disc(torch.cat([y, y_hat]))
-            scores, feats = _f32(scores), _f32(feats)
-            feats_real = [[f[:B].detach() for f in fs] for fs in feats]
-            loss_g = g_loss(Stage.TRAIN, y_hat, y, [s[B:] for s in scores], [[f[B:] for f in fs] for fs in feats], feats_real, *dur_args)
+            loss_d = self._discriminator_step(y, y_hat)
+            loss_g = self._adversarial_losses(y, y_hat, dur_args)
         else:  # warm-up on the mel and duration losses only (no discriminator)
             loss_d = {}
-            loss_g = g_loss(Stage.TRAIN, y_hat, y, None, None, None, *dur_args)
+            loss_g = self.g_loss(Stage.TRAIN, y_hat, y, None, None, None, *dur_args)
         if f0_pred is not None:
             loss_g["G_f0_mse"], loss_g["G_vuv_bce"] = f0_loss(*f0_pred, batch["f0"])
             loss_g["G_loss"] = loss_g["G_loss"] + cfg.weights.f0 * (loss_g["G_f0_mse"] + loss_g["G_vuv_bce"])
         if cfg.weights.silence or cfg.weights.dc:  # issue 17: quiet, DC-free pauses (losses.silence_loss)
             loss_g["G_silence"], loss_g["G_dc"] = silence_loss(y_hat, y)
             loss_g["G_loss"] = loss_g["G_loss"] + cfg.weights.silence * loss_g["G_silence"] + cfg.weights.dc * loss_g["G_dc"]
-        opt_g.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
         loss_g["G_loss"].backward()
-        opt_g.step()
-        step += 1
-        steps_here += 1
-        cpu_steps += 1
-        if step % cfg.decay_every == 0:
-            sched_g.step()
-            sched_d.step()
-        if bar is not None:
-            bar.update(1)
-
+        self.opt_g.step()
+        self.steps_here += 1
+        self.cpu_steps += 1
+        if (step + 1) % cfg.decay_every == 0:
+            self.sched_g.step()
+            self.sched_d.step()
         rec = {"loss_g": loss_g["G_loss"], "mel_l1": loss_g["G_l1_spec_loss"]}
-        for name, key in (("loss_d", "D_loss"), ("adv", "G_mse_fake_loss"), ("feat_match", "G_feat_match_loss"), ("dur_mse", "G_dur_loss"),
-                          ("stft_mag", "G_stft_loss_mg"), ("stft_sc", "G_stft_loss_sc"), ("f0_mse", "G_f0_mse"),
-                          ("vuv_bce", "G_vuv_bce"), ("silence", "G_silence"), ("dc", "G_dc")):
+        for name, key in LOGGED_LOSSES:
             if key in loss_g or key in loss_d:
                 rec[name] = loss_g.get(key, loss_d.get(key))
-        for k, v in rec.items():
-            window.setdefault(k, []).append(float(v.detach()))
+        self.window.add({k: v.detach() for k, v in rec.items()})
 
-        if step % cfg.log_every == 0 or step == end:
-            values = {k: float(np.mean(v)) for k, v in window.items()}
-            values["lr"] = sched_g.get_last_lr()[0]
-            values["steps_per_s"] = steps_here / max(time.perf_counter() - t0, 1e-9)
-            # CPU seconds of this process per step since the last record: the cost on a shared machine
-            values["cpu_s_per_step"] = (time.process_time() - cpu0) / max(cpu_steps, 1)
-            cpu0, cpu_steps = time.process_time(), 0
-            logger.record("train", step, values)
-            if bar is not None:
-                post = {"mel": f"{values['mel_l1']:.3f}", "g": f"{values['loss_g']:.2f}"}
-                if "loss_d" in values:
-                    post["d"] = f"{values['loss_d']:.2f}"
-                bar.set_postfix(post)
-            window = {}
+    def _discriminator_step(self, y: torch.Tensor, y_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """LSGAN update of the discriminators: real -> 1, generated (detached) -> 0, in one pass over [real; generated]."""
+        B = y.size(0)
+        with _autocast(self.d.device, self.use_bf16):
+            scores, _ = self.disc(torch.cat([y, y_hat.detach()]))
+        scores = _f32(scores)
+        loss_d = self.d_loss([s[B:] for s in scores], [s[:B] for s in scores])
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d["D_loss"].backward()
+        self.opt_d.step()
+        return loss_d
 
-        if d.main and val_utts and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
-            _validate_and_sample(generator, val_utts, g_loss.l1_spec_loss, d.device, run_dir, step, cfg, logger, vcfg.sample_rate, log)
+    def _adversarial_losses(self, y: torch.Tensor, y_hat: torch.Tensor, dur_args: tuple) -> dict[str, torch.Tensor]:
+        """The generator's losses against the updated discriminators (real feature maps are targets: detached)."""
+        B = y.size(0)
+        with _autocast(self.d.device, self.use_bf16):
+            scores, feats = self.disc(torch.cat([y, y_hat]))
+        scores, feats = _f32(scores), _f32(feats)
+        feats_real = [[f[:B].detach() for f in fs] for fs in feats]
+        return self.g_loss(Stage.TRAIN, y_hat, y, [s[B:] for s in scores], [[f[B:] for f in fs] for fs in feats], feats_real, *dur_args)
 
-        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
-            if d.main:
-                save_checkpoint(run_dir, step, generator, discriminator, opt_g, opt_d, sched_g, sched_d, sampler, cfg.keep_checkpoints)
-            d.barrier()
+    def log_train(self) -> None:
+        values = self.window.means()
+        values["lr"] = self.sched_g.get_last_lr()[0]
+        values["steps_per_s"] = self.steps_here / max(time.perf_counter() - self.t0, 1e-9)
+        # CPU seconds of this process per step since the last record: the cost on a shared machine
+        values["cpu_s_per_step"] = (time.process_time() - self.cpu0) / max(self.cpu_steps, 1)
+        self.cpu0, self.cpu_steps = time.process_time(), 0
+        self.metrics.record("train", self.step, values)
+        if self.bar is not None:
+            post = {"mel": f"{values['mel_l1']:.3f}", "g": f"{values['loss_g']:.2f}"}
+            if "loss_d" in values:
+                post["d"] = f"{values['loss_d']:.2f}"
+            self.bar.set_postfix(post)
+        self.window.clear()
 
-    if bar is not None:
-        bar.close()
-    if d.main and step >= cfg.max_steps:
-        save_trained_vocoder(generator, speakers, run_dir)
-        log(f"vocoder written to {run_dir} (load with Vocoder.from_pretrained)")
-    summary: dict[str, Any] = {"final_step": step, "out": str(run_dir), "seconds": round(time.time() - t_start, 1)}
-    if d.main:
-        summary.update(read_history(run_dir / "metrics.jsonl"))
-        _write_json(run_dir / "metrics.json", {k: v for k, v in summary.items() if k != "out"})
-    logger.close()
-    return summary
+    def validate(self) -> None:
+        """Mel L1 of whole validation utterances and ``samples/step_N/*.wav`` (rank 0 only)."""
+        if not (self.d.main and self.val_utts):
+            return
+        from ..audio import save_wav
+
+        generator, step, sr = self.generator, self.step, self.vcfg.sample_rate
+        val = validate(generator, self.val_utts, self.g_loss.l1_spec_loss, self.d.device)
+        self.metrics.record("val", step, {"mel_l1": val})
+        self.log(f"step {step}: validation mel L1 {val:.4f}")
+        generator.eval()
+        for u in self.val_utts[: self.cfg.num_samples]:
+            wav = resynthesize(generator, u, self.d.device)
+            save_wav(self.run_dir / "samples" / f"step_{step}" / f"{u.id}.wav", np.clip(wav, -1, 1), sr)
+            self.metrics.audio(f"samples/{u.id}", wav, step, sr)
+        generator.train()
+
+    def save_checkpoint(self) -> Path | None:
+        """``checkpoints/step_N`` (rank 0), with the log window; every rank waits for it."""
+        path = None
+        if self.d.main:
+            path = save_checkpoint(self.run_dir, self.step, self.generator, self.discriminator, self.opt_g, self.opt_d,
+                                   self.sched_g, self.sched_d, self.sampler, self.cfg.keep_checkpoints, log_window=self.window.state())
+        self.d.barrier()
+        return path
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """The vocoder folder in OUT once ``max_steps`` is reached."""
+        if self.d.main and self.step >= self.cfg.max_steps:
+            save_trained_vocoder(self.generator, self.speakers, self.run_dir)
+            self.log(f"vocoder written to {self.run_dir} (load with Vocoder.from_pretrained)")
+        summary: dict[str, Any] = {"final_step": self.step, "out": str(self.run_dir), "seconds": round(time.time() - self.t_start, 1)}
+        if self.d.main:
+            summary.update(read_history(self.run_dir / "metrics.jsonl"))
+            _write_json(self.run_dir / "metrics.json", {k: v for k, v in summary.items() if k != "out"})
+        self.summary = summary
+
+    def cleanup(self) -> None:
+        """Closes the metrics log (the process group is closed by :func:`train_vocoder`, also on errors)."""
+        if self.metrics is not None:
+            self.metrics.close()
 
 
-def _validate_and_sample(generator, val_utts, mel_loss, device, run_dir: Path, step: int, cfg: TrainConfig, logger, sr, log) -> None:
-    from ..audio import save_wav
-
-    val = validate(generator, val_utts, mel_loss, device)
-    logger.record("val", step, {"mel_l1": val})
-    log(f"step {step}: validation mel L1 {val:.4f}")
-    generator.eval()
-    for u in val_utts[: cfg.num_samples]:
-        wav = resynthesize(generator, u, device)
-        save_wav(run_dir / "samples" / f"step_{step}" / f"{u.id}.wav", np.clip(wav, -1, 1), sr)
-        logger.audio(f"samples/{u.id}", wav, step, sr)
-    generator.train()
+#: ``metrics.jsonl`` name -> speechbrain's loss key, logged when the step computed it
+LOGGED_LOSSES = (("loss_d", "D_loss"), ("adv", "G_mse_fake_loss"), ("feat_match", "G_feat_match_loss"), ("dur_mse", "G_dur_loss"),
+                 ("stft_mag", "G_stft_loss_mg"), ("stft_sc", "G_stft_loss_sc"), ("f0_mse", "G_f0_mse"), ("vuv_bce", "G_vuv_bce"),
+                 ("silence", "G_silence"), ("dc", "G_dc"))
 
 
 def save_trained_vocoder(generator: UnitHifiGAN, speakers: list[str], out: Path) -> None:

@@ -53,8 +53,14 @@ def train(
 
     Example::
 
-        spiritlm vocoder train --manifest corpus/manifest.jsonl --units units.jsonl \\
-            --speech_tokenizer tokenizer --out vocoder --preset tiny --max_steps 1000
+        spiritlm vocoder train --config vocoder-tiny --manifest corpus/manifest.jsonl \\
+            --units units.jsonl --speech_tokenizer tokenizer --out vocoder [--max_steps 1000]
+
+    ``--config`` takes a recipe: a YAML file of these options, or a packaged one by name
+    (``recipes/configs/vocoder-tiny.yaml``: the CPU recipe of the demo and vocoder/README.md;
+    ``vocoder-base``, ``vocoder-expressive``); flags after it override it. Without it, a flag left
+    unset takes the default below, and those marked "the preset's" take the values of
+    ``recipes/configs/vocoder-PRESET.yaml``.
 
     OUT then holds the vocoder (``spiritlm vocoder synth --vocoder OUT``), checkpoints/,
     metrics.jsonl / metrics.json, TensorBoard logs (tb/) and audio samples (samples/). Under
@@ -113,7 +119,7 @@ def train(
 
     d = recipe_defaults(preset)
     cfg = TrainConfig(
-        config=preset, max_steps=max_steps,
+        preset=preset, max_steps=max_steps,
         batch_size=batch_size or d["batch_size"], segment_units=segment_units or d["segment_units"],
         disc_width_div=disc_width_div or d["disc_width_div"], disc_start_step=disc_start_step, lr=lr, seed=seed,
         log_every=log_every, val_every=val_every, save_every=save_every, keep_checkpoints=keep_checkpoints, threads=threads, dtype=dtype,

@@ -259,36 +259,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def packaged_recipes() -> Path | None:
-    """The folder of the recipes shipped with spiritlm (``recipes/configs``), found without importing it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("spiritlm.recipes")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / "configs").is_dir():
-            return Path(location) / "configs"
-    return None
-
-
 def resolve_recipe(where: str) -> str:
-    """``--config``'s file: a path as given, else a packaged recipe by name from any folder.
-
-    ``tiny-text``, ``tiny-text.yaml`` and ``recipes/configs/tiny-text.yaml`` (typed outside the
-    repository) all name the packaged ``recipes/configs/tiny-text.yaml``.
+    """``--config``'s file: a path as given, else a packaged LM recipe by name from any folder
+    (:func:`spiritlm.trainer.resolve_recipe`; ``vocoder-*`` and ``tokenizer-*`` are other trainers').
 
     Raises:
         RecipeError: neither a file nor a packaged recipe (names them).
     """
-    if Path(where).is_file():
-        return where
-    folder = packaged_recipes()
-    name = Path(where).name
-    if folder is not None:
-        for candidate in (folder / name, folder / f"{name}.yaml"):
-            if candidate.is_file():
-                return str(candidate)
-    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) if folder is not None else "none found"
-    raise RecipeError(f"{where}: no such recipe file (--config), nor the name of a packaged recipe ({names})")
+    from spiritlm.trainer import resolve_recipe as resolve
+
+    try:
+        return resolve(where)
+    except UserError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def parse_recipe(argv: Sequence[str], prog: str = "spiritlm train") -> TrainConfig:

@@ -4,11 +4,14 @@
 
     recipe = TrainRecipe(config)
     recipe.setup()        # run directory, tokenizer, model (fresh or resumed), optimiser, data
-    recipe.train()        # the loop: train_step -> log -> evaluate -> save_checkpoint
+    recipe.train()        # the loop: train_step -> log_train -> validate -> save_checkpoint
     recipe.export()       # output_dir/hf, streamed from the final checkpoint, written atomically
     recipe.cleanup()
 
-(:meth:`TrainRecipe.run` does the four.) Choice: a plain PyTorch loop around the fairseq2 model,
+(:meth:`TrainRecipe.run` does the four.) The loop and its logging rule are the trainer skeleton's
+(:class:`spiritlm.trainer.Recipe`, the vocoder's too); the log window here holds loss *sums*
+and target counts, reduced over ranks when logged, rather than the skeleton's per-step
+:class:`~spiritlm.trainer.LogWindow` (a token-weighted mean over ranks and subsets). Choice: a plain PyTorch loop around the fairseq2 model,
 not fairseq2's ``Trainer``: fairseq2 0.8.1's recipes are bound to its asset store, dataset
 registry and dependency container and to its own data pipeline; wiring our resumable packed
 loader into them costs more than this file and makes exact resumption (loader, RNG and optimiser
@@ -41,14 +44,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,6 +81,7 @@ from spiritlm.train.checkpoint import (
 )
 from spiritlm.train.config import RecipeError, TrainConfig, check_inputs
 from spiritlm.distributed import Dist
+from spiritlm.trainer import Recipe, Schedule, seed_everything  # noqa: F401  (seed_everything: this module's API)
 
 IGNORE = IGNORE_INDEX
 
@@ -109,12 +111,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +320,7 @@ def _merged_windows(saved: list[dict[str, Any] | None]) -> dict[str, Any]:
 LoaderFactory = Callable[[TrainConfig, Any, int, int], tuple[Any, dict[str, Callable[[], Iterable[dict[str, Any]]]]]]
 
 
-class TrainRecipe:
+class TrainRecipe(Recipe):
     """One training run (fresh or resumed) of a :class:`~spiritlm.train.config.TrainConfig`.
 
     Args:
@@ -336,8 +332,10 @@ class TrainRecipe:
             over ``{"input_ids": [B, L], "labels": [B, L], "subset": …}`` and has
             ``state_dict()``/``load_state_dict()``; each ``make_val()`` returns a fresh iterable
             over a subset's validation batches.
-        log: line logger (default: print on rank 0).
+        log: a line callable instead of the module's ``logging`` logger (rank 0: :mod:`spiritlm.logs`).
     """
+
+    name = "spiritlm train"
 
     def __init__(
         self,
@@ -347,10 +345,10 @@ class TrainRecipe:
         loaders: LoaderFactory | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(log)
         self.config = config
         self.tokenizer = tokenizer
         self._loaders = loaders
-        self._log = log
         self.step = 0
         self.summary: dict[str, Any] = {"train_loss": {}, "val": {}, "output_dir": str(config.train.output_dir)}
 
@@ -361,7 +359,7 @@ class TrainRecipe:
         t = self.config.train
         check_inputs(self.config, data=self._loaders is None, tokenizer=self.tokenizer is None)
         self.d = d = Dist()
-        self.log = self._log or (lambda s: print(f"[spiritlm train] {s}", flush=True) if d.main else None)
+        self.main, self.progress = d.main, t.progress
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.run_dir = Path(t.output_dir)
@@ -381,6 +379,8 @@ class TrainRecipe:
         self.metrics = MetricsLog(self.run_dir, d, t.tensorboard)
         self.metrics.start(self.step if resumed is not None else None)
         self.resumed = resumed is not None
+        self.schedule = Schedule(max_steps=t.max_steps, end=self.end, log_every=t.log_every, val_every=t.val_every,
+                                 save_every=t.save_every, validate_first=True)
 
     def _setup_run_dir(self) -> None:
         if self.d.main:
@@ -493,40 +493,18 @@ class TrainRecipe:
             return torch.autocast(device_type=self.d.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train(self) -> None:
-        """Steps until ``train.max_steps`` (or ``train.stop_after``), logging, validating and saving."""
-        t = self.config.train
-        if not self.resumed and self.val_loaders and t.val_every and self.step < self.end:
-            self._record_val(0)  # the starting point
-        bar = None
-        if t.progress and self.d.main and self.step < self.end:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+    def on_train_start(self) -> None:
         # a resumed run continues the log window its checkpoint saved (log_every need not divide
         # save_every): its first logged loss is the uninterrupted run's
         self._window = getattr(self, "_window", None) or _window_of(None)
         self._window["t0"] = time.perf_counter()
-        batches: Iterator[dict[str, Any]] = iter(self.train_loader)
-        while self.step < self.end:
-            grad_norm = self.train_step(batches)
-            self.step += 1
-            if bar is not None:
-                bar.update(1)
-            # full windows only, and the run's last step: a stop_after (an interruption) does not
-            # log a partial window; the checkpoint keeps it for the resumed run
-            if self.step % t.log_every == 0 or self.step == t.max_steps:
-                self._record_train(grad_norm, bar)
-            if self.val_loaders and ((t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps):
-                self._record_val(self.step, bar)
-            if (t.save_every and self.step % t.save_every == 0) or self.step == self.end:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
+        self._batches: Iterator[dict[str, Any]] = iter(self.train_loader)
 
-    def train_step(self, batches: Iterator[dict[str, Any]]) -> float:
-        """One optimiser step over ``optim.grad_accum`` micro-batches; returns the gradient norm."""
+    def train_step(self, batches: Iterator[dict[str, Any]] | None = None) -> float:
+        """One optimiser step over ``optim.grad_accum`` micro-batches (of ``batches``, default the
+        run's loader); returns the gradient norm (also kept for the next training record)."""
         o, t, d, w = self.config.optim, self.config.train, self.d, self._window
+        batches = self._batches if batches is None else batches
         micro = [next(batches) for _ in range(o.grad_accum)]
         n_targets = d.all_sum([float(sum(int((b["labels"] != IGNORE).sum()) for b in micro))])[0]
         vocab = self.model_config.vocab_size
@@ -560,10 +538,12 @@ class TrainRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._grad_norm = grad_norm
         return grad_norm
 
-    def _record_train(self, grad_norm: float, bar=None) -> None:
-        d, w = self.d, self._window
+    def log_train(self) -> None:
+        """The training record of the window: loss per target token (all ranks), per subset, lr, tokens/s."""
+        d, w, grad_norm, bar = self.d, self._window, self._grad_norm, self.bar
         total, count = d.all_sum([w["loss"], w["count"]])
         elapsed = time.perf_counter() - w["t0"]
         rec = {
@@ -585,14 +565,8 @@ class TrainRecipe:
         parts = [f"{k.removeprefix('loss_')} {rec[k]:.3f}" for k in rec if k.startswith("loss_")]
         line = (f"step {self.step}/{self.end}: loss {rec['loss']:.3f}" + (f" ({', '.join(parts)})" if parts else "")
                 + f", lr {rec['lr']:.2e}, {rec['tokens_per_s']:.0f} tokens/s")
-        self._print(line, bar)
+        self.log(line)
         w.update(loss=0.0, count=0.0, subsets={})
-
-    def _print(self, line: str, bar=None) -> None:
-        if bar is not None:
-            bar.write(f"[spiritlm train] {line}")
-        else:
-            self.log(line)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -619,11 +593,15 @@ class TrainRecipe:
         model.train(was_training)
         return out
 
-    def _record_val(self, step: int, bar=None) -> None:
+    def validate(self) -> None:
+        """:meth:`evaluate` at this step, recorded (step 0 of a fresh run: the starting point)."""
+        if not self.val_loaders:
+            return
+        step = self.step
         val = self.evaluate()
         self.metrics.record("val", step, val)
         self.summary["val"][step] = val
-        self._print(f"step {step}: val " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()), bar)
+        self.log(f"step {step}: val " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step_N``: this rank's shards and trainer state (asynchronous with
@@ -656,6 +634,9 @@ class TrainRecipe:
             self.log(f"exported {self.run_dir / 'hf'} (step {self.step})")
         self.d.barrier()
 
+    def finish(self) -> None:
+        self.export()
+
     def cleanup(self) -> None:
         if self.d.main:
             history = read_history(self.run_dir / "metrics.jsonl")
@@ -665,13 +646,10 @@ class TrainRecipe:
         self.d.close()
 
     def run(self) -> dict[str, Any]:
-        """setup, train, export, cleanup; returns the summary of the steps run by this invocation:
+        """setup, train, export (:meth:`finish`), cleanup; returns the summary of the steps run by this invocation:
         ``{"train_loss": {step: loss}, "val": {step: {subset: loss}}, "final_step", "tokens_per_s",
         "output_dir"}``."""
-        self.setup()
-        self.train()
-        self.export()
-        self.cleanup()
+        super().run()
         self.summary["final_step"] = self.step
         return self.summary
 
