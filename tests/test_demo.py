@@ -134,7 +134,7 @@ def test_every_command_the_demo_runs_parses(tmp_path, preset):
     """Each stage's command line against its command's own parser (flags renamed elsewhere break here, not at minute 20)."""
     import jsonargparse
 
-    from spiritlm.cli import load_commands
+    from spiritlm.cli import load_commands, resolve_config
     from spiritlm.recipes.report import DemoLayout
     from spiritlm.train.config import parse_recipe
 
@@ -150,7 +150,9 @@ def test_every_command_the_demo_runs_parses(tmp_path, preset):
                 parse_recipe(rest)
             else:
                 parser = jsonargparse.ArgumentParser(exit_on_error=False)
+                parser.add_argument("--config", action=jsonargparse.ActionConfigFile)  # as spiritlm.cli adds it
                 parser.add_function_arguments(fn, as_positional=getattr(fn, "cli_positional", False))
+                rest = [resolve_config(a) if i and rest[i - 1] == "--config" else a for i, a in enumerate(rest)]  # packaged recipes by name
                 parser.parse_args(rest)
                 with pytest.raises(jsonargparse.ArgumentError):  # the parser does reject what it does not know
                     parser.parse_args([*rest, "--no_such_flag", "1"])
