@@ -265,3 +265,10 @@ def test_hf_rows_refused_or_cut_by_max_duration_leave_no_audio(tmp_path, capsys)
     assert code == 0 and f"{tmp_path / 'm' / 'audio' / 'u2.flac'}: has a transcript but no word times" in err, err
     assert [u.id for u in read_manifest(tmp_path / "m" / "manifest.jsonl")] == ["u0", "u1", "u3", "u4"]
     assert sorted(p.name for p in (tmp_path / "m" / "audio").iterdir()) == ["u0.flac", "u1.wav", "u3.wav", "u4.flac"]
+    # a DatasetDict's splits (train, validation) are kept unless --split_by replaces them (here: whole speakers)
+    code, _, err = run(["corpus", "import", "hf", "--src", tmp_path / "saved", "--out", tmp_path / "s", "--split_by", "speaker",
+                        "--split_fractions", '{"train": 0.5, "test": 0.5}'], capsys)
+    assert code == 0, err
+    got = {u.id: (u.speaker, u.split) for u in read_manifest(tmp_path / "s" / "manifest.jsonl")}
+    assert {s for _, s in got.values()} == {"train", "test"}
+    assert len({s for spk, s in got.values() if spk == "101"}) == 1  # u1 (train) and u3 (validation): one speaker, one split
