@@ -258,11 +258,12 @@ def test_hf_rows_refused_or_cut_by_max_duration_leave_no_audio(tmp_path, capsys)
     assert code == 1 and f"{tmp_path / 'saved' / 'train'}: row 0 (id u0): audio bytes: lasts 1.6 s > --max_duration 1" in err
     assert sorted(p.name for p in (tmp_path / "m" / "audio").iterdir()) == ["u1.wav", "u3.wav", "u4.flac"]
     assert [u.id for u in read_manifest(tmp_path / "m" / "manifest.jsonl")] == ["u1", "u3", "u4"]
-    # --segment_long: the long clip is written to be cut; a transcript without word times cannot be cut without
-    # --aligner, so the row is skipped, and its clip does not stay behind
+    # --segment_long: the long clip is written to be cut; import cannot cut a transcript without word times (it loads
+    # no aligner), so the row is skipped, saying what to run instead, and its clip does not stay behind
     code, _, err = run([*argv[:-2], "--max_duration", "5", "--segment_long", "true", "--vad", "energy", "--overwrite", "true",
                         "--allow_skips", "true"], capsys)
-    assert code == 0 and f"{tmp_path / 'm' / 'audio' / 'u2.flac'}: has a transcript but no word times" in err, err
+    assert code == 0 and f"{tmp_path / 'm' / 'audio' / 'u2.flac'}: lasts 9.1 s and has a transcript but no word times" in err, err
+    assert "then spiritlm corpus segment --aligner" in err
     assert [u.id for u in read_manifest(tmp_path / "m" / "manifest.jsonl")] == ["u0", "u1", "u3", "u4"]
     assert sorted(p.name for p in (tmp_path / "m" / "audio").iterdir()) == ["u0.flac", "u1.wav", "u3.wav", "u4.flac"]
     # a DatasetDict's splits (train, validation) are kept unless --split_by replaces them (here: whole speakers)

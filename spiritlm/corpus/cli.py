@@ -212,8 +212,10 @@ def import_corpus(
         max_duration: longest recording kept, seconds: longer ones are skipped, or cut with
             --segment_long true.
         segment_long: cut recordings longer than --max_duration at pauses (spiritlm corpus segment)
-            into OUT/segments/ instead of skipping them.
-        vad: with --segment_long, the voice activity detector for recordings without word times:
+            into OUT/segments/ instead of skipping them: between words when they have word times,
+            at the VAD's pauses when they have no transcript; one with a transcript but no word
+            times is skipped (import it whole, then spiritlm corpus segment --aligner).
+        vad: with --segment_long, the voice activity detector for recordings without a transcript:
             silero or energy.
         allow_skips: exit with status 0 even when some items were skipped.
         overwrite: replace an existing OUT/manifest.jsonl (hf: and write its audio again).
@@ -273,6 +275,11 @@ def import_corpus(
 
             cfg = SegmentConfig(max_seconds=max_duration, vad=vad)
             for u in long:
+                if not u.words and u.text.strip():  # cutting between its words needs an aligner; import loads none
+                    skipped.append(f"{u.audio}: lasts {u.duration:.1f} s and has a transcript but no word times, which "
+                                   "--segment_long needs to cut between words: import it without --max_duration, then "
+                                   "spiritlm corpus segment --aligner CTC")
+                    continue
                 try:
                     pieces, _ = segment_utterance(u, cfg, out)
                     utts += pieces
