@@ -110,6 +110,7 @@ class Schedule:
         val_every: steps between validations (0: only at ``max_steps``).
         save_every: steps between checkpoints (0: only at ``end``).
         validate_first: validate once at step 0 of a fresh run (the starting point).
+        save_at_end: save at ``end`` too (a recipe that resumes); False: only every ``save_every``.
     """
 
     max_steps: int
@@ -118,6 +119,7 @@ class Schedule:
     val_every: int = 0
     save_every: int = 0
     validate_first: bool = False
+    save_at_end: bool = True
 
     def log_due(self, step: int) -> bool:
         """Full windows, and the run's last step (not a stop_after: its window is checkpointed)."""
@@ -127,7 +129,7 @@ class Schedule:
         return bool(self.val_every and step % self.val_every == 0) or step == self.max_steps
 
     def save_due(self, step: int) -> bool:
-        return bool(self.save_every and step % self.save_every == 0) or step == self.end
+        return bool(self.save_every and step % self.save_every == 0) or (self.save_at_end and step == self.end)
 
 
 class Recipe:
@@ -164,8 +166,8 @@ class Recipe:
         raise NotImplementedError
 
     def validate(self) -> None:
-        """Evaluates at ``self.step`` and records it (step 0: the starting point)."""
-        raise NotImplementedError
+        """Evaluates at ``self.step`` and records it (step 0: the starting point); nothing for a
+        recipe without validation data."""
 
     def save_checkpoint(self) -> Any:
         raise NotImplementedError

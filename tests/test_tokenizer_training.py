@@ -217,3 +217,46 @@ def test_a_killed_tokenizer_train_resumes_by_itself(tones, tmp_path, capsys, mon
     with pytest.raises(SystemExit):  # finished: refused
         main(argv)
     assert "--overwrite true" in capsys.readouterr().err
+
+
+def test_presets_are_the_packaged_yaml_recipes(tmp_path):
+    """Issue 19: the presets live in recipes/configs/tokenizer-*.yaml (the values the code held
+    before, field for field); a packaged name or a YAML file names a recipe too."""
+    tiny = TrainPreset(
+        features=FeatureConfig(backend="mfcc", mfcc=MfccConfig(cmvn=False)),
+        units_kmeans=KMeansConfig(n_clusters=100, max_frames=200_000),
+        expressive=True,
+        vqvae=VQVAEConfig(channels=48, latent_dim=32, res_depth=2),
+        vqvae_train=VQVAETrainConfig(steps=800, batch_size=32, crop_frames=128, lr=2e-3, log_every=25, checkpoint_every=400),
+        style=StyleConfig(backend="cnn", n_mels=64, channels=96, layers=3, embed_dim=32),
+        style_train=StyleTrainConfig(steps=300, batch_size=16, crop_frames=150, log_every=25),
+        style_kmeans=KMeansConfig(n_clusters=16, n_init=20, max_frames=None),
+        scale_steps=True,
+    )
+    assert make_preset("tiny") == make_preset("tokenizer-tiny") == tiny
+    hub = tmp_path / "hubert"
+    hub.mkdir()
+    for name in ("base", "expressive"):
+        got = make_preset(name, hubert=str(hub), layer=9, style_encoder="w2v2-dir")
+        assert got == TrainPreset(
+            features=FeatureConfig(backend="hubert", checkpoint=str(hub), layer=9),
+            units_kmeans=KMeansConfig(n_clusters=500),
+            expressive=name == "expressive",
+            vqvae=VQVAEConfig(channels=128, latent_dim=64, res_depth=3),
+            vqvae_train=VQVAETrainConfig(steps=20_000, batch_size=64, crop_frames=512, lr=2e-4, log_every=500, checkpoint_every=5000),
+            style=StyleConfig(backend="w2v2", checkpoint="w2v2-dir", mode="kmeans"),
+            style_train=StyleTrainConfig(steps=3000, batch_size=32, crop_frames=250),
+            style_kmeans=KMeansConfig(n_clusters=100),
+            scale_steps=True,
+        ), name
+    assert make_preset("base", hubert=str(tmp_path / "x.pt")).features.backend == "fairseq-hubert"
+    with pytest.raises(ValueError, match="needs --hubert"):
+        make_preset("expressive")
+    own = tmp_path / "mine.yaml"
+    own.write_text("features: {backend: mfcc}\nunits_kmeans: {n_clusters: 7}\nexpressive: false\n")
+    assert make_preset(str(own)).units_kmeans.n_clusters == 7
+    own.write_text("units_kmeans: {clusters: 7}\n")
+    with pytest.raises(ValueError, match=r"mine.yaml: unknown key\(s\) units_kmeans.clusters"):
+        make_preset(str(own))
+    with pytest.raises(ValueError, match=r"huge: no such recipe file \(--preset\).*tokenizer-tiny"):
+        make_preset("huge")

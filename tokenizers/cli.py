@@ -284,7 +284,9 @@ def train(
             ``phones`` alignments (the synthetic corpus has them all).
         out: output tokenizer directory.
         preset: ``tiny`` (MFCC units + pitch + style, sized for a CPU), ``base`` (HuBERT units)
-            or ``expressive`` (HuBERT units + pitch + style).
+            or ``expressive`` (HuBERT units + pitch + style): the recipes
+            ``recipes/configs/tokenizer-NAME.yaml``; a packaged recipe's name or a YAML file of
+            ``TrainPreset``'s fields works too.
         hubert: HuBERT transformers directory or fairseq checkpoint (base, expressive).
         layer: HuBERT layer (1-based).
         style_encoder: transformers wav2vec 2.0 style encoder directory (expressive; default:
@@ -315,7 +317,7 @@ def train(
     try:
         make_preset(preset, hubert=hubert, layer=layer, style_encoder=style_encoder)
     except ValueError as e:
-        raise UserError(f"--preset {preset}: {e}") from None
+        raise UserError(str(e) if "(--preset)" in str(e) else f"--preset {preset}: {e}") from None
 
     work_dir = work_dir or os.path.normpath(out) + ".work"
     # with --overwrite an older tokenizer in OUT is replaced on success; any other non-empty folder is refused

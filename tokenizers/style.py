@@ -17,7 +17,6 @@ argmax of its classifier (``mode="classifier"``, how Meta's style tokens are mad
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -29,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spiritlm.trainer import Recipe, Schedule
+
 from ..tensors import length_mask, pad_batch
 from .vqvae import CropBatchSampler
 from ..constants import SAMPLE_RATE
 from .kmeans import KMeansQuantizer, load_kmeans, save_kmeans
 
-logger = logging.getLogger(__name__)
+# progress lines: the training recipe's (spiritlm.trainer.Recipe.log), under this module's logger name
 
 HOP = 320  # 50 Hz frames, as wav2vec 2.0
 WIN = 400
@@ -320,51 +321,82 @@ class MelCropBatchSampler(CropBatchSampler):
 
 def train_style_cnn(wavs: Sequence[np.ndarray] | None, labels: Sequence[str], cfg: StyleConfig, tcfg: StyleTrainConfig,
                     mels: Sequence[np.ndarray] | None = None) -> tuple[StyleCNN, list[dict]]:
-    """Trains :class:`StyleCNN` to classify utterance style labels from random crops.
+    """Trains :class:`StyleCNN` to classify utterance style labels from random crops (:class:`StyleCNNRecipe`).
 
     ``mels``: the training log-mels (:func:`cnn_logmels`, e.g. memory-mapped shards), read one
     utterance at a time for the feature statistics (float64 sums), then as crops through a
     DataLoader (``tcfg.num_workers`` processes); None: computed from ``wavs`` and held in memory.
     """
-    torch.manual_seed(tcfg.seed)
-    classes = sorted(set(labels))
-    cfg.labels = classes
-    model = StyleCNN(cfg)
-    if mels is None:
-        mels = cnn_logmels(cfg, wavs)
-    total, sq, count, lengths = np.zeros(cfg.n_mels), np.zeros(cfg.n_mels), 0, []
-    for m in mels:  # mean and (unbiased) std of every training frame, one utterance at a time
-        m = np.asarray(m, dtype=np.float64)
-        lengths.append(m.shape[0])
-        total += m.sum(0)
-        sq += (m**2).sum(0)
-        count += m.shape[0]
-    mean = total / max(count, 1)
-    std = np.sqrt(np.maximum(sq - count * mean**2, 0) / max(count - 1, 1))
-    with torch.no_grad():
-        model.feat_mean.copy_(torch.from_numpy(mean).float())
-        model.feat_std.copy_(torch.from_numpy(std).float().clamp(min=1e-3))
-    y = [classes.index(lab) for lab in labels]
-    loader = torch.utils.data.DataLoader(
-        MelCropDataset(mels, y, tcfg.crop_frames, cfg.n_mels),
-        batch_sampler=MelCropBatchSampler(lengths, tcfg.crop_frames, tcfg.batch_size, tcfg.steps, tcfg.seed),
-        num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(tcfg.seed))
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    records, t0, agg, acc = [], time.time(), 0.0, 0.0
-    model.train()
-    for step, (x, frames, yb) in enumerate(loader, 1):
-        emb = model.embed_logmel(x, frames)
-        logits = model.utterance_logits(emb, frames)
+    recipe = StyleCNNRecipe(wavs, labels, cfg, tcfg, mels)
+    recipe.run()
+    return recipe.model.eval(), recipe.records
+
+
+class StyleCNNRecipe(Recipe):
+    """The style CNN's training on the trainer skeleton (:class:`spiritlm.trainer.Recipe`): the
+    feature statistics of the training log-mels, then Adam on the utterance-label cross-entropy of
+    random crops; a record (mean loss and accuracy) every ``log_every`` steps and at the last."""
+
+    name = "style cnn"
+    progress = False  # the tokenizer's log lines carry the time left (tokenizers/train.py's stage clock)
+
+    def __init__(self, wavs, labels: Sequence[str], cfg: StyleConfig, tcfg: StyleTrainConfig, mels=None) -> None:
+        super().__init__()
+        self.wavs, self.labels, self.cfg, self.tcfg, self.mels = wavs, labels, cfg, tcfg, mels
+
+    def setup(self) -> None:
+        cfg, tcfg = self.cfg, self.tcfg
+        torch.manual_seed(tcfg.seed)
+        classes = sorted(set(self.labels))
+        cfg.labels = classes
+        self.model = StyleCNN(cfg)
+        mels = cnn_logmels(cfg, self.wavs) if self.mels is None else self.mels
+        lengths = self._set_feature_stats(mels)
+        y = [classes.index(lab) for lab in self.labels]
+        self.loader = torch.utils.data.DataLoader(
+            MelCropDataset(mels, y, tcfg.crop_frames, cfg.n_mels),
+            batch_sampler=MelCropBatchSampler(lengths, tcfg.crop_frames, tcfg.batch_size, tcfg.steps, tcfg.seed),
+            num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(tcfg.seed))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr)
+        self.records: list[dict] = []
+        self.schedule = Schedule(max_steps=tcfg.steps, end=tcfg.steps, log_every=tcfg.log_every, save_at_end=False)
+
+    def _set_feature_stats(self, mels) -> list[int]:
+        """Mean and (unbiased) std of every training frame into the model, one utterance at a time; returns the lengths."""
+        n_mels = self.cfg.n_mels
+        total, sq, count, lengths = np.zeros(n_mels), np.zeros(n_mels), 0, []
+        for m in mels:
+            m = np.asarray(m, dtype=np.float64)
+            lengths.append(m.shape[0])
+            total += m.sum(0)
+            sq += (m**2).sum(0)
+            count += m.shape[0]
+        mean = total / max(count, 1)
+        std = np.sqrt(np.maximum(sq - count * mean**2, 0) / max(count - 1, 1))
+        with torch.no_grad():
+            self.model.feat_mean.copy_(torch.from_numpy(mean).float())
+            self.model.feat_std.copy_(torch.from_numpy(std).float().clamp(min=1e-3))
+        return lengths
+
+    def on_train_start(self) -> None:
+        self.t0, self.batches, self.agg, self.acc = time.time(), iter(self.loader), 0.0, 0.0
+        self.model.train()
+
+    def train_step(self) -> None:
+        x, frames, yb = next(self.batches)
+        emb = self.model.embed_logmel(x, frames)
+        logits = self.model.utterance_logits(emb, frames)
         loss = F.cross_entropy(logits, yb)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        agg += float(loss.detach())
-        acc += float((logits.argmax(-1) == yb).float().mean())
-        if step % tcfg.log_every == 0 or step == tcfg.steps:
-            n = tcfg.log_every if step % tcfg.log_every == 0 else step % tcfg.log_every
-            rec = {"step": step, "loss": agg / n, "accuracy": acc / n, "elapsed_s": round(time.time() - t0, 2)}
-            records.append(rec)
-            logger.info(f"[style cnn] step {step}: loss={rec['loss']:.4f} accuracy={rec['accuracy']:.3f}")
-            agg, acc = 0.0, 0.0
-    return model.eval(), records
+        self.opt.step()
+        self.agg += float(loss.detach())
+        self.acc += float((logits.argmax(-1) == yb).float().mean())
+
+    def log_train(self) -> None:
+        step, every = self.step, self.tcfg.log_every
+        n = every if step % every == 0 else step % every
+        rec = {"step": step, "loss": self.agg / n, "accuracy": self.acc / n, "elapsed_s": round(time.time() - self.t0, 2)}
+        self.records.append(rec)
+        self.log(f"step {step}: loss={rec['loss']:.4f} accuracy={rec['accuracy']:.3f}")
+        self.agg, self.acc = 0.0, 0.0

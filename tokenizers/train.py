@@ -1,6 +1,6 @@
 """Training the speech tokenizer from a manifest, with the metrics of each stream.
 
-Presets:
+Presets (YAML recipes in ``recipes/configs/tokenizer-{tiny,base,expressive}.yaml``, :func:`make_preset`):
 
 * ``tiny`` (embedded, CPU): MFCC units (100 clusters, no CMVN), pitch VQ-VAE (64 codes, small), CNN
   style encoder trained on the corpus' style labels + k-means (16 clusters). A few minutes on
@@ -29,6 +29,7 @@ majority-class chance levels alongside).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from ..atomic import atomic_file
 from spiritlm.constants import SAMPLE_RATE, STREAM_RATES
 from . import metrics as M
 from .f0 import compute_speaker_stats, extract_f0_batch, meta_speaker_stats, normalise, save_meta_speaker_stats
-from .features import FeatureConfig, MfccConfig, load_backend
+from .features import FeatureConfig, load_backend
 from .kmeans import KMeansConfig, train_kmeans_chunks
 from .pitch import PitchConfig, PitchTokenizer
 from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
@@ -131,38 +132,46 @@ class TrainPreset:
     """scale the pitch and style training steps with the corpus (:func:`plan_steps`); the named presets do."""
 
 
+#: the old preset names name the packaged recipes ``recipes/configs/tokenizer-*.yaml``
+PRESET_RECIPES = {"tiny": "tokenizer-tiny", "base": "tokenizer-base", "expressive": "tokenizer-expressive"}
+
+
 def make_preset(name: str, hubert: str | None = None, layer: int = 11, style_encoder: str | None = None) -> TrainPreset:
-    """The preset ``tiny``, ``base`` or ``expressive`` (the last two need ``hubert``)."""
-    if name == "tiny":
-        return TrainPreset(
-            # per-utterance CMVN lowers PNMI on the synthetic corpus (0.44 vs 0.51, seed 0)
-            features=FeatureConfig(backend="mfcc", mfcc=MfccConfig(cmvn=False)),
-            units_kmeans=KMeansConfig(n_clusters=100, max_frames=200_000),
-            expressive=True,
-            vqvae=VQVAEConfig(channels=48, latent_dim=32, res_depth=2),
-            vqvae_train=VQVAETrainConfig(steps=800, batch_size=32, crop_frames=128, lr=2e-3, log_every=25, checkpoint_every=400),
-            style=StyleConfig(backend="cnn", n_mels=64, channels=96, layers=3, embed_dim=32),
-            style_train=StyleTrainConfig(steps=300, batch_size=16, crop_frames=150, log_every=25),
-            style_kmeans=KMeansConfig(n_clusters=16, n_init=20, max_frames=None),
-            scale_steps=True,
-        )
-    if name in ("base", "expressive"):
+    """A preset from its recipe: ``tiny``, ``base``, ``expressive`` (``recipes/configs/tokenizer-NAME.yaml``),
+    a packaged recipe's name or a YAML file of :class:`TrainPreset`'s fields.
+
+    A recipe with HuBERT features (``base``, ``expressive``) takes the model from ``hubert`` (a
+    transformers directory or a fairseq checkpoint file), at ``layer``; with ``style_encoder``
+    (a wav2vec 2.0 directory) its style stream is that encoder + k-means instead of the CNN.
+
+    >>> tiny = make_preset("tiny")
+    >>> tiny.features.backend, tiny.units_kmeans.n_clusters, tiny.vqvae_train.steps, tiny.style_kmeans.n_clusters
+    ('mfcc', 100, 800, 16)
+
+    Raises:
+        ValueError: an unknown preset, a recipe that does not fit :class:`TrainPreset`, or a
+            HuBERT recipe without ``hubert``.
+    """
+    from ..errors import UserError
+    from ..trainer import config_from_dict, read_recipe
+
+    try:
+        path, values = read_recipe(PRESET_RECIPES.get(name, name), RECIPE_FAMILY, flag="--preset")
+        p = config_from_dict(TrainPreset(features=FeatureConfig(), units_kmeans=KMeansConfig(), expressive=False), values, str(path))
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    if p.features.backend in ("hubert", "fairseq-hubert"):
         if not hubert:
             raise ValueError(f"preset {name!r} needs --hubert (a transformers directory or a fairseq checkpoint file)")
         backend = "hubert" if os.path.isdir(hubert) else "fairseq-hubert"
-        style = StyleConfig(backend="w2v2", checkpoint=style_encoder, mode="kmeans") if style_encoder else StyleConfig()
-        return TrainPreset(
-            features=FeatureConfig(backend=backend, checkpoint=os.path.abspath(hubert), layer=layer),
-            units_kmeans=KMeansConfig(n_clusters=500),
-            expressive=name == "expressive",
-            vqvae=VQVAEConfig(channels=128, latent_dim=64, res_depth=3),
-            vqvae_train=VQVAETrainConfig(steps=20_000, batch_size=64, crop_frames=512, lr=2e-4, log_every=500, checkpoint_every=5000),
-            style=style,
-            style_train=StyleTrainConfig(steps=3000, batch_size=32, crop_frames=250),
-            style_kmeans=KMeansConfig(n_clusters=100),
-            scale_steps=True,
-        )
-    raise ValueError(f"unknown preset {name!r} (tiny, base, expressive)")
+        p = replace(p, features=replace(p.features, backend=backend, checkpoint=os.path.abspath(hubert), layer=layer))
+        if style_encoder:
+            p = replace(p, style=replace(p.style, backend="w2v2", checkpoint=style_encoder, mode="kmeans"))
+    return p
+
+
+#: packaged tokenizer recipes are ``recipes/configs/tokenizer-*.yaml``
+RECIPE_FAMILY = "tokenizer"
 
 
 #: Utterances per on-disk shard of the streaming stages (a multiple of the batch of 16, so the
@@ -243,7 +252,7 @@ def _shard_compute(items, fn, errors: list[dict] | None = None, batch_size: int 
 def _read_items(manifest: str, max_utts: int | None) -> list:
     """The first ``max_utts`` utterances of ``manifest``, checked as :func:`read_audio_manifest`
     checks them, with the alignments, text and extra keys dropped from every utterance that is
-    not evaluated (see :func:`_train_tokenizer`'s ``eval_split``). Memory per training utterance
+    not evaluated (see :meth:`TokenizerTraining.unit_features`'s ``eval_split``). Memory per training utterance
     is its id, audio path and labels (~1 kB), not its alignments (~11 kB each on the synthetic
     corpus: 47 MB for 4,150 utterances read whole). Two passes over the file: the first finds
     which split is evaluated."""
@@ -345,8 +354,8 @@ def train_tokenizer(
     with threadpool_limits(limits=1, user_api="blas"):
         own_work = work_dir is None
         work_dir = work_dir or os.path.join(out, "work")
-        m = _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, work_dir, max_frames, num_workers,
-                             overwrite)
+        m = TokenizerTraining(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, work_dir, max_frames,
+                              num_workers, overwrite).run()
         if own_work:
             import shutil
 
@@ -354,96 +363,128 @@ def train_tokenizer(
         return m
 
 
-def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, work_dir, max_frames, num_workers,
-                     overwrite=False) -> dict:
-    import hashlib
+class TokenizerTraining:
+    """One tokenizer training run: its phases in the order that keeps runs reproducible.
 
-    from ..numerics import environment
-    from .shards import FrameShards, LazySequence
+    ``setup`` (the preset with this run's seed, the utterances, the work folder's plan), then
+    ``unit_features`` (shards; the pass that finds unreadable audio, which fixes the splits and
+    the steps of the later parts), ``units`` (k-means and its phone metrics), ``pitch`` (F0
+    shards, the VQ-VAE and its F0 metrics) and ``style`` (the CNN or wav2vec 2.0 encoder, k-means,
+    purity), and ``finish`` (the tokenizer folder and ``metrics.json``). The step loops of the parts
+    that train by gradient steps are :func:`spiritlm.tokenizers.vqvae.train_vqvae` and
+    :func:`spiritlm.tokenizers.style.train_style_cnn`.
+    """
 
-    t_start = time.time()
-    p = preset if isinstance(preset, TrainPreset) else make_preset(preset, hubert, layer, style_encoder)
-    p = replace(p, units_kmeans=replace(p.units_kmeans, seed=seed), style_kmeans=replace(p.style_kmeans, seed=seed),
-                vqvae_train=replace(p.vqvae_train, seed=seed), style_train=replace(p.style_train, seed=seed))
-    if max_frames:
-        p = replace(p, units_kmeans=replace(p.units_kmeans, max_frames=max_frames))
-    if num_workers is not None:
-        p = replace(p, vqvae_train=replace(p.vqvae_train, num_workers=num_workers), style_train=replace(p.style_train, num_workers=num_workers))
-    torch.manual_seed(seed)
-    all_items = _read_items(manifest, max_utts)
-    if not all_items:
-        raise ValueError(f"{manifest}: no utterances")
-    ids = hashlib.sha1("\n".join(f"{it.id}\t{it.audio}" for it in all_items).encode()).hexdigest()
-    pitch_cfg = replace(p.pitch, f0=replace(p.pitch.f0, device="cpu"))
-    _check_work_dir(work_dir, {"manifest": os.path.abspath(manifest), "utterances": ids, "shard_items": SHARD_ITEMS,
-                               "features": json.loads(json.dumps(asdict(p.features), default=str)),
-                               "f0": json.loads(json.dumps(asdict(pitch_cfg.f0), default=str))}, overwrite)
+    def __init__(self, manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, work_dir, max_frames, num_workers,
+                 overwrite=False) -> None:
+        self.manifest, self.out, self.preset, self.seed, self.device = manifest, out, preset, seed, device
+        self.hubert, self.layer, self.style_encoder = hubert, layer, style_encoder
+        self.max_utts, self.work_dir, self.max_frames, self.num_workers, self.overwrite = max_utts, work_dir, max_frames, num_workers, overwrite
+        self.pitch_tok = self.style_tok = None
 
-    # ---- unit features -> shards (the pass that finds unreadable audio) ------------------------
-    t0 = time.time()
-    backend = load_backend(p.features, device)
-    errors: list[dict] = []
-    feat_shards = FrameShards(os.path.join(work_dir, "features"), len(all_items), SHARD_ITEMS)
-    feat_shards.build(_shard_compute(all_items, backend.extract, errors), "unit features")
-    for e in errors:
-        logger.info(f"[train] skipping {e['id']}: {e['error']}")
-    keep = [i for i in range(len(all_items)) if feat_shards.ok(i)]
-    if not keep:
-        raise ValueError(f"{manifest}: no readable audio ({len(all_items)} utterances skipped)")
-    skipped = len(all_items) - len(keep)
-    if skipped and not errors:
-        logger.info(f"[train] skipping {skipped} utterances whose audio was unreadable (from the resumed shards)")
-    items = [all_items[i] for i in keep]
-    feats = LazySequence(len(keep), lambda k: feat_shards[keep[k]])
-    t_feats = time.time() - t0
-    splits = {it.split for it in items}
-    eval_split = "test" if "test" in splits else ("valid" if "valid" in splits else None)
-    train_idx = [i for i, it in enumerate(items) if it.split not in ("test", "valid")] or list(range(len(items)))
-    test_idx = [i for i, it in enumerate(items) if it.split == eval_split] if eval_split else train_idx
-    logger.info(f"[train] {len(items)} utterances: {len(train_idx)} for training, {len(test_idx)} for evaluation ({eval_split or 'train'})")
-    seconds = sum(feat_shards.info(keep[i], "samples") for i in train_idx) / SAMPLE_RATE
-    p = plan_steps(p, seconds)
-    if p.expressive:
-        logger.info(f"[train] plan for {seconds:.0f}s of training audio: units ({p.features.backend} features + k-means), "
-            f"pitch VQ-VAE {p.vqvae_train.steps} steps, style "
-            + (f"CNN {p.style_train.steps} steps" if p.style.backend == "cnn" else "encoder")
-            + " + k-means; each stage's log lines show its time left")
-    clock = _StageClock(t_start)
-    os.makedirs(out, exist_ok=True)
-    metrics: dict = {"preset": preset if isinstance(preset, str) else "custom", "seed": seed, "eval_split": eval_split or "train",
-                     "num_train_utts": len(train_idx), "num_eval_utts": len(test_idx)}
-    timings: dict[str, float] = {}
+    def run(self) -> dict:
+        self.setup()
+        self.unit_features()
+        self.units()
+        if self.p.expressive:
+            self.pitch()
+            self.style()
+        return self.finish()
 
-    # ---- units: k-means on a bounded sample of the training frames, read from the shards ------
-    t0 = time.time()
-    km = p.units_kmeans
-    centers = _fit_kmeans(feat_shards, [keep[i] for i in train_idx], km, work_dir, "units")
-    units = UnitTokenizer(backend, centers, UnitConfig(features=p.features))
-    unit_codes = {i: units.quantizer(torch.from_numpy(np.array(feats[i], dtype=np.float32)).to(units.backend.device)).cpu().numpy() for i in test_idx}
-    timings["units_s"] = time.time() - t0 + t_feats
-    phones_ok = all(items[i].phones is not None for i in test_idx)
-    if phones_ok:
-        labs, toks = [], []
-        for i in test_idx:
-            labs += M.frame_labels(items[i].segments("phones"), len(unit_codes[i]), STREAM_RATES["hubert"], 0.0225)
-            toks += unit_codes[i].tolist()
-        metrics.update(pnmi=M.pnmi(labs, toks), phone_purity=M.purity(labs, toks), phone_majority_rate=M.majority_rate(labs),
-                       num_units=int(centers.shape[0]), units_used=int(len(set(toks))))
-    else:
-        logger.info("[train] no phone alignments in the evaluation split: pnmi/phone_purity not computed")
-    logger.info(f"[train] units: {centers.shape[0]} clusters on {p.features.backend} features ({timings['units_s']:.1f}s) "
-        + (f"pnmi={metrics['pnmi']:.3f} phone_purity={metrics['phone_purity']:.3f}" if phones_ok else ""))
+    def setup(self) -> None:
+        """The preset with this run's seed, the utterances, and the work folder's ``plan.json``."""
+        seed, preset = self.seed, self.preset
+        self.t_start = time.time()
+        p = preset if isinstance(preset, TrainPreset) else make_preset(preset, self.hubert, self.layer, self.style_encoder)
+        p = replace(p, units_kmeans=replace(p.units_kmeans, seed=seed), style_kmeans=replace(p.style_kmeans, seed=seed),
+                    vqvae_train=replace(p.vqvae_train, seed=seed), style_train=replace(p.style_train, seed=seed))
+        if self.max_frames:
+            p = replace(p, units_kmeans=replace(p.units_kmeans, max_frames=self.max_frames))
+        if self.num_workers is not None:
+            p = replace(p, vqvae_train=replace(p.vqvae_train, num_workers=self.num_workers),
+                        style_train=replace(p.style_train, num_workers=self.num_workers))
+        self.p = p
+        torch.manual_seed(seed)
+        self.all_items = _read_items(self.manifest, self.max_utts)
+        if not self.all_items:
+            raise ValueError(f"{self.manifest}: no utterances")
+        ids = hashlib.sha1("\n".join(f"{it.id}\t{it.audio}" for it in self.all_items).encode()).hexdigest()
+        self.pitch_cfg = replace(p.pitch, f0=replace(p.pitch.f0, device="cpu"))
+        _check_work_dir(self.work_dir, {"manifest": os.path.abspath(self.manifest), "utterances": ids, "shard_items": SHARD_ITEMS,
+                                        "features": json.loads(json.dumps(asdict(p.features), default=str)),
+                                        "f0": json.loads(json.dumps(asdict(self.pitch_cfg.f0), default=str))}, self.overwrite)
 
-    pitch_tok = style_tok = None
-    if p.expressive:
-        # ---- pitch --------------------------------------------------------------------------
-        t0 = time.time()
+    def unit_features(self) -> None:
+        """Unit feature shards (the pass that finds unreadable audio), the splits, the plan of steps."""
+        from .shards import FrameShards, LazySequence
+
+        all_items, t0 = self.all_items, time.time()
+        self.backend = load_backend(self.p.features, self.device)
+        errors: list[dict] = []
+        self.feat_shards = feat_shards = FrameShards(os.path.join(self.work_dir, "features"), len(all_items), SHARD_ITEMS)
+        feat_shards.build(_shard_compute(all_items, self.backend.extract, errors), "unit features")
+        for e in errors:
+            logger.info(f"[train] skipping {e['id']}: {e['error']}")
+        self.keep = keep = [i for i in range(len(all_items)) if feat_shards.ok(i)]
+        if not keep:
+            raise ValueError(f"{self.manifest}: no readable audio ({len(all_items)} utterances skipped)")
+        skipped = len(all_items) - len(keep)
+        if skipped and not errors:
+            logger.info(f"[train] skipping {skipped} utterances whose audio was unreadable (from the resumed shards)")
+        self.items = items = [all_items[i] for i in keep]
+        self.feats = LazySequence(len(keep), lambda k: feat_shards[keep[k]])
+        self.t_feats = time.time() - t0
+        splits = {it.split for it in items}
+        eval_split = "test" if "test" in splits else ("valid" if "valid" in splits else None)
+        self.train_idx = train_idx = [i for i, it in enumerate(items) if it.split not in ("test", "valid")] or list(range(len(items)))
+        self.test_idx = test_idx = [i for i, it in enumerate(items) if it.split == eval_split] if eval_split else train_idx
+        logger.info(f"[train] {len(items)} utterances: {len(train_idx)} for training, {len(test_idx)} for evaluation ({eval_split or 'train'})")
+        seconds = sum(feat_shards.info(keep[i], "samples") for i in train_idx) / SAMPLE_RATE
+        self.p = p = plan_steps(self.p, seconds)
+        if p.expressive:
+            logger.info(f"[train] plan for {seconds:.0f}s of training audio: units ({p.features.backend} features + k-means), "
+                f"pitch VQ-VAE {p.vqvae_train.steps} steps, style "
+                + (f"CNN {p.style_train.steps} steps" if p.style.backend == "cnn" else "encoder")
+                + " + k-means; each stage's log lines show its time left")
+        self.clock = _StageClock(self.t_start)
+        os.makedirs(self.out, exist_ok=True)
+        self.metrics: dict = {"preset": self.preset if isinstance(self.preset, str) else "custom", "seed": self.seed,
+                              "eval_split": eval_split or "train", "num_train_utts": len(train_idx), "num_eval_utts": len(test_idx)}
+        self.timings: dict[str, float] = {}
+
+    def units(self) -> None:
+        """k-means on a bounded sample of the training frames (read from the shards); PNMI and phone purity."""
+        p, items, test_idx, metrics, t0 = self.p, self.items, self.test_idx, self.metrics, time.time()
+        centers = _fit_kmeans(self.feat_shards, [self.keep[i] for i in self.train_idx], p.units_kmeans, self.work_dir, "units")
+        self.unit_tok = units = UnitTokenizer(self.backend, centers, UnitConfig(features=p.features))
+        unit_codes = {i: units.quantizer(torch.from_numpy(np.array(self.feats[i], dtype=np.float32)).to(units.backend.device)).cpu().numpy()
+                      for i in test_idx}
+        self.timings["units_s"] = time.time() - t0 + self.t_feats
+        phones_ok = all(items[i].phones is not None for i in test_idx)
+        if phones_ok:
+            labs, toks = [], []
+            for i in test_idx:
+                labs += M.frame_labels(items[i].segments("phones"), len(unit_codes[i]), STREAM_RATES["hubert"], 0.0225)
+                toks += unit_codes[i].tolist()
+            metrics.update(pnmi=M.pnmi(labs, toks), phone_purity=M.purity(labs, toks), phone_majority_rate=M.majority_rate(labs),
+                           num_units=int(centers.shape[0]), units_used=int(len(set(toks))))
+        else:
+            logger.info("[train] no phone alignments in the evaluation split: pnmi/phone_purity not computed")
+        logger.info(f"[train] units: {centers.shape[0]} clusters on {p.features.backend} features ({self.timings['units_s']:.1f}s) "
+                 + (f"pnmi={metrics['pnmi']:.3f} phone_purity={metrics['phone_purity']:.3f}" if phones_ok else ""))
+
+    def pitch(self) -> None:
+        """F0 shards, speaker statistics, the pitch VQ-VAE, and its F0 reconstruction metrics."""
+        from .shards import FrameShards, LazySequence
+
+        p, items, keep, train_idx, test_idx, out, t0 = self.p, self.items, self.keep, self.train_idx, self.test_idx, self.out, time.time()
+        pitch_cfg = self.pitch_cfg
 
         def f0_frames(ws):  # (T, 2): F0 in Hz and voicing, one row per 5 ms frame
             return [np.stack([f, v], 1).astype(np.float32) for f, v in extract_f0_batch(ws, pitch_cfg.f0)]
 
-        f0_shards = FrameShards(os.path.join(work_dir, "f0"), len(all_items), SHARD_ITEMS)
-        f0_shards.build(_shard_compute(all_items, f0_frames), "F0")
+        f0_shards = FrameShards(os.path.join(self.work_dir, "f0"), len(self.all_items), SHARD_ITEMS)
+        f0_shards.build(_shard_compute(self.all_items, f0_frames), "F0")
 
         def track(i):  # (f0, vuv) float32 of utterance i of items, as the F0 backend returned them
             x = np.asarray(f0_shards[keep[i]])
@@ -461,77 +502,96 @@ def _train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, 
         # the same speakers in Meta's speaker_stats format (f0_mean in Hz), for Meta's pitch quantizer config
         save_meta_speaker_stats(os.path.join(out, "pitch", "speaker_stats.pt"),
                                 meta_speaker_stats((items[i].speaker or items[i].id, f0s[i][0]) for i in train_idx))
-        clock.start("pitch", p.vqvae_train.steps)
-        with clock.watch(logging.getLogger(train_vqvae.__module__)):
+        self.clock.start("pitch", p.vqvae_train.steps)
+        with self.clock.watch(logging.getLogger(train_vqvae.__module__)):
             model, vq_log = train_vqvae(LazySequence(len(train_idx), lambda k: ex[train_idx[k]]), p.vqvae, p.vqvae_train,
-                                        out_dir=os.path.join(out, "pitch"), device=device, lengths=[f0_shards.length(keep[i]) for i in train_idx])
-        pitch_tok = PitchTokenizer(model, stats, pitch_cfg)
-        metrics["pitch_train_last_log"] = vq_log[-1] if vq_log else None
-        codes = pitch_tok.encode_features([ex[i] for i in test_idx])
+                                        out_dir=os.path.join(out, "pitch"), device=self.device, lengths=[f0_shards.length(keep[i]) for i in train_idx])
+        self.pitch_tok = PitchTokenizer(model, stats, pitch_cfg)
+        self.metrics["pitch_train_last_log"] = vq_log[-1] if vq_log else None
+        self._pitch_metrics(ex, f0s, stats)
+        self.timings["pitch_s"] = time.time() - t0
+        m = self.metrics
+        logger.info(f"[train] pitch: f0_rmse_cents={m['f0_rmse_cents']:.1f} vuv_error={m['vuv_error']:.3f} "
+                 f"perplexity={m['codebook_perplexity']:.1f} usage={m['codebook_usage']:.2f} ({self.timings['pitch_s']:.1f}s)")
+
+    def _pitch_metrics(self, ex, f0s, stats) -> None:
+        """F0 RMSE (cents) and V/UV error of the VQ-VAE's reconstruction of the evaluated split, the
+        codebook's usage, and the speaker-mean baseline."""
+        items, test_idx, p = self.items, self.test_idx, self.p
+        codes = self.pitch_tok.encode_features([ex[i] for i in test_idx])
         cents, vuv_err = [], []
         for k, i in enumerate(test_idx):
-            rec = pitch_tok.reconstruct(codes[k])
+            rec = self.pitch_tok.reconstruct(codes[k])
             mean = stats.mean_for(items[i].speaker, f0s[i][0])
             f0_hat = np.exp(rec[0] * stats.global_std + mean)
             c, e = M.f0_errors(f0s[i][0], f0s[i][1], f0_hat, (rec[1] > 0.5).astype(np.float32))
             cents.append(c)
             vuv_err.append(e)
         cents_all = np.concatenate(cents)
-        metrics.update(f0_rmse_cents=float(np.sqrt(np.mean(cents_all**2))), vuv_error=float(np.concatenate(vuv_err).mean()),
-                       **codebook_stats(np.concatenate(codes), p.vqvae.codebook_size), pitch_codebook_size=p.vqvae.codebook_size,
-                       voiced_rate=float(np.mean(np.concatenate([f0s[i][1] for i in test_idx]))))
+        self.metrics.update(f0_rmse_cents=float(np.sqrt(np.mean(cents_all**2))), vuv_error=float(np.concatenate(vuv_err).mean()),
+                            **codebook_stats(np.concatenate(codes), p.vqvae.codebook_size), pitch_codebook_size=p.vqvae.codebook_size,
+                            voiced_rate=float(np.mean(np.concatenate([f0s[i][1] for i in test_idx]))))
         # reference: a constant F0 at the speaker mean
-        metrics["f0_rmse_cents_speaker_mean_baseline"] = float(np.sqrt(np.mean(np.concatenate([
+        self.metrics["f0_rmse_cents_speaker_mean_baseline"] = float(np.sqrt(np.mean(np.concatenate([
             (M.CENTS_PER_LOG * (np.log(f0s[i][0][f0s[i][0] > 0]) - stats.mean_for(items[i].speaker, f0s[i][0]))) ** 2 for i in test_idx]))))
-        timings["pitch_s"] = time.time() - t0
-        logger.info(f"[train] pitch: f0_rmse_cents={metrics['f0_rmse_cents']:.1f} vuv_error={metrics['vuv_error']:.3f} "
-            f"perplexity={metrics['codebook_perplexity']:.1f} usage={metrics['codebook_usage']:.2f} ({timings['pitch_s']:.1f}s)")
 
-        # ---- style --------------------------------------------------------------------------
-        t0 = time.time()
-        scfg = p.style
-        if scfg.backend == "cnn":
-            labels = [items[i].style for i in train_idx]
-            if any(lab is None for lab in labels):
-                raise ValueError(f"{manifest}: the cnn style encoder needs a 'style' label on every training utterance")
-            # the training log-mels go to shards of their own (train utterances only, keyed by
-            # the mel settings), then the CNN reads its crops from them through a DataLoader
-            mel_key = hashlib.sha1(json.dumps([scfg.n_mels, SAMPLE_RATE, [items[i].id for i in train_idx]]).encode()).hexdigest()[:12]
-            mel_shards = FrameShards(os.path.join(work_dir, f"style-mels-{mel_key}"), len(train_idx), SHARD_ITEMS)
-            mel_shards.build(_shard_compute([items[i] for i in train_idx], lambda ws: cnn_logmels(scfg, ws)), "style log-mels")
-            clock.start("style", p.style_train.steps)
-            with clock.watch(logging.getLogger(train_style_cnn.__module__)):
-                encoder, style_log = train_style_cnn(None, labels, scfg, p.style_train, mels=mel_shards)
-            metrics["style_encoder_train_accuracy"] = style_log[-1]["accuracy"]
-        else:
-            encoder = W2V2StyleEncoder.from_pretrained(scfg.checkpoint)
+    def style(self) -> None:
+        """The style encoder (the CNN trained on the style labels, or a wav2vec 2.0), k-means of its
+        pooled embeddings, and style purity."""
+        from .shards import FrameShards, LazySequence
+
+        items, keep, train_idx, test_idx, device, t0 = self.items, self.keep, self.train_idx, self.test_idx, self.device, time.time()
+        scfg = self.p.style
+        encoder = self._style_encoder() if scfg.backend == "cnn" else W2V2StyleEncoder.from_pretrained(scfg.checkpoint)
         encoder.to(device)
         # the pooled embeddings' shards belong to this encoder's weights (a resumed run that
         # trains the same CNN again, same seed, finds them)
         digest = hashlib.sha1()
         for name, t in sorted(encoder.state_dict().items()):
             digest.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
-        pooled_shards = FrameShards(os.path.join(work_dir, f"style-{digest.hexdigest()[:12]}"), len(all_items), SHARD_ITEMS)
-        pooled_shards.build(_shard_compute(all_items, lambda ws: pooled_embeddings(encoder, ws, scfg.window_frames)), "style embeddings")
+        pooled_shards = FrameShards(os.path.join(self.work_dir, f"style-{digest.hexdigest()[:12]}"), len(self.all_items), SHARD_ITEMS)
+        pooled_shards.build(_shard_compute(self.all_items, lambda ws: pooled_embeddings(encoder, ws, scfg.window_frames)), "style embeddings")
         pooled = LazySequence(len(items), lambda i: np.array(pooled_shards[keep[i]], dtype=np.float32))
-        sk = p.style_kmeans
-        style_centers = _fit_kmeans(pooled_shards, [keep[i] for i in train_idx], sk, work_dir, "style")
-        style_tok = StyleTokenizer(encoder, scfg, style_centers)
+        style_centers = _fit_kmeans(pooled_shards, [keep[i] for i in train_idx], self.p.style_kmeans, self.work_dir, "style")
+        self.style_tok = style_tok = StyleTokenizer(encoder, scfg, style_centers)
         style_codes = {i: style_tok.quantizer(torch.from_numpy(pooled[i]).to(device)).cpu().numpy() for i in test_idx}
         if all(items[i].style is not None for i in test_idx):
             labs = [items[i].style for i in test_idx for _ in style_codes[i]]
             toks = [int(c) for i in test_idx for c in style_codes[i]]
-            metrics.update(style_purity=M.purity(labs, toks), style_majority_rate=M.majority_rate(labs),
-                           style_pnmi=M.pnmi(labs, toks), num_style_tokens=int(style_centers.shape[0]))
-        timings["style_s"] = time.time() - t0
-        logger.info(f"[train] style: purity={metrics.get('style_purity', float('nan')):.3f} ({timings['style_s']:.1f}s)")
+            self.metrics.update(style_purity=M.purity(labs, toks), style_majority_rate=M.majority_rate(labs),
+                                style_pnmi=M.pnmi(labs, toks), num_style_tokens=int(style_centers.shape[0]))
+        self.timings["style_s"] = time.time() - t0
+        logger.info(f"[train] style: purity={self.metrics.get('style_purity', float('nan')):.3f} ({self.timings['style_s']:.1f}s)")
 
-    tok = SpeechTokenizer(units, pitch_tok, style_tok)
-    tok.save(out)
-    timings["total_s"] = time.time() - t_start
-    metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
-    metrics["config"] = json.loads(json.dumps(asdict(p), default=str))
-    metrics["numerics"] = environment()  # what same-seed reproducibility depends on (spiritlm.numerics)
-    with atomic_file(os.path.join(out, "metrics.json")) as f:
-        json.dump(metrics, f, indent=1)
-    return metrics
+    def _style_encoder(self):
+        """The CNN style encoder trained on the training utterances' style labels (log-mels in shards of their own)."""
+        from .shards import FrameShards
+
+        items, train_idx, scfg = self.items, self.train_idx, self.p.style
+        labels = [items[i].style for i in train_idx]
+        if any(lab is None for lab in labels):
+            raise ValueError(f"{self.manifest}: the cnn style encoder needs a 'style' label on every training utterance")
+        # the training log-mels go to shards of their own (train utterances only, keyed by
+        # the mel settings), then the CNN reads its crops from them through a DataLoader
+        mel_key = hashlib.sha1(json.dumps([scfg.n_mels, SAMPLE_RATE, [items[i].id for i in train_idx]]).encode()).hexdigest()[:12]
+        mel_shards = FrameShards(os.path.join(self.work_dir, f"style-mels-{mel_key}"), len(train_idx), SHARD_ITEMS)
+        mel_shards.build(_shard_compute([items[i] for i in train_idx], lambda ws: cnn_logmels(scfg, ws)), "style log-mels")
+        self.clock.start("style", self.p.style_train.steps)
+        with self.clock.watch(logging.getLogger(train_style_cnn.__module__)):
+            encoder, style_log = train_style_cnn(None, labels, scfg, self.p.style_train, mels=mel_shards)
+        self.metrics["style_encoder_train_accuracy"] = style_log[-1]["accuracy"]
+        return encoder
+
+    def finish(self) -> dict:
+        """The tokenizer folder and ``metrics.json`` (with the timings, the preset and the numerics)."""
+        from ..numerics import environment
+
+        SpeechTokenizer(self.unit_tok, self.pitch_tok, self.style_tok).save(self.out)
+        metrics, timings = self.metrics, self.timings
+        timings["total_s"] = time.time() - self.t_start
+        metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
+        metrics["config"] = json.loads(json.dumps(asdict(self.p), default=str))
+        metrics["numerics"] = environment()  # what same-seed reproducibility depends on (spiritlm.numerics)
+        with atomic_file(os.path.join(self.out, "metrics.json")) as f:
+            json.dump(metrics, f, indent=1)
+        return metrics

@@ -18,7 +18,6 @@ by halving ``T`` (floor) four times, e.g. 1828 frames -> 114 codes; decoder outp
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -30,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from spiritlm.trainer import Recipe, Schedule
+
+# progress lines: the training recipe's (spiritlm.trainer.Recipe.log), under this module's logger name
 
 
 @dataclass
@@ -360,7 +361,7 @@ def train_vqvae(
     device: str = "cpu",
     lengths: Sequence[int] | None = None,
 ) -> tuple[PitchVQVAE, list[dict]]:
-    """Trains a pitch VQ-VAE on normalised examples ``(2, T_i)``.
+    """Trains a pitch VQ-VAE on normalised examples ``(2, T_i)`` (:class:`VQVAERecipe`).
 
     Batches come from a ``torch.utils.data.DataLoader`` over :class:`CropDataset` with
     :class:`CropBatchSampler` (``tcfg.num_workers`` processes; the crops, hence the model, are
@@ -370,42 +371,73 @@ def train_vqvae(
     Writes ``out_dir/checkpoints/step_<N>/`` (safetensors) every ``checkpoint_every`` steps and
     ``out_dir/train_log.jsonl``; returns the model (eval mode, on CPU) and the log records.
     """
-    torch.manual_seed(tcfg.seed)
-    if tcfg.crop_frames % cfg.downsample:
-        raise ValueError("crop_frames must be a multiple of downsample")
-    if lengths is None:
-        lengths = [np.asarray(x).shape[1] for x in examples]
-    loader = torch.utils.data.DataLoader(
-        CropDataset(examples, tcfg.crop_frames), batch_sampler=CropBatchSampler(lengths, tcfg.crop_frames, tcfg.batch_size, tcfg.steps, tcfg.seed),
-        num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(tcfg.seed))  # its own generator: the global torch RNG is the model's
-    model = PitchVQVAE(cfg).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(tcfg.steps, 1), eta_min=tcfg.lr * 0.05)
-    records: list[dict] = []
-    logf = open(os.path.join(out_dir, "train_log.jsonl"), "w") if out_dir else None
-    t0 = time.time()
-    window_codes: list[np.ndarray] = []
-    agg: dict[str, float] = {}
-    for step, (x, m) in enumerate(loader, 1):
-        loss, parts, codes = model.loss(x.to(device), m.to(device))
-        opt.zero_grad(set_to_none=True)
+    recipe = VQVAERecipe(examples, cfg, tcfg, out_dir, device, lengths)
+    recipe.run()
+    return recipe.model.cpu().eval(), recipe.records
+
+
+class VQVAERecipe(Recipe):
+    """The pitch VQ-VAE's training on the trainer skeleton (:class:`spiritlm.trainer.Recipe`):
+    Adam with a cosine decay to 5 %; a record (mean losses, codebook usage and perplexity of the
+    window's codes) every ``log_every`` steps and at the last; a weights snapshot every
+    ``checkpoint_every`` steps (no resume: the tokenizer's shards make a rerun cheap)."""
+
+    name = "pitch vq-vae"
+    progress = False  # the tokenizer's log lines carry the time left (tokenizers/train.py's stage clock)
+
+    def __init__(self, examples, cfg: VQVAEConfig, tcfg: VQVAETrainConfig, out_dir=None, device: str = "cpu",
+                 lengths: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.examples, self.cfg, self.tcfg, self.out_dir, self.device, self.lengths = examples, cfg, tcfg, out_dir, device, lengths
+
+    def setup(self) -> None:
+        cfg, tcfg = self.cfg, self.tcfg
+        torch.manual_seed(tcfg.seed)
+        if tcfg.crop_frames % cfg.downsample:
+            raise ValueError("crop_frames must be a multiple of downsample")
+        lengths = self.lengths if self.lengths is not None else [np.asarray(x).shape[1] for x in self.examples]
+        self.loader = torch.utils.data.DataLoader(
+            CropDataset(self.examples, tcfg.crop_frames), batch_sampler=CropBatchSampler(lengths, tcfg.crop_frames, tcfg.batch_size, tcfg.steps, tcfg.seed),
+            num_workers=tcfg.num_workers, generator=torch.Generator().manual_seed(tcfg.seed))  # its own generator: the global torch RNG is the model's
+        self.model = PitchVQVAE(cfg).to(self.device).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(tcfg.steps, 1), eta_min=tcfg.lr * 0.05)
+        self.records: list[dict] = []
+        self.logf = open(os.path.join(self.out_dir, "train_log.jsonl"), "w") if self.out_dir else None
+        self.schedule = Schedule(max_steps=tcfg.steps, end=tcfg.steps, log_every=tcfg.log_every,
+                                 save_every=tcfg.checkpoint_every if self.out_dir else 0, save_at_end=False)
+
+    def on_train_start(self) -> None:
+        self.t0, self.batches = time.time(), iter(self.loader)
+        self.window_codes: list[np.ndarray] = []
+        self.agg: dict[str, float] = {}
+
+    def train_step(self) -> None:
+        x, m = next(self.batches)
+        loss, parts, codes = self.model.loss(x.to(self.device), m.to(self.device))
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        sched.step()
-        window_codes.append(codes.detach().cpu().numpy().reshape(-1))
+        self.opt.step()
+        self.sched.step()
+        self.window_codes.append(codes.detach().cpu().numpy().reshape(-1))
         for k, v in parts.items():
-            agg[k] = agg.get(k, 0.0) + float(v)
-        if step % tcfg.log_every == 0 or step == tcfg.steps:
-            n = tcfg.log_every if step % tcfg.log_every == 0 else step % tcfg.log_every
-            rec = {"step": step, **{k: v / n for k, v in agg.items()}, **codebook_stats(np.concatenate(window_codes), cfg.codebook_size), "elapsed_s": round(time.time() - t0, 2)}
-            records.append(rec)
-            if logf:
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-            logger.info(f"[pitch vq-vae] step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items() if k != "step"))
-            window_codes, agg = [], {}
-        if out_dir and tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
-            save_vqvae(model, os.path.join(out_dir, "checkpoints", f"step_{step}"))
-    if logf:
-        logf.close()
-    return model.cpu().eval(), records
+            self.agg[k] = self.agg.get(k, 0.0) + float(v)
+
+    def log_train(self) -> None:
+        step, every = self.step, self.tcfg.log_every
+        n = every if step % every == 0 else step % every
+        rec = {"step": step, **{k: v / n for k, v in self.agg.items()}, **codebook_stats(np.concatenate(self.window_codes), self.cfg.codebook_size),
+               "elapsed_s": round(time.time() - self.t0, 2)}
+        self.records.append(rec)
+        if self.logf:
+            self.logf.write(json.dumps(rec) + "\n")
+            self.logf.flush()
+        self.log(f"step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items() if k != "step"))
+        self.window_codes, self.agg = [], {}
+
+    def save_checkpoint(self) -> None:
+        save_vqvae(self.model, os.path.join(self.out_dir, "checkpoints", f"step_{self.step}"))
+
+    def cleanup(self) -> None:
+        if self.logf:
+            self.logf.close()
