@@ -119,6 +119,7 @@ def run_ic(
     best, table = choose_by_likelihood(lm, prompts, cands, batch_size=batch_size, progress=progress)
     thr.add(lm.last_stats)
     gen_pred: list[str | None] = [None] * len(prompts)
+    gen_text: list[str] | None = None
     if generation:
         stop = text_stop_ids(tok)
         outs = lm.generate_batch_ids(prompts, allowed=allowed_with(lm, "text", stop), max_new_tokens=reserve + 2, do_sample=False,
@@ -128,21 +129,7 @@ def run_ic(
         gen_text = [clean_answer(tok, ids, stop) for ids in outs]
         gen_pred = [by_name.get(normalize_text(t)) for t in gen_text]
 
-    index = {lab: i for i, lab in enumerate(labels)}
-    confusion = np.zeros((len(labels), len(labels)), dtype=int)
-    correct, correct_gen, predictions = [], [], []
-    for r, ((item, shot_ids), b, row) in enumerate(zip(records, best, table)):
-        pred = labels[b]
-        confusion[index[item["intent"]], b] += 1
-        correct.append(float(pred == item["intent"]))
-        correct_gen.append(float(gen_pred[r] == item["intent"]))
-        p = {"id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompts[r]),
-             "reference": item["intent"], "output": pred,
-             "score": {lab: round(float(s), 4) for lab, s in zip(labels, row)}}
-        if generation:
-            p["output_generation"] = gen_text[r]
-            p["prediction_generation"] = gen_pred[r]
-        predictions.append(p)
+    predictions, correct, correct_gen, confusion = _ic_predictions(records, best, table, labels, prompts, seed, gen_text, gen_pred)
     n = len(predictions)
     majority_label, _ = Counter(p["intent"] for p in pool_items).most_common(1)[0]
     majority = [float(item["intent"] == majority_label) for item, _ in records]
@@ -186,3 +173,22 @@ def _ic_prompts(tok, targets, pool_items, pool_speech, skipped: list[dict], *, s
         records.append((item, [str(s["id"]) for s in chosen[:k]]))
     return prompts, records
 
+
+def _ic_predictions(records, best, table, labels, prompts, seed, gen_text, gen_pred):
+    """Prediction rows, per-item correctness (likelihood, generation) and the confusion matrix (reference x prediction)."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    confusion = np.zeros((len(labels), len(labels)), dtype=int)
+    correct, correct_gen, predictions = [], [], []
+    for r, ((item, shot_ids), b, row) in enumerate(zip(records, best, table)):
+        pred = labels[b]
+        confusion[index[item["intent"]], b] += 1
+        correct.append(float(pred == item["intent"]))
+        correct_gen.append(float(gen_pred[r] == item["intent"]))
+        p = {"id": str(item["id"]), "shot_ids": shot_ids, "seed": seed, "prompt_tokens": len(prompts[r]),
+             "reference": item["intent"], "output": pred,
+             "score": {lab: round(float(s), 4) for lab, s in zip(labels, row)}}
+        if gen_text is not None:
+            p["output_generation"] = gen_text[r]
+            p["prediction_generation"] = gen_pred[r]
+        predictions.append(p)
+    return predictions, correct, correct_gen, confusion

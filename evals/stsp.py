@@ -757,6 +757,50 @@ def _write_meta_layout(out_dir: str | os.PathLike, rows: Sequence[dict], meta_re
                 metrics.setdefault("meta_score", {})[d] = {k: sc[k] for k in ("meta", "strict", "meta_refuses")}
 
 
+def _run_direction(d: str, items: Sequence[StspItem], model: Any, cfg: StspConfig, proto: StspProtocol, shot_pool: Any,
+                   text_judge: Any, speech_judge: Any, speaker: Any, progress: bool, throughput: Any, notes: dict) -> list[dict]:
+    """The prediction rows of one direction (none when it is skipped: the reason goes to ``notes``)."""
+    lm = model.lm
+    rows: list[dict] = []
+    src, tgt = MODALITY[d[0]], MODALITY[d[2]]
+    todo = [it for it in items if (it.text if src == "text" else it.speech)]
+    shots = _missing_for(d, model, text_judge, speech_judge) or (f"no {src} prompts" if not todo else None) \
+        or _direction_shots(d, todo, shot_pool, cfg, proto)
+    if isinstance(shots, str):
+        notes["skipped_directions"][d] = shots
+        return []
+    budget = proto.max_new_tokens_text if tgt == "text" else proto.max_new_tokens_speech
+    prompts, todo, notes["skipped_too_long"][d] = _direction_prompts(lm, d, todo, shots, proto, budget)
+    if not notes["skipped_too_long"][d]:
+        del notes["skipped_too_long"][d]
+    if not todo:
+        notes["skipped_directions"][d] = f"every prompt is longer than the model's context ({lm.config.max_seq_len} tokens)"
+        return []
+    allowed, stops = _stop_and_allowed(lm, tgt, proto)
+    outs = lm.generate_batch_ids(
+        prompts, allowed=allowed, max_new_tokens=budget, do_sample=proto.do_sample, temperature=proto.temperature,
+        top_p=proto.top_p, top_k=proto.top_k, seed=cfg.seed, min_new_tokens=proto.min_new_tokens, batch_size=cfg.batch_size,
+        stop_ids=stops, progress=progress,
+    )
+    throughput.add(getattr(lm, "last_stats", None))
+    outputs = _continuations(lm.tokenizer, outs, stops, tgt, proto)
+    judged, errors, filled = _judge_outputs(outputs, tgt, proto, text_judge, speech_judge, model.vocoder, speaker)
+    if filled:
+        notes["vocoder_filled"][d] = filled
+    if judged is None:
+        notes["skipped_directions"][d] = f"the vocoder refused every output: {errors[0]}"
+        return []
+    if errors:
+        notes["vocoder_errors"][d] = {"count": len(errors), "first": errors[0]}
+    for i, (it, out, j) in enumerate(zip(todo, outputs, judged)):
+        rows.append({
+            "id": it.id, "direction": d, "label": it.label, "shot_ids": [s.id for s in shots[it.id]],
+            "seed": cfg.seed + i if proto.do_sample else None, "output": out, "judged": j,
+            "score": float(j == it.label), "n_tokens": len(outs[i]),
+        })
+    return rows
+
+
 def run_stsp(
     model: Any,
     items: Sequence[StspItem],
@@ -797,7 +841,6 @@ def run_stsp(
     bad = [d for d in cfg.directions if d not in DIRECTIONS]
     if bad:
         raise UserError(f"unknown STSP directions {bad} (choose from {', '.join(DIRECTIONS)}) (--directions)")
-    lm = model.lm
     items = _take_balanced(list(items), cfg.max_items)
     if not items:
         raise UserError("no STSP prompt with a sentiment label (--manifest)")
@@ -806,54 +849,15 @@ def run_stsp(
     speaker, speaker_note = resolve_speaker(model.vocoder, proto.speaker)
     if speaker_note and any(d.endswith("s") for d in cfg.directions):
         logger.info(f"[eval stsp] note: {speaker_note}")
-    skipped: dict[str, str] = {}
-    vocoder_errors: dict[str, dict] = {}
-    vocoder_filled: dict[str, int] = {}  # speech outputs without pitch/style tokens, voiced with the vocoder's defaults
-    too_long: dict[str, int] = {}
+    notes: dict[str, dict] = {"skipped_directions": {}, "vocoder_errors": {}, "vocoder_filled": {}, "skipped_too_long": {}}
+    skipped = notes["skipped_directions"]
     rows: list[dict] = []
     throughput = Throughput()
     t_start = time.time()
     for d in cfg.directions:
-        src, tgt = MODALITY[d[0]], MODALITY[d[2]]
-        todo = [it for it in items if (it.text if src == "text" else it.speech)]
-        shots = _missing_for(d, model, text_judge, speech_judge) or (f"no {src} prompts" if not todo else None) \
-            or _direction_shots(d, todo, shot_pool, cfg, proto)
-        if isinstance(shots, str):
-            skipped[d] = shots
-            continue
-        budget = proto.max_new_tokens_text if tgt == "text" else proto.max_new_tokens_speech
-        prompts, todo, too_long[d] = _direction_prompts(lm, d, todo, shots, proto, budget)
-        if not too_long[d]:
-            del too_long[d]
-        if not todo:
-            skipped[d] = f"every prompt is longer than the model's context ({lm.config.max_seq_len} tokens)"
-            continue
-        allowed, stops = _stop_and_allowed(lm, tgt, proto)
-        outs = lm.generate_batch_ids(
-            prompts, allowed=allowed, max_new_tokens=budget, do_sample=proto.do_sample, temperature=proto.temperature,
-            top_p=proto.top_p, top_k=proto.top_k, seed=cfg.seed, min_new_tokens=proto.min_new_tokens, batch_size=cfg.batch_size,
-            stop_ids=stops, progress=progress,
-        )
-        throughput.add(getattr(lm, "last_stats", None))
-        outputs = _continuations(lm.tokenizer, outs, stops, tgt, proto)
-        judged, errors, filled = _judge_outputs(outputs, tgt, proto, text_judge, speech_judge, model.vocoder, speaker)
-        if filled:
-            vocoder_filled[d] = filled
-        if judged is None:
-            skipped[d] = f"the vocoder refused every output: {errors[0]}"
-            continue
-        if errors:
-            vocoder_errors[d] = {"count": len(errors), "first": errors[0]}
-        for i, (it, out, j) in enumerate(zip(todo, outputs, judged)):
-            rows.append({
-                "id": it.id, "direction": d, "label": it.label, "shot_ids": [s.id for s in shots[it.id]],
-                "seed": cfg.seed + i if proto.do_sample else None, "output": out, "judged": j,
-                "score": float(j == it.label), "n_tokens": len(outs[i]),
-            })
+        rows += _run_direction(d, items, model, cfg, proto, shot_pool, text_judge, speech_judge, speaker, progress, throughput, notes)
     if not rows:
         raise UserError(f"STSP ran no direction: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
-    notes = {"skipped_directions": skipped, "vocoder_errors": vocoder_errors, "vocoder_filled": vocoder_filled,
-             "skipped_too_long": too_long}
     metrics = _run_metrics(rows, items, cfg, proto, notes, seed=cfg.seed)
     metrics["judge_ceilings"] = judge_ceilings(items, text_judge, speech_judge, model.vocoder, speaker, proto.one_clip_at_a_time)
     if judges_metrics:

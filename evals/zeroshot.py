@@ -289,6 +289,62 @@ def _score_groups(cands: Sequence[Candidate], scores: Sequence[float]) -> list[d
     return out
 
 
+def _synthetic_sets(sets_dir: Path, manifest: str | os.PathLike, split: str, seed: int, n: int) -> Path:
+    """The synthetic sets of these parameters in ``sets_dir``, made unless a previous run made them."""
+    params = {"manifest": str(manifest), "split": split, "seed": seed, "num_pairs": n, "num_voices": 4}
+    marker = sets_dir / "synthetic.json"
+    if not (marker.is_file() and json.loads(marker.read_text()) == params):
+        sets_dir.parent.mkdir(parents=True, exist_ok=True)
+        make_synthetic_sets(sets_dir, manifest, split=split, seed=seed, num_pairs=n)
+    return sets_dir
+
+
+def _score_set(model: EvalModel, task: str, modality: str, cands: Sequence[Candidate], *, seed: int, batch_size: int,
+               progress: bool, thr: Throughput) -> tuple[dict, list[dict]] | str:
+    """``(metric record, prediction rows)`` of one task and modality, or why it was skipped.
+
+    A candidate is scored after ``<s>[Speech]`` or ``<s>[Text]``; a group with a candidate longer
+    than the context is left out (``skipped_too_long``).
+    """
+    lm = model.lm
+    tok = lm.tokenizer
+    name = f"{task}_{modality}"
+    if modality == "spoken":
+        strings, problem = _speech_strings(cands, model)
+        if problem:
+            return f"skipped: {problem}"
+        prompt = [tok.bos_id, tok.speech_marker_id]
+        conts = [tok.encode(strings[c.audio]) for c in cands]  # type: ignore[index]
+    else:
+        prompt = [tok.bos_id, tok.text_marker_id]
+        conts = [tok.encode(c.text) for c in cands]  # type: ignore[arg-type]
+    room = lm.config.max_seq_len - len(prompt)
+    too_long = {c.group for c, x in zip(cands, conts) if len(x) > room}
+    keep_idx = [i for i, c in enumerate(cands) if c.group not in too_long]
+    cands = [cands[i] for i in keep_idx]
+    conts = [conts[i] for i in keep_idx]
+    if not cands:
+        return "skipped: every item is longer than max_seq_len"
+    scores = lm.score_continuations([prompt] * len(conts), conts, batch_size=batch_size, progress=progress)
+    thr.add(lm.last_stats)
+    results = _score_groups(cands, [s.sum_logprob for s in scores])
+    credit = [r["credit"] for r in results]
+    chance = float(np.mean([r["chance"] for r in results]))
+    by_sub: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        if r["subtype"] is not None and task == "syntactic":
+            by_sub[r["subtype"]].append(r["credit"])
+    extra = {"by_subtype": {k: round(float(np.mean(v)), 6) for k, v in sorted(by_sub.items())}} if by_sub else {}
+    if too_long:
+        extra["skipped_too_long"] = len(too_long)
+    rows = [{
+        "id": f"{name}/{r['group']}", "task": task, "modality": modality, "shot_ids": [], "seed": seed,
+        "reference": r["reference"], "output": r["output"], "correct": r["credit"],
+        "score": {c.key: round(float(s), 4) for c, s in r["members"]},
+    } for r in results]
+    return metric(float(np.mean(credit)), bootstrap_ci(credit, seed=seed), chance, len(results), **extra), rows
+
+
 def run_zeroshot(
     model: EvalModel,
     out_dir: str | os.PathLike,
@@ -327,17 +383,8 @@ def run_zeroshot(
     if sets is None:
         if manifest is None:
             raise UserError("zeroshot needs --sets DIR (public layouts) or --manifest M (to generate sets)")
-        n = num_pairs or max_items or 100
-        sets_dir = out_dir / "sets"
-        params = {"manifest": str(manifest), "split": split, "seed": seed, "num_pairs": n, "num_voices": 4}
-        marker = sets_dir / "synthetic.json"
-        if not (marker.is_file() and json.loads(marker.read_text()) == params):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            make_synthetic_sets(sets_dir, manifest, split=split, seed=seed, num_pairs=n)
-        sets = sets_dir
+        sets = _synthetic_sets(out_dir / "sets", manifest, split, seed, num_pairs or max_items or 100)
     by_task = read_sets(sets, tasks)
-    lm = model.lm
-    tok = lm.tokenizer
     metrics: dict = {}
     predictions: list[dict] = []
     notes: dict[str, str] = {}
@@ -353,44 +400,12 @@ def run_zeroshot(
                 keep = set(random.Random(f"{seed}:{task}:{modality}").sample(groups, max_items))
                 cands = [c for c in cands if c.group in keep]
             name = f"{task}_{modality}"
-            if modality == "spoken":
-                strings, problem = _speech_strings(cands, model)
-                if problem:
-                    notes[name] = f"skipped: {problem}"
-                    continue
-                prompt = [tok.bos_id, tok.speech_marker_id]
-                conts = [tok.encode(strings[c.audio]) for c in cands]  # type: ignore[index]
-            else:
-                prompt = [tok.bos_id, tok.text_marker_id]
-                conts = [tok.encode(c.text) for c in cands]  # type: ignore[arg-type]
-            room = lm.config.max_seq_len - len(prompt)
-            fits = [len(x) <= room for x in conts]
-            too_long = {c.group for c, ok in zip(cands, fits) if not ok}
-            keep_idx = [i for i, c in enumerate(cands) if c.group not in too_long]
-            cands = [cands[i] for i in keep_idx]
-            conts = [conts[i] for i in keep_idx]
-            if not cands:
-                notes[name] = "skipped: every item is longer than max_seq_len"
+            scored = _score_set(model, task, modality, cands, seed=seed, batch_size=batch_size, progress=progress, thr=thr)
+            if isinstance(scored, str):
+                notes[name] = scored
                 continue
-            scores = lm.score_continuations([prompt] * len(conts), conts, batch_size=batch_size, progress=progress)
-            thr.add(lm.last_stats)
-            results = _score_groups(cands, [s.sum_logprob for s in scores])
-            credit = [r["credit"] for r in results]
-            chance = float(np.mean([r["chance"] for r in results]))
-            by_sub: dict[str, list[float]] = defaultdict(list)
-            for r in results:
-                if r["subtype"] is not None and task == "syntactic":
-                    by_sub[r["subtype"]].append(r["credit"])
-            extra = {"by_subtype": {k: round(float(np.mean(v)), 6) for k, v in sorted(by_sub.items())}} if by_sub else {}
-            if too_long:
-                extra["skipped_too_long"] = len(too_long)
-            metrics[name] = metric(float(np.mean(credit)), bootstrap_ci(credit, seed=seed), chance, len(results), **extra)
-            for r in results:
-                predictions.append({
-                    "id": f"{name}/{r['group']}", "task": task, "modality": modality, "shot_ids": [], "seed": seed,
-                    "reference": r["reference"], "output": r["output"], "correct": r["credit"],
-                    "score": {c.key: round(float(s), 4) for c, s in r["members"]},
-                })
+            metrics[name], rows = scored
+            predictions += rows
     if not any(isinstance(v, dict) and "value" in v for v in metrics.values()):
         raise UserError(f"{sets}: nothing could be scored ({'; '.join(f'{k}: {v}' for k, v in notes.items()) or 'no items'})")
     metrics["notes"] = notes

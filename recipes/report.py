@@ -628,9 +628,28 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
     out = layout.report
     out.mkdir(parents=True, exist_ok=True)
     audio_dir = out / "audio"
-    root = layout.root
     md: list[str] = ["# Spirit LM demo report", ""]
+    md += _summary_section(layout)
+    md += _metrics_section(layout, out)
+    md += _loss_section(layout, out)
+    utterance, picked, resynth_ids = _utterance_section(layout, out)
+    md += utterance
+    md += _resynthesis_section(layout, out, audio_dir, picked, resynth_ids)
+    md += ["## Generations", ""]
+    md += _generation_section(layout, audio_dir)
+    md.append("")
+    md += _serve_section(layout)
+    text = "\n".join(md) + "\n"
+    report = out / "report.md"
+    with atomic_file(report) as f:
+        f.write(text)
+    return report
 
+
+def _summary_section(layout: DemoLayout) -> list[str]:
+    """The demo folder, its preset and the seconds per stage."""
+    root = layout.root
+    md: list[str] = []
     summary = _read_json(layout.summary)
     md.append(f"Demo folder: `{root.resolve()}`.")
     if isinstance(summary, dict):
@@ -644,7 +663,12 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
             md += [f"| {k} | {v} | {cpu.get(k, '—') if cpu.get(k) is not None else '—'} |" for k, v in stage_s.items()]
     md.append("")
 
-    # --- metrics -----------------------------------------------------------------------------
+    return md
+
+
+def _metrics_section(layout: DemoLayout, out: Path) -> list[str]:
+    """The metrics table against chance, what is missing, the STSP protocols and the plot."""
+    md: list[str] = []
     rows, notes = _collect_rows(layout)
     md += ["## Metrics", "",
            "Every metric with its 95% bootstrap interval and chance level where the evaluation gives them; "
@@ -663,7 +687,13 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
         md += ["", f"![metrics vs chance]({png.name})"]
     md.append("")
 
-    # --- loss curves -------------------------------------------------------------------------
+    return md
+
+
+def _loss_section(layout: DemoLayout, out: Path) -> list[str]:
+    """The LM's loss curves per subset."""
+    root = layout.root
+    md: list[str] = []
     md += ["## LM loss curves", ""]
     runs = {"text-only pretraining": read_loss_history(layout.lm_text),
             "continued pretraining (interleaved)": read_loss_history(layout.lm_mix)}
@@ -678,7 +708,13 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
             md += ["", f"*No metrics for: {', '.join(absent)}.*"]
     md.append("")
 
-    # --- one utterance and its tokens --------------------------------------------------------
+    return md
+
+
+def _utterance_section(layout: DemoLayout, out: Path) -> tuple[list[str], tuple[dict, dict] | None, list[str]]:
+    """One test utterance and its tokens; returns ``(lines, the utterance picked, resynthesized ids)``."""
+    root = layout.root
+    md: list[str] = []
     md += ["## One utterance and its tokens", ""]
     resynth_ids = sorted(p.stem for p in layout.resynth.glob("*.wav")) if layout.resynth.is_dir() else []
     picked = _pick_utterance(layout, prefer=resynth_ids)
@@ -697,7 +733,14 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
                "", f"![utterance tokens]({png.name})"]
     md.append("")
 
-    # --- resynthesis -------------------------------------------------------------------------
+    return md, picked, resynth_ids
+
+
+def _resynthesis_section(layout: DemoLayout, out: Path, audio_dir: Path, picked: tuple[dict, dict] | None,
+                         resynth_ids: list[str]) -> list[str]:
+    """The vocoder's resynthesis: F0 of the picked utterance, original vs resynthesized WAVs, vocoder eval plots."""
+    root = layout.root
+    md: list[str] = []
     md += ["## Resynthesis (vocoder)", ""]
     pairs = []
     if picked is not None and resynth_ids:
@@ -729,12 +772,12 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
         md += ["", f"From `spiritlm vocoder eval`: ![{png_src.stem}]({dst.name})"]
     md.append("")
 
-    # --- generations -------------------------------------------------------------------------
-    md += ["## Generations", ""]
-    md += _generation_section(layout, audio_dir)
-    md.append("")
+    return md
 
-    # --- talk to it ----------------------------------------------------------------------------
+
+def _serve_section(layout: DemoLayout) -> list[str]:
+    """The command that serves the demo's models."""
+    md: list[str] = []
     md += ["## Talk to the model", "",
            "A local web page (record, upload or type a prompt; hear the answer while it is generated) and API, "
            "on this machine only (`spiritlm serve --help`):", "", "```", serve_command(layout), "```", ""]
@@ -742,11 +785,7 @@ def build_report(demo_dir: str | os.PathLike) -> Path:
         md += [f"*The interleaved LM `{layout.lm_mix}` is not trained yet: the command works once the demo's "
                f"`lm-interleaved` stage has run.*", ""]
 
-    text = "\n".join(md) + "\n"
-    report = out / "report.md"
-    with atomic_file(report) as f:
-        f.write(text)
-    return report
+    return md
 
 
 def serve_command(layout: DemoLayout, port: int = 8000) -> str:

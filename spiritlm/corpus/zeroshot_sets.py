@@ -144,6 +144,80 @@ def _render(jobs: list[tuple[str, list[list[str]], object]], folder: Path, seed:
             sf.write(folder / f"{stem}.wav", pcm, sr_out, subtype="PCM_16", format="WAV")
 
 
+def _lexical_pairs(rng: random.Random, split_words: Sequence[str], vocab: set[str], freq: Counter, voices: list,
+                   num_pairs: int) -> tuple[list, list[dict]]:
+    """Render jobs and ``gold.csv`` rows of word / pseudo-word pairs (:func:`perturb_word`)."""
+    jobs, rows = [], []
+    words = rng.sample(list(split_words), min(num_pairs, len(split_words)))
+    for i, word in enumerate(words):
+        fake = perturb_word(word, rng, vocab)
+        if fake is None:
+            continue
+        vname, voice = voices[i % len(voices)]
+        for form, correct in ((word, 1), (fake, 0)):
+            stem = f"lex{i:05d}_{'w' if correct else 'n'}"
+            jobs.append((stem, [[form]], voice))
+            rows.append({"id": i, "filename": stem, "voice": vname, "frequency": freq.get(word, 0), "word": form,
+                         "correct": correct})
+    return jobs, rows
+
+
+def _syntactic_pairs(rng: random.Random, voices: list, num_pairs: int) -> tuple[list, list[dict]]:
+    """Render jobs and ``gold.csv`` rows of narrative-grammar sentences and their ungrammatical twins."""
+    from spiritlm.corpus import text_sources as T
+
+    verbs = _verb_forms()
+    jobs, rows, i, draws = [], [], 0, 0
+    while i < num_pairs and draws < num_pairs * 20:
+        draws += 1
+        sent = list(T.narrative_item(rng, max_sentences=1).sentences[0][0])
+        made = violate_sentence(sent, rng, verbs)
+        if made is None:
+            continue
+        bad, subtype = made
+        vname, voice = voices[i % len(voices)]
+        for form, correct in ((sent, 1), (bad, 0)):
+            stem = f"syn{i:05d}_{'g' if correct else 'u'}"
+            jobs.append((stem, [form], voice))
+            rows.append({"id": i, "filename": stem, "type": "agreement" if subtype.startswith("agreement") else "word_order", "subtype": subtype,
+                         "correct": correct, "voice": vname, "text": " ".join(form)})
+        i += 1
+    return jobs, rows
+
+
+def _story_pairs(rng: random.Random, voices: list, num_pairs: int) -> tuple[list, list[dict]]:
+    """Render jobs and StoryCloze rows: a review sentence ended in its own sentiment or the opposite one."""
+    from spiritlm.corpus import text_sources as T
+
+    endings: dict[str, set[tuple[str, ...]]] = {"positive": set(), "negative": set()}
+    contexts: list[tuple[str, tuple[str, ...]]] = []
+    draws = 0
+    while (len(contexts) < num_pairs or not all(endings.values())) and draws < num_pairs * 200:
+        draws += 1
+        label = rng.choice(("positive", "negative"))
+        item = T.sentiment_item(rng, label)
+        if len(item.sentences) == 2:
+            endings[label].add(item.sentences[1][0])
+        elif len(contexts) < num_pairs:
+            contexts.append((label, item.sentences[0][0]))
+    written, jobs = [], []
+    if all(endings.values()):
+        ends = {k: sorted(v) for k, v in endings.items()}
+        for i, (label, ctx) in enumerate(contexts):
+            other = "negative" if label == "positive" else "positive"
+            good, bad = rng.choice(ends[label]), rng.choice(ends[other])
+            vname, voice = voices[i % len(voices)]
+            jobs.append((f"sc{i:05d}_correct", [list(ctx), list(good)], voice))
+            jobs.append((f"sc{i:05d}_incorrect", [list(ctx), list(bad)], voice))
+            first = rng.random() < 0.5
+            written.append({"InputStoryid": f"sc{i:05d}", "InputSentence1": " ".join(ctx), "InputSentence2": "",
+                            "InputSentence3": "", "InputSentence4": "",
+                            "RandomFifthSentenceQuiz1": " ".join(good if first else bad),
+                            "RandomFifthSentenceQuiz2": " ".join(bad if first else good),
+                            "AnswerRightEnding": 1 if first else 2})
+    return jobs, written
+
+
 def make_synthetic_sets(
     out: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -193,70 +267,14 @@ def make_synthetic_sets(
     for d in (lex, syn, spoken_sc):
         d.mkdir(parents=True)
 
-    # lexical
-    jobs, rows = [], []
-    words = rng.sample(split_words, min(num_pairs, len(split_words)))
-    for i, word in enumerate(words):
-        fake = perturb_word(word, rng, vocab)
-        if fake is None:
-            continue
-        vname, voice = voices[i % len(voices)]
-        for form, correct in ((word, 1), (fake, 0)):
-            stem = f"lex{i:05d}_{'w' if correct else 'n'}"
-            jobs.append((stem, [[form]], voice))
-            rows.append({"id": i, "filename": stem, "voice": vname, "frequency": freq.get(word, 0), "word": form,
-                         "correct": correct})
+    # the three sets draw from one generator, in this order
+    jobs, rows = _lexical_pairs(rng, split_words, vocab, freq, voices, num_pairs)
     _render(jobs, lex, seed)
     _write_csv(lex / "gold.csv", LEXICAL_COLUMNS, rows)
-
-    # syntactic
-    verbs = _verb_forms()
-    jobs, rows, i, draws = [], [], 0, 0
-    while i < num_pairs and draws < num_pairs * 20:
-        draws += 1
-        sent = list(T.narrative_item(rng, max_sentences=1).sentences[0][0])
-        made = violate_sentence(sent, rng, verbs)
-        if made is None:
-            continue
-        bad, subtype = made
-        vname, voice = voices[i % len(voices)]
-        for form, correct in ((sent, 1), (bad, 0)):
-            stem = f"syn{i:05d}_{'g' if correct else 'u'}"
-            jobs.append((stem, [form], voice))
-            rows.append({"id": i, "filename": stem, "type": "agreement" if subtype.startswith("agreement") else "word_order", "subtype": subtype,
-                         "correct": correct, "voice": vname, "text": " ".join(form)})
-        i += 1
+    jobs, rows = _syntactic_pairs(rng, voices, num_pairs)
     _render(jobs, syn, seed)
     _write_csv(syn / "gold.csv", SYNTACTIC_COLUMNS + ("voice", "text"), rows)
-
-    # story endings: sentiment-consistent vs inconsistent
-    endings: dict[str, set[tuple[str, ...]]] = {"positive": set(), "negative": set()}
-    contexts: list[tuple[str, tuple[str, ...]]] = []
-    draws = 0
-    while (len(contexts) < num_pairs or not all(endings.values())) and draws < num_pairs * 200:
-        draws += 1
-        label = rng.choice(("positive", "negative"))
-        item = T.sentiment_item(rng, label)
-        if len(item.sentences) == 2:
-            endings[label].add(item.sentences[1][0])
-        elif len(contexts) < num_pairs:
-            contexts.append((label, item.sentences[0][0]))
-    written = []
-    jobs = []
-    if all(endings.values()):
-        ends = {k: sorted(v) for k, v in endings.items()}
-        for i, (label, ctx) in enumerate(contexts):
-            other = "negative" if label == "positive" else "positive"
-            good, bad = rng.choice(ends[label]), rng.choice(ends[other])
-            vname, voice = voices[i % len(voices)]
-            jobs.append((f"sc{i:05d}_correct", [list(ctx), list(good)], voice))
-            jobs.append((f"sc{i:05d}_incorrect", [list(ctx), list(bad)], voice))
-            first = rng.random() < 0.5
-            written.append({"InputStoryid": f"sc{i:05d}", "InputSentence1": " ".join(ctx), "InputSentence2": "",
-                            "InputSentence3": "", "InputSentence4": "",
-                            "RandomFifthSentenceQuiz1": " ".join(good if first else bad),
-                            "RandomFifthSentenceQuiz2": " ".join(bad if first else good),
-                            "AnswerRightEnding": 1 if first else 2})
+    jobs, written = _story_pairs(rng, voices, num_pairs)
     _render(jobs, spoken_sc, seed)
     _write_csv(tmp / "storycloze" / "written.csv",
                ("InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
