@@ -149,9 +149,6 @@ class Recipe:
     schedule: Schedule
     bar: Any = None
 
-    def __init__(self, log: Callable[[str], None] | None = None) -> None:
-        self._log = log
-
     # -- the phases a subclass writes ---------------------------------------------------------
 
     def setup(self) -> None:
@@ -212,10 +209,8 @@ class Recipe:
     def log(self, line: str) -> None:
         """A progress line, ``[name] line``, logged with the recipe module's logger on the main
         process (:mod:`spiritlm.logs`: the ``spiritlm`` command shows it, through the bar while one
-        is drawn); a ``log`` callable given to the constructor gets the bare line instead."""
-        if self._log is not None:
-            self._log(line)
-        elif self.main:
+        is drawn; a test reads it with pytest's ``caplog``)."""
+        if self.main:
             logging.getLogger(type(self).__module__).info(f"[{self.name}] {line}")
 
     def run(self) -> None:

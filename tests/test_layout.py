@@ -258,3 +258,17 @@ def test_no_new_function_over_80_lines_without_a_reason():
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not offenders, offenders
 
+
+
+def test_apis_log_with_logging_not_a_callable():
+    """Progress goes through stdlib ``logging`` (spiritlm/logs.py shows it, rank 0 only): no function
+    takes a ``log`` parameter (a line callable threaded through the API, ``log=print``)."""
+    offenders = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                a = node.args
+                params = [p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+                offenders += [f"{path.relative_to(REPO)}:{node.lineno} {getattr(node, 'name', 'lambda')}({p})"
+                              for p in params if p in ("log", "log_fn", "logger", "print_fn")]
+    assert not offenders, offenders

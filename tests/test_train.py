@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -297,7 +298,7 @@ def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_4", "step_6"]
 
 
-def test_export_is_atomic_and_load_any_model_takes_the_newest(data, tmp_path):
+def test_export_is_atomic_and_load_any_model_takes_the_newest(data, tmp_path, caplog):
     """Issue 12 case 4 (hf part), case 9 (a changed --optim.lr is refused) and case 16 (loss lines
     without a progress bar)."""
 
@@ -305,9 +306,10 @@ def test_export_is_atomic_and_load_any_model_takes_the_newest(data, tmp_path):
     from spiritlm.train import RecipeError
 
     run = tmp_path / "run"
-    lines: list[str] = []
-    train(cfg(data, run, "train.max_steps=4", "train.save_every=2"), log=lines.append)
-    assert [ln for ln in lines if ln.startswith("step 4/4: loss ")], lines  # progress=false still logs the loss
+    caplog.set_level(logging.INFO, logger="spiritlm")
+    train(cfg(data, run, "train.max_steps=4", "train.save_every=2"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [ln for ln in lines if ln.startswith("[spiritlm train] step 4/4: loss ")], lines  # progress=false still logs the loss
     assert export_step(run / "hf") == 4
     # continue the run (a longer schedule) without reaching the end: no new export
     train(cfg(data, run, "train.max_steps=8", "train.stop_after=6", "train.save_every=2"))

@@ -17,7 +17,6 @@ class Counting(Recipe):
     progress = False
 
     def __init__(self, schedule: Schedule, step: int = 0, window: dict | None = None) -> None:
-        super().__init__(log=lambda line: None)
         self.schedule, self.step, self.calls = schedule, step, []
         self.window = LogWindow.from_state(window)
         self.resumed = step > 0

@@ -113,7 +113,7 @@ def test_training_stores_the_most_frequent_training_codes(tmp_path):
     from fixtures import make_corpus, tiny_cfg
 
     manifest, units = make_corpus(tmp_path)
-    train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(max_steps=1, save_every=0), progress=False, log=lambda s: None)
+    train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(max_steps=1, save_every=0), progress=False)
     voc = Vocoder.from_pretrained(tmp_path / "run")
     utts, _ = load_utterances(manifest, units, splits=["train", None])
     want = most_frequent_codes(utts)
@@ -141,7 +141,7 @@ def test_vocoder_resume_drops_metrics_records_after_its_checkpoint(tmp_path):
 
     assert VT.MetricsLog is metrics_log.MetricsLog and VT.Dist is distributed.Dist  # one copy of each
     manifest, units = make_corpus(tmp_path)
-    quiet = dict(progress=False, log=lambda s: None)
+    quiet = dict(progress=False)
     run = tmp_path / "run"
     VT.train_vocoder(manifest, units, str(run), tiny_cfg(), stop_after=2, **quiet)
     with open(run / "metrics.jsonl", "a") as f:  # logged by the killed run after its last checkpoint

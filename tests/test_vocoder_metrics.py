@@ -103,7 +103,7 @@ def test_eval_command_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setitem(config_mod.PRESETS, "tiny", {**config_mod.PRESETS["tiny"], "harmonic_source": False,
                                                      "upsample_rates": [5, 4, 4, 4, 2], "upsample_kernel_sizes": [11, 8, 8, 8, 4]})
-    train_vocoder(manifest, units, str(tmp_path / "voc"), tiny_cfg(max_steps=2, save_every=0), progress=False, log=lambda s: None)
+    train_vocoder(manifest, units, str(tmp_path / "voc"), tiny_cfg(max_steps=2, save_every=0), progress=False)
     r = evaluate_vocoder(str(tmp_path / "voc"), manifest, units, str(tmp_path / "eval"), split="train", control_pairs=2)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["num_utterances"] == r["num_utterances"] == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -131,7 +132,7 @@ def _weights(run_dir) -> dict[str, torch.Tensor]:
 
 def test_exact_resume(tmp_path):
     manifest, units = make_corpus(tmp_path)
-    quiet = dict(progress=False, log=lambda s: None)
+    quiet = dict(progress=False)
     train_vocoder(manifest, units, str(tmp_path / "full"), tiny_cfg(), **quiet)
     train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(), stop_after=2, **quiet)
     assert latest_checkpoint(tmp_path / "split").name == "step_2"
@@ -160,7 +161,7 @@ def test_loss_goes_down_and_folder_loads(tmp_path):
     manifest, units = make_corpus(tmp_path)
     # 12 steps of mel + duration warm-up, then 8 with the discriminator
     cfg = tiny_cfg(max_steps=20, batch_size=4, segment_units=6, lr=2e-3, log_every=2, save_every=0, val_every=20, disc_start_step=12)
-    s = train_vocoder(manifest, units, str(tmp_path / "run"), cfg, progress=False, log=lambda s: None)
+    s = train_vocoder(manifest, units, str(tmp_path / "run"), cfg, progress=False)
     mel = [s["train"][k]["mel_l1"] for k in ("2", "12", "20")]
     assert mel[2] < mel[0] * 0.9 and mel[1] < mel[0], mel
     dur = [s["train"][k]["dur_mse"] for k in ("2", "20")]
@@ -183,9 +184,9 @@ def test_tokenizer_sizes_and_mismatch(tmp_path):
     (tok / "config.json").write_text(json.dumps({"format": "spiritlm-speech-tokenizer", "kind": "expressive",
                                                  "n_units": 10, "n_pitch": 8, "n_style": 4}))
     with pytest.raises(UserError, match=r"no usable utterance.*unit \d+ is beyond the vocoder's 10 units"):
-        train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tok), progress=False, log=lambda s: None)
+        train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tok), progress=False)
     with pytest.raises(UserError, match=r"config.json: not a speech tokenizer directory \(--speech_tokenizer\)"):
-        train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tmp_path), progress=False, log=lambda s: None)
+        train_vocoder(manifest, units, str(tmp_path / "run"), tiny_cfg(), tokenizer=str(tmp_path), progress=False)
 
 
 # --- the trainer rule (issue 18 items 2, 3, 5; issue 19: one checkpointer) ----------------------
@@ -197,7 +198,7 @@ def test_finished_vocoder_is_refused_unless_overwrite(tmp_path):
 
     manifest, units = make_corpus(tmp_path)
     run = tmp_path / "run"
-    quiet = dict(progress=False, log=lambda s: None)
+    quiet = dict(progress=False)
     train_vocoder(manifest, units, str(run), tiny_cfg(max_steps=2, save_every=1), **quiet)
     before = (run / "model.safetensors").read_bytes()
     with pytest.raises(UserError, match=r"holds a trained vocoder.*--overwrite true"):
@@ -213,13 +214,13 @@ def test_finished_vocoder_is_refused_unless_overwrite(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_1"]
 
 
-def test_interrupted_run_resumes_by_itself_and_a_changed_setting_is_refused(tmp_path):
+def test_interrupted_run_resumes_by_itself_and_a_changed_setting_is_refused(tmp_path, caplog):
     """Item 3: rerunning without --resume continues from the checkpoint (not from step 0, and the
     checkpoint survives); other settings are refused naming the flag; --overwrite starts over."""
     manifest, units = make_corpus(tmp_path)
     run = tmp_path / "run"
-    lines: list[str] = []
-    quiet = dict(progress=False, log=lines.append)
+    caplog.set_level(logging.INFO, logger="spiritlm")
+    quiet = dict(progress=False)
     train_vocoder(manifest, units, str(run), tiny_cfg(), stop_after=2, **quiet)
     ckpt = run / "checkpoints" / "step_2"
     stamp = (ckpt / "generator.safetensors").stat().st_mtime_ns
@@ -229,20 +230,22 @@ def test_interrupted_run_resumes_by_itself_and_a_changed_setting_is_refused(tmp_
         train_vocoder(manifest, units, str(run), tiny_cfg(seed=1), **quiet)
     assert (ckpt / "generator.safetensors").stat().st_mtime_ns == stamp  # nothing touched
     assert (ckpt / "COMPLETE").read_text() == "2\n"  # the LM's marker (spiritlm.checkpointing)
-    lines.clear()
+    caplog.clear()
     s = train_vocoder(manifest, units, str(run), tiny_cfg(max_steps=3), **quiet)  # max_steps may change
+    lines = [r.getMessage() for r in caplog.records]
     assert s["final_step"] == 3 and any(f"resumed from {ckpt} (step 2)" in ln for ln in lines), lines
     # --overwrite true on an unfinished run of other settings: from step 0
-    lines.clear()
+    caplog.clear()
     s = train_vocoder(manifest, units, str(run), tiny_cfg(lr=1e-3, max_steps=1), overwrite=True, **quiet)
-    assert s["final_step"] == 1 and not any("resumed" in ln for ln in lines)
+    lines = [r.getMessage() for r in caplog.records]
+    assert s["final_step"] == 1 and lines and not any("resumed" in ln for ln in lines)
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     """Item 5: a truncated newest checkpoint is set aside with a warning naming the file, and the
     run resumes from the previous one to the same weights as an uninterrupted run."""
     manifest, units = make_corpus(tmp_path)
-    quiet = dict(progress=False, log=lambda s: None)
+    quiet = dict(progress=False)
     train_vocoder(manifest, units, str(tmp_path / "full"), tiny_cfg(), **quiet)
     run = tmp_path / "split"
     train_vocoder(manifest, units, str(run), tiny_cfg(save_every=1, keep_checkpoints=2), stop_after=3, **quiet)
@@ -323,7 +326,7 @@ def test_resume_logs_what_the_uninterrupted_run_logs_when_log_every_does_not_div
     """The log window is saved with the checkpoint: a run stopped at step 3 (log_every 2) and
     resumed writes the same step-4 record as the uninterrupted run, and no partial record at 3."""
     manifest, units = make_corpus(tmp_path)
-    quiet = dict(progress=False, log=lambda s: None)
+    quiet = dict(progress=False)
     cfg = dict(max_steps=4, log_every=2, save_every=3)
     full = train_vocoder(manifest, units, str(tmp_path / "full"), tiny_cfg(**cfg), **quiet)
     train_vocoder(manifest, units, str(tmp_path / "split"), tiny_cfg(**cfg), stop_after=3, **quiet)
@@ -379,7 +382,7 @@ def test_cli_reads_the_packaged_recipe_and_flags_override_it(tmp_path, monkeypat
 def test_a_run_of_an_older_version_resumes(tmp_path):
     """train_config.json of a version whose preset key was `config` is the same run."""
     manifest, units = make_corpus(tmp_path)
-    quiet = dict(progress=False, log=lambda s: None)
+    quiet = dict(progress=False)
     run = tmp_path / "run"
     train_vocoder(manifest, units, str(run), tiny_cfg(), stop_after=2, **quiet)
     rec = json.loads((run / "train_config.json").read_text())

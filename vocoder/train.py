@@ -48,7 +48,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -526,7 +526,6 @@ def train_vocoder(
     resume: bool | None = None,
     stop_after: int | None = None,
     progress: bool = True,
-    log: Callable[[str], None] | None = None,
     overwrite: bool = False,
     allow_skips: bool = True,
 ) -> dict[str, Any]:
@@ -552,8 +551,8 @@ def train_vocoder(
         resume: ignored, kept for old scripts: an unfinished run of the same settings always resumes.
         stop_after: stop (with a checkpoint) after this many steps in total, as if interrupted;
             the schedule still assumes ``max_steps``.
-        progress: show a tqdm bar.
-        log: a line callable instead of the module's ``logging`` logger (rank 0: :mod:`spiritlm.logs`).
+        progress: show a tqdm bar (progress lines are ``logging`` records of this module, rank 0:
+            :mod:`spiritlm.logs`).
         overwrite: replace a trained vocoder or an unfinished run of other settings in ``out``.
 
     Returns:
@@ -561,7 +560,7 @@ def train_vocoder(
         "out"}``.
     """
     recipe = VocoderRecipe(manifest, units, out, cfg or TrainConfig(), tokenizer=tokenizer, stop_after=stop_after,
-                           progress=progress, log=log, overwrite=overwrite, allow_skips=allow_skips)
+                           progress=progress, overwrite=overwrite, allow_skips=allow_skips)
     # torch's intra-op threads only, as this trainer always did: spiritlm.numerics.threads would
     # also pin the BLAS pools, which the demo's figures were not measured with
     prev_threads = torch.get_num_threads()
@@ -589,9 +588,8 @@ class VocoderRecipe(Recipe):
     name = "vocoder train"
 
     def __init__(self, manifest: str, units: str, out: str, cfg: TrainConfig, *, tokenizer: str | None = None,
-                 stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
-                 overwrite: bool = False, allow_skips: bool = True) -> None:
-        super().__init__(log)
+                 stop_after: int | None = None, progress: bool = True, overwrite: bool = False,
+                 allow_skips: bool = True) -> None:
         self.manifest, self.units, self.cfg, self.tokenizer = manifest, units, cfg, tokenizer
         self.run_dir = Path(out)
         self.stop_after, self.progress, self.overwrite, self.allow_skips = stop_after, progress, overwrite, allow_skips

@@ -106,8 +106,9 @@ def text(out: str, num_sentences: PositiveInt = 20000, seed: int = 0, mix: dict[
     print(f"wrote {out}: {len(docs)} documents, {words} words, vocabulary {len({w for d in docs for w in d.split()})}")
 
 
-def _finish_skips(skipped: list[str], kept: int, allow_skips: bool, what: str, log: str | None) -> None:
-    """Prints skipped items (the first 20) and ends non-zero when there were any, unless allowed."""
+def _finish_skips(skipped: list[str], kept: int, allow_skips: bool, what: str, listed_in: str | None) -> None:
+    """Prints skipped items (the first 20; all are in the file ``listed_in`` when given) and ends
+    non-zero when there were any, unless allowed."""
     import sys
 
     from spiritlm.errors import UserError
@@ -115,7 +116,7 @@ def _finish_skips(skipped: list[str], kept: int, allow_skips: bool, what: str, l
     for line in skipped[:20]:
         print(f"skipped: {line}", file=sys.stderr)
     if len(skipped) > 20:
-        print(f"skipped: ... {len(skipped) - 20} more" + (f" (all in {log})" if log else ""), file=sys.stderr)
+        print(f"skipped: ... {len(skipped) - 20} more" + (f" (all in {listed_in})" if listed_in else ""), file=sys.stderr)
     if skipped and not kept:
         raise UserError(f"every {what} was skipped ({len(skipped)}; first: {skipped[0]})")
     if skipped and not allow_skips:

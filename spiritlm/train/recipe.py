@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -151,12 +152,16 @@ def initial_config(config: TrainConfig, tokenizer: Any) -> tuple[LLaMAConfig, fl
     return config_from_dict({**config_to_dict(mcfg), "vocab_size": vocab}), eps, source_vocab
 
 
-def initial_weights(config: TrainConfig, mcfg: LLaMAConfig, source_vocab: int | None, log: Callable[[str], None]) -> dict[str, Tensor]:
+def initial_weights(config: TrainConfig, mcfg: LLaMAConfig, source_vocab: int | None) -> dict[str, Tensor]:
     """The whole float32 weights (fairseq2 names) a fresh run starts from; read on rank 0 only.
 
     ``init_from`` is read tensor by tensor (memory-mapped safetensors) and only the embedding and
-    output tables are copied to add the new rows, so the peak is one copy of the model.
+    output tables are copied to add the new rows, so the peak is one copy of the model. What it
+    starts from is logged as :class:`TrainRecipe`'s lines are (``[spiritlm train] ...``).
     """
+    def log(line: str) -> None:
+        logging.getLogger(__name__).info(f"[{TrainRecipe.name}] {line}")
+
     m = config.model
     if not m.init_from:
         state = dict(create_model(mcfg, seed=m.seed).state_dict())
@@ -332,7 +337,8 @@ class TrainRecipe(Recipe):
             over ``{"input_ids": [B, L], "labels": [B, L], "subset": …}`` and has
             ``state_dict()``/``load_state_dict()``; each ``make_val()`` returns a fresh iterable
             over a subset's validation batches.
-        log: a line callable instead of the module's ``logging`` logger (rank 0: :mod:`spiritlm.logs`).
+
+    Progress lines are ``logging`` records of this module (rank 0; :mod:`spiritlm.logs`).
     """
 
     name = "spiritlm train"
@@ -343,9 +349,7 @@ class TrainRecipe(Recipe):
         *,
         tokenizer: Any | None = None,
         loaders: LoaderFactory | None = None,
-        log: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(log)
         self.config = config
         self.tokenizer = tokenizer
         self._loaders = loaders
@@ -435,7 +439,7 @@ class TrainRecipe(Recipe):
             weights = None
         else:
             self.model_config, self.rms_norm_eps, source_vocab = initial_config(self.config, self.tokenizer)
-            weights = initial_weights(self.config, self.model_config, source_vocab, self.log) if d.main else None
+            weights = initial_weights(self.config, self.model_config, source_vocab) if d.main else None
         self.model = build_model(self.model_config, self.rms_norm_eps, self.config, d, self.compute_dtype, weights,
                                  fresh=resumed is None)
         del weights  # rank 0's whole copy: the shards hold the weights now
