@@ -1052,42 +1052,40 @@ def stsp_command(
 
     from spiritlm.judges import load_judges_metrics
     from spiritlm.judges.models import load_speech_sentiment_judge, load_text_sentiment_judge
+    from spiritlm.numerics import threads as pinned_threads
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    em = load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
-    try:
-        tj = load_text_sentiment_judge(dirs["text-sentiment"], device, tokenizer=text_judge_tokenizer) if dirs["text-sentiment"] else None
-    except ValueError as e:
-        raise UserError(f"{e}") from None
-    sj = load_speech_sentiment_judge(dirs["speech-sentiment"], device) if dirs["speech-sentiment"] else None
-    problems: list[dict] = []
-    pool: list[StspItem] | dict[str, list[StspItem]] = []
-    if meta_layout:
-        items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer,
-                                         expressive=em.expressive, meta_labels=protocol == "meta")
-        if shots:
-            if not shots_dir:
-                raise UserError(f"{manifest}: few-shot STSP on Meta's files needs Meta's few-shot folder (--shots_dir)")
-            if not Path(shots_dir).is_dir():
-                raise UserError(f"{shots_dir}: no such folder (--shots_dir)")
-            pool = read_meta_few_shot(shots_dir, em.speech_tokenizer, audio_root=audio_root)
-    else:
-        items, n_bad = items_from_manifest(manifest_items, units_map, em.expressive)
-        if n_bad:
-            problems.append({"error": f"{n_bad} prompts have no units in {units}: text directions only"})
-        if shots:
-            pool, _ = items_from_manifest(load_manifest_items(manifest, shot_split), units_map, em.expressive)
-    speaker_arg: int | str | None = int(speaker) if speaker is not None and str(speaker).isdigit() else speaker
-    cfg = StspConfig(
-        directions=tuple(directions), shots=shots, seed=seed, protocol=protocol, do_sample=do_sample, temperature=temperature,
-        top_p=top_p, top_k=top_k, max_new_tokens_text=max_new_tokens_text, max_new_tokens_speech=max_new_tokens_speech,
-        max_items=max_items, batch_size=batch_size, speaker=speaker_arg,
-    )
-    extra = {"manifest": str(manifest), "units": units, "vocoder": vocoder, "judges": {k: v for k, v in dirs.items() if k != "asr"},
-             "skipped_items": problems}
-    run_stsp(em, items, text_judge=tj, speech_judge=sj, shot_pool=pool, cfg=cfg, out_dir=out,
-             judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra, progress=progress,
-             meta_reference=manifest if meta_layout else None)
+    with pinned_threads(threads, blas=False):  # torch's threads, as this command always set them
+        em = load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
+        try:
+            tj = load_text_sentiment_judge(dirs["text-sentiment"], device, tokenizer=text_judge_tokenizer) if dirs["text-sentiment"] else None
+        except ValueError as e:
+            raise UserError(f"{e}") from None
+        sj = load_speech_sentiment_judge(dirs["speech-sentiment"], device) if dirs["speech-sentiment"] else None
+        problems: list[dict] = []
+        pool: list[StspItem] | dict[str, list[StspItem]] = []
+        if meta_layout:
+            items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer,
+                                             expressive=em.expressive, meta_labels=protocol == "meta")
+            if shots:
+                if not shots_dir:
+                    raise UserError(f"{manifest}: few-shot STSP on Meta's files needs Meta's few-shot folder (--shots_dir)")
+                if not Path(shots_dir).is_dir():
+                    raise UserError(f"{shots_dir}: no such folder (--shots_dir)")
+                pool = read_meta_few_shot(shots_dir, em.speech_tokenizer, audio_root=audio_root)
+        else:
+            items, n_bad = items_from_manifest(manifest_items, units_map, em.expressive)
+            if n_bad:
+                problems.append({"error": f"{n_bad} prompts have no units in {units}: text directions only"})
+            if shots:
+                pool, _ = items_from_manifest(load_manifest_items(manifest, shot_split), units_map, em.expressive)
+        speaker_arg: int | str | None = int(speaker) if speaker is not None and str(speaker).isdigit() else speaker
+        cfg = StspConfig(
+            directions=tuple(directions), shots=shots, seed=seed, protocol=protocol, do_sample=do_sample, temperature=temperature,
+            top_p=top_p, top_k=top_k, max_new_tokens_text=max_new_tokens_text, max_new_tokens_speech=max_new_tokens_speech,
+            max_items=max_items, batch_size=batch_size, speaker=speaker_arg,
+        )
+        extra = {"manifest": str(manifest), "units": units, "vocoder": vocoder, "judges": {k: v for k, v in dirs.items() if k != "asr"},
+                 "skipped_items": problems}
+        run_stsp(em, items, text_judge=tj, speech_judge=sj, shot_pool=pool, cfg=cfg, out_dir=out,
+                 judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra, progress=progress,
+                 meta_reference=manifest if meta_layout else None)

@@ -68,17 +68,25 @@ def load_thread_pools() -> None:
 
 
 @contextlib.contextmanager
-def threads(count: int | None) -> Iterator[None]:
+def threads(count: int | None, *, blas: bool = True) -> Iterator[None]:
     """Pins every CPU thread pool of this process to ``count`` inside the block, then restores them.
 
     torch's intra-op threads, and the BLAS (NumPy, SciPy) and OpenMP (scikit-learn, torch) pools
     that threadpoolctl sees. ``None`` or 0 leaves everything as it is. Used by every command that
     takes ``--threads``, so that the same seed and ``--threads`` give the same numbers whatever
-    ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` the shell set.
+    ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` the shell set. This is the one place that sets
+    torch's thread count (``test_layout``).
+
+    ``blas=False`` sets torch's intra-op threads only (the trainers, ``corpus align``, ``eval stsp``
+    and the vocoder commands, whose ``--threads`` has always meant that: their numbers were
+    measured so).
 
     >>> import torch
     >>> before = torch.get_num_threads()
     >>> with threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> with threads(1, blas=False):
     ...     torch.get_num_threads()
     1
     >>> torch.get_num_threads() == before
@@ -90,11 +98,24 @@ def threads(count: int | None) -> Iterator[None]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    load_thread_pools()
+    if blas:
+        load_thread_pools()
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
-        with threadpool_limits(limits=count):
+        with threadpool_limits(limits=count) if blas else contextlib.nullcontext():
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """The BLAS pools (NumPy, SciPy) run one thread inside the block; torch and OpenMP are left
+    alone (torch's intra-op threads are OpenMP threads). The speech tokenizer's training default:
+    the same numbers whatever the machine's core count."""
+    from threadpoolctl import threadpool_limits
+
+    load_thread_pools()  # a limit reaches only the BLAS libraries loaded when it starts
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

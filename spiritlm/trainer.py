@@ -44,6 +44,7 @@ import numpy as np
 from spiritlm.checkpointing import CHECKPOINTS_DIR
 from spiritlm.cli import packaged_recipes
 from spiritlm.errors import UserError
+from spiritlm.numerics import threads
 
 __all__ = ["LogWindow", "Recipe", "RunRule", "Schedule", "config_from_dict", "packaged_recipes", "read_recipe", "resolve_recipe",
            "seed_everything"]
@@ -138,7 +139,9 @@ class Recipe:
     A subclass sets, in :meth:`setup`: ``self.step`` (0, or the resumed step), ``self.resumed``,
     ``self.schedule`` (:class:`Schedule`) and ``self.main`` (this process writes the log lines
     and the bar), and implements :meth:`train_step`, :meth:`log_train`, :meth:`validate` and
-    :meth:`save_checkpoint`. ``name`` prefixes the log lines and labels the bar.
+    :meth:`save_checkpoint`. ``name`` prefixes the log lines and labels the bar. ``cpu_threads``
+    (set before :meth:`run`) pins torch's CPU threads while the recipe runs
+    (:func:`spiritlm.numerics.threads` with ``blas=False``; None or 0: left as they are).
     """
 
     name = "train"
@@ -146,6 +149,7 @@ class Recipe:
     step = 0
     resumed = False
     main = True
+    cpu_threads: int | None = None
     schedule: Schedule
     bar: Any = None
 
@@ -214,11 +218,12 @@ class Recipe:
             logging.getLogger(type(self).__module__).info(f"[{self.name}] {line}")
 
     def run(self) -> None:
-        """setup, train, finish, cleanup."""
-        self.setup()
-        self.train()
-        self.finish()
-        self.cleanup()
+        """setup, train, finish, cleanup (with ``cpu_threads`` torch threads, restored after)."""
+        with threads(self.cpu_threads, blas=False):
+            self.setup()
+            self.train()
+            self.finish()
+            self.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------

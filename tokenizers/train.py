@@ -343,15 +343,12 @@ def train_tokenizer(
         with pinned_threads(threads):
             return train_tokenizer(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, None, work_dir, max_frames,
                                    num_workers, overwrite)
-    from threadpoolctl import threadpool_limits
+    from spiritlm.numerics import one_blas_thread
 
-    from spiritlm.numerics import load_thread_pools
-
-    load_thread_pools()  # a limit reaches only the BLAS libraries loaded when it starts
     # One BLAS thread whatever the machine's core count (see spiritlm.numerics). OpenMP is left
     # alone: torch's intra-op threads are OpenMP threads (--threads), and scikit-learn's k-means
     # gives the same centres with any OpenMP thread count.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         own_work = work_dir is None
         work_dir = work_dir or os.path.join(out, "work")
         m = TokenizerTraining(manifest, out, preset, hubert, layer, style_encoder, seed, device, max_utts, work_dir, max_frames,

@@ -54,11 +54,11 @@ def synth(
         batch_size: utterances per forward pass (default: the vocoder's, 1 on a CPU, where
             padded batches cost more per second of audio than one at a time; 16 on a GPU).
         device: ``cpu`` or ``cuda[:N]``.
-        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
+        threads: torch CPU threads (0: leave torch's setting).
         allow_skips: exit with status 0 even when some lines were skipped.
         overwrite: replace a finished OUT (one holding synth_report.json).
     """
-    from spiritlm.atomic import atomic_dir, check_new_output
+    from spiritlm.atomic import check_new_output
 
     src = Path(units)  # flags and files first: a typo costs a second, not the imports of torch
     if not src.is_file():
@@ -70,14 +70,31 @@ def synth(
     if not any(line.strip() for line in src.open(encoding="utf-8", errors="replace")):
         raise UserError(f"{src}: no lines (--units)")  # before any folder is made
 
+    from spiritlm.numerics import threads as pinned_threads
+
+    with pinned_threads(threads, blas=False):
+        written, total, audio_s, errors = _synthesize(src, vocoder, out, markers, speaker=speaker, dur_pred=dur_pred,
+                                                      style_id=style_id, batch_size=batch_size, device=device,
+                                                      overwrite=overwrite)
+    print(
+        f"spiritlm vocoder synth: wrote {written} of {total} lines to {out} "
+        f"({audio_s:.1f} s of audio, {len(errors)} skipped)"
+    )
+    if errors and not allow_skips:
+        raise UserError(f"{src}: {len(errors)} of {total} lines skipped (listed in {Path(out) / 'synth_report.json'}); "
+                        "pass --allow_skips true to accept")
+
+
+def _synthesize(src: Path, vocoder: str, out: str, markers: tuple[str, ...], *, speaker: str | None, dur_pred: bool | None,
+                style_id: str, batch_size: int | None, device: str, overwrite: bool) -> tuple[int, int, float, list[dict[str, Any]]]:
+    """:func:`synth` after its checks: ``(written, lines, audio seconds, errors)``; OUT published."""
     import soundfile as sf
-    import torch
     from tqdm import tqdm
+
+    from spiritlm.atomic import atomic_dir
 
     from .api import Vocoder
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     voc = Vocoder.from_pretrained(vocoder, device=device)
     if speaker is not None:  # one error for the flag, not one per line
         voc._index(int(speaker) if speaker.strip().isdigit() else speaker, voc.speakers, voc.config.num_speakers, "speaker")
@@ -133,13 +150,7 @@ def synth(
             "errors": errors,
         }
         (out_dir / "synth_report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(
-        f"spiritlm vocoder synth: wrote {written} of {total} lines to {out} "
-        f"({audio_s:.1f} s of audio, {len(errors)} skipped)"
-    )
-    if errors and not allow_skips:
-        raise UserError(f"{src}: {len(errors)} of {total} lines skipped (listed in {Path(out) / 'synth_report.json'}); "
-                        "pass --allow_skips true to accept")
+    return written, total, audio_s, errors
 
 
 def _parse_line(line: str, lineno: int) -> tuple[str, Any, Any]:

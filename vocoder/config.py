@@ -20,6 +20,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from spiritlm.constants import SAMPLE_RATE, STREAM_RATES, UNIT_HOP
+
 #: our own config file's format tag
 FORMAT = "spiritlm-vocoder"
 #: samples per F0 frame of the harmonic source (200 Hz at 16 kHz: the tokenizer's F0 frames)
@@ -71,13 +73,13 @@ class VocoderConfig:
     """kernel (units) of the duration predictor's convolutions."""
     duration_dropout: float = 0.5
     """dropout after each of the duration predictor's layer norms (training only)."""
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     """output sample rate (Hz)."""
-    unit_hop: int = 640
+    unit_hop: int = UNIT_HOP
     """samples per HuBERT unit (640 at 16 kHz = 25 Hz)."""
-    pitch_hop: int = 1280
+    pitch_hop: int = round(SAMPLE_RATE / STREAM_RATES["pitch"])
     """samples per pitch code (1280 at 16 kHz = 12.5 Hz)."""
-    style_hop: int = 16000
+    style_hop: int = round(SAMPLE_RATE / STREAM_RATES["style"])
     """samples per style code (16000 at 16 kHz = 1 Hz)."""
     default_pitch: int | None = None
     """pitch code filled in for an input without a pitch stream (an LM output with no ``[PiN]``
@@ -265,10 +267,10 @@ class VocoderConfig:
                 duration_hidden=int(dur["var_pred_hidden_dim"]) if dur else 128,
                 duration_kernel=int(dur["var_pred_kernel_size"]) if dur else 3,
                 duration_dropout=float(dur["var_pred_dropout"]) if dur else 0.5,
-                sample_rate=int(cfg.get("sampling_rate", 16000)),
-                unit_hop=int(cfg.get("code_hop_size", 640)),
-                pitch_hop=int(cfg.get("f0_hop_size", 1280)),
-                style_hop=int(cfg.get("style_hop_size", 16000)),
+                sample_rate=int(cfg.get("sampling_rate", SAMPLE_RATE)),
+                unit_hop=int(cfg.get("code_hop_size", UNIT_HOP)),
+                pitch_hop=int(cfg.get("f0_hop_size", cls.pitch_hop)),
+                style_hop=int(cfg.get("style_hop_size", cls.style_hop)),
             )
         except KeyError as exc:
             raise ValueError(f"Meta vocoder config lacks key {exc.args[0]!r}") from None

@@ -561,15 +561,9 @@ def train_vocoder(
     """
     recipe = VocoderRecipe(manifest, units, out, cfg or TrainConfig(), tokenizer=tokenizer, stop_after=stop_after,
                            progress=progress, overwrite=overwrite, allow_skips=allow_skips)
-    # torch's intra-op threads only, as this trainer always did: spiritlm.numerics.threads would
-    # also pin the BLAS pools, which the demo's figures were not measured with
-    prev_threads = torch.get_num_threads()
-    if recipe.cfg.threads:
-        torch.set_num_threads(recipe.cfg.threads)
     try:
         recipe.run()
     finally:
-        torch.set_num_threads(prev_threads)
         if recipe.d is not None:
             recipe.d.close()
     return recipe.summary
@@ -591,6 +585,8 @@ class VocoderRecipe(Recipe):
                  stop_after: int | None = None, progress: bool = True, overwrite: bool = False,
                  allow_skips: bool = True) -> None:
         self.manifest, self.units, self.cfg, self.tokenizer = manifest, units, cfg, tokenizer
+        # torch's intra-op threads only (Recipe.run), as this trainer always did
+        self.cpu_threads = cfg.threads
         self.run_dir = Path(out)
         self.stop_after, self.progress, self.overwrite, self.allow_skips = stop_after, progress, overwrite, allow_skips
         self.summary: dict[str, Any] = {}

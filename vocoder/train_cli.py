@@ -185,19 +185,13 @@ def evaluate(
         raise UserError(f"{vocoder}: vocoder not found (--vocoder)")
     _check_speech_tokenizer(speech_tokenizer)
 
-    import torch
+    from spiritlm.numerics import threads as pinned_threads
 
     from .evaluate import evaluate_vocoder
 
-    prev = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        with atomic_dir(out, overwrite, markers=markers) as tmp:
-            r = evaluate_vocoder(vocoder, manifest, units, str(tmp), tokenizer=speech_tokenizer, split=split, max_utts=max_utts,
-                                 seed=seed, control_pairs=control_pairs)
-    finally:
-        torch.set_num_threads(prev)
+    with pinned_threads(threads, blas=False), atomic_dir(out, overwrite, markers=markers) as tmp:
+        r = evaluate_vocoder(vocoder, manifest, units, str(tmp), tokenizer=speech_tokenizer, split=split, max_utts=max_utts,
+                             seed=seed, control_pairs=control_pairs)
     t, u = r["trained"], r["untrained"]
     print(f"vocoder eval: {r['num_utterances']} utterances; MCD {t['mcd_db']:.2f} dB (untrained {u['mcd_db']:.2f}), "
           f"F0 RMSE {t['f0_rmse_cents']:.0f} cents (untrained {u['f0_rmse_cents']:.0f}) -> {out}/metrics.json")

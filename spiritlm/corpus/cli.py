@@ -406,12 +406,11 @@ def align(
         raise UserError(f"--shard {shard}: must be in 0..{num_shards - 1} (--num_shards {num_shards}; from {source})")
     from spiritlm.corpus.align import align_manifest, load_aligner, rejects_path
 
-    model = load_aligner(aligner, device)  # first: a wrong --aligner is one line before torch is imported
-    if threads > 0:
-        import torch
+    from spiritlm.numerics import threads as pinned_threads
 
-        torch.set_num_threads(threads)
-    report = align_manifest(manifest, model, out, shard, num_shards, batch_size, min_score, max_seconds, progress)
+    model = load_aligner(aligner, device)  # first: a wrong --aligner is one line before torch is imported
+    with pinned_threads(threads, blas=False):
+        report = align_manifest(manifest, model, out, shard, num_shards, batch_size, min_score, max_seconds, progress)
     speed = report.audio_seconds / report.wall_seconds if report.wall_seconds else 0.0
     print(f"align shard {shard}/{num_shards}: {report.written} aligned, {report.rejected} below --min_score, "
           f"{report.skipped} could not be aligned, {report.already_done} already done; "

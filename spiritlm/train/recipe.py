@@ -351,6 +351,7 @@ class TrainRecipe(Recipe):
         loaders: LoaderFactory | None = None,
     ) -> None:
         self.config = config
+        self.cpu_threads = config.train.num_threads  # pinned by Recipe.run
         self.tokenizer = tokenizer
         self._loaders = loaders
         self.step = 0
@@ -364,8 +365,6 @@ class TrainRecipe(Recipe):
         check_inputs(self.config, data=self._loaders is None, tokenizer=self.tokenizer is None)
         self.d = d = Dist()
         self.main, self.progress = d.main, t.progress
-        if t.num_threads:
-            torch.set_num_threads(t.num_threads)
         self.run_dir = Path(t.output_dir)
         self.end = t.max_steps if t.stop_after is None else min(t.max_steps, t.stop_after)
         self._setup_run_dir()
