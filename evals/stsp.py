@@ -111,7 +111,7 @@ def is_meta_stsp_manifest(path: str | os.PathLike) -> bool:
         for line in f:
             if line.strip():
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line)  # jsonl: the first line of Meta's STSP manifest (its layout, not ours)
                 except json.JSONDecodeError:
                     return False
                 return isinstance(obj, dict) and ("wav_path" in obj or "emotion" in obj or "asr" in obj) and "words" not in obj
@@ -306,7 +306,7 @@ def read_meta_few_shot(
                     continue
                 where = f"{path}:{lineno}"
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line)  # jsonl: Meta's few-shot STSP files
                 except json.JSONDecodeError as e:
                     raise UserError(f"{where}: invalid JSON: {e.msg} (--shots_dir)") from None
                 if not all(obj.get(k) for k in ("prompt", "generation", "sentiment")):

@@ -52,7 +52,7 @@ def read_jsonl(path: str | os.PathLike, flag: str) -> list[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                out.append((lineno, json.loads(line)))
+                out.append((lineno, json.loads(line)))  # jsonl: Meta's STSP predictions and manifests
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg} ({flag})") from None
     return out

@@ -144,24 +144,14 @@ def read_loss_history(run_dir: Path) -> dict[str, dict[str, list[tuple[int, floa
     ``loss_<subset>`` per subset (and ``loss``, shown as ``all subsets``); validation records give
     ``<subset>``. Returns None when the run has no metrics.
     """
-    train: dict[int, dict] = {}
-    val: dict[int, dict] = {}
+    from spiritlm.metrics_log import read_history
+
     jsonl = run_dir / "metrics.jsonl"
-    if jsonl.is_file():
-        for line in jsonl.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a crash; the others still plot
-            if not isinstance(rec, dict) or "step" not in rec:
-                continue
-            (val if rec.get("kind") == "val" else train)[int(rec["step"])] = rec
-    else:
-        summary = _read_json(run_dir / "metrics.json")
-        if not isinstance(summary, dict):
-            return None
-        train = {int(k): v for k, v in (summary.get("train") or {}).items()}
-        val = {int(k): v for k, v in (summary.get("val") or {}).items()}
+    history = read_history(jsonl) if jsonl.is_file() else _read_json(run_dir / "metrics.json")  # torn lines skipped
+    if not isinstance(history, dict):
+        return None
+    train = {int(k): v for k, v in (history.get("train") or {}).items()}
+    val = {int(k): v for k, v in (history.get("val") or {}).items()}
     if not train and not val:
         return None
     out: dict[str, dict[str, list[tuple[int, float]]]] = {"train": {}, "val": {}}
@@ -335,32 +325,27 @@ def metrics_table(rows: Sequence[MetricRow]) -> str:
     return "\n".join(lines)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
-
-
 def _manifest_items(layout: DemoLayout) -> list[dict]:
-    """Manifest lines with absolute audio paths (relative ones are relative to the manifest's folder)."""
-    items = _read_jsonl(layout.manifest)
-    for it in items:
-        if "audio" in it and not os.path.isabs(str(it["audio"])):
-            it["audio"] = str(layout.manifest.parent / str(it["audio"]))
-    return items
+    """The manifest's lines as dicts, audio paths absolute (the one manifest reader,
+    :mod:`spiritlm.corpus.manifest`); none before the corpus stage has written it."""
+    from spiritlm.corpus.manifest import read_audio_manifest
+
+    return [u.to_json() for u in read_audio_manifest(layout.manifest)] if layout.manifest.is_file() else []
+
+
+def _units_rows(layout: DemoLayout) -> dict[str, dict]:
+    """``{id: units record}`` of the usable lines of the units file (the one units reader,
+    :mod:`spiritlm.units_jsonl`; a torn line is left out); none before the tokenize stage."""
+    from spiritlm.units_jsonl import iter_unit_lines
+
+    if not layout.units.is_file():
+        return {}
+    return {line.id: line.record for line in iter_unit_lines(layout.units) if line.error is None and line.id is not None}
 
 
 def _pick_utterance(layout: DemoLayout, prefer: Iterable[str] = ()) -> tuple[dict, dict] | None:
     """(manifest item, units row) of the first test utterance that has units (a preferred id first)."""
-    units = {str(r.get("id")): r for r in _read_jsonl(layout.units) if "hubert" in r}
+    units = _units_rows(layout)
     items = [it for it in _manifest_items(layout) if str(it.get("id")) in units and Path(str(it.get("audio"))).is_file()]
     if not items:
         return None
@@ -726,8 +711,8 @@ def _utterance_section(layout: DemoLayout, out: Path) -> tuple[list[str], tuple[
         item, units = picked
         wav = load_audio(item["audio"])
         png = plot_utterance_tokens(wav, 16000, units, out / "utterance_tokens.png", item.get("words") or [],
-                                    title=f"{item['id']}: {item.get('text', '')}")
-        md += [f"`{item['id']}` ({item.get('speaker', '?')}, style {item.get('style', '?')}): “{item.get('text', '')}”", "",
+                                    title=f"{item['id']}: {item.get('text') or ''}")
+        md += [f"`{item['id']}` ({item.get('speaker') or '?'}, style {item.get('style') or '?'}): “{item.get('text') or ''}”", "",
                "HuBERT-like units at 25 Hz, pitch tokens at 12.5 Hz and style tokens at 1 Hz, each drawn over "
                "the seconds it covers (runs of a repeated token merged), under the waveform and spectrogram.",
                "", f"![utterance tokens]({png.name})"]
@@ -765,7 +750,7 @@ def _resynthesis_section(layout: DemoLayout, out: Path, audio_dir: Path, picked:
             name = _safe(str(item["id"]))
             orig = _copy_wav(Path(item["audio"]), audio_dir, f"original_{name}.wav")
             res = _copy_wav(wav_path, audio_dir, f"resynth_{name}.wav")
-            md.append(f"| `{item['id']}` | {item.get('text', '')} | [{Path(orig).name}]({orig}) | [{Path(res).name}]({res}) |")
+            md.append(f"| `{item['id']}` | {item.get('text') or ''} | [{Path(orig).name}]({orig}) | [{Path(res).name}]({res}) |")
     for png_src in sorted(layout.vocoder_eval.glob("*.png")) if layout.vocoder_eval.is_dir() else []:
         dst = out / f"vocoder_{png_src.name}"
         shutil.copyfile(png_src, dst)

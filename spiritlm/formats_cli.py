@@ -25,7 +25,7 @@ def to_string(units: str, expressive: bool = False) -> None:
             continue
         where = f"<stdin>:{lineno}" if units == "-" else "--units"
         try:
-            d = json.loads(line)
+            d = json.loads(line)  # jsonl: unit dicts piped on stdin, one at a time (units_jsonl reads files)
             check_unit_dict(d)
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None

@@ -74,12 +74,19 @@ class MetricsLog:
 
 
 def read_history(path: Path) -> dict[str, Any]:
-    """Per-step train and validation records of ``metrics.jsonl`` (the last record of a step wins)."""
+    """Per-step train and validation records of ``metrics.jsonl`` (the last record of a step wins;
+    a line torn by a kill is skipped): the one reader of the file (trainers' ``metrics.json``, the
+    demo's report)."""
     train: dict[int, dict[str, float]] = {}
     val: dict[int, dict[str, float]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not (isinstance(rec, dict) and "kind" in rec and "step" in rec):
+                continue
             kind, step = rec.pop("kind"), rec.pop("step")
             (train if kind == "train" else val)[step] = rec
     return {"train": {str(k): v for k, v in sorted(train.items())}, "val": {str(k): v for k, v in sorted(val.items())}}

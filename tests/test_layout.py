@@ -288,3 +288,29 @@ def test_thread_counts_are_set_in_one_place():
                     "set_num_threads", "set_num_interop_threads", "threadpool_limits"):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not offenders, offenders
+
+
+#: The homes of JSON-lines reading: manifests, units files, a training run's metrics.jsonl.
+JSONL_READERS = {"spiritlm.corpus.manifest", "spiritlm.units_jsonl", "spiritlm.metrics_log"}
+
+
+def test_jsonl_files_are_read_in_their_homes():
+    """A loop that parses its lines with ``json.loads(line)`` (a hand-rolled JSONL reader) lives in
+    JSONL_READERS; elsewhere it reads some other layout (Meta's STSP files, a shard's part file)
+    and says which on the ``json.loads`` line or the line above (a comment starting ``# jsonl:``),
+    so a new manifest or units reader does not slip in beside the one of each."""
+    offenders = []
+    for name, path in _modules().items():
+        if name in JSONL_READERS:
+            continue
+        lines = path.read_text().splitlines()
+        for loop in (n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.For)):
+            bound = {t.id for t in ast.walk(loop.target) if isinstance(t, ast.Name)}
+            for st in loop.body:
+                for call in ast.walk(st):
+                    if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "loads"
+                            and getattr(call.func.value, "id", None) == "json" and call.args
+                            and isinstance(call.args[0], ast.Name) and call.args[0].id in bound
+                            and "# jsonl:" not in " ".join(lines[max(0, call.lineno - 2): call.lineno])):
+                        offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
+    assert not offenders, offenders

@@ -21,7 +21,6 @@ match the audio's length) are skipped and counted, each with a message ``file:li
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ..constants import SAMPLE_RATE, STREAM_RATES, UNIT_HOP
 from ..errors import UserError
 from ..formats import deduplicate
 from ..tensors import pad_batch
+from ..units_jsonl import iter_unit_lines
 
 PITCH_RATIO = round(STREAM_RATES["hubert"] / STREAM_RATES["pitch"])
 STYLE_RATIO = round(STREAM_RATES["hubert"] / STREAM_RATES["style"])
@@ -172,76 +172,70 @@ def load_utterances(
     out: list[Utterance] = []
     seen: set[str] = set()
     seen_elsewhere: set[str] = set()  # ids of other splits' lines (check_every_line)
-    with open(units) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{units}:{lineno}"
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-            except (json.JSONDecodeError, ValueError) as exc:
-                report.add(f"{where}: not a JSON object ({str(exc)[:80]})")
-                continue
-            uid = str(rec.get("id", ""))
-            it = items.get(uid)
-            if it is None:
-                report.add(f"{where}: id {uid!r} is not in {manifest}" if uid else f"{where}: no 'id'")
-                continue
-            wanted = splits is None or it.split in splits
-            if not (wanted or check_every_line):
-                continue
-            if uid in (seen if wanted else seen_elsewhere):
-                report.add(f"{where}: duplicate id {uid!r}")
-                continue
-            try:
-                u = parse_stream(rec.get("hubert", ""), "hubert")
-                if num_units is not None and int(u.max()) >= num_units:
-                    raise ValueError(f"unit {int(u.max())} is beyond the vocoder's {num_units} units (--units / --preset)")
-                streams = {}
-                for name, size in (("pitch", num_pitch), ("style", num_style)):
-                    if size == 0:
-                        continue
-                    if name not in rec:
-                        if size is not None:
-                            raise ValueError(f"no '{name}' stream, but the vocoder has a {name} table")
-                        continue
-                    s = parse_stream(rec[name], name)
-                    if size is not None and int(s.max()) >= size:
-                        raise ValueError(f"{name} code {int(s.max())} is beyond the vocoder's {size} {name} codes (--units / --speech_tokenizer)")
-                    streams[name] = s
-            except ValueError as exc:
-                report.add(f"{where}: {exc}")
-                continue
-            if not wanted:
-                seen_elsewhere.add(uid)
-                continue
-            spk = it.speaker or "default"
-            if spk not in spk_index:
-                report.add(f"{where}: speaker {spk!r} is not among the vocoder's speakers")
-                continue
-            try:
-                wav = load_audio(it.audio)
-            except AudioError as exc:
-                report.add(f"{where}: {exc}")
-                continue
-            frames = len(wav) // UNIT_HOP
-            if abs(frames - len(u)) > LENGTH_TOLERANCE:
-                report.add(f"{where}: {len(u)} units for {len(wav) / SAMPLE_RATE:.2f} s of audio (expected ~{frames} at 25 Hz): "
-                           "were these units made from this manifest's audio by a 25 Hz tokenizer? (--units)")
-                continue
-            T = min(frames, len(u))
-            if T < 1:
-                report.add(f"{where}: shorter than one unit")
-                continue
-            pitch = repeat_codes(streams["pitch"], PITCH_RATIO, T) if "pitch" in streams else None
-            style = repeat_codes(streams["style"], STYLE_RATIO, T) if "style" in streams else None
-            out.append(Utterance(uid, wav[: T * UNIT_HOP].astype(np.float32), u[:T], pitch, style, spk_index[spk], it.split, rec))
-            seen.add(uid)
-            report.kept += 1
-            if max_utts and len(out) >= max_utts:
-                break
+    for line in iter_unit_lines(units, check_streams=False):  # the streams are parsed and sized below
+        where = f"{units}:{line.lineno}"
+        rec = line.record
+        if rec is None:  # not JSON, or not a JSON object
+            report.add(f"{where}: not a JSON object ({line.error[:80]})")
+            continue
+        uid = str(rec.get("id", ""))
+        it = items.get(uid)
+        if it is None:
+            report.add(f"{where}: id {uid!r} is not in {manifest}" if uid else f"{where}: no 'id'")
+            continue
+        wanted = splits is None or it.split in splits
+        if not (wanted or check_every_line):
+            continue
+        if uid in (seen if wanted else seen_elsewhere):
+            report.add(f"{where}: duplicate id {uid!r}")
+            continue
+        try:
+            u = parse_stream(rec.get("hubert", ""), "hubert")
+            if num_units is not None and int(u.max()) >= num_units:
+                raise ValueError(f"unit {int(u.max())} is beyond the vocoder's {num_units} units (--units / --preset)")
+            streams = {}
+            for name, size in (("pitch", num_pitch), ("style", num_style)):
+                if size == 0:
+                    continue
+                if name not in rec:
+                    if size is not None:
+                        raise ValueError(f"no '{name}' stream, but the vocoder has a {name} table")
+                    continue
+                s = parse_stream(rec[name], name)
+                if size is not None and int(s.max()) >= size:
+                    raise ValueError(f"{name} code {int(s.max())} is beyond the vocoder's {size} {name} codes (--units / --speech_tokenizer)")
+                streams[name] = s
+        except ValueError as exc:
+            report.add(f"{where}: {exc}")
+            continue
+        if not wanted:
+            seen_elsewhere.add(uid)
+            continue
+        spk = it.speaker or "default"
+        if spk not in spk_index:
+            report.add(f"{where}: speaker {spk!r} is not among the vocoder's speakers")
+            continue
+        try:
+            wav = load_audio(it.audio)
+        except AudioError as exc:
+            report.add(f"{where}: {exc}")
+            continue
+        frames = len(wav) // UNIT_HOP
+        if abs(frames - len(u)) > LENGTH_TOLERANCE:
+            report.add(f"{where}: {len(u)} units for {len(wav) / SAMPLE_RATE:.2f} s of audio (expected ~{frames} at 25 Hz): "
+                       "were these units made from this manifest's audio by a 25 Hz tokenizer? (--units)")
+            continue
+        T = min(frames, len(u))
+        if T < 1:
+            report.add(f"{where}: shorter than one unit")
+            continue
+        pitch = repeat_codes(streams["pitch"], PITCH_RATIO, T) if "pitch" in streams else None
+        style = repeat_codes(streams["style"], STYLE_RATIO, T) if "style" in streams else None
+        out.append(Utterance(uid, wav[: T * UNIT_HOP].astype(np.float32), u[:T], pitch, style, spk_index[spk], it.split, rec))
+        seen.add(uid)
+        report.kept += 1
+        if max_utts and len(out) >= max_utts:
+            break
     if not out:
         first = f" (first: {report.errors[0]})" if report.errors else ""
         raise UserError(f"{units}: no usable utterance{'' if splits is None else ' in split(s) ' + ', '.join(map(str, splits))}: "

@@ -71,6 +71,7 @@ from spiritlm.distributed import Dist
 from spiritlm.errors import UserError
 from spiritlm.metrics_log import MetricsLog, read_history
 from spiritlm.trainer import LogWindow, Recipe, RunRule, Schedule, config_from_dict, read_recipe
+from spiritlm.units_jsonl import iter_unit_lines
 from .config import VocoderConfig
 from .data import SegmentSampler, Utterance, attach_f0, load_utterances, most_frequent_codes, read_speakers
 from .losses import LossWeights, MelConfig, build_discriminator, build_losses, silence_loss
@@ -227,15 +228,8 @@ def tokenizer_sizes(tokenizer: str | None) -> dict[str, int] | None:
 
 def _streams_in(units: str) -> set[str]:
     """Which of ``pitch``/``style`` the first parsable line of a units JSONL has."""
-    with open(units) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "hubert" in rec:
-                return {k for k in ("pitch", "style") if k in rec}
-    return set()
+    first = next((line.record for line in iter_unit_lines(units, check_streams=False) if line.error is None), None)
+    return {k for k in ("pitch", "style") if k in first} if first is not None else set()
 
 
 def vocoder_config(preset: str, units: str, speakers: list[str], tokenizer: str | None) -> VocoderConfig:

@@ -405,7 +405,7 @@ def _read_part(path: Path) -> list[dict]:
     with open(path, "rb") as f:
         for line in f:
             try:
-                rec = json.loads(line)
+                rec = json.loads(line)  # jsonl: this shard's part file (aligned manifest lines, merged by the last shard)
                 if not isinstance(rec, dict) or "id" not in rec:
                     raise ValueError
             except ValueError:
