@@ -4,7 +4,7 @@
 * inputs: :func:`load_manifest_items` (a manifest split as dicts; units files are read by
   :func:`spiritlm.units_jsonl.load_units`), :func:`speech_string` (a unit dict → the LM's token string), :func:`draw_shots`
   (seeded few-shot examples that never include the target);
-* metrics: :func:`normalize_text`, :func:`word_error_rate` / :func:`char_error_rate` (jiwer),
+* metrics: :func:`normalize_text`, :func:`word_error_rate` / :func:`char_error_rate` (:mod:`spiritlm.edit_distance`),
   :func:`bootstrap_ci` (95% percentile bootstrap), :func:`metric` (one headline metric's record);
 * outputs: :class:`EvalResult` and :func:`write_eval_outputs` (``metrics.json`` +
   ``predictions.jsonl``, written atomically, byte-identical for the same seed, and one summary line);

@@ -108,7 +108,7 @@ def set_aside(ckpt: Path) -> Path:
     while target.exists():
         n += 1
         target = ckpt.with_name(f"{ckpt.name}.bad{n}")
-    ckpt.rename(target)
+    ckpt.rename(target)  # atomic: setting a bad checkpoint aside, not publishing an output
     return target
 
 

@@ -191,8 +191,9 @@ def test_renames_go_through_spiritlm_atomic():
             continue
         lines = path.read_text().splitlines()
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("replace", "rename")
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                    node.func.attr == "rename"  # os.rename, Path.rename
+                    or (node.func.attr == "replace" and isinstance(node.func.value, ast.Name) and node.func.value.id == "os")):
                 near = " ".join(lines[max(0, node.lineno - 2): node.lineno])
                 if "# atomic:" not in near:
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")

@@ -38,8 +38,8 @@ class VocoderConfig:
 
     The generator's input is the concatenation (on channels, in this order) of the unit, pitch,
     style and speaker embeddings and the optional style-id embedding, each ``embedding_dim``
-    wide, at the unit rate; five transposed convolutions upsample it by
-    ``prod(upsample_rates) == unit_hop`` samples per unit.
+    wide, at the unit rate; one transposed convolution per ``upsample_rates`` entry (five in
+    Meta's layout, three in ``tiny``) upsamples it by ``prod(upsample_rates) == unit_hop`` samples per unit.
     """
 
     num_units: int = 501
