@@ -59,7 +59,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -67,6 +67,9 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from spiritlm.cli import TopP
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
+
+if TYPE_CHECKING:
+    from spiritlm.evals.common import EvalModel, EvalResult
 
 logger = logging.getLogger(__name__)
 
@@ -802,7 +805,7 @@ def _run_direction(d: str, items: Sequence[StspItem], model: Any, cfg: StspConfi
 
 
 def run_stsp(
-    model: Any,
+    model: EvalModel,
     items: Sequence[StspItem],
     *,
     text_judge: Any = None,
@@ -814,7 +817,7 @@ def run_stsp(
     extra_config: dict | None = None,
     progress: bool = False,
     meta_reference: str | os.PathLike | None = None,
-) -> Any:
+) -> EvalResult:
     """Runs STSP on ``items`` with ``model`` (an :class:`spiritlm.evals.common.EvalModel`).
 
     Directions whose inputs or judge are missing (no text/speech prompt, no vocoder or speech

@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -50,6 +50,9 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 from spiritlm.formats import SPEECH_TOKEN_RE, deduplicate
+
+if TYPE_CHECKING:
+    from spiritlm.evals.common import EvalModel, EvalResult
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ def _rolled(values: Sequence[Any]) -> list[Any]:
 
 
 def run_tts(
-    model: Any,
+    model: EvalModel,
     targets: Sequence[dict],
     pool: Sequence[dict],
     units: dict[str, dict],
@@ -114,7 +117,7 @@ def run_tts(
     judges_metrics: dict | None = None,
     extra_config: dict | None = None,
     progress: bool = False,
-) -> Any:
+) -> EvalResult:
     """Few-shot TTS of ``targets`` (manifest dicts with ``id``, ``text``, ``audio``) with shots from ``pool``.
 
     Targets and shots without units are skipped (counted in ``skipped``); without a vocoder or
