@@ -65,6 +65,7 @@ import numpy as np
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from spiritlm.cli import TopP
+from spiritlm.constants import STREAM_RATES
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 
@@ -125,7 +126,7 @@ def split_units_at(units_row: dict, seconds: float) -> tuple[dict, dict]:
     """Cuts a Meta unit dict at ``seconds``: each stream at ``round(seconds * rate)`` frames
     (HuBERT 25 Hz, pitch 12.5 Hz, style 1 Hz; the style frame that straddles the cut goes to both).
     """
-    rates = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}
+    rates = STREAM_RATES
     first, second = {}, {}
     for key, rate in rates.items():
         if not units_row.get(key):

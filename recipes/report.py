@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from spiritlm.atomic import atomic_file, atomic_path
-from spiritlm.constants import STREAM_RATES
+from spiritlm.constants import SAMPLE_RATE, STREAM_RATES
 
 #: The evaluation tasks, in the order the report lists them.
 EVAL_TASKS = ("asr", "tts", "ic", "stsp", "zeroshot")
@@ -710,7 +710,7 @@ def _utterance_section(layout: DemoLayout, out: Path) -> tuple[list[str], tuple[
 
         item, units = picked
         wav = load_audio(item["audio"])
-        png = plot_utterance_tokens(wav, 16000, units, out / "utterance_tokens.png", item.get("words") or [],
+        png = plot_utterance_tokens(wav, SAMPLE_RATE, units, out / "utterance_tokens.png", item.get("words") or [],
                                     title=f"{item['id']}: {item.get('text') or ''}")
         md += [f"`{item['id']}` ({item.get('speaker') or '?'}, style {item.get('style') or '?'}): “{item.get('text') or ''}”", "",
                "HuBERT-like units at 25 Hz, pitch tokens at 12.5 Hz and style tokens at 1 Hz, each drawn over "

@@ -127,7 +127,7 @@ def validate_audio_file(path: str | os.PathLike, min_duration: float = MIN_DURAT
     Raises:
         AudioError: missing, unreadable, empty, NaN/Inf samples or too short, naming the file.
     """
-    wav, rate, label = _read(path, None, 16_000, None)
+    wav, rate, label = _read(path, None, SAMPLE_RATE, None)
     check_waveform(wav, rate, label, min_duration)
     return audio_info(path)
 

@@ -8,6 +8,7 @@ from typing import Literal
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from spiritlm.cli import TopP
+from spiritlm.constants import SAMPLE_RATE
 
 
 def generate_fn(
@@ -154,7 +155,7 @@ def generate_fn(
         from spiritlm.atomic import atomic_path
 
         with atomic_path(path, suffix=".wav") as tmp:
-            sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", 16000)), format="WAV")
+            sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", SAMPLE_RATE)), format="WAV")
         written.append(path)
         print(f"[speech] {path}")
     for old in earlier:  # --overwrite true: the earlier run's files this one did not replace go too

@@ -315,3 +315,28 @@ def test_jsonl_files_are_read_in_their_homes():
                             and "# jsonl:" not in " ".join(lines[max(0, call.lineno - 2): call.lineno])):
                         offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
     assert not offenders, offenders
+
+
+#: Modules still holding a rate as a number (to be changed with them; the set may only shrink):
+#: vocoder/model.py's harmonic-source defaults (sample_rate=16000), the file of the vocoder's speed work.
+RATES_BEFORE_THE_RULE = {"spiritlm.vocoder.model"}
+
+
+def test_rates_are_written_once():
+    """16 kHz, the 640-sample unit hop and 12.5 Hz are spiritlm.constants' SAMPLE_RATE, UNIT_HOP and
+    STREAM_RATES: no other module writes those numbers, unless the line says why (a comment
+    starting ``# rate:``, e.g. a library's own list of rates)."""
+    offenders, holders = [], set()
+    for name, path in _modules().items():
+        if name == "spiritlm.constants":
+            continue
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value in (16000, 640, 12.5)
+                    and "# rate:" not in lines[node.lineno - 1]):
+                holders.add(name)
+                if name not in RATES_BEFORE_THE_RULE:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value}")
+    assert not offenders, offenders
+    assert RATES_BEFORE_THE_RULE <= holders, f"no longer holds a rate, remove from RATES_BEFORE_THE_RULE: {sorted(RATES_BEFORE_THE_RULE - holders)}"
+

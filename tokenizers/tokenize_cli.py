@@ -10,6 +10,7 @@ from typing import Literal
 
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 
+from spiritlm.constants import SAMPLE_RATE
 from spiritlm.launch import shard_from_env  # shared with spiritlm corpus align
 
 
@@ -105,7 +106,7 @@ def tokenize_manifest(
         for idx in order:
             group = [todo[k] for k in idx]
             batch, wavs = load_audio_batch(group, report.errors)
-            audio_s += sum(len(w) for w in wavs) / 16000
+            audio_s += sum(len(w) for w in wavs) / SAMPLE_RATE
             speakers = [it.speaker if use_speaker else None for it in batch]
             try:
                 results = tokenizer.encode_streams(wavs, speakers) if wavs else []

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import SAMPLE_RATE
 from ..errors import UserError
 from . import metrics as M
 from .data import Utterance, load_utterances, read_speakers
@@ -213,7 +214,7 @@ def style_control(voc, utts: list[Utterance], originals: list[np.ndarray], own: 
     return out
 
 
-def plot_resynthesis(path: Path, original: np.ndarray, trained: np.ndarray, untrained: np.ndarray, title: str, sample_rate: int = 16000) -> None:
+def plot_resynthesis(path: Path, original: np.ndarray, trained: np.ndarray, untrained: np.ndarray, title: str, sample_rate: int = SAMPLE_RATE) -> None:
     """PNG: log-mel spectrograms of the original and the trained resynthesis, and the F0 of all three."""
     import matplotlib
 

@@ -42,6 +42,8 @@ import torch
 from speechbrain.nnet.CNN import Conv2d
 from torch import nn
 
+from spiritlm.constants import SAMPLE_RATE
+
 PERIODS = (2, 3, 5, 7, 11)
 
 
@@ -265,7 +267,7 @@ class MelConfig:
     f_max: float = 8000.0
 
 
-def build_losses(discriminator: HifiganDiscriminator, weights: LossWeights, mel: MelConfig, sample_rate: int = 16_000,
+def build_losses(discriminator: HifiganDiscriminator, weights: LossWeights, mel: MelConfig, sample_rate: int = SAMPLE_RATE,
                  duration: bool = True) -> tuple[GeneratorLoss, DiscriminatorLoss, float]:
     """speechbrain's ``GeneratorLoss`` and ``DiscriminatorLoss`` with our weights.
 

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritlm.constants import SAMPLE_RATE
+
 MMS_FA = "mms_fa"
 
 
@@ -61,7 +63,7 @@ class CtcModel:
     blank: int
     star: int | None = None
     sep: int | None = None
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     samples_per_frame: int = 320
 
     def emissions(self, wavs: Sequence[np.ndarray]) -> list:

@@ -26,6 +26,7 @@ import numpy as np
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 
 from spiritlm.atomic import atomic_path
+from spiritlm.constants import SAMPLE_RATE
 
 
 @dataclass
@@ -62,7 +63,7 @@ def silero_speech(wav: np.ndarray, sample_rate: int, min_pause: float = 0.2) -> 
 
     if "model" not in _SILERO:
         _SILERO["model"] = load_silero_vad()  # the TorchScript model inside the package: no download
-    rate = sample_rate if sample_rate in (8000, 16000) else 16000
+    rate = sample_rate if sample_rate in (8000, 16000) else SAMPLE_RATE  # rate: silero-VAD takes 8 or 16 kHz
     x = resample(np.asarray(wav, dtype=np.float32), sample_rate, rate)
     ts = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(x)), _SILERO["model"], sampling_rate=rate,
                                min_silence_duration_ms=int(min_pause * 1000), speech_pad_ms=30)

@@ -37,6 +37,7 @@ from math import gcd
 import numpy as np
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt, restricted_number_type
 
+from spiritlm.constants import SAMPLE_RATE
 from spiritlm.corpus import text_sources
 from spiritlm.corpus.espeak import Espeak, EspeakError, Voice, custom_data_dir, variant_file
 from spiritlm.corpus.manifest import Phone, Utterance, Word, write_manifest
@@ -155,7 +156,7 @@ class SynthConfig:
     # typed as `spiritlm corpus synth`'s flags (spiritlm.cli.flags_from): the parser refuses a bad value
     num_utts: PositiveInt = 200
     seed: int = 0
-    sample_rate: SampleRate = 16000
+    sample_rate: SampleRate = SAMPLE_RATE
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
     mix: dict[str, float] = field(default_factory=lambda: {"sentiment": 0.3, "intent": 0.3, "narrative": 0.4})
     num_speakers: NumSpeakers = 4

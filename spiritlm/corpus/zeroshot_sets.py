@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritlm.constants import SAMPLE_RATE
 from spiritlm.errors import UserError
 
 LEXICAL_COLUMNS = ("id", "filename", "voice", "frequency", "word", "correct")
@@ -124,7 +125,7 @@ def _render(jobs: list[tuple[str, list[list[str]], object]], folder: Path, seed:
     from spiritlm.corpus.espeak import get_engine
 
     engine = get_engine()
-    sr_in, sr_out = engine.sample_rate, 16000
+    sr_in, sr_out = engine.sample_rate, SAMPLE_RATE
     g = gcd(sr_in, sr_out)
     by_voice: dict[object, list[tuple[str, list[list[str]]]]] = defaultdict(list)
     for stem, sentences, voice in jobs:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from spiritlm.constants import SAMPLE_RATE
 from spiritlm.errors import UserError, one_line
 from spiritlm.serve.config import ServeLimits
 from spiritlm.serve.streaming import RequestVoice, stream_audio, stream_pieces
@@ -215,7 +216,7 @@ class Engine:
         self.vocoder = vocoder
         self.limits = limits or ServeLimits()
         self.names = dict(names or {})
-        self.sample_rate = int(getattr(vocoder, "sample_rate", 16000))
+        self.sample_rate = int(getattr(vocoder, "sample_rate", SAMPLE_RATE))
         self.scheduler = Scheduler(self.limits.max_queue)
         self.on_piece: Callable[[RunState], None] | None = None
         self.stats = {"served": 0, "cancelled": 0, "failed": 0, "refused": 0}
