@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
+from spiritlm.cli import flags_from
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 from spiritlm.formats import SPEECH_TOKEN_RE, deduplicate
@@ -62,27 +63,29 @@ class TtsConfig:
     """Settings of :func:`run_tts`.
 
     Attributes:
-        shots: examples per prompt (paper: 10); fewer when the context is full.
-        seed: seeds the shot draws (and sampling).
-        do_sample: sample instead of greedy decoding.
+        shots: examples per prompt (paper: 10; fewer when the context is full).
+        seed: seed of the shot draws (and of sampling).
+        do_sample: sample (temperature 0.8, top_p 0.95) instead of greedy decoding.
         temperature: sampling temperature.
         top_p: nucleus mass.
-        max_new_tokens: hard budget of a generation (tokens).
+        max_new_tokens: ceiling of a generation's budget, min(ceiling, 2 x reference tokens + 10) (tokens).
         length_ratio: budget relative to the reference's token count (+10).
-        max_items: at most this many targets (None: all).
+        max_items: at most this many targets (default: all).
         batch_size: rows decoded together.
         speaker: vocoder speaker (Meta's default 2; falls back to 0 with a note on a smaller vocoder).
+
+    The fields with a flag are ``spiritlm eval tts``'s (:func:`spiritlm.cli.flags_from`): one declaration.
     """
 
-    shots: int = 10
+    shots: NonNegativeInt = 10
     seed: int = 0
     do_sample: bool = False
     temperature: float = 0.8
     top_p: float = 0.95
-    max_new_tokens: int = 2048
+    max_new_tokens: PositiveInt = 2048
     length_ratio: float = 2.0
-    max_items: int | None = None
-    batch_size: int = 16
+    max_items: PositiveInt | None = None
+    batch_size: PositiveInt = 16
     speaker: int | str = 2
 
 
@@ -284,6 +287,7 @@ def _judge_speech_outputs(vocoder: Any, asr_judge: Any, items: Sequence[dict], h
     return transcripts, char_counts
 
 
+@flags_from(TtsConfig, "shots", "seed", "do_sample", "max_new_tokens", "max_items", "batch_size")
 def tts_command(
     model: str,
     manifest: str,
@@ -294,16 +298,11 @@ def tts_command(
     vocoder: str | None = None,
     split: str = "test",
     shot_split: str = "train",
-    shots: NonNegativeInt = 10,
-    seed: int = 0,
-    do_sample: bool = False,
-    max_new_tokens: PositiveInt = 2048,
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
     speaker: str = "2",
     device: str = "cpu",
     threads: NonNegativeInt = 0,
     overwrite: bool = False,
+    **settings: Any,
 ) -> None:
     """Few-shot TTS: [Text]…[Speech]… prompts, generated units → vocoder → ASR judge → CER; unit edit rate.
 
@@ -320,12 +319,6 @@ def tts_command(
         vocoder: vocoder folder (without it only the unit edit rate is measured).
         split: targets' split.
         shot_split: split the shots come from.
-        shots: examples per prompt (paper: 10).
-        seed: seed of the shot draws (and of sampling).
-        do_sample: sample (temperature 0.8, top_p 0.95) instead of greedy decoding.
-        max_new_tokens: ceiling of a generation's budget, min(ceiling, 2 x reference tokens + 10) (tokens).
-        max_items: at most this many targets (default: all).
-        batch_size: rows decoded together.
         speaker: vocoder speaker, row number or name (Meta's default 2; 0 with a note on a smaller vocoder).
         device: cpu or cuda.
         threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
@@ -338,7 +331,7 @@ def tts_command(
     # files and flags first: a typo costs a second, not the imports of torch and the model
     check_eval_output(out, overwrite)
     targets = load_manifest_items(manifest, split)
-    pool = load_manifest_items(manifest, shot_split) if shots else []
+    pool = load_manifest_items(manifest, shot_split) if settings["shots"] else []
     unit_rows = load_units(units)
     asr_dir = asr_judge or (str(Path(judges) / "asr") if judges else None)
     if asr_dir and not Path(asr_dir).is_dir():
@@ -350,8 +343,7 @@ def tts_command(
     from spiritlm.judges.models import load_asr_judge
     from spiritlm.numerics import threads as pinned_threads
 
-    cfg = TtsConfig(shots=shots, seed=seed, do_sample=do_sample, max_new_tokens=max_new_tokens, max_items=max_items,
-                    batch_size=batch_size, speaker=int(speaker) if str(speaker).isdigit() else speaker)
+    cfg = TtsConfig(**settings, speaker=int(speaker) if str(speaker).isdigit() else speaker)
     with pinned_threads(threads):
         em = load_eval_model(model, vocoder=vocoder, device=device)
         judge = load_asr_judge(asr_dir, device) if asr_dir else None
