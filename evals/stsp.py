@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 
-from spiritlm.cli import TopP
+from spiritlm.cli import TopP, flags_from
 from spiritlm.constants import STREAM_RATES
 from spiritlm.errors import UserError
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
@@ -563,30 +563,39 @@ class StspConfig:
 
     Attributes:
         directions: which of ``t2t``, ``t2s``, ``s2t``, ``s2s`` to run.
-        shots: few-shot examples asked per prompt (0: zero-shot; Meta's draw rounds up to a
-            multiple of 3).
-        seed: seeds shot draws and sampling (row ``i`` samples with ``seed + i``).
-        protocol: ``meta`` (default) or ``ours``.
-        do_sample, temperature, top_p, top_k, max_new_tokens_text, max_new_tokens_speech,
-        min_new_tokens, speaker: None keeps the protocol's value; anything else overrides it
-            (recorded in ``metrics.json`` ``config.protocol_overrides``).
-        max_items: evaluate at most this many prompts (None: all), taken balanced over labels in file order.
+        shots: few-shot examples per prompt (0: zero-shot; Meta's draw rounds up to a multiple of 3).
+        seed: seed of the shot draws and of sampling (row ``i`` samples with ``seed + i``).
+        protocol: meta (Meta's released script: 50/300 tokens, EOS-only text stops, speech EOS banned, top-k 50,
+            speaker 2, newline-separated few-shot examples drawn once per run) or ours (faster; evals/README.md).
+        do_sample: sample or decode greedily (default: the protocol's, sampling).
+        temperature: sampling temperature (default: the protocol's, 0.8 as the paper and Meta's script).
+        top_p: nucleus mass (default: the protocol's, 0.95).
+        top_k: keep the k likeliest tokens (default: the protocol's: meta 50, ours 0 = off).
+        max_new_tokens_text: budget of text continuations (default: meta 50, ours 40).
+        max_new_tokens_speech: budget of speech continuations (default: meta 300, ours 150).
+        min_new_tokens: EOS forbidden before this many tokens (default: the protocol's: meta 0, ours 5).
+        max_items: at most this many prompts, balanced over labels in file order (default: all).
         batch_size: rows decoded together.
+        speaker: vocoder speaker of speech outputs (default: the protocol's).
+
+    A setting left None keeps the protocol's value; anything else overrides it (recorded in
+    ``metrics.json`` ``config.protocol_overrides``). The fields with a flag are ``spiritlm eval
+    stsp``'s (:func:`spiritlm.cli.flags_from`): one declaration.
     """
 
     directions: tuple[str, ...] = DIRECTIONS
-    shots: int = 0
+    shots: NonNegativeInt = 0
     seed: int = 0
     protocol: str = "meta"
     do_sample: bool | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    max_new_tokens_text: int | None = None
-    max_new_tokens_speech: int | None = None
+    temperature: NonNegativeFloat | None = None
+    top_p: TopP | None = None
+    top_k: NonNegativeInt | None = None
+    max_new_tokens_text: PositiveInt | None = None
+    max_new_tokens_speech: PositiveInt | None = None
     min_new_tokens: int | None = None
-    max_items: int | None = None
-    batch_size: int = 16
+    max_items: PositiveInt | None = None
+    batch_size: PositiveInt = 16
     speaker: int | str | None = None
 
     def settings(self) -> StspProtocol:
@@ -949,6 +958,8 @@ def resolve_judge_dirs(judges: str | None, **overrides: str | None) -> dict[str,
     return out
 
 
+@flags_from(StspConfig, "protocol", "shots", "seed", "do_sample", "temperature", "top_p", "top_k", "max_new_tokens_text",
+            "max_new_tokens_speech", "max_items", "batch_size")
 def stsp_command(
     model: str,
     manifest: str,
@@ -960,20 +971,9 @@ def stsp_command(
     text_judge: str | None = None,
     text_judge_tokenizer: str | None = None,
     speech_judge: str | None = None,
-    protocol: str = "meta",
     split: str = "test",
     shot_split: str = "train",
-    shots: NonNegativeInt = 0,
-    seed: int = 0,
     directions: list[str] = list(DIRECTIONS),
-    do_sample: bool | None = None,
-    temperature: NonNegativeFloat | None = None,
-    top_p: TopP | None = None,
-    top_k: NonNegativeInt | None = None,
-    max_new_tokens_text: PositiveInt | None = None,
-    max_new_tokens_speech: PositiveInt | None = None,
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
     audio_root: str | None = None,
     shots_dir: str | None = None,
     speaker: str | None = None,
@@ -981,6 +981,7 @@ def stsp_command(
     threads: NonNegativeInt = 0,
     progress: bool = True,
     overwrite: bool = False,
+    **settings: Any,
 ) -> None:
     """Speech-Text Sentiment Preservation: sentiment kept by continuations in T→T, T→S, S→T, S→S.
 
@@ -1000,21 +1001,9 @@ def stsp_command(
             (Meta's RoBERTa-large classifier uses j-hartmann/sentiment-roberta-large-english-3-classes's).
         speech_judge: a speech sentiment judge folder (ours or a Hugging Face audio classifier, e.g. Meta's
             Expresso emotion classifier) instead of --judges'.
-        protocol: meta (Meta's released script: 50/300 tokens, EOS-only text stops, speech EOS banned, top-k 50,
-            speaker 2, newline-separated few-shot examples drawn once per run) or ours (faster; evals/README.md).
         split: the prompts' split in a corpus manifest (ignored for Meta's files, which are one split each).
         shot_split: split the few-shot examples come from.
-        shots: few-shot examples per prompt (0: zero-shot).
-        seed: seed of the shot draws and of sampling.
         directions: any of t2t, t2s, s2t, s2s.
-        do_sample: sample or decode greedily (default: the protocol's, sampling).
-        temperature: sampling temperature (default: the protocol's, 0.8 as the paper and Meta's script).
-        top_p: nucleus mass (default: the protocol's, 0.95).
-        top_k: keep the k likeliest tokens (default: the protocol's: meta 50, ours 0 = off).
-        max_new_tokens_text: budget of text continuations (default: meta 50, ours 40).
-        max_new_tokens_speech: budget of speech continuations (default: meta 300, ours 150).
-        max_items: at most this many prompts, balanced over labels (default: all).
-        batch_size: rows decoded together.
         audio_root: folder Meta's ``wav_path`` values are relative to (default: the manifest's folder and its parents).
         shots_dir: Meta's few-shot folder (``{t2t,t2s,s2t,s2s}.jsonl``) for few-shot runs on Meta's manifests.
         speaker: vocoder speaker of speech outputs, row number or name (default: meta 2, falling back to 0 with a
@@ -1033,6 +1022,7 @@ def stsp_command(
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: no such manifest (--manifest)")
     meta_layout = is_meta_stsp_manifest(manifest)
+    shots, protocol = settings["shots"], settings["protocol"]
     get_protocol(protocol)
     # a bad line is named (path:line) before the model loads
     manifest_items = None if meta_layout else load_manifest_items(manifest, split)
@@ -1083,11 +1073,7 @@ def stsp_command(
             if shots:
                 pool, _ = items_from_manifest(load_manifest_items(manifest, shot_split), units_map, em.expressive)
         speaker_arg: int | str | None = int(speaker) if speaker is not None and str(speaker).isdigit() else speaker
-        cfg = StspConfig(
-            directions=tuple(directions), shots=shots, seed=seed, protocol=protocol, do_sample=do_sample, temperature=temperature,
-            top_p=top_p, top_k=top_k, max_new_tokens_text=max_new_tokens_text, max_new_tokens_speech=max_new_tokens_speech,
-            max_items=max_items, batch_size=batch_size, speaker=speaker_arg,
-        )
+        cfg = StspConfig(directions=tuple(directions), speaker=speaker_arg, **settings)
         extra = {"manifest": str(manifest), "units": units, "vocoder": vocoder, "judges": {k: v for k, v in dirs.items() if k != "asr"},
                  "skipped_items": problems}
         run_stsp(em, items, text_judge=tj, speech_judge=sj, shot_pool=pool, cfg=cfg, out_dir=out,
