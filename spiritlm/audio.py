@@ -1,4 +1,4 @@
-"""Audio input: anything reasonable -> float32 mono waveform at a target sample rate.
+"""Audio I/O: anything reasonable -> float32 mono waveform at a target rate; the one resampler and WAV writer.
 
 Accepted sources: a path (``str`` / ``os.PathLike``), the bytes of an audio file, a numpy array
 or a torch tensor (``(samples,)`` or ``(channels, samples)``; arrays need ``sample_rate`` unless
@@ -6,6 +6,9 @@ they already are at the target rate). Files are read with soundfile (WAV, FLAC, 
 
 Every problem raises :class:`AudioError` with a message that names the source (the file path, or
 ``<bytes>`` / ``<array>``) and the problem, so batch jobs can log it, skip the item and go on.
+
+Writing (:func:`write_audio`, :func:`save_wav`, :func:`to_pcm16`) and resampling (:func:`resample`)
+happen here only (``tests/test_layout.py``), so two stages cannot render the same audio differently.
 """
 
 from __future__ import annotations
@@ -132,10 +135,12 @@ def validate_audio_file(path: str | os.PathLike, min_duration: float = MIN_DURAT
     return audio_info(path)
 
 
-def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+def resample(wav: np.ndarray, orig_rate: int, target_rate: int, dtype: type | None = np.float32) -> np.ndarray:
     """Polyphase resampling along the last axis (scipy ``resample_poly``, Kaiser window).
 
-    Exact rational ratio, deterministic, output length ``ceil(n * target / orig)``.
+    Exact rational ratio, deterministic, output length ``ceil(n * target / orig)``. The result is
+    cast to ``dtype`` (``None``: scipy's own, float64 for float64 input, as the corpus renderers
+    keep before :func:`to_pcm16`); equal rates return ``wav`` itself.
     """
     if orig_rate == target_rate:
         return wav
@@ -144,13 +149,37 @@ def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     from scipy.signal import resample_poly  # imported here: scipy.signal takes seconds to import
 
     g = gcd(int(orig_rate), int(target_rate))
-    return resample_poly(wav, target_rate // g, orig_rate // g, axis=-1).astype(np.float32)
+    out = resample_poly(wav, target_rate // g, orig_rate // g, axis=-1)
+    return out if dtype is None else out.astype(dtype)
+
+
+def to_pcm16(wav: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] -> int16 (scaled by 32767, rounded half to even, clipped).
+
+    >>> to_pcm16(np.array([0.0, 0.5, -1.0, 2.0])).tolist()
+    [0, 16384, -32767, 32767]
+    """
+    return np.clip(np.round(wav * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def write_audio(target: str | os.PathLike | io.IOBase, wav: np.ndarray, sample_rate: int, subtype: str | None = None,
+                format: str | None = None) -> None:
+    """Writes ``wav`` as it is (no conversion: int16 samples stay int16) with soundfile: the one soundfile writer.
+
+    Args:
+        target: a path (its suffix gives the format unless ``format`` is given) or a binary file object.
+        wav: ``(samples,)`` or ``(samples, channels)``.
+        sample_rate: Hz.
+        subtype: soundfile subtype (``PCM_16``, ``FLOAT``, …); None: the format's default.
+        format: soundfile format (``WAV``, ``FLAC``, …); None: from the path's suffix.
+    """
+    sf.write(target if isinstance(target, io.IOBase) else str(target), wav, sample_rate, subtype=subtype, format=format)
 
 
 def save_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
     """Writes a mono waveform (float in [-1, 1]) as a WAV file; parent folders are created."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.asarray(wav, dtype=np.float32), sample_rate, subtype=subtype)
+    write_audio(path, np.asarray(wav, dtype=np.float32), sample_rate, subtype=subtype)
 
 
 # ---------------------------------------------------------------------------------------------

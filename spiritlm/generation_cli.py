@@ -141,7 +141,8 @@ def generate_fn(
             print(f"[{seg.modality}] {seg.content if seg.modality == 'text' else seg.tokens}")
             continue
         import numpy as np
-        import soundfile as sf
+
+        from spiritlm.audio import write_audio
 
         if out is not None:
             first = Path(out)
@@ -155,7 +156,7 @@ def generate_fn(
         from spiritlm.atomic import atomic_path
 
         with atomic_path(path, suffix=".wav") as tmp:
-            sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", SAMPLE_RATE)), format="WAV")
+            write_audio(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), int(getattr(voc, "sample_rate", SAMPLE_RATE)), format="WAV")
         written.append(path)
         print(f"[speech] {path}")
     for old in earlier:  # --overwrite true: the earlier run's files this one did not replace go too

@@ -340,3 +340,46 @@ def test_rates_are_written_once():
     assert not offenders, offenders
     assert RATES_BEFORE_THE_RULE <= holders, f"no longer holds a rate, remove from RATES_BEFORE_THE_RULE: {sorted(RATES_BEFORE_THE_RULE - holders)}"
 
+
+
+#: Modules allowed to write or resample audio outside spiritlm/audio.py, each with why.
+AUDIO_IO_ELSEWHERE = {
+    "spiritlm.judges.models": "torchaudio's sinc resampling of 16 kHz clips to a Hugging Face emotion classifier's own rate "
+                              "(a torch path inside inference); spiritlm.audio.resample's polyphase filter would change "
+                              "what the judge hears, so its STSP accuracies",
+}
+
+
+def _audio_io_calls(path: Path) -> list[str]:
+    """``path:line what`` of each soundfile write and each resampler call or import in a module."""
+    tree = ast.parse(path.read_text())
+    sf_names = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name == "soundfile"}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("soundfile", "scipy.signal"):
+            found += [f"{node.lineno} from {node.module} import {a.name}" for a in node.names if a.name in ("write", "resample_poly", "resample")]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            dotted = ast.unparse(node.func)
+            if (isinstance(node.func.value, ast.Name) and node.func.value.id in sf_names and node.func.attr == "write") or \
+                    node.func.attr in ("resample_poly", "Resample") or dotted.endswith(("functional.resample", "librosa.resample")):
+                found.append(f"{node.lineno} {dotted}")
+    return [f"{path.relative_to(REPO)}:{f}" for f in found]
+
+
+def test_audio_is_written_and_resampled_in_spiritlm_audio():
+    """soundfile writes (``sf.write``) and resampling (scipy's ``resample_poly``, torchaudio's, librosa's)
+    live in spiritlm/audio.py (``write_audio``, ``save_wav``, ``resample``, ``to_pcm16``): one WAV writer
+    and one resampler, so two stages cannot render the same audio differently. AUDIO_IO_ELSEWHERE says why
+    a module keeps its own; it may only shrink."""
+    offenders, holders = [], set()
+    for name, path in _modules().items():
+        if name == "spiritlm.audio":
+            continue
+        calls = _audio_io_calls(path)
+        if calls:
+            holders.add(name)
+            if name not in AUDIO_IO_ELSEWHERE:
+                offenders += calls
+    assert not offenders, offenders
+    assert set(AUDIO_IO_ELSEWHERE) <= holders, f"no longer writes or resamples audio, remove from AUDIO_IO_ELSEWHERE: {sorted(set(AUDIO_IO_ELSEWHERE) - holders)}"
+    assert _audio_io_calls(REPO / "spiritlm" / "audio.py"), "the rule looks for calls spiritlm/audio.py itself makes"

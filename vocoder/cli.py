@@ -88,10 +88,10 @@ def synth(
 def _synthesize(src: Path, vocoder: str, out: str, markers: tuple[str, ...], *, speaker: str | None, dur_pred: bool | None,
                 style_id: str, batch_size: int | None, device: str, overwrite: bool) -> tuple[int, int, float, list[dict[str, Any]]]:
     """:func:`synth` after its checks: ``(written, lines, audio seconds, errors)``; OUT published."""
-    import soundfile as sf
     from tqdm import tqdm
 
     from spiritlm.atomic import atomic_dir
+    from spiritlm.audio import write_audio
 
     from .api import Vocoder
 
@@ -137,7 +137,7 @@ def _synthesize(src: Path, vocoder: str, out: str, markers: tuple[str, ...], *, 
                 chunk = [jobs[i] for i in order[b : b + batch_size]]
                 wavs = voc.synthesize_prepared([p for _, p in chunk], batch_size=batch_size)
                 for (uid, _), wav in zip(chunk, wavs):
-                    sf.write(str(out_dir / f"{uid}.wav"), wav, voc.sample_rate, subtype="PCM_16", format="WAV")
+                    write_audio(out_dir / f"{uid}.wav", wav, voc.sample_rate, subtype="PCM_16", format="WAV")
                     written += 1
                     audio_s += wav.size / voc.sample_rate
                 bar.update(len(chunk))

@@ -770,7 +770,7 @@ def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool, max_durati
     import soundfile as sf
 
     from spiritlm.atomic import atomic_path
-    from spiritlm.audio import AudioError, load_audio
+    from spiritlm.audio import AudioError, load_audio, write_audio
 
     try:
         info = sf.info(io.BytesIO(data))
@@ -790,7 +790,7 @@ def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool, max_durati
         if keep:
             tmp.write_bytes(data)
         else:
-            sf.write(str(tmp), wav, info.samplerate, subtype="PCM_16" if info.subtype == "PCM_16" else "FLOAT")
+            write_audio(tmp, wav, info.samplerate, subtype="PCM_16" if info.subtype == "PCM_16" else "FLOAT")
     return str(path)
 
 

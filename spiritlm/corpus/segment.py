@@ -208,7 +208,7 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
     """
     import soundfile as sf
 
-    from spiritlm.audio import load_audio, resample
+    from spiritlm.audio import load_audio, resample, write_audio
     from spiritlm.corpus.manifest import Utterance, Word
 
     wav = load_audio(utt.audio, target_rate=utt.sample_rate)
@@ -238,7 +238,7 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
         sid = f"{utt.id}_{k:04d}"
         path = seg_dir / f"{sid}.wav"
         with atomic_path(path, suffix=".wav") as tmp:
-            sf.write(str(tmp), wav[i0:i1], rate, subtype=subtype)
+            write_audio(tmp, wav[i0:i1], rate, subtype=subtype)
         n = i1 - i0
         words = [Word(w.word, w.start, min(w.end, n / rate)) for w in words]
         out.append(Utterance(

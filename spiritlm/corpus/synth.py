@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from math import gcd
 
 import numpy as np
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt, restricted_number_type
@@ -336,18 +335,13 @@ def _init_worker(out_dir: str, sample_rate: int, data_path: str) -> None:
     _WORKER["sample_rate"] = sample_rate
 
 
-def _to_pcm16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
-
-
 def render_utterance(engine: Espeak, plan: UttPlan, out_dir: str, sample_rate: int) -> tuple[Utterance, int]:
     """Renders, writes ``wavs/<id>.wav`` and returns (manifest entry, number of text retries).
 
     A text that espeak cannot align (very rare, see :func:`~spiritlm.corpus.espeak.align_events`)
     is replaced by another draw for the same utterance index and label.
     """
-    import soundfile as sf
-    from scipy.signal import resample_poly
+    from spiritlm.audio import resample, to_pcm16, write_audio
 
     item, retries = plan.item, 0
     while True:
@@ -379,14 +373,12 @@ def render_utterance(engine: Espeak, plan: UttPlan, out_dir: str, sample_rate: i
         parts.append(np.zeros(gap, dtype=np.int16))
         offset += gap
     audio = np.concatenate(parts).astype(np.float64) / 32768.0
-    g = gcd(sample_rate, sr_in)
-    if sample_rate != sr_in:
-        audio = resample_poly(audio, sample_rate // g, sr_in // g)  # zero-phase: times are kept
-    pcm = _to_pcm16(audio)
+    audio = resample(audio, sr_in, sample_rate, dtype=None)  # zero-phase polyphase: times are kept
+    pcm = to_pcm16(audio)
     duration = len(pcm) / sample_rate
 
     rel = f"{WAV_DIR}/{plan.id}.wav"
-    sf.write(os.path.join(out_dir, rel), pcm, sample_rate, subtype="PCM_16", format="WAV")
+    write_audio(os.path.join(out_dir, rel), pcm, sample_rate, subtype="PCM_16", format="WAV")
 
     def t(x: float) -> float:
         return min(round(x, 5), duration)
@@ -535,7 +527,7 @@ def _synthesize_into(cfg: SynthConfig, out_dir: str, t0: float) -> SynthResult:
     if "forkserver" in methods:
         # Import the heavy modules once in the fork server (scipy.signal alone takes ~1.5 s)
         # instead of in every worker of every pool; no effect once the server runs.
-        ctx.set_forkserver_preload(["spiritlm.corpus.synth", "scipy.signal", "soundfile"])
+        ctx.set_forkserver_preload(["spiritlm.corpus.synth", "spiritlm.audio", "scipy.signal", "soundfile"])
     from tqdm import tqdm
 
     with ctx.Pool(workers, initializer=_init_worker, initargs=(out_dir, cfg.sample_rate, data_path)) as pool:

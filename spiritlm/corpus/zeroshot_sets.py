@@ -117,16 +117,11 @@ def _voices(n: int):
 
 def _render(jobs: list[tuple[str, list[list[str]], object]], folder: Path, seed: int) -> None:
     """Renders ``(stem, sentences, voice)`` jobs to ``folder/<stem>.wav`` (16 kHz PCM16), one fork per voice."""
-    from math import gcd
-
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
+    from spiritlm.audio import resample, to_pcm16, write_audio
     from spiritlm.corpus.espeak import get_engine
 
     engine = get_engine()
     sr_in, sr_out = engine.sample_rate, SAMPLE_RATE
-    g = gcd(sr_in, sr_out)
     by_voice: dict[object, list[tuple[str, list[list[str]]]]] = defaultdict(list)
     for stem, sentences, voice in jobs:
         by_voice[voice].append((stem, sentences))
@@ -140,9 +135,8 @@ def _render(jobs: list[tuple[str, list[list[str]], object]], folder: Path, seed:
             for _ in sentences:
                 parts += [synths[k].samples, gap]
                 k += 1
-            audio = resample_poly(np.concatenate(parts).astype(np.float64) / 32768.0, sr_out // g, sr_in // g)
-            pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-            sf.write(folder / f"{stem}.wav", pcm, sr_out, subtype="PCM_16", format="WAV")
+            audio = resample(np.concatenate(parts).astype(np.float64) / 32768.0, sr_in, sr_out, dtype=None)
+            write_audio(folder / f"{stem}.wav", to_pcm16(audio), sr_out, subtype="PCM_16", format="WAV")
 
 
 def _lexical_pairs(rng: random.Random, split_words: Sequence[str], vocab: set[str], freq: Counter, voices: list,

@@ -579,10 +579,10 @@ def decode_pcm(data: str) -> np.ndarray:
 
 def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     """A float32 WAV file of ``wav`` (samples kept exactly, as the page's download is)."""
-    import soundfile as sf
+    from spiritlm.audio import write_audio
 
     buf = io.BytesIO()
-    sf.write(buf, np.asarray(wav, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
+    write_audio(buf, np.asarray(wav, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
     return buf.getvalue()
 
 
