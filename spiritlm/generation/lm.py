@@ -371,9 +371,13 @@ class SpiritLM:
             seqs = [list(prompts[i]) for i in rows]
             logits = self._full_forward(seqs)
         eos_ok = eos is not None and 0 <= eos < V
+        banned = bool(ban.any())
         t = 0
         while True:
-            last = logits.float().masked_fill(ban, float("-inf"))
+            # the step's logits are a new tensor, used once: masked in place (no [B, V] copy)
+            last = logits.float()
+            if banned:
+                last.masked_fill_(ban, float("-inf"))
             if eos_ok and t < min_new_tokens:
                 last[:, eos] = float("-inf")
             picks = pick_next(last, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -1,0 +1,77 @@
+"""LlamaDecoder's oneDNN-packed projections (batched CPU decoding) against the modules' own."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fixtures import tiny_hf_llama
+from spiritlm.data.synthetic import toy_tokenizer
+from spiritlm.generation import LlamaDecoder, SpiritLM
+from spiritlm.generation.decoder import PackedWeights
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    from spiritlm.text_tokenizer import SpiritTextTokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    toy_tokenizer(d, num_hubert=64)
+    tok = SpiritTextTokenizer.load(d / "tokenizer.model")
+    hf = tiny_hf_llama(tmp_path_factory.mktemp("hf"), vocab_size=tok.vocab_size, seed=5, tokenizer_model=d / "tokenizer.model")
+    return SpiritLM.from_pretrained(hf)
+
+
+def _run(dec: LlamaDecoder, prompts: list[list[int]], steps: int) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """Greedy decoding of left-padded ``prompts`` for ``steps`` steps: every step's logits and the ids."""
+    W = max(map(len, prompts))
+    ids = torch.tensor([[0] * (W - len(p)) + p for p in prompts])
+    logits = dec.prefill(ids, [len(p) for p in prompts], W + steps)
+    positions = torch.tensor([len(p) for p in prompts])
+    out, picks = [logits], []
+    for t in range(steps):
+        nxt = logits.argmax(-1)
+        picks.append(nxt.tolist())
+        logits = dec.step(nxt, positions, W + t)
+        positions = positions + 1
+        out.append(logits)
+    return out, [list(r) for r in zip(*picks)]
+
+
+@torch.inference_mode()
+def test_packed_projections_give_the_modules_logits_and_ids(lm):
+    dec = LlamaDecoder(lm.model)
+    assert dec.packed is not None  # CPU float32: packed
+    plain = LlamaDecoder(lm.model)
+    plain.packed = None
+    prompts = [list(range(3, 3 + n)) for n in (9, 4, 7)]
+    got, ids = _run(dec, prompts, 12)
+    want, ids_plain = _run(plain, prompts, 12)
+    assert ids == ids_plain
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+    # a batch of one row per step keeps the modules' own (column-major) projections
+    one = LlamaDecoder(lm.model)
+    one.prefill(torch.tensor([prompts[0]]), [9], 12)
+    plain.prefill(torch.tensor([prompts[0]]), [9], 12)
+    x = torch.tensor([5])
+    assert torch.equal(one.step(x, torch.tensor([9]), 9), plain.step(x, torch.tensor([9]), 9))
+
+
+@torch.no_grad()
+def test_packing_follows_the_weights_and_is_skipped_where_unsupported(lm):
+    model = copy.deepcopy(lm.model)
+    first = PackedWeights.of(model)
+    assert first is not None and PackedWeights.of(model) is first  # cached
+    model.final_proj.weight.mul_(2.0)  # in place: repacked
+    second = PackedWeights.of(model)
+    assert second is not None and second is not first
+    x = torch.randn(4, model.final_proj.weight.size(1))
+    torch.testing.assert_close(second.linear(x, second.final), torch.nn.functional.linear(x, model.final_proj.weight),
+                               rtol=1e-4, atol=1e-3)
+    assert PackedWeights.of(copy.deepcopy(model).to(torch.bfloat16)) is None
+    assert PackedWeights.of(copy.deepcopy(model).train()) is None
