@@ -43,7 +43,8 @@ def timed(fn, device: str) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def main() -> None:
+def main(argv=None) -> dict:
+    """Prints the table; returns the results (``{"workloads": {...}, ...}``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dim", type=int, default=512)
     p.add_argument("--num_layers", type=int, default=8)
@@ -62,11 +63,11 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--only", default="one,batch", help="comma-separated workloads: one, batch")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print("machine:", machine())
-    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print("command:", " ".join([os.path.basename(sys.executable), *(sys.argv if argv is None else argv)]))
 
     from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging
@@ -153,6 +154,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    return results
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def manifest_audio(manifest: str, n: int) -> list[np.ndarray]:
     return [load(it.audio) for it in read_audio_manifest(manifest)[:n]]
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
+    """Prints the table; returns the rows (``{"rows": [...], ...}``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", required=True, help="utterances for the unit equality (e.g. 50 synthetic ones)")
     ap.add_argument("--num_utts", type=int, default=50)
@@ -169,15 +170,21 @@ def main(argv=None) -> None:
           f"units = our fp32, real / {len(evals)} utts |")
     print("|---|---|---|---|---|---|---|")
     base32 = units.get("UnitTokenizer fp32")
+    rows = []
     for n in names:
         med, mn = statistics.median(times[n]), min(times[n])
-        eq_ref = f"{equal(units[n], units[rname], slice(0, 1)):.2f}% / {equal(units[n], units[rname], slice(1, None)):.2f}%"
-        eq_32 = (f"{equal(units[n], base32, slice(0, 1)):.2f}% / {equal(units[n], base32, slice(1, None)):.2f}%"
-                 if base32 is not None else "-")
+        eq = {"ref_real": equal(units[n], units[rname], slice(0, 1)), "ref_utts": equal(units[n], units[rname], slice(1, None))}
+        if base32 is not None:
+            eq.update(fp32_real=equal(units[n], base32, slice(0, 1)), fp32_utts=equal(units[n], base32, slice(1, None)))
+        eq_ref = f"{eq['ref_real']:.2f}% / {eq['ref_utts']:.2f}%"
+        eq_32 = f"{eq['fp32_real']:.2f}% / {eq['fp32_utts']:.2f}%" if base32 is not None else "-"
         print(f"| {n} | {med:.3f} | {mn:.3f} | {rmed / med:.2f}x | {rmin / mn:.2f}x | {eq_ref} | {eq_32} |")
+        rows.append({"path": n, "median_s": med, "min_s": mn, "ratio_median": rmed / med, "ratio_min": rmin / mn,
+                     "times_s": times[n], "units_equal_pct": eq})
     if feat_err is not None:
         print(f"fp32 features vs the reference on the real file: max |diff| {feat_err:.2e}")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2-core machine shared with other jobs)")
+    return {"audio_s": secs, "num_utts": len(evals), "feature_max_abs_diff": feat_err, "rows": rows}
 
 
 if __name__ == "__main__":

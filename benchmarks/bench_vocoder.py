@@ -178,8 +178,8 @@ def _alternate(fns: dict, rounds: int) -> dict:
     return {k: (float(np.median(v)), float(np.min(v)), out[k]) for k, v in times.items()}
 
 
-def compare(args) -> None:
-    """Issue 20's side-by-side table (see the module docstring)."""
+def compare(args) -> list[dict]:
+    """Issue 20's side-by-side table (see the module docstring); returns its rows."""
     from speechbrain.lobes.models.HifiGAN import HifiganGenerator
     from speechbrain.nnet.CNN import Conv1d as SBConv1d
 
@@ -272,9 +272,10 @@ def compare(args) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"argv": sys.argv, "compare": rows}, f, indent=1)
+    return rows
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,base", help="comma-separated presets (tiny, base, expressive)")
     p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (0: torch's default)")
@@ -289,7 +290,11 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--compare", action="store_true", help="ours vs speechbrain's stock generator, batched and streamed (issue 20)")
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds of --compare")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"python {platform.python_version()}")
