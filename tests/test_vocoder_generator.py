@@ -85,3 +85,26 @@ def test_doctests():
 
     result = doctest.testmod(generator_mod)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_cpu_inference_runs_channels_last_and_follows_weight_changes():
+    torch.manual_seed(2)
+    g = HifiGANGenerator(12, **LAYOUTS["tiny"]).eval()
+    x = torch.randn(1, 12, 7)
+    assert not g.channels_last(x)  # weight norm: the training layout
+    g.remove_weight_norm()
+    assert not g.channels_last(x)  # gradients to the weights: the 1-D path
+    with torch.no_grad():
+        assert g.channels_last(x)
+        before = g(x)
+        conv = g.resblocks[0].convs1[0].conv
+        conv.weight.mul_(1.5)  # in place: the cached channels-last copy is rebuilt
+        changed = g(x)
+        with torch.enable_grad():
+            g.requires_grad_(False)
+            plain = g(x)  # no gradient needed: also channels-last
+        g.channels_last = lambda x: False  # the 1-D path, for reference
+        ref = g(x)
+    assert (changed - before).abs().max() > 1e-4
+    torch.testing.assert_close(changed, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain, ref, atol=1e-5, rtol=0)
