@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     print("machine:", machine())
-    print("command:", " ".join([os.path.basename(sys.executable), *(sys.argv if argv is None else argv)]))
+    print("command:", " ".join([os.path.basename(sys.executable), *(sys.argv if argv is None else ["benchmarks/bench_decode.py", *argv])]))
 
     from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging
