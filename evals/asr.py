@@ -26,9 +26,10 @@ recorded as ``empty_wer``.)
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
@@ -37,6 +38,7 @@ from spiritlm.errors import UserError
 from spiritlm.evals.common import (
     EvalModel,
     EvalResult,
+    ManifestInputs,
     bootstrap_ci,
     check_speech_vocabulary,
     draw_shots,
@@ -52,7 +54,7 @@ from spiritlm.evals.engine import Throughput, allowed_with, answer_budget, clean
 from spiritlm.evals.prompts import fit_prompt, join_prompt, render_pair
 from spiritlm.units_jsonl import load_units
 
-__all__ = ["build_asr_prompt", "run_asr"]
+__all__ = ["AsrConfig", "build_asr_prompt", "run_asr"]
 
 
 def build_asr_prompt(shots: Sequence[tuple[str, str]], target_speech: str) -> str:
@@ -65,29 +67,11 @@ def build_asr_prompt(shots: Sequence[tuple[str, str]], target_speech: str) -> st
                        render_pair("speech", target_speech, "text", ""))
 
 
-def run_asr(
-    model: EvalModel,
-    manifest: str | Path,
-    units: str | Path,
-    out_dir: str | Path,
-    *,
-    shots: NonNegativeInt = 10,
-    seed: int = 0,
-    split: str = "test",
-    shot_split: str = "train",
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
-    max_new_tokens: PositiveInt = 384,
-    length_ratio: PositiveFloat = 2.0,
-    progress: bool = True,
-) -> EvalResult:
-    """k-shot ASR on a manifest split; writes ``metrics.json`` and ``predictions.jsonl`` to ``out_dir``.
+@dataclass
+class AsrConfig:
+    """Settings of :func:`run_asr`.
 
-    Args:
-        model: from :func:`~spiritlm.evals.common.load_eval_model`.
-        manifest: manifest JSONL with ``text`` and ``split``.
-        units: Meta units JSONL of the manifest's audio (``spiritlm tokenize``).
-        out_dir: output folder.
+    Attributes:
         shots: in-context examples per target (clamped to what fits in ``max_seq_len``).
         seed: seeds the shots, the item sample and the chance baseline.
         split: the split evaluated.
@@ -96,11 +80,38 @@ def run_asr(
         batch_size: prompts decoded together.
         max_new_tokens: ceiling of an answer's budget (tokens).
         length_ratio: an answer's budget is ``length_ratio × reference tokens + 10`` (then the ceiling).
+
+    The fields with a flag are ``spiritlm eval asr``'s (:func:`spiritlm.cli.flags_from`): one declaration.
+    """
+
+    shots: NonNegativeInt = 10
+    seed: int = 0
+    split: str = "test"
+    shot_split: str = "train"
+    max_items: PositiveInt | None = None
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt = 384
+    length_ratio: PositiveFloat = 2.0
+
+
+def run_asr(model: EvalModel, inputs: ManifestInputs, config: AsrConfig | None = None, out_dir: str | os.PathLike | None = None,
+            *, progress: bool = True) -> EvalResult:
+    """k-shot ASR on a manifest split; with ``out_dir``, writes ``metrics.json`` and ``predictions.jsonl`` there.
+
+    Args:
+        model: from :func:`~spiritlm.evals.common.load_eval_model`.
+        inputs: the manifest (``text``, ``split``) and the units of its audio.
+        config: the settings (default :class:`AsrConfig`).
+        out_dir: output folder (None: only return the result).
         progress: tqdm bar.
 
     Items without units, or whose target alone does not fit, are skipped and counted
     (``config.skipped``); :class:`UserError` if every item is skipped.
     """
+    cfg = config or AsrConfig()
+    manifest, units = inputs.manifest, inputs.units
+    shots, seed, split, shot_split, max_items = cfg.shots, cfg.seed, cfg.split, cfg.shot_split, cfg.max_items
+    batch_size, max_new_tokens, length_ratio = cfg.batch_size, cfg.max_new_tokens, cfg.length_ratio
     lm = model.lm
     tok = lm.tokenizer
     unit_rows = load_units(units)
@@ -149,7 +160,8 @@ def run_asr(
         },
     }
     result = EvalResult("asr", metrics, predictions, thr.as_dict())
-    write_eval_outputs(out_dir, result)
+    if out_dir is not None:
+        write_eval_outputs(out_dir, result)
     return result
 
 

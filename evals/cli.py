@@ -1,13 +1,18 @@
-"""``spiritlm eval <task>``: thin command-line wrappers over the ``run_<task>`` APIs of :mod:`spiritlm.evals`."""
+"""``spiritlm eval <task>``: thin command-line wrappers over the ``run_<task>`` APIs of :mod:`spiritlm.evals`.
+
+Each command reads and checks its files, builds the task's inputs and config (its settings flags
+are the config's fields: :func:`spiritlm.cli.flags_from`) and calls ``run_<task>(model, inputs, config, out)``.
+"""
 
 from __future__ import annotations
 
 from jsonargparse.typing import NonNegativeInt
 
 from spiritlm.cli import flags_from
-from spiritlm.evals.asr import run_asr  # light modules (numpy): their signatures are the commands' flags
-from spiritlm.evals.ic import run_ic
-from spiritlm.evals.zeroshot import run_zeroshot
+from spiritlm.evals.asr import AsrConfig, run_asr  # light modules (numpy): their configs are the commands' flags
+from spiritlm.evals.common import ManifestInputs
+from spiritlm.evals.ic import IcConfig, run_ic
+from spiritlm.evals.zeroshot import ZeroshotConfig, ZeroshotInputs, run_zeroshot
 
 
 def _model(model: str, vocoder: str | None, speech_tokenizer: str | None, device: str):
@@ -47,7 +52,7 @@ def _check_paths(model: str, vocoder: str | None, speech_tokenizer: str | None) 
     check_model_paths(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer)
 
 
-@flags_from(run_asr, "shots", "seed", "split", "shot_split", "max_items", "batch_size", "max_new_tokens")
+@flags_from(AsrConfig, "shots", "seed", "split", "shot_split", "max_items", "batch_size", "max_new_tokens")
 def asr(
     model: str,
     manifest: str,
@@ -83,10 +88,10 @@ def asr(
     from spiritlm.numerics import threads as pinned_threads
 
     with pinned_threads(threads):
-        run_asr(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, **settings)
+        run_asr(_model(model, vocoder, speech_tokenizer, device), ManifestInputs(manifest, units), AsrConfig(**settings), out)
 
 
-@flags_from(run_ic, "shots", "seed", "split", "shot_split", "max_items", "batch_size", "generation")
+@flags_from(IcConfig, "shots", "seed", "split", "shot_split", "max_items", "batch_size", "generation")
 def ic(
     model: str,
     manifest: str,
@@ -122,10 +127,10 @@ def ic(
     from spiritlm.numerics import threads as pinned_threads
 
     with pinned_threads(threads):
-        run_ic(_model(model, vocoder, speech_tokenizer, device), manifest, units, out, **settings)
+        run_ic(_model(model, vocoder, speech_tokenizer, device), ManifestInputs(manifest, units), IcConfig(**settings), out)
 
 
-@flags_from(run_zeroshot, "seed", "max_items", "batch_size", "split")
+@flags_from(ZeroshotConfig, "seed", "max_items", "batch_size", "split")
 def zeroshot(
     model: str,
     out: str,
@@ -176,8 +181,8 @@ def zeroshot(
     from spiritlm.numerics import threads as pinned_threads
 
     with pinned_threads(threads):
-        run_zeroshot(_model(model, vocoder, speech_tokenizer, device), out, manifest=manifest, sets=sets,
-                     tasks=[t.strip() for t in tasks.split(",") if t.strip()], **settings)
+        cfg = ZeroshotConfig(tasks=[t.strip() for t in tasks.split(",") if t.strip()], **settings)
+        run_zeroshot(_model(model, vocoder, speech_tokenizer, device), ZeroshotInputs(manifest=manifest, sets=sets), cfg, out)
 
 
 # tts and stsp keep their commands beside their APIs (light modules: numpy, no torch at import)

@@ -6,6 +6,8 @@
   (seeded few-shot examples that never include the target);
 * metrics: :func:`normalize_text`, :func:`word_error_rate` / :func:`char_error_rate` (:mod:`spiritlm.edit_distance`),
   :func:`bootstrap_ci` (95% percentile bootstrap), :func:`metric` (one headline metric's record);
+* the task signature: ``run_<task>(model: EvalModel, inputs, config, out_dir=None) -> EvalResult``
+  (:class:`ManifestInputs` are asr's and ic's inputs);
 * outputs: :class:`EvalResult` and :func:`write_eval_outputs` (``metrics.json`` +
   ``predictions.jsonl``, written atomically, byte-identical for the same seed, and one summary line);
   :func:`check_eval_output` (an existing finished ``--out`` needs ``--overwrite true``).
@@ -375,6 +377,19 @@ class EvalResult:
     metrics: dict[str, Any]
     predictions: list[dict] = field(default_factory=list)
     throughput: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ManifestInputs:
+    """The inputs of ``run_asr`` and ``run_ic``: a manifest and the units of its audio (read by the task).
+
+    Attributes:
+        manifest: manifest JSONL (``text`` or ``intent``, ``split``).
+        units: Meta units JSONL of the manifest's audio (``spiritlm tokenize``).
+    """
+
+    manifest: str | os.PathLike
+    units: str | os.PathLike
 
 
 def _write_tmp(path: Path, text: str) -> Path:

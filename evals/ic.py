@@ -26,8 +26,9 @@ Chance: ``1 / number of labels`` (``chance``) and the majority class of the shot
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -36,6 +37,7 @@ from spiritlm.errors import UserError
 from spiritlm.evals.common import (
     EvalModel,
     EvalResult,
+    ManifestInputs,
     bootstrap_ci,
     check_speech_vocabulary,
     draw_shots,
@@ -50,7 +52,7 @@ from spiritlm.evals.engine import Throughput, allowed_with, choose_by_likelihood
 from spiritlm.evals.prompts import fit_prompt, render_pair
 from spiritlm.units_jsonl import load_units
 
-__all__ = ["label_name", "run_ic"]
+__all__ = ["IcConfig", "label_name", "run_ic"]
 
 
 def label_name(label: str) -> str:
@@ -58,28 +60,11 @@ def label_name(label: str) -> str:
     return label.replace("_", " ")
 
 
-def run_ic(
-    model: EvalModel,
-    manifest: str | Path,
-    units: str | Path,
-    out_dir: str | Path,
-    *,
-    shots: NonNegativeInt = 30,
-    seed: int = 0,
-    split: str = "test",
-    shot_split: str = "train",
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
-    generation: bool = True,
-    progress: bool = True,
-) -> EvalResult:
-    """k-shot intent classification of a manifest split's items that carry an ``intent``.
+@dataclass
+class IcConfig:
+    """Settings of :func:`run_ic`.
 
-    Args:
-        model: from :func:`~spiritlm.evals.common.load_eval_model`.
-        manifest: manifest JSONL with ``intent`` and ``split``.
-        units: Meta units JSONL of the manifest's audio.
-        out_dir: output folder (``metrics.json``, ``predictions.jsonl``).
+    Attributes:
         shots: in-context examples (clamped to the context; paper: 30).
         seed: seeds shots and the item sample.
         split: the split evaluated.
@@ -87,8 +72,34 @@ def run_ic(
         max_items: a seeded sample of this many items (None: all).
         batch_size: sequences per forward pass.
         generation: also predict by greedy generation.
+
+    The fields with a flag are ``spiritlm eval ic``'s (:func:`spiritlm.cli.flags_from`): one declaration.
+    """
+
+    shots: NonNegativeInt = 30
+    seed: int = 0
+    split: str = "test"
+    shot_split: str = "train"
+    max_items: PositiveInt | None = None
+    batch_size: PositiveInt = 16
+    generation: bool = True
+
+
+def run_ic(model: EvalModel, inputs: ManifestInputs, config: IcConfig | None = None, out_dir: str | os.PathLike | None = None,
+           *, progress: bool = True) -> EvalResult:
+    """k-shot intent classification of a manifest split's items that carry an ``intent``.
+
+    Args:
+        model: from :func:`~spiritlm.evals.common.load_eval_model`.
+        inputs: the manifest (``intent``, ``split``) and the units of its audio.
+        config: the settings (default :class:`IcConfig`).
+        out_dir: output folder (``metrics.json``, ``predictions.jsonl``; None: only return the result).
         progress: tqdm bars.
     """
+    cfg = config or IcConfig()
+    manifest, units = inputs.manifest, inputs.units
+    shots, seed, split, shot_split, max_items = cfg.shots, cfg.seed, cfg.split, cfg.shot_split, cfg.max_items
+    batch_size, generation = cfg.batch_size, cfg.generation
     lm = model.lm
     tok = lm.tokenizer
     unit_rows = load_units(units)
@@ -154,7 +165,8 @@ def run_ic(
         "max_seq_len": max_len, "max_items": max_items, "skipped": len(skipped), "skipped_items": skipped[:50],
     }
     result = EvalResult("ic", metrics, predictions, thr.as_dict())
-    write_eval_outputs(out_dir, result)
+    if out_dir is not None:
+        write_eval_outputs(out_dir, result)
     return result
 
 

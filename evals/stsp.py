@@ -814,21 +814,33 @@ def _run_direction(d: str, items: Sequence[StspItem], model: Any, cfg: StspConfi
     return rows
 
 
-def run_stsp(
-    model: EvalModel,
-    items: Sequence[StspItem],
-    *,
-    text_judge: Any = None,
-    speech_judge: Any = None,
-    shot_pool: Sequence[StspItem] | dict[str, Sequence[StspItem]] = (),
-    cfg: StspConfig | None = None,
-    out_dir: str | os.PathLike | None = None,
-    judges_metrics: dict | None = None,
-    extra_config: dict | None = None,
-    progress: bool = False,
-    meta_reference: str | os.PathLike | None = None,
-) -> EvalResult:
-    """Runs STSP on ``items`` with ``model`` (an :class:`spiritlm.evals.common.EvalModel`).
+@dataclass
+class StspInputs:
+    """The inputs of :func:`run_stsp`: prompts, the few-shot pool and the judges of the continuations.
+
+    Attributes:
+        items: the prompts (ours: :func:`items_from_manifest`; Meta's: :func:`read_meta_stsp`).
+        shot_pool: few-shot examples (a list, or Meta's per-direction lists of :func:`read_meta_few_shot`).
+        text_judge: judges the sentiment of text continuations (None: no ``*2t`` direction).
+        speech_judge: judges the sentiment of speech continuations (None: no ``*2s`` direction).
+        judges_metrics: the judges' own scores (``judges_metrics.json``), copied into ``metrics.json``.
+        extra_config: recorded under ``metrics.json`` ``config`` (the command's file paths).
+        meta_reference: the Meta manifest the items came from: each ``pred_<direction>.jsonl`` is scored by Meta's rules.
+    """
+
+    items: Sequence[StspItem]
+    shot_pool: Sequence[StspItem] | dict[str, Sequence[StspItem]] = ()
+    text_judge: Any = None
+    speech_judge: Any = None
+    judges_metrics: dict | None = None
+    extra_config: dict | None = None
+    meta_reference: str | os.PathLike | None = None
+
+
+def run_stsp(model: EvalModel, inputs: StspInputs, config: StspConfig | None = None, out_dir: str | os.PathLike | None = None,
+             *, progress: bool = False) -> EvalResult:
+    """Runs STSP on ``inputs.items`` with ``model`` (an :class:`spiritlm.evals.common.EvalModel`) and ``config``
+    (default :class:`StspConfig`).
 
     Directions whose inputs or judge are missing (no text/speech prompt, no vocoder or speech
     judge for speech outputs, no text judge for text outputs) are skipped and listed under
@@ -840,8 +852,9 @@ def run_stsp(
 
     With ``out_dir``, each direction's judged labels are also written in Meta's predictions
     layout (``pred_<direction>.jsonl``: ``{"id", "pred"}`` a line), which Meta's ``eval_stsp.py``
-    or ``spiritlm eval stsp-score`` read; with ``meta_reference`` (the Meta manifest the items
-    came from) each is scored by Meta's rules and our strict count (``meta_score``).
+    or ``spiritlm eval stsp-score`` read; with ``inputs.meta_reference`` (the Meta manifest the items
+    came from) each is scored by Meta's rules and our strict count (``meta_score``). ``progress``:
+    tqdm bars of the decoding.
 
     Returns:
         :class:`spiritlm.evals.common.EvalResult` (task ``stsp``); written to ``out_dir`` when given.
@@ -849,7 +862,8 @@ def run_stsp(
     from spiritlm.evals.common import EvalResult, write_eval_outputs
     from spiritlm.evals.engine import Throughput
 
-    cfg = cfg or StspConfig()
+    cfg = config or StspConfig()
+    items, shot_pool, text_judge, speech_judge = inputs.items, inputs.shot_pool, inputs.text_judge, inputs.speech_judge
     proto = cfg.settings()
     bad = [d for d in cfg.directions if d not in DIRECTIONS]
     if bad:
@@ -873,13 +887,13 @@ def run_stsp(
         raise UserError(f"STSP ran no direction: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
     metrics = _run_metrics(rows, items, cfg, proto, notes, seed=cfg.seed)
     metrics["judge_ceilings"] = judge_ceilings(items, text_judge, speech_judge, model.vocoder, speaker, proto.one_clip_at_a_time)
-    if judges_metrics:
-        metrics["judges"] = {k: v for k, v in judges_metrics.items() if k in ("asr", "text-sentiment", "speech-sentiment")}
+    if inputs.judges_metrics:
+        metrics["judges"] = {k: v for k, v in inputs.judges_metrics.items() if k in ("asr", "text-sentiment", "speech-sentiment")}
     metrics["config"] = {"model": getattr(model, "name", ""), **asdict(cfg), "directions": list(cfg.directions),
                          "settings": asdict(proto), "protocol_overrides": cfg.overrides(), "speaker_used": speaker,
-                         "speaker_note": speaker_note, **(extra_config or {})}
+                         "speaker_note": speaker_note, **(inputs.extra_config or {})}
     if out_dir is not None:
-        _write_meta_layout(out_dir, rows, meta_reference, metrics)
+        _write_meta_layout(out_dir, rows, inputs.meta_reference, metrics)
     thr = throughput.as_dict()
     thr["wall_seconds"] = round(time.time() - t_start, 2)
     result = EvalResult("stsp", metrics, rows, thr)
@@ -1076,6 +1090,7 @@ def stsp_command(
         cfg = StspConfig(directions=tuple(directions), speaker=speaker_arg, **settings)
         extra = {"manifest": str(manifest), "units": units, "vocoder": vocoder, "judges": {k: v for k, v in dirs.items() if k != "asr"},
                  "skipped_items": problems}
-        run_stsp(em, items, text_judge=tj, speech_judge=sj, shot_pool=pool, cfg=cfg, out_dir=out,
-                 judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra, progress=progress,
-                 meta_reference=manifest if meta_layout else None)
+        inputs = StspInputs(items, shot_pool=pool, text_judge=tj, speech_judge=sj,
+                            judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra,
+                            meta_reference=manifest if meta_layout else None)
+        run_stsp(em, inputs, cfg, out, progress=progress)

@@ -108,23 +108,40 @@ def _rolled(values: Sequence[Any]) -> list[Any]:
     return list(values[1:]) + list(values[:1]) if len(values) > 1 else list(values)
 
 
-def run_tts(
-    model: EvalModel,
-    targets: Sequence[dict],
-    pool: Sequence[dict],
-    units: dict[str, dict],
-    *,
-    asr_judge: Any = None,
-    cfg: TtsConfig | None = None,
-    out_dir: str | os.PathLike | None = None,
-    judges_metrics: dict | None = None,
-    extra_config: dict | None = None,
-    progress: bool = False,
-) -> EvalResult:
-    """Few-shot TTS of ``targets`` (manifest dicts with ``id``, ``text``, ``audio``) with shots from ``pool``.
+@dataclass
+class TtsInputs:
+    """The inputs of :func:`run_tts`: items, their units and the judge that listens to the outputs.
+
+    Attributes:
+        targets: manifest dicts (``id``, ``text``, ``audio``) to synthesise.
+        pool: manifest dicts the shots are drawn from.
+        units: unit rows by id or audio path (:func:`spiritlm.units_jsonl.load_units`).
+        asr_judge: transcribes the vocoded outputs (None: only the unit edit rate).
+        judges_metrics: the judges' own scores (``judges_metrics.json``), copied into ``metrics.json``.
+        extra_config: recorded under ``metrics.json`` ``config`` (the command's file paths).
+    """
+
+    targets: Sequence[dict]
+    pool: Sequence[dict]
+    units: dict[str, dict]
+    asr_judge: Any = None
+    judges_metrics: dict | None = None
+    extra_config: dict | None = None
+
+
+def run_tts(model: EvalModel, inputs: TtsInputs, config: TtsConfig | None = None, out_dir: str | os.PathLike | None = None,
+            *, progress: bool = False) -> EvalResult:
+    """Few-shot TTS of ``inputs.targets`` with shots from ``inputs.pool``.
 
     Targets and shots without units are skipped (counted in ``skipped``); without a vocoder or
     an ASR judge only the unit edit rate is reported.
+
+    Args:
+        model: from :func:`~spiritlm.evals.common.load_eval_model` (a vocoder for the CER).
+        inputs: the items, their units and the ASR judge.
+        config: the settings (default :class:`TtsConfig`).
+        out_dir: output folder (None: only return the result).
+        progress: tqdm bar of the decoding.
 
     Returns:
         :class:`spiritlm.evals.common.EvalResult` (task ``tts``); written to ``out_dir`` when given.
@@ -132,7 +149,9 @@ def run_tts(
     from spiritlm.evals.common import EvalResult, edit_counts, write_eval_outputs
     from spiritlm.evals.engine import Throughput, allowed_with, generate_by_budget, text_stop_ids
 
-    cfg = cfg or TtsConfig()
+    cfg = config or TtsConfig()
+    targets, pool, units, asr_judge = inputs.targets, inputs.pool, inputs.units, inputs.asr_judge
+    judges_metrics, extra_config = inputs.judges_metrics, inputs.extra_config
     lm = model.lm
     tok = lm.tokenizer
     skipped: dict[str, int] = {}
@@ -147,7 +166,8 @@ def run_tts(
     throughput = Throughput()
     t0 = time.time()
     outs = generate_by_budget(lm, prompts, budgets, throughput, allowed=allowed_with(lm, "speech", stops), do_sample=cfg.do_sample,
-                              temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size, stop_ids=stops)
+                              temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size, stop_ids=stops,
+                              progress=progress)
     stop_set = set(stops) | {tok.eos_id}
     hyps = []
     for ids in outs:
@@ -347,6 +367,6 @@ def tts_command(
     with pinned_threads(threads):
         em = load_eval_model(model, vocoder=vocoder, device=device)
         judge = load_asr_judge(asr_dir, device) if asr_dir else None
-        run_tts(em, targets, pool, unit_rows, asr_judge=judge, cfg=cfg, out_dir=out,
-                judges_metrics=load_judges_metrics(judges) if judges else None,
-                extra_config={"manifest": str(manifest), "units": str(units), "vocoder": vocoder, "asr_judge": asr_dir})
+        inputs = TtsInputs(targets, pool, unit_rows, asr_judge=judge, judges_metrics=load_judges_metrics(judges) if judges else None,
+                           extra_config={"manifest": str(manifest), "units": str(units), "vocoder": vocoder, "asr_judge": asr_dir})
+        run_tts(em, inputs, cfg, out)

@@ -62,6 +62,8 @@ from spiritlm.units_jsonl import load_units
 
 __all__ = [
     "Candidate",
+    "ZeroshotConfig",
+    "ZeroshotInputs",
     "read_storycloze_spoken",
     "read_sets",
     "read_storycloze_written",
@@ -345,45 +347,67 @@ def _score_set(model: EvalModel, task: str, modality: str, cands: Sequence[Candi
     return metric(float(np.mean(credit)), bootstrap_ci(credit, seed=seed), chance, len(results), **extra), rows
 
 
-def run_zeroshot(
-    model: EvalModel,
-    out_dir: str | os.PathLike,
-    *,
-    manifest: str | os.PathLike | None = None,
-    sets: str | os.PathLike | None = None,
-    seed: int = 0,
-    max_items: PositiveInt | None = None,
-    batch_size: PositiveInt = 16,
-    split: str = "test",
-    tasks: Sequence[str] = TASKS,
-    num_pairs: PositiveInt | None = None,
-    progress: bool = True,
-) -> EvalResult:
-    """Scores every group of every task and modality; writes ``metrics.json`` / ``predictions.jsonl``.
+@dataclass
+class ZeroshotInputs:
+    """The inputs of :func:`run_zeroshot`: a folder of sets, or a manifest to generate them from.
 
-    Args:
-        model: from :func:`~spiritlm.evals.common.load_eval_model` (a speech tokenizer for WAVs
-            without units).
-        out_dir: output folder; generated sets go to ``out_dir/sets``.
+    Attributes:
         manifest: the corpus manifest for :func:`~spiritlm.corpus.zeroshot_sets.make_synthetic_sets` (when ``sets`` is None).
         sets: a folder in the public layouts (module docstring).
+    """
+
+    manifest: str | os.PathLike | None = None
+    sets: str | os.PathLike | None = None
+
+
+@dataclass
+class ZeroshotConfig:
+    """Settings of :func:`run_zeroshot`.
+
+    Attributes:
         seed: seeds the synthetic sets and the group sample.
         max_items: at most this many groups per task and modality (seeded sample).
         batch_size: sequences per forward pass.
         split: manifest split whose words seed the lexical set.
         tasks: subset of ``lexical``, ``syntactic``, ``storycloze``.
         num_pairs: size of each generated set (default ``max_items`` or 100).
+
+    The fields with a flag are ``spiritlm eval zeroshot``'s (:func:`spiritlm.cli.flags_from`): one declaration.
+    """
+
+    seed: int = 0
+    max_items: PositiveInt | None = None
+    batch_size: PositiveInt = 16
+    split: str = "test"
+    tasks: Sequence[str] = TASKS
+    num_pairs: PositiveInt | None = None
+
+
+def run_zeroshot(model: EvalModel, inputs: ZeroshotInputs, config: ZeroshotConfig | None = None,
+                 out_dir: str | os.PathLike | None = None, *, progress: bool = True) -> EvalResult:
+    """Scores every group of every task and modality; with ``out_dir``, writes ``metrics.json`` / ``predictions.jsonl`` there.
+
+    Args:
+        model: from :func:`~spiritlm.evals.common.load_eval_model` (a speech tokenizer for WAVs
+            without units).
+        inputs: the sets folder, or the manifest to generate sets from (into ``out_dir/sets``).
+        config: the settings (default :class:`ZeroshotConfig`).
+        out_dir: output folder (None: only return the result; generated sets need one).
         progress: tqdm bars.
     """
+    cfg = config or ZeroshotConfig()
+    manifest, sets = inputs.manifest, inputs.sets
+    seed, max_items, batch_size, split, tasks = cfg.seed, cfg.max_items, cfg.batch_size, cfg.split, cfg.tasks
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         raise UserError(f"unknown task(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TASKS)} (--tasks)")
-    out_dir = Path(out_dir)
     generated = sets is None
     if sets is None:
         if manifest is None:
             raise UserError("zeroshot needs --sets DIR (public layouts) or --manifest M (to generate sets)")
-        sets = _synthetic_sets(out_dir / "sets", manifest, split, seed, num_pairs or max_items or 100)
+        if out_dir is None:
+            raise UserError("zeroshot generates its sets into OUT/sets: give an output folder (--out)")
+        sets = _synthetic_sets(Path(out_dir) / "sets", manifest, split, seed, cfg.num_pairs or max_items or 100)
     by_task = read_sets(sets, tasks)
     metrics: dict = {}
     predictions: list[dict] = []
@@ -413,5 +437,6 @@ def run_zeroshot(
                          "manifest": None if manifest is None else str(manifest), "seed": seed, "max_items": max_items,
                          "tasks": list(tasks), "score": "sum of natural-log token probabilities"}
     result = EvalResult("zeroshot", metrics, predictions, thr.as_dict())
-    write_eval_outputs(out_dir, result)
+    if out_dir is not None:
+        write_eval_outputs(out_dir, result)
     return result

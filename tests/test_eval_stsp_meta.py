@@ -130,8 +130,8 @@ def test_meta_run_uses_the_whole_speech_budget_and_writes_metas_prediction_files
     speech_judge = J.SpeechSentimentJudge.fit([rng.standard_normal(6000).astype(np.float32) * (0.05 + 0.1 * (i % 3)) for i in range(12)],
                                               [labels[i % 3] for i in range(12)])
     cfg = S.StspConfig(directions=("t2t", "s2s"), max_new_tokens_text=6, max_new_tokens_speech=9)
-    res = S.run_stsp(model, items, text_judge=text_judge, speech_judge=speech_judge, cfg=cfg, out_dir=tmp_path / "out",
-                     meta_reference=root / "records_emov_test.jsonl")
+    inputs = S.StspInputs(items, text_judge=text_judge, speech_judge=speech_judge, meta_reference=root / "records_emov_test.jsonl")
+    res = S.run_stsp(model, inputs, cfg, tmp_path / "out")
     speech = [r for r in res.predictions if r["direction"] == "s2s"]
     assert speech and all(r["n_tokens"] == 9 for r in speech)  # EOS banned: always the whole budget
     assert all(r["judged"] != S.EMPTY for r in res.predictions if r["direction"] == "t2t")  # empty text is classified too

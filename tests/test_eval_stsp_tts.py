@@ -217,7 +217,8 @@ def test_stsp_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
     pool, _ = S.items_from_manifest(train, tiny["units"], expressive=False)
     assert missing == 0 and len(items) == 6 and all(it.speech and "speech" in it.halves for it in items)
     cfg = S.StspConfig(shots=3, seed=5, max_new_tokens_text=8, max_new_tokens_speech=20, protocol="ours")
-    res = S.run_stsp(tiny["model"], items, text_judge=tiny["text"], speech_judge=tiny["speech"], shot_pool=pool, cfg=cfg, out_dir=tmp_path / "a")
+    inputs = S.StspInputs(items, shot_pool=pool, text_judge=tiny["text"], speech_judge=tiny["speech"])
+    res = S.run_stsp(tiny["model"], inputs, cfg, tmp_path / "a")
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["task"] == "stsp"
     for d in S.DIRECTIONS + ("avg",):
@@ -240,7 +241,7 @@ def test_stsp_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
         rs = [r for r in rows if r["direction"] == d]
         assert m[f"accuracy_{d}"]["value"] == pytest.approx(np.mean([r["score"] for r in rs]), abs=1e-6)
     # same seed, same files
-    S.run_stsp(tiny["model"], items, text_judge=tiny["text"], speech_judge=tiny["speech"], shot_pool=pool, cfg=cfg, out_dir=tmp_path / "b")
+    S.run_stsp(tiny["model"], inputs, cfg, tmp_path / "b")
     for name in ("metrics.json", "predictions.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -250,12 +251,12 @@ def test_stsp_without_vocoder_skips_speech_outputs(tiny, tmp_path):
 
     items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
     model = EvalModel(lm=tiny["model"].lm, vocoder=None, name="tiny")
-    res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
-                     cfg=S.StspConfig(do_sample=False, max_new_tokens_text=6, protocol="ours"))
+    res = S.run_stsp(model, S.StspInputs(items, text_judge=tiny["text"], speech_judge=tiny["speech"]),
+                     S.StspConfig(do_sample=False, max_new_tokens_text=6, protocol="ours"))
     assert res.metrics["skipped_directions"] == {"t2s": "no vocoder", "s2s": "no vocoder"}
     assert res.metrics["accuracy_avg"]["directions"] == ["t2t", "s2t"]
     with pytest.raises(UserError, match="ran no direction"):
-        S.run_stsp(model, items, text_judge=None, speech_judge=None, cfg=S.StspConfig(directions=("t2t",)))
+        S.run_stsp(model, S.StspInputs(items), S.StspConfig(directions=("t2t",)))
 
 
 def test_stsp_drops_shots_to_fit_the_context(tiny):
@@ -269,7 +270,7 @@ def test_stsp_drops_shots_to_fit_the_context(tiny):
     saved = lm.config.max_seq_len
     try:
         lm.config.max_seq_len = full  # no room for 10 new tokens after the longest 3-shot prompt
-        res = S.run_stsp(tiny["model"], items, text_judge=tiny["text"], shot_pool=pool, cfg=cfg)
+        res = S.run_stsp(tiny["model"], S.StspInputs(items, shot_pool=pool, text_judge=tiny["text"]), cfg)
         assert len(res.predictions) == len(items) and res.metrics["shots_used"]["min"] < 3
         for r in res.predictions:
             it = next(i for i in items if i.id == r["id"])
@@ -277,7 +278,7 @@ def test_stsp_drops_shots_to_fit_the_context(tiny):
             assert len(lm.tokenizer.encode(S.build_stsp_prompt("s2t", it, shots, ours), bos=True)) + 10 <= full or not shots
         lm.config.max_seq_len = 8  # not even a target fits
         with pytest.raises(UserError, match="every prompt is longer than the model's context"):
-            S.run_stsp(tiny["model"], items, text_judge=tiny["text"], shot_pool=pool, cfg=cfg)
+            S.run_stsp(tiny["model"], S.StspInputs(items, shot_pool=pool, text_judge=tiny["text"]), cfg)
     finally:
         lm.config.max_seq_len = saved
 
@@ -293,8 +294,8 @@ def test_stsp_counts_outputs_the_vocoder_refuses(tiny):
                                duration_hidden=8)
     model = EvalModel(lm=tiny["model"].lm, vocoder=Vocoder(UnitHifiGAN(cfg)), name="tiny")
     items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
-    res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
-                     cfg=S.StspConfig(directions=("t2t", "t2s"), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8, protocol="ours"))
+    res = S.run_stsp(model, S.StspInputs(items, text_judge=tiny["text"], speech_judge=tiny["speech"]),
+                     S.StspConfig(directions=("t2t", "t2s"), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8, protocol="ours"))
     assert res.metrics["skipped_directions"]["t2s"].startswith("the vocoder refused every output: ")
     assert "pitch" in res.metrics["skipped_directions"]["t2s"]
     assert res.metrics["accuracy_avg"]["directions"] == ["t2t"]
@@ -315,8 +316,8 @@ def test_stsp_judges_hubert_only_outputs_with_the_vocoders_default_codes(tiny):
                                duration_hidden=8, default_pitch=1, default_style=3)
     model = EvalModel(lm=tiny["model"].lm, vocoder=Vocoder(UnitHifiGAN(cfg)), name="tiny")
     items, _ = S.items_from_manifest([m for m in tiny["manifest"] if m["split"] == "test"], tiny["units"], expressive=False)
-    res = S.run_stsp(model, items, text_judge=tiny["text"], speech_judge=tiny["speech"],
-                     cfg=S.StspConfig(directions=("t2s",), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8, protocol="ours"))
+    res = S.run_stsp(model, S.StspInputs(items, text_judge=tiny["text"], speech_judge=tiny["speech"]),
+                     S.StspConfig(directions=("t2s",), do_sample=False, max_new_tokens_text=4, max_new_tokens_speech=8, protocol="ours"))
     assert "t2s" not in res.metrics["skipped_directions"] and res.metrics["vocoder_errors"] == {}
     speech_rows = [r for r in res.predictions if r["output"]]
     assert speech_rows and res.metrics["vocoder_filled"] == {"t2s": len(speech_rows)}
@@ -327,7 +328,8 @@ def test_tts_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
     test = [m for m in tiny["manifest"] if m["split"] == "test"]
     train = [m for m in tiny["manifest"] if m["split"] == "train"]
     cfg = T.TtsConfig(shots=2, max_new_tokens=30)
-    res = T.run_tts(tiny["model"], test, train, tiny["units"], asr_judge=tiny["asr"], cfg=cfg, out_dir=tmp_path / "a")
+    inputs = T.TtsInputs(test, train, tiny["units"], asr_judge=tiny["asr"])
+    res = T.run_tts(tiny["model"], inputs, cfg, tmp_path / "a")
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["task"] == "tts"
     for key in ("cer", "resynth_cer", "unit_edit_rate"):
@@ -344,7 +346,7 @@ def test_tts_end_to_end_writes_metrics_and_predictions(tiny, tmp_path):
     assert m["unit_edit_rate"]["value"] == pytest.approx(total, abs=1e-6)
     chars = sum(r["char_errors"] for r in rows) / sum(r["chars"] for r in rows)
     assert m["cer"]["value"] == pytest.approx(chars, abs=1e-6)
-    T.run_tts(tiny["model"], test, train, tiny["units"], asr_judge=tiny["asr"], cfg=cfg, out_dir=tmp_path / "b")
+    T.run_tts(tiny["model"], inputs, cfg, tmp_path / "b")
     assert (tmp_path / "a" / "predictions.jsonl").read_bytes() == (tmp_path / "b" / "predictions.jsonl").read_bytes()
 
 

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from spiritlm.errors import UserError
-from spiritlm.evals.asr import build_asr_prompt, run_asr
-from spiritlm.evals.common import EvalModel, draw_shots
+from spiritlm.evals.asr import AsrConfig, build_asr_prompt, run_asr
+from spiritlm.evals.common import EvalModel, ManifestInputs, draw_shots
 from spiritlm.evals.engine import clean_answer
-from spiritlm.evals.ic import label_name, run_ic
+from spiritlm.evals.ic import IcConfig, label_name, run_ic
 from spiritlm.evals.zeroshot import (
+    ZeroshotConfig,
+    ZeroshotInputs,
     _score_groups,
     read_sets,
     read_storycloze_spoken,
@@ -98,7 +100,7 @@ def test_clean_answer_stops_at_markers(model):
 
 def test_asr_end_to_end_no_leak_and_reproducible(model, corpus, tmp_path, capsys):
     m, u = corpus / "manifest.jsonl", corpus / "units.jsonl"
-    res = run_asr(model, m, u, tmp_path / "a", shots=3, seed=0, max_new_tokens=12, batch_size=4, progress=False)
+    res = run_asr(model, ManifestInputs(m, u), AsrConfig(shots=3, seed=0, max_new_tokens=12, batch_size=4), tmp_path / "a", progress=False)
     line = capsys.readouterr().out
     assert "[eval asr] wer=" in line and "cer=" in line and "tokens_per_s=" in line
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
@@ -118,18 +120,18 @@ def test_asr_end_to_end_no_leak_and_reproducible(model, corpus, tmp_path, capsys
     errors = sum(p["score"]["word_errors"] for p in preds)
     words = sum(p["score"]["ref_words"] for p in preds)
     assert metrics["wer"]["value"] == pytest.approx(errors / words, abs=1e-6)
-    run_asr(model, m, u, tmp_path / "b", shots=3, seed=0, max_new_tokens=12, batch_size=2, progress=False)
+    run_asr(model, ManifestInputs(m, u), AsrConfig(shots=3, seed=0, max_new_tokens=12, batch_size=2), tmp_path / "b", progress=False)
     for name in ("metrics.json", "predictions.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    run_asr(model, m, u, tmp_path / "c", shots=3, seed=1, max_new_tokens=12, progress=False)
+    run_asr(model, ManifestInputs(m, u), AsrConfig(shots=3, seed=1, max_new_tokens=12), tmp_path / "c", progress=False)
     other = [json.loads(x)["shot_ids"] for x in (tmp_path / "c" / "predictions.jsonl").read_text().splitlines()]
     assert other != [p["shot_ids"] for p in preds]
     assert res.task == "asr" and metrics["config"]["skipped"] == 0
 
 
 def test_asr_clamps_shots_to_context(model, corpus, tmp_path):
-    run_asr(model, corpus / "manifest.jsonl", corpus / "units.jsonl", tmp_path, shots=40, max_new_tokens=12,
-            max_items=3, progress=False)
+    run_asr(model, ManifestInputs(corpus / "manifest.jsonl", corpus / "units.jsonl"),
+            AsrConfig(shots=40, max_new_tokens=12, max_items=3), tmp_path, progress=False)
     cfg = json.loads((tmp_path / "metrics.json").read_text())["config"]
     assert cfg["shots"] == 40 and 0 < cfg["shots_used_max"] < 40  # a 640-token context holds only a few
     for p in map(json.loads, (tmp_path / "predictions.jsonl").read_text().splitlines()):
@@ -139,7 +141,8 @@ def test_asr_clamps_shots_to_context(model, corpus, tmp_path):
 def test_asr_budget_follows_each_reference_under_the_ceiling(model, corpus, tmp_path):
     from spiritlm.evals.engine import answer_budget
 
-    run_asr(model, corpus / "manifest.jsonl", corpus / "units.jsonl", tmp_path, shots=1, max_items=4, progress=False)
+    run_asr(model, ManifestInputs(corpus / "manifest.jsonl", corpus / "units.jsonl"), AsrConfig(shots=1, max_items=4), tmp_path,
+            progress=False)
     cfg = json.loads((tmp_path / "metrics.json").read_text())["config"]
     assert cfg["max_new_tokens"] == 384 and cfg["hit_budget"] >= 0
     tok = model.lm.tokenizer
@@ -149,8 +152,8 @@ def test_asr_budget_follows_each_reference_under_the_ceiling(model, corpus, tmp_
 
 
 def test_ic_end_to_end(model, corpus, tmp_path):
-    res = run_ic(model, corpus / "manifest.jsonl", corpus / "units.jsonl", tmp_path, shots=4, seed=0, batch_size=8,
-                 progress=False)
+    res = run_ic(model, ManifestInputs(corpus / "manifest.jsonl", corpus / "units.jsonl"), IcConfig(shots=4, seed=0, batch_size=8),
+                 tmp_path, progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     labels = metrics["labels"]
     acc = metrics["accuracy"]
@@ -173,12 +176,13 @@ def test_units_outside_the_vocabulary_are_a_user_error(model, corpus, tmp_path):
     rows = [json.loads(x) for x in (corpus / "units.jsonl").read_text().splitlines()]
     units.write_text("".join(json.dumps({**r, "hubert": "500 501"}) + "\n" for r in rows))  # the toy vocabulary has 64
     with pytest.raises(UserError, match=r"cannot encode the units .*\[Hu500\]"):
-        run_asr(model, corpus / "manifest.jsonl", units, tmp_path / "o", progress=False)
+        run_asr(model, ManifestInputs(corpus / "manifest.jsonl", units), AsrConfig(), tmp_path / "o", progress=False)
 
 
 def test_missing_split_is_a_user_error(model, corpus, tmp_path):
     with pytest.raises(UserError, match="no utterance of split 'dev'"):
-        run_asr(model, corpus / "manifest.jsonl", corpus / "units.jsonl", tmp_path, split="dev", progress=False)
+        run_asr(model, ManifestInputs(corpus / "manifest.jsonl", corpus / "units.jsonl"), AsrConfig(split="dev"), tmp_path,
+                progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +288,7 @@ def test_group_scoring_known_accuracy():
 
 
 def test_zeroshot_end_to_end_on_public_layouts(model, public_sets, tmp_path):
-    res = run_zeroshot(model, tmp_path / "a", sets=public_sets, seed=0, batch_size=3, progress=False)
+    res = run_zeroshot(model, ZeroshotInputs(sets=public_sets), ZeroshotConfig(seed=0, batch_size=3), tmp_path / "a", progress=False)
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     for name, n in (("lexical_spoken", 2), ("lexical_written", 2), ("syntactic_spoken", 1), ("storycloze_spoken", 2),
                     ("storycloze_written", 1)):
@@ -303,7 +307,7 @@ def test_zeroshot_end_to_end_on_public_layouts(model, public_sets, tmp_path):
     lex_s = next(p for p in preds if p["id"] == "lexical_spoken/1/v1")
     ref = lm.score_continuations([[tok.bos_id, tok.speech_marker_id]], [tok.encode("[Hu1][Hu2][Hu3]")])
     assert lex_s["score"]["aAb"] == pytest.approx(ref[0].sum_logprob, abs=1e-4)  # units are deduplicated
-    run_zeroshot(model, tmp_path / "b", sets=public_sets, seed=0, batch_size=3, progress=False)
+    run_zeroshot(model, ZeroshotInputs(sets=public_sets), ZeroshotConfig(seed=0, batch_size=3), tmp_path / "b", progress=False)
     for name in ("metrics.json", "predictions.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert res.task == "zeroshot"
@@ -311,7 +315,7 @@ def test_zeroshot_end_to_end_on_public_layouts(model, public_sets, tmp_path):
 
 def test_spoken_items_without_units_or_tokenizer_are_noted(model, public_sets, tmp_path):
     (public_sets / "lexical" / "dev" / "units.jsonl").unlink()
-    run_zeroshot(model, tmp_path, sets=public_sets, tasks=["lexical"], progress=False)
+    run_zeroshot(model, ZeroshotInputs(sets=public_sets), ZeroshotConfig(tasks=["lexical"]), tmp_path, progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "lexical_spoken" not in metrics and "speech_tokenizer" in metrics["notes"]["lexical_spoken"]
     assert metrics["lexical_written"]["n"] == 2

@@ -239,7 +239,7 @@ LONG_BEFORE_THE_RULE = {
     "spiritlm.tokenizers.cli.assemble", "spiritlm.corpus.align.align_manifest", "spiritlm.tokenizers.tokenize_cli.tokenize",
     "spiritlm.corpus.espeak.align_events", "spiritlm.vocoder.train_cli.train", "spiritlm.evals.ic.run_ic",
     "spiritlm.data.cli.build", "spiritlm.corpus.importers.import_hf", "spiritlm.serve.app.create_app",
-    "spiritlm.corpus.text_sources._clause", "spiritlm.evals.asr.run_asr", "spiritlm.tokenizers.kmeans.train_kmeans_chunks",
+    "spiritlm.corpus.text_sources._clause", "spiritlm.tokenizers.kmeans.train_kmeans_chunks",
     "spiritlm.formats.string_to_units",
 }
 LONG_FUNCTION = 80
@@ -383,3 +383,31 @@ def test_audio_is_written_and_resampled_in_spiritlm_audio():
     assert not offenders, offenders
     assert set(AUDIO_IO_ELSEWHERE) <= holders, f"no longer writes or resamples audio, remove from AUDIO_IO_ELSEWHERE: {sorted(set(AUDIO_IO_ELSEWHERE) - holders)}"
     assert _audio_io_calls(REPO / "spiritlm" / "audio.py"), "the rule looks for calls spiritlm/audio.py itself makes"
+
+
+def test_eval_tasks_share_one_signature():
+    """Every task of evals/ is ``run_<task>(model, inputs, config=None, out_dir=None, *, progress) -> EvalResult``
+    with a ``<Task>Config`` dataclass of settings (all defaulted) whose fields are its command's settings
+    flags (spiritlm.cli.flags_from), so a new task or flag cannot take another shape."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from spiritlm.evals.cli import COMMANDS
+
+    tasks = sorted(n.name for path in (REPO / "evals").glob("*.py") for n in ast.parse(path.read_text()).body
+                   if isinstance(n, ast.FunctionDef) and n.name.startswith("run_"))
+    assert tasks == ["run_asr", "run_ic", "run_stsp", "run_tts", "run_zeroshot"], tasks
+    for fn_name in tasks:
+        task = fn_name[len("run_"):]
+        mod = importlib.import_module(f"spiritlm.evals.{task}")
+        fn, config = getattr(mod, fn_name), getattr(mod, f"{task.capitalize()}Config")
+        params = list(inspect.signature(fn).parameters.values())
+        assert [(p.name, p.kind.name) for p in params] == [
+            ("model", "POSITIONAL_OR_KEYWORD"), ("inputs", "POSITIONAL_OR_KEYWORD"), ("config", "POSITIONAL_OR_KEYWORD"),
+            ("out_dir", "POSITIONAL_OR_KEYWORD"), ("progress", "KEYWORD_ONLY")], fn_name
+        assert params[2].default is None and params[3].default is None, fn_name
+        assert fn.__annotations__["model"] == "EvalModel" and fn.__annotations__["return"] == "EvalResult", fn_name
+        assert fn.__annotations__["config"] == f"{config.__name__} | None", fn_name
+        assert dataclasses.is_dataclass(config) and config() is not None  # every setting has a default
+        assert f"(``{config.__qualname__}``)" in (COMMANDS[task].__doc__ or ""), f"eval {task}: its flags are not made from {config.__name__}"
