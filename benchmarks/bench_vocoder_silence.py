@@ -11,6 +11,8 @@ The original's *silent frames* are its 200 Hz frames (the tokenizer's F0 frames)
 * voiced fraction (the F0 extractor on the waveform): a hum in pauses is voiced;
 * RMS level (dBFS, power mean over the frames), and the dominant frequency of the resynthesis
   there (Hz, FFT peak of the silent samples);
+* the same level and voicing on the *deep* silent frames only (more than 80 ms from any frame
+  that is not silent): a unit is 40 ms, so frames next to speech share units with it;
 * DC: the mean sample value over the whole utterance, and its ratio to the utterance's RMS.
 
 Numbers are averaged over utterances (frames pooled for the voiced fraction).
@@ -26,6 +28,10 @@ import sys
 import numpy as np
 
 
+#: frames (5 ms) a deep silent frame is away from any frame that is not silent (80 ms: two units)
+DEEP_FRAMES = 16
+
+
 def silence_stats(original: np.ndarray, output: np.ndarray) -> dict[str, float]:
     """The measurements above for one utterance (float32 16 kHz waveforms, same length)."""
     from spiritlm.tokenizers.f0 import extract_f0
@@ -39,12 +45,18 @@ def silence_stats(original: np.ndarray, output: np.ndarray) -> dict[str, float]:
     _, out_vuv = extract_f0(np.asarray(output, dtype=np.float32))
     m = min(n, len(out_e), len(out_vuv))
     s = silent[:m]
-    res = {"silent_frames": int(s.sum()), "frames": int(m)}
+    # deep: no frame that is not silent within 16 frames (80 ms) either side
+    near = np.convolve((~s).astype(float), np.ones(2 * DEEP_FRAMES + 1), mode="same") > 0
+    deep = s & ~near
+    res = {"silent_frames": int(s.sum()), "deep_frames": int(deep.sum()), "frames": int(m)}
     if s.any():
         res["voiced_out"] = int((np.asarray(out_vuv[:m]) > 0)[s].sum())
         res["voiced_orig"] = int((np.asarray(vuv[:m]) > 0)[s].sum())
         res["rms_db_out"] = float(10 * np.log10(np.mean(10 ** (out_e[:m][s] / 10))))
         res["rms_db_orig"] = float(10 * np.log10(np.mean(10 ** (e[:m][s] / 10))))
+    if deep.any():
+        res["deep_voiced_out"] = int((np.asarray(out_vuv[:m]) > 0)[deep].sum())
+        res["deep_energy_out"] = float(np.sum(10 ** (out_e[:m][deep] / 10)))
         # samples of the silent frames (frame i is centred on sample 80 i)
         idx = np.concatenate([np.arange(max(0, 80 * i - 40), min(len(output), 80 * i + 40)) for i in np.flatnonzero(s)])
         x = output[idx] - output[idx].mean()
@@ -92,6 +104,12 @@ def main() -> None:
               f"original {sum(r['voiced_orig'] for r in with_silence) / tot_sil:.3f}")
         print(f"  RMS on silent frames (dBFS): resynthesis {np.mean([r['rms_db_out'] for r in with_silence]):.1f}, "
               f"original {np.mean([r['rms_db_orig'] for r in with_silence]):.1f}")
+        deep = [r for r in with_silence if r["deep_frames"]]
+        n_deep = sum(r["deep_frames"] for r in deep)
+        if n_deep:
+            print(f"  deep silent frames (> 80 ms from speech, {n_deep}): resynthesis voiced fraction "
+                  f"{sum(r['deep_voiced_out'] for r in deep) / n_deep:.3f}, RMS "
+                  f"{10 * np.log10(sum(r['deep_energy_out'] for r in deep) / n_deep + 1e-30):.1f} dBFS (power mean over frames)")
         peaks = [r["peak_hz_out"] for r in with_silence if "peak_hz_out" in r]
         if peaks:
             print(f"  dominant frequency of the resynthesis on silent frames (Hz): median {np.median(peaks):.0f} "
