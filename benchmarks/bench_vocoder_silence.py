@@ -1,7 +1,7 @@
 """Silence in a vocoder's resynthesis: voicing, level and DC where the original is silent (issue 17 item 6).
 
     python benchmarks/bench_vocoder_silence.py --vocoder VOC --manifest corpus/manifest.jsonl --units units.jsonl \
-        [--split test] [--max_utts 20]
+        [--split test] [--max_utts 20] [--ids utt000012,utt000831]
 
 Each utterance of the split is resynthesised from its frame-rate units (as ``spiritlm vocoder eval``).
 The original's *silent frames* are its 200 Hz frames (the tokenizer's F0 frames) more than
@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--units", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--max_utts", type=int, default=20)
+    p.add_argument("--ids", default=None, help="comma-separated utterance ids to measure instead of a split's first --max_utts")
     args = p.parse_args()
     import torch
 
@@ -89,8 +90,14 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv))
     voc = Vocoder.from_pretrained(args.vocoder)
     cfg = voc.config
-    utts, _ = load_utterances(args.manifest, args.units, splits=[args.split], speakers=voc.speakers or read_speakers(args.manifest),
-                              num_units=cfg.num_units, num_pitch=cfg.num_pitch, num_style=cfg.num_style, max_utts=args.max_utts)
+    wanted = set(args.ids.split(",")) if args.ids else None
+    utts, _ = load_utterances(args.manifest, args.units, splits=None if wanted else [args.split],
+                              speakers=voc.speakers or read_speakers(args.manifest), num_units=cfg.num_units,
+                              num_pitch=cfg.num_pitch, num_style=cfg.num_style, max_utts=None if wanted else args.max_utts)
+    if wanted:
+        utts = [u for u in utts if u.id in wanted]
+        if missing := wanted - {u.id for u in utts}:
+            sys.exit(f"--ids: not in {args.manifest} with units in {args.units}: {', '.join(sorted(missing))}")
     rows = []
     for u in utts:
         units = {k: u.raw[k] for k in ("hubert", "pitch", "style") if k in u.raw}  # the frame-rate streams as read
@@ -98,7 +105,7 @@ def main() -> None:
         rows.append(silence_stats(u.wav, wav))
     with_silence = [r for r in rows if r["silent_frames"]]
     tot_sil = sum(r["silent_frames"] for r in with_silence)
-    print(f"{len(rows)} utterances of split {args.split!r}, {tot_sil} silent frames of {sum(r['frames'] for r in rows)} (200 Hz)")
+    print(f"{len(rows)} utterances of {'--ids' if wanted else f'split {args.split!r}'}, {tot_sil} silent frames of {sum(r['frames'] for r in rows)} (200 Hz)")
     if with_silence:
         print(f"  voiced fraction on silent frames: resynthesis {sum(r['voiced_out'] for r in with_silence) / tot_sil:.3f}, "
               f"original {sum(r['voiced_orig'] for r in with_silence) / tot_sil:.3f}")
