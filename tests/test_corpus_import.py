@@ -192,6 +192,9 @@ def test_folder_with_pattern(tmp_path, capsys):
             sf.write(d / "take1.wav", 0.1 * np.sin(np.arange(8000) / 7).astype(np.float32), 16000)
             (d / "take1.lab").write_text(f"{spk} is {style}\n")
     sf.write(root / "alice" / "happy" / "take2.ogg", 0.1 * np.sin(np.arange(8000) / 5).astype(np.float32), 16000)
+    mp3 = 0.1 * np.sin(np.arange(24000) / 9).astype(np.float32)  # 1 s at 24 kHz, MPEG layer III
+    sf.write(root / "bob" / "happy" / "take3.mp3", mp3, 24000, format="MP3")
+    (root / "bob" / "happy" / "take3.txt").write_text("bob sings\n")
     argv = ["corpus", "import", "folder", "--src", root, "--out", tmp_path / "m", "--pattern", "{speaker}/{style}/*"]
     code, _, err = run(argv, capsys)
     assert code == 1 and f"{root / 'alice' / 'happy' / 'take2.ogg'}: audio without a transcript" in err
@@ -201,6 +204,12 @@ def test_folder_with_pattern(tmp_path, capsys):
     assert utts["bob-sad-take1"].speaker == "bob" and utts["bob-sad-take1"].style == "sad"
     assert utts["bob-sad-take1"].text == "bob is sad" and utts["alice-happy-take2"].text == ""
     assert all(u.split == "train" for u in utts.values())
+    from spiritlm.audio import load_audio  # the mp3 is imported in place and read by the project's reader at 16 kHz
+    take3 = utts["bob-happy-take3"]
+    assert take3.text == "bob sings" and take3.audio.endswith("take3.mp3")
+    assert abs(take3.duration - 1.0) < 0.06, take3.duration
+    wav = load_audio(root / "bob" / "happy" / "take3.mp3")
+    assert abs(len(wav) - 16000) < 1000 and 0.03 < float(np.abs(wav).max()) < 0.2
     code, _, err = run(["corpus", "import", "folder", "--src", root, "--out", tmp_path / "n", "--pattern", "{speaker}/x/*"], capsys)
     assert code == 1 and "does not match --pattern" in err
 
@@ -272,6 +281,9 @@ def test_imported_librispeech_tokenize_build_speech_starts_at_aligned_word(tmp_p
     sub = TokenDir(out)["interleaved"]
     ids = [x for shard in sorted((out / "interleaved").glob("*.ids.txt")) for x in shard.read_text().split()]
     assert sorted(ids) == sorted(u for u in utts if utts[u].words)
+    # the utterance without word times is not lost: it is in the speech-only subset with the rest
+    speech_ids = [x for shard in sorted((out / "speech").glob("*.ids.txt")) for x in shard.read_text().split()]
+    assert sorted(speech_ids) == sorted(utts) and any(not utts[u].words for u in speech_ids)
     checked = 0
     for i, uid in enumerate(ids):
         words = utts[uid].words
