@@ -72,18 +72,35 @@ def generate_fn(
             before loading anything.
     """
     _check_args(model, text, speech, output_modality, speech_tokenizer, vocoder)  # a typo costs a second, not the imports
+    _check_vocoder_flags(vocoder, speaker, out)
+    earlier = _earlier_wavs(out, output_dir, overwrite) if vocoder is not None else []
+    _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature)
+
+    lm, voc = _load(model, speech_tokenizer, vocoder, speaker, device)
+    inputs = _prompt(lm, model, text, speech, speech_first, output_modality)
+    result = lm.generate_with_details(
+        inputs, output_modality=output_modality,  # type: ignore[arg-type]
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, ban_eos=ban_eos, do_sample=do_sample,
+        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, use_cache=use_cache)
+    _report(result, voc, output_modality, out, output_dir, show_ids, earlier)
+
+
+def _check_vocoder_flags(vocoder: str | None, speaker: str | None, out: str | None) -> None:
+    """``--speaker`` and ``--out`` only mean something with ``--vocoder``; a one-line UserError."""
     if vocoder is None:
         from spiritlm.errors import UserError
 
         for flag, value in (("--speaker", speaker), ("--out", out)):
             if value is not None:
                 raise UserError(f"{flag} is for the vocoder's speech output: give --vocoder DIR too")
-    earlier = _earlier_wavs(out, output_dir, overwrite) if vocoder is not None else []
-    _check_sampling(max_new_tokens, min_new_tokens, do_sample, temperature)
 
+
+def _load(model: str, speech_tokenizer: str | None, vocoder: str | None, speaker: str | None, device: str):
+    """The ``(SpiritLM, Vocoder or None)`` of the flags; an unknown ``--speaker`` or units the LM
+    lacks stop here in one line, before the LM (or after the vocoder) loads."""
     import torch
 
-    from spiritlm.generation import SpiritLM, build_prompt
+    from spiritlm.generation import SpiritLM
 
     stok = None
     if speech_tokenizer is not None:
@@ -102,31 +119,32 @@ def generate_fn(
     # refuses a speech tokenizer or vocoder made for other units (UserError naming the flags)
     lm = SpiritLM.from_pretrained(model, speech_tokenizer=stok, vocoder=voc, device=device, dtype=dtype,
                                   speaker=None if speaker is None else (int(speaker) if speaker.strip().isdigit() else speaker))
+    return lm, voc
+
+
+def _prompt(lm, model: str, text: str | None, speech: str | None, speech_first: bool, output_modality: str) -> list:
+    """The ``(modality, content)`` prompt list of ``--text``/``--speech`` in flag order; a token the
+    model lacks is a one-line UserError naming the flags."""
+    from spiritlm.errors import UserError
+    from spiritlm.generation import build_prompt
+
     inputs = []
     if text is not None:
         inputs.append(("text", text))
     if speech is not None:
         inputs.insert(0 if speech_first else len(inputs), ("speech", speech))
-    from spiritlm.errors import UserError
-
     typed = [(m, c if m == "text" or c.lstrip().startswith("[") else "") for m, c in inputs]  # not audio paths
     try:
         lm.tokenizer.encode(build_prompt(typed, output_modality))  # a token the model lacks, named by its flag
     except KeyError as e:
         raise UserError(f"{e.args[0]} of {model} (--text / --speech)") from None
-    result = lm.generate_with_details(
-        inputs,
-        output_modality=output_modality,  # type: ignore[arg-type]
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        ban_eos=ban_eos,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        use_cache=use_cache,
-    )
+    return inputs
+
+
+def _report(result: dict, voc, output_modality: str, out: str | None, output_dir: str, show_ids: bool,
+            earlier: list[Path]) -> None:
+    """Prints the generation (text, unit strings, or the WAV paths written with a vocoder) and
+    removes the ``earlier`` run's WAVs this one did not replace."""
     if show_ids:
         print(f"prompt: {result['prompt']}")
         print(f"prompt ids: {result['prompt_ids']}")
