@@ -1027,16 +1027,46 @@ def stsp_command(
         progress: show progress bars.
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
-    from spiritlm.evals.common import (check_eval_output, check_model_paths, check_units_match, load_eval_model,
-                                       load_manifest_items)
+    # files and flags first: a typo costs a second, not the imports of torch and the model
+    meta_layout, manifest_items, dirs, units_map = _check_stsp_flags(
+        model, manifest, out, judges, units, vocoder, speech_tokenizer, text_judge, text_judge_tokenizer, speech_judge,
+        split, directions, audio_root, overwrite, settings["protocol"])
+
+    from spiritlm.evals.common import load_eval_model
+    from spiritlm.judges import load_judges_metrics
+    from spiritlm.judges.models import load_speech_sentiment_judge, load_text_sentiment_judge
+    from spiritlm.numerics import threads as pinned_threads
+
+    with pinned_threads(threads, blas=False):  # torch's threads, as this command always set them
+        em = load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
+        try:
+            tj = load_text_sentiment_judge(dirs["text-sentiment"], device, tokenizer=text_judge_tokenizer) if dirs["text-sentiment"] else None
+        except ValueError as e:
+            raise UserError(f"{e}") from None
+        sj = load_speech_sentiment_judge(dirs["speech-sentiment"], device) if dirs["speech-sentiment"] else None
+        items, problems, pool = _stsp_items(em, manifest, manifest_items, units_map, units, meta_layout, audio_root,
+                                            shots_dir, shot_split, settings["shots"], settings["protocol"])
+        speaker_arg: int | str | None = int(speaker) if speaker is not None and str(speaker).isdigit() else speaker
+        cfg = StspConfig(directions=tuple(directions), speaker=speaker_arg, **settings)
+        extra = {"manifest": str(manifest), "units": units, "vocoder": vocoder, "judges": {k: v for k, v in dirs.items() if k != "asr"},
+                 "skipped_items": problems}
+        inputs = StspInputs(items, shot_pool=pool, text_judge=tj, speech_judge=sj,
+                            judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra,
+                            meta_reference=manifest if meta_layout else None)
+        run_stsp(em, inputs, cfg, out, progress=progress)
+
+
+def _check_stsp_flags(model, manifest, out, judges, units, vocoder, speech_tokenizer, text_judge, text_judge_tokenizer,
+                      speech_judge, split, directions, audio_root, overwrite, protocol):
+    """``stsp_command``'s files and flags, checked before torch and the model load (one-line UserErrors
+    naming the flag or ``path:line``); returns ``(meta_layout, manifest_items, judge dirs, units_map)``."""
+    from spiritlm.evals.common import check_eval_output, check_model_paths, check_units_match, load_manifest_items
     from spiritlm.units_jsonl import load_units
 
-    # files and flags first: a typo costs a second, not the imports of torch and the model
     check_eval_output(out, overwrite)
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: no such manifest (--manifest)")
     meta_layout = is_meta_stsp_manifest(manifest)
-    shots, protocol = settings["shots"], settings["protocol"]
     get_protocol(protocol)
     # a bad line is named (path:line) before the model loads
     manifest_items = None if meta_layout else load_manifest_items(manifest, split)
@@ -1057,40 +1087,28 @@ def stsp_command(
         check_manifest_audio(manifest, meta_audio_paths(manifest, audio_root))
     if units_map is not None and manifest_items is not None:
         check_units_match(load_manifest_items(manifest), units_map, manifest, units)
+    return meta_layout, manifest_items, dirs, units_map
 
-    from spiritlm.judges import load_judges_metrics
-    from spiritlm.judges.models import load_speech_sentiment_judge, load_text_sentiment_judge
-    from spiritlm.numerics import threads as pinned_threads
 
-    with pinned_threads(threads, blas=False):  # torch's threads, as this command always set them
-        em = load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
-        try:
-            tj = load_text_sentiment_judge(dirs["text-sentiment"], device, tokenizer=text_judge_tokenizer) if dirs["text-sentiment"] else None
-        except ValueError as e:
-            raise UserError(f"{e}") from None
-        sj = load_speech_sentiment_judge(dirs["speech-sentiment"], device) if dirs["speech-sentiment"] else None
-        problems: list[dict] = []
-        pool: list[StspItem] | dict[str, list[StspItem]] = []
-        if meta_layout:
-            items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer,
-                                             expressive=em.expressive, meta_labels=protocol == "meta")
-            if shots:
-                if not shots_dir:
-                    raise UserError(f"{manifest}: few-shot STSP on Meta's files needs Meta's few-shot folder (--shots_dir)")
-                if not Path(shots_dir).is_dir():
-                    raise UserError(f"{shots_dir}: no such folder (--shots_dir)")
-                pool = read_meta_few_shot(shots_dir, em.speech_tokenizer, audio_root=audio_root)
-        else:
-            items, n_bad = items_from_manifest(manifest_items, units_map, em.expressive)
-            if n_bad:
-                problems.append({"error": f"{n_bad} prompts have no units in {units}: text directions only"})
-            if shots:
-                pool, _ = items_from_manifest(load_manifest_items(manifest, shot_split), units_map, em.expressive)
-        speaker_arg: int | str | None = int(speaker) if speaker is not None and str(speaker).isdigit() else speaker
-        cfg = StspConfig(directions=tuple(directions), speaker=speaker_arg, **settings)
-        extra = {"manifest": str(manifest), "units": units, "vocoder": vocoder, "judges": {k: v for k, v in dirs.items() if k != "asr"},
-                 "skipped_items": problems}
-        inputs = StspInputs(items, shot_pool=pool, text_judge=tj, speech_judge=sj,
-                            judges_metrics=load_judges_metrics(judges) if judges else None, extra_config=extra,
-                            meta_reference=manifest if meta_layout else None)
-        run_stsp(em, inputs, cfg, out, progress=progress)
+def _stsp_items(em, manifest, manifest_items, units_map, units, meta_layout, audio_root, shots_dir, shot_split, shots, protocol):
+    """``(items, problems, few-shot pool)`` of ``stsp_command``: from Meta's files or a corpus manifest."""
+    from spiritlm.evals.common import load_manifest_items
+
+    problems: list[dict] = []
+    pool: list[StspItem] | dict[str, list[StspItem]] = []
+    if meta_layout:
+        items, problems = read_meta_stsp(manifest, audio_root=audio_root, units=units_map, speech_tokenizer=em.speech_tokenizer,
+                                         expressive=em.expressive, meta_labels=protocol == "meta")
+        if shots:
+            if not shots_dir:
+                raise UserError(f"{manifest}: few-shot STSP on Meta's files needs Meta's few-shot folder (--shots_dir)")
+            if not Path(shots_dir).is_dir():
+                raise UserError(f"{shots_dir}: no such folder (--shots_dir)")
+            pool = read_meta_few_shot(shots_dir, em.speech_tokenizer, audio_root=audio_root)
+    else:
+        items, n_bad = items_from_manifest(manifest_items, units_map, em.expressive)
+        if n_bad:
+            problems.append({"error": f"{n_bad} prompts have no units in {units}: text directions only"})
+        if shots:
+            pool, _ = items_from_manifest(load_manifest_items(manifest, shot_split), units_map, em.expressive)
+    return items, problems, pool
