@@ -83,22 +83,14 @@ def build(
 
     cfg = InterleaveConfig(group_words=group_words, **interleave)
     summary = build_dataset(
-        manifest,
-        units,
-        out,
-        interleave=cfg,
-        text_tokenizer=text_tokenizer,
-        extra_text=extra_text,
-        split=split,
-        workers=workers,
-        seed=seed,
-        vocab_size=vocab_size,
-        pad_to_multiple=pad_to_multiple,
-        shard_tokens=shard_tokens,
-        progress=progress,
-        overwrite=overwrite,
-        allow_skips=allow_skips,
-    )
+        manifest, units, out, interleave=cfg, text_tokenizer=text_tokenizer, extra_text=extra_text, split=split,
+        workers=workers, seed=seed, vocab_size=vocab_size, pad_to_multiple=pad_to_multiple, shard_tokens=shard_tokens,
+        progress=progress, overwrite=overwrite, allow_skips=allow_skips)
+    _print_build_summary(summary, out)
+
+
+def _print_build_summary(summary: dict, out: str) -> None:
+    """``build``'s report: documents and tokens per subset, the interleaving, the speed."""
     for name, s in summary["subsets"].items():
         skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
         print(f"{name:>12}: {s['documents']} documents, {s['tokens']} tokens; skipped: {skipped}")
