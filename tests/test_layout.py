@@ -237,7 +237,7 @@ LONG_BEFORE_THE_RULE = {
     "spiritlm.corpus.cli.import_corpus",
     "spiritlm.data.build._build", "spiritlm.vocoder.data.load_utterances",
     "spiritlm.tokenizers.cli.assemble", "spiritlm.corpus.align.align_manifest", "spiritlm.tokenizers.tokenize_cli.tokenize",
-    "spiritlm.corpus.espeak.align_events", "spiritlm.vocoder.train_cli.train", "spiritlm.evals.ic.run_ic",
+    "spiritlm.corpus.espeak.align_events", "spiritlm.evals.ic.run_ic",
     "spiritlm.corpus.importers.import_hf", "spiritlm.serve.app.create_app",
     "spiritlm.corpus.text_sources._clause", "spiritlm.tokenizers.kmeans.train_kmeans_chunks",
     "spiritlm.formats.string_to_units",
