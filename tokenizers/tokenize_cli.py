@@ -225,6 +225,30 @@ def tokenize(
         overwrite: tokenize every utterance again and replace OUT when done (OUT must be this
             shard's own file: with several shards use ``{shard}`` in its name).
     """
+    shard, num_shards, source, out, device = _check_tokenize_flags(manifest, speech_tokenizer, out, shard, num_shards, device)
+    target = _shard_target(manifest, out, overwrite, shard, num_shards)
+
+    from spiritlm.numerics import threads as pinned_threads
+    from .speech_tokenizer import SpeechTokenizer
+
+    try:
+        with pinned_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
+            tok = SpeechTokenizer.load(speech_tokenizer, device=device, precision=precision)
+            report = tokenize_manifest(manifest, tok, target, shard, num_shards, batch_size, use_speaker,
+                                       batch_seconds=batch_seconds or None)
+        if target != out:
+            # atomic: a resumable appender (other shards append to `target`), renamed once whole on --overwrite
+            os.replace(target, out)
+    finally:
+        if target != out and os.path.exists(target):
+            os.remove(target)
+    _report(report, manifest, out, shard, num_shards, source, precision, allow_skips)
+
+
+def _check_tokenize_flags(manifest: str, speech_tokenizer: str, out: str, shard: int | None, num_shards: int | None,
+                          device: str) -> tuple[int, int, str, str, str]:
+    """``(shard, num_shards, where they came from, out, device)`` of ``tokenize``'s flags and the
+    launcher's environment; a one-line UserError naming the flag for a missing input or a bad shard."""
     from spiritlm.errors import UserError
 
     if not os.path.isfile(manifest):
@@ -237,27 +261,28 @@ def tokenize(
     out = out.replace("{shard}", str(shard))  # one file per shard, e.g. on a network file system
     if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # torchrun: one GPU per process
         device = f"cuda:{os.environ['LOCAL_RANK']}"
+    return shard, num_shards, source, out, device
 
+
+def _shard_target(manifest: str, out: str, overwrite: bool, shard: int, num_shards: int) -> str:
+    """The file this shard appends to (``_check_out``), the manifest read first so that a bad line
+    is reported before the tokenizer loads."""
     from ..corpus.manifest import read_audio_manifest
-    from spiritlm.numerics import threads as pinned_threads
-    from .speech_tokenizer import SpeechTokenizer
+    from spiritlm.errors import UserError
 
     try:
         items = read_audio_manifest(manifest)  # a bad line is reported before the tokenizer loads
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"{e} (--manifest)") from None
-    target = _check_out(out, overwrite, {it.id for i, it in enumerate(items) if i % num_shards == shard}, num_shards)
-    try:
-        with pinned_threads(threads):  # callers in the same process (e.g. the demo) keep their own setting
-            tok = SpeechTokenizer.load(speech_tokenizer, device=device, precision=precision)
-            report = tokenize_manifest(manifest, tok, target, shard, num_shards, batch_size, use_speaker,
-                                       batch_seconds=batch_seconds or None)
-        if target != out:
-            # atomic: a resumable appender (other shards append to `target`), renamed once whole on --overwrite
-            os.replace(target, out)
-    finally:
-        if target != out and os.path.exists(target):
-            os.remove(target)
+    return _check_out(out, overwrite, {it.id for i, it in enumerate(items) if i % num_shards == shard}, num_shards)
+
+
+def _report(report, manifest: str, out: str, shard: int, num_shards: int, source: str, precision: str,
+            allow_skips: bool) -> None:
+    """Writes (or clears) the shard's ``.errors.json``, prints the end line and the skips; a
+    UserError when everything, or without ``allow_skips`` anything, was skipped."""
+    from spiritlm.errors import UserError
+
     err_path = out + ".errors.json" if num_shards == 1 else f"{out}.shard{shard}-of-{num_shards}.errors.json"
     if report.errors:
         from spiritlm.atomic import atomic_file
