@@ -177,8 +177,6 @@ def assemble(
             pitch with FCPE + style) instead of the base one.
         overwrite: replace a tokenizer already in OUT.
     """
-    from dataclasses import replace
-
     from spiritlm.atomic import atomic_dir, check_new_output
 
     from ..errors import UserError
@@ -186,6 +184,36 @@ def assemble(
     # flags and paths first: a typo costs a second, not the imports of torch and transformers
     markers = ("config.json",)
     check_new_output(out, overwrite, markers=markers)
+    hubert, kmeans, pitch, style = _assemble_paths(hubert, kmeans, pitch, style, style_kmeans, speaker_stats,
+                                                   meta_checkpoints, expressive)
+    backend_name = _f0_backend(f0)
+
+    from .features import FeatureConfig, load_backend
+    from .kmeans import load_quantizer
+    from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
+
+    if hubert == "mfcc":
+        fcfg = FeatureConfig(backend="mfcc")
+    else:
+        fcfg = FeatureConfig(backend="hubert" if os.path.isdir(hubert) else "fairseq-hubert", checkpoint=os.path.abspath(hubert), layer=layer, normalize=normalize)
+    units = UnitTokenizer(load_backend(fcfg, "cpu"), load_quantizer(kmeans), UnitConfig(features=fcfg))
+    pitch_tok = _pitch_tokenizer(pitch, backend_name, f0, speaker_stats)
+    style_tok = _style_tokenizer(style, style_kmeans)
+    if (pitch_tok is None) != (style_tok is None):
+        raise UserError("an expressive tokenizer needs both --pitch and --style (a base one neither)")
+    with atomic_dir(out, overwrite, markers=markers) as tmp:
+        SpeechTokenizer(units, pitch_tok, style_tok).save(tmp)
+    kind = "expressive" if pitch_tok else "base"
+    qkind = type(units.quantizer).__name__
+    extra = f", pitch F0 from {pitch_tok.cfg.f0.backend}" if pitch_tok else ""
+    print(f"assemble: {kind} tokenizer with {units.n_units} units ({qkind}){extra} -> {out}")
+
+
+def _assemble_paths(hubert, kmeans, pitch, style, style_kmeans, speaker_stats, meta_checkpoints, expressive):
+    """``assemble``'s ``(hubert, kmeans, pitch, style)``: Meta's release folder's, or the flags', each
+    checked to exist; a one-line UserError naming the flag otherwise."""
+    from ..errors import UserError
+
     if meta_checkpoints:
         given = [f"--{k}" for k, v in (("hubert", hubert), ("kmeans", kmeans), ("pitch", pitch), ("style", style)) if v]
         if given:
@@ -200,13 +228,13 @@ def assemble(
                        ("--style", style), ("--style_kmeans", style_kmeans), ("--speaker_stats", speaker_stats)):
         if path is not None and not os.path.exists(path):
             raise UserError(f"{path}: no such file or folder ({flag})")
+    return hubert, kmeans, pitch, style
 
+
+def _f0_backend(f0: str | None) -> str | None:
+    """The F0 backend ``--f0`` names (an alias resolved), or None; a one-line UserError listing the choices."""
+    from ..errors import UserError
     from .f0 import ALIASES, BACKENDS, resolve_backend
-    from .features import FeatureConfig, load_backend
-    from .kmeans import load_kmeans, load_quantizer
-    from .meta_pitch import load_pitch_tokenizer
-    from .speech_tokenizer import SpeechTokenizer, UnitConfig, UnitTokenizer
-    from .style import StyleConfig, StyleTokenizer, W2V2StyleEncoder
 
     backend_name = None
     if f0 is not None:
@@ -214,12 +242,17 @@ def assemble(
             backend_name = resolve_backend(f0)
         except ValueError:
             raise UserError(f"--f0 {f0}: choose from {', '.join(list(ALIASES) + [b for b in BACKENDS if b not in ALIASES.values()])}") from None
+    return backend_name
 
-    if hubert == "mfcc":
-        fcfg = FeatureConfig(backend="mfcc")
-    else:
-        fcfg = FeatureConfig(backend="hubert" if os.path.isdir(hubert) else "fairseq-hubert", checkpoint=os.path.abspath(hubert), layer=layer, normalize=normalize)
-    units = UnitTokenizer(load_backend(fcfg, "cpu"), load_quantizer(kmeans), UnitConfig(features=fcfg))
+
+def _pitch_tokenizer(pitch: str | None, backend_name: str | None, f0: str | None, speaker_stats: str | None):
+    """The pitch tokenizer of ``--pitch`` (Meta's ``vqvae_f0_quantizer`` folder or one trained here,
+    its F0 backend set by ``--f0``), or None; ``--speaker_stats``/``--f0`` without one are refused."""
+    from dataclasses import replace
+
+    from ..errors import UserError
+    from .meta_pitch import load_pitch_tokenizer
+
     pitch_tok = None
     if pitch and os.path.isfile(os.path.join(pitch, "config.yaml")) and os.path.isfile(os.path.join(pitch, "model.pt")):
         from .f0 import F0Config
@@ -236,6 +269,15 @@ def assemble(
         raise UserError(f"{speaker_stats}: --speaker_stats is for Meta's vqvae_f0_quantizer (--pitch or --meta_checkpoints --expressive true)")
     if f0 is not None and pitch_tok is None:
         raise UserError(f"--f0 {f0}: no pitch tokenizer to use it (give --pitch, or --meta_checkpoints with --expressive true)")
+    return pitch_tok
+
+
+def _style_tokenizer(style: str | None, style_kmeans: str | None):
+    """The style tokenizer of ``--style``: one trained here, or a w2v2 classifier (its argmax, or
+    ``--style_kmeans``' clusters of its pooled embeddings); None without ``--style``."""
+    from .kmeans import load_kmeans
+    from .style import StyleConfig, StyleTokenizer, W2V2StyleEncoder
+
     style_tok = None
     if style:
         if os.path.isfile(os.path.join(style, "style_config.json")):
@@ -243,14 +285,7 @@ def assemble(
         else:
             cfg = StyleConfig(backend="w2v2", checkpoint=os.path.abspath(style), mode="kmeans" if style_kmeans else "classifier")
             style_tok = StyleTokenizer(W2V2StyleEncoder.from_pretrained(style), cfg, load_kmeans(style_kmeans) if style_kmeans else None)
-    if (pitch_tok is None) != (style_tok is None):
-        raise UserError("an expressive tokenizer needs both --pitch and --style (a base one neither)")
-    with atomic_dir(out, overwrite, markers=markers) as tmp:
-        SpeechTokenizer(units, pitch_tok, style_tok).save(tmp)
-    kind = "expressive" if pitch_tok else "base"
-    qkind = type(units.quantizer).__name__
-    extra = f", pitch F0 from {pitch_tok.cfg.f0.backend}" if pitch_tok else ""
-    print(f"assemble: {kind} tokenizer with {units.n_units} units ({qkind}){extra} -> {out}")
+    return style_tok
 
 
 def train(
