@@ -141,6 +141,7 @@ def _check_in_out(manifest: str | None, out: str, overwrite: bool, done: tuple[s
     return check_output(out, overwrite, done)
 
 
+# long: 80 of its lines are the 23 flags and their --help text (this docstring); the body is 28 lines
 def import_corpus(
     format: str,
     src: str | None = None,
@@ -224,7 +225,38 @@ def import_corpus(
     import os
 
     from spiritlm.corpus import importers
-    from spiritlm.corpus.manifest import write_manifest
+    from spiritlm.errors import UserError
+
+    fractions, finished = _check_import_flags(format, src, out, overwrite, split, split_by, split_fractions, alignments,
+                                              supervisions, pattern, audio_column, text_column, speaker_column, id_column,
+                                              words_column)
+    try:
+        result = _read_source(format, src, out, alignments, supervisions, pattern, split, require_text,
+                              importers.HFColumns(audio=audio_column, text=text_column, speaker=speaker_column,
+                                                  id=id_column, words=words_column),
+                              reuse_audio=not finished, max_duration=None if segment_long else max_duration)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    utts, skipped = result.utterances, list(result.skipped)
+    # before segmenting: the pieces of a long recording inherit its split
+    importers.assign_splits(utts, split_by, fractions, seed)
+    if max_duration is not None:
+        utts = _limit_duration(utts, skipped, max_duration, segment_long, vad, out)
+    if split_by != "none":
+        try:
+            importers.check_splits_filled(utts, split_by, fractions, seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    log = os.path.join(out, "import_skipped.txt")
+    _write_import(format, out, utts, skipped, log)
+    _finish_skips(skipped, len(utts), allow_skips, "item", log)
+
+
+def _check_import_flags(format, src, out, overwrite, split, split_by, split_fractions, alignments, supervisions, pattern,
+                        audio_column, text_column, speaker_column, id_column, words_column):
+    """``import_corpus``'s flags checked before anything is read: ``(split fractions, whether OUT holds a
+    finished import)``; a one-line UserError naming the flag otherwise."""
+    from spiritlm.corpus import importers
     from spiritlm.errors import UserError
 
     if src is None or out is None:
@@ -237,7 +269,6 @@ def import_corpus(
         fractions = importers.check_split_fractions(split_fractions)
     except ValueError as e:
         raise UserError(str(e)) from None
-    manifest = os.path.join(out, "manifest.jsonl")
     finished = _check_in_out(None, out, overwrite, done=("manifest.jsonl",))
     for flag, value, formats in (("--alignments", alignments, ("librispeech",)), ("--supervisions", supervisions, ("lhotse",)),
                                  ("--pattern", pattern, ("folder",)), ("--audio_column", audio_column, ("hf",)),
@@ -245,66 +276,77 @@ def import_corpus(
                                  ("--id_column", id_column, ("hf",)), ("--words_column", words_column, ("hf",))):
         if value is not None and format not in formats:
             raise UserError(f"{flag} is for corpus import {' / '.join(formats)}, not {format}")
-    try:
-        if format == "librispeech":
-            result = importers.import_librispeech(src, alignments, split)
-        elif format == "folder":
-            result = importers.import_folder(src, pattern, split, require_text)
-        elif format == "lhotse":
-            if not os.path.exists(src):
-                raise ValueError(f"{src}: no such file (--src)")
-            result = importers.import_lhotse(src, supervisions, split)
-        elif format == "hf":
-            cols = importers.HFColumns(audio=audio_column, text=text_column, speaker=speaker_column, id=id_column,
-                                       words=words_column)
-            # a finished import replaced (--overwrite true) writes its audio again; an interrupted one reuses it
-            # rows longer than --max_duration are refused before their audio is written (unless cut)
-            result = importers.import_hf(src, out, cols, split, require_text, reuse_audio=not finished,
-                                         max_duration=None if segment_long else max_duration)
-        else:
-            raise ValueError(f"unknown FORMAT {format!r}: librispeech, folder, lhotse or hf")
-    except (ValueError, OSError) as e:
-        raise UserError(str(e)) from None
-    utts, skipped = result.utterances, list(result.skipped)
-    # before segmenting: the pieces of a long recording inherit its split
-    importers.assign_splits(utts, split_by, fractions, seed)
-    if max_duration is not None:
-        long = [u for u in utts if u.duration > max_duration]
-        utts = [u for u in utts if u.duration <= max_duration]
-        if long and segment_long:
-            from spiritlm.corpus.segment import SegmentConfig, segment_utterance
+    return fractions, finished
 
-            cfg = SegmentConfig(max_seconds=max_duration, vad=vad)
-            for u in long:
-                if not u.words and u.text.strip():  # cutting between its words needs an aligner; import loads none
-                    skipped.append(f"{u.audio}: lasts {u.duration:.1f} s and has a transcript but no word times, which "
-                                   "--segment_long needs to cut between words: import it without --max_duration, then "
-                                   "spiritlm corpus segment --aligner CTC")
-                    continue
-                try:
-                    pieces, _ = segment_utterance(u, cfg, out)
-                    utts += pieces
-                except ValueError as e:
-                    skipped.append(f"{u.audio}: {e}")
-        else:
-            skipped += [f"{u.audio}: {importers.too_long(u.duration, max_duration)}" for u in long]
-    if split_by != "none":
-        try:
-            importers.check_splits_filled(utts, split_by, fractions, seed)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+
+def _read_source(format, src, out, alignments, supervisions, pattern, split, require_text, cols, reuse_audio, max_duration):
+    """The ``ImportResult`` of FORMAT's importer; ValueError/OSError for a bad source or FORMAT."""
+    import os
+
+    from spiritlm.corpus import importers
+
+    if format == "librispeech":
+        return importers.import_librispeech(src, alignments, split)
+    if format == "folder":
+        return importers.import_folder(src, pattern, split, require_text)
+    if format == "lhotse":
+        if not os.path.exists(src):
+            raise ValueError(f"{src}: no such file (--src)")
+        return importers.import_lhotse(src, supervisions, split)
+    if format == "hf":
+        # a finished import replaced (--overwrite true) writes its audio again; an interrupted one reuses it
+        # rows longer than --max_duration are refused before their audio is written (unless cut)
+        return importers.import_hf(src, out, cols, split, require_text, reuse_audio=reuse_audio, max_duration=max_duration)
+    raise ValueError(f"unknown FORMAT {format!r}: librispeech, folder, lhotse or hf")
+
+
+def _limit_duration(utts: list, skipped: list[str], max_duration: float, segment_long: bool, vad: str, out: str) -> list:
+    """``utts`` with those longer than ``max_duration`` cut at pauses into OUT/segments/
+    (``segment_long``) or dropped; each one not kept is appended to ``skipped`` with its reason."""
+    from spiritlm.corpus import importers
+
+    long = [u for u in utts if u.duration > max_duration]
+    utts = [u for u in utts if u.duration <= max_duration]
+    if long and segment_long:
+        from spiritlm.corpus.segment import SegmentConfig, segment_utterance
+
+        cfg = SegmentConfig(max_seconds=max_duration, vad=vad)
+        for u in long:
+            if not u.words and u.text.strip():  # cutting between its words needs an aligner; import loads none
+                skipped.append(f"{u.audio}: lasts {u.duration:.1f} s and has a transcript but no word times, which "
+                               "--segment_long needs to cut between words: import it without --max_duration, then "
+                               "spiritlm corpus segment --aligner CTC")
+                continue
+            try:
+                pieces, _ = segment_utterance(u, cfg, out)
+                utts += pieces
+            except ValueError as e:
+                skipped.append(f"{u.audio}: {e}")
+    else:
+        skipped += [f"{u.audio}: {importers.too_long(u.duration, max_duration)}" for u in long]
+    return utts
+
+
+def _write_import(format: str, out: str, utts: list, skipped: list[str], skipped_file: str) -> None:
+    """Writes OUT/manifest.jsonl (hf: and drops the clips no utterance uses) and the skipped list
+    (``skipped_file``, removed when nothing was skipped), then prints the totals per split."""
+    import os
+
+    from spiritlm.corpus import importers
+    from spiritlm.corpus.manifest import write_manifest
+
+    manifest = os.path.join(out, "manifest.jsonl")
     if utts:
         write_manifest(manifest, utts)
     if format == "hf" and utts:  # no clip of a refused or cut row is left behind (a rerun before this point reuses them)
         importers.remove_unreferenced_audio(os.path.join(out, "audio"), utts)
-    log = os.path.join(out, "import_skipped.txt")
     if skipped:
         from spiritlm.atomic import atomic_file
 
-        with atomic_file(log, encoding="utf-8") as f:
+        with atomic_file(skipped_file, encoding="utf-8") as f:
             f.write("".join(s + "\n" for s in skipped))
-    elif os.path.exists(log):
-        os.remove(log)
+    elif os.path.exists(skipped_file):
+        os.remove(skipped_file)
     aligned = sum(bool(u.words) for u in utts)
     hours = sum(u.duration for u in utts) / 3600
     if utts:
@@ -315,7 +357,6 @@ def import_corpus(
         print("splits: " + "  ".join(
             f"{k}={len(v)} ({sum(u.duration for u in v) / 3600:.3f} h, {len({u.speaker for u in v})} speakers)"
             for k, v in sorted(by_split.items())))
-    _finish_skips(skipped, len(utts), allow_skips, "item", log)
 
 
 import_corpus.cli_positional = True  # type: ignore[attr-defined]
