@@ -263,6 +263,31 @@ def test_cli_refuses_bad_flags_in_one_line(tmp_path, stack):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_the_serve_command_passes_its_flags_to_the_engine_and_the_server(stack, monkeypatch, capsys):
+    """The command's own path from flags to a running server, in process (the slow test below runs
+    it for real): the limit flags reach Engine.load as ServeLimits, and uvicorn gets the app."""
+    import uvicorn
+
+    from spiritlm.cli import main
+
+    seen = {}
+    real_load = Engine.load
+
+    def load(*args, **kwargs):
+        seen["limits"] = kwargs["limits"]
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(Engine, "load", load)
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: seen.update(app=app, host=host, port=port))
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    code = main(["serve", "--model", str(stack["model"]), "--port", str(port), "--max_new_tokens", "50", "--max_queue", "3"])
+    assert code in (0, None), capsys.readouterr().err
+    assert seen["limits"] == ServeLimits(max_new_tokens=50, max_queue=3)
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", port) and seen["app"] is not None
+    assert f"[serve] open http://127.0.0.1:{port}/  (Ctrl-C stops)" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_the_serve_command_loads_once_serves_and_stops_on_ctrl_c(stack):
     import signal

@@ -62,7 +62,7 @@ def _serve(model, vocoder, speech_tokenizer, host, port, device, settings) -> No
     from spiritlm.serve.app import create_app
     from spiritlm.serve.engine import Engine
 
-    engine = Engine.load(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device, limits=limits)
+    engine = Engine.load(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device, limits=settings)
     info = engine.info()
     print(f"[serve] model {model} ({info['model']['parameters'] / 1e6:.1f} M parameters)"
           + (f", speech tokenizer {speech_tokenizer}" if speech_tokenizer else ", no speech tokenizer (no audio input)")
