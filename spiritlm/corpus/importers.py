@@ -873,41 +873,52 @@ def import_hf(
     sources = _hf_sources(src)
     audio_dir = Path(out_dir).resolve() / "audio"
     _remove_stale_audio(audio_dir)
-    plans = []
-    for s in sources:  # every column checked before any row is read
-        text_col = _hf_column(s, columns.text, HF_TEXT_COLUMNS, "--text_column")
-        if text_col is None and require_text:
-            raise ValueError(f"{s.where}: no transcript column ({', '.join(HF_TEXT_COLUMNS)}; name it with --text_column, or "
-                             f"--require_text false for speech only; columns: {', '.join(s.schema.names)})")
-        plans.append(_HFPlan(s, _hf_audio_column(s, columns.audio), text_col,
-                             _hf_column(s, columns.speaker, HF_SPEAKER_COLUMNS, "--speaker_column"),
-                             _hf_column(s, columns.id, ("id",), "--id_column"), _hf_words_column(s, columns.words),
-                             _hf_column(s, None, ("style",), "")))
+    plans = [_hf_plan(s, columns, require_text) for s in sources]  # every column checked before any row is read
     result = ImportResult()
     seen: dict[str, str] = {}
     counters: dict[str, int] = {}
     for plan in plans:
-        s = plan.source
-        row = -1
-        for batch in s.batches():
-            cols = {c: batch.column(c).to_pylist() for c in plan.wanted()}
-            for k in range(batch.num_rows):
-                row += 1
-                n_prefix = counters.get(s.prefix, 0)
-                counters[s.prefix] = n_prefix + 1
-                uid = cols[plan.id][k] if plan.id else f"{s.prefix}-{n_prefix:06d}"
-                uid = None if uid is None else str(uid).strip()
-                label = f"{s.where}: row {row}" + (f" (id {uid})" if uid else "")
-                try:
-                    utt = _hf_row(plan, uid, {c: v[k] for c, v in cols.items()}, label, split, require_text, audio_dir,
-                                  reuse_audio, seen, max_duration)
-                except ValueError as e:
-                    msg = str(e)
-                    result.skipped.append(msg if msg.startswith(label) else f"{label}: {msg}")
-                    continue
-                seen[utt.id] = label
-                result.utterances.append(utt)
+        _hf_read_table(plan, result, seen, counters, split, require_text, audio_dir, reuse_audio, max_duration)
     return result
+
+
+def _hf_plan(s: _HFSource, columns: HFColumns, require_text: bool) -> _HFPlan:
+    """The columns :func:`import_hf` reads from one table; ValueError naming the table and the flag
+    for a missing or mistyped column, or no transcript column while ``require_text``."""
+    text_col = _hf_column(s, columns.text, HF_TEXT_COLUMNS, "--text_column")
+    if text_col is None and require_text:
+        raise ValueError(f"{s.where}: no transcript column ({', '.join(HF_TEXT_COLUMNS)}; name it with --text_column, or "
+                         f"--require_text false for speech only; columns: {', '.join(s.schema.names)})")
+    return _HFPlan(s, _hf_audio_column(s, columns.audio), text_col,
+                   _hf_column(s, columns.speaker, HF_SPEAKER_COLUMNS, "--speaker_column"),
+                   _hf_column(s, columns.id, ("id",), "--id_column"), _hf_words_column(s, columns.words),
+                   _hf_column(s, None, ("style",), ""))
+
+
+def _hf_read_table(plan: _HFPlan, result: ImportResult, seen: dict[str, str], counters: dict[str, int], split: str | None,
+                   require_text: bool, audio_dir: Path, reuse_audio: bool, max_duration: float | None) -> None:
+    """Adds one table's rows to ``result`` (an utterance, or a ``FILE: row I (id ID): problem`` skip);
+    ``seen`` (id -> row label, for duplicates) and ``counters`` (rows per id prefix) run across tables."""
+    s = plan.source
+    row = -1
+    for batch in s.batches():
+        cols = {c: batch.column(c).to_pylist() for c in plan.wanted()}
+        for k in range(batch.num_rows):
+            row += 1
+            n_prefix = counters.get(s.prefix, 0)
+            counters[s.prefix] = n_prefix + 1
+            uid = cols[plan.id][k] if plan.id else f"{s.prefix}-{n_prefix:06d}"
+            uid = None if uid is None else str(uid).strip()
+            label = f"{s.where}: row {row}" + (f" (id {uid})" if uid else "")
+            try:
+                utt = _hf_row(plan, uid, {c: v[k] for c, v in cols.items()}, label, split, require_text, audio_dir,
+                              reuse_audio, seen, max_duration)
+            except ValueError as e:
+                msg = str(e)
+                result.skipped.append(msg if msg.startswith(label) else f"{label}: {msg}")
+                continue
+            seen[utt.id] = label
+            result.utterances.append(utt)
 
 
 @dataclass
