@@ -141,6 +141,20 @@ def run_ic(model: EvalModel, inputs: ManifestInputs, config: IcConfig | None = N
         gen_pred = [by_name.get(normalize_text(t)) for t in gen_text]
 
     predictions, correct, correct_gen, confusion = _ic_predictions(records, best, table, labels, prompts, seed, gen_text, gen_pred)
+    metrics = _ic_metrics(model, cfg, manifest, units, predictions, records, pool_items, labels, correct, correct_gen,
+                          gen_pred, confusion, skipped, max_len)
+    result = EvalResult("ic", metrics, predictions, thr.as_dict())
+    if out_dir is not None:
+        write_eval_outputs(out_dir, result)
+    return result
+
+
+def _ic_metrics(model: EvalModel, cfg: IcConfig, manifest, units, predictions: list[dict], records: list, pool_items: list[dict],
+                labels: list[str], correct: list[float], correct_gen: list[float], gen_pred: list[str | None], confusion,
+                skipped: list[dict], max_len: int) -> dict:
+    """``run_ic``'s metrics.json: accuracy by likelihood (and by generation) with its interval,
+    chance and majority baselines, the confusion matrix and the run's settings."""
+    seed, split, shot_split, shots, max_items, generation = cfg.seed, cfg.split, cfg.shot_split, cfg.shots, cfg.max_items, cfg.generation
     n = len(predictions)
     majority_label, _ = Counter(p["intent"] for p in pool_items).most_common(1)[0]
     majority = [float(item["intent"] == majority_label) for item, _ in records]
@@ -164,10 +178,7 @@ def run_ic(model: EvalModel, inputs: ManifestInputs, config: IcConfig | None = N
         "shots_used_mean": round(float(np.mean(shots_used)), 3), "shots_used_max": max(shots_used),
         "max_seq_len": max_len, "max_items": max_items, "skipped": len(skipped), "skipped_items": skipped[:50],
     }
-    result = EvalResult("ic", metrics, predictions, thr.as_dict())
-    if out_dir is not None:
-        write_eval_outputs(out_dir, result)
-    return result
+    return metrics
 
 
 def _ic_prompts(tok, targets, pool_items, pool_speech, skipped: list[dict], *, shots: int, seed: int, max_len: int,
