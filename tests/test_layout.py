@@ -237,7 +237,6 @@ LONG_BEFORE_THE_RULE = {
     "spiritlm.data.build._build", "spiritlm.vocoder.data.load_utterances",
     "spiritlm.corpus.align.align_manifest",
     "spiritlm.corpus.espeak.align_events",
-    "spiritlm.serve.app.create_app",
     "spiritlm.corpus.text_sources._clause", "spiritlm.tokenizers.kmeans.train_kmeans_chunks",
     "spiritlm.formats.string_to_units",
 }

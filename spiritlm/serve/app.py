@@ -26,7 +26,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,22 @@ def create_app(engine: Engine) -> Any:
         out["audio_wav_base64"] = base64.b64encode(wav).decode("ascii") if wav is not None else None
         return JSONResponse(out)
 
+    stream = _stream_route(engine, checked)
+
+    app = Starlette(routes=[
+        Route("/", page),
+        Route("/api/info", info),
+        Route("/api/generate", generate, methods=["POST"]),
+        Route("/api/stream", stream, methods=["POST"]),
+    ])
+    app.state.engine = engine
+    return BodyLimit(app, engine.limits.max_upload_bytes)
+
+
+def _stream_route(engine: Engine, checked: Callable[[Request], Awaitable[GenerationRequest]]) -> Callable[[Request], Awaitable[Response]]:
+    """The ``/api/stream`` handler: queues the request on ``engine``'s scheduler and relays its
+    events as server-sent events; a client that leaves cancels the work."""
+
     async def stream(request: Request) -> Response:
         try:
             req = await checked(request)
@@ -212,14 +228,7 @@ def create_app(engine: Engine) -> Any:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    app = Starlette(routes=[
-        Route("/", page),
-        Route("/api/info", info),
-        Route("/api/generate", generate, methods=["POST"]),
-        Route("/api/stream", stream, methods=["POST"]),
-    ])
-    app.state.engine = engine
-    return BodyLimit(app, engine.limits.max_upload_bytes)
+    return stream
 
 
 @contextlib.contextmanager
