@@ -273,16 +273,40 @@ def align_events(
     x = np.asarray(samples, dtype=np.float64)
     rms_all = float(np.sqrt(np.mean(x * x))) if total else 0.0
 
-    phone_events = [e for e in events if e.kind == EVENT_PHONEME]
     word_event_sample: dict[int, int] = {}
     for e in events:
         if e.kind == EVENT_WORD:
             k = _word_of_position(text, word_starts, e.text_position)
             if 0 <= k < n_words and k not in word_event_sample:
                 word_event_sample[k] = e.sample
+    spans = _raw_phone_spans(text, word_starts, [e for e in events if e.kind == EVENT_PHONEME], x, rms_all)
+    _split_merged_words(text, n_words, spans, word_event_sample, phone_names or {})
 
-    # Raw phone spans: [event, next phone event) -- pauses (empty names) kept as separators.
-    spans: list[list[Any]] = []  # [name, start, end, word index or -1 for pauses]
+    _start_words_at_pre_pauses(text, n_words, spans, word_event_sample, x, rms_all)
+    # Phones and words from the corrected spans.
+    words: list[Segment] = []
+    phones: list[Segment] = []
+    for name, start, end, k in spans:
+        if name:
+            phones.append(Segment(name, start, end, k))
+    for k in range(n_words):
+        own = [p for p in phones if p.word_index == k]
+        label = text[word_starts[k] : text.index(" ", word_starts[k])] if k + 1 < n_words else text[word_starts[k] :]
+        label = "".join(c for c in label if c.isalpha() or c == "'")
+        words.append(Segment(label, own[0].start, own[-1].end))
+    for a, b in zip(words, words[1:]):
+        if b.start < a.end or a.end < a.start:
+            raise EspeakError(f"word segments overlap in {text!r}: {a} then {b}")
+    return words, phones
+
+
+def _raw_phone_spans(text: str, word_starts: Sequence[int], phone_events: Sequence[Event], x: np.ndarray,
+                     rms_all: float) -> list[list[Any]]:
+    """Raw phone spans ``[name, start, end, word index or -1 for pauses]``: each PHONEME event to the
+    next one (the last to the end of ``x``), pauses (empty names) kept as separators and voiced
+    unnamed phonemes merged into the phone before them (see :func:`align_events`)."""
+    n_words, total = len(word_starts), len(x)
+    spans: list[list[Any]] = []
     for i, e in enumerate(phone_events):
         start = min(max(e.sample, 0), total)
         end = min(max(phone_events[i + 1].sample, 0), total) if i + 1 < len(phone_events) else total
@@ -298,10 +322,14 @@ def align_events(
             spans[-1][2] = end
             continue
         spans.append([name, start, end, k])
+    return spans
 
-    _split_merged_words(text, n_words, spans, word_event_sample, phone_names or {})
 
-    words: list[Segment] = []
+def _start_words_at_pre_pauses(text: str, n_words: int, spans: list[list[Any]], word_event_sample: dict[int, int],
+                               x: np.ndarray, rms_all: float) -> None:
+    """Moves the start of each word whose WORD event is followed by silence (a stop's pre-pause)
+    back to that event, in ``spans`` (see :func:`align_events`); EspeakError for a word without
+    phonemes or with phonemes among another word's."""
     for k in range(n_words):
         idx = [i for i, s in enumerate(spans) if s[3] == k]
         if not idx:
@@ -316,20 +344,6 @@ def align_events(
                 spans[first][1] = w
                 if first > 0:
                     spans[first - 1][2] = w
-    # Phones and words from the corrected spans.
-    phones: list[Segment] = []
-    for name, start, end, k in spans:
-        if name:
-            phones.append(Segment(name, start, end, k))
-    for k in range(n_words):
-        own = [p for p in phones if p.word_index == k]
-        label = text[word_starts[k] : text.index(" ", word_starts[k])] if k + 1 < n_words else text[word_starts[k] :]
-        label = "".join(c for c in label if c.isalpha() or c == "'")
-        words.append(Segment(label, own[0].start, own[-1].end))
-    for a, b in zip(words, words[1:]):
-        if b.start < a.end or a.end < a.start:
-            raise EspeakError(f"word segments overlap in {text!r}: {a} then {b}")
-    return words, phones
 
 
 def words_without_event(text: str, word_starts: Sequence[int], events: Sequence[Event]) -> list[int]:
