@@ -157,15 +157,7 @@ def load_utterances(
     Raises:
         UserError: a missing file, a bad manifest line, or no usable line at all.
     """
-    from ..corpus.manifest import read_audio_manifest
-
-    for path, flag in ((manifest, "--manifest"), (units, "--units")):
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: file not found ({flag})")
-    try:
-        items = {it.id: it for it in read_audio_manifest(manifest)}
-    except ValueError as exc:
-        raise UserError(f"{exc} (--manifest)") from None
+    items = _manifest_items(manifest, units)
     speakers = list(speakers) if speakers is not None else sorted({it.speaker or "default" for it in items.values()})
     spk_index = {s: i for i, s in enumerate(speakers)}
     report = LoadReport()
@@ -190,48 +182,15 @@ def load_utterances(
             report.add(f"{where}: duplicate id {uid!r}")
             continue
         try:
-            u = parse_stream(rec.get("hubert", ""), "hubert")
-            if num_units is not None and int(u.max()) >= num_units:
-                raise ValueError(f"unit {int(u.max())} is beyond the vocoder's {num_units} units (--units / --preset)")
-            streams = {}
-            for name, size in (("pitch", num_pitch), ("style", num_style)):
-                if size == 0:
-                    continue
-                if name not in rec:
-                    if size is not None:
-                        raise ValueError(f"no '{name}' stream, but the vocoder has a {name} table")
-                    continue
-                s = parse_stream(rec[name], name)
-                if size is not None and int(s.max()) >= size:
-                    raise ValueError(f"{name} code {int(s.max())} is beyond the vocoder's {size} {name} codes (--units / --speech_tokenizer)")
-                streams[name] = s
+            u, streams = _line_streams(rec, num_units, num_pitch, num_style)
+            if wanted:  # other splits' lines (check_every_line) are checked, not loaded
+                out.append(_utterance(uid, it, u, streams, spk_index, rec))
         except ValueError as exc:
             report.add(f"{where}: {exc}")
             continue
         if not wanted:
             seen_elsewhere.add(uid)
             continue
-        spk = it.speaker or "default"
-        if spk not in spk_index:
-            report.add(f"{where}: speaker {spk!r} is not among the vocoder's speakers")
-            continue
-        try:
-            wav = load_audio(it.audio)
-        except AudioError as exc:
-            report.add(f"{where}: {exc}")
-            continue
-        frames = len(wav) // UNIT_HOP
-        if abs(frames - len(u)) > LENGTH_TOLERANCE:
-            report.add(f"{where}: {len(u)} units for {len(wav) / SAMPLE_RATE:.2f} s of audio (expected ~{frames} at 25 Hz): "
-                       "were these units made from this manifest's audio by a 25 Hz tokenizer? (--units)")
-            continue
-        T = min(frames, len(u))
-        if T < 1:
-            report.add(f"{where}: shorter than one unit")
-            continue
-        pitch = repeat_codes(streams["pitch"], PITCH_RATIO, T) if "pitch" in streams else None
-        style = repeat_codes(streams["style"], STYLE_RATIO, T) if "style" in streams else None
-        out.append(Utterance(uid, wav[: T * UNIT_HOP].astype(np.float32), u[:T], pitch, style, spk_index[spk], it.split, rec))
         seen.add(uid)
         report.kept += 1
         if max_utts and len(out) >= max_utts:
@@ -241,6 +200,63 @@ def load_utterances(
         raise UserError(f"{units}: no usable utterance{'' if splits is None else ' in split(s) ' + ', '.join(map(str, splits))}: "
                         f"{report.skipped} line(s) skipped{first} (--units / --manifest)")
     return out, report
+
+
+def _manifest_items(manifest: str, units: str) -> dict:
+    """``{id: item}`` of the manifest, both files checked to exist; a one-line UserError naming the flag."""
+    from ..corpus.manifest import read_audio_manifest
+
+    for path, flag in ((manifest, "--manifest"), (units, "--units")):
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: file not found ({flag})")
+    try:
+        return {it.id: it for it in read_audio_manifest(manifest)}
+    except ValueError as exc:
+        raise UserError(f"{exc} (--manifest)") from None
+
+
+def _line_streams(rec: dict, num_units: int | None, num_pitch: int | None, num_style: int | None) -> tuple[np.ndarray, dict]:
+    """``(hubert units, {pitch/style: codes})`` of a units line, each id checked against its table
+    size (0: stream ignored, None: any id); ValueError saying what is wrong."""
+    u = parse_stream(rec.get("hubert", ""), "hubert")
+    if num_units is not None and int(u.max()) >= num_units:
+        raise ValueError(f"unit {int(u.max())} is beyond the vocoder's {num_units} units (--units / --preset)")
+    streams = {}
+    for name, size in (("pitch", num_pitch), ("style", num_style)):
+        if size == 0:
+            continue
+        if name not in rec:
+            if size is not None:
+                raise ValueError(f"no '{name}' stream, but the vocoder has a {name} table")
+            continue
+        s = parse_stream(rec[name], name)
+        if size is not None and int(s.max()) >= size:
+            raise ValueError(f"{name} code {int(s.max())} is beyond the vocoder's {size} {name} codes (--units / --speech_tokenizer)")
+        streams[name] = s
+    return u, streams
+
+
+def _utterance(uid: str, it, u: np.ndarray, streams: dict, spk_index: dict[str, int], rec: dict) -> Utterance:
+    """The training utterance of a manifest item and its units: the audio cut to whole units, the
+    pitch/style codes repeated to 25 Hz; ValueError for an unknown speaker, unreadable audio or
+    units that do not fit the audio's length."""
+    spk = it.speaker or "default"
+    if spk not in spk_index:
+        raise ValueError(f"speaker {spk!r} is not among the vocoder's speakers")
+    try:
+        wav = load_audio(it.audio)
+    except AudioError as exc:
+        raise ValueError(str(exc)) from None
+    frames = len(wav) // UNIT_HOP
+    if abs(frames - len(u)) > LENGTH_TOLERANCE:
+        raise ValueError(f"{len(u)} units for {len(wav) / SAMPLE_RATE:.2f} s of audio (expected ~{frames} at 25 Hz): "
+                         "were these units made from this manifest's audio by a 25 Hz tokenizer? (--units)")
+    T = min(frames, len(u))
+    if T < 1:
+        raise ValueError("shorter than one unit")
+    pitch = repeat_codes(streams["pitch"], PITCH_RATIO, T) if "pitch" in streams else None
+    style = repeat_codes(streams["style"], STYLE_RATIO, T) if "style" in streams else None
+    return Utterance(uid, wav[: T * UNIT_HOP].astype(np.float32), u[:T], pitch, style, spk_index[spk], it.split, rec)
 
 
 def most_frequent_codes(utterances: Sequence[Utterance]) -> dict[str, int]:
