@@ -242,6 +242,7 @@ def units_to_string(
     return "".join(tok for _, _, tok in keyed)
 
 
+# long: one pass of a state machine over the tokens (nine pieces of state that every branch updates) and a doctest docstring; split, that state would be passed back and forth
 def string_to_units(
     gen: str,
     hubert_key: str = "hubert",

@@ -116,6 +116,7 @@ def _inertia(x: np.ndarray, centers: np.ndarray, rows: int = 4096) -> float:
     return total
 
 
+# long: one seeded schedule (init draws, epochs, early stop) sharing one RandomState and one estimator, as MiniBatchKMeans.fit's; its order is the result
 def train_kmeans_chunks(read_rows, n_rows: int, cfg: KMeansConfig, progress: bool = True) -> tuple[np.ndarray, dict]:
     """Fits MiniBatchKMeans with ``partial_fit`` over chunks of a frame sample read on demand.
 

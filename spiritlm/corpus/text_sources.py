@@ -576,6 +576,7 @@ def _place_phrase(rng: random.Random) -> list[str]:
     return [rng.choice(L.PREPOSITIONS), "the", rng.choice(L.PLACES)]
 
 
+# long: twelve clause shapes of one grammar, each a few lines read top to bottom; their rng draws, in this order, are the corpus a seed gives
 def _clause(rng: random.Random, tense: str) -> list[str]:
     """One clause; the dispatcher picks among a dozen shapes."""
     kind = rng.randrange(12)
