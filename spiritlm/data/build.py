@@ -15,6 +15,7 @@ import os
 import platform
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -244,19 +245,8 @@ def _build(manifest, units, out: Path, tmp: Path, interleave, text_tokenizer, ex
         cfg = replace(cfg, group_words=auto_group_words(utts, cfg))
     unit_map = read_units(units)
     extra = read_extra_text(extra_text) if extra_text else []
-    tok, tok_path = make_tokenizer(
-        tmp, [u.text for u in utts] + extra, text_tokenizer, cfg.expressive, vocab_size, pad_to_multiple=pad_to_multiple
-    )
-    if tok_path != TOKENIZER_FILE and Path(tok_path).is_relative_to(out.resolve()):
-        tok.save(tmp / TOKENIZER_FILE)  # the tokenizer lives in the directory being replaced: keep a copy
-        tok_path = TOKENIZER_FILE
-    if tok.num_units["hubert"] == 0:
-        raise DataBuildError(f"{tok_path}: the tokenizer has no HuBERT tokens (--text_tokenizer)")
-    try:  # a unit the tokenizer cannot encode is named by its line here, not mid-build
-        streams = ("hubert", "pitch", "style") if cfg.expressive else ("hubert",)
-        check_unit_ranges(units, {s: tok.num_units[s] for s in streams}, "--text_tokenizer / --num_hubert")
-    except UnitFormatError as e:
-        raise DataBuildError(str(e)) from None
+    tok, tok_path = _build_tokenizer(units, out, tmp, [u.text for u in utts] + extra, text_tokenizer, cfg.expressive,
+                                     vocab_size, pad_to_multiple)
     t_tok = time.perf_counter()
 
     pairs = [(u, find_units(unit_map, u)) for u in utts]
@@ -276,29 +266,7 @@ def _build(manifest, units, out: Path, tmp: Path, interleave, text_tokenizer, ex
         for subset, c in result["counts"].items():
             counts[subset].update(c)
 
-    chunks = [(i, min(i + chunk_size, len(groups))) for i in range(0, len(groups), chunk_size)]
-    _W["groups"] = groups
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(utts), desc="build", unit="utt")
-    if workers > 1 and len(chunks) > 1:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.model_proto, cfg, seed)) as pool:
-            for (a, b), result in zip(chunks, pool.imap(_process_range, chunks)):
-                consume(result)
-                if bar:
-                    bar.update(sum(len(g) for g in groups[a:b]))
-    else:
-        _init_worker(tok.model_proto, cfg, seed)
-        for a, b in chunks:
-            consume(_process_range((a, b)))
-            if bar:
-                bar.update(sum(len(g) for g in groups[a:b]))
-    _W.clear()
-    if bar:
-        bar.close()
+    _process_groups(groups, tok, cfg, seed, workers, chunk_size, consume, progress, len(utts))
     if extra:
         consume(_extra_text_documents(tok, extra))
 
@@ -310,19 +278,7 @@ def _build(manifest, units, out: Path, tmp: Path, interleave, text_tokenizer, ex
     )
     elapsed = time.perf_counter() - t0
     total_tokens = sum(c["tokens"] for c in counts.values())
-    subsets = {}
-    for s in SUBSETS:
-        c = counts[s]
-        subsets[s] = {
-            "documents": c["documents"],
-            "tokens": c["tokens"],
-            "speech_tokens": c["speech_tokens"],
-            "text_tokens": c["text_tokens"],
-            "marker_tokens": c["marker_tokens"],
-            "speech_text_ratio": (c["speech_tokens"] / c["text_tokens"]) if c["text_tokens"] else None,
-            "mean_tokens_per_document": (c["tokens"] / c["documents"]) if c["documents"] else None,
-            "skipped": dict(sorted(skipped[s].items())),
-        }
+    subsets = _subset_summaries(counts, skipped)
     all_speech = sum(c["speech_tokens"] for c in counts.values())
     all_text = sum(c["text_tokens"] for c in counts.values())
     summary = {
@@ -352,13 +308,83 @@ def _build(manifest, units, out: Path, tmp: Path, interleave, text_tokenizer, ex
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
     }
     if not allow_skips:
-        for s in ("speech", "interleaved"):
-            if not counts[s]["documents"]:
-                reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped[s].items())) or "none"
-                raise DataBuildError(
-                    f"{units}: no {s} documents from {len(utts)} utterances (skipped: {reasons}); "
-                    "pass --allow_skips true to write the build anyway"
-                )
+        _check_speech_documents(units, len(utts), counts, skipped)
     (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     (tmp / SPEECH_UNITS_FILE).write_text(json.dumps(speech_units) + "\n")
     return summary
+
+def _build_tokenizer(units, out: Path, tmp: Path, texts: list[str], text_tokenizer, expressive: bool, vocab_size: int,
+                     pad_to_multiple: int):
+    """``(tokenizer, its path as the index names it)`` of a build (:func:`make_tokenizer`); a copy is
+    kept in ``tmp`` when it lives in the directory being replaced. DataBuildError when it has no
+    HuBERT tokens or a unit in ``units`` is beyond its speech vocabulary (named by its line)."""
+    tok, tok_path = make_tokenizer(tmp, texts, text_tokenizer, expressive, vocab_size, pad_to_multiple=pad_to_multiple)
+    if tok_path != TOKENIZER_FILE and Path(tok_path).is_relative_to(out.resolve()):
+        tok.save(tmp / TOKENIZER_FILE)  # the tokenizer lives in the directory being replaced: keep a copy
+        tok_path = TOKENIZER_FILE
+    if tok.num_units["hubert"] == 0:
+        raise DataBuildError(f"{tok_path}: the tokenizer has no HuBERT tokens (--text_tokenizer)")
+    try:  # a unit the tokenizer cannot encode is named by its line here, not mid-build
+        streams = ("hubert", "pitch", "style") if expressive else ("hubert",)
+        check_unit_ranges(units, {s: tok.num_units[s] for s in streams}, "--text_tokenizer / --num_hubert")
+    except UnitFormatError as e:
+        raise DataBuildError(str(e)) from None
+    return tok, tok_path
+
+
+def _process_groups(groups: list, tok, cfg: InterleaveConfig, seed: int, workers: int, chunk_size: int,
+                    consume: Callable[[dict[str, Any]], None], progress: bool, n_utts: int) -> None:
+    """Tokenizes the utterance groups in chunks of ``chunk_size`` (in ``workers`` forked processes,
+    or in this one), handing each chunk's result to ``consume`` in chunk order."""
+    chunks = [(i, min(i + chunk_size, len(groups))) for i in range(0, len(groups), chunk_size)]
+    _W["groups"] = groups
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_utts, desc="build", unit="utt")
+    if workers > 1 and len(chunks) > 1:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.model_proto, cfg, seed)) as pool:
+            for (a, b), result in zip(chunks, pool.imap(_process_range, chunks)):
+                consume(result)
+                if bar:
+                    bar.update(sum(len(g) for g in groups[a:b]))
+    else:
+        _init_worker(tok.model_proto, cfg, seed)
+        for a, b in chunks:
+            consume(_process_range((a, b)))
+            if bar:
+                bar.update(sum(len(g) for g in groups[a:b]))
+    _W.clear()
+    if bar:
+        bar.close()
+
+
+def _subset_summaries(counts: dict[str, Counter], skipped: dict[str, Counter]) -> dict[str, dict[str, Any]]:
+    """summary.json's ``subsets``: documents, tokens by kind, ratios and skips of each subset."""
+    subsets = {}
+    for s in SUBSETS:
+        c = counts[s]
+        subsets[s] = {
+            "documents": c["documents"],
+            "tokens": c["tokens"],
+            "speech_tokens": c["speech_tokens"],
+            "text_tokens": c["text_tokens"],
+            "marker_tokens": c["marker_tokens"],
+            "speech_text_ratio": (c["speech_tokens"] / c["text_tokens"]) if c["text_tokens"] else None,
+            "mean_tokens_per_document": (c["tokens"] / c["documents"]) if c["documents"] else None,
+            "skipped": dict(sorted(skipped[s].items())),
+        }
+    return subsets
+
+
+def _check_speech_documents(units, n_utts: int, counts: dict[str, Counter], skipped: dict[str, Counter]) -> None:
+    """DataBuildError when the speech or the interleaved subset got no document (``--allow_skips`` false)."""
+    for s in ("speech", "interleaved"):
+        if not counts[s]["documents"]:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped[s].items())) or "none"
+            raise DataBuildError(
+                f"{units}: no {s} documents from {n_utts} utterances (skipped: {reasons}); "
+                "pass --allow_skips true to write the build anyway"
+            )
