@@ -4,7 +4,7 @@
 
 Prints the ``--top`` longest, then how many exceed ``--over`` lines and how many of those carry no
 ``# long:`` reason comment (on the ``def`` line or the line above). tests/test_layout.py holds the
-rule that the unexplained ones do not grow.
+rule that there are none of those.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -443,14 +443,11 @@ def align_manifest(
     transcript, unreadable audio, longer than ``max_seconds``, a word the model cannot spell,
     a transcript too long for the audio); errors also count in ``skipped``.
     """
-    import fcntl
-    import json
     import time
 
     from tqdm import tqdm
 
-    from spiritlm.audio import AudioError, load_audio
-    from spiritlm.corpus.manifest import Utterance, Word, line_numbers, read_manifest, write_manifest
+    from spiritlm.corpus.manifest import Utterance, line_numbers, read_manifest
 
     t0 = time.perf_counter()
     utts = read_manifest(manifest)
@@ -464,12 +461,8 @@ def align_manifest(
     report = AlignReport(already_done=sum(u.id in done_ids for u in mine))
     todo = [u for u in mine if u.id not in done_ids]
 
-    def write(path: Path, rec: dict) -> None:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-
     def reject(u: Utterance, kind: str, reason: str, score: float | None = None) -> None:
-        write(rej, {"id": u.id, "audio": u.audio, "kind": kind, "reason": reason, "score": score})
+        _append_json(rej, {"id": u.id, "audio": u.audio, "kind": kind, "reason": reason, "score": score})
         if kind == "error":
             report.skipped += 1
             report.errors.append(f"{manifest}:{lines.get(u.id, '?')} ({u.id}): {reason}")
@@ -479,22 +472,7 @@ def align_manifest(
     bar = tqdm(total=len(todo), desc=f"align shard {shard}/{num_shards}", unit="utt", disable=not progress, mininterval=5)
     todo.sort(key=lambda u: u.duration)  # similar lengths share a batch
     for b in range(0, len(todo), batch_size):
-        batch, wavs = [], []
-        for u in todo[b : b + batch_size]:
-            if not (u.text or "").strip():
-                reject(u, "error", "no transcript (text is empty)")
-                continue
-            if u.duration > max_seconds:
-                reject(u, "error", f"lasts {u.duration:.1f} s > --max_seconds {max_seconds:g}: cut it with spiritlm corpus segment first")
-                continue
-            try:
-                spelled = spell_words(u.text, model)
-                wav = load_audio(u.audio, target_rate=model.sample_rate)
-            except (ValueError, AudioError) as e:
-                reject(u, "error", str(e))
-                continue
-            batch.append((u, spelled))
-            wavs.append(wav)
+        batch, wavs = _readable_batch(todo[b : b + batch_size], model, max_seconds, reject)
         ems = model.emissions(wavs) if wavs else []
         for (u, spelled), em, wav in zip(batch, ems, wavs):
             try:
@@ -506,17 +484,71 @@ def align_manifest(
             if score < min_score:
                 reject(u, "low_score", f"alignment score {score:.3f} < --min_score {min_score:g}", round(score, 6))
                 continue
-            dur = u.duration
-            line = Utterance(**{**u.__dict__, "words": [Word(w.word, min(w.start, dur), min(w.end, dur)) for w in words],
-                                "extra": {**u.extra, "align_score": round(score, 6), "word_scores": [w.score for w in words]}})
-            write(part, line.to_json())
+            _append_json(part, _aligned(u, words, score).to_json())
             report.written += 1
         bar.update(len(todo[b : b + batch_size]))
     bar.close()
     (parts / f"{stem}.done").write_text("")
     report.wall_seconds = time.perf_counter() - t0
 
-    # merge once every shard is done (the last one to finish does it; a lock keeps two from racing)
+    report.merged = _merge_if_all_done(out, parts, utts, num_shards)
+    if report.merged:
+        import shutil
+
+        shutil.rmtree(parts, ignore_errors=True)
+    return report
+
+def _append_json(path: Path, rec: dict) -> None:
+    """Appends ``rec`` as one JSON line to a shard's part file."""
+    import json
+
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _aligned(u, words: list, score: float):
+    """The manifest line of an aligned utterance: its ``words`` (clipped to its duration), with
+    ``align_score`` and ``word_scores`` in its extra fields."""
+    from spiritlm.corpus.manifest import Utterance, Word
+
+    dur = u.duration
+    return Utterance(**{**u.__dict__, "words": [Word(w.word, min(w.start, dur), min(w.end, dur)) for w in words],
+                        "extra": {**u.extra, "align_score": round(score, 6), "word_scores": [w.score for w in words]}})
+
+
+def _readable_batch(us: list, model: CtcModel, max_seconds: float, reject: Callable[..., None]) -> tuple[list, list]:
+    """``([(utterance, spelled words)], [waveform])`` of the utterances that can be aligned; each
+    other one goes to ``reject`` as an ``error`` (no transcript, too long, unspellable, unreadable)."""
+    from spiritlm.audio import AudioError, load_audio
+
+    batch, wavs = [], []
+    for u in us:
+        if not (u.text or "").strip():
+            reject(u, "error", "no transcript (text is empty)")
+            continue
+        if u.duration > max_seconds:
+            reject(u, "error", f"lasts {u.duration:.1f} s > --max_seconds {max_seconds:g}: cut it with spiritlm corpus segment first")
+            continue
+        try:
+            spelled = spell_words(u.text, model)
+            wav = load_audio(u.audio, target_rate=model.sample_rate)
+        except (ValueError, AudioError) as e:
+            reject(u, "error", str(e))
+            continue
+        batch.append((u, spelled))
+        wavs.append(wav)
+    return batch, wavs
+
+
+def _merge_if_all_done(out: str, parts: Path, utts: list, num_shards: int) -> bool:
+    """Once every shard is done, merges the parts in manifest order into ``out`` and its rejects
+    file (atomically) and empties ``parts``; True when this call merged. The last shard to finish
+    does it; a lock keeps two from racing."""
+    import fcntl
+    import json
+
+    from spiritlm.corpus.manifest import Utterance, write_manifest
+
     with open(parts / "merge.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all((parts / f"shard{i}-of-{num_shards}.done").exists() for i in range(num_shards)) and parts.exists():
@@ -536,9 +568,5 @@ def align_manifest(
             for p in parts.iterdir():
                 if p.name != "merge.lock":
                     p.unlink()
-            report.merged = True
-    if report.merged:
-        import shutil
-
-        shutil.rmtree(parts, ignore_errors=True)
-    return report
+            return True
+    return False
