@@ -80,6 +80,15 @@ def _read_judge_json(directory: Path, flag: str = JUDGE_FLAG) -> dict | None:
     return meta
 
 
+def _judge_json_of_kind(directory: Path, kind: str, what: str) -> dict:
+    """``judge.json`` of ``directory`` for a judge of ``kind``; ``what`` names it in the error
+    (e.g. "a text sentiment judge")."""
+    meta = _read_judge_json(directory)
+    if meta is None or meta.get("kind") != kind:
+        raise UserError(f"{directory}: not {what} (judge.json kind {kind!r}) ({JUDGE_FLAG})")
+    return meta
+
+
 def _judge_part(path: Path, what: str, read: Callable[[], Any], flag: str = JUDGE_FLAG) -> Any:
     """``read()``, with a truncated or inconsistent judge file raised as one line naming it."""
     try:
@@ -161,9 +170,7 @@ class AsrJudge:
         from safetensors.torch import load_file
 
         d = Path(directory)
-        meta = _read_judge_json(d)
-        if meta is None or meta.get("kind") != "asr":
-            raise UserError(f"{d}: not an ASR judge directory (judge.json kind 'asr') ({JUDGE_FLAG})")
+        meta = _judge_json_of_kind(d, "asr", "an ASR judge directory")
         model = _judge_part(d / "judge.json", "ASR judge config", lambda: CtcAsr(AsrConfig(**meta["config"])))
         weights = d / "model.safetensors"
         if not weights.is_file():
@@ -276,9 +283,7 @@ class TextSentimentJudge:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         d = Path(directory)
-        meta = _read_judge_json(d)
-        if meta is None or meta.get("kind") != cls.kind:
-            raise UserError(f"{d}: not a text sentiment judge (judge.json kind {cls.kind!r}) ({JUDGE_FLAG})")
+        meta = _judge_json_of_kind(d, cls.kind, "a text sentiment judge")
 
         def build():
             cfg = TextSentimentConfig(**meta["config"])
@@ -395,9 +400,7 @@ class SpeechSentimentJudge:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SpeechSentimentJudge:
         d = Path(directory)
-        meta = _read_judge_json(d)
-        if meta is None or meta.get("kind") != cls.kind:
-            raise UserError(f"{d}: not a speech sentiment judge (judge.json kind {cls.kind!r}) ({JUDGE_FLAG})")
+        meta = _judge_json_of_kind(d, cls.kind, "a speech sentiment judge")
 
         def build():
             c = meta["config"]
