@@ -1023,7 +1023,7 @@ def stsp_command(
         speaker: vocoder speaker of speech outputs, row number or name (default: meta 2, falling back to 0 with a
             note on a vocoder with fewer speakers; ours 0).
         device: cpu or cuda.
-        threads: torch CPU threads (0: leave torch's setting).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         progress: show progress bars.
         overwrite: replace a finished evaluation in OUT (one holding metrics.json).
     """
@@ -1037,7 +1037,7 @@ def stsp_command(
     from spiritlm.judges.models import load_speech_sentiment_judge, load_text_sentiment_judge
     from spiritlm.numerics import threads as pinned_threads
 
-    with pinned_threads(threads, blas=False):  # torch's threads, as this command always set them
+    with pinned_threads(threads):
         em = load_eval_model(model, vocoder=vocoder, speech_tokenizer=speech_tokenizer, device=device)
         try:
             tj = load_text_sentiment_judge(dirs["text-sentiment"], device, tokenizer=text_judge_tokenizer) if dirs["text-sentiment"] else None

@@ -522,8 +522,8 @@ def demo(preset: str = "full", out: str = "demo_out", fresh: bool = False, only:
         only: run only this stage, again, from the outputs of the stages before it
             (``report`` rebuilds the report alone).
         seed: seed of every stage.
-        threads: CPU threads of every stage (torch, BLAS and OpenMP pools; 0: one per CPU
-            core). The README's figures are measured at the default, 1: another count changes
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are) in every
+            stage. The README's figures are measured at the default, 1: another count changes
             the last bits of training, and so the metrics (see spiritlm/numerics.py).
     """
     path = Path(out)

@@ -68,7 +68,7 @@ def load_thread_pools() -> None:
 
 
 @contextlib.contextmanager
-def threads(count: int | None, *, blas: bool = True) -> Iterator[None]:
+def threads(count: int | None) -> Iterator[None]:
     """Pins every CPU thread pool of this process to ``count`` inside the block, then restores them.
 
     torch's intra-op threads, and the BLAS (NumPy, SciPy) and OpenMP (scikit-learn, torch) pools
@@ -77,18 +77,18 @@ def threads(count: int | None, *, blas: bool = True) -> Iterator[None]:
     ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` the shell set. This is the one place that sets
     torch's thread count (``test_layout``).
 
-    ``blas=False`` sets torch's intra-op threads only (the trainers, ``corpus align``, ``eval stsp``
-    and the vocoder commands, whose ``--threads`` has always meant that: their numbers were
-    measured so).
+    ``--threads N`` means this in every command (0: leave the pools as the environment set
+    them); commands whose outputs later stages trust bit for bit default to 1
+    (docs/reproducibility.md's table).
 
     >>> import torch
     >>> before = torch.get_num_threads()
     >>> with threads(1):
     ...     torch.get_num_threads()
     1
-    >>> with threads(1, blas=False):
+    >>> with threads(2):
     ...     torch.get_num_threads()
-    1
+    2
     >>> torch.get_num_threads() == before
     True
     """
@@ -98,12 +98,11 @@ def threads(count: int | None, *, blas: bool = True) -> Iterator[None]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    if blas:
-        load_thread_pools()
+    load_thread_pools()
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
-        with threadpool_limits(limits=count) if blas else contextlib.nullcontext():
+        with threadpool_limits(limits=count):
             yield
     finally:
         torch.set_num_threads(previous)

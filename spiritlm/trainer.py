@@ -140,8 +140,8 @@ class Recipe:
     ``self.schedule`` (:class:`Schedule`) and ``self.main`` (this process writes the log lines
     and the bar), and implements :meth:`train_step`, :meth:`log_train`, :meth:`validate` and
     :meth:`save_checkpoint`. ``name`` prefixes the log lines and labels the bar. ``cpu_threads``
-    (set before :meth:`run`) pins torch's CPU threads while the recipe runs
-    (:func:`spiritlm.numerics.threads` with ``blas=False``; None or 0: left as they are).
+    (set before :meth:`run`) pins the CPU thread pools (torch, BLAS, OpenMP) while the recipe runs
+    (:func:`spiritlm.numerics.threads`; None or 0: left as they are).
     """
 
     name = "train"
@@ -218,8 +218,8 @@ class Recipe:
             logging.getLogger(type(self).__module__).info(f"[{self.name}] {line}")
 
     def run(self) -> None:
-        """setup, train, finish, cleanup (with ``cpu_threads`` torch threads, restored after)."""
-        with threads(self.cpu_threads, blas=False):
+        """setup, train, finish, cleanup (with ``cpu_threads`` threads in every pool, restored after)."""
+        with threads(self.cpu_threads):
             self.setup()
             self.train()
             self.finish()

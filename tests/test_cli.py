@@ -264,3 +264,57 @@ def test_api_default_allow_list_is_not_stale():
         if api.get(renamed.get(flag, flag), p.default) == p.default:
             stale.append((command, flag))
     assert not stale, stale
+
+
+#: commands whose outputs later stages trust bit for bit, or whose figures the README quotes: their
+#: --threads defaults to 1, so a seed gives the same files whatever the machine's core count
+#: (docs/architecture.md, "numerics.py")
+THREADS_DEFAULT_ONE = {"tokenizer train", "tokenize", "vocoder train", "vocoder eval", "demo"}
+THREADS_HELP = "CPU threads of torch, BLAS and OpenMP (0: leave them as they are)"
+
+
+def test_threads_flag_means_one_thing_in_every_command():
+    """Issue 19: --threads pinned torch's pool only in corpus align, eval stsp and the vocoder
+    commands but every pool elsewhere, under four help texts. Now: one type, one help text, one
+    of two defaults (1 where the outputs are trusted bit for bit, 0 elsewhere)."""
+    from jsonargparse.typing import NonNegativeInt
+
+    import docstring_parser
+
+    seen, bad = set(), []
+    for group, name, fn in ALL:
+        params = inspect.signature(fn).parameters
+        if "threads" not in params:
+            continue
+        command = f"{group} {name or ''}".strip()
+        seen.add(command)
+        p = params["threads"]
+        helps = {a.arg_name: a.description for a in docstring_parser.parse(fn.__doc__ or "").params}
+        want = 1 if command in THREADS_DEFAULT_ONE else 0
+        if p.annotation not in (NonNegativeInt, "NonNegativeInt"):
+            bad.append(f"{command}: --threads is {p.annotation}")
+        if p.default != want:
+            bad.append(f"{command}: --threads defaults to {p.default}, expected {want}")
+        if not " ".join(helps.get("threads", "").split()).startswith(THREADS_HELP):
+            bad.append(f"{command}: --threads help {helps.get('threads')!r}")
+    assert not bad, "\n".join(bad)
+    assert THREADS_DEFAULT_ONE <= seen and len(seen) >= 12
+
+
+def test_threads_pins_blas_and_openmp_pools_and_restores_them():
+    """`numerics.threads` is the one meaning of --threads: torch's pool and every BLAS/OpenMP pool."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from spiritlm.numerics import threads
+
+    before_torch = torch.get_num_threads()
+    before = sorted((p["internal_api"], p["filepath"], p["num_threads"]) for p in threadpool_info())
+    with threads(1):
+        assert torch.get_num_threads() == 1
+        pools = threadpool_info()
+        assert any(p["user_api"] == "blas" for p in pools)
+        assert all(p["num_threads"] == 1 for p in pools), pools
+    assert torch.get_num_threads() == before_torch
+    after = sorted((p["internal_api"], p["filepath"], p["num_threads"]) for p in threadpool_info())
+    assert [a for a in after if a[:2] in {b[:2] for b in before}] == before

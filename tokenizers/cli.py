@@ -329,7 +329,7 @@ def train(
         seed: random seed of every stage.
         device: ``cpu``, ``cuda`` or ``auto``.
         max_utts: use only the first N utterances of the manifest.
-        threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are); 1: the same tokens on any core count.
         work_dir: folder of the resumable shards (default: OUT.work).
         max_frames: frames sampled for the units' k-means (default: the preset's; base: 1,000,000).
         keep_work: keep WORK_DIR after success.

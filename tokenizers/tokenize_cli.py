@@ -219,7 +219,7 @@ def tokenize(
             fp32 on HuBERT-base, see benchmarks/bench_units_vs_reference.py).
         use_speaker: normalise F0 with the manifest speaker's statistics when the tokenizer
             knows the speaker (otherwise each utterance's own mean).
-        threads: torch CPU threads (1 is fastest on small shared CPUs; 0 keeps torch's default).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are); 1: the same tokens on any core count.
             To use more cores, run several shards in parallel.
         allow_skips: exit with status 0 even when some utterances were skipped.
         overwrite: tokenize every utterance again and replace OUT when done (OUT must be this

@@ -54,7 +54,7 @@ def synth(
         batch_size: utterances per forward pass (default: the vocoder's, 1 on a CPU, where
             padded batches cost more per second of audio than one at a time; 16 on a GPU).
         device: ``cpu`` or ``cuda[:N]``.
-        threads: torch CPU threads (0: leave torch's setting).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         allow_skips: exit with status 0 even when some lines were skipped.
         overwrite: replace a finished OUT (one holding synth_report.json).
     """
@@ -72,7 +72,7 @@ def synth(
 
     from spiritlm.numerics import threads as pinned_threads
 
-    with pinned_threads(threads, blas=False):
+    with pinned_threads(threads):
         written, total, audio_s, errors = _synthesize(src, vocoder, out, markers, speaker=speaker, dur_pred=dur_pred,
                                                       style_id=style_id, batch_size=batch_size, device=device,
                                                       overwrite=overwrite)

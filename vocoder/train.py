@@ -113,7 +113,7 @@ class TrainConfig:
             removed, an older one only once a newer one is complete): the LM recipe's meaning.
         num_samples: validation utterances written as audio samples.
         max_val_utts: validation utterances scored.
-        threads: torch CPU threads (0 = torch's default).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         dtype: ``auto`` (bfloat16 autocast on GPU, float32 on CPU), ``float32`` or ``bfloat16``.
     """
 
@@ -579,7 +579,6 @@ class VocoderRecipe(Recipe):
                  stop_after: int | None = None, progress: bool = True, overwrite: bool = False,
                  allow_skips: bool = True) -> None:
         self.manifest, self.units, self.cfg, self.tokenizer = manifest, units, cfg, tokenizer
-        # torch's intra-op threads only (Recipe.run), as this trainer always did
         self.cpu_threads = cfg.threads
         self.run_dir = Path(out)
         self.stop_after, self.progress, self.overwrite, self.allow_skips = stop_after, progress, overwrite, allow_skips

@@ -99,7 +99,8 @@ def train(
         val_every: steps between validations and audio samples.
         save_every: steps between checkpoints.
         keep_checkpoints: most recent complete checkpoints kept (0: all), as ``spiritlm train``.
-        threads: torch CPU threads (0: torch's default).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are); 1 by default,
+            so a seed gives the same weights whatever the machine's core count.
         dtype: auto (bf16 autocast on GPU), float32 or bfloat16.
         resume: ignored (kept for old scripts): an interrupted run of the same settings always resumes.
         stop_after: stop after this many steps in total (the schedule still assumes max_steps).
@@ -173,7 +174,8 @@ def evaluate(
         max_utts: evaluate at most this many utterances of the split.
         seed: initialisation seed of the untrained baseline (default: the training run's).
         control_pairs: utterance pairs of the pitch and style control experiments.
-        threads: torch CPU threads (0: torch's default).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are); 1 by default,
+            the thread count of the README's figures.
         allow_skips: exit with status 0 even when some units lines were skipped.
         overwrite: replace a finished OUT (one holding metrics.json).
     """
@@ -190,7 +192,7 @@ def evaluate(
 
     from .evaluate import evaluate_vocoder
 
-    with pinned_threads(threads, blas=False), atomic_dir(out, overwrite, markers=markers) as tmp:
+    with pinned_threads(threads), atomic_dir(out, overwrite, markers=markers) as tmp:
         r = evaluate_vocoder(vocoder, manifest, units, str(tmp), tokenizer=speech_tokenizer, split=split, max_utts=max_utts,
                              seed=seed, control_pairs=control_pairs)
     t, u = r["trained"], r["untrained"]

@@ -431,7 +431,7 @@ def align(
         min_score: utterances whose alignment score (exp of the mean log-probability of their
             characters, 0-1) is below this go to the rejects file.
         max_seconds: longer utterances are refused (cut them with spiritlm corpus segment).
-        threads: torch CPU threads (0: leave torch's setting).
+        threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
         device: cpu or cuda.
         allow_skips: exit with status 0 even when some utterances could not be aligned.
         overwrite: replace an existing OUT.
@@ -450,7 +450,7 @@ def align(
     from spiritlm.numerics import threads as pinned_threads
 
     model = load_aligner(aligner, device)  # first: a wrong --aligner is one line before torch is imported
-    with pinned_threads(threads, blas=False):
+    with pinned_threads(threads):
         report = align_manifest(manifest, model, out, shard, num_shards, batch_size, min_score, max_seconds, progress)
     speed = report.audio_seconds / report.wall_seconds if report.wall_seconds else 0.0
     print(f"align shard {shard}/{num_shards}: {report.written} aligned, {report.rejected} below --min_score, "

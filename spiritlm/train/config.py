@@ -162,7 +162,7 @@ class TrainSection:
         export_hf: write output_dir/hf (Hugging Face LLaMA + tokenizer.model) at the end.
         tensorboard: write TensorBoard event files to output_dir/tb.
         progress: show a tqdm progress bar (rank 0).
-        num_threads: torch CPU threads (0: torch's default).
+        num_threads: CPU threads of torch, BLAS and OpenMP (0: leave them as they are).
     """
 
     output_dir: str = "runs/tiny"
