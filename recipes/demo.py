@@ -275,7 +275,7 @@ def eval_stages(L: DemoLayout, preset: Preset, seed: int) -> list[Stage]:
 
     (They run in the demo's process and use its torch thread count.)
     """
-    judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--out", str(L.judges),
+    judges = Stage("judges", [["eval", "judges", "--manifest", str(L.manifest), "--out", str(L.judges), "--preset", "tiny",
                                "--asr_steps", str(preset.judge_asr_steps), "--seed", str(seed)]],
                    outputs=[L.judges / "judges_metrics.json"], owns=[L.judges], needs=[L.manifest])
     shots = {"asr": preset.asr_shots, "ic": preset.ic_shots, "tts": preset.tts_shots}

@@ -338,7 +338,7 @@ class RunRule:
 # ---------------------------------------------------------------------------------------------
 
 #: the families of packaged recipes other than the LM's: ``recipes/configs/<family>-*.yaml``
-FAMILIES = ("vocoder", "tokenizer")
+FAMILIES = ("vocoder", "tokenizer", "judges")
 
 
 def _family(name: str) -> str | None:

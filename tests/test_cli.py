@@ -212,6 +212,9 @@ API_DEFAULT_DIFFERS = {
     ("data inspect", "color"): "the flag's auto/always/never becomes the API's bool (auto: when writing to a terminal)",
     ("eval zeroshot", "tasks"): "the flag is one comma-separated string of the API's task names",
     ("eval tts", "speaker"): "the flag takes a row number or a name from speakers.txt (a string)",
+    ("eval judges", "asr_steps"): "None: the --preset recipe's (recipes/configs/judges-tiny.yaml)",
+    ("eval judges", "asr_batch_size"): "None: the --preset recipe's",
+    ("eval judges", "max_asr_train"): "None: the --preset recipe's",
 }
 
 

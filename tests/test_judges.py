@@ -310,3 +310,38 @@ def test_truncated_or_broken_judges_are_one_line_naming_the_file(tmp_path):
     meta.write_text(json.dumps({"format": M.FORMAT, "kind": "text-sentiment", "config": {}}))  # no classifier
     with pytest.raises(UserError, match=rf"{meta}: unreadable text sentiment judge \(KeyError"):
         M.load_text_sentiment_judge(t)
+
+
+def test_judges_recipe_sets_the_architecture_and_flags_override_it(tmp_path, capsys):
+    """Issue 19: the judges are a recipe family beside the LM's, the vocoder's and the tokenizer's
+    (`recipes/configs/judges-*.yaml`, `eval judges --preset`). A YAML of JudgesConfig's fields sets
+    what is trained (the ASR's size reaches its judge.json); --asr_steps overrides the recipe; the
+    packaged recipe is what the command trains by default; bad recipes are one line naming the file."""
+    import yaml
+
+    from spiritlm.cli import main
+
+    assert T.judges_preset("tiny") == T.judges_preset("judges-tiny") == T.JudgesConfig()  # the packaged recipe, by both names
+    manifest = _write_manifest(tmp_path, {"train": 12, "test": 6})
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(yaml.safe_dump({"asr": {"n_mels": 40, "d_model": 16, "num_layers": 1, "num_heads": 2, "ffn_dim": 32},
+                                      "asr_train": {"steps": 50, "batch_size": 4}, "text": {"ngram_max": 1}}))
+    out = tmp_path / "judges"
+    main(["eval", "judges", "--manifest", manifest, "--out", str(out), "--preset", str(recipe), "--asr_steps", "2",
+          "--which", "[asr,text-sentiment]", "--progress", "false"])
+    asr = json.loads((out / "asr" / "judge.json").read_text())
+    assert asr["config"]["d_model"] == 16 and asr["config"]["num_layers"] == 1 and asr["config"]["n_mels"] == 40
+    metrics = json.loads((out / J.METRICS_NAME).read_text())
+    assert metrics["asr"]["steps"] == 2  # the flag, not the recipe's 50
+    assert json.loads((out / "text_sentiment" / "judge.json").read_text())["config"]["ngram_max"] == 1
+    capsys.readouterr()
+    for bad, words in (({"asr": {"d_modl": 8}}, "asr.d_modl"), ([1, 2], "YAML mapping")):
+        recipe.write_text(yaml.safe_dump(bad))
+        with pytest.raises(SystemExit):
+            main(["eval", "judges", "--manifest", manifest, "--out", str(tmp_path / "j2"), "--preset", str(recipe)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(recipe) in err[0] and words in err[0] and "--preset" in err[0], err
+    with pytest.raises(SystemExit):
+        main(["eval", "judges", "--manifest", manifest, "--out", str(tmp_path / "j3"), "--preset", "vocoder-tiny"])
+    err = capsys.readouterr().err.strip()
+    assert "vocoder-tiny" in err and "judges-tiny" in err and "--preset" in err

@@ -10,7 +10,8 @@ with training and corpora, before the evaluations that use them (docs/architectu
 * :mod:`spiritlm.judges.cli`: the ``spiritlm eval judges`` command.
 
 This module holds what the commands need before any torch import: the folder names of a judges
-directory, the sentiment labels and ``judges_metrics.json``'s reader.
+directory, the sentiment labels, ``judges_metrics.json``'s reader and the recipes' reader
+(``recipes/configs/judges-*.yaml``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,28 @@ METRICS_NAME = "judges_metrics.json"
 
 #: judge kind → its sub-folder in a ``spiritlm eval judges`` output folder
 JUDGE_DIRS = {"asr": "asr", "text-sentiment": "text_sentiment", "speech-sentiment": "speech_sentiment"}
+
+#: the family of the judges' packaged recipes: ``recipes/configs/judges-NAME.yaml``
+RECIPE_FAMILY = "judges"
+
+
+def read_judges_recipe(where: str) -> tuple[Path, dict]:
+    """``(file, values)`` of the judges' recipe ``where`` (``--preset``): a packaged name (``tiny``
+    or ``judges-tiny``: ``recipes/configs/judges-tiny.yaml``) or a YAML file; torch is not imported.
+
+    Raises:
+        spiritlm.errors.UserError: neither (naming what was typed and the packaged names), or not
+            a YAML mapping.
+    """
+    from spiritlm.errors import UserError
+    from spiritlm.trainer import read_recipe
+
+    if not Path(where).is_file() and not Path(where).name.startswith(f"{RECIPE_FAMILY}-"):
+        try:
+            return read_recipe(f"{RECIPE_FAMILY}-{where}", RECIPE_FAMILY, flag="--preset")
+        except UserError:
+            pass  # the message below names what was typed
+    return read_recipe(where, RECIPE_FAMILY, flag="--preset")
 
 #: How emotion labels of Meta's STSP data and of emotion classifiers map to sentiments
 #: (Expresso / EmoV: happy and amused are positive, angry and sad negative, default neutral).

@@ -6,6 +6,8 @@ for; :mod:`spiritlm.evals.cli` lists it), its code lives with the judges.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 
 
@@ -26,9 +28,10 @@ def judges(
     manifest: str,
     out: str,
     seed: int = 0,
-    asr_steps: PositiveInt = 800,
-    asr_batch_size: PositiveInt = 8,
-    max_asr_train: NonNegativeInt = 0,
+    preset: str = "tiny",
+    asr_steps: PositiveInt | None = None,
+    asr_batch_size: PositiveInt | None = None,
+    max_asr_train: NonNegativeInt | None = None,
     which: list[str] = ["asr", "text-sentiment", "speech-sentiment"],  # noqa: B006 (jsonargparse reads the default)
     vocoder: str | None = None,
     units: str | None = None,
@@ -50,9 +53,11 @@ def judges(
         manifest: corpus manifest with train and test splits (sentiment labels for the sentiment judges).
         out: output folder.
         seed: seed of initialisation, batching and masking.
-        asr_steps: optimizer steps of the ASR judge.
-        asr_batch_size: utterances per ASR batch.
-        max_asr_train: cap on ASR training utterances (0: the whole train split).
+        preset: the judges' recipe: a packaged name (tiny: recipes/configs/judges-tiny.yaml) or a
+            YAML file of spiritlm.judges.train.JudgesConfig's fields.
+        asr_steps: optimizer steps of the ASR judge (default: the preset's).
+        asr_batch_size: utterances per ASR batch (default: the preset's).
+        max_asr_train: cap on ASR training utterances, 0: the whole train split (default: the preset's).
         which: judges to train: any of asr, text-sentiment, speech-sentiment.
         vocoder: a vocoder folder: the judges are also scored on its resynthesis of the test split (needs --units).
         units: Meta units JSONL of the manifest's audio (for --vocoder).
@@ -62,10 +67,11 @@ def judges(
         overwrite: retrain (replace) judges of --which that OUT already holds.
     """
     from spiritlm.errors import UserError
-    from spiritlm.judges import JUDGE_DIRS
+    from spiritlm.judges import JUDGE_DIRS, read_judges_recipe
 
     # every flag and file is checked before the seconds of torch imports of the judges module
     unit_rows = _check_inputs(manifest, units)
+    read_judges_recipe(preset)
     unknown = sorted(set(which) - set(JUDGE_DIRS))
     if unknown:
         raise UserError(f"unknown judges {unknown} (choose from {', '.join(JUDGE_DIRS)}) (--which)")
@@ -75,10 +81,13 @@ def judges(
         raise UserError("--vocoded_fraction needs --vocoder and --units")
 
     from spiritlm.corpus.manifest import ManifestError
-    from spiritlm.judges.train import AsrTrainConfig, JudgesConfig, train_judges
+    from spiritlm.judges.train import judges_preset, train_judges
     from spiritlm.numerics import threads as pinned_threads
 
-    cfg = JudgesConfig(asr_train=AsrTrainConfig(steps=asr_steps, batch_size=asr_batch_size), max_asr_train=max_asr_train)
+    cfg = judges_preset(preset)
+    given = {"steps": asr_steps, "batch_size": asr_batch_size}
+    cfg = replace(cfg, asr_train=replace(cfg.asr_train, **{k: v for k, v in given.items() if v is not None}),
+                  max_asr_train=cfg.max_asr_train if max_asr_train is None else max_asr_train)
     voc = None
     if vocoder is not None:
         from spiritlm.vocoder import Vocoder

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from spiritlm.atomic import atomic_dir
-from spiritlm.trainer import Recipe, Schedule
+from spiritlm.trainer import Recipe, Schedule, config_from_dict
 from spiritlm.corpus.ctc import AsrConfig, CtcAsr, LogMel
-from spiritlm.judges import JUDGE_DIRS, METRICS_NAME, load_judges_metrics
+from spiritlm.judges import JUDGE_DIRS, METRICS_NAME, load_judges_metrics, read_judges_recipe
 from spiritlm.judges.models import (
     AsrJudge,
     SpeechSentimentConfig,
@@ -203,6 +203,23 @@ class JudgesConfig:
     text: TextSentimentConfig = field(default_factory=TextSentimentConfig)
     speech: SpeechSentimentConfig = field(default_factory=SpeechSentimentConfig)
     max_asr_train: int = 0
+
+
+def judges_preset(where: str = "tiny") -> JudgesConfig:
+    """The judges' recipe ``where`` (:func:`spiritlm.judges.read_judges_recipe`: ``tiny``,
+    ``judges-tiny`` or a YAML file of :class:`JudgesConfig`'s fields; the fields it leaves out keep
+    their defaults).
+
+    >>> cfg = judges_preset("tiny")
+    >>> cfg.asr.d_model, cfg.asr_train.steps, cfg.text.ngram_max
+    (96, 800, 2)
+
+    Raises:
+        spiritlm.errors.UserError: no such recipe, not a YAML mapping, or a key that is not a
+            field (naming the file and the key).
+    """
+    path, values = read_judges_recipe(where)
+    return config_from_dict(JudgesConfig(), values, f"{path} (--preset)")
 
 
 def vocode_utterances(vocoder: Any, utts: Sequence, units: dict[str, dict]) -> tuple[list, list[np.ndarray]]:
