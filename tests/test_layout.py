@@ -339,25 +339,27 @@ AUDIO_IO_ELSEWHERE = {
 
 
 def _audio_io_calls(path: Path) -> list[str]:
-    """``path:line what`` of each soundfile write and each resampler call or import in a module."""
+    """``path:line what`` of each soundfile write or header read and each resampler call or import in a module."""
     tree = ast.parse(path.read_text())
     sf_names = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name == "soundfile"}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module in ("soundfile", "scipy.signal"):
-            found += [f"{node.lineno} from {node.module} import {a.name}" for a in node.names if a.name in ("write", "resample_poly", "resample")]
+            found += [f"{node.lineno} from {node.module} import {a.name}" for a in node.names if a.name in ("write", "info", "resample_poly", "resample")]
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             dotted = ast.unparse(node.func)
-            if (isinstance(node.func.value, ast.Name) and node.func.value.id in sf_names and node.func.attr == "write") or \
+            if (isinstance(node.func.value, ast.Name) and node.func.value.id in sf_names and node.func.attr in ("write", "info")) or \
                     node.func.attr in ("resample_poly", "Resample") or dotted.endswith(("functional.resample", "librosa.resample")):
                 found.append(f"{node.lineno} {dotted}")
     return [f"{path.relative_to(REPO)}:{f}" for f in found]
 
 
 def test_audio_is_written_and_resampled_in_spiritlm_audio():
-    """soundfile writes (``sf.write``) and resampling (scipy's ``resample_poly``, torchaudio's, librosa's)
-    live in spiritlm/audio.py (``write_audio``, ``save_wav``, ``resample``, ``to_pcm16``): one WAV writer
-    and one resampler, so two stages cannot render the same audio differently. AUDIO_IO_ELSEWHERE says why
+    """soundfile writes (``sf.write``), header reads (``sf.info``) and resampling (scipy's
+    ``resample_poly``, torchaudio's, librosa's) live in spiritlm/audio.py (``write_audio``,
+    ``save_wav``, ``audio_info``, ``resample``, ``to_pcm16``): one WAV writer, one header reader
+    (one message for an unreadable file) and one resampler, so two stages cannot render the same
+    audio differently. AUDIO_IO_ELSEWHERE says why
     a module keeps its own; it may only shrink."""
     offenders, holders = [], set()
     for name, path in _modules().items():

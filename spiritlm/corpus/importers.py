@@ -765,32 +765,28 @@ def _embedded_audio(data: bytes, dest: Path, label: str, reuse: bool, max_durati
     Raises:
         ValueError: unreadable, empty, too short, too long or non-finite audio (the message starts with ``label``).
     """
-    import io
-
-    import soundfile as sf
-
     from spiritlm.atomic import atomic_path
-    from spiritlm.audio import AudioError, load_audio, write_audio
+    from spiritlm.audio import AudioError, audio_info, load_audio, write_audio
 
     try:
-        info = sf.info(io.BytesIO(data))
-    except Exception as e:
-        raise ValueError(f"{label}: not a readable audio file ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})") from None
-    if max_duration is not None and info.samplerate > 0 and info.frames / info.samplerate > max_duration:
-        raise ValueError(f"{label}: {too_long(info.frames / info.samplerate, max_duration)}")
+        info = audio_info(data, name=label)
+    except AudioError as e:
+        raise ValueError(str(e)) from None
+    if max_duration is not None and info.sample_rate > 0 and info.duration > max_duration:
+        raise ValueError(f"{label}: {too_long(info.duration, max_duration)}")
     keep = info.channels == 1 and info.format in _KEEP_FORMATS
     path = dest.with_name(dest.name + (_KEEP_FORMATS[info.format] if keep else ".wav"))
     if reuse and path.is_file() and (not keep or path.stat().st_size == len(data)):
         return str(path)
     try:
-        wav = load_audio(data, target_rate=info.samplerate, name=label)  # checks it; downmixes; no resampling
+        wav = load_audio(data, target_rate=info.sample_rate, name=label)  # checks it; downmixes; no resampling
     except AudioError as e:
         raise ValueError(str(e)) from None
     with atomic_path(path, suffix=path.suffix) as tmp:
         if keep:
             tmp.write_bytes(data)
         else:
-            write_audio(tmp, wav, info.samplerate, subtype="PCM_16" if info.subtype == "PCM_16" else "FLOAT")
+            write_audio(tmp, wav, info.sample_rate, subtype="PCM_16" if info.subtype == "PCM_16" else "FLOAT")
     return str(path)
 
 

@@ -493,25 +493,24 @@ def check_manifest(
 
 
 def _audio_problems(utt: Utterance) -> list[str]:
-    import soundfile as sf
+    from spiritlm.audio import AudioError, audio_info, validate_audio_file
 
     if not os.path.exists(utt.audio):
         return [f"audio file missing: {utt.audio}"]
     try:
-        info = sf.info(utt.audio)
-    except Exception as e:  # soundfile raises RuntimeError / LibsndfileError on bad files
-        return [f"audio file unreadable: {utt.audio}: {e}"]
+        info = audio_info(utt.audio)
+    except AudioError as e:  # "<path>: not a readable audio file (<soundfile's reason>)"
+        return [f"audio file unreadable: {e}"]
     problems = []
     # several channels or another sample rate are no problem: every reader of audio (spiritlm.audio.load_audio,
     # as spiritlm tokenize and the vocoder use it) averages the channels and resamples to 16 kHz
-    if info.samplerate != utt.sample_rate:
-        problems.append(f"sample_rate {utt.sample_rate} Hz but the audio file is at {info.samplerate} Hz")
-    elif abs(info.frames / info.samplerate - utt.duration) > DURATION_TOLERANCE:
+    if info.sample_rate != utt.sample_rate:
+        problems.append(f"sample_rate {utt.sample_rate} Hz but the audio file is at {info.sample_rate} Hz")
+    elif abs(info.duration - utt.duration) > DURATION_TOLERANCE:
         problems.append(
-            f"duration {utt.duration} s but the audio lasts {info.frames / info.samplerate:.5f} s "
-            f"({info.frames} samples)"
+            f"duration {utt.duration} s but the audio lasts {info.duration:.5f} s "
+            f"({info.num_samples} samples)"
         )
-    from spiritlm.audio import AudioError, validate_audio_file
 
     try:  # the validator spiritlm tokenize applies: a file that passes here tokenizes
         validate_audio_file(utt.audio)

@@ -206,9 +206,7 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
         ValueError: it has a transcript but no word times and no ``aligner`` is given, a word
             is longer than ``max_seconds``, or the alignment fails.
     """
-    import soundfile as sf
-
-    from spiritlm.audio import load_audio, resample, write_audio
+    from spiritlm.audio import audio_info, load_audio, resample, write_audio
     from spiritlm.corpus.manifest import Utterance, Word
 
     wav = load_audio(utt.audio, target_rate=utt.sample_rate)
@@ -228,7 +226,7 @@ def segment_utterance(utt, cfg: SegmentConfig, out_dir: str | os.PathLike, align
             raise ValueError(f"no word boundary within every {cfg.max_seconds:g} s (--max_seconds)")
     else:
         cuts, forced = vad_cuts(wav, rate, cfg)
-    subtype = sf.info(utt.audio).subtype
+    subtype = audio_info(utt.audio).subtype
     subtype = "PCM_16" if subtype == "PCM_16" else "FLOAT"
     seg_dir = Path(out_dir) / "segments"
     seg_dir.mkdir(parents=True, exist_ok=True)

@@ -352,18 +352,16 @@ class Engine:
                     raise RequestError(one_line(e).replace(f"(--{what})", f"({what})"), field=what) from None
 
     def _decode_audio(self, data: bytes, name: str) -> np.ndarray:
-        import soundfile as sf
-
-        from spiritlm.audio import AudioError, load_audio
+        from spiritlm.audio import AudioError, audio_info, load_audio
 
         if self.speech_tokenizer is None:
             raise RequestError("audio: this server has no speech tokenizer to turn audio into units "
                                "(spiritlm serve --speech_tokenizer DIR); give speech tokens instead", field="audio")
         try:
-            info = sf.info(io.BytesIO(data))
-        except Exception:  # soundfile: LibsndfileError, RuntimeError, TypeError
+            info = audio_info(data, name=name)
+        except AudioError:
             raise RequestError(f"audio {name!r}: not an audio file (upload a WAV or FLAC)", status=415, field="audio") from None
-        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+        seconds = info.duration if info.sample_rate else 0.0
         if seconds > self.limits.max_audio_seconds:
             raise RequestError(f"audio {name!r}: {seconds:.1f} s, longer than this server's {self.limits.max_audio_seconds:g} s "
                                f"(spiritlm serve --max_audio_seconds)", status=413, field="audio")
