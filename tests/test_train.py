@@ -15,6 +15,7 @@ import torch
 from spiritlm.data.synthetic import toy_token_dirs
 from spiritlm.train import load_train_config, train
 from spiritlm.train.recipe import lr_factor
+from spiritlm.trainer import FAMILIES
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model.overrides={model_dim: 64, num_layers: 2, num_attn_heads: 4, num_key_value_heads: 2, ffn_inner_dim: 128}"]
@@ -118,8 +119,8 @@ def test_lr_schedule():
 def test_recipe_files_parse_and_errors_name_the_file(tmp_path):
     names = sorted(p.name for p in (REPO / "recipes/configs").glob("*.yaml"))
     assert {"tiny-text.yaml", "tiny-interleaved.yaml", "base-7b.yaml", "expressive-7b.yaml"} <= set(names)
-    for name in names:  # the LM's: recipes of no other trainer's family (vocoder-*, tokenizer-*)
-        if not name.startswith(("vocoder-", "tokenizer-")):
+    for name in names:  # the LM's: recipes of no other trainer's family (vocoder-*, tokenizer-*, judges-*)
+        if not name.startswith(tuple(f"{f}-" for f in FAMILIES)):
             load_train_config(REPO / "recipes/configs" / name)
     with pytest.raises(ValueError, match=r"vocoder-tiny: no such recipe file \(--config\).*tiny-text"):
         load_train_config("vocoder-tiny")  # another trainer's recipe is not taken by name
@@ -354,7 +355,7 @@ def test_one_parser_with_typed_overrides(tmp_path):
     from spiritlm.train import RecipeError, parse_recipe
 
     for path in sorted((REPO / "recipes/configs").glob("*.yaml")):
-        if path.name.startswith(("vocoder-", "tokenizer-")):  # other trainers' recipes
+        if path.name.startswith(tuple(f"{f}-" for f in FAMILIES)):  # other trainers' recipes
             continue
         api = load_train_config(path, ["optim.lr=2e-5", "data.data_dir=1e5", "model.overrides={num_layers: 2}"])
         cli = parse_recipe(["--config", str(path), "--optim.lr", "2e-5", "--data.data_dir", "1e5",
