@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
+from spiritlm.cli import main
 from spiritlm.generation import SpiritLM, build_prompt, pick_next, sample_next
 from fixtures import tiny_hf_llama
 from spiritlm.data.synthetic import toy_tokenizer
@@ -174,7 +172,7 @@ def test_speech_inputs_and_vocoder_outputs(hf_dir):
         SpiritLM.from_pretrained(hf_dir).generate([("speech", wav)])
 
 
-def test_speaker_reaches_the_vocoder_and_the_cli_writes_its_voice(hf_dir, tmp_path):
+def test_speaker_reaches_the_vocoder_and_the_cli_writes_its_voice(hf_dir, tmp_path, capsys):
     """`spiritlm generate --speaker NAME|INDEX` voices speech outputs with that vocoder speaker."""
     import soundfile as sf
 
@@ -204,22 +202,26 @@ def test_speaker_reaches_the_vocoder_and_the_cli_writes_its_voice(hf_dir, tmp_pa
             if name.endswith("original0"):
                 p.uniform_(0.5, 1.5)
     Vocoder(model, speakers=["alice", "bob"]).save(tmp_path / "voc")
-    base = [sys.executable, "-m", "spiritlm.cli", "generate", "--model", str(hf_dir), "--text", "the cat", "--output_modality",
-            "speech", "--max_new_tokens", "6", "--do_sample", "false", "--vocoder", str(tmp_path / "voc")]
+    # in process (spiritlm.cli.main), as the console script runs it: `test_console_script_runs` covers the launch
+    base = ["generate", "--model", str(hf_dir), "--text", "the cat", "--output_modality", "speech", "--max_new_tokens", "6",
+            "--do_sample", "false", "--vocoder", str(tmp_path / "voc")]
     wavs = {}
     for spk in ("alice", "1"):
-        subprocess.run([*base, "--speaker", spk, "--out", str(tmp_path / f"{spk}.wav")], capture_output=True, text=True, check=True)
+        main([*base, "--speaker", spk, "--out", str(tmp_path / f"{spk}.wav")])
         wavs[spk] = sf.read(tmp_path / f"{spk}.wav")[0]
     assert wavs["alice"].shape == wavs["1"].shape and not np.array_equal(wavs["alice"], wavs["1"])
-    bad = subprocess.run([*base, "--speaker", "carol", "--out", str(tmp_path / "c.wav")], capture_output=True, text=True)
-    assert bad.returncode == 1 and "unknown speaker 'carol'; known: alice, bob (--speaker)" in bad.stderr.strip().splitlines()[-1]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--speaker", "carol", "--out", str(tmp_path / "c.wav")])
+    assert exc.value.code == 1
+    assert "unknown speaker 'carol'; known: alice, bob (--speaker)" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "c.wav").exists()
 
 
-def test_generate_cli(hf_dir, lm):
-    cmd = [sys.executable, "-m", "spiritlm.cli", "generate", "--model", str(hf_dir), "--text", "the cat",
-           "--output_modality", "speech", "--max_new_tokens", "8", "--do_sample", "false", "--show_ids", "true"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+def test_generate_cli(hf_dir, lm, capsys):
+    main(["generate", "--model", str(hf_dir), "--text", "the cat", "--output_modality", "speech", "--max_new_tokens", "8",
+          "--do_sample", "false", "--show_ids", "true"])
+    out = capsys.readouterr().out
     expected = lm.generate_with_details("the cat", output_modality="speech", max_new_tokens=8, do_sample=False)
     assert f"generated ids: {expected['ids']}" in out
     assert "[speech] [Hu" in out

@@ -137,14 +137,15 @@ def test_recipe_files_parse_and_errors_name_the_file(tmp_path):
 def test_train_cli(data, tmp_path):
     _, train_dir, val_dir = data
     out = tmp_path / "cli"
-    cmd = [
-        sys.executable, "-m", "spiritlm.cli", "train", "--config", str(REPO / "recipes/configs/tiny-interleaved.yaml"),
+    from spiritlm.cli import main
+
+    main([  # in process, as the console script runs it (test_cli.py::test_console_script_runs covers the launch)
+        "train", "--config", str(REPO / "recipes/configs/tiny-interleaved.yaml"),
         "--model.init_from", "null", "--model.overrides", "{num_layers: 1, model_dim: 64}",
         "--data.data_dir", str(train_dir), "--data.val_dir", str(val_dir), "--data.seq_len", "32",
         "--data.batch_size", "2", "--train.output_dir", str(out), "--train.max_steps", "2", "--train.progress", "false",
         "--optim.warmup_steps", "1",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    ])
     assert (out / "hf" / "config.json").is_file() and (out / "hf" / "tokenizer.model").is_file()
     assert (out / "checkpoints" / "step_2" / "COMPLETE").is_file()
     assert list((out / "tb").iterdir())
