@@ -11,7 +11,9 @@ import torch
 from speechbrain.lobes.models.HifiGAN import HifiganGenerator
 from speechbrain.nnet.CNN import Conv1d as SBConv1d
 
+from spiritlm.vocoder import fftconv as fftconv_mod
 from spiritlm.vocoder import generator as generator_mod
+from spiritlm.vocoder.fftconv import fft_block_size, fft_conv, weight_spectrum
 from spiritlm.vocoder.generator import HifiGANGenerator
 
 LAYOUTS = {
@@ -80,10 +82,11 @@ def test_stock_reflection_differs_only_near_the_edges():
     assert diff[:640].max() > 1e-3 and diff[10 * 640 : 20 * 640].max() < 1e-5
 
 
-def test_doctests():
+@pytest.mark.parametrize("module", [generator_mod, fftconv_mod])
+def test_doctests(module):
     import doctest
 
-    result = doctest.testmod(generator_mod)
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -108,3 +111,144 @@ def test_cpu_inference_runs_channels_last_and_follows_weight_changes():
     assert (changed - before).abs().max() > 1e-4
     torch.testing.assert_close(changed, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(plain, ref, atol=1e-5, rtol=0)
+
+
+# FFT (overlap-save) convolutions: the channels-last inference path of the large-kernel, many-channel convolutions
+
+FFT_CASES = [(k, d, n) for k in (3, 7, 11) for d in (1, 3, 5) for n in (1, 5, 20, 37, 300)]
+
+
+@pytest.mark.parametrize("k,d,n", FFT_CASES)
+def test_fft_conv_equals_direct_conv(k, d, n):
+    """Every kernel / dilation / length, incl. inputs shorter than the kernel's span (zero padding at
+    both edges); two block sizes, the smallest the span allows and a larger one. Float32: within
+    1e-5 for inputs and outputs of unit scale."""
+    torch.manual_seed(k * 100 + d * 10 + n)
+    span = d * (k - 1) + 1
+    w = torch.randn(6, 5, k) / (5 * k) ** 0.5
+    bias = torch.randn(6)
+    x = torch.randn(2, 5, 1, n).contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv1d(x[:, :, 0], w, bias, padding=(span - 1) // 2, dilation=d)
+    for block in (1 << span.bit_length(), 4 << span.bit_length()):
+        got = fft_conv(x, weight_spectrum(w, d, block), bias, span, block)
+        assert got.shape == (2, 6, 1, n) and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got[:, :, 0], ref, atol=1e-5, rtol=0)
+
+
+def test_fft_conv_many_channels_and_edges():
+    """``base``-sized layers (128 / 256 channels, kernel 11, the rule's block; a dilated one with a
+    block of 256): equal to the direct convolution within 2e-5 at unit scale, the first and last
+    outputs (zero padding) too."""
+    torch.manual_seed(3)
+    for c, d, t, block in ((128, 1, 2000, fft_block_size(128, 128, 11, 1, 2000)), (256, 1, 500, fft_block_size(256, 256, 11, 1, 500)),
+                           (128, 5, 1000, 256)):
+        w = torch.randn(c, c, 11) / (c * 11) ** 0.5
+        x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
+        got = fft_conv(x, weight_spectrum(w, d, block), None, 10 * d + 1, block)[:, :, 0]
+        ref = torch.nn.functional.conv1d(x[:, :, 0], w, padding=5 * d, dilation=d)
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
+        torch.testing.assert_close(got[..., :30], ref[..., :30], atol=2e-5, rtol=0)
+        torch.testing.assert_close(got[..., -30:], ref[..., -30:], atol=2e-5, rtol=0)
+
+
+def test_fft_block_size_rule():
+    # base's stages (256 x 500, 128 x 2000, 64 x 8000, 32 x 32000 for 4 s): undilated kernels of 11 from 64 channels
+    assert fft_block_size(256, 256, 11, 1, 500) == 32 and fft_block_size(128, 128, 11, 1, 2000) == 64
+    assert fft_block_size(64, 64, 11, 1, 8000) == 64 and fft_block_size(32, 32, 11, 1, 32000) is None
+    assert fft_block_size(128, 128, 11, 3, 2000) is None and fft_block_size(256, 256, 11, 5, 500) is None
+    assert fft_block_size(256, 256, 7, 1, 500) is None and fft_block_size(128, 128, 3, 1, 2000) is None
+    assert fft_block_size(512, 256, 11, 1, 100) == 32 and fft_block_size(64, 512, 11, 1, 100) is None
+    assert fft_block_size(128, 128, 11, 1, 107) is None and fft_block_size(128, 128, 11, 1, 108) == 64  # two blocks of 54
+    for c in (64, 128, 256, 512):
+        for k in (7, 11, 13, 15):
+            for d in (1, 3, 5):
+                n = fft_block_size(c, c, k, d, 10**6)
+                assert n is None or n >= 2 * (d * (k - 1) + 1)  # at least half of each block is output
+
+
+def _count_fft_calls(monkeypatch) -> list:
+    calls = []
+    real = generator_mod.fft_conv
+
+    def counting(x, *a, **kw):
+        calls.append(x.shape)
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(generator_mod, "fft_conv", counting)
+    return calls
+
+
+def test_base_generator_with_fft_convs_equals_speechbrain(monkeypatch):
+    """Meta's ``base`` layout at full size (512 channels, kernels 3 / 7 / 11), one 4 s utterance
+    (100 frames), loud weights, weight norm folded: with FFT convolutions on, the audio equals
+    speechbrain's stock generator (zero padding) within 1e-5 and our direct path too."""
+    torch.manual_seed(4)
+    layout = dict(LAYOUTS["meta"], upsample_initial_channel=512)
+    ours = HifiGANGenerator(64, **layout).eval()
+    with torch.no_grad():
+        for k, p in ours.named_parameters():
+            if k.endswith("original0"):
+                p.uniform_(0.5, 1.5)
+    ours.remove_weight_norm()
+    stock = stock_generator(64, layout, zero_padding=True)
+    stock.remove_weight_norm()
+    stock.load_state_dict(ours.state_dict(), strict=True)
+    calls = _count_fft_calls(monkeypatch)
+    x = torch.randn(1, 64, 100)
+    with torch.inference_mode():
+        assert ours.fft_convs
+        got = ours(x)
+        n_fft = len(calls)
+        ref = stock(x)
+        ours.fft_convs = False
+        direct = ours(x)
+    assert n_fft == 12 and len(calls) == n_fft  # 4 at each of 256 / 128 / 64 channels; the switch turns them off
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, direct, atol=1e-5, rtol=0)
+
+
+def test_tiny_with_harmonic_source_fft_on_equals_off(monkeypatch):
+    """The ``tiny`` preset (harmonic source, 64 channels and fewer, kernels 3 / 7): the rule picks
+    no convolution (all direct), so the switch changes nothing."""
+    from spiritlm.vocoder import VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    torch.manual_seed(5)
+    model = UnitHifiGAN(VocoderConfig.preset("tiny", num_speakers=2)).eval()
+    model.remove_weight_norm()
+    calls = _count_fft_calls(monkeypatch)
+    units = torch.randint(0, model.config.num_units, (1, 40))
+    cfg = model.config
+    pitch = torch.randint(0, cfg.num_pitch, (1, 20)) if cfg.num_pitch else None
+    style = torch.randint(0, cfg.num_style, (1, 2)) if cfg.num_style else None
+    assert cfg.harmonic_source
+    with torch.inference_mode():
+        on = model(units, pitch, style, torch.tensor([1]))
+        model.fft_convs = False
+        off = model(units, pitch, style, torch.tensor([1]))
+    assert not calls
+    torch.testing.assert_close(on, off, atol=1e-5, rtol=0)
+
+
+def test_fft_spectra_follow_weight_changes(monkeypatch):
+    """The cached kernel spectra are rebuilt when a weight changes in place; a padded batch still
+    gives each row its own audio."""
+    torch.manual_seed(6)
+    g = HifiGANGenerator(12, 128, [2], [4], [11], [[1, 3, 5]]).eval()
+    g.remove_weight_norm()
+    calls = _count_fft_calls(monkeypatch)
+    x = torch.randn(2, 12, 250)
+    with torch.inference_mode():
+        before = g(x)
+        assert len(calls) == 4  # the stage's undilated kernels of 11 at 64 channels
+        g.resblocks[0].convs2[1].conv.weight.mul_(1.5)  # an FFT convolution's weight
+        changed = g(x)
+        padded = g(x, torch.tensor([250, 120]))
+        g.fft_convs = False
+        ref = g(x)
+        alone = g(x[1:, :, :120])
+    assert (changed - before).abs().max() > 1e-4
+    torch.testing.assert_close(changed, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded[1:, :, :240], alone, atol=1e-5, rtol=0)
+    assert padded[1, :, 240:].abs().max() == 0

@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from ..tensors import length_mask
+from .fftconv import fft_block_size, fft_conv, weight_spectrum
 
 __all__ = ["LRELU_SLOPE", "WNConv1d", "WNConvTranspose1d", "ResBlock1", "HifiGANGenerator"]
 
@@ -58,20 +59,39 @@ class _ChannelsLast(nn.Module):
     conv: nn.Conv1d | nn.ConvTranspose1d
     _cl_key: tuple[int, int, torch.device] | None = None
     _cl_weight: Tensor | None = None
+    _fft_key: tuple[int, int, torch.device] | None = None
+    _fft_spectra: dict[int, Tensor] | None = None
+
+    def _weight_key(self) -> tuple[int, int, torch.device]:
+        w = self.conv.weight
+        return (w.data_ptr(), _version(w), w.device)
 
     def _weight_2d(self) -> Tensor:
-        w = self.conv.weight
-        key = (w.data_ptr(), _version(w), w.device)
+        key = self._weight_key()
         if self._cl_key != key or self._cl_weight is None:
-            self._cl_weight = w.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            self._cl_weight = self.conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
             self._cl_key = key
         return self._cl_weight
+
+    def _spectrum(self, block: int) -> Tensor:
+        """The weight's :func:`~spiritlm.vocoder.fftconv.weight_spectrum` for ``block``, kept while
+        the weight is unchanged (one per block size in use)."""
+        key = self._weight_key()
+        if self._fft_key != key or self._fft_spectra is None:
+            self._fft_spectra, self._fft_key = {}, key
+        if block not in self._fft_spectra:
+            self._fft_spectra[block] = weight_spectrum(self.conv.weight, self.conv.dilation[0], block)
+        return self._fft_spectra[block]
 
 
 class WNConv1d(_ChannelsLast):
     """speechbrain's ``Conv1d(padding="same", weight_norm=True, skip_transpose=True)`` layout
     (``.conv``), zero padding: ``[B, C_in, T] → [B, C_out, T]`` (odd kernels); also
-    ``[B, C_in, 1, T] → [B, C_out, 1, T]`` (inference, folded weights)."""
+    ``[B, C_in, 1, T] → [B, C_out, 1, T]`` (inference, folded weights), as an FFT convolution
+    where ``use_fft`` and :func:`~spiritlm.vocoder.fftconv.fft_block_size` say it is faster."""
+
+    #: channels-last inputs may run as FFT convolutions (``HifiGANGenerator.fft_convs`` sets it)
+    use_fft: bool = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, bias: bool = True) -> None:
         super().__init__()
@@ -82,7 +102,11 @@ class WNConv1d(_ChannelsLast):
         if x.dim() == 3:
             return self.conv(x)
         c = self.conv
-        return F.conv2d(x, self._weight_2d(), c.bias, padding=(0, c.padding[0]), dilation=(1, c.dilation[0]))
+        k, d = c.kernel_size[0], c.dilation[0]
+        block = fft_block_size(c.in_channels, c.out_channels, k, d, x.size(-1)) if self.use_fft else None
+        if block is not None:
+            return fft_conv(x, self._spectrum(block), c.bias, d * (k - 1) + 1, block)
+        return F.conv2d(x, self._weight_2d(), c.bias, padding=(0, c.padding[0]), dilation=(1, d))
 
 
 class WNConvTranspose1d(_ChannelsLast):
@@ -196,6 +220,19 @@ class HifiGANGenerator(nn.Module):
         faster on the 2-core EPYC (vocoder/README.md, "Measured")."""
         return (x.device.type == "cpu" and x.dim() == 3 and not self.has_weight_norm
                 and not (torch.is_grad_enabled() and self.conv_pre.conv.weight.requires_grad))
+
+    @property
+    def fft_convs(self) -> bool:
+        """Whether channels-last inference runs the convolutions that :func:`~spiritlm.vocoder.fftconv.fft_block_size`
+        picks (undilated kernels of 11 at 64+ channels: ``base``'s and ``expressive``'s, not ``tiny``'s) as FFT
+        convolutions. Default True; False: every convolution direct (same audio within ~1e-6)."""
+        return all(m.use_fft for m in self.modules() if isinstance(m, WNConv1d))
+
+    @fft_convs.setter
+    def fft_convs(self, on: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, WNConv1d):
+                m.use_fft = bool(on)
 
     def weight_norm_convs(self) -> list[nn.Module]:
         """The weight-normed convolutions (``.conv`` of every conv module)."""

@@ -1,0 +1,158 @@
+"""FFT (overlap-save) against direct channels-last convolution, per residual-block layer of the `base` vocoder.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fftconv.py                 # base's stages for a 4 s utterance
+    python benchmarks/bench_fftconv.py --shapes 128x2000 --kernels 11 --blocks 64,128
+    python benchmarks/bench_fftconv.py --generator --rounds 11           # the whole base generator, FFT on / off
+
+For every ``C × T`` stage shape (``base``, one 4 s utterance: 256 × 500 … 16 × 64,000), kernel and
+dilation of the residual blocks, and FFT block size ``N`` (powers of two from 2 to 16 spans), a
+random ``C → C`` convolution runs directly (``F.conv2d`` on ``[1, C, 1, T]`` channels-last, the
+generator's CPU inference path) and through ``vocoder/fftconv.py``, alternating, ``--rounds``
+times each. Times are this thread's CPU seconds (``time.thread_time``: robust to other processes
+on a shared machine), min and median; "speedup" = direct ÷ FFT (min), and the max |difference|
+for inputs of unit scale. The row's ``rule`` column is :func:`fftconv.fft_block_size`'s choice.
+
+``--generator``: ``UnitHifiGAN.vocode`` of ``bench_vocoder.compare``'s ``base`` utterance (4 s, loud
+random weights, weight norm folded) with ``fft_convs`` on and off, against speechbrain's stock
+``HifiganGenerator`` (reflection, and zero padding) with the same weights, alternating; thread CPU
+seconds and wall seconds, median and min; the audio's max |difference|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spiritlm.vocoder.fftconv import fft_block_size, fft_conv, weight_spectrum
+
+
+def _times(fns: dict, rounds: int) -> dict:
+    t: dict = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            s = time.thread_time()
+            f()
+            t[k].append(time.thread_time() - s)
+    return {k: (float(np.min(v)), float(np.median(v))) for k, v in t.items()}
+
+
+def generator(rounds: int, seconds: float) -> dict:
+    """The ``--generator`` comparison (module docstring); returns ``{path: {thread/wall min/median}}``."""
+    import copy
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_vocoder as bv
+    from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+    from speechbrain.nnet.CNN import Conv1d as SBConv1d
+
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    cfg = VocoderConfig.preset("base", num_speakers=4)
+    torch.manual_seed(0)
+    model = UnitHifiGAN(cfg)
+    bv._loud(model)
+    voc = Vocoder(model)  # folds weight norm
+    state = {k: v for k, v in voc.model.state_dict().items() if k.startswith(("conv_pre.", "ups.", "resblocks.", "conv_post."))}
+    stock = HifiganGenerator(cfg.in_channels, 1, "1", cfg.resblock_dilation_sizes, cfg.resblock_kernel_sizes,
+                             cfg.upsample_kernel_sizes, cfg.upsample_initial_channel, cfg.upsample_rates, inference_padding=0)
+    stock.remove_weight_norm()
+    stock.load_state_dict(state, strict=True)
+    zero = copy.deepcopy(stock)
+    for m in zero.modules():
+        if isinstance(m, SBConv1d):
+            m.padding_mode = "constant"
+    p = voc.prepare(bv.make_inputs(cfg, 1, seconds, seed=1)[0])
+    x = voc.model.embed(torch.from_numpy(p["units"])[None], None, None, torch.tensor([0]), aligned=True)
+
+    def ours(on: bool):
+        voc.model.fft_convs = on
+        return voc.model.vocode(x)
+
+    fns = {"speechbrain stock (reflection)": lambda: stock.eval()(x), "speechbrain zero padding": lambda: zero.eval()(x),
+           "ours, FFT off (direct)": lambda: ours(False), "ours, FFT on": lambda: ours(True)}
+    tt: dict = {k: [] for k in fns}
+    wt: dict = {k: [] for k in fns}
+    with torch.inference_mode():
+        out = {k: f() for k, f in fns.items()}
+        for _ in range(rounds):
+            for k, f in fns.items():
+                a, b = time.thread_time(), time.perf_counter()
+                f()
+                tt[k].append(time.thread_time() - a)
+                wt[k].append(time.perf_counter() - b)
+    on = out["ours, FFT on"]
+    res = {}
+    print(f"base, {x.size(-1) * cfg.unit_hop / cfg.sample_rate:.1f} s, {rounds} alternating rounds, load {os.getloadavg()[0]:.1f}")
+    print("| path | thread s median (min) | wall s median (min) | stock ÷ this, thread median (min) | max abs diff vs FFT on |")
+    print("|---|---|---|---|---|")
+    ref_med, ref_min = np.median(tt["speechbrain stock (reflection)"]), np.min(tt["speechbrain stock (reflection)"])
+    for k in fns:
+        r = {"thread_median": float(np.median(tt[k])), "thread_min": float(np.min(tt[k])),
+             "wall_median": float(np.median(wt[k])), "wall_min": float(np.min(wt[k])), "max_abs_diff": float((out[k] - on).abs().max())}
+        res[k] = r
+        print(f"| {k} | {r['thread_median']:.3f} ({r['thread_min']:.3f}) | {r['wall_median']:.3f} ({r['wall_min']:.3f}) | "
+              f"{ref_med / r['thread_median']:.2f}× ({ref_min / r['thread_min']:.2f}×) | {r['max_abs_diff']:.1e} |")
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+    return res
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="256x500,128x2000,64x8000,32x32000,16x64000", help="comma-separated CxT")
+    p.add_argument("--kernels", default="7,11", help="comma-separated kernel sizes")
+    p.add_argument("--dilations", default="1,3,5", help="comma-separated dilations")
+    p.add_argument("--blocks", default="", help="comma-separated FFT block sizes (default: powers of two from 2 to 16 spans)")
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--generator", action="store_true", help="the whole base generator instead of single layers")
+    p.add_argument("--seconds", type=float, default=4.0, help="--generator: utterance length (s)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    if args.generator:
+        return [generator(args.rounds, args.seconds)]
+    torch.manual_seed(0)
+    rows = []
+    print("| C × T | k | d | span | direct ms (min / median) | rule N | N: speedup (min), max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in args.shapes.split(","):
+        c, t = map(int, shape.split("x"))
+        for k in map(int, args.kernels.split(",")):
+            for d in map(int, args.dilations.split(",")):
+                span = d * (k - 1) + 1
+                w = torch.randn(c, c, k) / (c * k) ** 0.5
+                bias = torch.randn(c) * 0.1
+                w2 = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+                x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
+                blocks = ([int(n) for n in args.blocks.split(",")] if args.blocks else
+                          [1 << e for e in range(5, 13) if 2 * span <= 1 << e <= 16 * span])
+                with torch.inference_mode():
+                    ref = F.conv2d(x, w2, bias, padding=(0, (span - 1) // 2), dilation=(1, d))
+                    fns = {"direct": lambda: F.conv2d(x, w2, bias, padding=(0, (span - 1) // 2), dilation=(1, d))}
+                    diffs = {}
+                    for n in blocks:
+                        spec = weight_spectrum(w, d, n)
+                        fns[n] = (lambda s, n: lambda: fft_conv(x, s, bias, span, n))(spec, n)
+                        diffs[n] = float((fns[n]() - ref).abs().max())
+                    res = _times(fns, args.rounds)
+                dmin, dmed = res["direct"]
+                cells = ", ".join(f"{n}: {dmin / res[n][0]:.2f}× ({diffs[n]:.0e})" for n in blocks)
+                rule = fft_block_size(c, c, k, d, t)
+                print(f"| {c} × {t} | {k} | {d} | {span} | {dmin * 1e3:.1f} / {dmed * 1e3:.1f} | {rule or '—'} | {cells} |", flush=True)
+                rows.append({"c": c, "t": t, "k": k, "d": d, "direct_min_s": dmin, "rule": rule,
+                             "fft": {n: {"min_s": res[n][0], "median_s": res[n][1], "max_abs_diff": diffs[n]} for n in blocks}})
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
