@@ -182,6 +182,13 @@ def test_torchrun_two_processes_resume_exactly(data, tmp_path, parallel):
 
 
 def _worker(nproc, out, train_dir, max_steps, stop_after=None):
+    """tests/train_worker.py on ``nproc`` processes: under torchrun for 2, in this process for 1
+    (a world of one builds no process group, so it is the same run without a launch)."""
+    if nproc == 1:
+        import train_worker
+
+        assert "WORLD_SIZE" not in os.environ
+        return train_worker.main(str(out), str(train_dir), str(max_steps), None if stop_after is None else str(stop_after))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(REPO / "tests" / "train_worker.py"), str(out), str(train_dir), str(max_steps)] + ([str(stop_after)] if stop_after else [])
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
