@@ -290,8 +290,8 @@ class Vocoder:
             dur_pred: predict unit durations (deduplicated LM units, the default); False: every
                 unit lasts one frame (frame-rate units).
             chunk_frames: frames (640 samples, 40 ms) per chunk at least, except the last: smaller
-                chunks come sooner and cost more (each recomputes ``2 × model.context_frames``
-                frames of context).
+                chunks come sooner; every sample is computed once whatever the chunk size (the
+                generator keeps each layer's state), small chunks add per-call overhead.
 
         Yields:
             1-D float32 chunks whose concatenation is :meth:`synthesize` of the concatenated

@@ -9,26 +9,31 @@
   So a unit is *settled* once its codes are known: at once after the first ``[PiN]`` / ``[StN]``;
   units before those wait for them (or for the end of the stream, where the vocoder's default
   codes fill in, as :meth:`Vocoder.prepare` does).
-* :class:`UnitStreamer` turns settled units into audio. Every stage reads a bounded neighbourhood
-  (zero padding at the utterance's edges, as whole synthesis):
+* :class:`UnitStreamer` turns settled units into audio. The duration predictor and the harmonic
+  source's F0 head read a bounded neighbourhood (zero padding at the utterance's edges, as whole
+  synthesis):
 
   ============================  ================================================================
   duration predictor            ``model.duration_context`` units each side (2: two k=3 convs)
   harmonic source's F0 head     ``model.source.context`` frames each side (2)
-  generator                     ``model.context_frames`` frames each side (its receptive field)
   ============================  ================================================================
 
-  A unit's duration is final once ``duration_context`` more units are settled; a frame's F0 once
-  ``source.context`` more frames exist; an output frame once ``context_frames`` more frames have
-  final inputs. Each step runs the generator on a window of final frames with
-  ``context_frames`` frames of context on each side and keeps the middle, which is the audio of
-  the whole utterance there (up to float rounding). The source's sine phase is carried across
-  windows (:func:`~spiritlm.vocoder.model.excitation_phase`), so chunks join without a click.
+  A unit's duration is final once ``duration_context`` more units are settled, a frame's F0 once
+  ``source.context`` more frames exist (both are recomputed over that small context: the F0
+  head is a few kernel-3 convolutions at 25 Hz). A frame whose generator input and F0 are final
+  is pushed, with its excitation (the sine phase carried across pushes,
+  :func:`~spiritlm.vocoder.model.excitation_phase`), into a
+  :class:`~spiritlm.vocoder.streaming_generator.StreamingGenerator`: the generator run layer by
+  layer, each convolution keeping the tail of its input it still needs, so every sample of audio
+  is computed once and a sample comes out as soon as its receptive field's inputs are in.
 
-Cost: each window recomputes its ``2 × context_frames`` frames of context, so a chunk of ``C``
-frames costs ``(C + 2·context_frames) / C`` of whole synthesis (``chunk_frames``; see the
-vocoder README for the measured figure); latency is ``chunk_frames + context_frames`` frames of
-units (+ ``duration_context`` units) after the first settled unit.
+Cost: the generator's work per second of audio is whole synthesis' at any ``chunk_frames``
+(1 frame = 640 samples = 40 ms at 16 kHz); small chunks add per-call overhead (about a hundred
+convolution calls per push for the ``base`` layout; the vocoder README's "Measured" figures).
+Latency: frames are pushed once ``chunk_frames`` frames of new audio would be final
+(:meth:`StreamingGenerator.final_samples`): ``chunk_frames`` plus the generator's right reach
+(less than ``model.context_frames``, the windows' context before) frames of units, + ``source.context``
+frames for the F0 head and ``duration_context`` units for the durations, after the first settled unit.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from spiritlm.errors import UserError
 from spiritlm.formats import SPEECH_TOKEN_RE
 
 from .model import UnitHifiGAN, durations_from_log, excitation_phase
+from .streaming_generator import StreamingGenerator
 
 __all__ = ["TokenReader", "UnitStreamer"]
 
@@ -134,8 +140,8 @@ class UnitStreamer:
         model: the generator, in eval mode.
         speaker, style_id: table rows.
         dur_pred: give each unit its predicted duration (token strings); False: one frame each.
-        chunk_frames: run the generator once at least this many output frames are final
-            (640 samples each); the end of the stream flushes whatever is left.
+        chunk_frames: run the generator once at least this many frames (640 samples each) of
+            new audio would be final; the end of the stream flushes whatever is left.
     """
 
     def __init__(self, model: UnitHifiGAN, *, speaker: int, style_id: int, dur_pred: bool, chunk_frames: int) -> None:
@@ -147,15 +153,15 @@ class UnitStreamer:
         self.style_id = torch.tensor([style_id], device=self.dev)
         self.dur_pred = dur_pred
         self.chunk = chunk_frames
-        self.ctx = model.context_frames
         self.dctx = model.duration_context if dur_pred else 0
         self.hctx = model.source.context if model.source is not None else 0
         self.S = model.config.f0_frames_per_unit
         self.frame_unit: list[int] = []  # unit index of every frame (durations expanded)
         self.f0 = torch.zeros(1, 0, dtype=torch.float32)  # the source's F0 of the final frames, 200 Hz
-        self.phase = torch.zeros(1, dtype=torch.float64)  # source phase at the first unemitted frame
-        self.phase_at = 0  # ... which is this frame
-        self.emitted = 0  # output frames already returned
+        self.phase = torch.zeros(1, dtype=torch.float64)  # source phase at the first frame not yet pushed
+        self.gen = StreamingGenerator(model, model.source_convs, model.unit_embedding.weight.dtype, self.dev)
+        self.pushed = 0  # frames given to the generator
+        self.emitted = 0  # samples it returned
         self._units_expanded = 0  # units whose frames are in frame_unit
 
     def _embed(self, units: list[int], pitch: list[int], style: list[int], idx: np.ndarray) -> torch.Tensor:
@@ -167,55 +173,58 @@ class UnitStreamer:
 
         return self.model.embed(take(units), take(pitch), take(style), self.speaker, self.style_id, aligned=True)  # type: ignore[arg-type]
 
+    def _expand_durations(self, units: list[int], final: bool) -> None:
+        """Appends to ``frame_unit`` the frames of the units whose duration is now final."""
+        n = len(units)
+        n_dur = n if final else max(0, n - self.dctx)  # units whose neighbourhood is settled
+        done = self._units_expanded
+        if n_dur <= done:
+            return
+        if self.dur_pred:
+            lo = max(0, done - self.dctx)
+            u = torch.as_tensor(units[lo:n], device=self.dev)[None]
+            frames = durations_from_log(self.model.predict_durations(u))[0, done - lo : n_dur - lo].tolist()
+        else:
+            frames = [1] * (n_dur - done)
+        for i, f in zip(range(done, n_dur), frames):
+            self.frame_unit.extend([i] * int(f))
+        self._units_expanded = n_dur
+
+    def _final_f0_frames(self, units: list[int], pitch: list[int], style: list[int], final: bool) -> int:
+        """Predicts the source's F0 of the frames whose neighbourhood is known; returns how many
+        frames have a final F0 (all frames without a source)."""
+        F = len(self.frame_unit)
+        if self.model.source is None:
+            return F
+        have = self.f0.size(1) // self.S
+        n_f0 = F if final else max(0, F - self.hctx)
+        if n_f0 > have:
+            lo = max(0, have - self.hctx)
+            x = self._embed(units, pitch, style, np.asarray(self.frame_unit[lo:F], dtype=np.int64))
+            log_f0, logit = self.model.predict_f0(x)
+            f0 = self.model.source.f0_from_prediction(log_f0, logit)[:, (have - lo) * self.S : (n_f0 - lo) * self.S]
+            self.f0 = torch.cat([self.f0, f0.float().cpu()], dim=1)
+        return min(F, self.f0.size(1) // self.S)
+
     @torch.inference_mode()
     def step(self, units: list[int], pitch: list[int], style: list[int], final: bool) -> np.ndarray:
         """New final samples (float32, possibly empty) after the settled units grew to ``units``."""
-        n = len(units)
-        # durations of the units whose neighbourhood is settled
-        n_dur = n if final else max(0, n - self.dctx)
-        done = self._units_expanded
-        if n_dur > done:
-            if self.dur_pred:
-                lo = max(0, done - self.dctx)
-                u = torch.as_tensor(units[lo:n], device=self.dev)[None]
-                frames = durations_from_log(self.model.predict_durations(u))[0, done - lo : n_dur - lo].tolist()
-            else:
-                frames = [1] * (n_dur - done)
-            for i, f in zip(range(done, n_dur), frames):
-                self.frame_unit.extend([i] * int(f))
-            self._units_expanded = n_dur
-        F = len(self.frame_unit)
-        fu = np.asarray(self.frame_unit, dtype=np.int64)
-        # the source's F0 of frames whose neighbourhood is known
-        if self.model.source is not None:
-            have = self.f0.size(1) // self.S
-            n_f0 = F if final else max(0, F - self.hctx)
-            if n_f0 > have:
-                lo = max(0, have - self.hctx)
-                x = self._embed(units, pitch, style, fu[lo:F])
-                log_f0, logit = self.model.predict_f0(x)
-                f0 = self.model.source.f0_from_prediction(log_f0, logit)[:, (have - lo) * self.S : (n_f0 - lo) * self.S]
-                self.f0 = torch.cat([self.f0, f0.float().cpu()], dim=1)
-            ready = min(F, self.f0.size(1) // self.S)
-        else:
-            ready = F
-        end = ready if final else ready - self.ctx  # output frames final
-        if end <= self.emitted or (not final and end - self.emitted < self.chunk):
+        self._expand_durations(units, final)
+        ready = self._final_f0_frames(units, pitch, style, final)  # frames whose generator input is final
+        if not final and self.gen.final_samples(ready) - self.emitted < self.chunk * self.model.hop:
             return np.zeros(0, dtype=np.float32)
-        lo = max(0, self.emitted - self.ctx)
-        hi = ready if final else min(ready, end + self.ctx)
-        x = self._embed(units, pitch, style, fu[lo:hi])
+        idx = np.asarray(self.frame_unit[self.pushed : ready], dtype=np.int64)
+        x = self._embed(units, pitch, style, idx)
+        excitation = None
         if self.model.source is not None:
-            # the phase of the sines at the window's first frame
-            self.phase = torch.remainder(self.phase + excitation_phase(self.f0[:, self.phase_at * self.S : lo * self.S]), 1.0)
-            self.phase_at = lo
-            wav = self.model.vocode(x, f0=self.f0[:, lo * self.S : hi * self.S].to(self.dev), phase0=self.phase.to(self.dev))
-        else:
-            wav = self.model.vocode(x)
-        hop = self.model.hop
-        out = wav[0, 0, (self.emitted - lo) * hop : (end - lo) * hop].float().cpu().numpy()
-        self.emitted = end
-        return np.ascontiguousarray(out, dtype=np.float32)
+            f0 = self.f0[:, self.pushed * self.S : ready * self.S]
+            with torch.autocast(device_type=self.dev.type, enabled=False):  # float32, as _vocode_with_source
+                excitation = self.model.source.excitation(f0.to(self.dev), phase0=self.phase.to(self.dev))
+            self.phase = torch.remainder(self.phase + excitation_phase(f0), 1.0)  # carried to the next frames
+        wav = self.gen.push(x, excitation, final)
+        self.pushed = ready
+        self.emitted += wav.numel()
+        return np.ascontiguousarray(wav.float().cpu().numpy(), dtype=np.float32)
 
 
 def _check_ids(reader: TokenReader, model: UnitHifiGAN, start: int) -> None:
