@@ -178,6 +178,84 @@ def _alternate(fns: dict, rounds: int) -> dict:
     return {k: (float(np.median(v)), float(np.min(v)), out[k]) for k, v in times.items()}
 
 
+def lm_tokens(cfg, frames: int, seed: int = 3) -> list[str]:
+    """``frames`` random LM speech tokens as ``Vocoder.stream`` reads them: ``[StN]`` every 25
+    units, ``[PiN]`` every 2, one ``[HuN]`` each (their predicted durations set the audio length)."""
+    rng = np.random.default_rng(seed)
+    toks = []
+    for i in range(frames):
+        if cfg.num_style and i % 25 == 0:
+            toks.append(f"[St{rng.integers(cfg.num_style)}]")
+        if cfg.num_pitch and i % 2 == 0:
+            toks.append(f"[Pi{rng.integers(cfg.num_pitch)}]")
+        toks.append(f"[Hu{rng.integers(cfg.num_units)}]")
+    return toks
+
+
+def stream_cost(voc, units: int, chunks: list[int], rounds: int, seed: int = 3) -> list[dict]:
+    """``Vocoder.stream`` at each of ``chunks`` vs ``Vocoder.synthesize`` of the same ``units``
+    random LM tokens, alternating, ``rounds`` rounds; prints and returns median / min seconds,
+    cost ÷ whole synthesis (median and min), max |difference| and the load average around it."""
+    cfg = voc.config
+    toks = lm_tokens(cfg, units, seed)
+    fns = {"whole": lambda: voc.synthesize("".join(toks))}
+    for c in chunks:
+        fns[f"stream ({c} frames)"] = lambda c=c: np.concatenate(list(voc.stream(toks, chunk_frames=c)))
+    load0 = os.getloadavg()
+    with torch.inference_mode():
+        res = _alternate(fns, rounds)
+    load = f"{load0[0]:.1f} -> {os.getloadavg()[0]:.1f}"
+    whole = res["whole"]
+    audio_s = whole[2].size / cfg.sample_rate
+    print(f"\n  stream of {len(toks)} tokens ({audio_s:.1f} s with predicted durations), context {voc.model.context_frames} frames, "
+          f"{rounds} alternating rounds, {torch.get_num_threads()} thread(s), load (1 min) {load}")
+    print(f"  {'path':24s} {'median s':>9s} {'min s':>8s} {'cost vs whole (median / min)':>29s}  max |diff|")
+    rows = []
+    for k, (med, mn, out) in res.items():
+        diff = float(np.abs(out - whole[2]).max())
+        print(f"  {k:24s} {med:9.3f} {mn:8.3f} {med / whole[0]:14.2f} / {mn / whole[1]:5.2f}       {diff:.1e}")
+        rows.append({"path": k, "median_s": med, "min_s": mn, "audio_s": audio_s, "cost_vs_whole": med / whole[0],
+                     "cost_vs_whole_min": mn / whole[1], "max_abs_diff": diff, "load": load})
+    return rows
+
+
+def units_for_seconds(voc, seconds: float, seed: int = 3) -> int:
+    """How many of :func:`lm_tokens`' units make ``seconds`` of audio with ``voc``'s predicted durations."""
+    from spiritlm.vocoder.model import durations_from_log
+
+    cfg = voc.config
+    frames = max(1, round(seconds * cfg.sample_rate / cfg.unit_hop))
+    units = [int(t[3:-1]) for t in lm_tokens(cfg, frames, seed) if t.startswith("[Hu")]
+    with torch.inference_mode():
+        dur = durations_from_log(voc.model.predict_durations(torch.tensor([units], device=voc.device)))[0].cumsum(0)
+    return int(torch.searchsorted(dur, frames).item()) + 1
+
+
+def stream(args) -> list[dict]:
+    """``--stream``: :func:`stream_cost` for each of ``--sizes`` (random weights with loud gains,
+    weight norm folded) and each utterance length of ``--stream_seconds``."""
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    torch.set_num_threads(max(1, int(args.threads.split(",")[0]) or 1))
+    rows = []
+    for size in args.sizes.split(","):
+        cfg = VocoderConfig.preset(size.strip(), num_speakers=4)
+        torch.manual_seed(0)
+        model = UnitHifiGAN(cfg)
+        _loud(model)
+        voc = Vocoder(model)  # folds weight norm
+        for seconds in (float(v) for v in args.stream_seconds.split(",")):
+            units = units_for_seconds(voc, seconds)
+            print(f"\n{size} (harmonic source: {cfg.harmonic_source}), ~{seconds:g} s requested")
+            for r in stream_cost(voc, units, [int(c) for c in args.chunks.split(",")], args.rounds):
+                rows.append({"size": size, "seconds": seconds, **r})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv, "stream": rows}, f, indent=1)
+    return rows
+
+
 def compare(args) -> list[dict]:
     """Issue 20's side-by-side table (see the module docstring); returns its rows."""
     from speechbrain.lobes.models.HifiGAN import HifiganGenerator
@@ -252,23 +330,7 @@ def compare(args) -> list[dict]:
         rows.append({"path": k, "median_s": med, "min_s": mn, "audio_s": total_s, "max_abs_diff": diff})
 
     # streaming vs whole synthesis of the same tokens
-    rng = np.random.default_rng(3)
-    toks = []
-    for i in range(item_T):
-        if cfg.num_style and i % 25 == 0:
-            toks.append(f"[St{rng.integers(cfg.num_style)}]")
-        if cfg.num_pitch and i % 2 == 0:
-            toks.append(f"[Pi{rng.integers(cfg.num_pitch)}]")
-        toks.append(f"[Hu{rng.integers(cfg.num_units)}]")
-    with torch.inference_mode():
-        res_s = _alternate({"whole": lambda: voc.synthesize("".join(toks)),
-                            "stream (25 frames)": lambda: np.concatenate(list(voc.stream(toks, chunk_frames=25))),
-                            "stream (100 frames)": lambda: np.concatenate(list(voc.stream(toks, chunk_frames=100)))}, max(3, args.rounds // 2))
-    whole = res_s["whole"]
-    print(f"\n  stream of {len(toks)} tokens ({whole[2].size / cfg.sample_rate:.1f} s with predicted durations), context {voc.model.context_frames} frames")
-    for k, (med, mn, out) in res_s.items():
-        print(f"  {k:24s} {med:9.3f} {mn:8.3f} cost vs whole {med / whole[0]:5.2f}, max |diff| {float(np.abs(out - whole[2]).max()):.1e}")
-        rows.append({"path": k, "median_s": med, "min_s": mn, "cost_vs_whole": med / whole[0]})
+    rows += stream_cost(voc, item_T, [25, 100], max(3, args.rounds // 2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"argv": sys.argv, "compare": rows}, f, indent=1)
@@ -289,7 +351,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--compare", action="store_true", help="ours vs speechbrain's stock generator, batched and streamed (issue 20)")
-    p.add_argument("--rounds", type=int, default=7, help="alternating rounds of --compare")
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds of --compare and --stream")
+    p.add_argument("--stream", action="store_true", help="Vocoder.stream vs synthesize of the same tokens, per chunk size (issue 20)")
+    p.add_argument("--stream_seconds", default="4,16", help="--stream: utterance lengths (s)")
+    p.add_argument("--chunks", default="1,5,25,100", help="--stream: chunk_frames values")
     return p
 
 
@@ -301,6 +366,9 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv))
     if args.compare:
         compare(args)
+        return
+    if args.stream:
+        stream(args)
         return
     rows = []
     for size in args.sizes.split(","):

@@ -190,33 +190,36 @@ class UnitStreamer:
             self.frame_unit.extend([i] * int(f))
         self._units_expanded = n_dur
 
-    def _final_f0_frames(self, units: list[int], pitch: list[int], style: list[int], final: bool) -> int:
-        """Predicts the source's F0 of the frames whose neighbourhood is known; returns how many
-        frames have a final F0 (all frames without a source)."""
+    def _ready_frames(self, final: bool) -> int:
+        """Frames whose generator input and (harmonic source) F0 neighbourhood are final."""
         F = len(self.frame_unit)
-        if self.model.source is None:
-            return F
+        return F if final or self.model.source is None else max(0, F - self.hctx)
+
+    def _predict_f0(self, units: list[int], pitch: list[int], style: list[int], ready: int) -> None:
+        """Appends to ``f0`` the source's F0 of frames up to ``ready``, read over the F0 head's
+        context (zero padding at the utterance's end once all frames are in)."""
         have = self.f0.size(1) // self.S
-        n_f0 = F if final else max(0, F - self.hctx)
-        if n_f0 > have:
-            lo = max(0, have - self.hctx)
-            x = self._embed(units, pitch, style, np.asarray(self.frame_unit[lo:F], dtype=np.int64))
-            log_f0, logit = self.model.predict_f0(x)
-            f0 = self.model.source.f0_from_prediction(log_f0, logit)[:, (have - lo) * self.S : (n_f0 - lo) * self.S]
-            self.f0 = torch.cat([self.f0, f0.float().cpu()], dim=1)
-        return min(F, self.f0.size(1) // self.S)
+        if ready <= have:
+            return
+        F = len(self.frame_unit)
+        lo = max(0, have - self.hctx)
+        x = self._embed(units, pitch, style, np.asarray(self.frame_unit[lo:F], dtype=np.int64))
+        log_f0, logit = self.model.predict_f0(x)
+        f0 = self.model.source.f0_from_prediction(log_f0, logit)[:, (have - lo) * self.S : (ready - lo) * self.S]  # type: ignore[union-attr]
+        self.f0 = torch.cat([self.f0, f0.float().cpu()], dim=1)
 
     @torch.inference_mode()
     def step(self, units: list[int], pitch: list[int], style: list[int], final: bool) -> np.ndarray:
         """New final samples (float32, possibly empty) after the settled units grew to ``units``."""
         self._expand_durations(units, final)
-        ready = self._final_f0_frames(units, pitch, style, final)  # frames whose generator input is final
+        ready = self._ready_frames(final)
         if not final and self.gen.final_samples(ready) - self.emitted < self.chunk * self.model.hop:
             return np.zeros(0, dtype=np.float32)
         idx = np.asarray(self.frame_unit[self.pushed : ready], dtype=np.int64)
         x = self._embed(units, pitch, style, idx)
         excitation = None
         if self.model.source is not None:
+            self._predict_f0(units, pitch, style, ready)
             f0 = self.f0[:, self.pushed * self.S : ready * self.S]
             with torch.autocast(device_type=self.dev.type, enabled=False):  # float32, as _vocode_with_source
                 excitation = self.model.source.excitation(f0.to(self.dev), phase0=self.phase.to(self.dev))

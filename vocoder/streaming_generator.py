@@ -55,8 +55,8 @@ class _Layout:
         """``[1, C, T]`` → this layout."""
         return x.unsqueeze(2).contiguous(memory_format=torch.channels_last) if self.cl else x
 
-    def conv(self, m: nn.Module, x: Tensor, stride: int, dilation: int) -> Tensor:
-        """``m``'s convolution of ``x`` without padding (the stream supplies the zeros)."""
+    def conv(self, m: nn.Module, x: Tensor, stride: int, dilation: int, padding: int = 0) -> Tensor:
+        """``m``'s convolution of ``x`` with ``padding`` zeros each side (transposed: none)."""
         if isinstance(m, WNConvTranspose1d):
             c = m.conv
             if self.cl:
@@ -65,11 +65,26 @@ class _Layout:
         if isinstance(m, WNConv1d):
             c = m.conv
             if self.cl:
-                return F.conv2d(x, m._weight_2d(), c.bias, stride=(1, stride), dilation=(1, dilation))
-            return F.conv1d(x, c.weight, c.bias, stride=stride, dilation=dilation)
+                return F.conv2d(x, m._weight_2d(), c.bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation))
+            return F.conv1d(x, c.weight, c.bias, stride=stride, padding=padding, dilation=dilation)
         # the harmonic source's strided nn.Conv1d runs 1-D on the excitation, as in forward
-        y = F.conv1d(x, m.weight, m.bias, stride=stride, dilation=dilation)
+        y = F.conv1d(x, m.weight, m.bias, stride=stride, padding=padding, dilation=dilation)
         return y.unsqueeze(2) if self.cl else y
+
+
+def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
+    """``x[..., a:b]``. A time slice of a ``[1, C, 1, T]`` channels-last tensor is one block of
+    memory but keeps the ``H`` stride of the whole, which makes torch's elementwise kernels take
+    their strided path (10× slower for a LeakyReLU); the size-1 axes get dense strides here. A
+    slice that is at most half of its tensor's memory is copied, so that the queues and tails
+    kept between pushes do not hold a whole push's tensors alive (fresh pages cost more)."""
+    y = x[..., a:b]
+    if 2 * y.numel() <= x.untyped_storage().nbytes() // x.element_size():
+        return y.clone(memory_format=torch.channels_last if y.dim() == 4 else torch.contiguous_format)
+    if y.dim() == 4 and y.size(1) > 1 and y.stride(1) == 1 and y.stride(3) == y.size(1):
+        n = y.size(1) * y.size(3)
+        y = y.as_strided(y.shape, (n, 1, n, y.size(1)), y.storage_offset())
+    return y
 
 
 def _cat(a: Tensor, b: Tensor) -> Tensor:
@@ -84,7 +99,10 @@ class _StreamConv:
     side) on a growing input: output ``o`` reads inputs ``o·s - p + [0, d·(k-1)]``.
 
     ``push(x, final)``: ``x`` the next inputs ``[1, C_in, (1,) n]``; returns the outputs that are
-    now final (all of them once ``final``, with ``p`` zeros after the last input)."""
+    now final (all of them once ``final``, with ``p`` zeros after the last input). Stride 1 (the
+    generator's convolutions): the utterance's edges are the convolution's own zero padding, so a
+    single push of a whole utterance is ``forward``'s convolution, without copies; strided (the
+    excitation's) keeps its edge zeros in the buffer."""
 
     def __init__(self, module: nn.Module, layout: _Layout, in_layout: _Layout | None = None) -> None:
         c = module.conv if isinstance(module, WNConv1d) else module
@@ -93,8 +111,8 @@ class _StreamConv:
         self.k, self.s, self.d, self.p = c.kernel_size[0], c.stride[0], c.dilation[0], c.padding[0]
         self.c_in, self.c_out = c.in_channels, c.out_channels
         self.reach = self.d * (self.k - 1)  # input span of one output, minus 1
-        self.buf = self.in_lay.zeros(self.c_in, self.p)  # inputs from index b0 on (left zero padding)
-        self.b0 = -self.p
+        self.b0 = 0 if self.s == 1 else -self.p  # input index of buf[0]
+        self.buf = self.in_lay.zeros(self.c_in, -self.b0)  # strided: the left zero padding
         self.n_in = 0
         self.n_out = 0
 
@@ -106,18 +124,22 @@ class _StreamConv:
     def push(self, x: Tensor, final: bool) -> Tensor:
         self.buf = _cat(self.buf, x)
         self.n_in += _len(x)
-        if final:
-            self.buf = _cat(self.buf, self.in_lay.zeros(self.c_in, self.p))
         end = max(self.n_out, self.count(self.n_in, final))
         if end == self.n_out:
             out = self.lay.zeros(self.c_out, 0)
+        elif self.s == 1 and (final or self.n_out - self.p < self.b0):
+            # an edge in reach: the whole buffer with its zero padding; output j is at input b0 + j
+            y = self.lay.conv(self.m, self.buf, 1, self.d, self.p)
+            out = _span(y, self.n_out - self.b0, end - self.b0)
         else:
+            if final:  # strided: the right zero padding
+                self.buf = _cat(self.buf, self.in_lay.zeros(self.c_in, self.p))
             a = self.n_out * self.s - self.p - self.b0
             b = (end - 1) * self.s - self.p + self.reach + 1 - self.b0
-            out = self.lay.conv(self.m, self.buf[..., a:b], self.s, self.d)
-            self.n_out = end
-        drop = min(_len(self.buf), self.n_out * self.s - self.p - self.b0)  # inputs no output reads again
-        self.buf, self.b0 = self.buf[..., drop:], self.b0 + drop
+            out = self.lay.conv(self.m, _span(self.buf, a, b), self.s, self.d)
+        self.n_out = end
+        drop = max(0, min(_len(self.buf), self.n_out * self.s - self.p - self.b0))  # inputs no output reads again
+        self.buf, self.b0 = _span(self.buf, drop), self.b0 + drop
         return out
 
 
@@ -150,12 +172,12 @@ class _StreamConvT:
             return self.lay.zeros(self.c_out, 0)
         lo = self._first_input(self.n_out)
         hi = min(self.n_in - 1, (end - 1 + self.P) // self.u)
-        y = self.lay.conv(self.m, self.buf[..., lo - self.b0 : hi + 1 - self.b0], self.u, 1)  # (hi-lo)·u + k outputs
+        y = self.lay.conv(self.m, _span(self.buf, lo - self.b0, hi + 1 - self.b0), self.u, 1)  # (hi-lo)·u + k outputs
         j = self.n_out + self.P - lo * self.u
-        out = y[..., j : j + end - self.n_out]
+        out = _span(y, j, j + end - self.n_out)
         self.n_out = end
         keep = self._first_input(end)
-        self.buf, self.b0 = self.buf[..., keep - self.b0 :], keep
+        self.buf, self.b0 = _span(self.buf, keep - self.b0), keep
         return out
 
 
@@ -174,10 +196,10 @@ class _Align:
             first, last = self.q[0], self.q[-1]
             assert first is not None and last is not None
             n, m = _len(first), _len(last)
-            self.q[-1] = last[..., :n] if m >= n else torch.cat([last, last.new_zeros(*last.shape[:-1], n - m)], dim=-1)
+            self.q[-1] = _span(last, None, n) if m >= n else torch.cat([last, last.new_zeros(*last.shape[:-1], n - m)], dim=-1)
         n = min(_len(q) for q in self.q)  # type: ignore[arg-type]
-        out = [q[..., :n] for q in self.q]  # type: ignore[index]
-        self.q = [q[..., n:] for q in self.q]  # type: ignore[index]
+        out = [_span(q, None, n) for q in self.q]  # type: ignore[index]
+        self.q = [_span(q, n) for q in self.q]  # type: ignore[index]
         return out
 
 
