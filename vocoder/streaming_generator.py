@@ -269,11 +269,21 @@ class StreamingGenerator:
         self.src = None if source_convs is None else [_StreamConv(c, lay, plain) for c in source_convs]
         self.inject = [_Align(2) for _ in gen.ups]
         self.post = _StreamConv(gen.conv_post, lay)
-        self.frames = 0
+        # once any output is final no layer's count is clamped at 0, and each is affine in the
+        # frames (strides divide the hop): final_samples(n) = n·hop - lag from there on
+        self._linear_from = 1
+        while self._count(self._linear_from) == 0:
+            self._linear_from += 1
+        self._lag = self._linear_from * self.hop - self._count(self._linear_from)
 
     def final_samples(self, frames: int) -> int:
         """Output samples final once ``frames`` input frames (and their excitation) are pushed,
         before the end of the stream: what ``push`` has returned in all by then."""
+        if frames >= self._linear_from:
+            return frames * self.hop - self._lag
+        return self._count(frames)
+
+    def _count(self, frames: int) -> int:
         n = self.pre.count(frames)
         for i, ups in enumerate(self.ups):
             n = ups.count(n)
@@ -285,7 +295,6 @@ class StreamingGenerator:
     def push(self, x: Tensor, excitation: Tensor | None, final: bool) -> Tensor:
         if (excitation is None) != (self.src is None):
             raise ValueError("give an excitation exactly when the generator has source convolutions")
-        self.frames += x.size(-1)
         o = self.pre.push(self.layout.enter(x), final)
         for i, ups in enumerate(self.ups):
             o = ups.push(F.leaky_relu(o, LRELU_SLOPE), final)
