@@ -25,6 +25,8 @@ audio rate (``model.hop`` samples per frame); the output is audio samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,21 +57,26 @@ class _Layout:
         """``[1, C, T]`` → this layout."""
         return x.unsqueeze(2).contiguous(memory_format=torch.channels_last) if self.cl else x
 
-    def conv(self, m: nn.Module, x: Tensor, stride: int, dilation: int, padding: int = 0) -> Tensor:
-        """``m``'s convolution of ``x`` with ``padding`` zeros each side (transposed: none)."""
+    def conv(self, m: nn.Module, stride: int, dilation: int) -> Callable[[Tensor, int], Tensor]:
+        """``f(x, padding)``: ``m``'s convolution of ``x`` with ``padding`` zeros each side
+        (transposed: none), its weights (channels-last: ``m._weight_2d()``, the generator's own
+        cached copy) read once, when the stream starts."""
         if isinstance(m, WNConvTranspose1d):
             c = m.conv
             if self.cl:
-                return F.conv_transpose2d(x, m._weight_2d(), c.bias, stride=(1, stride))
-            return F.conv_transpose1d(x, c.weight, c.bias, stride=stride)
+                w2 = m._weight_2d()
+                return lambda x, pad: F.conv_transpose2d(x, w2, c.bias, stride=(1, stride))
+            return lambda x, pad: F.conv_transpose1d(x, c.weight, c.bias, stride=stride)
         if isinstance(m, WNConv1d):
             c = m.conv
             if self.cl:
-                return F.conv2d(x, m._weight_2d(), c.bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation))
-            return F.conv1d(x, c.weight, c.bias, stride=stride, padding=padding, dilation=dilation)
+                w2 = m._weight_2d()
+                return lambda x, pad: F.conv2d(x, w2, c.bias, stride=(1, stride), padding=(0, pad), dilation=(1, dilation))
+            return lambda x, pad: F.conv1d(x, c.weight, c.bias, stride=stride, padding=pad, dilation=dilation)
         # the harmonic source's strided nn.Conv1d runs 1-D on the excitation, as in forward
-        y = F.conv1d(x, m.weight, m.bias, stride=stride, padding=padding, dilation=dilation)
-        return y.unsqueeze(2) if self.cl else y
+        if self.cl:
+            return lambda x, pad: F.conv1d(x, m.weight, m.bias, stride=stride, padding=pad, dilation=dilation).unsqueeze(2)
+        return lambda x, pad: F.conv1d(x, m.weight, m.bias, stride=stride, padding=pad, dilation=dilation)
 
 
 def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
@@ -79,11 +86,13 @@ def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
     slice that is at most half of its tensor's memory is copied, so that the queues and tails
     kept between pushes do not hold a whole push's tensors alive (fresh pages cost more)."""
     y = x[..., a:b]
-    if 2 * y.numel() <= x.untyped_storage().nbytes() // x.element_size():
-        return y.clone(memory_format=torch.channels_last if y.dim() == 4 else torch.contiguous_format)
-    if y.dim() == 4 and y.size(1) > 1 and y.stride(1) == 1 and y.stride(3) == y.size(1):
-        n = y.size(1) * y.size(3)
-        y = y.as_strided(y.shape, (n, 1, n, y.size(1)), y.storage_offset())
+    if 2 * y.numel() <= x.numel():
+        return y.clone()  # preserve_format: channels-last stays so
+    if y.dim() == 4:
+        st, c = y.stride(), y.size(1)
+        n = c * y.size(3)
+        if st[1] == 1 and st[0] != n:
+            y = y.as_strided(y.shape, (n, 1, n, c), y.storage_offset())
     return y
 
 
@@ -107,10 +116,11 @@ class _StreamConv:
     def __init__(self, module: nn.Module, layout: _Layout, in_layout: _Layout | None = None) -> None:
         c = module.conv if isinstance(module, WNConv1d) else module
         assert isinstance(c, nn.Conv1d)
-        self.m, self.lay, self.in_lay = module, layout, in_layout or layout
+        self.lay, self.in_lay = layout, in_layout or layout
         self.k, self.s, self.d, self.p = c.kernel_size[0], c.stride[0], c.dilation[0], c.padding[0]
         self.c_in, self.c_out = c.in_channels, c.out_channels
         self.reach = self.d * (self.k - 1)  # input span of one output, minus 1
+        self.run = layout.conv(module, self.s, self.d)
         self.b0 = 0 if self.s == 1 else -self.p  # input index of buf[0]
         self.buf = self.in_lay.zeros(self.c_in, -self.b0)  # strided: the left zero padding
         self.n_in = 0
@@ -129,14 +139,14 @@ class _StreamConv:
             out = self.lay.zeros(self.c_out, 0)
         elif self.s == 1 and (final or self.n_out - self.p < self.b0):
             # an edge in reach: the whole buffer with its zero padding; output j is at input b0 + j
-            y = self.lay.conv(self.m, self.buf, 1, self.d, self.p)
+            y = self.run(self.buf, self.p)
             out = _span(y, self.n_out - self.b0, end - self.b0)
         else:
             if final:  # strided: the right zero padding
                 self.buf = _cat(self.buf, self.in_lay.zeros(self.c_in, self.p))
             a = self.n_out * self.s - self.p - self.b0
             b = (end - 1) * self.s - self.p + self.reach + 1 - self.b0
-            out = self.lay.conv(self.m, _span(self.buf, a, b), self.s, self.d)
+            out = self.run(_span(self.buf, a, b), 0)
         self.n_out = end
         drop = max(0, min(_len(self.buf), self.n_out * self.s - self.p - self.b0))  # inputs no output reads again
         self.buf, self.b0 = _span(self.buf, drop), self.b0 + drop
@@ -150,9 +160,10 @@ class _StreamConvT:
 
     def __init__(self, module: WNConvTranspose1d, layout: _Layout) -> None:
         c = module.conv
-        self.m, self.lay = module, layout
+        self.lay = layout
         self.k, self.u, self.P = c.kernel_size[0], c.stride[0], c.padding[0]
         self.c_out = c.out_channels
+        self.run = layout.conv(module, self.u, 1)
         self.buf = layout.zeros(c.in_channels, 0)  # inputs from index b0 on
         self.b0 = 0
         self.n_in = 0
@@ -172,7 +183,7 @@ class _StreamConvT:
             return self.lay.zeros(self.c_out, 0)
         lo = self._first_input(self.n_out)
         hi = min(self.n_in - 1, (end - 1 + self.P) // self.u)
-        y = self.lay.conv(self.m, _span(self.buf, lo - self.b0, hi + 1 - self.b0), self.u, 1)  # (hi-lo)·u + k outputs
+        y = self.run(_span(self.buf, lo - self.b0, hi + 1 - self.b0), 0)  # (hi-lo)·u + k outputs
         j = self.n_out + self.P - lo * self.u
         out = _span(y, j, j + end - self.n_out)
         self.n_out = end
