@@ -4,6 +4,7 @@
     python benchmarks/bench_vocoder.py                          # tiny and base, 1 and 2 threads
     python benchmarks/bench_vocoder.py --sizes tiny --threads 1 --num_utts 8 --seconds 4
     python benchmarks/bench_vocoder.py --device cuda --sizes base,expressive --threads 0
+    python benchmarks/bench_vocoder.py --stream --sizes base,tiny --threads 1 --rounds 5 --before_rev 6957e16
 
 For each size (``tiny``, ``base``, ``expressive`` presets of :class:`spiritlm.vocoder.VocoderConfig`;
 randomly initialised unless ``--vocoder size=DIR`` names a trained one: speed does not depend on
@@ -33,6 +34,15 @@ loud) run, in the same process, alternating, ``--rounds`` times each, on one utt
 then ``--num_utts`` utterances of ``--seconds`` ± 25 % one at a time vs padded batches, and
 ``Vocoder.stream`` at ``chunk_frames`` 25 vs whole synthesis. Median and min of the rounds, the
 ratio reference ÷ ours (> 1: ours faster) and the max |difference| of the audio.
+
+``--stream`` (issue 20's streaming cost): for each of ``--sizes`` (random weights with loud gains,
+weight norm folded) and each utterance length of ``--stream_seconds`` (random LM tokens, pitch every
+2 units, style every 25, as many units as make that length with the predicted durations),
+``Vocoder.stream`` fed one token at a time at each ``--chunks`` value, alternating with
+``Vocoder.synthesize`` of the same tokens, ``--rounds`` rounds: median and min seconds, cost ÷
+whole synthesis, max |difference| and the 1-minute load average around the rounds.
+``--before_rev REV`` also runs ``vocoder/streaming.py``'s ``UnitStreamer`` of git revision REV
+(e.g. 6957e16, the windowed streamer) at ``--before_chunks`` in the same rounds.
 """
 
 from __future__ import annotations
@@ -192,15 +202,44 @@ def lm_tokens(cfg, frames: int, seed: int = 3) -> list[str]:
     return toks
 
 
-def stream_cost(voc, units: int, chunks: list[int], rounds: int, seed: int = 3) -> list[dict]:
+def streamer_at(rev: str):
+    """``UnitStreamer`` of ``vocoder/streaming.py`` as it was at git revision ``rev`` of this
+    checkout (loaded from ``git show``, its relative imports against today's package)."""
+    import importlib.util
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = subprocess.run(["git", "-C", root, "show", f"{rev}:vocoder/streaming.py"], capture_output=True, text=True, check=True).stdout
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(f"spiritlm.vocoder._streaming_{rev}", loader=None))
+    mod.__package__ = "spiritlm.vocoder"
+    exec(compile(src, f"{rev}:vocoder/streaming.py", "exec"), mod.__dict__)
+    return mod.UnitStreamer
+
+
+def stream_cost(voc, units: int, chunks: list[int], rounds: int, seed: int = 3, before: str | None = None,
+                before_chunks: list[int] = ()) -> list[dict]:
     """``Vocoder.stream`` at each of ``chunks`` vs ``Vocoder.synthesize`` of the same ``units``
     random LM tokens, alternating, ``rounds`` rounds; prints and returns median / min seconds,
-    cost ÷ whole synthesis (median and min), max |difference| and the load average around it."""
+    cost ÷ whole synthesis (median and min), max |difference| and the load average around it.
+    ``before``: a git revision whose ``UnitStreamer`` also runs, at ``before_chunks``, in the same rounds."""
+    from spiritlm.vocoder import api
+
     cfg = voc.config
     toks = lm_tokens(cfg, units, seed)
+    ours, old = api.UnitStreamer, streamer_at(before) if before else None
+
+    def run(streamer, c):
+        api.UnitStreamer = streamer
+        try:
+            return np.concatenate(list(voc.stream(toks, chunk_frames=c)))
+        finally:
+            api.UnitStreamer = ours
+
     fns = {"whole": lambda: voc.synthesize("".join(toks))}
     for c in chunks:
-        fns[f"stream ({c} frames)"] = lambda c=c: np.concatenate(list(voc.stream(toks, chunk_frames=c)))
+        fns[f"stream ({c} frames)"] = lambda c=c: run(ours, c)
+    for c in before_chunks if old else ():
+        fns[f"{before}: stream ({c})"] = lambda c=c: run(old, c)
     load0 = os.getloadavg()
     with torch.inference_mode():
         res = _alternate(fns, rounds)
@@ -209,11 +248,11 @@ def stream_cost(voc, units: int, chunks: list[int], rounds: int, seed: int = 3) 
     audio_s = whole[2].size / cfg.sample_rate
     print(f"\n  stream of {len(toks)} tokens ({audio_s:.1f} s with predicted durations), context {voc.model.context_frames} frames, "
           f"{rounds} alternating rounds, {torch.get_num_threads()} thread(s), load (1 min) {load}")
-    print(f"  {'path':24s} {'median s':>9s} {'min s':>8s} {'cost vs whole (median / min)':>29s}  max |diff|")
+    print(f"  {'path':28s} {'median s':>9s} {'min s':>8s} {'cost vs whole (median / min)':>29s}  max |diff|")
     rows = []
     for k, (med, mn, out) in res.items():
         diff = float(np.abs(out - whole[2]).max())
-        print(f"  {k:24s} {med:9.3f} {mn:8.3f} {med / whole[0]:14.2f} / {mn / whole[1]:5.2f}       {diff:.1e}")
+        print(f"  {k:28s} {med:9.3f} {mn:8.3f} {med / whole[0]:14.2f} / {mn / whole[1]:5.2f}       {diff:.1e}")
         rows.append({"path": k, "median_s": med, "min_s": mn, "audio_s": audio_s, "cost_vs_whole": med / whole[0],
                      "cost_vs_whole_min": mn / whole[1], "max_abs_diff": diff, "load": load})
     return rows
@@ -248,7 +287,8 @@ def stream(args) -> list[dict]:
         for seconds in (float(v) for v in args.stream_seconds.split(",")):
             units = units_for_seconds(voc, seconds)
             print(f"\n{size} (harmonic source: {cfg.harmonic_source}), ~{seconds:g} s requested")
-            for r in stream_cost(voc, units, [int(c) for c in args.chunks.split(",")], args.rounds):
+            for r in stream_cost(voc, units, [int(c) for c in args.chunks.split(",")], args.rounds, before=args.before_rev,
+                                 before_chunks=[int(c) for c in args.before_chunks.split(",")]):
                 rows.append({"size": size, "seconds": seconds, **r})
     if args.json:
         with open(args.json, "w") as f:
@@ -355,6 +395,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="Vocoder.stream vs synthesize of the same tokens, per chunk size (issue 20)")
     p.add_argument("--stream_seconds", default="4,16", help="--stream: utterance lengths (s)")
     p.add_argument("--chunks", default="1,5,25,100", help="--stream: chunk_frames values")
+    p.add_argument("--before_rev", default=None, help="--stream: also time UnitStreamer of this git revision (e.g. 6957e16, windowed)")
+    p.add_argument("--before_chunks", default="25,100", help="--stream --before_rev: its chunk_frames values")
     return p
 
 
