@@ -20,8 +20,8 @@ class ServeLimits:
         max_new_tokens: the most tokens one request may ask to generate.
         max_text_chars: the longest text prompt, in characters.
         chunk_frames: 40 ms frames per streamed audio chunk at least (``Vocoder.stream``): a
-            smaller value sends the first audio after fewer LM tokens and costs more vocoder work
-            (each chunk recomputes the generator's receptive field on both sides).
+            smaller value sends the first audio after fewer LM tokens; every sample is computed once
+            whatever the chunk, but each chunk adds a fixed per-call overhead (vocoder/README.md, "Streaming").
     """
 
     # the types are the `spiritlm serve` flags' (spiritlm.cli.flags_from): the parser refuses a bad value
