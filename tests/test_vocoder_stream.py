@@ -145,10 +145,10 @@ def test_missing_streams_and_bad_input():
         list(voc.stream(["[Hu1]"]))
 
 
-def _loud_generator(rates, kernels, rk, dil, *, source: bool = False, fold: bool = True, seed: int = 0) -> UnitHifiGAN:
+def _loud_generator(rates, kernels, rk, dil, *, source: bool = False, fold: bool = True, seed: int = 0, channels: int = 32) -> UnitHifiGAN:
     """An untrained generator with loud gains; ``fold``: weight norm folded (the CPU channels-last path)."""
     torch.manual_seed(seed)
-    cfg = VocoderConfig.preset("tiny", num_pitch=0, num_style=0, num_speakers=0, embedding_dim=8, upsample_initial_channel=32,
+    cfg = VocoderConfig.preset("tiny", num_pitch=0, num_style=0, num_speakers=0, embedding_dim=8, upsample_initial_channel=channels,
                                upsample_rates=rates, upsample_kernel_sizes=kernels, resblock_kernel_sizes=rk,
                                resblock_dilation_sizes=dil, harmonic_source=source, duration_predictor=False)
     model = UnitHifiGAN(cfg).eval()
@@ -229,3 +229,19 @@ def test_stream_of_utterances_shorter_than_the_receptive_field(with_source):
             whole = voc.synthesize("".join(toks))
             assert len(chunks) == 1 and chunks[0].shape == whole.shape
             np.testing.assert_allclose(chunks[0], whole, atol=tol)
+
+
+def test_streaming_generator_takes_the_fft_path_where_vocode_does():
+    """Kernel-11 undilated convolutions at 64+ channels run as FFT convolutions in CPU inference
+    (vocoder/fftconv.py): pushes long enough for it take it too (the module's own forward, its
+    padded edge outputs cut), shorter ones the direct path; the audio is whole synthesis'."""
+    model = _loud_generator([5, 4, 4, 4, 2], [11, 8, 8, 8, 4], [3, 11], [[1, 3], [1, 3]], channels=256)
+    x = torch.randn(1, model.config.in_channels, 60)
+    with torch.inference_mode():
+        whole = model.vocode(x)[0, 0]
+        for cuts in ([], [25, 50], list(range(1, 60))):
+            gen = StreamingGenerator(model, None, x.dtype, x.device)
+            convs = [c for stage in gen.blocks for b in stage for c in b.c2]
+            assert any(c._fft(200) for c in convs) and not any(c._fft(20) for c in convs)
+            got = _push_in_pieces(gen, x, None, cuts, model.hop)
+            assert got.shape == whole.shape and (got - whole).abs().max() < 1e-6, (cuts, float((got - whole).abs().max()))
