@@ -30,8 +30,8 @@
 Cost: the generator's arithmetic per second of audio is whole synthesis' at any ``chunk_frames``
 (1 frame = 640 samples = 40 ms at 16 kHz); each push adds a fixed per-call overhead (~92
 convolution calls for the ``base`` layout) and each token a duration prediction over ~5 units.
-Measured on a 2-core CPU, 1 thread (vocoder README, "Streaming"): 1.2× whole synthesis with
-25-frame chunks for ``base`` (the windowed streamer this replaced: 1.9–2.6×), 4–4.5× with 1-frame
+Measured on a 2-core CPU, 1 thread (vocoder README, "Streaming"): 1.2–1.5× whole synthesis with
+25-frame chunks for ``base`` (the windowed streamer this replaced: 1.9–2.6×), 4–6× with 1-frame
 chunks (49× by construction before).
 Latency: frames are pushed once ``chunk_frames`` frames of new audio would be final
 (:meth:`StreamingGenerator.final_samples`): ``chunk_frames`` plus the generator's right reach

@@ -15,8 +15,11 @@ are all present: a ``same``-padded convolution lags its input by its right paddi
 flushes. Residual adds, the excitation's injection and the mean over a stage's residual blocks
 combine streams that lag by different amounts: :class:`_Align` queues each operand and emits
 their common prefix. The weights are the generator's own modules (channels-last copies from
-``_weight_2d`` in the CPU inference layout ``[1, C, 1, T]``, as ``forward`` runs them), never
-copied into this state.
+``_weight_2d`` in the CPU inference layout ``[1, C, 1, T]``, as ``forward`` runs them, bound when
+the stream starts), never copied into this state. Where ``forward`` would run a convolution as an
+FFT convolution (:mod:`~spiritlm.vocoder.fftconv`: kernel 11, 64+ channels, long enough inputs)
+a push does too, through the module's own forward, cutting the ``p`` outputs at each end that its
+zero padding made (``2p`` extra outputs a push, against ``N`` new ones).
 
 Units: the input is the generator's input at the frame rate (25 Hz, ``model.hop`` = 640
 samples a frame at 16 kHz); the excitation, when the model has a harmonic source, is at the
