@@ -1,4 +1,5 @@
-"""LlamaDecoder's oneDNN-packed projections (batched CPU decoding) against the modules' own."""
+"""LlamaDecoder's fast paths: oneDNN-packed projections against the modules' own, and the prefill
+that runs only the prompts' real tokens (packed, no pad columns) against fairseq2's own forward."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import copy
 
 import pytest
 import torch
+
+from fairseq2.nn import BatchLayout
 
 from fixtures import tiny_hf_llama
 from spiritlm.data.synthetic import toy_tokenizer
@@ -75,3 +78,32 @@ def test_packing_follows_the_weights_and_is_skipped_where_unsupported(lm):
                                rtol=1e-4, atol=1e-3)
     assert PackedWeights.of(copy.deepcopy(model).to(torch.bfloat16)) is None
     assert PackedWeights.of(copy.deepcopy(model).train()) is None
+
+
+@torch.inference_mode()
+def test_prefill_of_real_tokens_only_gives_fairseq2s_logits(lm):
+    """Left-padded prompts of mixed lengths: each row's prefill logits and next step equal fairseq2's
+    forward of that prompt alone, although the cache starts as NaN (pad columns must be cleared)."""
+    prompts = [list(range(3, 3 + n)) for n in (9, 2, 6, 9)]
+    W = max(map(len, prompts))
+    ids = torch.tensor([[0] * (W - len(p)) + p for p in prompts])
+    nxt = torch.tensor([7, 8, 9, 10])
+    for packed in (True, False):
+        dec = LlamaDecoder(lm.model)
+        if not packed:
+            dec.packed = None
+        allocate = dec._allocate
+
+        def poisoned(*args, allocate=allocate, dec=dec):
+            allocate(*args)
+            for t in dec.k + dec.v:
+                t.fill_(float("nan"))
+
+        dec._allocate = poisoned
+        first = dec.prefill(ids, [len(p) for p in prompts], W + 1)
+        second = dec.step(nxt, torch.tensor([len(p) for p in prompts]), W)
+        for r, p in enumerate(prompts):
+            full = torch.tensor([p + [int(nxt[r])]])
+            want = lm.model(full, BatchLayout.of(full))[0]
+            torch.testing.assert_close(first[r], want[-2], rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+            torch.testing.assert_close(second[r], want[-1], rtol=1e-4, atol=1e-4 * float(want.abs().max()))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -230,9 +230,14 @@ class LlamaDecoder:
     """Runs a fairseq2 LLaMA ``TransformerLM`` on left-padded batches with a static KV cache.
 
     The cache holds ``k``/``v`` per layer, ``[B, H_kv, capacity, head_dim]``, allocated once by
-    :meth:`prefill`; :meth:`step` writes one column per call; finished rows are dropped
-    (:meth:`keep`, a copy only when a row ends). :meth:`extend` runs a block of several tokens per
-    row after the cached prefix (scoring continuations).
+    :meth:`prefill` (row ``b``'s prompt in its last ``lengths[b]`` of the first ``W`` columns, so
+    every row's next token lands in the same column); :meth:`step` writes one column per call and
+    attends to the filled columns only; finished rows are dropped (:meth:`keep`, a copy only when
+    a row ends). :meth:`extend` runs a block of several tokens per row after the cached prefix
+    (scoring continuations).
+
+    :meth:`prefill` runs the prompts' real tokens only, packed into one sequence (no pad columns
+    through the projections), and each prompt's causal attention on its own.
     """
 
     def __init__(self, model: Any) -> None:
@@ -247,6 +252,7 @@ class LlamaDecoder:
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []
         self.key_valid: Tensor | None = None  # [B, capacity] bool
+        self.key_bias: Tensor | None = None  # [B, 1, 1, capacity]: -inf in pad columns, else 0
         self.padded = False  # whether any key column is masked (else attention needs no mask)
 
     # -- cache ---------------------------------------------------------------------------------
@@ -262,8 +268,9 @@ class LlamaDecoder:
 
     def keep(self, rows: Tensor) -> None:
         """Keeps only ``rows`` (indices into the current batch) in the cache."""
-        assert self.key_valid is not None
+        assert self.key_valid is not None and self.key_bias is not None
         self.key_valid = self.key_valid[rows]
+        self.key_bias = self.key_bias[rows]
         self.k = [k[rows] for k in self.k]
         self.v = [v[rows] for v in self.v]
 
@@ -271,33 +278,72 @@ class LlamaDecoder:
 
     def prefill(self, ids: Tensor, lengths: Sequence[int], capacity: int) -> Tensor:
         """Runs left-padded prompts ``ids`` ``[B, W]`` (row ``b`` real in its last ``lengths[b]``
-        columns) into a new cache of ``capacity`` columns; returns the last column's logits ``[B, V]``."""
+        columns) into a new cache of ``capacity`` columns; returns each row's last logits ``[B, V]``.
+
+        The ``T = sum(lengths)`` real tokens go through the layers as one packed sequence
+        ``[1, T, M]``; attention runs per prompt (causal, over its own keys), and the keys and
+        values land in the cache's left-padded columns (pad columns hold zeros, masked out).
+        """
         B, W = ids.shape
         device = ids.device
         lens = torch.tensor(list(lengths), device=device)
-        cols = torch.arange(W, device=device)
-        positions = cols.unsqueeze(0) - (W - lens).unsqueeze(1)  # [B, W]; < 0 in pad columns
+        positions = torch.arange(W, device=device).unsqueeze(0) - (W - lens).unsqueeze(1)  # [B, W]; < 0 in pad columns
+        real = positions >= 0
         self.key_valid = torch.zeros(B, capacity, dtype=torch.bool, device=device)
-        self.key_valid[:, :W] = positions >= 0
+        self.key_valid[:, :W] = real
         self.padded = min(lengths) < W
+        dtype = self.model.final_proj.weight.dtype
+        self.key_bias = torch.zeros(B, 1, 1, capacity, dtype=dtype, device=device)
+        self.key_bias[:, 0, 0, :W].masked_fill_(~real, float("-inf"))
         self._allocate(B, capacity, device)
         if self.padded:
-            causal = cols.unsqueeze(0) <= cols.unsqueeze(1)  # [W(query), W(key)]
-            mask = causal.unsqueeze(0) & self.key_valid[:, None, :W]
-            mask |= torch.eye(W, dtype=torch.bool, device=device).unsqueeze(0)
-            mask = mask.unsqueeze(1)
-        else:
-            mask = None  # plain causal attention
-        hidden = self._layers(ids, positions.clamp(min=0), mask, 0, causal=not self.padded)
-        return self.logits(hidden[:, -1])
+            for k, v in zip(self.k, self.v):  # pad columns are read (weight 0): no garbage, which could be NaN
+                k[:, :, :W].zero_()
+                v[:, :, :W].zero_()
+        rows, cols = real.nonzero(as_tuple=True)  # [T] each, row-major: each prompt's tokens in order
+        bounds = [0, *torch.tensor(list(lengths)).cumsum(0).tolist()]
+        spans = list(zip(bounds[:-1], bounds[1:]))
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q [1, T, H, D], k/v [1, T, H_kv, D]
+            self.k[i][rows, :, cols] = k[0]
+            self.v[i][rows, :, cols] = v[0]
+            g = q.size(2) // k.size(2)
+            out = torch.empty_like(q)
+            for s, e in spans:
+                qs, ks, vs = (x[0, s:e].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, H, L, D]
+                if g > 1:  # grouped-query attention: kv head j serves heads j*g … j*g+g-1
+                    ks, vs = ks.repeat_interleave(g, dim=1), vs.repeat_interleave(g, dim=1)
+                out[0, s:e] = scaled_dot_product_attention(qs, ks, vs, is_causal=True)[0].transpose(0, 1)
+            return out.flatten(-2)
+
+        hidden = self._layers(ids[rows, cols].unsqueeze(0), positions[rows, cols].unsqueeze(0), attend)
+        return self.logits(hidden[0, torch.tensor(bounds[1:], device=device) - 1])
 
     def step(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
         """Feeds one token per row (``ids``, ``positions`` ``[B]``), cached at ``column``; returns
-        logits ``[B, V]``."""
-        assert self.key_valid is not None
+        logits ``[B, V]``. Attention reads the cache's columns ``0 … column`` only."""
+        assert self.key_valid is not None and self.key_bias is not None
         self.key_valid[:, column] = True
-        mask = self.key_valid[:, None, None, : column + 1] if self.padded else None
-        hidden = self._layers(ids.unsqueeze(1), positions.unsqueeze(1), mask, column)
+        end = column + 1
+        bias = self.key_bias[..., :end] if self.padded else None  # [B, 1, 1, end]
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q [B, 1, H, D], k/v [B, 1, H_kv, D]
+            self.k[i][:, :, column] = k[:, 0]
+            self.v[i][:, :, column] = v[:, 0]
+            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]  # [B, H_kv, end, D]
+            B, _, H_kv, D = k.shape
+            # one query per row: fold the g query heads sharing a kv head into g query
+            # positions of that head (no copy of the cache, unlike repeat_interleave)
+            qg = q.view(B, H_kv, -1, D)
+            if bias is None:
+                o = scaled_dot_product_attention(qg, keys, values)  # [B, H_kv, g, D]
+            else:
+                # with a mask, CPU SDPA's flash kernel costs ~2x two batched matmuls and a softmax
+                scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(1 / math.sqrt(D)).add_(bias)
+                o = torch.matmul(scores.softmax(-1), values)
+            return o.reshape(B, 1, -1)
+
+        hidden = self._layers(ids.unsqueeze(1), positions.unsqueeze(1), attend)
         return self.logits(hidden[:, -1])
 
     def extend(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
@@ -306,12 +352,24 @@ class LlamaDecoder:
         is never attended by the real tokens before it (causal)."""
         assert self.key_valid is not None
         L = ids.size(1)
+        end = column + L
         device = ids.device
         causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
         prefix = self.key_valid[:, None, :column].expand(-1, L, -1)
-        mask = torch.cat([prefix, causal.expand(ids.size(0), -1, -1)], dim=2).unsqueeze(1)
-        self.key_valid[:, column : column + L] = True
-        hidden = self._layers(ids, positions, mask, column)
+        mask = torch.cat([prefix, causal.expand(ids.size(0), -1, -1)], dim=2).unsqueeze(1)  # [B, 1, L, end]
+        self.key_valid[:, column:end] = True
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q [B, L, H, D], k/v [B, L, H_kv, D]
+            self.k[i][:, :, column:end] = k.transpose(1, 2)
+            self.v[i][:, :, column:end] = v.transpose(1, 2)
+            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]
+            g = q.size(2) // k.size(2)
+            if g > 1:
+                keys, values = keys.repeat_interleave(g, dim=1), values.repeat_interleave(g, dim=1)
+            o = scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+            return o.transpose(1, 2).flatten(-2)
+
+        hidden = self._layers(ids, positions, attend)
         return self.final_norm(hidden) if self.final_norm is not None else hidden
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -322,57 +380,41 @@ class LlamaDecoder:
             return self.packed.linear(hidden, self.packed.final)
         return self.model.final_proj(hidden)
 
-    def _rope(self, x: Tensor, positions: Tensor) -> Tensor:
-        """``x`` ``[B, S, H, D]`` rotated by ``positions`` ``[B, S]`` (fairseq2's pairing: (0,1), (2,3), …)."""
-        freqs = self.freqs[positions + 1]  # row 0 of the table is fairseq2's pad entry
+    @staticmethod
+    def _rope(x: Tensor, freqs: Tensor) -> Tensor:
+        """``x`` ``[B, S, H, D]`` rotated by the complex factors ``freqs`` ``[B, S, D / 2]``
+        (fairseq2's pairing: (0,1), (2,3), …)."""
         xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
         return torch.view_as_real(xc * freqs.unsqueeze(2)).flatten(-2).type_as(x)
 
-    def _layers(self, ids: Tensor, positions: Tensor, mask: Tensor | None, column: int, causal: bool = False) -> Tensor:
-        """The decoder stack on ``ids`` ``[B, S]`` written to cache columns ``column … column + S - 1``
-        and attending to columns ``< column + S`` (``mask`` ``[B, 1, S, column + S]`` or None: all,
-        ``causal``: lower-triangular). Returns hidden states ``[B, S, M]`` before the final norm."""
+    def _layers(self, ids: Tensor, positions: Tensor, attend: Callable[[int, Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+        """The decoder stack on ``ids`` ``[B, S]`` at RoPE ``positions`` ``[B, S]``; returns the
+        hidden states ``[B, S, M]`` before the final norm.
+
+        ``attend(i, q, k, v)`` is layer ``i``'s attention: it gets the rotated queries ``[B, S, H, D]``
+        and keys and the values ``[B, S, H_kv, D]``, stores the keys and values in the cache and
+        returns the attention output ``[B, S, H·D]``.
+        """
         B, S = ids.shape
-        end = column + S
         packed = self.packed if self.packed is not None and B * S > 1 else None
         x, _ = self.model.decoder_frontend(ids, BatchLayout.of(ids))
-        bias = None
-        if S == 1 and mask is not None:  # one query per row, some keys masked: an additive mask, once for all layers
-            bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        freqs = self.freqs[positions + 1]  # [B, S, D / 2], once for all layers; row 0 of the table is fairseq2's pad entry
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             D = attn.head_dim
             h = layer.self_attn_layer_norm(x)
             if packed is not None:
                 w = packed.layers[i]
-                q, k, v = packed.linear(h, w["qkv"]).split(w["qkv_split"], dim=-1)
+                nq, nk, _ = w["qkv_split"]
+                qkv = packed.linear(h, w["qkv"])
+                qk = self._rope(qkv[..., : nq + nk].unflatten(-1, (-1, D)), freqs)  # q and k heads in one product
+                q, k = qk.split([nq // D, nk // D], dim=2)
+                v = qkv[..., nq + nk :].unflatten(-1, (-1, D))
             else:
-                q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-            q = self._rope(q.unflatten(-1, (-1, D)), positions)
-            k = self._rope(k.unflatten(-1, (-1, D)), positions)
-            v = v.unflatten(-1, (-1, D))
-            self.k[i][:, :, column:end] = k.transpose(1, 2)
-            self.v[i][:, :, column:end] = v.transpose(1, 2)
-            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]
-            g = attn.num_query_groups
-            if S == 1:
-                # one query per row: fold the g query heads sharing a kv head into g query
-                # positions of that head (no copy of the cache, unlike repeat_interleave)
-                qg = q.view(B, keys.size(1), g, D)
-                if bias is None:
-                    o = scaled_dot_product_attention(qg, keys, values)  # [B, H_kv, g, D]
-                else:
-                    # with a mask, CPU SDPA's flash kernel costs ~2x two batched matmuls and a softmax
-                    scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(1 / math.sqrt(D)).add_(bias)
-                    o = torch.matmul(scores.softmax(-1), values)
-                o = o.reshape(B, 1, -1)
-            else:
-                if g > 1:  # grouped-query attention: kv head j serves heads j*g … j*g+g-1
-                    keys = keys.repeat_interleave(g, dim=1)
-                    values = values.repeat_interleave(g, dim=1)
-                o = scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
-                                                 is_causal=causal and mask is None and S > 1)
-                o = o.transpose(1, 2).flatten(-2)
+                q = self._rope(attn.q_proj(h).unflatten(-1, (-1, D)), freqs)
+                k = self._rope(attn.k_proj(h).unflatten(-1, (-1, D)), freqs)
+                v = attn.v_proj(h).unflatten(-1, (-1, D))
+            o = attend(i, q, k, v)
             if packed is not None:
                 x = x + packed.linear(o, w["o"])
                 gate, inner = packed.linear(layer.ffn_layer_norm(x), w["glu"]).split(w["glu_split"], dim=-1)
