@@ -107,3 +107,39 @@ def test_prefill_of_real_tokens_only_gives_fairseq2s_logits(lm):
             want = lm.model(full, BatchLayout.of(full))[0]
             torch.testing.assert_close(first[r], want[-2], rtol=1e-4, atol=1e-4 * float(want.abs().max()))
             torch.testing.assert_close(second[r], want[-1], rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+@torch.inference_mode()
+def test_greedy_screening_gives_the_fp32_argmax(lm, monkeypatch):
+    """``PackedWeights.greedy`` (bf16 product, fp32 re-check of the candidates) against the arg-max
+    of the fp32 logits: random states, near-ties below bf16's resolution, exact ties (lowest id),
+    banned ids, a row with every id banned (id 0, as ``argmax``) and a NaN (no answer)."""
+    model = copy.deepcopy(lm.model)
+    W = model.final_proj.weight  # [V, M]
+    V = W.size(0)
+    # ids 3 and 7 on the state e0 + e1 + e2: fp32 logits 64 * 3.008 (3) < 64 * 3.0116 (7), but in
+    # bf16 1.004 rounds up to 1.0078 and 1.0116 down to 1.0078: 193 (3) > 192 (7), reversed
+    W[3], W[7] = 0.0, 0.0
+    W[3, :3] = 64 * torch.tensor([1.0, 1.004, 1.004])
+    W[7, :3] = 64 * torch.tensor([1.0116, 1.0, 1.0])
+    W[11] = W[9]  # an exact tie: the lowest id wins
+    packed = PackedWeights.of(model)
+    if packed is None or packed.final_bf16 is None:
+        pytest.skip("no bf16 matmul in this build")
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(64, W.size(1), generator=g)
+    hidden[0] = 0.0
+    hidden[0, :3] = 1.0
+    hidden[1] = W[9] * 3.0  # rows whose best ids are 7 (reversed in bf16) and 9 (tied with 11)
+    hidden[1, :3] = 0.0
+    banned = torch.rand(64, V, generator=g) < 0.3
+    banned[:2] = False
+    banned[2] = True  # everything banned
+    want = torch.nn.functional.linear(hidden, W).masked_fill(banned, float("-inf")).argmax(-1)
+    assert want[0] == 7 and want[1] == 9 and want[2] == 0
+    assert torch.equal(packed.greedy(hidden, banned), want)
+    assert torch.equal(packed.greedy(hidden, None), torch.nn.functional.linear(hidden, W).argmax(-1))
+    hidden[5, 0] = float("nan")
+    assert packed.greedy(hidden, None) is None
+    monkeypatch.setattr(PackedWeights, "SLACK", 0.0)  # without the bound, bf16's pick is taken
+    assert not torch.equal(packed.greedy(hidden[:2], None), want[:2])

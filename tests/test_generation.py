@@ -301,7 +301,7 @@ def test_stream_yields_what_generate_returns(lm, inputs, modality, kw):
 
 def test_stream_yields_before_the_generation_ends(lm):
     calls = []
-    hook = lm.model.final_proj.register_forward_hook(lambda *a: calls.append(1))
+    hook = lm.model.decoder_frontend.register_forward_hook(lambda *a: calls.append(1))  # one call per forward
     try:
         it = lm.stream("the cat", output_modality="speech", max_new_tokens=20, min_new_tokens=20, do_sample=False)
         first = next(it)

@@ -131,9 +131,14 @@ class PackedWeights:
     prompt) the column-major layout of :func:`use_cpu_weight_layout` is faster (memory-bound
     GEMV), so :class:`LlamaDecoder` uses these only for products of more than one row.
 
-    The packed copies are extra memory (one more copy of the projections, not of the embedding),
-    so they are built only below :attr:`MAX_BYTES`; values differ from ``F.linear`` by float
-    rounding only (checked once per model at packing time, else packing is skipped).
+    The packed copies are extra memory (one more copy of the projections, not of the embedding,
+    plus a bf16 copy of the output projection for :meth:`greedy`, half its size), so they are
+    built only below :attr:`MAX_BYTES`; values differ from ``F.linear`` by float rounding only
+    (checked once per model at packing time, else packing is skipped).
+
+    :meth:`greedy` picks greedy ids without the fp32 output projection (the largest product of a
+    decoding step): a bf16 product bounds every logit, and the few ids that can be the arg-max
+    are recomputed in fp32. It runs for one row too (a one-prompt greedy step).
     """
 
     MAX_BYTES = 2 * 2**30
@@ -154,10 +159,61 @@ class PackedWeights:
                 "down": pack(ffn.output_proj.weight.contiguous(), 16),
             })
         self.final = pack(model.final_proj.weight.contiguous(), 16)
+        # greedy screening (:meth:`greedy`): a bf16 copy of the output projection, its rows' norms
+        # and the fp32 rows for the exact re-check of the few candidates
+        self.final_fp32 = model.final_proj.weight.detach().contiguous()  # [V, M]
+        self.final_bf16 = pack(self.final_fp32.bfloat16(), 16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        self.final_norm_max = float(self.final_fp32.norm(dim=1).max())  # max_v |W_v|
 
     def linear(self, x: Tensor, w: Tensor) -> Tensor:
         """``x @ W.T`` of a packed ``w`` (any leading dims of ``x``)."""
         return self._run(x, w, None, "none", [], "")
+
+    # Every bf16-screened logit is within SLACK·|h|·max_v |W_v| (+ TINY) of the fp32 one. Per
+    # product, bf16 rounding of h_i and W_vi (2^-8 each) and of the output (2^-8 of |logit|
+    # <= |h|·|W_v|): 3·2^-8 + O(2^-16) of sum_i |h_i·W_vi| <= |h|·|W_v|; fp32 accumulation of up
+    # to 4096 terms, here and in the fp32 re-check: < 5e-4 of it. 2^-6 (0.0156) > 0.0123 needed.
+    # TINY covers the flushing of denormals to zero (K·2^-126·|W| for any realistic weights).
+    SLACK = 2.0**-6
+    TINY = 2.0**-100
+
+    def greedy(self, hidden: Tensor, banned: Tensor | None) -> Tensor | None:
+        """Greedy ids ``[B]`` of final-normed ``hidden`` ``[B, M]``: the arg-max of the fp32 logits
+        (lowest id on ties), ``banned`` ``[B, V]`` ids excluded, without the fp32 output
+        projection. None where this build has no bf16 matmul or a value is not finite.
+
+        A bf16 product (half the bytes of the largest matrix of a decoding step, ~2x faster on CPUs
+        with AVX512-BF16) gives every logit of row ``r`` within ``e_r`` (:attr:`SLACK`) of its fp32
+        value, so the arg-max is among the ids within ``2·e_r`` of the row's best bf16 logit
+        (usually 1-60 of 32k); only those are recomputed in fp32 (``hidden_r · W_v``) and compared.
+        The ids are those of the fp32 logits, up to the float rounding of that dot product (as
+        between any two fp32 matmul kernels).
+        """
+        if self.final_bf16 is None:
+            return None
+        B, V = hidden.size(0), self.final_fp32.size(0)
+        approx = self.linear(hidden.to(torch.bfloat16), self.final_bf16).float()  # [B, V] (bf16 values)
+        if banned is not None:
+            approx.masked_fill_(banned, float("-inf"))
+        window = hidden.norm(dim=-1, keepdim=True).mul_(2 * self.SLACK * self.final_norm_max).add_(2 * self.TINY)
+        # candidates: ids with approx >= threshold, found through the maxima of G-id groups (id
+        # k·(V/G) + j in group j), as a [B, V] comparison and nonzero cost ~10x a max on CPU
+        G = next(g for g in (8, 4, 2, 1) if V % g == 0)
+        groups = approx.view(B, G, V // G)
+        group_max = groups.amax(1)  # [B, V / G]
+        threshold = group_max.amax(-1, keepdim=True) - window  # [B, 1]
+        r, j = (group_max >= threshold).nonzero(as_tuple=True)
+        c, k = (groups[r, :, j] >= threshold[r]).nonzero(as_tuple=True)
+        rows, cols = r[c], k * (V // G) + j[c]
+        exact = (hidden.index_select(0, rows) * self.final_fp32.index_select(0, cols)).sum(-1)
+        if banned is not None:  # every id of a row banned: all are candidates, as argmax of all -inf gives 0
+            exact.masked_fill_(banned[rows, cols], float("-inf"))
+        top = torch.full((B,), float("-inf"), dtype=exact.dtype).scatter_reduce_(0, rows, exact, "amax")
+        ids = torch.where(exact == top.index_select(0, rows), cols, V)  # the best candidates' ids, else V
+        picks = torch.full((B,), V, dtype=torch.long).scatter_reduce_(0, rows, ids, "amin")
+        if bool((picks == V).any()):  # a NaN or inf: some row without a candidate
+            return None
+        return picks
 
     @staticmethod
     def _projections(model: Any) -> list[Any]:
@@ -322,6 +378,10 @@ class LlamaDecoder:
     def step(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
         """Feeds one token per row (``ids``, ``positions`` ``[B]``), cached at ``column``; returns
         logits ``[B, V]``. Attention reads the cache's columns ``0 … column`` only."""
+        return self.logits(self._step_hidden(ids, positions, column))
+
+    def _step_hidden(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
+        """:meth:`step`'s hidden states ``[B, M]`` before the final norm."""
         assert self.key_valid is not None and self.key_bias is not None
         self.key_valid[:, column] = True
         end = column + 1
@@ -343,8 +403,7 @@ class LlamaDecoder:
                 o = torch.matmul(scores.softmax(-1), values)
             return o.reshape(B, 1, -1)
 
-        hidden = self._layers(ids.unsqueeze(1), positions.unsqueeze(1), attend)
-        return self.logits(hidden[:, -1])
+        return self._layers(ids.unsqueeze(1), positions.unsqueeze(1), attend)[:, -1]
 
     def extend(self, ids: Tensor, positions: Tensor, column: int) -> Tensor:
         """Runs right-padded blocks ``ids`` ``[B, L]`` at ``positions`` ``[B, L]`` after the cached
@@ -372,13 +431,30 @@ class LlamaDecoder:
         hidden = self._layers(ids, positions, attend)
         return self.final_norm(hidden) if self.final_norm is not None else hidden
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """Output logits of hidden states ``[..., M]`` taken before the final norm."""
+    def step_greedy(self, ids: Tensor, positions: Tensor, column: int, banned: Tensor | None) -> Tensor:
+        """:meth:`step` followed by the greedy pick: ids ``[B]`` (the arg-max of the logits, lowest id on
+        ties, ``banned`` ``[B, V]`` ids excluded), screened in bf16 with an exact fp32 re-check
+        (:meth:`PackedWeights.greedy`) where packed weights exist, else from the fp32 logits."""
+        hidden = self._step_hidden(ids, positions, column)
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
-        if self.packed is not None and hidden.numel() > hidden.size(-1):
-            return self.packed.linear(hidden, self.packed.final)
-        return self.model.final_proj(hidden)
+        picks = self.packed.greedy(hidden, banned) if self.packed is not None else None
+        if picks is not None:
+            return picks
+        logits = self._output(hidden)
+        if banned is not None:
+            logits.masked_fill_(banned, float("-inf"))
+        return torch.argmax(logits, dim=-1)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Output logits of hidden states ``[..., M]`` taken before the final norm."""
+        return self._output(self.final_norm(hidden) if self.final_norm is not None else hidden)
+
+    def _output(self, normed: Tensor) -> Tensor:
+        """The output projection of final-normed hidden states ``[..., M]``: logits ``[..., V]``."""
+        if self.packed is not None and normed.numel() > normed.size(-1):
+            return self.packed.linear(normed, self.packed.final)
+        return self.model.final_proj(normed)
 
     @staticmethod
     def _rope(x: Tensor, freqs: Tensor) -> Tensor:

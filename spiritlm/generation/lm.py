@@ -102,6 +102,13 @@ class DecodeStats:
         return n / self.seconds if self.seconds > 0 else float("inf")
 
 
+def _with_id(ban: Tensor, token: int) -> Tensor:
+    """A copy of the bool table ``ban`` ``[B, V]`` with column ``token`` set."""
+    out = ban.clone()
+    out[:, token] = True
+    return out
+
+
 class SpiritLM:
     """A Spirit LM ready to generate: fairseq2 LLaMA + text tokenizer (+ speech tokenizer, vocoder).
 
@@ -373,15 +380,17 @@ class SpiritLM:
         eos_ok = eos is not None and 0 <= eos < V
         banned = bool(ban.any())
         t = 0
+        picks = None  # this step's ids when the decoder picked them (greedy), else from `logits`
         while True:
-            # the step's logits are a new tensor, used once: masked in place (no [B, V] copy)
-            last = logits.float()
-            if banned:
-                last.masked_fill_(ban, float("-inf"))
-            if eos_ok and t < min_new_tokens:
-                last[:, eos] = float("-inf")
-            picks = pick_next(last, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                              seeds=seeds, step=t)
+            if picks is None:
+                # the step's logits are a new tensor, used once: masked in place (no [B, V] copy)
+                last = logits.float()
+                if banned:
+                    last.masked_fill_(ban, float("-inf"))
+                if eos_ok and t < min_new_tokens:
+                    last[:, eos] = float("-inf")
+                picks = pick_next(last, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  seeds=seeds, step=t)
             t += 1
             done = stop.gather(1, picks.unsqueeze(1)).squeeze(1) | (budget <= t)
             tokens = picks.tolist()  # the ids (not the logits) come to the host: outputs and stopping
@@ -398,13 +407,19 @@ class SpiritLM:
                 else:
                     seqs = [seqs[r] for r in keep_list]
                     tokens = [tokens[r] for r in keep_list]
-            if use_cache:
+            if use_cache and not do_sample:  # greedy: the decoder picks (no fp32 logits on CPU, see step_greedy)
+                excluded = _with_id(ban, eos) if eos_ok and t < min_new_tokens else ban if banned else None
+                picks = dec.step_greedy(picks, positions, W + t - 1, excluded)
+                positions = positions + 1
+            elif use_cache:
                 logits = dec.step(picks, positions, W + t - 1)
                 positions = positions + 1
+                picks = None
             else:
                 for s, tok in zip(seqs, tokens):
                     s.append(tok)
                 logits = self._full_forward(seqs)
+                picks = None
 
     def _full_forward(self, seqs: list[list[int]]) -> Tensor:
         """Reference path (``use_cache=False``): fairseq2's own forward over whole right-padded
