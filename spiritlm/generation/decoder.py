@@ -120,6 +120,17 @@ def _onednn_linear_ops() -> tuple[Any, Any] | None:
         return None
 
 
+def _native_bf16_matmul() -> bool:
+    """Whether oneDNN runs bf16 products in hardware here (AVX512-BF16 or AMX; not emulated, which
+    would be slower than fp32, and not under ``ONEDNN_MAX_CPU_ISA=AVX2``, see spiritlm.numerics)."""
+    cpu = torch._C._cpu
+    try:
+        native = cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+    except AttributeError:
+        return False
+    return bool(native and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class PackedWeights:
     """oneDNN-packed copies of a CPU float32 LLaMA's projections, for forwards of several rows.
 
@@ -162,7 +173,7 @@ class PackedWeights:
         # greedy screening (:meth:`greedy`): a bf16 copy of the output projection, its rows' norms
         # and the fp32 rows for the exact re-check of the few candidates
         self.final_fp32 = model.final_proj.weight.detach().contiguous()  # [V, M]
-        self.final_bf16 = pack(self.final_fp32.bfloat16(), 16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        self.final_bf16 = pack(self.final_fp32.bfloat16(), 16) if _native_bf16_matmul() else None
         self.final_norm_max = float(self.final_fp32.norm(dim=1).max())  # max_v |W_v|
 
     def linear(self, x: Tensor, w: Tensor) -> Tensor:
