@@ -27,7 +27,7 @@ from spiritlm.vocoder.train import TrainConfig
 
 #: The one real LibriSpeech utterance of shared/data/real (16 kHz FLAC, 146160 samples).
 REAL_FLAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "7143-88743-0029.flac"
-if not REAL_FLAC.exists():  # a worktree under /work/wt: the shared folder is /work/shared
+if not REAL_FLAC.exists():  # a worktree under /work/wt or a clone elsewhere: the shared folder is /work/shared
     REAL_FLAC = Path("/work/shared/data/real/7143-88743-0029.flac")
 
 

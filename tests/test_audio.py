@@ -1,6 +1,5 @@
 """Audio input: sources, channels, resampling, and errors that name the file."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from spiritlm.audio import AudioError, audio_info, load_audio, resample, save_wav
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "7143-88743-0029.flac"
+from fixtures import REAL_FLAC as REAL
 
 
 def _tone(sr, seconds, freq=220.0):

@@ -20,10 +20,9 @@ from spiritlm.tokenizers.tokenize_cli import tokenize, tokenize_manifest
 from spiritlm.tokenizers.train import TrainPreset, train_tokenizer
 from spiritlm.tokenizers.vqvae import VQVAEConfig, VQVAETrainConfig, num_codes
 
-REAL = "/work/shared/data/real/7143-88743-0029.flac"
-_here_real = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real", "7143-88743-0029.flac"))
-if os.path.exists(_here_real):
-    REAL = _here_real
+from fixtures import REAL_FLAC
+
+REAL = str(REAL_FLAC)
 
 
 def small_preset() -> TrainPreset:

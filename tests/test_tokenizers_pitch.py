@@ -31,8 +31,9 @@ from spiritlm.tokenizers.vqvae import (
     train_vqvae,
 )
 
-REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real", "7143-88743-0029.flac")
-REAL = os.path.abspath(REAL) if os.path.exists(REAL) else "/work/shared/data/real/7143-88743-0029.flac"
+from fixtures import REAL_FLAC
+
+REAL = str(REAL_FLAC)
 
 
 
