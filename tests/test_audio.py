@@ -1,6 +1,5 @@
 """Audio input: sources, channels, resampling, and errors that name the file."""
 
-
 import numpy as np
 import pytest
 import soundfile as sf
