@@ -69,8 +69,14 @@ def test_head_shapes_and_voicing_threshold():
     assert log_f0.shape == logit.shape == (3, 56)
     f0 = src.f0_from_prediction(torch.log(torch.tensor([[100.0, 200.0]])), torch.tensor([[1.0, -1.0]]))
     assert torch.allclose(f0, torch.tensor([[100.0, 0.0]]))
-    # an untrained head starts near 150 Hz (its biases are small)
-    assert torch.allclose(torch.exp(src.predict(torch.zeros(1, 8, 2))[0]), torch.full((1, 16), 150.0), rtol=0.05)
+    # an untrained head starts near 150 Hz: the F0 half of its last bias is ln 150, and the random
+    # initialisation moves the output by at most ~15 % (300 seeds measured; the test once drew its
+    # weights from whatever the worker's global RNG held, and failed for ~3/4 of those states)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        src = HarmonicSource(8, 16, frames_per_unit=8, num_harmonics=2)
+        assert torch.allclose(src.proj.bias[:8], torch.full((8,), float(torch.log(torch.tensor(150.0)))))
+        assert torch.allclose(torch.exp(src.predict(torch.zeros(1, 8, 2))[0]), torch.full((1, 16), 150.0), rtol=0.2)
 
 
 # -- generator -----------------------------------------------------------------------------------------
