@@ -25,7 +25,10 @@ upsampling layer, so the generator shapes a periodic excitation instead of havin
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,11 +39,13 @@ from .generator import LRELU_SLOPE, HifiGANGenerator
 
 __all__ = [
     "DurationPredictor",
+    "DurationWeights",
     "HarmonicSource",
     "sine_excitation",
     "excitation_phase",
     "UnitHifiGAN",
     "durations_from_log",
+    "frames_from_log",
     "upsample_codes",
     "expand_by_durations",
 ]
@@ -76,15 +81,38 @@ def upsample_codes(codes: Tensor, ratio: int, num_units: int) -> Tensor:
     return up[:, :num_units]
 
 
-def durations_from_log(log_durations: Tensor) -> Tensor:
-    """Frames per unit from predicted ``log(1 + frames)``: ``clamp(round(exp(x) - 1), min=1)``.
+def frames_from_log(log_durations: Iterable[float]) -> list[int]:
+    """Frames per unit from predicted ``log(1 + frames)``: ``max(1, round(exp(x) - 1))``.
 
-    ``torch.round`` rounds halves to even, as Meta's vocoder does.
+    One Python ``float`` (IEEE double) at a time, so a value's frames never depend on where it
+    sits in a tensor (torch's vectorised ``exp`` and its scalar loop for a tensor's tail are
+    different implementations): streaming (a few units per call) and whole synthesis (all of them)
+    round the same log-durations to the same frames. ``round`` rounds halves to even, as
+    ``torch.round`` and Meta's vocoder do.
+
+    >>> frames_from_log([0.0, math.log(3.5), 5.0])
+    [1, 2, 147]
+
+    Raises:
+        ValueError: a NaN log-duration (a broken checkpoint).
+    """
+    out = []
+    for x in log_durations:
+        if x != x:
+            raise ValueError("the duration predictor gave NaN (a broken vocoder checkpoint?)")
+        out.append(max(1, round(math.exp(min(x, 30.0)) - 1.0)))  # e^30 frames: past any use, short of overflow
+    return out
+
+
+def durations_from_log(log_durations: Tensor) -> Tensor:
+    """Frames per unit (long, same shape and device) from predicted ``log(1 + frames)``:
+    ``clamp(round(exp(x) - 1), min=1)``, element by element with :func:`frames_from_log`.
 
     >>> durations_from_log(torch.log1p(torch.tensor([0.0, 2.4, 2.5, 3.5, 7.0]))).tolist()
     [1, 2, 2, 4, 7]
     """
-    return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
+    frames = frames_from_log(log_durations.detach().reshape(-1).float().cpu().tolist())
+    return torch.tensor(frames, dtype=torch.long, device=log_durations.device).reshape(log_durations.shape)
 
 
 def expand_by_durations(x: Tensor, durations: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -164,6 +192,163 @@ class DurationPredictor(nn.Module):
         h = torch.relu(self.conv2(h))
         h = F.dropout(self.norm2(h.transpose(1, 2)), self.dropout, self.training)
         return self.proj(h).squeeze(-1)
+
+    # -- inference ----------------------------------------------------------------------------------
+    #
+    # Streaming predicts each unit's duration once ``2p`` more units are known (``p`` = (kernel-1)/2
+    # per convolution), from a window of ``4p + 1`` units; whole synthesis predicts all of them at
+    # once. Through ``forward`` the two differ in float rounding (the convolutions and layer norms
+    # sum in an order that depends on the sequence length: ~95 % of the values differed in their
+    # last bits on the ``base`` preset), and a duration is a rounding of ``exp(x) - 1``, so a unit
+    # near a half frame could get one frame more in one than in the other. ``infer`` computes
+    # every position with the same sequence of IEEE float32 operations whatever the window:
+    # gathers, elementwise + - * / sqrt max (exactly rounded, so the same inputs give the same bits
+    # in any tensor), and sums in a fixed order (``np.add.accumulate``, which is defined as the
+    # left-to-right recurrence, or an explicit halving tree). Streamed durations are then the
+    # whole utterance's, bit for bit, and the per-token cost is ~40 numpy calls on tiny arrays.
+
+    _infer_cache: tuple | None = None
+
+    def inference_weights(self, embedding: Tensor) -> "DurationWeights":
+        """The float32 numpy weights :meth:`infer` reads, built from ``embedding`` (the unit
+        table ``[V, C]``) and this module's parameters, cached until one of them changes (their
+        storage, device, dtype or in-place version counter: an optimiser step, ``load_state_dict``,
+        ``.to``). Edits through ``.data``, or of parameters created under ``inference_mode``,
+        bypass the version counter: call ``clear_inference_cache()`` after those."""
+        params = (embedding, self.conv1.weight, self.conv1.bias, self.norm1.weight, self.norm1.bias,
+                  self.conv2.weight, self.conv2.bias, self.norm2.weight, self.norm2.bias, self.proj.weight, self.proj.bias)
+        # (inference tensors, made under inference_mode, keep no version counter: storage only)
+        key = tuple((p.data_ptr(), None if p.is_inference() else p._version, p.dtype, p.device, tuple(p.shape)) for p in params)
+        if self._infer_cache is not None and self._infer_cache[0] == key:
+            return self._infer_cache[1]
+        w = DurationWeights.build(self, embedding)
+        self._infer_cache = (key, w)
+        return w
+
+    def clear_inference_cache(self) -> None:
+        """Forgets :meth:`inference_weights`' cache."""
+        self._infer_cache = None
+
+    @staticmethod
+    def infer(w: "DurationWeights", ids: np.ndarray, chunk: int = 16) -> np.ndarray:
+        """Log-durations of the positions of ``ids`` whose whole window is in ``ids``.
+
+        Args:
+            w: :meth:`inference_weights`.
+            ids: ``[W]`` int64 unit ids; ``w.pad`` (= the table's size) marks "no unit" (the zero
+                padding of an utterance's edges, or of a right-padded batch row).
+            chunk: positions per numpy pass (bounds the ``[chunk, C, H]`` products).
+
+        Returns:
+            ``[W - 4p]`` float32: the value at ``ids[2p + i]``, read from ``ids[i : i + 4p + 1]``
+            only, and bit-identical for any ``ids`` holding that window (values at ``pad``
+            positions are meaningless). Equal to ``forward`` to float rounding (~1e-6).
+        """
+        q = 2 * w.p
+        out = np.empty(max(0, len(ids) - 2 * q), dtype=np.float32)
+        for start in range(0, out.size, chunk):
+            stop = min(out.size, start + chunk)
+            out[start:stop] = _infer_window(w, ids[start : stop + 2 * q])
+        return out
+
+
+@dataclass(frozen=True)
+class DurationWeights:
+    """A :class:`DurationPredictor`'s parameters as float32 numpy arrays for
+    :meth:`DurationPredictor.infer` (sizes: ``V`` units, ``C`` embedding, ``H`` hidden, kernel ``K``).
+
+    Attributes:
+        taps: ``[K, V + 1, H]``: ``taps[k, v] = conv1.weight[:, :, k] @ embedding[v]``, so the
+            first convolution is ``K`` row gathers and adds (row ``V`` is zero: the padding).
+        b1, g1, n1: conv1 bias, norm1 weight and bias ``[H]``; eps1: norm1's epsilon.
+        w2: ``[K, H, H]`` = conv2.weight as ``[tap, in, out]``; b2, g2, n2, eps2: as layer 1.
+        wp: ``[H]`` proj weight; bp: ``[1]`` its bias.
+        p: padding of each convolution, ``(K - 1) // 2``; pad: ``V``, the id of "no unit".
+    """
+
+    taps: np.ndarray
+    b1: np.ndarray
+    g1: np.ndarray
+    n1: np.ndarray
+    eps1: np.float32
+    w2: np.ndarray
+    b2: np.ndarray
+    g2: np.ndarray
+    n2: np.ndarray
+    eps2: np.float32
+    wp: np.ndarray
+    bp: np.ndarray
+    p: int
+    pad: int
+
+    @staticmethod
+    def build(dp: DurationPredictor, embedding: Tensor) -> "DurationWeights":
+        def f32(t: Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+
+        emb, w1 = f32(embedding), f32(dp.conv1.weight)  # [V, C], [H, C, K]
+        V, K = emb.shape[0], w1.shape[2]
+        if dp.conv2.kernel_size[0] != K:
+            raise ValueError(f"the duration predictor's convolutions have kernels {K} and {dp.conv2.kernel_size[0]}")
+        taps = np.zeros((K, V + 1, w1.shape[0]), dtype=np.float32)
+        for k in range(K):
+            taps[k, :V] = emb @ w1[:, :, k].T
+        return DurationWeights(
+            taps=taps, b1=f32(dp.conv1.bias), g1=f32(dp.norm1.weight), n1=f32(dp.norm1.bias), eps1=np.float32(dp.norm1.eps),
+            w2=np.ascontiguousarray(f32(dp.conv2.weight).transpose(2, 1, 0)), b2=f32(dp.conv2.bias),
+            g2=f32(dp.norm2.weight), n2=f32(dp.norm2.bias), eps2=np.float32(dp.norm2.eps),
+            wp=f32(dp.proj.weight)[0], bp=f32(dp.proj.bias), p=(K - 1) // 2, pad=V,
+        )
+
+
+def _row_sum(x: np.ndarray) -> np.ndarray:
+    """``[R, N]`` → ``[R]``: each row summed left to right in float32 (``accumulate`` is defined
+    as that recurrence, so the bits do not depend on R or on the other rows)."""
+    return np.add.accumulate(x, axis=1)[:, -1]
+
+
+def _tree_sum(x: np.ndarray) -> np.ndarray:
+    """``[R, N, H]`` → ``[R, H]``: sum over axis 1 by halving (first half + second half, an odd
+    last row added to row 0), a fixed order done with elementwise adds over contiguous blocks:
+    ~10x faster than a left-to-right ``accumulate`` over a middle axis."""
+    n = x.shape[1]
+    while n > 1:
+        half = n // 2
+        y = x[:, :half] + x[:, half : 2 * half]
+        if n % 2:
+            y[:, :1] += x[:, 2 * half :]
+        x, n = y, half
+    return x[:, 0]
+
+
+def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: np.float32) -> np.ndarray:
+    """LayerNorm over the last axis of ``[R, H]`` (two passes, as torch: mean, then the mean square
+    of the deviations)."""
+    n = np.float32(x.shape[1])
+    d = x - (_row_sum(x) / n)[:, None]
+    return d / np.sqrt(_row_sum(d * d) / n + eps)[:, None] * g + b
+
+
+def _infer_window(w: DurationWeights, ids: np.ndarray) -> np.ndarray:
+    """:meth:`DurationPredictor.infer` on one window ``[W]`` → ``[W - 4p]``."""
+    p, K = w.p, w.taps.shape[0]
+    R1 = ids.size - 2 * p  # first layer's outputs: ids[p : W - p]
+    h = w.taps[0][ids[:R1]]
+    for k in range(1, K):
+        h += w.taps[k][ids[k : k + R1]]
+    h += w.b1
+    np.maximum(h, np.float32(0), out=h)
+    h = _layer_norm(h, w.g1, w.n1, w.eps1)
+    h *= (ids[p : p + R1] != w.pad)[:, None]  # zero padding of the second convolution (forward's mask)
+    R2 = R1 - 2 * p
+    s = h[:R2, :, None] * w.w2[0]  # [R2, H_in, H_out] products, summed over taps then inputs
+    for k in range(1, K):
+        s += h[k : k + R2, :, None] * w.w2[k]
+    s = _tree_sum(s)
+    s += w.b2
+    np.maximum(s, np.float32(0), out=s)
+    s = _layer_norm(s, w.g2, w.n2, w.eps2)
+    return _row_sum(s * w.wp) + w.bp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,13 +725,36 @@ class UnitHifiGAN(HifiGANGenerator):
         """Predicted ``log(1 + frames)`` ``[B, T]`` for deduplicated units ``[B, T]``.
 
         Uses the unit embedding only (as Meta's vocoder does). ``lengths`` ``[B]`` masks a
-        right-padded batch.
+        right-padded batch (values past a row's length are meaningless).
+
+        With autograd recording or the predictor in training mode: the module's differentiable
+        ``forward``. Otherwise (``torch.no_grad`` / ``inference_mode``, eval mode): float32
+        :meth:`DurationPredictor.infer` on the CPU, equal to ``forward`` to float rounding
+        (~1e-6) and, position by position, bit-identical to what streaming computes from a
+        window of ``2 * duration_context + 1`` units; returned on the units' device.
         """
-        if self.duration_predictor is None:
+        dp = self.duration_predictor
+        if dp is None:
             raise ValueError("this vocoder has no duration predictor (config.duration_predictor=False)")
-        x = self.unit_embedding(units_dedup).transpose(1, 2)
-        mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
-        return self.duration_predictor(x, mask)
+        if dp.training or torch.is_grad_enabled():  # training: the differentiable module
+            x = self.unit_embedding(units_dedup).transpose(1, 2)
+            mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
+            return dp(x, mask)
+        # inference: DurationPredictor.infer, whose values do not depend on the sequence length,
+        # so that streaming (UnitStreamer, a few units at a time) gives these durations exactly.
+        # Rows are laid end to end, each between 2p "no unit" ids (each position reads 2p each side)
+        B, T = units_dedup.shape
+        w = dp.inference_weights(self.unit_embedding.weight)
+        q = 2 * w.p
+        u = units_dedup.detach().cpu().numpy().astype(np.int64)
+        valid = np.ones((B, T), dtype=bool) if lengths is None else np.arange(T)[None] < lengths.detach().cpu().numpy()[:, None]
+        if valid.any() and (u[valid].min() < 0 or u[valid].max() >= w.pad):
+            raise IndexError(f"unit ids must be in 0..{w.pad - 1}, got {u[valid].min()}..{u[valid].max()}")
+        ids = np.full((B, T + 2 * q), w.pad, dtype=np.int64)
+        ids[:, q : q + T] = np.where(valid, u, w.pad)
+        out = np.zeros(B * (T + 2 * q), dtype=np.float32)
+        out[: out.size - 2 * q] = dp.infer(w, ids.reshape(-1))  # value of ids[b, q + t] at b * (T + 2q) + t
+        return torch.from_numpy(out.reshape(B, T + 2 * q)[:, :T].copy()).to(units_dedup.device)
 
     @staticmethod
     def expand_by_durations(x: Tensor, durations: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -50,7 +50,7 @@ import torch
 from spiritlm.errors import UserError
 from spiritlm.formats import SPEECH_TOKEN_RE
 
-from .model import UnitHifiGAN, durations_from_log, excitation_phase
+from .model import DurationPredictor, UnitHifiGAN, excitation_phase, frames_from_log
 from .streaming_generator import StreamingGenerator
 
 __all__ = ["TokenReader", "UnitStreamer"]
@@ -158,6 +158,8 @@ class UnitStreamer:
         self.dur_pred = dur_pred
         self.chunk = chunk_frames
         self.dctx = model.duration_context if dur_pred else 0
+        # the duration predictor's numpy weights, fetched once: weights do not change mid-stream
+        self._dur_w = model.duration_predictor.inference_weights(model.unit_embedding.weight) if dur_pred else None  # type: ignore[union-attr]
         self.hctx = model.source.context if model.source is not None else 0
         self.S = model.config.f0_frames_per_unit
         self.frame_unit: list[int] = []  # unit index of every frame (durations expanded)
@@ -184,10 +186,13 @@ class UnitStreamer:
         done = self._units_expanded
         if n_dur <= done:
             return
-        if self.dur_pred:
-            lo = max(0, done - self.dctx)
-            u = torch.as_tensor(units[lo:n], device=self.dev)[None]
-            frames = durations_from_log(self.model.predict_durations(u))[0, done - lo : n_dur - lo].tolist()
+        if self._dur_w is not None:
+            # the window of units done - dctx .. n_dur + dctx, "no unit" past the utterance's edges:
+            # DurationPredictor.infer gives each unit the bits whole synthesis gives it
+            # (Vocoder.synthesize → predict_durations, the same function over the whole utterance)
+            lo, hi, pad = done - self.dctx, n_dur + self.dctx, self._dur_w.pad
+            ids = [pad] * max(0, -lo) + units[max(0, lo) : min(n, hi)] + [pad] * max(0, hi - n)
+            frames = frames_from_log(DurationPredictor.infer(self._dur_w, np.array(ids, dtype=np.int64)).tolist())
         else:
             frames = [1] * (n_dur - done)
         for i, f in zip(range(done, n_dur), frames):
