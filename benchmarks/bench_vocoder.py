@@ -43,6 +43,13 @@ weight norm folded) and each utterance length of ``--stream_seconds`` (random LM
 whole synthesis, max |difference| and the 1-minute load average around the rounds.
 ``--before_rev REV`` also runs ``vocoder/streaming.py``'s ``UnitStreamer`` of git revision REV
 (e.g. 6957e16, the windowed streamer) at ``--before_chunks`` in the same rounds.
+``--dur_before`` also runs, in the same rounds, whole synthesis and the stream with durations as
+they were before ``DurationPredictor.infer`` (the module's forward, per token on the window of
+~5 units, rounded in float32 torch), and first times the per-token duration step alone
+(``UnitStreamer._expand_durations`` over the stream's growing unit list, before vs now,
+alternating): µs per token, median and min of ``--rounds``.
+
+    python benchmarks/bench_vocoder.py --stream --sizes base --threads 1 --chunks 25,100 --stream_seconds 4 --dur_before
 """
 
 from __future__ import annotations
@@ -216,12 +223,106 @@ def streamer_at(rev: str):
     return mod.UnitStreamer
 
 
+def _module_expand_durations(self, units: list[int], final: bool) -> None:
+    """``UnitStreamer._expand_durations`` as it was before ``DurationPredictor.infer`` (git
+    cc4160c^): the module's forward on the window of units around the newly settled ones."""
+    n = len(units)
+    n_dur = n if final else max(0, n - self.dctx)
+    done = self._units_expanded
+    if n_dur <= done:
+        return
+    if self.dur_pred:
+        lo = max(0, done - self.dctx)
+        u = torch.as_tensor(units[lo:n], device=self.dev)[None]
+        frames = _old_durations_from_log(_module_log_durations(self.model, u))[0, done - lo : n_dur - lo].tolist()
+    else:
+        frames = [1] * (n_dur - done)
+    for i, f in zip(range(done, n_dur), frames):
+        self.frame_unit.extend([i] * int(f))
+    self._units_expanded = n_dur
+
+
+def _module_log_durations(model, units, lengths=None):
+    """``UnitHifiGAN.predict_durations`` before ``DurationPredictor.infer``: always the module."""
+    from spiritlm.tensors import length_mask
+
+    x = model.unit_embedding(units).transpose(1, 2)
+    mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
+    return model.duration_predictor(x, mask)
+
+
+def _old_durations_from_log(log_d):
+    """``durations_from_log`` before ``frames_from_log``: float32 torch."""
+    return torch.clamp(torch.round(torch.exp(log_d) - 1).long(), min=1)
+
+
+@contextlib.contextmanager
+def module_durations(voc):
+    """Runs ``voc`` with durations as before ``DurationPredictor.infer``: whole synthesis through
+    the module's forward and float32 rounding; ``UnitStreamer`` through the module per token."""
+    from spiritlm.vocoder import model as model_mod
+    from spiritlm.vocoder.streaming import UnitStreamer
+
+    saved = (model_mod.durations_from_log, UnitStreamer._expand_durations)
+    voc.model.predict_durations = lambda units, lengths=None: _module_log_durations(voc.model, units, lengths)
+    model_mod.durations_from_log, UnitStreamer._expand_durations = _old_durations_from_log, _module_expand_durations
+    try:
+        yield
+    finally:
+        del voc.model.predict_durations  # the instance attribute: back to the class's method
+        model_mod.durations_from_log, UnitStreamer._expand_durations = saved
+
+
+def duration_token_cost(voc, units: int, rounds: int, seed: int = 3) -> dict:
+    """µs per token of ``UnitStreamer._expand_durations`` (the stream's duration work: called once
+    per token with the settled units so far, then once at the end), before (module per window)
+    vs now (``DurationPredictor.infer``), alternating, ``rounds`` rounds; checks both give the
+    same frames."""
+    from spiritlm.vocoder.streaming import UnitStreamer
+
+    cfg = voc.config
+    ids = [int(t[3:-1]) for t in lm_tokens(cfg, units, seed) if t.startswith("[Hu")]
+
+    def run(expand) -> tuple[float, list[int]]:  # the streamer's construction is not timed
+        s = UnitStreamer(voc.model, speaker=0, style_id=0, dur_pred=True, chunk_frames=25)
+        t = time.perf_counter()
+        for n in range(1, len(ids) + 1):
+            expand(s, ids[:n], False)
+        expand(s, ids, True)
+        return time.perf_counter() - t, s.frame_unit
+
+    paths = {"before (module per window)": _module_expand_durations, "now (DurationPredictor.infer)": UnitStreamer._expand_durations}
+    times: dict = {k: [] for k in paths}
+    out: dict = {}
+    load0 = os.getloadavg()
+    with torch.inference_mode():
+        for k, f in paths.items():
+            run(f)  # warm-up (the inference weights' cache, allocations)
+        for _ in range(rounds):
+            for k, f in paths.items():
+                dt, out[k] = run(f)
+                times[k].append(dt)
+    load = f"{load0[0]:.1f} -> {os.getloadavg()[0]:.1f}"
+    res = {k: (float(np.median(v)), float(np.min(v)), out[k]) for k, v in times.items()}
+    (b_med, b_min, b_out), (n_med, n_min, n_out) = res.values()
+    per = len(ids) + 1
+    print(f"\n  duration step per token ({len(ids)} units, {rounds} alternating rounds, {torch.get_num_threads()} thread(s), "
+          f"load (1 min) {load}); same frames: {b_out == n_out}")
+    for k, (med, mn, _) in res.items():
+        print(f"  {k:32s} {med / per * 1e6:8.1f} us median {mn / per * 1e6:8.1f} us min")
+    print(f"  {'speed-up':32s} {b_med / n_med:8.2f}x median {b_min / n_min:8.2f}x min")
+    return {"path": "duration step per token", "before_us_median": b_med / per * 1e6, "before_us_min": b_min / per * 1e6,
+            "now_us_median": n_med / per * 1e6, "now_us_min": n_min / per * 1e6, "same_frames": b_out == n_out, "load": load}
+
+
 def stream_cost(voc, units: int, chunks: list[int], rounds: int, seed: int = 3, before: str | None = None,
-                before_chunks: list[int] = ()) -> list[dict]:
+                before_chunks: list[int] = (), dur_before: bool = False) -> list[dict]:
     """``Vocoder.stream`` at each of ``chunks`` vs ``Vocoder.synthesize`` of the same ``units``
     random LM tokens, alternating, ``rounds`` rounds; prints and returns median / min seconds,
     cost ÷ whole synthesis (median and min), max |difference| and the load average around it.
-    ``before``: a git revision whose ``UnitStreamer`` also runs, at ``before_chunks``, in the same rounds."""
+    ``before``: a git revision whose ``UnitStreamer`` also runs, at ``before_chunks``, in the same rounds.
+    ``dur_before``: whole synthesis and the stream at ``chunks`` also run with the durations of
+    before ``DurationPredictor.infer`` (:func:`module_durations`); their cost ratio is to that whole."""
     from spiritlm.vocoder import api
 
     cfg = voc.config
@@ -240,6 +341,16 @@ def stream_cost(voc, units: int, chunks: list[int], rounds: int, seed: int = 3, 
         fns[f"stream ({c} frames)"] = lambda c=c: run(ours, c)
     for c in before_chunks if old else ():
         fns[f"{before}: stream ({c})"] = lambda c=c: run(old, c)
+    if dur_before:
+        def with_module(fn):
+            def go():
+                with module_durations(voc):
+                    return fn()
+            return go
+
+        fns["whole, module durations"] = with_module(lambda: voc.synthesize("".join(toks)))
+        for c in chunks:
+            fns[f"stream ({c}), module durations"] = with_module(lambda c=c: run(ours, c))
     load0 = os.getloadavg()
     with torch.inference_mode():
         res = _alternate(fns, rounds)
@@ -248,13 +359,15 @@ def stream_cost(voc, units: int, chunks: list[int], rounds: int, seed: int = 3, 
     audio_s = whole[2].size / cfg.sample_rate
     print(f"\n  stream of {len(toks)} tokens ({audio_s:.1f} s with predicted durations), context {voc.model.context_frames} frames, "
           f"{rounds} alternating rounds, {torch.get_num_threads()} thread(s), load (1 min) {load}")
-    print(f"  {'path':28s} {'median s':>9s} {'min s':>8s} {'cost vs whole (median / min)':>29s}  max |diff|")
+    print(f"  {'path':36s} {'median s':>9s} {'min s':>8s} {'cost vs whole (median / min)':>29s}  max |diff|")
     rows = []
     for k, (med, mn, out) in res.items():
-        diff = float(np.abs(out - whole[2]).max())
-        print(f"  {k:28s} {med:9.3f} {mn:8.3f} {med / whole[0]:14.2f} / {mn / whole[1]:5.2f}       {diff:.1e}")
-        rows.append({"path": k, "median_s": med, "min_s": mn, "audio_s": audio_s, "cost_vs_whole": med / whole[0],
-                     "cost_vs_whole_min": mn / whole[1], "max_abs_diff": diff, "load": load})
+        ref = res["whole, module durations"] if k.endswith("module durations") else whole  # each against its own whole
+        diff = float(np.abs(out - ref[2]).max()) if out.shape == ref[2].shape else float("inf")
+        med_w, min_w = ref[0], ref[1]
+        print(f"  {k:36s} {med:9.3f} {mn:8.3f} {med / med_w:14.2f} / {mn / min_w:5.2f}       {diff:.1e}")
+        rows.append({"path": k, "median_s": med, "min_s": mn, "audio_s": audio_s, "cost_vs_whole": med / med_w,
+                     "cost_vs_whole_min": mn / min_w, "max_abs_diff": diff, "load": load})
     return rows
 
 
@@ -287,8 +400,10 @@ def stream(args) -> list[dict]:
         for seconds in (float(v) for v in args.stream_seconds.split(",")):
             units = units_for_seconds(voc, seconds)
             print(f"\n{size} (harmonic source: {cfg.harmonic_source}), ~{seconds:g} s requested")
+            if args.dur_before:
+                rows.append({"size": size, "seconds": seconds, **duration_token_cost(voc, units, args.rounds)})
             for r in stream_cost(voc, units, [int(c) for c in args.chunks.split(",")], args.rounds, before=args.before_rev,
-                                 before_chunks=[int(c) for c in args.before_chunks.split(",")]):
+                                 before_chunks=[int(c) for c in args.before_chunks.split(",")], dur_before=args.dur_before):
                 rows.append({"size": size, "seconds": seconds, **r})
     if args.json:
         with open(args.json, "w") as f:
@@ -397,6 +512,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", default="1,5,25,100", help="--stream: chunk_frames values")
     p.add_argument("--before_rev", default=None, help="--stream: also time UnitStreamer of this git revision (e.g. 6957e16, windowed)")
     p.add_argument("--before_chunks", default="25,100", help="--stream --before_rev: its chunk_frames values")
+    p.add_argument("--dur_before", action="store_true",
+                   help="--stream: also time durations as before DurationPredictor.infer (module per token), per token and end to end")
     return p
 
 

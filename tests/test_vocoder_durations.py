@@ -43,9 +43,9 @@ def whole(model: UnitHifiGAN, units: list[int]) -> torch.Tensor:
         return model.predict_durations(torch.tensor([units]))[0]
 
 
-@pytest.mark.parametrize("kw", [{}, dict(duration_hidden=17, embedding_dim=5), dict(duration_kernel=5)])
+@pytest.mark.parametrize("kw", [{}, dict(duration_hidden=17, embedding_dim=5), dict(duration_kernel=5), dict(duration_kernel=1)])
 def test_infer_equals_the_module_to_rounding(kw):
-    model = make_model(**kw)  # odd hidden size (tree sum's odd rows), kernel 5 (context 4)
+    model = make_model(**kw)  # odd hidden size (tree sum's odd rows), kernels 5 (context 4) and 1 (none)
     rng = np.random.default_rng(1)
     units = torch.tensor(rng.integers(0, 100, (4, 90)))
     lengths = torch.tensor([90, 1, 37, 64])

@@ -258,8 +258,8 @@ class DurationWeights:
     :meth:`DurationPredictor.infer` (sizes: ``V`` units, ``C`` embedding, ``H`` hidden, kernel ``K``).
 
     Attributes:
-        taps: ``[K, V + 1, H]``: ``taps[k, v] = conv1.weight[:, :, k] @ embedding[v]``, so the
-            first convolution is ``K`` row gathers and adds (row ``V`` is zero: the padding).
+        taps: ``[V + 1, K, H]``: ``taps[v, k] = conv1.weight[:, :, k] @ embedding[v]``, so the
+            first convolution is one row gather and ``K - 1`` adds (row ``V`` is zero: the padding).
         b1, g1, n1: conv1 bias, norm1 weight and bias ``[H]``; eps1: norm1's epsilon.
         w2: ``[K, H, H]`` = conv2.weight as ``[tap, in, out]``; b2, g2, n2, eps2: as layer 1.
         wp: ``[H]`` proj weight; bp: ``[1]`` its bias.
@@ -290,9 +290,9 @@ class DurationWeights:
         V, K = emb.shape[0], w1.shape[2]
         if dp.conv2.kernel_size[0] != K:
             raise ValueError(f"the duration predictor's convolutions have kernels {K} and {dp.conv2.kernel_size[0]}")
-        taps = np.zeros((K, V + 1, w1.shape[0]), dtype=np.float32)
+        taps = np.zeros((V + 1, K, w1.shape[0]), dtype=np.float32)
         for k in range(K):
-            taps[k, :V] = emb @ w1[:, :, k].T
+            taps[:V, k] = emb @ w1[:, :, k].T
         return DurationWeights(
             taps=taps, b1=f32(dp.conv1.bias), g1=f32(dp.norm1.weight), n1=f32(dp.norm1.bias), eps1=np.float32(dp.norm1.eps),
             w2=np.ascontiguousarray(f32(dp.conv2.weight).transpose(2, 1, 0)), b2=f32(dp.conv2.bias),
@@ -331,19 +331,27 @@ def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: np.float32) ->
 
 def _infer_window(w: DurationWeights, ids: np.ndarray) -> np.ndarray:
     """:meth:`DurationPredictor.infer` on one window ``[W]`` → ``[W - 4p]``."""
-    p, K = w.p, w.taps.shape[0]
+    p, K = w.p, w.taps.shape[1]
     R1 = ids.size - 2 * p  # first layer's outputs: ids[p : W - p]
-    h = w.taps[0][ids[:R1]]
-    for k in range(1, K):
-        h += w.taps[k][ids[k : k + R1]]
+    t = w.taps[ids]  # [W, K, H]: each unit's product with each tap
+    h = t[:R1, 0] + t[1 : 1 + R1, 1] if K > 1 else t[:R1, 0].copy()
+    for k in range(2, K):
+        h += t[k : k + R1, k]
     h += w.b1
     np.maximum(h, np.float32(0), out=h)
     h = _layer_norm(h, w.g1, w.n1, w.eps1)
     h *= (ids[p : p + R1] != w.pad)[:, None]  # zero padding of the second convolution (forward's mask)
     R2 = R1 - 2 * p
-    s = h[:R2, :, None] * w.w2[0]  # [R2, H_in, H_out] products, summed over taps then inputs
-    for k in range(1, K):
-        s += h[k : k + R2, :, None] * w.w2[k]
+    # products [R2, H_in, H_out], summed over taps (in tap order) then inputs (_tree_sum)
+    if R2 == 1 and K > 1:  # a streamed unit: one multiply for all taps (the same products, the same sums)
+        t = h[:, :, None] * w.w2  # [K, H_in, H_out]
+        s = t[:1] + t[1:2]
+        for k in range(2, K):
+            s += t[k : k + 1]
+    else:
+        s = h[:R2, :, None] * w.w2[0]
+        for k in range(1, K):
+            s += h[k : k + R2, :, None] * w.w2[k]
     s = _tree_sum(s)
     s += w.b2
     np.maximum(s, np.float32(0), out=s)
