@@ -736,15 +736,19 @@ class UnitHifiGAN(HifiGANGenerator):
         right-padded batch (values past a row's length are meaningless).
 
         With autograd recording or the predictor in training mode: the module's differentiable
-        ``forward``. Otherwise (``torch.no_grad`` / ``inference_mode``, eval mode): float32
-        :meth:`DurationPredictor.infer` on the CPU, equal to ``forward`` to float rounding
-        (~1e-6) and, position by position, bit-identical to what streaming computes from a
-        window of ``2 * duration_context + 1`` units; returned on the units' device.
+        ``forward``. Otherwise (``torch.no_grad`` / ``inference_mode``, eval mode) on a CPU model:
+        float32 :meth:`DurationPredictor.infer`, equal to ``forward`` to float rounding (~1e-6)
+        and, position by position, bit-identical to what streaming computes from a window of
+        ``2 * duration_context + 1`` units. On other devices ``forward`` (``infer`` is numpy,
+        ~35 µs per unit for ``base`` on one CPU thread): streamed durations then equal these
+        to float rounding, a unit within ~1e-6 of a half frame could round the other way.
         """
         dp = self.duration_predictor
         if dp is None:
             raise ValueError("this vocoder has no duration predictor (config.duration_predictor=False)")
-        if dp.training or torch.is_grad_enabled():  # training: the differentiable module
+        # training: the differentiable module. Off the CPU too: infer runs on the CPU at ~35 us
+        # per unit (base), which would rival a GPU's whole synthesis of a large batch
+        if dp.training or torch.is_grad_enabled() or self.unit_embedding.weight.device.type != "cpu":
             x = self.unit_embedding(units_dedup).transpose(1, 2)
             mask = None if lengths is None else length_mask(lengths.to(x.device), x.size(-1))
             return dp(x, mask)
