@@ -113,6 +113,44 @@ def test_cpu_inference_runs_channels_last_and_follows_weight_changes():
     torch.testing.assert_close(plain, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("n", [1, 6, 300])
+def test_onednn_packed_weights_equal_conv2d(monkeypatch, n):
+    """Channels-last convolutions run on a weight packed once for oneDNN: the same values as
+    ``F.conv2d`` (every conv kind the generator and a stream use, short and long inputs), the
+    packed copy follows in-place weight changes, is left out of copies, and autocast's bfloat16
+    takes ``F.conv2d``."""
+    import copy
+
+    if generator_mod._ONEDNN is None:
+        pytest.skip("torch built without oneDNN")
+    torch.manual_seed(7)
+    convs = [generator_mod.WNConv1d(16, 24, 7, 3), generator_mod.WNConv1d(16, 16, 3),
+             generator_mod.WNConvTranspose1d(16, 8, 8, 4)]
+    x = torch.randn(2, 16, 1, n).contiguous(memory_format=torch.channels_last)
+    for m in convs:  # folded outside inference mode, as Vocoder does: the weights keep a version counter
+        torch.nn.utils.parametrize.remove_parametrizations(m.conv, "weight")
+    with torch.inference_mode():
+        for m in convs:
+            transposed = isinstance(m, generator_mod.WNConvTranspose1d)
+            pads = [None] + ([0] if transposed or n >= 19 else []) + ([1] if not transposed and n >= 19 else [])
+            for pad in pads:  # the layer's own padding / crop, none (a stream's), another
+                packed = m.conv_cl(x, pad)
+                assert m._packed_weight is not None and m._packed_weight.is_mkldnn
+                monkeypatch.setattr(generator_mod, "_ONEDNN", None)
+                plain = m.conv_cl(x, pad)
+                monkeypatch.undo()
+                assert packed.shape == plain.shape
+                torch.testing.assert_close(packed, plain, atol=1e-6, rtol=1e-5)
+            before = m.conv_cl(x)
+            m.conv.weight.mul_(-2.0)  # in place: repacked
+            torch.testing.assert_close(m.conv_cl(x), before * -2.0 + m.conv.bias.view(1, -1, 1, 1) * 3.0, atol=1e-5, rtol=1e-5)
+            twin = copy.deepcopy(m)  # the packed copy has no storage: copies rebuild it
+            assert twin._packed_weight is None
+            torch.testing.assert_close(twin.conv_cl(x), m.conv_cl(x), atol=0, rtol=0)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert m.conv_cl(x).dtype == torch.bfloat16
+
+
 # FFT (overlap-save) convolutions: the channels-last inference path of the large-kernel, many-channel convolutions
 
 FFT_CASES = [(k, d, n) for k in (3, 7, 11) for d in (1, 3, 5) for n in (1, 5, 20, 37, 300)]

@@ -14,9 +14,9 @@ are all present: a ``same``-padded convolution lags its input by its right paddi
 ``ceil((o+P-k+1)/u) … floor((o+P)/u)``. ``final=True`` supplies the right edge's zero padding and
 flushes. Residual adds, the excitation's injection and the mean over a stage's residual blocks
 combine streams that lag by different amounts: :class:`_Align` queues each operand and emits
-their common prefix. The weights are the generator's own modules (channels-last copies from
-``_weight_2d`` in the CPU inference layout ``[1, C, 1, T]``, as ``forward`` runs them, bound when
-the stream starts), never copied into this state. Where ``forward`` would run a convolution as an
+their common prefix. The weights are the generator's own modules (in the CPU inference layout
+``[1, C, 1, T]`` their ``conv_cl``, with the weight packed once for oneDNN, as ``forward`` runs
+them), never copied into this state. Where ``forward`` would run a convolution as an
 FFT convolution (:mod:`~spiritlm.vocoder.fftconv`: kernel 11, 64+ channels, long enough inputs)
 a push does too, through the module's own forward, cutting the ``p`` outputs at each end that its
 zero padding made (``2p`` extra outputs a push, against ``N`` new ones).
@@ -63,19 +63,16 @@ class _Layout:
 
     def conv(self, m: nn.Module, stride: int, dilation: int) -> Callable[[Tensor, int], Tensor]:
         """``f(x, padding)``: ``m``'s convolution of ``x`` with ``padding`` zeros each side
-        (transposed: none), its weights (channels-last: ``m._weight_2d()``, the generator's own
-        cached copy) read once, when the stream starts."""
+        (transposed: no crop). Channels-last: the module's own ``conv_cl``, with the weight it
+        keeps packed for oneDNN (a push's short inputs would repack it every call)."""
         if isinstance(m, WNConvTranspose1d):
-            c = m.conv
             if self.cl:
-                w2 = m._weight_2d()
-                return lambda x, pad: F.conv_transpose2d(x, w2, c.bias, stride=(1, stride))
-            return lambda x, pad: F.conv_transpose1d(x, c.weight, c.bias, stride=stride)
+                return lambda x, pad: m.conv_cl(x, 0)  # no crop: the stream cuts its own outputs
+            return lambda x, pad: F.conv_transpose1d(x, m.conv.weight, m.conv.bias, stride=stride)
         if isinstance(m, WNConv1d):
             c = m.conv
             if self.cl:
-                w2 = m._weight_2d()
-                return lambda x, pad: F.conv2d(x, w2, c.bias, stride=(1, stride), padding=(0, pad), dilation=(1, dilation))
+                return m.conv_cl
             return lambda x, pad: F.conv1d(x, c.weight, c.bias, stride=stride, padding=pad, dilation=dilation)
         # the harmonic source's strided nn.Conv1d runs 1-D on the excitation, as in forward
         if self.cl:
