@@ -1,0 +1,151 @@
+"""What one push of the streaming generator costs on top of whole synthesis, and where it goes.
+
+    python benchmarks/bench_stream_push.py                                # base, 4 s, pushes of 5..100 frames
+    python benchmarks/bench_stream_push.py --sizes base,tiny --seconds 8 --rounds 9 --profile 5
+
+For each size (a ``VocoderConfig`` preset with random weights at audible gains, weight norm folded
+as ``Vocoder`` does; ``--vocoder DIR`` for a trained one) one utterance of ``--seconds`` of random
+generator input (``frames = seconds · 25``) runs through ``UnitHifiGAN.vocode`` whole and through
+:class:`~spiritlm.vocoder.streaming_generator.StreamingGenerator` in pushes of ``n`` frames for
+each ``n`` of ``--push_frames``, alternating, ``--rounds`` rounds. It prints the median and min
+seconds, the cost ÷ whole (by min: the least disturbed round on a shared machine), the max
+|difference| from the whole audio, and the fixed cost of one push::
+
+    per-push cost = (min stream time - min whole time) / number of pushes
+
+Streams pay it for what whole synthesis does once: every layer's weights read again (``base``:
+13.7 M parameters, 55 MB, plus the FFT convolutions' kernel spectra), ~90 convolution calls on
+short inputs, and the bookkeeping of the per-layer queues. It does not depend on the push size,
+so the overhead of a stream is ``1 + pushes · per-push / whole``. The harmonic source (``tiny``)
+adds its excitation's convolutions to every push. Durations and the LM token parsing of
+``Vocoder.stream`` are not in these numbers (``bench_vocoder.py --stream`` measures the whole
+path). ``--profile N``: cProfile of one stream in pushes of N frames against whole synthesis, the
+functions with the most own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def build(size: str, vocoder_dir: str | None):
+    """A folded ``Vocoder`` of preset ``size`` (random weights with audible gains) or from ``vocoder_dir``."""
+    from bench_vocoder import _loud
+
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    if vocoder_dir:
+        return Vocoder.from_pretrained(vocoder_dir)
+    torch.manual_seed(0)
+    model = UnitHifiGAN(VocoderConfig.preset(size, num_speakers=4))
+    _loud(model)
+    return Vocoder(model)  # folds weight norm
+
+
+def stream_fn(model, x: torch.Tensor, excitation: torch.Tensor | None, n: int):
+    """A function that streams ``x`` ``[1, C, T]`` through a fresh StreamingGenerator in pushes of ``n`` frames."""
+    from spiritlm.vocoder.streaming_generator import StreamingGenerator
+
+    T, hop = x.size(-1), model.hop
+
+    def run() -> torch.Tensor:
+        s = StreamingGenerator(model, model.source_convs, x.dtype, x.device)
+        outs = []
+        for i in range(0, T, n):
+            e = None if excitation is None else excitation[..., i * hop:(i + n) * hop]
+            outs.append(s.push(x[..., i:i + n], e, i + n >= T))
+        return torch.cat(outs)
+
+    return run
+
+
+def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: int | None) -> list[dict]:
+    from bench_vocoder import _alternate
+
+    model = voc.model
+    torch.manual_seed(1)
+    T = max(2, round(seconds * model.config.sample_rate / model.hop))
+    x = torch.randn(1, model.conv_pre.conv.in_channels, T) * 0.5
+    excitation = None
+    with torch.inference_mode():
+        if model.source is not None:  # the source's own F0 prediction, as vocode does
+            f0 = model.source.f0_from_prediction(*model.predict_f0(x))
+            excitation = model.source.excitation(f0.float())
+            whole = lambda: model._vocode_with_source(x, None, f0, None)[0, 0]  # noqa: E731
+        else:
+            whole = lambda: model.vocode(x)[0, 0]  # noqa: E731
+        fns = {"whole": whole}
+        for n in push_frames:
+            fns[f"push {n}"] = stream_fn(model, x, excitation, n)
+        load0 = os.getloadavg()[0]
+        res = _alternate(fns, rounds)
+        load = f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"
+    w_med, w_min, w_out = res["whole"]
+    audio_s = w_out.numel() / model.config.sample_rate
+    print(f"\n  one utterance of {audio_s:.1f} s ({T} frames), {rounds} alternating rounds, "
+          f"{torch.get_num_threads()} thread(s), load (1 min) {load}")
+    print(f"  {'path':10s} {'median s':>9s} {'min s':>8s} {'cost vs whole (min)':>20s} {'ms per push':>12s}  max |diff|")
+    rows = []
+    for k, (med, mn, out) in res.items():
+        pushes = 0 if k == "whole" else -(-T // int(k.split()[1]))
+        per_push = (mn - w_min) / pushes * 1e3 if pushes else 0.0
+        diff = float((out - w_out).abs().max())
+        print(f"  {k:10s} {med:9.3f} {mn:8.3f} {mn / w_min:20.2f} {per_push:12.1f}  {diff:.1e}")
+        rows.append({"path": k, "pushes": pushes, "median_s": med, "min_s": mn, "audio_s": audio_s, "cost_vs_whole_min": mn / w_min,
+                     "per_push_ms": per_push, "max_abs_diff": diff, "load": load})
+    if profile:
+        with torch.inference_mode():
+            for name, fn in (("whole", whole), (f"push {profile}", stream_fn(model, x, excitation, profile))):
+                pr = cProfile.Profile()
+                pr.enable()
+                fn()
+                pr.disable()
+                st = pstats.Stats(pr)
+                print(f"\n  cProfile, {name}: {st.total_tt * 1e3:.0f} ms in all (profiled); most own time:")
+                top = sorted(((v[2], v[0], k) for k, v in st.stats.items()), reverse=True)[:12]  # type: ignore[attr-defined]
+                for tt, calls, (path, line, fn_name) in top:
+                    print(f"    {tt * 1e3:7.1f} ms {calls:6d} calls  {fn_name} ({os.path.basename(path)}:{line})")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="base", help="comma-separated VocoderConfig presets (tiny, base, expressive)")
+    p.add_argument("--vocoder", default=None, help="a trained vocoder directory instead of random weights (one size)")
+    p.add_argument("--seconds", type=float, default=4.0, help="utterance length (s)")
+    p.add_argument("--push_frames", default="5,10,25,50,100", help="comma-separated push sizes (frames of 640 samples)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", type=int, default=None, help="cProfile one stream in pushes of this many frames")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"python {platform.python_version()}")
+    print("command: python " + " ".join(sys.argv))
+    rows = []
+    for size in args.sizes.split(","):
+        voc = build(size.strip(), args.vocoder)
+        print(f"\n== {size.strip() if not args.vocoder else args.vocoder}")
+        for r in measure(voc, args.seconds, [int(v) for v in args.push_frames.split(",")], args.rounds, args.profile):
+            rows.append({"size": size.strip(), **r})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
