@@ -195,8 +195,9 @@ def test_fft_block_size_rule():
     assert fft_block_size(64, 64, 11, 1, 8000) == 64 and fft_block_size(32, 32, 11, 1, 32000) is None
     assert fft_block_size(128, 128, 11, 3, 2000) is None and fft_block_size(256, 256, 11, 5, 500) is None
     assert fft_block_size(256, 256, 7, 1, 500) is None and fft_block_size(128, 128, 3, 1, 2000) is None
-    assert fft_block_size(512, 256, 11, 1, 100) == 32 and fft_block_size(64, 512, 11, 1, 100) is None
-    assert fft_block_size(128, 128, 11, 1, 107) is None and fft_block_size(128, 128, 11, 1, 108) == 64  # two blocks of 54
+    assert fft_block_size(512, 256, 11, 1, 176) == 32 and fft_block_size(64, 512, 11, 1, 176) is None
+    assert fft_block_size(256, 256, 11, 1, 175) is None  # eight blocks of 22: a stream's short pushes run direct
+    assert fft_block_size(128, 128, 11, 1, 431) is None and fft_block_size(128, 128, 11, 1, 432) == 64  # eight blocks of 54
     for c in (64, 128, 256, 512):
         for k in (7, 11, 13, 15):
             for d in (1, 3, 5):

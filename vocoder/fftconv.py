@@ -44,14 +44,20 @@ def fft_block_size(channels_in: int, channels_out: int, kernel_size: int, dilati
     undilated kernels of 11 or more at 64+ channels (1.2–1.7× per layer). Dilated ones gain at most
     1.25× and only at 128 channels (their spectra are 2–4× larger), kernels of 7 nothing measurable,
     and below 64 channels the per-bin matmuls are too small: direct. ``N``: 64 (32 at 256+ channels,
-    where the kernel spectra would outgrow the cache); the input must fill at least two blocks.
+    where the kernel spectra would outgrow the cache). The input must fill at least 8 blocks (256
+    channels: 176 steps, 128 and 64: 432): the spectra are 3x the kernel's bytes (``N/2 + 1``
+    complex bins against ``k`` taps), read once per call, so on the short inputs of a stream's
+    pushes (or of a sub-second utterance) the direct convolution on its packed weight is faster
+    (with the weights out of cache, 256 channels: 45 steps 1.1 vs 1.9 ms, 135 steps 2.4 vs 2.9 ms,
+    500 steps 7.2 vs 5.2 ms; a stream of ``base`` in pushes of 5-25 frames costs ~4 ms less per
+    push than with a 2-block floor; ``benchmarks/bench_stream_push.py``).
     """
     span = dilation * (kernel_size - 1) + 1
     c = min(channels_in, channels_out)
     if kernel_size < 11 or span > 16 or c < 64:
         return None
     n = 32 if c >= 256 else 64
-    return n if length >= 2 * (n - span + 1) else None
+    return n if length >= 8 * (n - span + 1) else None
 
 
 def weight_spectrum(weight: Tensor, dilation: int, block: int) -> Tensor:
