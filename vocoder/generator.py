@@ -114,17 +114,27 @@ class _ChannelsLast(nn.Module):
         """The direct convolution of a channels-last ``[B, C_in, 1, T]`` input with ``padding``
         zeros each side (a transposed layer: ``padding`` outputs cropped each side); None: the
         layer's own."""
+        return self.bind_cl(x)(x, padding)
+
+    def bind_cl(self, like: Tensor) -> Callable[[Tensor, int | None], Tensor]:
+        """:meth:`conv_cl` as a function ``f(x, padding)`` with the weight as it is now bound (packed
+        for inputs of ``like``'s dtype and device): a stream binds each layer once, when it starts,
+        rather than looking the weight up on every push."""
         c = self.conv
+        bias, stride, dil, own = c.bias, c.stride[0], c.dilation[0], c.padding[0]
+        w = self._packed(like)
         transposed = isinstance(c, nn.ConvTranspose1d)
-        pad = c.padding[0] if padding is None else padding
-        w = self._packed(x)
+        if w is not None and transposed:
+            return lambda x, padding=None: _ONEDNN._convolution_transpose_pointwise(  # type: ignore[union-attr]
+                x, w, bias, [0, own if padding is None else padding], [0, 0], [1, stride], [1, 1], 1, "none", [], "")
         if w is not None:
-            if transposed:
-                return _ONEDNN._convolution_transpose_pointwise(x, w, c.bias, [0, pad], [0, 0], [1, c.stride[0]], [1, 1], 1, "none", [], "")
-            return _ONEDNN._convolution_pointwise(x, w, c.bias, [0, pad], [1, c.stride[0]], [1, c.dilation[0]], 1, "none", [], "")
+            return lambda x, padding=None: _ONEDNN._convolution_pointwise(  # type: ignore[union-attr]
+                x, w, bias, [0, own if padding is None else padding], [1, stride], [1, dil], 1, "none", [], "")
+        w2 = self._weight_2d()
         if transposed:
-            return F.conv_transpose2d(x, self._weight_2d(), c.bias, stride=(1, c.stride[0]), padding=(0, pad))
-        return F.conv2d(x, self._weight_2d(), c.bias, stride=(1, c.stride[0]), padding=(0, pad), dilation=(1, c.dilation[0]))
+            return lambda x, padding=None: F.conv_transpose2d(x, w2, bias, stride=(1, stride), padding=(0, own if padding is None else padding))
+        return lambda x, padding=None: F.conv2d(x, w2, bias, stride=(1, stride), padding=(0, own if padding is None else padding),
+                                                dilation=(1, dil))
 
     def _spectrum(self, block: int) -> Tensor:
         """The weight's :func:`~spiritlm.vocoder.fftconv.weight_spectrum` for ``block``, kept while

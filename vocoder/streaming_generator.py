@@ -63,16 +63,18 @@ class _Layout:
 
     def conv(self, m: nn.Module, stride: int, dilation: int) -> Callable[[Tensor, int], Tensor]:
         """``f(x, padding)``: ``m``'s convolution of ``x`` with ``padding`` zeros each side
-        (transposed: no crop). Channels-last: the module's own ``conv_cl``, with the weight it
-        keeps packed for oneDNN (a push's short inputs would repack it every call)."""
+        (transposed: no crop). Channels-last: the module's own ``conv_cl``, bound when the stream
+        starts to the weight it keeps packed for oneDNN (``F.conv2d`` would repack it on every
+        push's short input)."""
         if isinstance(m, WNConvTranspose1d):
             if self.cl:
-                return lambda x, pad: m.conv_cl(x, 0)  # no crop: the stream cuts its own outputs
+                run = m.bind_cl(self.zeros(m.conv.in_channels, 1))
+                return lambda x, pad: run(x, 0)  # no crop: the stream cuts its own outputs
             return lambda x, pad: F.conv_transpose1d(x, m.conv.weight, m.conv.bias, stride=stride)
         if isinstance(m, WNConv1d):
             c = m.conv
             if self.cl:
-                return m.conv_cl
+                return m.bind_cl(self.zeros(c.in_channels, 1))
             return lambda x, pad: F.conv1d(x, c.weight, c.bias, stride=stride, padding=pad, dilation=dilation)
         # the harmonic source's strided nn.Conv1d runs 1-D on the excitation, as in forward
         if self.cl:
