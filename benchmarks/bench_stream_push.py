@@ -81,10 +81,14 @@ def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: i
     x = torch.randn(1, model.conv_pre.conv.in_channels, T) * 0.5
     excitation = None
     with torch.inference_mode():
-        if model.source is not None:  # the source's own F0 prediction, as vocode does
+        if model.source is not None:  # the source's own F0 prediction, as vocode does; both paths get its excitation
+            from spiritlm.vocoder.generator import HifiGANGenerator
+            from spiritlm.vocoder.model import _fit_length
+
             f0 = model.source.f0_from_prediction(*model.predict_f0(x))
             excitation = model.source.excitation(f0.float())
-            whole = lambda: model._vocode_with_source(x, None, f0, None)[0, 0]  # noqa: E731
+            convs = model.source_convs
+            whole = lambda: HifiGANGenerator.forward(model, x, None, lambda i, n: _fit_length(convs[i](excitation), n))[0, 0]  # noqa: E731
         else:
             whole = lambda: model.vocode(x)[0, 0]  # noqa: E731
         fns = {"whole": whole}
