@@ -82,21 +82,28 @@ class _Layout:
         return lambda x, pad: F.conv1d(x, m.weight, m.bias, stride=stride, padding=pad, dilation=dilation)
 
 
-def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
-    """``x[..., a:b]``. A time slice of a ``[1, C, 1, T]`` channels-last tensor is one block of
-    memory but keeps the ``H`` stride of the whole, which makes torch's elementwise kernels take
-    their strided path (10× slower for a LeakyReLU); the size-1 axes get dense strides here. A
-    slice that is at most half of its tensor's memory is copied, so that the queues and tails
-    kept between pushes do not hold a whole push's tensors alive (fresh pages cost more)."""
+def _view(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
+    """``x[..., a:b]`` as a view. A time slice of a ``[1, C, 1, T]`` channels-last tensor is one
+    block of memory but keeps the ``H`` stride of the whole, which makes torch's elementwise
+    kernels take their strided path (10× slower for a LeakyReLU); the size-1 axes get dense
+    strides here."""
     y = x[..., a:b]
-    if 2 * y.numel() <= x.numel():
-        return y.clone()  # preserve_format: channels-last stays so
     if y.dim() == 4:
         st, c = y.stride(), y.size(1)
         n = c * y.size(3)
         if st[1] == 1 and st[0] != n:
             y = y.as_strided(y.shape, (n, 1, n, c), y.storage_offset())
     return y
+
+
+def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
+    """:func:`_view` of ``x[..., a:b]``, or a copy where the slice is at most half of its
+    tensor's memory, so that the queues and tails kept between pushes do not hold a whole push's
+    tensors alive (fresh pages cost more)."""
+    y = x[..., a:b]
+    if 2 * y.numel() <= x.numel():
+        return y.clone()  # preserve_format: channels-last stays so
+    return _view(x, a, b)
 
 
 def _cat(a: Tensor, b: Tensor) -> Tensor:
@@ -228,14 +235,78 @@ class _Align:
         return out
 
 
+class _Sum:
+    """The sum of ``k`` streams that lag by different amounts (a stage's residual blocks):
+    ``push(*parts)`` returns ``(p0 + p1) + p2 …`` (operand order, as ``forward`` adds them) over
+    the samples every operand has, in a new tensor written piece by piece from each operand's kept
+    samples and new ones, and keeps what is beyond that. Unlike an :class:`_Align` queue it never
+    concatenates a stream (two of a stage's three blocks are ahead on every push)."""
+
+    def __init__(self, k: int) -> None:
+        self.left: list[Tensor | None] = [None] * k
+
+    def _piece(self, j: int, new: Tensor, a: int, b: int) -> Tensor:
+        """Operand ``j``'s samples ``[a, b)`` of its kept ++ new samples (within one of them)."""
+        left = self.left[j]
+        n_left = 0 if left is None else _len(left)
+        return _view(left, a, b) if b <= n_left else _view(new, a - n_left, b - n_left)  # type: ignore[arg-type]
+
+    def push(self, *parts: Tensor) -> Tensor:
+        kept = [0 if q is None else _len(q) for q in self.left]
+        n = min(k + _len(p) for k, p in zip(kept, parts))
+        cuts = sorted({0, n, *(k for k in kept if 0 < k < n)})
+        p0 = parts[0]
+        z = torch.empty((*p0.shape[:-1], n), dtype=p0.dtype, device=p0.device,
+                        memory_format=torch.channels_last if p0.dim() == 4 else torch.contiguous_format)
+        for a, b in zip(cuts, cuts[1:]):
+            zs = _view(z, a, b)
+            if len(parts) == 1:
+                zs.copy_(self._piece(0, p0, a, b))
+                continue
+            torch.add(self._piece(0, p0, a, b), self._piece(1, parts[1], a, b), out=zs)
+            for j in range(2, len(parts)):
+                zs.add_(self._piece(j, parts[j], a, b))
+        for j, (k, p) in enumerate(zip(kept, parts)):
+            left = self.left[j]
+            self.left[j] = _cat(_span(left, n), p) if k > n else (_span(p, n - k) if k < n else p)  # type: ignore[arg-type]
+        return z
+
+
+class _Residual:
+    """The residual input of a residual block's branch, which lags it: ``add(y, x)`` adds to the
+    branch's new outputs ``y`` (in place) the residual samples at their positions and keeps those
+    of ``x`` (the residual's new samples) that the branch has not reached yet. A branch of
+    ``same`` convolutions never has more outputs than inputs, so ``y`` is never ahead, and the
+    add runs on the residual's own memory in at most two pieces: no copy of the residual stream
+    per push (an :class:`_Align` queue would concatenate it)."""
+
+    def __init__(self) -> None:
+        self.left: Tensor | None = None  # residual samples the branch has not reached
+
+    def add(self, y: Tensor, x: Tensor) -> Tensor:
+        m, left = _len(y), self.left
+        n_left = 0 if left is None else _len(left)
+        assert m <= n_left + _len(x), "a branch ahead of its residual"
+        if n_left >= m:  # the branch gained less than the queue holds
+            if m:
+                y.add_(_view(left, None, m))  # type: ignore[arg-type]
+            self.left = _cat(_span(left, m), x) if n_left > m else x  # type: ignore[arg-type]
+            return y
+        if n_left:
+            _view(y, None, n_left).add_(left)  # type: ignore[arg-type]
+        _view(y, n_left, None).add_(_view(x, None, m - n_left))
+        self.left = _span(x, m - n_left)
+        return y
+
+
 class _StreamResBlock:
     """:class:`~spiritlm.vocoder.generator.ResBlock1` on a stream: for each dilation,
-    ``x += c2(lrelu(c1(lrelu(x))))``, the residual ``x`` queued until the branch catches up."""
+    ``x += c2(lrelu(c1(lrelu(x))))``, the residual ``x`` kept until the branch catches up."""
 
     def __init__(self, block: ResBlock1, layout: _Layout) -> None:
         self.c1 = [_StreamConv(c, layout) for c in block.convs1]
         self.c2 = [_StreamConv(c, layout) for c in block.convs2]
-        self.res = [_Align(2) for _ in block.convs1]
+        self.res = [_Residual() for _ in block.convs1]
 
     def count(self, n: int) -> int:
         for c1, c2 in zip(self.c1, self.c2):
@@ -247,8 +318,7 @@ class _StreamResBlock:
         for i, (c1, c2, res) in enumerate(zip(self.c1, self.c2, self.res)):
             h = c1.push(first if i == 0 else F.leaky_relu(x, LRELU_SLOPE), final)
             y = c2.push(F.leaky_relu(h, LRELU_SLOPE, inplace=True), final)
-            y, xr = res.push(y, x)
-            x = y.add_(xr)  # y is this block's own tensor
+            x = res.add(y, x)  # y is this block's own tensor
         return x
 
 
@@ -289,7 +359,7 @@ class StreamingGenerator:
         self.ups = [_StreamConvT(m, lay) for m in gen.ups]  # type: ignore[arg-type]
         self.blocks = [[_StreamResBlock(gen.resblocks[i * gen.num_kernels + j], lay) for j in range(gen.num_kernels)]  # type: ignore[arg-type]
                        for i in range(gen.num_upsamples)]
-        self.mean = [_Align(gen.num_kernels) for _ in gen.ups]
+        self.mean = [_Sum(gen.num_kernels) for _ in gen.ups]
         plain = _Layout(False, dtype, device)  # the excitation is [1, 1, T] (1-D conv, as forward's inject)
         self.src = None if source_convs is None else [_StreamConv(c, lay, plain) for c in source_convs]
         self.inject = [_Align(2) for _ in gen.ups]
@@ -328,10 +398,6 @@ class StreamingGenerator:
                 o, e = self.inject[i].push(o, e, fit=final)
                 o = o.add_(e)  # o: the transposed conv's own output
             first = F.leaky_relu(o, LRELU_SLOPE)
-            parts = self.mean[i].push(*(b.push(o, first, final) for b in self.blocks[i]))
-            z = parts[0]
-            for p in parts[1:]:
-                z = z.add_(p)  # parts[0]: the first block's own output
-            o = z.div_(self.num_kernels)
+            o = self.mean[i].push(*(b.push(o, first, final) for b in self.blocks[i])).div_(self.num_kernels)  # a new tensor
         o = torch.tanh(self.post.push(F.leaky_relu(o), final))  # slope 0.01, as forward
         return o.reshape(-1)
