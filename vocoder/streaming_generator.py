@@ -13,8 +13,10 @@ are all present: a ``same``-padded convolution lags its input by its right paddi
 ``d·(k-1)/2``; a transposed convolution's output ``o`` (after the ``(k-u)/2`` crop) reads inputs
 ``ceil((o+P-k+1)/u) … floor((o+P)/u)``. ``final=True`` supplies the right edge's zero padding and
 flushes. Residual adds, the excitation's injection and the mean over a stage's residual blocks
-combine streams that lag by different amounts: :class:`_Align` queues each operand and emits
-their common prefix. The weights are the generator's own modules (in the CPU inference layout
+combine streams that lag by different amounts: each emits the samples all its operands have
+and keeps the rest — :class:`_Residual` (a branch and its residual) and :class:`_Sum` (a
+stage's blocks) compute on the kept and new samples in pieces, :class:`_Align` (the
+excitation) queues each operand and emits their common prefix. The weights are the generator's own modules (in the CPU inference layout
 ``[1, C, 1, T]`` their ``conv_cl``, with the weight packed once for oneDNN, as ``forward`` runs
 them), never copied into this state. Where ``forward`` would run a convolution as an
 FFT convolution (:mod:`~spiritlm.vocoder.fftconv`: kernel 11, 64+ channels, long enough inputs)
