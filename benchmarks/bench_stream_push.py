@@ -37,6 +37,8 @@ import time
 import numpy as np
 import torch
 
+from spiritlm.errors import UserError
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -125,12 +127,23 @@ def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: i
     return rows
 
 
+def _frame_list(text: str) -> list[int]:
+    """``--push_frames``: positive integers, comma-separated."""
+    try:
+        frames = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated frame counts, got {text!r}") from None
+    if not frames or min(frames) < 1:
+        raise argparse.ArgumentTypeError(f"frame counts must be >= 1, got {text!r}")
+    return frames
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="base", help="comma-separated VocoderConfig presets (tiny, base, expressive)")
     p.add_argument("--vocoder", default=None, help="a trained vocoder directory instead of random weights (one size)")
     p.add_argument("--seconds", type=float, default=4.0, help="utterance length (s)")
-    p.add_argument("--push_frames", default="5,10,25,50,100", help="comma-separated push sizes (frames of 640 samples)")
+    p.add_argument("--push_frames", default="5,10,25,50,100", type=_frame_list, help="comma-separated push sizes (frames of 640 samples)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", type=int, default=None, help="cProfile one stream in pushes of this many frames")
@@ -142,9 +155,12 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv))
     rows = []
     for size in args.sizes.split(","):
-        voc = build(size.strip(), args.vocoder)
+        try:
+            voc = build(size.strip(), args.vocoder)
+        except (ValueError, OSError, UserError) as e:  # an unknown preset, a missing or unreadable --vocoder
+            p.error(f"--sizes/--vocoder: {e}")
         print(f"\n== {size.strip() if not args.vocoder else args.vocoder}")
-        for r in measure(voc, args.seconds, [int(v) for v in args.push_frames.split(",")], args.rounds, args.profile):
+        for r in measure(voc, args.seconds, args.push_frames, args.rounds, args.profile):
             rows.append({"size": size.strip(), **r})
     if args.json:
         with open(args.json, "w") as f:

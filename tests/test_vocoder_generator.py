@@ -135,7 +135,7 @@ def test_onednn_packed_weights_equal_conv2d(monkeypatch, n):
             pads = [None] + ([0] if transposed or n >= 19 else []) + ([1] if not transposed and n >= 19 else [])
             for pad in pads:  # the layer's own padding / crop, none (a stream's), another
                 packed = m.conv_cl(x, pad)
-                assert m._packed_weight is not None and m._packed_weight.is_mkldnn
+                assert (m._derived or {}).get("packed") is not None and m._derived["packed"].is_mkldnn
                 monkeypatch.setattr(generator_mod, "_ONEDNN", None)
                 plain = m.conv_cl(x, pad)
                 monkeypatch.undo()
@@ -145,7 +145,7 @@ def test_onednn_packed_weights_equal_conv2d(monkeypatch, n):
             m.conv.weight.mul_(-2.0)  # in place: repacked
             torch.testing.assert_close(m.conv_cl(x), before * -2.0 + m.conv.bias.view(1, -1, 1, 1) * 3.0, atol=1e-5, rtol=1e-5)
             twin = copy.deepcopy(m)  # the packed copy has no storage: copies rebuild it
-            assert twin._packed_weight is None
+            assert (twin._derived or {}).get("packed") is None
             torch.testing.assert_close(twin.conv_cl(x), m.conv_cl(x), atol=0, rtol=0)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 assert m.conv_cl(x).dtype == torch.bfloat16

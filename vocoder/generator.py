@@ -68,28 +68,29 @@ class _ChannelsLast(nn.Module):
     dropped when the module is copied."""
 
     conv: nn.Conv1d | nn.ConvTranspose1d
-    _cl_key: tuple[int, int, torch.device] | None = None
-    _cl_weight: Tensor | None = None
-    _packed_key: tuple[int, int, torch.device] | None = None
-    _packed_weight: Tensor | None = None
-    _fft_key: tuple[int, int, torch.device] | None = None
-    _fft_spectra: dict[int, Tensor] | None = None
-    _CACHES = ("_cl_key", "_cl_weight", "_packed_key", "_packed_weight", "_fft_key", "_fft_spectra")
+    #: what is derived from the weight (channels-last copy "cl", oneDNN packing "packed", FFT
+    #: spectra by block size), for the weight identified by ``_derived_key``
+    _derived: dict | None = None
+    _derived_key: tuple[int, int, torch.device] | None = None
 
     def __getstate__(self) -> dict:
-        # a packed oneDNN tensor has no storage to copy: copies (deepcopy) rebuild the caches
-        return {k: v for k, v in self.__dict__.items() if k not in self._CACHES}
+        # a packed oneDNN tensor has no storage to copy: copies (deepcopy) rebuild what is derived
+        return {k: v for k, v in self.__dict__.items() if k not in ("_derived", "_derived_key")}
 
-    def _weight_key(self) -> tuple[int, int, torch.device]:
+    def _cache(self) -> dict:
+        """The weight's derived tensors, emptied when the weight changed (a new tensor, an
+        in-place update or a move: its storage, version counter or device)."""
         w = self.conv.weight
-        return (w.data_ptr(), _version(w), w.device)
+        key = (w.data_ptr(), _version(w), w.device)
+        if self._derived_key != key or self._derived is None:
+            self._derived, self._derived_key = {}, key
+        return self._derived
 
     def _weight_2d(self) -> Tensor:
-        key = self._weight_key()
-        if self._cl_key != key or self._cl_weight is None:
-            self._cl_weight = self.conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            self._cl_key = key
-        return self._cl_weight
+        cache = self._cache()
+        if "cl" not in cache:
+            cache["cl"] = self.conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return cache["cl"]
 
     def _packed(self, x: Tensor) -> Tensor | None:
         """The weight packed for oneDNN (its first input's shape picks the layout; later lengths
@@ -97,18 +98,17 @@ class _ChannelsLast(nn.Module):
         (autocast's bfloat16), or not a CPU tensor."""
         if _ONEDNN is None or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
             return None
-        key = self._weight_key()
-        if self._packed_key != key or self._packed_weight is None:
+        cache = self._cache()
+        if "packed" not in cache:
             c = self.conv
             w = self._weight_2d()
             if isinstance(c, nn.ConvTranspose1d):
-                self._packed_weight = _ONEDNN._reorder_convolution_transpose_weight(
+                cache["packed"] = _ONEDNN._reorder_convolution_transpose_weight(
                     w, [0, c.padding[0]], [0, 0], [1, c.stride[0]], [1, 1], 1, list(x.shape))
             else:
-                self._packed_weight = _ONEDNN._reorder_convolution_weight(
+                cache["packed"] = _ONEDNN._reorder_convolution_weight(
                     w, [0, c.padding[0]], [1, c.stride[0]], [1, c.dilation[0]], 1, list(x.shape))
-            self._packed_key = key
-        return self._packed_weight
+        return cache["packed"]
 
     def conv_cl(self, x: Tensor, padding: int | None = None) -> Tensor:
         """The direct convolution of a channels-last ``[B, C_in, 1, T]`` input with ``padding``
@@ -139,12 +139,10 @@ class _ChannelsLast(nn.Module):
     def _spectrum(self, block: int) -> Tensor:
         """The weight's :func:`~spiritlm.vocoder.fftconv.weight_spectrum` for ``block``, kept while
         the weight is unchanged (one per block size in use)."""
-        key = self._weight_key()
-        if self._fft_key != key or self._fft_spectra is None:
-            self._fft_spectra, self._fft_key = {}, key
-        if block not in self._fft_spectra:
-            self._fft_spectra[block] = weight_spectrum(self.conv.weight, self.conv.dilation[0], block)
-        return self._fft_spectra[block]
+        cache = self._cache()
+        if block not in cache:
+            cache[block] = weight_spectrum(self.conv.weight, self.conv.dilation[0], block)
+        return cache[block]
 
 
 class WNConv1d(_ChannelsLast):

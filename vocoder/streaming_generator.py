@@ -14,8 +14,8 @@ are all present: a ``same``-padded convolution lags its input by its right paddi
 ``ceil((o+P-k+1)/u) … floor((o+P)/u)``. ``final=True`` supplies the right edge's zero padding and
 flushes. Residual adds, the excitation's injection and the mean over a stage's residual blocks
 combine streams that lag by different amounts: each emits the samples all its operands have
-and keeps the rest — :class:`_Residual` (a branch and its residual) and :class:`_Sum` (a
-stage's blocks) compute on the kept and new samples in pieces, :class:`_Align` (the
+and keeps the rest — :class:`_Sum` (a branch and its residual, a stage's blocks) computes on
+the kept and new samples in pieces, :class:`_Align` (the
 excitation) queues each operand and emits their common prefix. The weights are the generator's own modules (in the CPU inference layout
 ``[1, C, 1, T]`` their ``conv_cl``, with the weight packed once for oneDNN, as ``forward`` runs
 them), never copied into this state. Where ``forward`` would run a convolution as an
@@ -84,18 +84,21 @@ class _Layout:
         return lambda x, pad: F.conv1d(x, m.weight, m.bias, stride=stride, padding=pad, dilation=dilation)
 
 
-def _view(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
-    """``x[..., a:b]`` as a view. A time slice of a ``[1, C, 1, T]`` channels-last tensor is one
-    block of memory but keeps the ``H`` stride of the whole, which makes torch's elementwise
-    kernels take their strided path (10× slower for a LeakyReLU); the size-1 axes get dense
-    strides here."""
-    y = x[..., a:b]
+def _dense(y: Tensor) -> Tensor:
+    """``y`` (a time slice) with dense strides on its size-1 axes. A time slice of a ``[1, C, 1,
+    T]`` channels-last tensor is one block of memory but keeps the ``H`` stride of the whole, which
+    makes torch's elementwise kernels take their strided path (10× slower for a LeakyReLU)."""
     if y.dim() == 4:
         st, c = y.stride(), y.size(1)
         n = c * y.size(3)
         if st[1] == 1 and st[0] != n:
             y = y.as_strided(y.shape, (n, 1, n, c), y.storage_offset())
     return y
+
+
+def _view(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
+    """``x[..., a:b]`` as a view (:func:`_dense`)."""
+    return _dense(x[..., a:b])
 
 
 def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
@@ -105,7 +108,7 @@ def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
     y = x[..., a:b]
     if 2 * y.numel() <= x.numel():
         return y.clone()  # preserve_format: channels-last stays so
-    return _view(x, a, b)
+    return _dense(y)
 
 
 def _cat(a: Tensor, b: Tensor) -> Tensor:
@@ -238,11 +241,12 @@ class _Align:
 
 
 class _Sum:
-    """The sum of ``k`` streams that lag by different amounts (a stage's residual blocks):
-    ``push(*parts)`` returns ``(p0 + p1) + p2 …`` (operand order, as ``forward`` adds them) over
-    the samples every operand has, in a new tensor written piece by piece from each operand's kept
-    samples and new ones, and keeps what is beyond that. Unlike an :class:`_Align` queue it never
-    concatenates a stream (two of a stage's three blocks are ahead on every push)."""
+    """The sum of ``k`` streams that lag by different amounts (a residual block's branch and its
+    residual; a stage's residual blocks): ``push(*parts)`` returns ``(p0 + p1) + p2 …`` (operand
+    order, as ``forward`` adds them) over the samples every operand has, in a new tensor written
+    piece by piece from each operand's kept samples and new ones, and keeps what is beyond that.
+    Unlike an :class:`_Align` queue it never concatenates a stream (the residual is ahead of its
+    branch, and two of a stage's three blocks ahead of the third, on every push)."""
 
     def __init__(self, k: int) -> None:
         self.left: list[Tensor | None] = [None] * k
@@ -254,6 +258,8 @@ class _Sum:
         return _view(left, a, b) if b <= n_left else _view(new, a - n_left, b - n_left)  # type: ignore[arg-type]
 
     def push(self, *parts: Tensor) -> Tensor:
+        if len(parts) == 1:  # one operand is always complete: its own sum
+            return parts[0]
         kept = [0 if q is None else _len(q) for q in self.left]
         n = min(k + _len(p) for k, p in zip(kept, parts))
         cuts = sorted({0, n, *(k for k in kept if 0 < k < n)})
@@ -262,9 +268,6 @@ class _Sum:
                         memory_format=torch.channels_last if p0.dim() == 4 else torch.contiguous_format)
         for a, b in zip(cuts, cuts[1:]):
             zs = _view(z, a, b)
-            if len(parts) == 1:
-                zs.copy_(self._piece(0, p0, a, b))
-                continue
             torch.add(self._piece(0, p0, a, b), self._piece(1, parts[1], a, b), out=zs)
             for j in range(2, len(parts)):
                 zs.add_(self._piece(j, parts[j], a, b))
@@ -274,33 +277,6 @@ class _Sum:
         return z
 
 
-class _Residual:
-    """The residual input of a residual block's branch, which lags it: ``add(y, x)`` adds to the
-    branch's new outputs ``y`` (in place) the residual samples at their positions and keeps those
-    of ``x`` (the residual's new samples) that the branch has not reached yet. A branch of
-    ``same`` convolutions never has more outputs than inputs, so ``y`` is never ahead, and the
-    add runs on the residual's own memory in at most two pieces: no copy of the residual stream
-    per push (an :class:`_Align` queue would concatenate it)."""
-
-    def __init__(self) -> None:
-        self.left: Tensor | None = None  # residual samples the branch has not reached
-
-    def add(self, y: Tensor, x: Tensor) -> Tensor:
-        m, left = _len(y), self.left
-        n_left = 0 if left is None else _len(left)
-        assert m <= n_left + _len(x), "a branch ahead of its residual"
-        if n_left >= m:  # the branch gained less than the queue holds
-            if m:
-                y.add_(_view(left, None, m))  # type: ignore[arg-type]
-            self.left = _cat(_span(left, m), x) if n_left > m else x  # type: ignore[arg-type]
-            return y
-        if n_left:
-            _view(y, None, n_left).add_(left)  # type: ignore[arg-type]
-        _view(y, n_left, None).add_(_view(x, None, m - n_left))
-        self.left = _span(x, m - n_left)
-        return y
-
-
 class _StreamResBlock:
     """:class:`~spiritlm.vocoder.generator.ResBlock1` on a stream: for each dilation,
     ``x += c2(lrelu(c1(lrelu(x))))``, the residual ``x`` kept until the branch catches up."""
@@ -308,7 +284,7 @@ class _StreamResBlock:
     def __init__(self, block: ResBlock1, layout: _Layout) -> None:
         self.c1 = [_StreamConv(c, layout) for c in block.convs1]
         self.c2 = [_StreamConv(c, layout) for c in block.convs2]
-        self.res = [_Residual() for _ in block.convs1]
+        self.res = [_Sum(2) for _ in block.convs1]
 
     def count(self, n: int) -> int:
         for c1, c2 in zip(self.c1, self.c2):
@@ -320,7 +296,7 @@ class _StreamResBlock:
         for i, (c1, c2, res) in enumerate(zip(self.c1, self.c2, self.res)):
             h = c1.push(first if i == 0 else F.leaky_relu(x, LRELU_SLOPE), final)
             y = c2.push(F.leaky_relu(h, LRELU_SLOPE, inplace=True), final)
-            x = res.add(y, x)  # y is this block's own tensor
+            x = res.push(y, x)
         return x
 
 
