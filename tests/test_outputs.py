@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,13 @@ def test_second_run_is_refused_and_overwrite_replaces(name, world, sets, tmp_pat
     assert str(out) in err and "--overwrite true" in err, err
     assert (done.stat().st_ino, done.read_bytes() if done.is_file() else None) == before  # untouched
 
-    code, err = run([*argv(world, out), "--overwrite", "true"])
+    # an open descriptor keeps the old inode allocated: once the overwrite has removed the old
+    # output, the filesystem could otherwise give its inode number to the new file (1 run in 2)
+    held = os.open(done, os.O_RDONLY)
+    try:
+        code, err = run([*argv(world, out), "--overwrite", "true"])
+    finally:
+        os.close(held)
     assert code == 0, err
     assert done.exists() and done.stat().st_ino != before[0]  # a new file took its place
 
