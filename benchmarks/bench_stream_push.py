@@ -20,7 +20,11 @@ so the overhead of a stream is ``1 + pushes · per-push / whole``. The harmonic 
 adds its excitation's convolutions to every push. Durations and the LM token parsing of
 ``Vocoder.stream`` are not in these numbers (``bench_vocoder.py --stream`` measures the whole
 path). ``--profile N``: cProfile of one stream in pushes of N frames against whole synthesis, the
-functions with the most own time.
+functions with the most own time. ``--stages N``: where a stream's extra cost lies, per generator
+stage: the residual blocks' thread CPU time in whole synthesis and in a stream of N-frame pushes,
+beside the stage's weight bytes (read again on every push) and its steps per push; then the
+stage's direct convolutions once each on one push's input with their weights in cache and
+evicted (what re-reading the weights on every push costs).
 """
 
 from __future__ import annotations
@@ -57,14 +61,17 @@ def build(size: str, vocoder_dir: str | None):
     return Vocoder(model)  # folds weight norm
 
 
-def stream_fn(model, x: torch.Tensor, excitation: torch.Tensor | None, n: int):
-    """A function that streams ``x`` ``[1, C, T]`` through a fresh StreamingGenerator in pushes of ``n`` frames."""
+def stream_fn(model, x: torch.Tensor, excitation: torch.Tensor | None, n: int, on_start=None):
+    """A function that streams ``x`` ``[1, C, T]`` through a fresh StreamingGenerator in pushes of
+    ``n`` frames (``on_start(generator)`` called on each new one before its first push)."""
     from spiritlm.vocoder.streaming_generator import StreamingGenerator
 
     T, hop = x.size(-1), model.hop
 
     def run() -> torch.Tensor:
         s = StreamingGenerator(model, model.source_convs, x.dtype, x.device)
+        if on_start is not None:
+            on_start(s)
         outs = []
         for i in range(0, T, n):
             e = None if excitation is None else excitation[..., i * hop:(i + n) * hop]
@@ -74,7 +81,118 @@ def stream_fn(model, x: torch.Tensor, excitation: torch.Tensor | None, n: int):
     return run
 
 
-def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: int | None) -> list[dict]:
+def stage_costs(model, whole, x: torch.Tensor, excitation: torch.Tensor | None, n: int, rounds: int) -> list[dict]:
+    """Per generator stage (upsampling ``i`` and its residual blocks): this thread's CPU seconds in
+    the residual blocks during whole synthesis and during a stream of ``n``-frame pushes (min over
+    ``rounds`` alternating rounds; a block's time includes its convolutions and adds), and the
+    bytes of the stage's weights, which a stream reads once per push and whole synthesis once."""
+    from spiritlm.vocoder.streaming_generator import StreamingGenerator
+
+    stages, k = model.num_upsamples, model.num_kernels
+    spent = {"whole": [0.0] * stages, "stream": [0.0] * stages}
+    start: dict[int, float] = {}
+
+    def pre(mod, args):
+        start[id(mod)] = time.thread_time()
+
+    def hooked(i):
+        def post(mod, args, out):
+            spent["whole"][i] += time.thread_time() - start[id(mod)]
+        return post
+
+    def timed(push, i):
+        def run(*a, **kw):
+            t = time.thread_time()
+            out = push(*a, **kw)
+            spent["stream"][i] += time.thread_time() - t
+            return out
+        return run
+
+    def wrap(s: StreamingGenerator) -> None:
+        for i, blocks in enumerate(s.blocks):
+            for b in blocks:
+                b.push = timed(b.push, i)
+
+    handles = []
+    for j, block in enumerate(model.resblocks):
+        handles += [block.register_forward_pre_hook(pre), block.register_forward_hook(hooked(j // k))]
+    stream = stream_fn(model, x, excitation, n, on_start=wrap)
+    best = {"whole": [float("inf")] * stages, "stream": [float("inf")] * stages}
+    try:
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for path, fn in (("whole", whole), ("stream", stream)):
+                    spent[path] = [0.0] * stages
+                    fn()
+                    best[path] = [min(a, b) for a, b in zip(best[path], spent[path])]
+    finally:
+        for h in handles:
+            h.remove()
+    rows, rate = [], 1
+    for i in range(stages):
+        rate *= model.upsample_rates[i]
+        mods = [model.ups[i], *model.resblocks[i * k:(i + 1) * k]]
+        weight_mb = sum(p.numel() * p.element_size() for m in mods for p in m.parameters()) / 2**20
+        rows.append({"stage": i, "channels": model.ups[i].conv.out_channels, "steps_per_push": n * rate, "weights_mb": weight_mb,
+                     "whole_ms": best["whole"][i] * 1e3, "stream_ms": best["stream"][i] * 1e3})
+    return rows
+
+
+def cold_weight_cost(model, n: int, rounds: int) -> list[dict]:
+    """Per stage: the direct convolutions of its residual blocks run once each on a push's input
+    (``n`` frames' steps at that stage, plus each kernel's reach), with the weights in cache (the
+    same call again) and out of it (a 64 MB buffer read between calls, as a push finds them
+    after the other layers' weights; the input read back in): thread CPU ms, min over ``rounds``."""
+    from spiritlm.vocoder.generator import WNConv1d
+
+    evict = torch.empty(16 << 20)
+    k = model.num_kernels
+    rows, rate = [], 1
+    with torch.inference_mode():
+        for i in range(model.num_upsamples):
+            rate *= model.upsample_rates[i]
+            steps = n * rate
+            calls = []
+            for block in model.resblocks[i * k:(i + 1) * k]:
+                for m in block.modules():
+                    if isinstance(m, WNConv1d):
+                        c = m.conv
+                        x = torch.randn(1, c.in_channels, 1, steps + c.dilation[0] * (c.kernel_size[0] - 1))
+                        x = x.contiguous(memory_format=torch.channels_last)
+                        calls.append((m.bind_cl(x), x))
+            best = {"hot": float("inf"), "cold": float("inf")}
+            for _ in range(rounds):
+                for state in ("cold", "hot"):
+                    total = 0.0
+                    for run, x in calls:
+                        if state == "cold":
+                            evict.sum()  # read, not written: no dirty lines to write back during the call
+                            x.mul_(1.0)  # the input back in cache, as a push's fresh activations are
+                        else:
+                            run(x, 0)
+                        t = time.thread_time()
+                        run(x, 0)
+                        total += time.thread_time() - t
+                    best[state] = min(best[state], total)
+            rows.append({"stage": i, "steps_per_push": steps, "convs": len(calls),
+                         "hot_ms": best["hot"] * 1e3, "cold_ms": best["cold"] * 1e3})
+    return rows
+
+
+def print_stages(rows: list[dict], cold: list[dict], n: int, pushes: int) -> None:
+    print(f"\n  residual blocks per stage, thread CPU ms (min of the rounds), pushes of {n} frames ({pushes} pushes):")
+    print(f"  {'stage':>5s} {'channels':>8s} {'steps/push':>10s} {'weights MB':>10s} {'whole':>8s} {'stream':>8s} {'extra':>8s} {'extra/push':>10s}")
+    for r in rows:
+        extra = r["stream_ms"] - r["whole_ms"]
+        print(f"  {r['stage']:5d} {r['channels']:8d} {r['steps_per_push']:10d} {r['weights_mb']:10.1f} {r['whole_ms']:8.1f} "
+              f"{r['stream_ms']:8.1f} {extra:+8.1f} {extra / pushes:+10.2f}")
+    print("\n  the same stages' direct convolutions once each on one push's input, weights in cache vs evicted (thread CPU ms):")
+    print(f"  {'stage':>5s} {'steps/push':>10s} {'convs':>5s} {'in cache':>9s} {'evicted':>8s} {'extra/push':>10s}")
+    for r in cold:
+        print(f"  {r['stage']:5d} {r['steps_per_push']:10d} {r['convs']:5d} {r['hot_ms']:9.2f} {r['cold_ms']:8.2f} {r['cold_ms'] - r['hot_ms']:+10.2f}")
+
+
+def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: int | None, stages: int | None = None) -> list[dict]:
     from bench_vocoder import _alternate
 
     model = voc.model
@@ -112,6 +230,12 @@ def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: i
         print(f"  {k:10s} {med:9.3f} {mn:8.3f} {mn / w_min:20.2f} {per_push:12.1f}  {diff:.1e}")
         rows.append({"path": k, "pushes": pushes, "median_s": med, "min_s": mn, "audio_s": audio_s, "cost_vs_whole_min": mn / w_min,
                      "per_push_ms": per_push, "max_abs_diff": diff, "load": load})
+    if stages:
+        srows = stage_costs(model, whole, x, excitation, stages, rounds)
+        cold = cold_weight_cost(model, stages, rounds)
+        print_stages(srows, cold, stages, -(-T // stages))
+        rows += [{"path": f"push {stages}", "stage_row": True, **r, **{f"conv_{k}": v for k, v in c.items() if k.endswith("_ms")}}
+                 for r, c in zip(srows, cold)]
     if profile:
         with torch.inference_mode():
             for name, fn in (("whole", whole), (f"push {profile}", stream_fn(model, x, excitation, profile))):
@@ -147,6 +271,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", type=int, default=None, help="cProfile one stream in pushes of this many frames")
+    p.add_argument("--stages", type=int, default=None,
+                   help="also time each stage's residual blocks, whole vs a stream in pushes of this many frames")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -160,7 +286,7 @@ def main() -> None:
         except (ValueError, OSError, UserError) as e:  # an unknown preset, a missing or unreadable --vocoder
             p.error(f"--sizes/--vocoder: {e}")
         print(f"\n== {size.strip() if not args.vocoder else args.vocoder}")
-        for r in measure(voc, args.seconds, args.push_frames, args.rounds, args.profile):
+        for r in measure(voc, args.seconds, args.push_frames, args.rounds, args.profile, args.stages):
             rows.append({"size": size.strip(), **r})
     if args.json:
         with open(args.json, "w") as f:
