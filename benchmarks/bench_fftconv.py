@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_fftconv.py                 # base's stages for a 4 s utterance
     python benchmarks/bench_fftconv.py --shapes 128x2000 --kernels 11 --blocks 64,128
     python benchmarks/bench_fftconv.py --generator --rounds 11           # the whole base generator, FFT on / off
+    python benchmarks/bench_fftconv.py --in_generator --rounds 7         # each large layer inside the generator, direct vs FFT
 
 For every ``C × T`` stage shape (``base``, one 4 s utterance: 256 × 500 … 16 × 64,000), kernel and
-dilation of the residual blocks, and FFT block size ``N`` (powers of two from 2 to 16 spans), a
+dilation of the residual blocks, and FFT block size ``N`` (powers of two from 2 to 16 kernel lengths; a dilated layer runs per phase), a
 random ``C → C`` convolution runs directly (``F.conv2d`` on ``[1, C, 1, T]`` channels-last, the
 generator's CPU inference path) and through ``vocoder/fftconv.py``, alternating, ``--rounds``
 times each. Times are this thread's CPU seconds (``time.thread_time``: robust to other processes
@@ -105,21 +106,97 @@ def generator(rounds: int, seconds: float) -> dict:
     return res
 
 
+def in_generator(rounds: int, seconds: float, blocks: list[int]) -> list[dict]:
+    """``--in_generator``: every convolution of kernel 7+ at 64+ channels timed inside
+    ``UnitHifiGAN.vocode`` of the ``base`` utterance (thread CPU seconds of its call, min over the
+    rounds), with all of them direct and with all of them FFT convolutions of each block size in
+    ``blocks``, alternating whole runs (the weights and spectra as cold or warm as a real run has
+    them, unlike a loop over one layer); the rule's choice beside."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_vocoder as bv
+
+    import spiritlm.vocoder.generator as gen
+    from spiritlm.vocoder import Vocoder, VocoderConfig
+    from spiritlm.vocoder.model import UnitHifiGAN
+
+    cfg = VocoderConfig.preset("base", num_speakers=4)
+    torch.manual_seed(0)
+    model = UnitHifiGAN(cfg)
+    bv._loud(model)
+    voc = Vocoder(model)  # folds weight norm
+    p = voc.prepare(bv.make_inputs(cfg, 1, seconds, seed=1)[0])
+    x = voc.model.embed(torch.from_numpy(p["units"])[None], None, None, torch.tensor([0]), aligned=True)
+    layers = {name: m for name, m in voc.model.named_modules() if isinstance(m, gen.WNConv1d)
+              and min(m.conv.in_channels, m.conv.out_channels) >= 64 and m.conv.kernel_size[0] >= 7}
+    mode = {"block": None}
+    times: dict = {}
+
+    def forced(c_in, c_out, k, d, length):
+        return mode["block"] if min(c_in, c_out) >= 64 and k >= 7 else None
+
+    def timed(name, run):
+        def f(*a, **kw):
+            t = time.thread_time()
+            y = run(*a, **kw)
+            times.setdefault((name, mode["block"]), []).append(time.thread_time() - t)
+            return y
+        return f
+
+    rule = gen.fft_block_size
+    lengths = {}
+    for name, m in layers.items():
+        m.run_cl = timed(name, m.run_cl)
+    try:
+        gen.fft_block_size = forced
+        with torch.inference_mode():
+            for _ in range(rounds + 1):  # the first round builds the spectra
+                for b in [None, *blocks]:
+                    mode["block"] = b
+                    voc.model.vocode(x)
+            x4 = x.size(-1)
+            for name, m in layers.items():  # each layer's input length, from its stage
+                stage = int(name.split(".")[1]) // voc.model.num_kernels if name.startswith("resblocks") else -1
+                lengths[name] = x4 * int(np.prod(voc.model.upsample_rates[:stage + 1])) if stage >= 0 else x4
+    finally:
+        gen.fft_block_size = rule
+        for m in layers.values():
+            del m.run_cl
+    print(f"base, {seconds:.1f} s, {rounds} rounds per mode (min thread CPU ms of each layer's call), load {os.getloadavg()[0]:.1f}")
+    print("| layer | C | k | d | steps | direct | " + " | ".join(f"N = {b}" for b in blocks) + " | rule |")
+    print("|---|---|---|---|---|---|" + "---|" * len(blocks) + "---|")
+    rows = []
+    for name, m in layers.items():
+        c = m.conv
+        t = {b: min(times[(name, b)][1:]) * 1e3 for b in [None, *blocks]}  # the first: spectra being built
+        r = rule(c.in_channels, c.out_channels, c.kernel_size[0], c.dilation[0], lengths[name])
+        print(f"| {name} | {c.in_channels} | {c.kernel_size[0]} | {c.dilation[0]} | {lengths[name]} | {t[None]:.2f} | "
+              + " | ".join(f"{t[b]:.2f}" for b in blocks) + f" | {r or 'direct'} |")
+        rows.append({"layer": name, "c": c.in_channels, "k": c.kernel_size[0], "d": c.dilation[0], "steps": lengths[name],
+                     "direct_ms": t[None], "fft_ms": {b: t[b] for b in blocks}, "rule": r})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="256x500,128x2000,64x8000,32x32000,16x64000", help="comma-separated CxT")
     p.add_argument("--kernels", default="7,11", help="comma-separated kernel sizes")
     p.add_argument("--dilations", default="1,3,5", help="comma-separated dilations")
-    p.add_argument("--blocks", default="", help="comma-separated FFT block sizes (default: powers of two from 2 to 16 spans)")
+    p.add_argument("--blocks", default="", help="comma-separated FFT block sizes (default: powers of two from 2 to 16 kernel lengths)")
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--generator", action="store_true", help="the whole base generator instead of single layers")
-    p.add_argument("--seconds", type=float, default=4.0, help="--generator: utterance length (s)")
+    p.add_argument("--in_generator", action="store_true",
+                   help="each kernel-7+ convolution at 64+ channels timed inside the base generator, direct vs FFT (--blocks, default 32,64)")
+    p.add_argument("--seconds", type=float, default=4.0, help="--generator / --in_generator: utterance length (s)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     if args.generator:
         return [generator(args.rounds, args.seconds)]
+    if args.in_generator:
+        return in_generator(args.rounds, args.seconds, [int(n) for n in (args.blocks or "32,64").split(",")])
     torch.manual_seed(0)
     rows = []
     print("| C × T | k | d | span | direct ms (min / median) | rule N | N: speedup (min), max abs diff |")
@@ -129,19 +206,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for k in map(int, args.kernels.split(",")):
             for d in map(int, args.dilations.split(",")):
                 span = d * (k - 1) + 1
+                pad = (span - 1) // 2
                 w = torch.randn(c, c, k) / (c * k) ** 0.5
                 bias = torch.randn(c) * 0.1
                 w2 = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
                 x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
                 blocks = ([int(n) for n in args.blocks.split(",")] if args.blocks else
-                          [1 << e for e in range(5, 13) if 2 * span <= 1 << e <= 16 * span])
+                          [1 << e for e in range(4, 13) if 2 * k <= 1 << e <= 16 * k])
                 with torch.inference_mode():
-                    ref = F.conv2d(x, w2, bias, padding=(0, (span - 1) // 2), dilation=(1, d))
-                    fns = {"direct": lambda: F.conv2d(x, w2, bias, padding=(0, (span - 1) // 2), dilation=(1, d))}
+                    ref = F.conv2d(x, w2, bias, padding=(0, pad), dilation=(1, d))
+                    fns = {"direct": lambda: F.conv2d(x, w2, bias, padding=(0, pad), dilation=(1, d))}
                     diffs = {}
                     for n in blocks:
-                        spec = weight_spectrum(w, d, n)
-                        fns[n] = (lambda s, n: lambda: fft_conv(x, s, bias, span, n))(spec, n)
+                        spec = weight_spectrum(w, n)
+                        fns[n] = (lambda s, n: lambda: fft_conv(x, s, bias, k, d, n))(spec, n)
                         diffs[n] = float((fns[n]() - ref).abs().max())
                     res = _times(fns, args.rounds)
                 dmin, dmed = res["direct"]

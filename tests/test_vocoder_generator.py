@@ -167,42 +167,53 @@ def test_fft_conv_equals_direct_conv(k, d, n):
     bias = torch.randn(6)
     x = torch.randn(2, 5, 1, n).contiguous(memory_format=torch.channels_last)
     ref = torch.nn.functional.conv1d(x[:, :, 0], w, bias, padding=(span - 1) // 2, dilation=d)
-    for block in (1 << span.bit_length(), 4 << span.bit_length()):
-        got = fft_conv(x, weight_spectrum(w, d, block), bias, span, block)
+    residual = torch.randn(2, 6, 1, n).contiguous(memory_format=torch.channels_last)
+    for block in (1 << k.bit_length(), 4 << k.bit_length()):
+        spectrum = weight_spectrum(w, block)
+        got = fft_conv(x, spectrum, bias, k, d, block)
         assert got.shape == (2, 6, 1, n) and got.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(got[:, :, 0], ref, atol=1e-5, rtol=0)
+        with_residual = fft_conv(x, spectrum, bias, k, d, block, residual=residual)
+        torch.testing.assert_close(with_residual, got + residual, atol=1e-6, rtol=0)
+        one = fft_conv(x[1:], spectrum, None, k, d, block)  # a batch of one: a view of a longer buffer
+        assert one.stride() == (6 * n, 1, 6 * n, 6)
+        torch.testing.assert_close(one[:, :, 0] + bias[:, None], ref[1:], atol=1e-5, rtol=0)
 
 
 def test_fft_conv_many_channels_and_edges():
-    """``base``-sized layers (128 / 256 channels, kernel 11, the rule's block; a dilated one with a
-    block of 256): equal to the direct convolution within 2e-5 at unit scale, the first and last
-    outputs (zero padding) too."""
+    """``base``-sized layers (128 / 256 channels, kernels 11 and 7, dilations 1 / 3 / 5, the rule's
+    block): equal to the direct convolution within 2e-5 at unit scale, the first and last outputs
+    (zero padding) too."""
     torch.manual_seed(3)
-    for c, d, t, block in ((128, 1, 2000, fft_block_size(128, 128, 11, 1, 2000)), (256, 1, 500, fft_block_size(256, 256, 11, 1, 500)),
-                           (128, 5, 1000, 256)):
-        w = torch.randn(c, c, 11) / (c * 11) ** 0.5
+    for c, k, d, t in ((128, 11, 1, 2000), (256, 11, 1, 500), (256, 11, 5, 500), (128, 7, 3, 2000), (64, 11, 5, 1001)):
+        block = fft_block_size(c, c, k, d, t)
+        assert block is not None
+        w = torch.randn(c, c, k) / (c * k) ** 0.5
         x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
-        got = fft_conv(x, weight_spectrum(w, d, block), None, 10 * d + 1, block)[:, :, 0]
-        ref = torch.nn.functional.conv1d(x[:, :, 0], w, padding=5 * d, dilation=d)
+        got = fft_conv(x, weight_spectrum(w, block), None, k, d, block)[:, :, 0]
+        ref = torch.nn.functional.conv1d(x[:, :, 0], w, padding=d * (k - 1) // 2, dilation=d)
         torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
         torch.testing.assert_close(got[..., :30], ref[..., :30], atol=2e-5, rtol=0)
         torch.testing.assert_close(got[..., -30:], ref[..., -30:], atol=2e-5, rtol=0)
 
 
 def test_fft_block_size_rule():
-    # base's stages (256 x 500, 128 x 2000, 64 x 8000, 32 x 32000 for 4 s): undilated kernels of 11 from 64 channels
-    assert fft_block_size(256, 256, 11, 1, 500) == 32 and fft_block_size(128, 128, 11, 1, 2000) == 64
-    assert fft_block_size(64, 64, 11, 1, 8000) == 64 and fft_block_size(32, 32, 11, 1, 32000) is None
-    assert fft_block_size(128, 128, 11, 3, 2000) is None and fft_block_size(256, 256, 11, 5, 500) is None
-    assert fft_block_size(256, 256, 7, 1, 500) is None and fft_block_size(128, 128, 3, 1, 2000) is None
+    # base's stages (256 x 500, 128 x 2000, 64 x 8000, 32 x 32000 for 4 s): kernels of 11 from 64
+    # channels and of 7 at 128, any dilation (per phase); kernels of 3 and fewer channels direct
+    for d in (1, 3, 5):
+        assert fft_block_size(256, 256, 11, d, 500) == 32 and fft_block_size(128, 128, 11, d, 2000) == 64
+        assert fft_block_size(64, 64, 11, d, 8000) == 64 and fft_block_size(32, 32, 11, d, 32000) is None
+        assert fft_block_size(128, 128, 7, d, 2000) == 64
+        assert fft_block_size(256, 256, 7, d, 500) is None and fft_block_size(64, 64, 7, d, 8000) is None
+        assert fft_block_size(128, 128, 3, d, 2000) is None and fft_block_size(256, 256, 3, d, 500) is None
     assert fft_block_size(512, 256, 11, 1, 176) == 32 and fft_block_size(64, 512, 11, 1, 176) is None
-    assert fft_block_size(256, 256, 11, 1, 175) is None  # eight blocks of 22: a stream's short pushes run direct
-    assert fft_block_size(128, 128, 11, 1, 431) is None and fft_block_size(128, 128, 11, 1, 432) == 64  # eight blocks of 54
+    assert fft_block_size(256, 256, 11, 5, 175) is None  # eight blocks of 22: a stream's short pushes run direct
+    assert fft_block_size(128, 128, 11, 3, 431) is None and fft_block_size(128, 128, 11, 3, 432) == 64  # eight blocks of 54
     for c in (64, 128, 256, 512):
-        for k in (7, 11, 13, 15):
+        for k in (3, 7, 11, 13, 15, 31, 41):
             for d in (1, 3, 5):
                 n = fft_block_size(c, c, k, d, 10**6)
-                assert n is None or n >= 2 * (d * (k - 1) + 1)  # at least half of each block is output
+                assert n is None or n >= 2 * (k - 1)  # at least half of each block is output
 
 
 def _count_fft_calls(monkeypatch) -> list:
@@ -241,7 +252,7 @@ def test_base_generator_with_fft_convs_equals_speechbrain(monkeypatch):
         ref = stock(x)
         ours.fft_convs = False
         direct = ours(x)
-    assert n_fft == 12 and len(calls) == n_fft  # 4 at each of 256 / 128 / 64 channels; the switch turns them off
+    assert n_fft == 24 and len(calls) == n_fft  # kernels of 11 at 256 / 128 / 64 channels (6 each), of 7 at 128 (6); the switch turns them off
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(got, direct, atol=1e-5, rtol=0)
@@ -280,7 +291,7 @@ def test_fft_spectra_follow_weight_changes(monkeypatch):
     x = torch.randn(2, 12, 250)
     with torch.inference_mode():
         before = g(x)
-        assert len(calls) == 4  # the stage's undilated kernels of 11 at 64 channels
+        assert len(calls) == 6  # the stage's kernels of 11 at 64 channels, the dilated ones per phase
         g.resblocks[0].convs2[1].conv.weight.mul_(1.5)  # an FFT convolution's weight
         changed = g(x)
         padded = g(x, torch.tensor([250, 120]))

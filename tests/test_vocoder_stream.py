@@ -232,7 +232,7 @@ def test_stream_of_utterances_shorter_than_the_receptive_field(with_source):
 
 
 def test_streaming_generator_takes_the_fft_path_where_vocode_does():
-    """Kernel-11 undilated convolutions at 64+ channels run as FFT convolutions in CPU inference
+    """Kernel-11 convolutions at 64+ channels run as FFT convolutions in CPU inference
     (vocoder/fftconv.py): pushes long enough for it take it too (the module's own forward, its
     padded edge outputs cut), shorter ones the direct path; the audio is whole synthesis'."""
     model = _loud_generator([5, 4, 4, 4, 2], [11, 8, 8, 8, 4], [3, 11], [[1, 3], [1, 3]], channels=256)

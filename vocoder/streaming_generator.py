@@ -19,7 +19,7 @@ the kept and new samples in pieces, :class:`_Align` (the
 excitation) queues each operand and emits their common prefix. The weights are the generator's own modules (in the CPU inference layout
 ``[1, C, 1, T]`` their ``conv_cl``, with the weight packed once for oneDNN, as ``forward`` runs
 them), never copied into this state. Where ``forward`` would run a convolution as an
-FFT convolution (:mod:`~spiritlm.vocoder.fftconv`: kernel 11, 64+ channels, long enough inputs)
+FFT convolution (:mod:`~spiritlm.vocoder.fftconv`: kernels of 11 at 64+ channels, of 7 at 128, long enough inputs)
 a push does too, through the module's own forward, cutting the ``p`` outputs at each end that its
 zero padding made (``2p`` extra outputs a push, against ``N`` new ones).
 
