@@ -44,15 +44,13 @@ def _times(fns: dict, rounds: int) -> dict:
     return {k: (float(np.min(v)), float(np.median(v))) for k, v in t.items()}
 
 
-def generator(rounds: int, seconds: float) -> dict:
-    """The ``--generator`` comparison (module docstring); returns ``{path: {thread/wall min/median}}``."""
-    import copy
+def _base_utterance(seconds: float):
+    """``(config, folded Vocoder, generator input [1, C, frames])``: the ``base`` preset with loud
+    random weights and ``bench_vocoder``'s utterance of ``seconds``."""
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_vocoder as bv
-    from speechbrain.lobes.models.HifiGAN import HifiganGenerator
-    from speechbrain.nnet.CNN import Conv1d as SBConv1d
 
     from spiritlm.vocoder import Vocoder, VocoderConfig
     from spiritlm.vocoder.model import UnitHifiGAN
@@ -62,6 +60,19 @@ def generator(rounds: int, seconds: float) -> dict:
     model = UnitHifiGAN(cfg)
     bv._loud(model)
     voc = Vocoder(model)  # folds weight norm
+    p = voc.prepare(bv.make_inputs(cfg, 1, seconds, seed=1)[0])
+    x = voc.model.embed(torch.from_numpy(p["units"])[None], None, None, torch.tensor([0]), aligned=True)
+    return cfg, voc, x
+
+
+def generator(rounds: int, seconds: float) -> dict:
+    """The ``--generator`` comparison (module docstring); returns ``{path: {thread/wall min/median}}``."""
+    import copy
+
+    from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+    from speechbrain.nnet.CNN import Conv1d as SBConv1d
+
+    cfg, voc, x = _base_utterance(seconds)
     state = {k: v for k, v in voc.model.state_dict().items() if k.startswith(("conv_pre.", "ups.", "resblocks.", "conv_post."))}
     stock = HifiganGenerator(cfg.in_channels, 1, "1", cfg.resblock_dilation_sizes, cfg.resblock_kernel_sizes,
                              cfg.upsample_kernel_sizes, cfg.upsample_initial_channel, cfg.upsample_rates, inference_padding=0)
@@ -71,8 +82,6 @@ def generator(rounds: int, seconds: float) -> dict:
     for m in zero.modules():
         if isinstance(m, SBConv1d):
             m.padding_mode = "constant"
-    p = voc.prepare(bv.make_inputs(cfg, 1, seconds, seed=1)[0])
-    x = voc.model.embed(torch.from_numpy(p["units"])[None], None, None, torch.tensor([0]), aligned=True)
 
     def ours(on: bool):
         voc.model.fft_convs = on
@@ -112,22 +121,9 @@ def in_generator(rounds: int, seconds: float, blocks: list[int]) -> list[dict]:
     rounds), with all of them direct and with all of them FFT convolutions of each block size in
     ``blocks``, alternating whole runs (the weights and spectra as cold or warm as a real run has
     them, unlike a loop over one layer); the rule's choice beside."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import bench_vocoder as bv
-
     import spiritlm.vocoder.generator as gen
-    from spiritlm.vocoder import Vocoder, VocoderConfig
-    from spiritlm.vocoder.model import UnitHifiGAN
 
-    cfg = VocoderConfig.preset("base", num_speakers=4)
-    torch.manual_seed(0)
-    model = UnitHifiGAN(cfg)
-    bv._loud(model)
-    voc = Vocoder(model)  # folds weight norm
-    p = voc.prepare(bv.make_inputs(cfg, 1, seconds, seed=1)[0])
-    x = voc.model.embed(torch.from_numpy(p["units"])[None], None, None, torch.tensor([0]), aligned=True)
+    _, voc, x = _base_utterance(seconds)
     layers = {name: m for name, m in voc.model.named_modules() if isinstance(m, gen.WNConv1d)
               and min(m.conv.in_channels, m.conv.out_channels) >= 64 and m.conv.kernel_size[0] >= 7}
     mode = {"block": None}
