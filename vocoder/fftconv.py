@@ -107,7 +107,7 @@ def fft_conv(x: Tensor, spectrum: Tensor, bias: Tensor | None, kernel_size: int,
     # output t = j·d + p is phase p's step j: [rows, C_out, hop] → [B, nb, hop, d, C_out], written in
     # one pass (with the bias and the residual) into an output of nb·hop·d steps, cut to T
     y = y.view(b, d, nb, c_out, block)[..., :hop].permute(0, 2, 4, 1, 3)
-    full = torch.empty((b, c_out, 1, nb * hop * d), dtype=y.dtype, memory_format=torch.channels_last)
+    full = torch.empty((b, c_out, 1, nb * hop * d), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
     dst = full.permute(0, 2, 3, 1).view(b, nb, hop, d, c_out)
     if residual is not None:
         res = residual.permute(0, 2, 3, 1).reshape(b, t, c_out)
