@@ -187,19 +187,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="each kernel-7+ convolution at 64+ channels timed inside the base generator, direct vs FFT (--blocks, default 32,64)")
     p.add_argument("--seconds", type=float, default=4.0, help="--generator / --in_generator: utterance length (s)")
     args = p.parse_args(argv)
+    try:
+        kernels = [int(k) for k in args.kernels.split(",")]
+        blocks = [int(n) for n in args.blocks.split(",")] if args.blocks else []
+    except ValueError:
+        p.error(f"--kernels / --blocks: expected comma-separated integers, got {args.kernels!r} / {args.blocks!r}")
+    if min(kernels) < 1:
+        p.error(f"--kernels: kernel sizes must be >= 1, got {args.kernels!r}")
+    longest = 11 if args.in_generator else max(kernels)
+    if any(n <= longest for n in blocks):
+        p.error(f"--blocks: every block must be longer than the longest kernel ({longest}), got {args.blocks!r}")
     torch.set_num_threads(args.threads)
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     if args.generator:
         return [generator(args.rounds, args.seconds)]
     if args.in_generator:
-        return in_generator(args.rounds, args.seconds, [int(n) for n in (args.blocks or "32,64").split(",")])
+        return in_generator(args.rounds, args.seconds, blocks or [32, 64])
     torch.manual_seed(0)
     rows = []
     print("| C × T | k | d | span | direct ms (min / median) | rule N | N: speedup (min), max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         c, t = map(int, shape.split("x"))
-        for k in map(int, args.kernels.split(",")):
+        for k in kernels:
             for d in map(int, args.dilations.split(",")):
                 span = d * (k - 1) + 1
                 pad = (span - 1) // 2
@@ -207,23 +217,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 bias = torch.randn(c) * 0.1
                 w2 = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
                 x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
-                blocks = ([int(n) for n in args.blocks.split(",")] if args.blocks else
-                          [1 << e for e in range(4, 13) if 2 * k <= 1 << e <= 16 * k])
+                sizes = blocks or [1 << e for e in range(4, 13) if 2 * k <= 1 << e <= 16 * k]
                 with torch.inference_mode():
                     ref = F.conv2d(x, w2, bias, padding=(0, pad), dilation=(1, d))
                     fns = {"direct": lambda: F.conv2d(x, w2, bias, padding=(0, pad), dilation=(1, d))}
                     diffs = {}
-                    for n in blocks:
+                    for n in sizes:
                         spec = weight_spectrum(w, n)
                         fns[n] = (lambda s, n: lambda: fft_conv(x, s, bias, k, d, n))(spec, n)
                         diffs[n] = float((fns[n]() - ref).abs().max())
                     res = _times(fns, args.rounds)
                 dmin, dmed = res["direct"]
-                cells = ", ".join(f"{n}: {dmin / res[n][0]:.2f}× ({diffs[n]:.0e})" for n in blocks)
+                cells = ", ".join(f"{n}: {dmin / res[n][0]:.2f}× ({diffs[n]:.0e})" for n in sizes)
                 rule = fft_block_size(c, c, k, d, t)
                 print(f"| {c} × {t} | {k} | {d} | {span} | {dmin * 1e3:.1f} / {dmed * 1e3:.1f} | {rule or '—'} | {cells} |", flush=True)
                 rows.append({"c": c, "t": t, "k": k, "d": d, "direct_min_s": dmin, "rule": rule,
-                             "fft": {n: {"min_s": res[n][0], "median_s": res[n][1], "max_abs_diff": diffs[n]} for n in blocks}})
+                             "fft": {n: {"min_s": res[n][0], "median_s": res[n][1], "max_abs_diff": diffs[n]} for n in sizes}})
     print(f"load at the end {os.getloadavg()[0]:.1f}")
     return rows
 

@@ -262,6 +262,14 @@ def _frame_list(text: str) -> list[int]:
     return frames
 
 
+def _push_size(text: str) -> int:
+    """``--stages``: one positive frame count."""
+    frames = _frame_list(text)
+    if len(frames) != 1:
+        raise argparse.ArgumentTypeError(f"expected one frame count, got {text!r}")
+    return frames[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="base", help="comma-separated VocoderConfig presets (tiny, base, expressive)")
@@ -271,7 +279,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", type=int, default=None, help="cProfile one stream in pushes of this many frames")
-    p.add_argument("--stages", type=int, default=None,
+    p.add_argument("--stages", type=_push_size, default=None,
                    help="also time each stage's residual blocks, whole vs a stream in pushes of this many frames")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()

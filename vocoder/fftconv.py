@@ -35,7 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fft_block_size", "weight_spectrum", "fft_conv"]
+__all__ = ["fft_block_size", "weight_spectrum", "fft_conv", "dense_time_slice"]
+
+
+def dense_time_slice(y: Tensor) -> Tensor:
+    """``y``, a time slice of a ``[1, C, 1, T]`` channels-last tensor, with the strides of a tensor of
+    its own. The slice is one block of memory but keeps the ``H`` stride of the whole, which makes
+    torch's elementwise kernels take their strided path (10× slower for a LeakyReLU)."""
+    if y.dim() == 4:
+        st, c = y.stride(), y.size(1)
+        n = c * y.size(3)
+        if st[1] == 1 and st[0] != n:
+            y = y.as_strided(y.shape, (n, 1, n, c), y.storage_offset())
+    return y
 
 
 def fft_block_size(channels_in: int, channels_out: int, kernel_size: int, dilation: int, length: int) -> int | None:
@@ -83,7 +95,8 @@ def fft_conv(x: Tensor, spectrum: Tensor, bias: Tensor | None, kernel_size: int,
     """The convolution of ``x`` ``[B, C_in, 1, T]`` (channels-last) with the kernel whose
     :func:`weight_spectrum` (for ``block``) is ``spectrum``, dilated by ``dilation`` and zero-padded
     by ``dilation · (kernel_size - 1) / 2`` on each side, plus ``residual`` (``[B, C_out, 1, T]``,
-    added in the same pass as the bias): ``[B, C_out, 1, T]`` channels-last.
+    added in the pass that writes the output; the bias goes into each block's DC bin):
+    ``[B, C_out, 1, T]`` channels-last.
 
     Dilation ``d``: the padded input's steps ``p, p + d, p + 2d, …`` (phase ``p``) only ever meet
     each other, so the ``d`` phases run as ``d`` more rows of an undilated convolution and the
@@ -102,26 +115,24 @@ def fft_conv(x: Tensor, spectrum: Tensor, bias: Tensor | None, kernel_size: int,
     bins = spec.size(-1)
     rows = b * d * nb
     y = torch.matmul(spec.permute(4, 0, 1, 2, 3).reshape(bins, rows, c).contiguous(), spectrum)  # [bins, rows, C_out]
+    if bias is not None:  # a constant over each block: its DC bin (irfft divides by the block's length)
+        y[0].add_(bias * block)
     c_out = y.size(-1)
     y = torch.fft.irfft(y.permute(1, 2, 0).contiguous(), n=block, dim=-1)  # [rows, C_out, block]
     # output t = j·d + p is phase p's step j: [rows, C_out, hop] → [B, nb, hop, d, C_out], written in
-    # one pass (with the bias and the residual) into an output of nb·hop·d steps, cut to T
+    # one pass (plus the residual) into an output of nb·hop·d ≥ T steps, then cut to T
     y = y.view(b, d, nb, c_out, block)[..., :hop].permute(0, 2, 4, 1, 3)
     full = torch.empty((b, c_out, 1, nb * hop * d), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-    dst = full.permute(0, 2, 3, 1).view(b, nb, hop, d, c_out)
-    if residual is not None:
+    flat = full.permute(0, 2, 3, 1).view(b, nb * hop * d, c_out)
+    if residual is None:
+        flat.view(b, nb, hop, d, c_out).copy_(y)
+    else:  # the blocks wholly inside T at once, the last one or two (past T) apart: no padded copy of the residual
         res = residual.permute(0, 2, 3, 1).reshape(b, t, c_out)
-        if t != nb * hop * d:
-            res = F.pad(res, (0, 0, 0, nb * hop * d - t))
-        torch.add(y, res.view(b, nb, hop, d, c_out), out=dst)
-        if bias is not None:
-            dst.add_(bias)
-    elif bias is not None:
-        torch.add(y, bias, out=dst)
-    else:
-        dst.copy_(y)
+        inner = t // (hop * d)
+        head = inner * hop * d
+        torch.add(y[:, :inner], res[:, :head].view(b, inner, hop, d, c_out), out=flat[:, :head].view(b, inner, hop, d, c_out))
+        if head < t:
+            torch.add(y[:, inner:].reshape(b, -1, c_out)[:, : t - head], res[:, head:], out=flat[:, head:t])
     if b > 1:
         return full[..., :t].contiguous(memory_format=torch.channels_last)
-    # the first T steps of a batch of one, with the strides of a [1, C_out, 1, T] tensor of its own
-    # (a plain slice keeps the longer tensor's, which sends elementwise ops down a strided path)
-    return full.as_strided((1, c_out, 1, t), (t * c_out, 1, t * c_out, c_out))
+    return dense_time_slice(full[..., :t])

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fftconv import fft_block_size
+from .fftconv import dense_time_slice, fft_block_size
 from .generator import LRELU_SLOPE, HifiGANGenerator, ResBlock1, WNConv1d, WNConvTranspose1d
 
 __all__ = ["StreamingGenerator"]
@@ -84,21 +84,9 @@ class _Layout:
         return lambda x, pad: F.conv1d(x, m.weight, m.bias, stride=stride, padding=pad, dilation=dilation)
 
 
-def _dense(y: Tensor) -> Tensor:
-    """``y`` (a time slice) with dense strides on its size-1 axes. A time slice of a ``[1, C, 1,
-    T]`` channels-last tensor is one block of memory but keeps the ``H`` stride of the whole, which
-    makes torch's elementwise kernels take their strided path (10× slower for a LeakyReLU)."""
-    if y.dim() == 4:
-        st, c = y.stride(), y.size(1)
-        n = c * y.size(3)
-        if st[1] == 1 and st[0] != n:
-            y = y.as_strided(y.shape, (n, 1, n, c), y.storage_offset())
-    return y
-
-
 def _view(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
-    """``x[..., a:b]`` as a view (:func:`_dense`)."""
-    return _dense(x[..., a:b])
+    """``x[..., a:b]`` as a view (:func:`~spiritlm.vocoder.fftconv.dense_time_slice`)."""
+    return dense_time_slice(x[..., a:b])
 
 
 def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
@@ -108,7 +96,7 @@ def _span(x: Tensor, a: int | None = None, b: int | None = None) -> Tensor:
     y = x[..., a:b]
     if 2 * y.numel() <= x.numel():
         return y.clone()  # preserve_format: channels-last stays so
-    return _dense(y)
+    return dense_time_slice(y)
 
 
 def _cat(a: Tensor, b: Tensor) -> Tensor:
