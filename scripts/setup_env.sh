@@ -37,6 +37,15 @@ fi
 stamp="$VENV/.spiritlm-install"
 want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "import spiritlm" 2>/dev/null; then
+    # A first install writes ~8.4 GB (torch's CUDA build); pip's own error for a full disk comes
+    # after minutes and mid-way through, so say it first, in one line.
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        free_kb=$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')
+        if [ -n "$free_kb" ] && [ "$free_kb" -lt $((9 * 1024 * 1024)) ]; then
+            echo "[setup] $VENV needs ~9 GB free for its first install; $(df -Ph "$VENV" | awk 'NR == 2 {print $4 " free on " $6}'): free some space (old clones' .venv, /tmp) and rerun" >&2
+            exit 1
+        fi
+    fi
     echo "[setup] installing spiritlm and its dependencies into $VENV (first time: ~8 min, ~8 GB)"
     log="$VENV/pip-install.log"
     if ! { "$VENV/bin/python" -m pip install --upgrade pip && "$VENV/bin/python" -m pip install -e '.[dev]'; } >"$log" 2>&1; then

@@ -134,6 +134,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     ...     _ = tmp.write_text("whole")
     >>> (d / "x.txt").read_text(), sorted(p.name for p in d.iterdir())
     ('whole', ['x.txt'])
+    >>> import shutil; shutil.rmtree(d)
     """
     path = Path(path)
     created = make_parents(path)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import weakref
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -153,6 +154,13 @@ def extend_model_proto(
             raise ValueError(f"extend_model_proto: filler piece {name} already in the model")
         proto.pieces.add(piece=name, score=0.0, type=_Type.UNUSED)
     return proto.SerializeToString()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def padded_size(n: int, multiple: int) -> int:
@@ -407,6 +415,8 @@ class SpiritTextTokenizer:
                 with os.fdopen(fd, "wb") as f:
                     f.write(self._model)
                 self._hf_model_file = path
+                # transformers keeps only the path; the file goes with this tokenizer (or at exit)
+                weakref.finalize(self, _remove_quietly, path)
         if fast:
             return LlamaTokenizerFast(
                 vocab_file=path, legacy=True, add_prefix_space=True, add_bos_token=add_bos_token, from_slow=True

@@ -41,3 +41,24 @@ def _speechbrain_lazy_modules_answer_getattr_with_attribute_error() -> None:
 
 
 _speechbrain_lazy_modules_answer_getattr_with_attribute_error()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_files_under_pytest_basetemp(tmp_path_factory):
+    """Every temporary file of the run (``tempfile``'s, torch.distributed's ``torchelastic_*``,
+    subprocesses' via ``TMPDIR``) goes under pytest's base folder, which pytest prunes to its last
+    three runs: a test or library that leaves one behind (a killed subprocess, a library's
+    ``mkdtemp``) can no longer fill the machine's ``/tmp`` run after run."""
+    import os
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("tmp")
+    old_env, old_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = str(folder)
+    yield
+    tempfile.tempdir = old_dir
+    if old_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old_env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -243,3 +244,19 @@ def test_trained_tokenizer_is_deterministic():
     assert a.model_proto == b.model_proto
     assert a.vocab_size % 256 == 0 and not a.expressive
     assert np.array_equal(a.speech_token_mask(), b.speech_token_mask())
+
+
+def test_transformers_model_file_goes_with_the_tokenizer(base_model):
+    """A tokenizer built from bytes writes its model to a temporary file for transformers; the
+    file is removed when the tokenizer is collected (a long run built many and left them all)."""
+    import gc
+
+    t = SpiritTextTokenizer(extend_model_proto(base_model, 501, 64, 100))
+    hf = t.to_transformers()
+    path = t._hf_model_file
+    assert os.path.isfile(path) and hf.encode("plain text", add_special_tokens=False) == t.encode("plain text")
+    assert t.to_transformers()  # a second conversion reuses the same file
+    assert t._hf_model_file == path
+    del t, hf
+    gc.collect()
+    assert not os.path.exists(path)
