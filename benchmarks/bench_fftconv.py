@@ -1,9 +1,9 @@
-"""FFT (overlap-save) against direct channels-last convolution, per residual-block layer of the `base` vocoder.
+"""FFT (overlap-save) and Winograd against direct channels-last convolution, per residual-block layer of the `base` vocoder.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fftconv.py                 # base's stages for a 4 s utterance
     python benchmarks/bench_fftconv.py --shapes 128x2000 --kernels 11 --blocks 64,128
-    python benchmarks/bench_fftconv.py --generator --rounds 11           # the whole base generator, FFT on / off
-    python benchmarks/bench_fftconv.py --in_generator --rounds 7         # each large layer inside the generator, direct vs FFT
+    python benchmarks/bench_fftconv.py --generator --rounds 11           # the whole base generator, FFT / Winograd on / off
+    python benchmarks/bench_fftconv.py --in_generator --rounds 7         # each 64+-channel layer inside the generator: direct, FFT, Winograd
 
 For every ``C × T`` stage shape (``base``, one 4 s utterance: 256 × 500 … 16 × 64,000), kernel and
 dilation of the residual blocks, and FFT block size ``N`` (powers of two from 2 to 16 kernel lengths; a dilated layer runs per phase), a
@@ -14,9 +14,11 @@ on a shared machine), min and median; "speedup" = direct ÷ FFT (min), and the m
 for inputs of unit scale. The row's ``rule`` column is :func:`fftconv.fft_block_size`'s choice.
 
 ``--generator``: ``UnitHifiGAN.vocode`` of ``bench_vocoder.compare``'s ``base`` utterance (4 s, loud
-random weights, weight norm folded) with ``fft_convs`` on and off, against speechbrain's stock
+random weights, weight norm folded) all direct, with FFT convolutions only and with FFT and Winograd
+convolutions (the default), against speechbrain's stock
 ``HifiganGenerator`` (reflection, and zero padding) with the same weights, alternating; thread CPU
-seconds and wall seconds, median and min; the audio's max |difference|.
+seconds and wall seconds, median and min, and the median (quartiles) of each round's stock ÷ path
+ratio (paired rounds: robust to the machine's drift between rounds); the audio's max |difference|.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from spiritlm.vocoder.fftconv import fft_block_size, fft_conv, weight_spectrum
+
+#: the Winograd tile (outputs per tile) ``--in_generator`` forces for each kernel size
+WINOGRAD_TILES = {3: 6, 7: 4}
 
 
 def _times(fns: dict, rounds: int) -> dict:
@@ -83,12 +88,13 @@ def generator(rounds: int, seconds: float) -> dict:
         if isinstance(m, SBConv1d):
             m.padding_mode = "constant"
 
-    def ours(on: bool):
-        voc.model.fft_convs = on
+    def ours(fft: bool, winograd: bool):
+        voc.model.fft_convs, voc.model.winograd_convs = fft, winograd
         return voc.model.vocode(x)
 
     fns = {"speechbrain stock (reflection)": lambda: stock.eval()(x), "speechbrain zero padding": lambda: zero.eval()(x),
-           "ours, FFT off (direct)": lambda: ours(False), "ours, FFT on": lambda: ours(True)}
+           "ours, all direct": lambda: ours(False, False), "ours, FFT only": lambda: ours(True, False),
+           "ours, FFT + Winograd (default)": lambda: ours(True, True)}
     tt: dict = {k: [] for k in fns}
     wt: dict = {k: [] for k in fns}
     with torch.inference_mode():
@@ -99,78 +105,94 @@ def generator(rounds: int, seconds: float) -> dict:
                 f()
                 tt[k].append(time.thread_time() - a)
                 wt[k].append(time.perf_counter() - b)
-    on = out["ours, FFT on"]
+    on = out["ours, FFT + Winograd (default)"]
     res = {}
     print(f"base, {x.size(-1) * cfg.unit_hop / cfg.sample_rate:.1f} s, {rounds} alternating rounds, load {os.getloadavg()[0]:.1f}")
-    print("| path | thread s median (min) | wall s median (min) | stock ÷ this, thread median (min) | max abs diff vs FFT on |")
-    print("|---|---|---|---|---|")
-    ref_med, ref_min = np.median(tt["speechbrain stock (reflection)"]), np.min(tt["speechbrain stock (reflection)"])
+    print("| path | thread s median (min) | wall s median (min) | stock ÷ this, thread median (min) | paired stock ÷ this, median (quartiles) | max abs diff vs default |")
+    print("|---|---|---|---|---|---|")
+    stock_t = np.array(tt["speechbrain stock (reflection)"])
+    ref_med, ref_min = np.median(stock_t), np.min(stock_t)
     for k in fns:
+        # paired: each round's stock time over this path's in the same round, so the machine's
+        # drift between rounds (up to 25 % here) cancels
+        paired = stock_t / np.array(tt[k])
         r = {"thread_median": float(np.median(tt[k])), "thread_min": float(np.min(tt[k])),
-             "wall_median": float(np.median(wt[k])), "wall_min": float(np.min(wt[k])), "max_abs_diff": float((out[k] - on).abs().max())}
+             "wall_median": float(np.median(wt[k])), "wall_min": float(np.min(wt[k])), "max_abs_diff": float((out[k] - on).abs().max()),
+             "paired_ratio_median": float(np.median(paired)), "paired_ratio_q25": float(np.quantile(paired, 0.25)),
+             "paired_ratio_q75": float(np.quantile(paired, 0.75))}
         res[k] = r
         print(f"| {k} | {r['thread_median']:.3f} ({r['thread_min']:.3f}) | {r['wall_median']:.3f} ({r['wall_min']:.3f}) | "
-              f"{ref_med / r['thread_median']:.2f}× ({ref_min / r['thread_min']:.2f}×) | {r['max_abs_diff']:.1e} |")
+              f"{ref_med / r['thread_median']:.2f}× ({ref_min / r['thread_min']:.2f}×) | {r['paired_ratio_median']:.2f}× "
+              f"({r['paired_ratio_q25']:.2f}–{r['paired_ratio_q75']:.2f}) | {r['max_abs_diff']:.1e} |")
     print(f"load at the end {os.getloadavg()[0]:.1f}")
     return res
 
 
 def in_generator(rounds: int, seconds: float, blocks: list[int]) -> list[dict]:
-    """``--in_generator``: every convolution of kernel 7+ at 64+ channels timed inside
+    """``--in_generator``: every residual-block convolution at 64+ channels timed inside
     ``UnitHifiGAN.vocode`` of the ``base`` utterance (thread CPU seconds of its call, min over the
-    rounds), with all of them direct and with all of them FFT convolutions of each block size in
-    ``blocks``, alternating whole runs (the weights and spectra as cold or warm as a real run has
-    them, unlike a loop over one layer); the rule's choice beside."""
+    rounds), with all of them direct, all of kernel 7+ FFT convolutions of each block size in
+    ``blocks``, and all of kernel 3 and 7 Winograd convolutions (``F(6, 3)``, ``F(4, 7)``),
+    alternating whole runs (the weights, spectra and transformed kernels as cold or warm as a real
+    run has them, unlike a loop over one layer); the path :meth:`WNConv1d.fast_path` picks beside."""
     import spiritlm.vocoder.generator as gen
 
     _, voc, x = _base_utterance(seconds)
     layers = {name: m for name, m in voc.model.named_modules() if isinstance(m, gen.WNConv1d)
-              and min(m.conv.in_channels, m.conv.out_channels) >= 64 and m.conv.kernel_size[0] >= 7}
-    mode = {"block": None}
+              and name.startswith("resblocks") and min(m.conv.in_channels, m.conv.out_channels) >= 64}
+    modes: list = [None, *(("fft", b) for b in blocks), ("winograd", 0)]
+    mode: dict = {"now": None}
     times: dict = {}
 
-    def forced(c_in, c_out, k, d, length):
-        return mode["block"] if min(c_in, c_out) >= 64 and k >= 7 else None
+    def forced_fft(c_in, c_out, k, d, length):
+        now = mode["now"]
+        return now[1] if now is not None and now[0] == "fft" and min(c_in, c_out) >= 64 and k >= 7 else None
+
+    def forced_winograd(c_in, c_out, k, d, length):
+        now = mode["now"]
+        return WINOGRAD_TILES.get(k) if now is not None and now[0] == "winograd" and min(c_in, c_out) >= 64 else None
 
     def timed(name, run):
         def f(*a, **kw):
             t = time.thread_time()
             y = run(*a, **kw)
-            times.setdefault((name, mode["block"]), []).append(time.thread_time() - t)
+            times.setdefault((name, mode["now"]), []).append(time.thread_time() - t)
             return y
         return f
 
-    rule = gen.fft_block_size
+    rules = gen.fft_block_size, gen.winograd_tile
     lengths = {}
     for name, m in layers.items():
         m.run_cl = timed(name, m.run_cl)
     try:
-        gen.fft_block_size = forced
+        gen.fft_block_size, gen.winograd_tile = forced_fft, forced_winograd
         with torch.inference_mode():
-            for _ in range(rounds + 1):  # the first round builds the spectra
-                for b in [None, *blocks]:
-                    mode["block"] = b
+            for _ in range(rounds + 1):  # the first round builds the spectra and transformed kernels
+                for mode["now"] in modes:
                     voc.model.vocode(x)
             x4 = x.size(-1)
-            for name, m in layers.items():  # each layer's input length, from its stage
-                stage = int(name.split(".")[1]) // voc.model.num_kernels if name.startswith("resblocks") else -1
-                lengths[name] = x4 * int(np.prod(voc.model.upsample_rates[:stage + 1])) if stage >= 0 else x4
+            for name in layers:  # each layer's input length, from its stage
+                stage = int(name.split(".")[1]) // voc.model.num_kernels
+                lengths[name] = x4 * int(np.prod(voc.model.upsample_rates[:stage + 1]))
     finally:
-        gen.fft_block_size = rule
+        gen.fft_block_size, gen.winograd_tile = rules
         for m in layers.values():
             del m.run_cl
     print(f"base, {seconds:.1f} s, {rounds} rounds per mode (min thread CPU ms of each layer's call), load {os.getloadavg()[0]:.1f}")
-    print("| layer | C | k | d | steps | direct | " + " | ".join(f"N = {b}" for b in blocks) + " | rule |")
-    print("|---|---|---|---|---|---|" + "---|" * len(blocks) + "---|")
+    print("| layer | C | k | d | steps | direct | " + " | ".join(f"FFT N = {b}" for b in blocks) + " | Winograd | rule |")
+    print("|---|---|---|---|---|---|" + "---|" * len(blocks) + "---|---|")
     rows = []
     for name, m in layers.items():
         c = m.conv
-        t = {b: min(times[(name, b)][1:]) * 1e3 for b in [None, *blocks]}  # the first: spectra being built
-        r = rule(c.in_channels, c.out_channels, c.kernel_size[0], c.dilation[0], lengths[name])
+        t = {md: min(times[(name, md)][1:]) * 1e3 for md in modes}  # the first: spectra being built
+        rule = m.fast_path(lengths[name])
+        cells = [f"{t[md]:.2f}" if md[0] == "fft" and c.kernel_size[0] >= 7 or md[0] == "winograd" and c.kernel_size[0] in WINOGRAD_TILES
+                 else "—" for md in modes[1:]]
         print(f"| {name} | {c.in_channels} | {c.kernel_size[0]} | {c.dilation[0]} | {lengths[name]} | {t[None]:.2f} | "
-              + " | ".join(f"{t[b]:.2f}" for b in blocks) + f" | {r or 'direct'} |")
+              + " | ".join(cells) + f" | {' '.join(map(str, rule)) if rule else 'direct'} |", flush=True)
         rows.append({"layer": name, "c": c.in_channels, "k": c.kernel_size[0], "d": c.dilation[0], "steps": lengths[name],
-                     "direct_ms": t[None], "fft_ms": {b: t[b] for b in blocks}, "rule": r})
+                     "direct_ms": t[None], "fft_ms": {b: t[("fft", b)] for b in blocks} if c.kernel_size[0] >= 7 else {},
+                     "winograd_ms": t[("winograd", 0)] if c.kernel_size[0] in WINOGRAD_TILES else None, "rule": rule})
     return rows
 
 
@@ -184,7 +206,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--generator", action="store_true", help="the whole base generator instead of single layers")
     p.add_argument("--in_generator", action="store_true",
-                   help="each kernel-7+ convolution at 64+ channels timed inside the base generator, direct vs FFT (--blocks, default 32,64)")
+                   help="each residual-block convolution at 64+ channels timed inside the base generator: direct, FFT (--blocks, default 32,64), Winograd")
     p.add_argument("--seconds", type=float, default=4.0, help="--generator / --in_generator: utterance length (s)")
     args = p.parse_args(argv)
     try:

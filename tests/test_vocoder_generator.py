@@ -14,6 +14,8 @@ from speechbrain.nnet.CNN import Conv1d as SBConv1d
 from spiritlm.vocoder import fftconv as fftconv_mod
 from spiritlm.vocoder import generator as generator_mod
 from spiritlm.vocoder.fftconv import fft_block_size, fft_conv, weight_spectrum
+from spiritlm.vocoder import winograd as winograd_mod
+from spiritlm.vocoder.winograd import kernel_transform, winograd_conv, winograd_matrices, winograd_tile
 from spiritlm.vocoder.generator import HifiGANGenerator
 
 LAYOUTS = {
@@ -82,7 +84,7 @@ def test_stock_reflection_differs_only_near_the_edges():
     assert diff[:640].max() > 1e-3 and diff[10 * 640 : 20 * 640].max() < 1e-5
 
 
-@pytest.mark.parametrize("module", [generator_mod, fftconv_mod])
+@pytest.mark.parametrize("module", [generator_mod, fftconv_mod, winograd_mod])
 def test_doctests(module):
     import doctest
 
@@ -216,6 +218,87 @@ def test_fft_block_size_rule():
                 assert n is None or n >= 2 * (k - 1)  # at least half of each block is output
 
 
+# Winograd convolutions: the channels-last inference path of kernels of 3 and 7 at many channels
+
+
+@pytest.mark.parametrize("tile,k", [(6, 3), (4, 7), (2, 3), (2, 7)])
+def test_winograd_matrices_compute_the_correlation_exactly(tile, k):
+    """In float64, ``Aᵀ ((G g) ⊙ (Bᵀ d))`` is the correlation of a tile: ``y_i = Σ_j g_j d_{i+j}``."""
+    torch.manual_seed(tile * 10 + k)
+    a_t, g_mat, b_t = winograd_matrices(tile, k)
+    alpha = tile + k - 1
+    assert a_t.shape == (tile, alpha) and g_mat.shape == (alpha, k) and b_t.shape == (alpha, alpha)
+    g, d = torch.randn(k, dtype=torch.float64), torch.randn(alpha, dtype=torch.float64)
+    ref = torch.stack([(g * d[i:i + k]).sum() for i in range(tile)])
+    torch.testing.assert_close(a_t @ ((g_mat @ g) * (b_t @ d)), ref, atol=1e-12, rtol=0)
+
+
+WINOGRAD_CASES = [(k, d, n) for k in (3, 7) for d in (1, 3, 5) for n in (1, 5, 20, 37, 300)]
+
+
+@pytest.mark.parametrize("k,d,n", WINOGRAD_CASES)
+def test_winograd_conv_equals_direct_conv(k, d, n):
+    """Every kernel / dilation / length, incl. inputs shorter than the kernel's span and than one
+    tile (zero padding at both edges), the rule's tile and the smallest: within 2e-5 at unit scale;
+    with a residual; a batch of one gets its own strides."""
+    torch.manual_seed(k * 100 + d * 10 + n + 1)
+    w = torch.randn(6, 5, k) / (5 * k) ** 0.5
+    bias = torch.randn(6)
+    x = torch.randn(2, 5, 1, n).contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv1d(x[:, :, 0], w, bias, padding=d * (k - 1) // 2, dilation=d)
+    residual = torch.randn(2, 6, 1, n).contiguous(memory_format=torch.channels_last)
+    for tile in {winograd_tile(128, 128, k, d, n), 2}:
+        u = kernel_transform(w, tile)
+        got = winograd_conv(x, u, bias, k, d, tile)
+        assert got.shape == (2, 6, 1, n) and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got[:, :, 0], ref, atol=2e-5, rtol=0)
+        with_residual = winograd_conv(x, u, bias, k, d, tile, residual=residual)
+        torch.testing.assert_close(with_residual, got + residual, atol=1e-6, rtol=0)
+        one = winograd_conv(x[1:], u, None, k, d, tile)  # a batch of one: a view of a longer buffer
+        assert one.stride() == (6 * n, 1, 6 * n, 6)
+        torch.testing.assert_close(one[:, :, 0] + bias[:, None], ref[1:], atol=2e-5, rtol=0)
+
+
+def test_winograd_conv_many_channels_and_edges():
+    """``base``-sized layers (the rule's tiles, dilations 1 / 3 / 5): within 1.5e-5 of the output's
+    scale of the exact (float64) convolution (float32 rounding of the transforms: ~5x the direct
+    path's), the first and last outputs (zero padding) too."""
+    torch.manual_seed(7)
+    for c, k, d, t in ((256, 7, 1, 500), (256, 3, 5, 500), (128, 7, 3, 2000), (128, 7, 5, 1001), (128, 3, 1, 2000)):
+        tile = winograd_tile(c, c, k, d, t)
+        assert tile is not None
+        w = torch.randn(c, c, k) / (c * k) ** 0.5
+        x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
+        got = winograd_conv(x, kernel_transform(w, tile), None, k, d, tile)[:, :, 0]
+        ref = torch.nn.functional.conv1d(x[:, :, 0].double(), w.double(), padding=d * (k - 1) // 2, dilation=d).float()
+        tol = 1.5e-5 * float(ref.abs().max())  # outputs reach ~5 here
+        torch.testing.assert_close(got, ref, atol=tol, rtol=0)
+        torch.testing.assert_close(got[..., :30], ref[..., :30], atol=tol, rtol=0)
+        torch.testing.assert_close(got[..., -30:], ref[..., -30:], atol=tol, rtol=0)
+
+
+def test_winograd_tile_rule():
+    # base's stages (256 x 500, 128 x 2000, 64 x 8000, 32 x 32000 for 4 s): kernels of 3 and 7 from
+    # 128 channels, any dilation and length; kernels of 11 and fewer channels elsewhere
+    for d in (1, 3, 5):
+        for n in (1, 125, 500, 8000):
+            assert winograd_tile(256, 256, 7, d, n) == 4 and winograd_tile(128, 128, 7, d, n) == 4
+            assert winograd_tile(256, 256, 3, d, n) == 6 and winograd_tile(128, 128, 3, d, n) == 6
+            assert winograd_tile(64, 64, 3, d, n) is None and winograd_tile(64, 64, 7, d, n) is None
+            assert winograd_tile(256, 256, 11, d, n) is None and winograd_tile(512, 512, 5, d, n) is None
+    assert winograd_tile(64, 512, 7, 1, 100) is None and winograd_tile(512, 128, 7, 1, 100) == 4
+
+
+def test_fast_path_prefers_winograd_and_follows_the_switches():
+    m = generator_mod.WNConv1d(128, 128, 7, 3)
+    assert m.fast_path(2000) == ("winograd", 4)
+    m.use_winograd = False
+    assert m.fast_path(2000) == ("fft", 64) and m.fast_path(100) is None
+    m.use_fft = False
+    assert m.fast_path(2000) is None
+    assert generator_mod.WNConv1d(256, 256, 11).fast_path(500) == ("fft", 32)
+
+
 def _count_fft_calls(monkeypatch) -> list:
     calls = []
     real = generator_mod.fft_conv
@@ -228,10 +311,23 @@ def _count_fft_calls(monkeypatch) -> list:
     return calls
 
 
-def test_base_generator_with_fft_convs_equals_speechbrain(monkeypatch):
+def _count_winograd_calls(monkeypatch) -> list:
+    calls = []
+    real = generator_mod.winograd_conv
+
+    def counting(x, *a, **kw):
+        calls.append(x.shape)
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(generator_mod, "winograd_conv", counting)
+    return calls
+
+
+def test_base_generator_with_fast_convs_equals_speechbrain(monkeypatch):
     """Meta's ``base`` layout at full size (512 channels, kernels 3 / 7 / 11), one 4 s utterance
-    (100 frames), loud weights, weight norm folded: with FFT convolutions on, the audio equals
-    speechbrain's stock generator (zero padding) within 1e-5 and our direct path too."""
+    (100 frames), loud weights, weight norm folded: with the FFT and Winograd convolutions on (the
+    default), with FFT only, and all direct, the audio equals speechbrain's stock generator (zero
+    padding) within 1e-5."""
     torch.manual_seed(4)
     layout = dict(LAYOUTS["meta"], upsample_initial_channel=512)
     ours = HifiGANGenerator(64, **layout).eval()
@@ -243,31 +339,38 @@ def test_base_generator_with_fft_convs_equals_speechbrain(monkeypatch):
     stock = stock_generator(64, layout, zero_padding=True)
     stock.remove_weight_norm()
     stock.load_state_dict(ours.state_dict(), strict=True)
-    calls = _count_fft_calls(monkeypatch)
+    fft = _count_fft_calls(monkeypatch)
+    wino = _count_winograd_calls(monkeypatch)
     x = torch.randn(1, 64, 100)
     with torch.inference_mode():
-        assert ours.fft_convs
+        assert ours.fft_convs and ours.winograd_convs
         got = ours(x)
-        n_fft = len(calls)
+        # kernels of 11 at 256 / 128 / 64 channels by FFT (6 each); kernels of 7 and of 3 at 256 /
+        # 128 by Winograd (6 each)
+        assert (len(fft), len(wino)) == (18, 24)
         ref = stock(x)
+        ours.winograd_convs = False
+        fft_only = ours(x)
+        assert (len(fft), len(wino)) == (18 + 24, 24)  # kernels of 7 at 128 go back to the FFT path
         ours.fft_convs = False
         direct = ours(x)
-    assert n_fft == 24 and len(calls) == n_fft  # kernels of 11 at 256 / 128 / 64 channels (6 each), of 7 at 128 (6); the switch turns them off
+        assert (len(fft), len(wino)) == (42, 24)
     assert ref.abs().max() > 0.1
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got, direct, atol=1e-5, rtol=0)
+    for path in (got, fft_only, direct):
+        torch.testing.assert_close(path, ref, atol=1e-5, rtol=0)
 
 
-def test_tiny_with_harmonic_source_fft_on_equals_off(monkeypatch):
-    """The ``tiny`` preset (harmonic source, 64 channels and fewer, kernels 3 / 7): the rule picks
-    no convolution (all direct), so the switch changes nothing."""
+def test_tiny_with_harmonic_source_fast_paths(monkeypatch):
+    """The ``tiny`` preset (harmonic source, 64 channels and fewer, kernels 3 / 7): neither rule
+    picks a convolution (all direct), so the switches change nothing."""
     from spiritlm.vocoder import VocoderConfig
     from spiritlm.vocoder.model import UnitHifiGAN
 
     torch.manual_seed(5)
     model = UnitHifiGAN(VocoderConfig.preset("tiny", num_speakers=2)).eval()
     model.remove_weight_norm()
-    calls = _count_fft_calls(monkeypatch)
+    fft = _count_fft_calls(monkeypatch)
+    wino = _count_winograd_calls(monkeypatch)
     units = torch.randint(0, model.config.num_units, (1, 40))
     cfg = model.config
     pitch = torch.randint(0, cfg.num_pitch, (1, 20)) if cfg.num_pitch else None
@@ -275,9 +378,11 @@ def test_tiny_with_harmonic_source_fft_on_equals_off(monkeypatch):
     assert cfg.harmonic_source
     with torch.inference_mode():
         on = model(units, pitch, style, torch.tensor([1]))
-        model.fft_convs = False
+        assert (len(fft), len(wino)) == (0, 0)
+        model.winograd_convs = model.fft_convs = False
         off = model(units, pitch, style, torch.tensor([1]))
-    assert not calls
+    assert (len(fft), len(wino)) == (0, 0)
+    assert on.abs().max() > 1e-3
     torch.testing.assert_close(on, off, atol=1e-5, rtol=0)
 
 

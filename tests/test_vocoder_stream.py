@@ -231,10 +231,12 @@ def test_stream_of_utterances_shorter_than_the_receptive_field(with_source):
             np.testing.assert_allclose(chunks[0], whole, atol=tol)
 
 
-def test_streaming_generator_takes_the_fft_path_where_vocode_does():
+def test_streaming_generator_takes_the_fast_paths_where_vocode_does():
     """Kernel-11 convolutions at 64+ channels run as FFT convolutions in CPU inference
-    (vocoder/fftconv.py): pushes long enough for it take it too (the module's own forward, its
-    padded edge outputs cut), shorter ones the direct path; the audio is whole synthesis'."""
+    (vocoder/fftconv.py), kernel-3 ones at 128+ as Winograd convolutions (vocoder/winograd.py):
+    pushes long enough for the FFT take it too, shorter ones the direct path, and every push of a
+    Winograd layer takes it (the module's own forward, its padded edge outputs cut); the audio is
+    whole synthesis' (the tiles fall differently: within float rounding)."""
     model = _loud_generator([5, 4, 4, 4, 2], [11, 8, 8, 8, 4], [3, 11], [[1, 3], [1, 3]], channels=256)
     x = torch.randn(1, model.config.in_channels, 60)
     with torch.inference_mode():
@@ -242,6 +244,10 @@ def test_streaming_generator_takes_the_fft_path_where_vocode_does():
         for cuts in ([], [25, 50], list(range(1, 60))):
             gen = StreamingGenerator(model, None, x.dtype, x.device)
             convs = [c for stage in gen.blocks for b in stage for c in b.c2]
-            assert any(c._fft(500) for c in convs) and not any(c._fft(100) for c in convs)
+            k11 = [c for c in convs if c.k == 11]
+            k3_wide = [c for c in convs if c.k == 3 and c.c_in >= 128]
+            assert k3_wide and k11 and len(k3_wide) + len(k11) < len(convs)
+            assert any(c._fast(500) for c in k11) and not any(c._fast(100) for c in k11)
+            assert all(c._fast(1) for c in k3_wide) and not any(c._fast(500) for c in convs if c.c_in < 64)
             got = _push_in_pieces(gen, x, None, cuts, model.hop)
             assert got.shape == whole.shape and (got - whole).abs().max() < 1e-6, (cuts, float((got - whole).abs().max()))

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fft_block_size", "weight_spectrum", "fft_conv", "dense_time_slice"]
+__all__ = ["fft_block_size", "weight_spectrum", "fft_conv", "dense_time_slice", "phase_blocks", "write_phases"]
 
 
 def dense_time_slice(y: Tensor) -> Tensor:
@@ -103,15 +103,9 @@ def fft_conv(x: Tensor, spectrum: Tensor, bias: Tensor | None, kernel_size: int,
     outputs are interleaved back: the blocks and the spectrum stay those of kernel ``k``."""
     b, c, _, t = x.shape
     k, d = kernel_size, dilation
-    pad = d * (k - 1) // 2
     hop = block - k + 1  # valid outputs per block and phase
-    tq = -(-t // d)  # outputs per phase
-    nb = -(-tq // hop)
-    length = (nb * hop + k - 1) * d  # padded input, a whole number of phases
-    xt = x.permute(0, 2, 3, 1).reshape(b, t, c)  # a view of the channels-last memory
-    xp = F.pad(xt, (0, 0, pad, length - pad - t))  # [B, length, C_in]
-    phases = xp.view(b, length // d, d, c).transpose(1, 2)  # [B, d, length / d, C_in] (a view)
-    spec = torch.fft.rfft(phases.unfold(2, block, hop).contiguous(), dim=-1)  # [B, d, nb, C_in, bins]
+    blocks, nb = phase_blocks(x, k, d, block, hop)
+    spec = torch.fft.rfft(blocks.contiguous(), dim=-1)  # [B, d, nb, C_in, bins]
     bins = spec.size(-1)
     rows = b * d * nb
     y = torch.matmul(spec.permute(4, 0, 1, 2, 3).reshape(bins, rows, c).contiguous(), spectrum)  # [bins, rows, C_out]
@@ -119,14 +113,38 @@ def fft_conv(x: Tensor, spectrum: Tensor, bias: Tensor | None, kernel_size: int,
         y[0].add_(bias * block)
     c_out = y.size(-1)
     y = torch.fft.irfft(y.permute(1, 2, 0).contiguous(), n=block, dim=-1)  # [rows, C_out, block]
-    # output t = j·d + p is phase p's step j: [rows, C_out, hop] → [B, nb, hop, d, C_out], written in
-    # one pass (plus the residual) into an output of nb·hop·d ≥ T steps, then cut to T
-    y = y.view(b, d, nb, c_out, block)[..., :hop].permute(0, 2, 4, 1, 3)
+    return write_phases(y.view(b, d, nb, c_out, block)[..., :hop].permute(0, 2, 4, 1, 3), t, residual)
+
+
+def phase_blocks(x: Tensor, kernel_size: int, dilation: int, block: int, hop: int) -> tuple[Tensor, int]:
+    """``x`` ``[B, C, 1, T]`` (channels-last), zero-padded by ``dilation · (kernel_size - 1) / 2`` each
+    side (and at the end to whole blocks), split into its ``d`` phases (steps ``p, p + d, …``) and
+    each phase into blocks of ``block`` steps starting every ``hop``: a view ``[B, d, nb, C, block]``
+    and ``nb``, the blocks per phase; block ``j`` of phase ``p`` gives outputs ``(j·hop + i)·d + p``,
+    ``i < hop``, of a kernel spanning ``block - hop + 1`` taps. Shared by the FFT and Winograd paths
+    (:mod:`~spiritlm.vocoder.winograd`)."""
+    b, c, _, t = x.shape
+    d = dilation
+    pad = d * (kernel_size - 1) // 2
+    tq = -(-t // d)  # outputs per phase
+    nb = -(-tq // hop)
+    length = (nb * hop + block - hop) * d  # padded input, a whole number of phases
+    xt = x.permute(0, 2, 3, 1).reshape(b, t, c)  # a view of the channels-last memory
+    xp = F.pad(xt, (0, 0, pad, length - pad - t))  # [B, length, C]
+    phases = xp.view(b, length // d, d, c).transpose(1, 2)  # [B, d, length / d, C] (a view)
+    return phases.unfold(2, block, hop), nb
+
+
+def write_phases(y: Tensor, t: int, residual: Tensor | None = None) -> Tensor:
+    """The outputs ``y`` ``[B, nb, hop, d, C_out]`` (any strides; step ``(j·hop + i)·d + p`` at
+    ``[:, j, i, p]``) written in one pass (plus ``residual`` ``[B, C_out, 1, t]``, channels-last) into a
+    channels-last ``[B, C_out, 1, t]`` output: an output of ``nb·hop·d ≥ t`` steps cut to ``t``."""
+    b, nb, hop, d, c_out = y.shape
     full = torch.empty((b, c_out, 1, nb * hop * d), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
     flat = full.permute(0, 2, 3, 1).view(b, nb * hop * d, c_out)
     if residual is None:
         flat.view(b, nb, hop, d, c_out).copy_(y)
-    else:  # the blocks wholly inside T at once, the last one or two (past T) apart: no padded copy of the residual
+    else:  # the blocks wholly inside t at once, the last one or two (past t) apart: no padded copy of the residual
         res = residual.permute(0, 2, 3, 1).reshape(b, t, c_out)
         inner = t // (hop * d)
         head = inner * hop * d

@@ -32,6 +32,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ..tensors import length_mask
 from .fftconv import fft_block_size, fft_conv, weight_spectrum
+from .winograd import kernel_transform, winograd_conv, winograd_tile
 
 __all__ = ["LRELU_SLOPE", "WNConv1d", "WNConvTranspose1d", "ResBlock1", "HifiGANGenerator"]
 
@@ -144,6 +145,15 @@ class _ChannelsLast(nn.Module):
             cache[block] = weight_spectrum(self.conv.weight, block)
         return cache[block]
 
+    def _transformed(self, tile: int) -> Tensor:
+        """The weight's :func:`~spiritlm.vocoder.winograd.kernel_transform` for ``tile``, kept while
+        the weight is unchanged."""
+        cache = self._cache()
+        key = ("winograd", tile)
+        if key not in cache:
+            cache[key] = kernel_transform(self.conv.weight, tile)
+        return cache[key]
+
 
 class WNConv1d(_ChannelsLast):
     """speechbrain's ``Conv1d(padding="same", weight_norm=True, skip_transpose=True)`` layout
@@ -153,6 +163,8 @@ class WNConv1d(_ChannelsLast):
 
     #: channels-last inputs may run as FFT convolutions (``HifiGANGenerator.fft_convs`` sets it)
     use_fft: bool = True
+    #: channels-last inputs may run as Winograd convolutions (``HifiGANGenerator.winograd_convs``)
+    use_winograd: bool = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, bias: bool = True) -> None:
         super().__init__()
@@ -171,11 +183,26 @@ class WNConv1d(_ChannelsLast):
         ~0.2 ms), on the direct one a second pass."""
         c = self.conv
         k, d = c.kernel_size[0], c.dilation[0]
-        block = fft_block_size(c.in_channels, c.out_channels, k, d, x.size(-1)) if self.use_fft else None
-        if block is not None:
-            return fft_conv(x, self._spectrum(block), c.bias, k, d, block, residual=residual)
+        path = self.fast_path(x.size(-1))
+        if path is not None and path[0] == "winograd":
+            return winograd_conv(x, self._transformed(path[1]), c.bias, k, d, path[1], residual=residual)
+        if path is not None:
+            return fft_conv(x, self._spectrum(path[1]), c.bias, k, d, path[1], residual=residual)
         y = self.conv_cl(x)
         return y if residual is None else y.add_(residual)
+
+    def fast_path(self, length: int) -> tuple[str, int] | None:
+        """How :meth:`run_cl` convolves ``length`` channels-last steps: ``("winograd", m)`` (tiles of
+        ``m`` outputs, :func:`~spiritlm.vocoder.winograd.winograd_tile`), ``("fft", N)`` (blocks of
+        ``N``, :func:`~spiritlm.vocoder.fftconv.fft_block_size`), or None (direct). Winograd first:
+        where both apply (kernels of 7 at 128–255 channels) it is the faster."""
+        c = self.conv
+        args = (c.in_channels, c.out_channels, c.kernel_size[0], c.dilation[0], length)
+        tile = winograd_tile(*args) if self.use_winograd else None
+        if tile is not None:
+            return "winograd", tile
+        block = fft_block_size(*args) if self.use_fft else None
+        return None if block is None else ("fft", block)
 
 
 class WNConvTranspose1d(_ChannelsLast):
@@ -296,9 +323,10 @@ class HifiGANGenerator(nn.Module):
     @property
     def fft_convs(self) -> bool:
         """Whether channels-last inference runs the convolutions that :func:`~spiritlm.vocoder.fftconv.fft_block_size`
-        picks (kernels of 11 at 64+ channels and of 7 at 128–255, any dilation: 24 of ``base``'s and
-        ``expressive``'s, none of ``tiny``'s) as FFT convolutions. Default True; False: every convolution
-        direct (same audio within ~1e-6; saves the kernel spectra, ~107 MiB for ``base``)."""
+        picks (kernels of 11 at 64+ channels, any dilation: 18 of ``base``'s and ``expressive``'s, none
+        of ``tiny``'s; and kernels of 7 at 128–255 where the Winograd path is off) as FFT convolutions.
+        Default True; False: those run direct (same audio within ~1e-6; the kernel spectra, ~82 MiB
+        for ``base``, ~107 with Winograd off, are not built)."""
         return all(m.use_fft for m in self.modules() if isinstance(m, WNConv1d))
 
     @fft_convs.setter
@@ -306,6 +334,21 @@ class HifiGANGenerator(nn.Module):
         for m in self.modules():
             if isinstance(m, WNConv1d):
                 m.use_fft = bool(on)
+
+    @property
+    def winograd_convs(self) -> bool:
+        """Whether channels-last inference runs the convolutions that :func:`~spiritlm.vocoder.winograd.winograd_tile`
+        picks (kernels of 3 and 7 at 128+ channels: 24 of ``base``'s and ``expressive``'s, none of
+        ``tiny``'s) as Winograd convolutions. Default True; False: those run as FFT or direct convolutions (audio
+        within ~1.3e-6 of the Winograd path's on a 4 s ``base`` utterance at amplitude 0.17; the
+        transformed kernels, ~40 MiB for ``base``, are not built)."""
+        return all(m.use_winograd for m in self.modules() if isinstance(m, WNConv1d))
+
+    @winograd_convs.setter
+    def winograd_convs(self, on: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, WNConv1d):
+                m.use_winograd = bool(on)
 
     def weight_norm_convs(self) -> list[nn.Module]:
         """The weight-normed convolutions (``.conv`` of every conv module)."""

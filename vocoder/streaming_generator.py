@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fftconv import dense_time_slice, fft_block_size
+from .fftconv import dense_time_slice
 from .generator import LRELU_SLOPE, HifiGANGenerator, ResBlock1, WNConv1d, WNConvTranspose1d
 
 __all__ = ["StreamingGenerator"]
@@ -124,17 +124,17 @@ class _StreamConv:
         self.c_in, self.c_out = c.in_channels, c.out_channels
         self.reach = self.d * (self.k - 1)  # input span of one output, minus 1
         self.run = layout.conv(module, self.s, self.d)
-        # channels-last WNConv1d: its own forward where it would take the FFT path (fftconv)
+        # channels-last WNConv1d: its own forward where it would take the FFT or Winograd path
         self.module = module if isinstance(module, WNConv1d) and layout.cl else None
         self.b0 = 0 if self.s == 1 else -self.p  # input index of buf[0]
         self.buf = self.in_lay.zeros(self.c_in, -self.b0)  # strided: the left zero padding
         self.n_in = 0
         self.n_out = 0
 
-    def _fft(self, n: int) -> bool:
-        """Whether the module's forward runs ``n`` inputs as an FFT convolution (as ``vocode`` would)."""
-        m = self.module
-        return m is not None and m.use_fft and fft_block_size(self.c_in, self.c_out, self.k, self.d, n) is not None
+    def _fast(self, n: int) -> bool:
+        """Whether the module's forward runs ``n`` inputs as an FFT or Winograd convolution (as
+        ``vocode`` would)."""
+        return self.module is not None and self.module.fast_path(n) is not None
 
     def count(self, n_in: int, final: bool = False) -> int:
         """Outputs final once ``n_in`` inputs are (``final``: the whole input's output length)."""
@@ -157,7 +157,7 @@ class _StreamConv:
             a = self.n_out * self.s - self.p - self.b0
             b = (end - 1) * self.s - self.p + self.reach + 1 - self.b0
             seg = _span(self.buf, a, b)
-            if self._fft(_len(seg)):  # the module pads p zeros each side: its first and last p outputs are not ours
+            if self._fast(_len(seg)):  # the module pads p zeros each side: its first and last p outputs are not ours
                 out = _span(self.module(seg), self.p, self.p + end - self.n_out)  # type: ignore[misc]
             else:
                 out = self.run(seg, 0)
