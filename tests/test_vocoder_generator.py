@@ -158,28 +158,33 @@ def test_onednn_packed_weights_equal_conv2d(monkeypatch, n):
 FFT_CASES = [(k, d, n) for k in (3, 7, 11) for d in (1, 3, 5) for n in (1, 5, 20, 37, 300)]
 
 
+def _assert_fast_conv_equals_direct(conv, k, d, n, atol):
+    """``conv(x, bias, residual)`` (a fast path with its kernel bound) against ``F.conv1d`` for a
+    6 <- 5 channel layer of kernel ``k``, dilation ``d``, ``n`` steps (two rows): equal within
+    ``atol``, channels-last; the residual added; a batch of one gets its own strides."""
+    torch.manual_seed(k * 100 + d * 10 + n)
+    w = torch.randn(6, 5, k) / (5 * k) ** 0.5
+    bias = torch.randn(6)
+    x = torch.randn(2, 5, 1, n).contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv1d(x[:, :, 0], w, bias, padding=d * (k - 1) // 2, dilation=d)
+    residual = torch.randn(2, 6, 1, n).contiguous(memory_format=torch.channels_last)
+    got = conv(w, x, bias, None)
+    assert got.shape == (2, 6, 1, n) and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got[:, :, 0], ref, atol=atol, rtol=0)
+    torch.testing.assert_close(conv(w, x, bias, residual), got + residual, atol=1e-6, rtol=0)
+    one = conv(w, x[1:], None, None)  # a batch of one: a view of a longer buffer
+    assert one.stride() == (6 * n, 1, 6 * n, 6)
+    torch.testing.assert_close(one[:, :, 0] + bias[:, None], ref[1:], atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize("k,d,n", FFT_CASES)
 def test_fft_conv_equals_direct_conv(k, d, n):
     """Every kernel / dilation / length, incl. inputs shorter than the kernel's span (zero padding at
     both edges); two block sizes, the smallest the span allows and a larger one. Float32: within
     1e-5 for inputs and outputs of unit scale."""
-    torch.manual_seed(k * 100 + d * 10 + n)
-    span = d * (k - 1) + 1
-    w = torch.randn(6, 5, k) / (5 * k) ** 0.5
-    bias = torch.randn(6)
-    x = torch.randn(2, 5, 1, n).contiguous(memory_format=torch.channels_last)
-    ref = torch.nn.functional.conv1d(x[:, :, 0], w, bias, padding=(span - 1) // 2, dilation=d)
-    residual = torch.randn(2, 6, 1, n).contiguous(memory_format=torch.channels_last)
     for block in (1 << k.bit_length(), 4 << k.bit_length()):
-        spectrum = weight_spectrum(w, block)
-        got = fft_conv(x, spectrum, bias, k, d, block)
-        assert got.shape == (2, 6, 1, n) and got.is_contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(got[:, :, 0], ref, atol=1e-5, rtol=0)
-        with_residual = fft_conv(x, spectrum, bias, k, d, block, residual=residual)
-        torch.testing.assert_close(with_residual, got + residual, atol=1e-6, rtol=0)
-        one = fft_conv(x[1:], spectrum, None, k, d, block)  # a batch of one: a view of a longer buffer
-        assert one.stride() == (6 * n, 1, 6 * n, 6)
-        torch.testing.assert_close(one[:, :, 0] + bias[:, None], ref[1:], atol=1e-5, rtol=0)
+        _assert_fast_conv_equals_direct(
+            lambda w, x, bias, res: fft_conv(x, weight_spectrum(w, block), bias, k, d, block, residual=res), k, d, n, 1e-5)
 
 
 def test_fft_conv_many_channels_and_edges():
@@ -239,24 +244,10 @@ WINOGRAD_CASES = [(k, d, n) for k in (3, 7) for d in (1, 3, 5) for n in (1, 5, 2
 @pytest.mark.parametrize("k,d,n", WINOGRAD_CASES)
 def test_winograd_conv_equals_direct_conv(k, d, n):
     """Every kernel / dilation / length, incl. inputs shorter than the kernel's span and than one
-    tile (zero padding at both edges), the rule's tile and the smallest: within 2e-5 at unit scale;
-    with a residual; a batch of one gets its own strides."""
-    torch.manual_seed(k * 100 + d * 10 + n + 1)
-    w = torch.randn(6, 5, k) / (5 * k) ** 0.5
-    bias = torch.randn(6)
-    x = torch.randn(2, 5, 1, n).contiguous(memory_format=torch.channels_last)
-    ref = torch.nn.functional.conv1d(x[:, :, 0], w, bias, padding=d * (k - 1) // 2, dilation=d)
-    residual = torch.randn(2, 6, 1, n).contiguous(memory_format=torch.channels_last)
+    tile (zero padding at both edges); the rule's tile and the smallest: within 2e-5 at unit scale."""
     for tile in {winograd_tile(128, 128, k, d, n), 2}:
-        u = kernel_transform(w, tile)
-        got = winograd_conv(x, u, bias, k, d, tile)
-        assert got.shape == (2, 6, 1, n) and got.is_contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(got[:, :, 0], ref, atol=2e-5, rtol=0)
-        with_residual = winograd_conv(x, u, bias, k, d, tile, residual=residual)
-        torch.testing.assert_close(with_residual, got + residual, atol=1e-6, rtol=0)
-        one = winograd_conv(x[1:], u, None, k, d, tile)  # a batch of one: a view of a longer buffer
-        assert one.stride() == (6 * n, 1, 6 * n, 6)
-        torch.testing.assert_close(one[:, :, 0] + bias[:, None], ref[1:], atol=2e-5, rtol=0)
+        _assert_fast_conv_equals_direct(
+            lambda w, x, bias, res: winograd_conv(x, kernel_transform(w, tile), bias, k, d, tile, residual=res), k, d, n, 2e-5)
 
 
 def test_winograd_conv_many_channels_and_edges():
@@ -299,28 +290,25 @@ def test_fast_path_prefers_winograd_and_follows_the_switches():
     assert generator_mod.WNConv1d(256, 256, 11).fast_path(500) == ("fft", 32)
 
 
-def _count_fft_calls(monkeypatch) -> list:
+def _count_calls(monkeypatch, name: str) -> list:
+    """The input shapes of every call of ``generator.<name>`` (``fft_conv``, ``winograd_conv``)."""
     calls = []
-    real = generator_mod.fft_conv
+    real = getattr(generator_mod, name)
 
     def counting(x, *a, **kw):
         calls.append(x.shape)
         return real(x, *a, **kw)
 
-    monkeypatch.setattr(generator_mod, "fft_conv", counting)
+    monkeypatch.setattr(generator_mod, name, counting)
     return calls
+
+
+def _count_fft_calls(monkeypatch) -> list:
+    return _count_calls(monkeypatch, "fft_conv")
 
 
 def _count_winograd_calls(monkeypatch) -> list:
-    calls = []
-    real = generator_mod.winograd_conv
-
-    def counting(x, *a, **kw):
-        calls.append(x.shape)
-        return real(x, *a, **kw)
-
-    monkeypatch.setattr(generator_mod, "winograd_conv", counting)
-    return calls
+    return _count_calls(monkeypatch, "winograd_conv")
 
 
 def test_base_generator_with_fast_convs_equals_speechbrain(monkeypatch):

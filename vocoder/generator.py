@@ -327,29 +327,34 @@ class HifiGANGenerator(nn.Module):
         of ``tiny``'s; and kernels of 7 at 128–255 where the Winograd path is off) as FFT convolutions.
         Default True; False: those run direct (same audio within ~1e-6; the kernel spectra, ~82 MiB
         for ``base``, ~107 with Winograd off, are not built)."""
-        return all(m.use_fft for m in self.modules() if isinstance(m, WNConv1d))
+        return self._all_convs("use_fft")
 
     @fft_convs.setter
     def fft_convs(self, on: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, WNConv1d):
-                m.use_fft = bool(on)
+        self._set_all_convs("use_fft", on)
 
     @property
     def winograd_convs(self) -> bool:
         """Whether channels-last inference runs the convolutions that :func:`~spiritlm.vocoder.winograd.winograd_tile`
         picks (kernels of 3 and 7 at 128+ channels: 24 of ``base``'s and ``expressive``'s residual-block
         convolutions and their ``conv_pre``, none of the ``tiny`` preset's; a ``tiny`` vocoder with
-        128+ input channels, as the demo's 192, runs its ``conv_pre`` so) as Winograd convolutions. Default True; False: those run as FFT or direct convolutions (audio
-        within ~1.3e-6 of the Winograd path's on a 4 s ``base`` utterance at amplitude 0.17; the
-        transformed kernels, ~40 MiB for ``base``, are not built)."""
-        return all(m.use_winograd for m in self.modules() if isinstance(m, WNConv1d))
+        128+ input channels, as the demo's 192, runs its ``conv_pre`` so) as Winograd convolutions.
+        Default True; False: those run as FFT or direct convolutions (audio within ~1.3e-6 of the
+        Winograd path's on a 4 s ``base`` utterance at amplitude 0.17; the transformed kernels,
+        ~40 MiB for ``base``, are not built)."""
+        return self._all_convs("use_winograd")
 
     @winograd_convs.setter
     def winograd_convs(self, on: bool) -> None:
+        self._set_all_convs("use_winograd", on)
+
+    def _all_convs(self, switch: str) -> bool:
+        return all(getattr(m, switch) for m in self.modules() if isinstance(m, WNConv1d))
+
+    def _set_all_convs(self, switch: str, on: bool) -> None:
         for m in self.modules():
             if isinstance(m, WNConv1d):
-                m.use_winograd = bool(on)
+                setattr(m, switch, bool(on))
 
     def weight_norm_convs(self) -> list[nn.Module]:
         """The weight-normed convolutions (``.conv`` of every conv module)."""
