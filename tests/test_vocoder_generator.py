@@ -244,45 +244,47 @@ WINOGRAD_CASES = [(k, d, n) for k in (3, 7) for d in (1, 3, 5) for n in (1, 5, 2
 @pytest.mark.parametrize("k,d,n", WINOGRAD_CASES)
 def test_winograd_conv_equals_direct_conv(k, d, n):
     """Every kernel / dilation / length, incl. inputs shorter than the kernel's span and than one
-    tile (zero padding at both edges); the rule's tile and the smallest: within 2e-5 at unit scale."""
+    tile (zero padding at both edges); the rule's tile and the smallest: within 2e-5 at unit scale,
+    5e-5 for ``F(6, 7)`` (tiles of 12 inputs: its transforms' float32 rounding, winograd.py)."""
     for tile in {winograd_tile(128, 128, k, d, n), 2}:
-        _assert_fast_conv_equals_direct(
-            lambda w, x, bias, res: winograd_conv(x, kernel_transform(w, tile), bias, k, d, tile, residual=res), k, d, n, 2e-5)
+        _assert_fast_conv_equals_direct(lambda w, x, bias, res: winograd_conv(x, kernel_transform(w, tile), bias, k, d, tile, residual=res),
+                                        k, d, n, 5e-5 if tile + k - 1 >= 12 else 2e-5)
 
 
 def test_winograd_conv_many_channels_and_edges():
-    """``base``-sized layers (the rule's tiles, dilations 1 / 3 / 5): within 1.5e-5 of the output's
-    scale of the exact (float64) convolution (float32 rounding of the transforms: ~5x the direct
-    path's), the first and last outputs (zero padding) too."""
+    """``base``-sized layers (the rule's tiles, dilations 1 / 3 / 5): within 3e-5 of the output's
+    scale of the exact (float64) convolution (float32 rounding of the transforms: up to ~13x the
+    direct path's for ``F(6, 7)``), the first and last outputs (zero padding) too."""
     torch.manual_seed(7)
-    for c, k, d, t in ((256, 7, 1, 500), (256, 3, 5, 500), (128, 7, 3, 2000), (128, 7, 5, 1001), (128, 3, 1, 2000)):
+    for c, k, d, t in ((256, 7, 1, 500), (256, 3, 5, 500), (128, 7, 3, 2000), (64, 7, 5, 1001), (128, 3, 1, 2000)):
         tile = winograd_tile(c, c, k, d, t)
         assert tile is not None
         w = torch.randn(c, c, k) / (c * k) ** 0.5
         x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
         got = winograd_conv(x, kernel_transform(w, tile), None, k, d, tile)[:, :, 0]
         ref = torch.nn.functional.conv1d(x[:, :, 0].double(), w.double(), padding=d * (k - 1) // 2, dilation=d).float()
-        tol = 1.5e-5 * float(ref.abs().max())  # outputs reach ~5 here
+        tol = 3e-5 * float(ref.abs().max())  # outputs reach ~5 here
         torch.testing.assert_close(got, ref, atol=tol, rtol=0)
         torch.testing.assert_close(got[..., :30], ref[..., :30], atol=tol, rtol=0)
         torch.testing.assert_close(got[..., -30:], ref[..., -30:], atol=tol, rtol=0)
 
 
 def test_winograd_tile_rule():
-    # base's stages (256 x 500, 128 x 2000, 64 x 8000, 32 x 32000 for 4 s): kernels of 3 and 7 from
-    # 128 channels, any dilation and length; kernels of 11 and fewer channels elsewhere
+    # base's stages (256 x 500, 128 x 2000, 64 x 8000, 32 x 32000 for 4 s): kernels of 7 from 64
+    # channels (F(6, 7)), of 3 from 128 (F(6, 3)), any dilation and length; kernels of 11 and fewer
+    # channels elsewhere
     for d in (1, 3, 5):
         for n in (1, 125, 500, 8000):
-            assert winograd_tile(256, 256, 7, d, n) == 4 and winograd_tile(128, 128, 7, d, n) == 4
+            assert winograd_tile(256, 256, 7, d, n) == 6 and winograd_tile(64, 64, 7, d, n) == 6
             assert winograd_tile(256, 256, 3, d, n) == 6 and winograd_tile(128, 128, 3, d, n) == 6
-            assert winograd_tile(64, 64, 3, d, n) is None and winograd_tile(64, 64, 7, d, n) is None
+            assert winograd_tile(64, 64, 3, d, n) is None and winograd_tile(32, 32, 7, d, n) is None
             assert winograd_tile(256, 256, 11, d, n) is None and winograd_tile(512, 512, 5, d, n) is None
-    assert winograd_tile(64, 512, 7, 1, 100) is None and winograd_tile(512, 128, 7, 1, 100) == 4
+    assert winograd_tile(64, 512, 7, 1, 100) == 6 and winograd_tile(512, 32, 7, 1, 100) is None
 
 
 def test_fast_path_prefers_winograd_and_follows_the_switches():
     m = generator_mod.WNConv1d(128, 128, 7, 3)
-    assert m.fast_path(2000) == ("winograd", 4)
+    assert m.fast_path(2000) == ("winograd", 6)
     m.use_winograd = False
     assert m.fast_path(2000) == ("fft", 64) and m.fast_path(100) is None
     m.use_fft = False
@@ -333,24 +335,25 @@ def test_base_generator_with_fast_convs_equals_speechbrain(monkeypatch):
     with torch.inference_mode():
         assert ours.fft_convs and ours.winograd_convs
         got = ours(x)
-        # kernels of 11 at 256 / 128 / 64 channels by FFT (6 each); kernels of 7 and of 3 at 256 /
-        # 128 by Winograd (6 each)
-        assert (len(fft), len(wino)) == (18, 24)
+        # kernels of 11 at 256 / 128 / 64 channels by FFT (6 each); kernels of 7 at 256 / 128 / 64
+        # and of 3 at 256 / 128 by Winograd (6 each), and conv_pre (64 -> 512, kernel 7)
+        assert (len(fft), len(wino)) == (18, 31)
         ref = stock(x)
         ours.winograd_convs = False
         fft_only = ours(x)
-        assert (len(fft), len(wino)) == (18 + 24, 24)  # kernels of 7 at 128 go back to the FFT path
+        assert (len(fft), len(wino)) == (18 + 24, 31)  # kernels of 7 at 128 go back to the FFT path
         ours.fft_convs = False
         direct = ours(x)
-        assert (len(fft), len(wino)) == (42, 24)
+        assert (len(fft), len(wino)) == (42, 31)
     assert ref.abs().max() > 0.1
     for path in (got, fft_only, direct):
         torch.testing.assert_close(path, ref, atol=1e-5, rtol=0)
 
 
 def test_tiny_with_harmonic_source_fast_paths(monkeypatch):
-    """The ``tiny`` preset (harmonic source, 64 channels and fewer, kernels 3 / 7): neither rule
-    picks a convolution (all direct), so the switches change nothing."""
+    """The ``tiny`` preset (harmonic source, 64 channels and fewer, kernels 3 / 7): no FFT
+    convolution; ``conv_pre`` (96 -> 128) and the first stage's six kernel-7 convolutions (64
+    channels) are Winograd ones, and switching them off changes the audio by float rounding only."""
     from spiritlm.vocoder import VocoderConfig
     from spiritlm.vocoder.model import UnitHifiGAN
 
@@ -366,10 +369,10 @@ def test_tiny_with_harmonic_source_fast_paths(monkeypatch):
     assert cfg.harmonic_source
     with torch.inference_mode():
         on = model(units, pitch, style, torch.tensor([1]))
-        assert (len(fft), len(wino)) == (0, 0)
-        model.winograd_convs = model.fft_convs = False
+        assert (len(fft), len(wino)) == (0, 7)
+        model.winograd_convs = False
         off = model(units, pitch, style, torch.tensor([1]))
-    assert (len(fft), len(wino)) == (0, 0)
+    assert (len(fft), len(wino)) == (0, 7)
     assert on.abs().max() > 1e-3
     torch.testing.assert_close(on, off, atol=1e-5, rtol=0)
 

@@ -336,12 +336,12 @@ class HifiGANGenerator(nn.Module):
     @property
     def winograd_convs(self) -> bool:
         """Whether channels-last inference runs the convolutions that :func:`~spiritlm.vocoder.winograd.winograd_tile`
-        picks (kernels of 3 and 7 at 128+ channels: 24 of ``base``'s and ``expressive``'s residual-block
-        convolutions and their ``conv_pre``, none of the ``tiny`` preset's; a ``tiny`` vocoder with
-        128+ input channels, as the demo's 192, runs its ``conv_pre`` so) as Winograd convolutions.
-        Default True; False: those run as FFT or direct convolutions (audio within ~1.3e-6 of the
+        picks (kernels of 7 at 64+ channels and of 3 at 128+: 30 of ``base``'s and ``expressive``'s
+        residual-block convolutions and their ``conv_pre``; ``tiny``'s ``conv_pre`` and its six
+        kernel-7 convolutions at 64 channels) as Winograd convolutions.
+        Default True; False: those run as FFT or direct convolutions (audio within ~2.4e-6 of the
         Winograd path's on a 4 s ``base`` utterance at amplitude 0.17; the transformed kernels,
-        ~40 MiB for ``base``, are not built)."""
+        ~45 MiB for ``base``, are not built)."""
         return self._all_convs("use_winograd")
 
     @winograd_convs.setter

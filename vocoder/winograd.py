@@ -8,14 +8,16 @@ inputs with ``α`` multiplications instead of ``m · r``: the tile is evaluated 
 ``α × r``, done once per weight), and interpolated back (``Aᵀ``, ``m × α``). With ``C_in → C_out``
 channels the pointwise product is one real ``[tiles × C_in] @ [C_in × C_out]`` matmul per point, so
 a convolution costs ``α / m · C_in · C_out`` multiply-adds per output step instead of
-``r · C_in · C_out``: ``F(6, 3)`` 1.33 against 3 (2.25× fewer), ``F(4, 7)`` 2.5 against 7 (2.8×
+``r · C_in · C_out``: ``F(6, 3)`` 1.33 against 3 (2.25× fewer), ``F(6, 7)`` 2 against 7 (3.5×
 fewer), plus two small transforms. A dilated convolution runs per phase, as in :func:`fft_conv`.
 
 Precision: the points' powers make the transforms' entries differ in size, so float32 rounding
-grows with ``α``: ~2e-6 of the output's scale for ``F(6, 3)`` and ~8e-6 for ``F(4, 7)`` (the
-direct convolution: ~1.5e-6; ``tests/test_vocoder_generator.py`` checks the whole ``base``
-generator against speechbrain within 1e-5). Larger tiles (``F(6, 7)``, kernels of 11) lose
-more precision than they gain speed; kernels of 11 take the FFT path.
+grows with ``α``: ~2e-6 of a layer's output scale for ``F(6, 3)`` (``α = 8``), ~8e-6 for ``F(4,
+7)`` (10) and ~1.3e-5 for ``F(6, 7)`` (12), against ~1.5e-6 for the direct convolution. Through
+the whole ``base`` generator that is ≤ 2.4e-6 of audio at amplitude 0.17 (4 s and 9.1 s) and
+4e-6 at 0.5 (``tests/test_vocoder_generator.py`` checks the full-size generator against
+speechbrain within 1e-5). Kernels of 11 take the FFT path (an ``α = 16`` tile would lose more
+precision than it gains speed).
 
 Shapes: input ``x`` ``[B, C_in, 1, T]`` (channels-last memory), weight ``[C_out, C_in, r]`` →
 transformed kernel ``[α, C_in, C_out]`` (:func:`kernel_transform`), output ``[B, C_out, 1, T]``
@@ -43,30 +45,37 @@ __all__ = ["winograd_tile", "winograd_matrices", "kernel_transform", "winograd_c
 
 #: the finite evaluation points for each tile length ``α`` (plus the point at infinity). Small,
 #: symmetric points keep the transforms' entries close in size; these had the lowest float32 error
-#: among the sets tried (vocoder/README.md, "Winograd convolutions").
+#: among the sets tried (vocoder/README.md, "Winograd convolutions"). 4: ``F(2, 3)``; 8: ``F(6, 3)``,
+#: ``F(2, 7)``; 10: ``F(4, 7)``; 12: ``F(6, 7)``.
 POINTS: dict[int, tuple[float, ...]] = {
     4: (0.0, 1.0, -1.0),
     8: (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5),
     10: (0.0, 1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.75, -0.75),
+    12: (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1.5, -1.5, 0.75, -0.75),
 }
 
 
 def winograd_tile(channels_in: int, channels_out: int, kernel_size: int, dilation: int, length: int) -> int | None:
     """The outputs per tile ``m`` of the Winograd path for this convolution, or None where another
-    path is faster: ``F(4, 7)`` for kernels of 7 and ``F(6, 3)`` for kernels of 3, at 128+
-    channels, any dilation. Measured layer by layer inside the ``base`` generator (one 4 s
-    utterance, 1 thread; ``benchmarks/bench_fftconv.py --in_generator``, vocoder/README.md
-    "Winograd convolutions"), direct (or FFT) → Winograd, ms per layer: kernel 7 at 256 channels
-    4.1–4.2 → 2.3–2.6, at 128 4.1–4.4 (FFT 3.1–3.7) → 2.6–3.3; kernel 3 at 256 1.8–1.9 → 1.4–1.6,
-    at 128 1.8–1.9 → 1.5–2.0. Left out: 64 channels and fewer (kernel 3: 1.9–2.0 → 2.1–2.5 ms;
-    kernel 7: 4.3–4.9 → 3.5–4.2 inside the generator but 0.73–0.88× in a loop over one layer, and
-    no gain for the ``tiny`` preset's 64-channel stage: the ``[tiles × C] @ [C × C]`` matmuls are
-    too small for the transforms around them), kernels of 11 (the FFT path is faster and more
-    precise). ``length`` is not used: tiles are short (a stream's 125-step pushes at 256 channels:
+    path is faster: ``F(6, 7)`` for kernels of 7 at 64+ channels, ``F(6, 3)`` for kernels of 3 at
+    128+, any dilation. Measured inside the ``base`` generator (1 thread; ``benchmarks/bench_fftconv.py
+    --in_generator`` per layer, ``--generator`` whole; vocoder/README.md "Winograd convolutions"):
+    per layer, direct (or FFT) → ``F(4, 7)``, ms: kernel 7 at 256 channels 4.1–4.2 → 2.3–2.6, at
+    128 4.1–4.4 (FFT 3.1–3.7) → 2.6–3.3; kernel 3 at 256 1.8–1.9 → 1.4–1.6, at 128 1.8–1.9 →
+    1.5–2.0; ``F(6, 7)`` is another 1.2–1.6× faster than ``F(4, 7)`` in a loop, and with it the
+    kernels of 7 at 64 channels gain too (64 × 8000: 3.1–3.7 ms against 4.3–4.9 direct); whole
+    ``base`` generator, paired rounds against the FFT-only path: ``F(4, 7)`` from 128 channels 1.04×,
+    ``F(6, 7)`` from 64 channels 1.10–1.12×. Left out: kernels of 3 at 64 channels and everything
+    below (1.9–2.0 → 2.1–2.5 ms with ``F(6, 3)``: the ``[tiles × C] @ [C × C]`` matmuls are too small
+    for the transforms around them), kernels of 11 (the FFT path is faster and more precise).
+    ``length`` is not used: tiles are short (a stream's 125-step pushes at 256 channels gain
     1.6–1.85× in a loop), so pushes take the same path as whole utterances."""
-    if min(channels_in, channels_out) < 128:
-        return None
-    return {3: 6, 7: 4}.get(kernel_size)
+    c = min(channels_in, channels_out)
+    if kernel_size == 7 and c >= 64:
+        return 6
+    if kernel_size == 3 and c >= 128:
+        return 6
+    return None
 
 
 @lru_cache(maxsize=None)
