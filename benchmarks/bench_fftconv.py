@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from spiritlm.vocoder.fftconv import fft_block_size, fft_conv, weight_spectrum
 
 #: the Winograd tile (outputs per tile) ``--in_generator`` forces for each kernel size
-WINOGRAD_TILES = {3: 6, 7: 4}
+WINOGRAD_TILES = {3: 6, 7: 6}
 
 
 def _times(fns: dict, rounds: int) -> dict:
@@ -132,7 +132,7 @@ def in_generator(rounds: int, seconds: float, blocks: list[int]) -> list[dict]:
     """``--in_generator``: every residual-block convolution at 64+ channels timed inside
     ``UnitHifiGAN.vocode`` of the ``base`` utterance (thread CPU seconds of its call, min over the
     rounds), with all of them direct, all of kernel 7+ FFT convolutions of each block size in
-    ``blocks``, and all of kernel 3 and 7 Winograd convolutions (``F(6, 3)``, ``F(4, 7)``),
+    ``blocks``, and all of kernel 3 and 7 Winograd convolutions (``F(6, 3)``, ``F(6, 7)``),
     alternating whole runs (the weights, spectra and transformed kernels as cold or warm as a real
     run has them, unlike a loop over one layer); the path :meth:`WNConv1d.fast_path` picks beside."""
     import spiritlm.vocoder.generator as gen

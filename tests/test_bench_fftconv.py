@@ -25,7 +25,7 @@ def test_in_generator_rows_and_rules_restored():
         assert set(r["fft_ms"]) == ({32, 64} if r["k"] >= 7 else set())
         conv = gen.WNConv1d(r["c"], r["c"], r["k"], r["d"])
         assert r["rule"] == conv.fast_path(r["steps"])
-    assert any(r["rule"] == ("winograd", 4) for r in rows) and any(r["rule"] == ("fft", 32) for r in rows)
+    assert any(r["rule"] == ("winograd", 6) and r["k"] == 7 for r in rows) and any(r["rule"] == ("fft", 32) for r in rows)
 
 
 def test_generator_paths_and_paired_ratios():
