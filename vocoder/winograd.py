@@ -60,12 +60,11 @@ def winograd_tile(channels_in: int, channels_out: int, kernel_size: int, dilatio
     path is faster: ``F(6, 7)`` for kernels of 7 at 64+ channels, ``F(6, 3)`` for kernels of 3 at
     128+, any dilation. Measured inside the ``base`` generator (1 thread; ``benchmarks/bench_fftconv.py
     --in_generator`` per layer, ``--generator`` whole; vocoder/README.md "Winograd convolutions"):
-    per layer, direct (or FFT) → ``F(4, 7)``, ms: kernel 7 at 256 channels 4.1–4.2 → 2.3–2.6, at
-    128 4.1–4.4 (FFT 3.1–3.7) → 2.6–3.3; kernel 3 at 256 1.8–1.9 → 1.4–1.6, at 128 1.8–1.9 →
-    1.5–2.0; ``F(6, 7)`` is another 1.2–1.6× faster than ``F(4, 7)`` in a loop, and with it the
-    kernels of 7 at 64 channels gain too (64 × 8000: 3.1–3.7 ms against 4.3–4.9 direct); whole
-    ``base`` generator, paired rounds against the FFT-only path: ``F(4, 7)`` from 128 channels 1.04×,
-    ``F(6, 7)`` from 64 channels 1.10–1.12×. Left out: kernels of 3 at 64 channels and everything
+    per layer, direct (or FFT) → Winograd, ms: kernel 7 at 256 channels 4.1–4.3 → 2.0–2.2, at 128
+    4.1–4.2 (FFT 3.2–3.5) → 2.1–2.8, at 64 4.3–4.8 → 2.8–3.1; kernel 3 at 256 1.8–1.9 → 1.3–1.6,
+    at 128 1.8–1.9 → 1.4–2.0. ``F(6, 7)`` is 1.2–1.6× faster than ``F(4, 7)`` in a loop (with which
+    the 64-channel layers had lost); whole ``base`` generator, paired rounds against the FFT-only
+    path: ``F(4, 7)`` from 128 channels 1.04×, ``F(6, 7)`` from 64 channels 1.10–1.12×. Left out: kernels of 3 at 64 channels and everything
     below (1.9–2.0 → 2.1–2.5 ms with ``F(6, 3)``: the ``[tiles × C] @ [C × C]`` matmuls are too small
     for the transforms around them), kernels of 11 (the FFT path is faster and more precise).
     ``length`` is not used: tiles are short (a stream's 125-step pushes at 256 channels gain
