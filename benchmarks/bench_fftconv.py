@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from spiritlm.vocoder.fftconv import fft_block_size, fft_conv, weight_spectrum
+from spiritlm.vocoder.winograd import winograd_tile
 
-#: the Winograd tile (outputs per tile) ``--in_generator`` forces for each kernel size
-WINOGRAD_TILES = {3: 6, 7: 6}
+#: the Winograd tile (outputs per tile) ``--in_generator`` forces for each kernel size, also on
+#: layers the rule leaves direct: the rule's own tile for that kernel at 256 channels
+WINOGRAD_TILES = {k: winograd_tile(256, 256, k, 1, 1) for k in (3, 7)}
 
 
 def _times(fns: dict, rounds: int) -> dict:
