@@ -14,8 +14,9 @@ on a shared machine), min and median; "speedup" = direct ÷ FFT (min), and the m
 for inputs of unit scale. The row's ``rule`` column is :func:`fftconv.fft_block_size`'s choice.
 
 ``--generator``: ``UnitHifiGAN.vocode`` of ``bench_vocoder.compare``'s ``base`` utterance (4 s, loud
-random weights, weight norm folded) all direct, with FFT convolutions only and with FFT and Winograd
-convolutions (the default), against speechbrain's stock
+random weights, weight norm folded) all direct, with FFT convolutions only, with FFT and Winograd
+convolutions and every stage run whole, and as by default (FFT, Winograd, and long low-channel
+stages run tile by tile: ``HifiGANGenerator.tiled_stages``), against speechbrain's stock
 ``HifiganGenerator`` (reflection, and zero padding) with the same weights, alternating; thread CPU
 seconds and wall seconds, median and min, and the median (quartiles) of each round's stock ÷ path
 ratio (paired rounds: robust to the machine's drift between rounds); the audio's max |difference|.
@@ -90,12 +91,13 @@ def generator(rounds: int, seconds: float) -> dict:
         if isinstance(m, SBConv1d):
             m.padding_mode = "constant"
 
-    def ours(fft: bool, winograd: bool):
-        voc.model.fft_convs, voc.model.winograd_convs = fft, winograd
+    def ours(fft: bool, winograd: bool, tiled: bool = True):
+        voc.model.fft_convs, voc.model.winograd_convs, voc.model.tiled_stages = fft, winograd, tiled
         return voc.model.vocode(x)
 
     fns = {"speechbrain stock (reflection)": lambda: stock.eval()(x), "speechbrain zero padding": lambda: zero.eval()(x),
            "ours, all direct": lambda: ours(False, False), "ours, FFT only": lambda: ours(True, False),
+           "ours, FFT + Winograd, stages whole": lambda: ours(True, True, False),
            "ours, FFT + Winograd (default)": lambda: ours(True, True)}
     tt: dict = {k: [] for k in fns}
     wt: dict = {k: [] for k in fns}

@@ -31,7 +31,7 @@ def test_in_generator_rows_and_rules_restored():
 def test_generator_paths_and_paired_ratios():
     (res,) = bench_fftconv.main(["--generator", "--rounds", "2", "--seconds", "0.5"])
     assert set(res) == {"speechbrain stock (reflection)", "speechbrain zero padding", "ours, all direct", "ours, FFT only",
-                        "ours, FFT + Winograd (default)"}
+                        "ours, FFT + Winograd, stages whole", "ours, FFT + Winograd (default)"}
     assert res["speechbrain stock (reflection)"]["paired_ratio_median"] == 1.0
     for k, r in res.items():
         assert r["thread_min"] > 0 and r["paired_ratio_q25"] <= r["paired_ratio_median"] <= r["paired_ratio_q75"]

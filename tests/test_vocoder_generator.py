@@ -316,8 +316,8 @@ def _count_winograd_calls(monkeypatch) -> list:
 def test_base_generator_with_fast_convs_equals_speechbrain(monkeypatch):
     """Meta's ``base`` layout at full size (512 channels, kernels 3 / 7 / 11), one 4 s utterance
     (100 frames), loud weights, weight norm folded: with the FFT and Winograd convolutions on (the
-    default), with FFT only, and all direct, the audio equals speechbrain's stock generator (zero
-    padding) within 1e-5."""
+    default), with FFT only, all direct, and with its stages tiled, the audio equals speechbrain's
+    stock generator (zero padding) within 1e-5."""
     torch.manual_seed(4)
     layout = dict(LAYOUTS["meta"], upsample_initial_channel=512)
     ours = HifiGANGenerator(64, **layout).eval()
@@ -345,8 +345,15 @@ def test_base_generator_with_fast_convs_equals_speechbrain(monkeypatch):
         ours.fft_convs = False
         direct = ours(x)
         assert (len(fft), len(wino)) == (42, 31)
+        # the 128-, 64-, 32- and 16-channel stages tile by tile (512 / 1,024 / 2,048 / 4,096 steps),
+        # FFT and Winograd convolutions inside the tiles
+        ours.fft_convs = ours.winograd_convs = True
+        monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", 1 << 18)
+        stages = _spy_stages(monkeypatch)
+        tiled = ours(x)
+        assert len(stages) == 1 + 4 + 8 + 16 + 16 and len(fft) > 42 + 18
     assert ref.abs().max() > 0.1
-    for path in (got, fft_only, direct):
+    for path in (got, fft_only, direct, tiled):
         torch.testing.assert_close(path, ref, atol=1e-5, rtol=0)
 
 
@@ -398,3 +405,76 @@ def test_fft_spectra_follow_weight_changes(monkeypatch):
     torch.testing.assert_close(changed, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(padded[1:, :, :240], alone, atol=1e-5, rtol=0)
     assert padded[1, :, 240:].abs().max() == 0
+
+
+@pytest.mark.parametrize("k,dilations", [(3, [1, 3, 5]), (7, [1, 3]), (11, [2])])
+def test_resblock_reach_is_its_receptive_field(k, dilations):
+    """Changing one input step changes exactly the outputs within ``reach`` of it: what a tiled
+    stage reads on either side of its tiles."""
+    torch.manual_seed(7)
+    block = generator_mod.ResBlock1(4, k, dilations).eval()
+    x = torch.randn(1, 4, 300)
+    y = x.clone()
+    y[..., 150] += 1.0
+    with torch.no_grad():
+        changed = (block(y) - block(x)).abs().amax(dim=(0, 1)) > 0
+    steps = changed.nonzero().flatten()
+    assert (steps.min().item(), steps.max().item()) == (150 - block.reach, 150 + block.reach)
+    assert block.reach == sum(d * (k - 1) // 2 + (k - 1) // 2 for d in dilations)
+
+
+def test_stage_tile_rule(monkeypatch):
+    # 2 MiB of float32 activations a tile, once the stage is at least three tiles long
+    assert generator_mod.stage_tile(16, 3 * 32768) == 32768
+    assert generator_mod.stage_tile(16, 3 * 32768 - 1) is None
+    # base: a 4 s utterance's 32- and 16-channel stages run whole, a 9.1 s one's tile by tile
+    assert generator_mod.stage_tile(32, 32000) is None and generator_mod.stage_tile(16, 64000) is None
+    assert generator_mod.stage_tile(32, 72640) == 16384 and generator_mod.stage_tile(16, 145280) == 32768
+    monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", 1000)
+    assert generator_mod.stage_tile(64, 20) == 3 and generator_mod.stage_tile(64, 8) is None
+
+
+def _spy_stages(monkeypatch) -> list:
+    """The length of every stage input :meth:`HifiGANGenerator._stage` runs on (whole or a tile)."""
+    calls = []
+    real = HifiGANGenerator._stage
+
+    def spying(self, i, o, mask):
+        calls.append(o.size(-1))
+        return real(self, i, o, mask)
+
+    monkeypatch.setattr(HifiGANGenerator, "_stage", spying)
+    return calls
+
+
+@pytest.mark.parametrize("tile_bytes", [16 * 4 * 10, 16 * 4 * 37])
+def test_tiled_stages_equal_whole_stages(monkeypatch, tile_bytes):
+    """Stages run tile by tile (tiles shorter and longer than the blocks' reach, the last one
+    partial, a batch of two) give the audio of whole stages; a padded batch runs its stages whole."""
+    torch.manual_seed(8)
+    g = HifiGANGenerator(8, 32, [4, 2], [8, 4], [3, 7], [[1, 3], [1, 3, 5]]).eval()
+    g.remove_weight_norm()
+    monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", tile_bytes)
+    calls = _spy_stages(monkeypatch)
+    x = torch.randn(2, 8, 50)  # stages of 16 channels x 200 steps and 8 x 400
+    with torch.inference_mode():
+        assert g.tiled_stages
+        tiled = g(x)
+        tiles = list(calls)
+        one = g(x[:1])
+        g.tiled_stages = False
+        whole = g(x)
+        calls.clear()
+        g.tiled_stages = True
+        padded = g(x, torch.tensor([50, 30]))
+    t0, t1 = tile_bytes // (16 * 4), tile_bytes // (8 * 4)
+    reach = max(b.reach for b in g.resblocks)
+    assert reach == 36 and (t0 < reach) == (tile_bytes == 16 * 4 * 10)
+    expected = [min(200, a + t0 + reach) - max(0, a - reach) for a in range(0, 200, t0)]
+    expected += [min(400, a + t1 + reach) - max(0, a - reach) for a in range(0, 400, t1)]
+    assert tiles == expected
+    assert calls == [200, 400]  # masked rows: whole stages
+    assert whole.abs().max() > 1e-3
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(one, whole[:1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded[:1], whole[:1], atol=1e-6, rtol=0)  # the full-length row

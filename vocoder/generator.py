@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from ..tensors import length_mask
-from .fftconv import fft_block_size, fft_conv, weight_spectrum
+from .fftconv import dense_time_slice, fft_block_size, fft_conv, weight_spectrum
 from .winograd import kernel_transform, winograd_conv, winograd_tile
 
 __all__ = ["LRELU_SLOPE", "WNConv1d", "WNConvTranspose1d", "ResBlock1", "HifiGANGenerator"]
@@ -228,6 +228,11 @@ class ResBlock1(nn.Module):
         self.convs1 = nn.ModuleList(WNConv1d(channels, channels, kernel_size, d) for d in dilations)
         self.convs2 = nn.ModuleList(WNConv1d(channels, channels, kernel_size) for _ in dilations)
 
+    @property
+    def reach(self) -> int:
+        """Steps on either side of an output that it depends on: ``Σ d·(k-1)/2 + (k-1)/2``."""
+        return sum(c1.conv.padding[0] + c2.conv.padding[0] for c1, c2 in zip(self.convs1, self.convs2))
+
     def forward(self, x: Tensor, first: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """``x`` ``[B, C, T]``; ``first``: ``lrelu(x)`` already computed (gated); ``mask``
         ``[B, 1, T]`` zeroes each convolution's input beyond each row's end."""
@@ -303,14 +308,37 @@ class HifiGANGenerator(nn.Module):
                 o = o.add_(e.unsqueeze(2)) if cl else o + e  # in place: o stays channels-last
             scale *= self.upsample_rates[i]
             mask = None if lengths is None else _mask(lengths * scale, o.size(-1), o.dtype, cl)
-            first = _gate(F.leaky_relu(o, LRELU_SLOPE), mask)  # shared by the stage's blocks
-            z = self.resblocks[i * self.num_kernels](o, first, mask)
-            for j in range(1, self.num_kernels):
-                z = z + self.resblocks[i * self.num_kernels + j](o, first, mask)
-            o = z / self.num_kernels
+            tile = stage_tile(o.size(1), o.size(-1)) if cl and mask is None and self.tiled_stages else None
+            o = self._stage(i, o, mask) if tile is None else self._tiled_stage(i, o, tile)
         o = self.conv_post(_gate(F.leaky_relu(o), mask))  # slope 0.01, as speechbrain and Meta
         o = _gate(torch.tanh(o), mask)
         return o.squeeze(2).contiguous() if cl else o
+
+    def _stage(self, i: int, o: Tensor, mask: Tensor | None) -> Tensor:
+        """Stage ``i``'s residual blocks on their input ``o``: the mean of their outputs."""
+        first = _gate(F.leaky_relu(o, LRELU_SLOPE), mask)  # shared by the stage's blocks
+        blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+        z = blocks[0](o, first, mask)
+        for block in blocks[1:]:
+            z = z + block(o, first, mask)
+        return z / self.num_kernels
+
+    def _tiled_stage(self, i: int, o: Tensor, tile: int) -> Tensor:
+        """:meth:`_stage` on a channels-last ``o`` ``[B, C, 1, T]``, ``tile`` output steps at a time,
+        each from its input and the ``reach`` steps either side that its outputs read (the
+        utterance's own edges are the convolutions' zero padding, as whole): the same outputs
+        (to float rounding: the FFT and Winograd paths' blocks fall differently), with every
+        tensor of a tile small enough to stay in cache between the stage's ~20 passes over it."""
+        reach = max(block.reach for block in self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels])
+        t = o.size(-1)
+        out = torch.empty_like(o)
+        for a in range(0, t, tile):
+            b = min(t, a + tile)
+            lo, hi = max(0, a - reach), min(t, b + reach)
+            piece = o[..., lo:hi]
+            piece = dense_time_slice(piece) if o.size(0) == 1 else piece.contiguous(memory_format=torch.channels_last)
+            out[..., a:b] = self._stage(i, piece, None)[..., a - lo:b - lo]
+        return out
 
     def channels_last(self, x: Tensor) -> bool:
         """Whether :meth:`forward` runs ``x`` as ``[B, C, 1, T]`` channels-last 2-D convolutions:
@@ -348,6 +376,9 @@ class HifiGANGenerator(nn.Module):
     def winograd_convs(self, on: bool) -> None:
         self._set_all_convs("use_winograd", on)
 
+    #: channels-last inference runs long stages tile by tile (:func:`stage_tile`); False: whole
+    tiled_stages: bool = True
+
     def _all_convs(self, switch: str) -> bool:
         return all(getattr(m, switch) for m in self.modules() if isinstance(m, WNConv1d))
 
@@ -370,6 +401,18 @@ class HifiGANGenerator(nn.Module):
         for conv in self.weight_norm_convs():
             if parametrize.is_parametrized(conv, "weight"):
                 parametrize.remove_parametrizations(conv, "weight")
+
+
+#: bytes of one channels-last activation tile of a tiled stage (:func:`stage_tile`)
+STAGE_TILE_BYTES = 2 << 20
+
+
+def stage_tile(channels: int, length: int, dtype_bytes: int = 4) -> int | None:
+    """Output steps per tile for a stage of ``channels`` run on ``length`` steps, or None to run it
+    whole: tiles of ~``STAGE_TILE_BYTES`` (1 MiB, the L2 cache of a Zen 4 core) once the stage's
+    activations are at least two of them."""
+    tile = max(1, STAGE_TILE_BYTES // (channels * dtype_bytes))
+    return tile if length >= 3 * tile else None
 
 
 def _mask(lengths: Tensor, n: int, dtype: torch.dtype, cl: bool = False) -> Tensor:
