@@ -430,6 +430,8 @@ def test_stage_tile_rule(monkeypatch):
     # base: a 4 s utterance's 32- and 16-channel stages run whole, a 9.1 s one's tile by tile
     assert generator_mod.stage_tile(32, 32000) is None and generator_mod.stage_tile(16, 64000) is None
     assert generator_mod.stage_tile(32, 72640) == 16384 and generator_mod.stage_tile(16, 145280) == 32768
+    # 128 channels from 24.6 s; 256 never (its weights, read again per tile, cost more than the cache saves)
+    assert generator_mod.stage_tile(128, 12288) == 4096 and generator_mod.stage_tile(256, 10**6) is None
     monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", 1000)
     assert generator_mod.stage_tile(64, 20) == 3 and generator_mod.stage_tile(64, 8) is None
 
