@@ -424,9 +424,10 @@ def test_resblock_reach_is_its_receptive_field(k, dilations):
 
 
 def test_stage_tile_rule(monkeypatch):
-    # 2 MiB of float32 activations a tile, once the stage is at least three tiles long
+    # 2 MiB of float32 activations a tile (all rows of a batch together), once the stage is at least three tiles long
     assert generator_mod.stage_tile(16, 3 * 32768) == 32768
     assert generator_mod.stage_tile(16, 3 * 32768 - 1) is None
+    assert generator_mod.stage_tile(16, 3 * 8192, batch=4) == 8192
     # base: a 4 s utterance's 32- and 16-channel stages run whole, a 9.1 s one's tile by tile
     assert generator_mod.stage_tile(32, 32000) is None and generator_mod.stage_tile(16, 64000) is None
     assert generator_mod.stage_tile(32, 72640) == 16384 and generator_mod.stage_tile(16, 145280) == 32768
@@ -452,31 +453,37 @@ def _spy_stages(monkeypatch) -> list:
 @pytest.mark.parametrize("tile_bytes", [16 * 4 * 10, 16 * 4 * 37])
 def test_tiled_stages_equal_whole_stages(monkeypatch, tile_bytes):
     """Stages run tile by tile (tiles shorter and longer than the blocks' reach, the last one
-    partial, a batch of two) give the audio of whole stages; a padded batch runs its stages whole."""
+    partial; one row, a batch of two, a padded batch) give the audio of whole stages."""
     torch.manual_seed(8)
     g = HifiGANGenerator(8, 32, [4, 2], [8, 4], [3, 7], [[1, 3], [1, 3, 5]]).eval()
     g.remove_weight_norm()
     monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", tile_bytes)
     calls = _spy_stages(monkeypatch)
     x = torch.randn(2, 8, 50)  # stages of 16 channels x 200 steps and 8 x 400
+    lengths = torch.tensor([50, 23])
     with torch.inference_mode():
         assert g.tiled_stages
-        tiled = g(x)
-        tiles = list(calls)
         one = g(x[:1])
+        tiles = list(calls)
+        calls.clear()
+        two = g(x)
+        padded = g(x, lengths)
+        two_tiles = list(calls)
         g.tiled_stages = False
         whole = g(x)
-        calls.clear()
-        g.tiled_stages = True
-        padded = g(x, torch.tensor([50, 30]))
+        padded_whole = g(x, lengths)
     t0, t1 = tile_bytes // (16 * 4), tile_bytes // (8 * 4)
     reach = max(b.reach for b in g.resblocks)
     assert reach == 36 and (t0 < reach) == (tile_bytes == 16 * 4 * 10)
     expected = [min(200, a + t0 + reach) - max(0, a - reach) for a in range(0, 200, t0)]
     expected += [min(400, a + t1 + reach) - max(0, a - reach) for a in range(0, 400, t1)]
     assert tiles == expected
-    assert calls == [200, 400]  # masked rows: whole stages
-    assert whole.abs().max() > 1e-3
-    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+    # two rows: tiles of half the steps, when the stage is still three tiles long
+    b0, b1 = t0 // 2, t1 // 2
+    halves = [min(200, a + b0 + reach) - max(0, a - reach) for a in range(0, 200, b0)] if 200 >= 3 * b0 else [200]
+    halves += [min(400, a + b1 + reach) - max(0, a - reach) for a in range(0, 400, b1)] if 400 >= 3 * b1 else [400]
+    assert two_tiles == halves * 2 and len(halves) > 2
+    assert whole.abs().max() > 1e-3 and padded_whole[1, :, 23 * 8:].abs().max() == 0
     torch.testing.assert_close(one, whole[:1], atol=1e-6, rtol=0)
-    torch.testing.assert_close(padded[:1], whole[:1], atol=1e-6, rtol=0)  # the full-length row
+    torch.testing.assert_close(two, whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded, padded_whole, atol=1e-6, rtol=0)

@@ -311,8 +311,8 @@ class HifiGANGenerator(nn.Module):
                 o = o.add_(e.unsqueeze(2)) if cl else o + e  # in place: o stays channels-last
             scale *= self.upsample_rates[i]
             mask = None if lengths is None else _mask(lengths * scale, o.size(-1), o.dtype, cl)
-            tile = stage_tile(o.size(1), o.size(-1)) if cl and mask is None and self.tiled_stages else None
-            o = self._stage(i, o, mask) if tile is None else self._tiled_stage(i, o, tile)
+            tile = stage_tile(o.size(1), o.size(-1), o.size(0)) if cl and self.tiled_stages else None
+            o = self._stage(i, o, mask) if tile is None else self._tiled_stage(i, o, mask, tile)
         o = self.conv_post(_gate(F.leaky_relu(o), mask))  # slope 0.01, as speechbrain and Meta
         o = _gate(torch.tanh(o), mask)
         return o.squeeze(2).contiguous() if cl else o
@@ -326,12 +326,13 @@ class HifiGANGenerator(nn.Module):
             z = z + block(o, first, mask)
         return z / self.num_kernels
 
-    def _tiled_stage(self, i: int, o: Tensor, tile: int) -> Tensor:
-        """:meth:`_stage` on a channels-last ``o`` ``[B, C, 1, T]``, ``tile`` output steps at a time,
-        each from its input and the ``reach`` steps either side that its outputs read (the
-        utterance's own edges are the convolutions' zero padding, as whole): the same outputs
-        (to float rounding: the FFT and Winograd paths' blocks fall differently), with every
-        tensor of a tile small enough to stay in cache between the stage's ~20 passes over it."""
+    def _tiled_stage(self, i: int, o: Tensor, mask: Tensor | None, tile: int) -> Tensor:
+        """:meth:`_stage` on a channels-last ``o`` ``[B, C, 1, T]`` (``mask`` ``[B, 1, 1, T]`` or
+        None), ``tile`` output steps at a time, each from its input and the ``reach`` steps either
+        side that its outputs read (the utterance's own edges are the convolutions' zero padding,
+        and the mask gates a tile's steps as it gates the whole): the same outputs (to float
+        rounding: the FFT and Winograd paths' blocks fall differently), with every tensor of a
+        tile small enough to stay in cache between the stage's ~20 passes over it."""
         reach = max(block.reach for block in self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels])
         t = o.size(-1)
         out = torch.empty_like(o)
@@ -340,7 +341,8 @@ class HifiGANGenerator(nn.Module):
             lo, hi = max(0, a - reach), min(t, b + reach)
             piece = o[..., lo:hi]
             piece = dense_time_slice(piece) if o.size(0) == 1 else piece.contiguous(memory_format=torch.channels_last)
-            out[..., a:b] = self._stage(i, piece, None)[..., a - lo:b - lo]
+            gate = None if mask is None else mask[..., lo:hi]
+            out[..., a:b] = self._stage(i, piece, gate)[..., a - lo:b - lo]
         return out
 
     def channels_last(self, x: Tensor) -> bool:
@@ -379,8 +381,8 @@ class HifiGANGenerator(nn.Module):
     def winograd_convs(self, on: bool) -> None:
         self._set_all_convs("use_winograd", on)
 
-    #: channels-last inference without ``lengths`` runs long stages tile by tile
-    #: (:func:`stage_tile`; the same audio to float rounding, less memory); False: every stage whole
+    #: channels-last inference runs long stages tile by tile (:func:`stage_tile`; the same audio
+    #: to float rounding, less memory); False: every stage whole
     tiled_stages: bool = True
 
     def _all_convs(self, switch: str) -> bool:
@@ -413,10 +415,10 @@ STAGE_TILE_BYTES = 2 << 20
 MAX_TILED_CHANNELS = 128
 
 
-def stage_tile(channels: int, length: int, dtype_bytes: int = 4) -> int | None:
-    """Output steps per tile for a stage of ``channels`` run on ``length`` steps, or None to run it
-    whole: tiles of ``STAGE_TILE_BYTES`` (2 MiB) of activations once the stage's input is at least
-    three of them (6 MiB), at up to ``MAX_TILED_CHANNELS`` (128) channels.
+def stage_tile(channels: int, length: int, batch: int = 1, dtype_bytes: int = 4) -> int | None:
+    """Output steps per tile for a stage of ``channels`` run on ``batch`` rows of ``length`` steps,
+    or None to run it whole: tiles of ``STAGE_TILE_BYTES`` (2 MiB) of activations once the stage's
+    input is at least three of them (6 MiB), at up to ``MAX_TILED_CHANNELS`` (128) channels.
 
     Why: a residual block passes over its stage's activations ~20 times (convolutions, activations,
     residual adds), and a stage's three blocks read the same input; once an activation outgrows
@@ -432,7 +434,7 @@ def stage_tile(channels: int, length: int, dtype_bytes: int = 4) -> int | None:
     128-channel one from 24.6 s (vocoder/README.md, "Tiled stages")."""
     if channels > MAX_TILED_CHANNELS:
         return None
-    tile = max(1, STAGE_TILE_BYTES // (channels * dtype_bytes))
+    tile = max(1, STAGE_TILE_BYTES // (batch * channels * dtype_bytes))
     return tile if length >= 3 * tile else None
 
 
