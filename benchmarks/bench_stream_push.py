@@ -23,8 +23,10 @@ path). ``--profile N``: cProfile of one stream in pushes of N frames against who
 functions with the most own time. ``--stages N``: where a stream's extra cost lies, per generator
 stage: the residual blocks' thread CPU time in whole synthesis and in a stream of N-frame pushes,
 beside the stage's weight bytes (read again on every push) and its steps per push; then the
-stage's direct convolutions once each on one push's input with their weights in cache and
-evicted (what re-reading the weights on every push costs).
+stage's convolutions once each on one push's input, on the paths a stream takes (FFT, Winograd or
+direct), with their kernels in cache and evicted by a read or a written buffer, the bytes those
+paths read for their kernels, and the sum over stages: what re-reading the kernels costs every
+push, a floor under a stream's cost that no bookkeeping removes (vocoder/README.md, Streaming).
 """
 
 from __future__ import annotations
@@ -138,11 +140,27 @@ def stage_costs(model, whole, x: torch.Tensor, excitation: torch.Tensor | None, 
     return rows
 
 
+def _path_bytes(m, length: int) -> int:
+    """Bytes of what the convolution ``m`` reads for its kernel on a ``length``-step input: the
+    transformed kernel (Winograd), the kernel spectrum (FFT) or the weight (direct)."""
+    c = m.conv
+    path = m.fast_path(length)
+    if path is None:
+        return c.weight.numel() * c.weight.element_size()
+    if path[0] == "winograd":
+        return m._transformed(path[1]).numel() * 4
+    return m._spectrum(path[1]).numel() * 8
+
+
 def cold_weight_cost(model, n: int, rounds: int) -> list[dict]:
-    """Per stage: the direct convolutions of its residual blocks run once each on a push's input
-    (``n`` frames' steps at that stage, plus each kernel's reach), with the weights in cache (the
-    same call again) and out of it (a 64 MB buffer read between calls, as a push finds them
-    after the other layers' weights; the input read back in): thread CPU ms, min over ``rounds``."""
+    """Per stage: its residual blocks' convolutions run once each on a push's input (``n`` frames'
+    steps at that stage, plus each kernel's reach) on the path a stream takes at that length
+    (FFT, Winograd or direct, as ``StreamingGenerator``), with their kernels in cache (the same
+    call again) and out of it, as a push finds them after the other layers: evicted by reading a
+    64 MB buffer (clean lines), and by writing it (dirty lines, written back as the kernels come
+    in; a push's other layers both read weights and write activations); the input read back in
+    cache before each call. Thread CPU ms, min over ``rounds``; ``kernel_mb``: the bytes of what
+    those paths read for their kernels (weights, Winograd transforms, FFT spectra), once per push."""
     from spiritlm.vocoder.generator import WNConv1d
 
     evict = torch.empty(16 << 20)
@@ -152,30 +170,38 @@ def cold_weight_cost(model, n: int, rounds: int) -> list[dict]:
         for i in range(model.num_upsamples):
             rate *= model.upsample_rates[i]
             steps = n * rate
-            calls = []
+            calls, nbytes, fast = [], 0, 0
             for block in model.resblocks[i * k:(i + 1) * k]:
                 for m in block.modules():
                     if isinstance(m, WNConv1d):
                         c = m.conv
                         x = torch.randn(1, c.in_channels, 1, steps + c.dilation[0] * (c.kernel_size[0] - 1))
                         x = x.contiguous(memory_format=torch.channels_last)
-                        calls.append((m.bind_cl(x), x))
-            best = {"hot": float("inf"), "cold": float("inf")}
+                        if m.fast_path(x.size(-1)) is not None:
+                            calls.append((lambda x, m=m: m(x), x))  # the module pads: its edge outputs are cut, as a push does
+                            fast += 1
+                        else:
+                            calls.append((lambda x, run=m.bind_cl(x): run(x, 0), x))
+                        nbytes += _path_bytes(m, x.size(-1))
+            best = {"hot": float("inf"), "cold": float("inf"), "cold_written": float("inf")}
             for _ in range(rounds):
-                for state in ("cold", "hot"):
+                for state in best:
                     total = 0.0
                     for run, x in calls:
                         if state == "cold":
-                            evict.sum()  # read, not written: no dirty lines to write back during the call
+                            evict.sum()
                             x.mul_(1.0)  # the input back in cache, as a push's fresh activations are
+                        elif state == "cold_written":
+                            evict.add_(1.0)
+                            x.mul_(1.0)
                         else:
-                            run(x, 0)
+                            run(x)
                         t = time.thread_time()
-                        run(x, 0)
+                        run(x)
                         total += time.thread_time() - t
                     best[state] = min(best[state], total)
-            rows.append({"stage": i, "steps_per_push": steps, "convs": len(calls),
-                         "hot_ms": best["hot"] * 1e3, "cold_ms": best["cold"] * 1e3})
+            rows.append({"stage": i, "steps_per_push": steps, "convs": len(calls), "fast_convs": fast, "kernel_mb": nbytes / 2**20,
+                         "hot_ms": best["hot"] * 1e3, "cold_ms": best["cold"] * 1e3, "cold_written_ms": best["cold_written"] * 1e3})
     return rows
 
 
@@ -186,10 +212,18 @@ def print_stages(rows: list[dict], cold: list[dict], n: int, pushes: int) -> Non
         extra = r["stream_ms"] - r["whole_ms"]
         print(f"  {r['stage']:5d} {r['channels']:8d} {r['steps_per_push']:10d} {r['weights_mb']:10.1f} {r['whole_ms']:8.1f} "
               f"{r['stream_ms']:8.1f} {extra:+8.1f} {extra / pushes:+10.2f}")
-    print("\n  the same stages' direct convolutions once each on one push's input, weights in cache vs evicted (thread CPU ms):")
-    print(f"  {'stage':>5s} {'steps/push':>10s} {'convs':>5s} {'in cache':>9s} {'evicted':>8s} {'extra/push':>10s}")
+    print("\n  the same stages' convolutions once each on one push's input, on the stream's paths, kernels in cache vs")
+    print("  evicted by a read and by a written 64 MB buffer (thread CPU ms); what every push pays again:")
+    print(f"  {'stage':>5s} {'steps/push':>10s} {'convs':>5s} {'fast':>4s} {'kernels MB':>10s} {'in cache':>9s} {'evicted':>8s} "
+          f"{'written':>8s} {'extra/push':>12s}")
     for r in cold:
-        print(f"  {r['stage']:5d} {r['steps_per_push']:10d} {r['convs']:5d} {r['hot_ms']:9.2f} {r['cold_ms']:8.2f} {r['cold_ms'] - r['hot_ms']:+10.2f}")
+        print(f"  {r['stage']:5d} {r['steps_per_push']:10d} {r['convs']:5d} {r['fast_convs']:4d} {r['kernel_mb']:10.1f} {r['hot_ms']:9.2f} "
+              f"{r['cold_ms']:8.2f} {r['cold_written_ms']:8.2f} {r['cold_ms'] - r['hot_ms']:+5.2f}..{r['cold_written_ms'] - r['hot_ms']:+5.2f}")
+    lo = sum(r["cold_ms"] - r["hot_ms"] for r in cold)
+    hi = sum(r["cold_written_ms"] - r["hot_ms"] for r in cold)
+    mb = sum(r["kernel_mb"] for r in cold)
+    print(f"  kernels read again every push: {mb:.0f} MB, {lo:.1f}..{hi:.1f} ms per push "
+          f"({mb / 2**10 / max(hi, 1e-9) * 1e3:.1f}..{mb / 2**10 / max(lo, 1e-9) * 1e3:.1f} GB/s)")
 
 
 def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: int | None, stages: int | None = None) -> list[dict]:
@@ -234,8 +268,8 @@ def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: i
         srows = stage_costs(model, whole, x, excitation, stages, rounds)
         cold = cold_weight_cost(model, stages, rounds)
         print_stages(srows, cold, stages, -(-T // stages))
-        rows += [{"path": f"push {stages}", "stage_row": True, **r, **{f"conv_{k}": v for k, v in c.items() if k.endswith("_ms")}}
-                 for r, c in zip(srows, cold)]
+        rows += [{"path": f"push {stages}", "stage_row": True, **r,
+                  **{f"conv_{k}": v for k, v in c.items() if k.endswith(("_ms", "_mb", "convs"))}} for r, c in zip(srows, cold)]
     if profile:
         with torch.inference_mode():
             for name, fn in (("whole", whole), (f"push {profile}", stream_fn(model, x, excitation, profile))):
