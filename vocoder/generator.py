@@ -426,7 +426,7 @@ def stage_tile(channels: int, length: int, batch: int = 1, dtype_bytes: int = 4)
     thread, 2-core AMD EPYC with 2 MiB of L2 a core and 32 MiB of L3; paired rounds, whole ÷
     tiled): at 9.1 s the 32-channel stage (9.3 MB) 1.11×, the 16-channel one 1.22×; at 20 s the
     64-, 32- and 16-channel stages 1.21×, 1.24×, 1.34×; at 4–4.5 s (4–4.6 MB) tiles of 1–2 MiB lost
-    2–6 %, and tiles of 512 KiB lost everywhere (the halos; the weights read again per tile). At
+    1–6 %, and tiles of 512 KiB lost everywhere (the halos; the weights read again per tile). At
     60 s: 128 channels 1.36×, 64 channels 1.74×, but 256 channels 0.95×: every tile reads the
     stage's weights again (``base``'s 256-channel stage: 37 MB, plus the FFT spectra and Winograd
     transforms), 4× a 128-channel stage's for the same 2 MiB of activations. ``base`` tiles its
