@@ -219,11 +219,12 @@ def print_stages(rows: list[dict], cold: list[dict], n: int, pushes: int) -> Non
     for r in cold:
         print(f"  {r['stage']:5d} {r['steps_per_push']:10d} {r['convs']:5d} {r['fast_convs']:4d} {r['kernel_mb']:10.1f} {r['hot_ms']:9.2f} "
               f"{r['cold_ms']:8.2f} {r['cold_written_ms']:8.2f} {r['cold_ms'] - r['hot_ms']:+5.2f}..{r['cold_written_ms'] - r['hot_ms']:+5.2f}")
-    lo = sum(r["cold_ms"] - r["hot_ms"] for r in cold)
-    hi = sum(r["cold_written_ms"] - r["hot_ms"] for r in cold)
+    by_read = sum(r["cold_ms"] - r["hot_ms"] for r in cold)
+    by_write = sum(r["cold_written_ms"] - r["hot_ms"] for r in cold)
     mb = sum(r["kernel_mb"] for r in cold)
-    print(f"  kernels read again every push: {mb:.0f} MB, {lo:.1f}..{hi:.1f} ms per push "
-          f"({mb / 2**10 / max(hi, 1e-9) * 1e3:.1f}..{mb / 2**10 / max(lo, 1e-9) * 1e3:.1f} GB/s)")
+    gb_s = [mb / 2**10 / max(ms, 1e-9) * 1e3 for ms in (by_read, by_write)]
+    print(f"  kernels read again every push: {mb:.0f} MB, {by_read:.1f} ms per push evicted by a read, {by_write:.1f} by a write "
+          f"({gb_s[0]:.1f} / {gb_s[1]:.1f} GB/s)")
 
 
 def measure(voc, seconds: float, push_frames: list[int], rounds: int, profile: int | None, stages: int | None = None) -> list[dict]:
