@@ -360,7 +360,8 @@ def test_base_generator_with_fast_convs_equals_speechbrain(monkeypatch):
 def test_tiny_with_harmonic_source_fast_paths(monkeypatch):
     """The ``tiny`` preset (harmonic source, 64 channels and fewer, kernels 3 / 7): no FFT
     convolution; ``conv_pre`` (96 -> 128) and the first stage's six kernel-7 convolutions (64
-    channels) are Winograd ones, and switching them off changes the audio by float rounding only."""
+    channels) are Winograd ones, and switching them off changes the audio by float rounding only;
+    its stages tiled (the excitation injected before them) give the same audio."""
     from spiritlm.vocoder import VocoderConfig
     from spiritlm.vocoder.model import UnitHifiGAN
 
@@ -379,9 +380,15 @@ def test_tiny_with_harmonic_source_fast_paths(monkeypatch):
         assert (len(fft), len(wino)) == (0, 7)
         model.winograd_convs = False
         off = model(units, pitch, style, torch.tensor([1]))
+        # every stage tile by tile, after the source's injection
+        monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", 4096)
+        stages = _spy_stages(monkeypatch)
+        tiled = model(units, pitch, style, torch.tensor([1]))
     assert (len(fft), len(wino)) == (0, 7)
+    assert len(stages) > 3 * model.num_upsamples
     assert on.abs().max() > 1e-3
     torch.testing.assert_close(on, off, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiled, off, atol=1e-6, rtol=0)
 
 
 def test_fft_spectra_follow_weight_changes(monkeypatch):
