@@ -35,7 +35,8 @@
 
 Cost: the generator's arithmetic per second of audio is whole synthesis' at any ``chunk_frames``
 (1 frame = 640 samples = 40 ms at 16 kHz); each push adds a fixed per-call overhead (~92
-convolution calls for the ``base`` layout) and each token a duration prediction over ~5 units
+convolution calls for the ``base`` layout, each layer's kernels read into cache again: ~20 ms a
+push on the 2-core VM, a floor of ~1.2× whole synthesis at 25-frame chunks) and each token a duration prediction over ~5 units
 (~40 numpy calls on arrays of ≤ 3·128·128: 69–110 µs on ``base``, 1 thread, against 305–484 µs
 for the module's forward on the window; ``benchmarks/bench_vocoder.py --stream --dur_before``).
 Measured on a 2-core CPU, 1 thread (vocoder README, "Streaming"): 1.2–1.5× whole synthesis with

@@ -4,8 +4,10 @@
 <spiritlm.vocoder.generator.HifiGANGenerator.forward>` (and the harmonic source's injection of
 :meth:`UnitHifiGAN._vocode_with_source <spiritlm.vocoder.model.UnitHifiGAN._vocode_with_source>`)
 layer by layer on a growing input, keeping per layer only the tail of its input that later
-outputs still read. Every output sample is computed once, so a stream costs what whole
-synthesis costs per second of audio, whatever the chunk size (plus per-call overhead).
+outputs still read. Every output sample is computed once, so a stream does the arithmetic of
+whole synthesis, whatever the chunk size; what a push adds is per-call overhead and every layer
+starting with its kernels out of cache again (``base`` on the 2-core VM: ~20 ms a push against
+~73 ms of whole synthesis per second of audio; vocoder/README.md, Streaming, "The floor").
 
 Each convolution is a :class:`_StreamConv` / :class:`_StreamConvT` over a stream of samples at
 its layer's rate. Given newly final inputs ``[n_in, n_in + n)`` it emits the outputs whose inputs
