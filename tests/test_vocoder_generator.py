@@ -349,6 +349,7 @@ def test_base_generator_with_fast_convs_equals_speechbrain(monkeypatch):
         # FFT and Winograd convolutions inside the tiles
         ours.fft_convs = ours.winograd_convs = True
         monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", 1 << 18)
+        monkeypatch.setattr(generator_mod, "MIN_TILE_REACHES", 0)
         stages = _spy_stages(monkeypatch)
         tiled = ours(x)
         assert len(stages) == 1 + 4 + 8 + 16 + 16 and len(fft) > 42 + 18
@@ -382,6 +383,7 @@ def test_tiny_with_harmonic_source_fast_paths(monkeypatch):
         off = model(units, pitch, style, torch.tensor([1]))
         # every stage tile by tile, after the source's injection
         monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", 4096)
+        monkeypatch.setattr(generator_mod, "MIN_TILE_REACHES", 0)
         stages = _spy_stages(monkeypatch)
         tiled = model(units, pitch, style, torch.tensor([1]))
     assert (len(fft), len(wino)) == (0, 7)
@@ -435,6 +437,10 @@ def test_stage_tile_rule(monkeypatch):
     assert generator_mod.stage_tile(16, 3 * 32768) == 32768
     assert generator_mod.stage_tile(16, 3 * 32768 - 1) is None
     assert generator_mod.stage_tile(16, 3 * 8192, batch=4) == 8192
+    # many rows: tiles stay 16 reaches long (base's 60-step reach: 960 steps), not 2 MiB / rows
+    assert generator_mod.stage_tile(16, 10**5, batch=64, reach=60) == 960
+    assert generator_mod.stage_tile(16, 2879, batch=64, reach=60) is None
+    assert generator_mod.stage_tile(16, 10**6, batch=1, reach=60) == 32768
     # base: a 4 s utterance's 32- and 16-channel stages run whole, a 9.1 s one's tile by tile
     assert generator_mod.stage_tile(32, 32000) is None and generator_mod.stage_tile(16, 64000) is None
     assert generator_mod.stage_tile(32, 72640) == 16384 and generator_mod.stage_tile(16, 145280) == 32768
@@ -465,6 +471,7 @@ def test_tiled_stages_equal_whole_stages(monkeypatch, tile_bytes):
     g = HifiGANGenerator(8, 32, [4, 2], [8, 4], [3, 7], [[1, 3], [1, 3, 5]]).eval()
     g.remove_weight_norm()
     monkeypatch.setattr(generator_mod, "STAGE_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(generator_mod, "MIN_TILE_REACHES", 0)  # tiles shorter than the reach too
     calls = _spy_stages(monkeypatch)
     x = torch.randn(2, 8, 50)  # stages of 16 channels x 200 steps and 8 x 400
     lengths = torch.tensor([50, 23])

@@ -311,7 +311,7 @@ class HifiGANGenerator(nn.Module):
                 o = o.add_(e.unsqueeze(2)) if cl else o + e  # in place: o stays channels-last
             scale *= self.upsample_rates[i]
             mask = None if lengths is None else _mask(lengths * scale, o.size(-1), o.dtype, cl)
-            tile = stage_tile(o.size(1), o.size(-1), o.size(0)) if cl and self.tiled_stages else None
+            tile = stage_tile(o.size(1), o.size(-1), o.size(0), self._reach(i)) if cl and self.tiled_stages else None
             o = self._stage(i, o, mask) if tile is None else self._tiled_stage(i, o, mask, tile)
         o = self.conv_post(_gate(F.leaky_relu(o), mask))  # slope 0.01, as speechbrain and Meta
         o = _gate(torch.tanh(o), mask)
@@ -326,6 +326,10 @@ class HifiGANGenerator(nn.Module):
             z = z + block(o, first, mask)
         return z / self.num_kernels
 
+    def _reach(self, i: int) -> int:
+        """Steps on either side that an output of stage ``i``'s residual blocks reads."""
+        return max(block.reach for block in self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels])
+
     def _tiled_stage(self, i: int, o: Tensor, mask: Tensor | None, tile: int) -> Tensor:
         """:meth:`_stage` on a channels-last ``o`` ``[B, C, 1, T]`` (``mask`` ``[B, 1, 1, T]`` or
         None), ``tile`` output steps at a time, each from its input and the ``reach`` steps either
@@ -333,7 +337,7 @@ class HifiGANGenerator(nn.Module):
         and the mask gates a tile's steps as it gates the whole): the same outputs (to float
         rounding: the FFT and Winograd paths' blocks fall differently), with every tensor of a
         tile small enough to stay in cache between the stage's ~20 passes over it."""
-        reach = max(block.reach for block in self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels])
+        reach = self._reach(i)
         t = o.size(-1)
         out = torch.empty_like(o)
         for a in range(0, t, tile):
@@ -413,12 +417,17 @@ class HifiGANGenerator(nn.Module):
 STAGE_TILE_BYTES = 2 << 20
 #: stages with more channels run whole (:func:`stage_tile`)
 MAX_TILED_CHANNELS = 128
+#: a tile is at least this many times its stage's reach long (:func:`stage_tile`)
+MIN_TILE_REACHES = 16
 
 
-def stage_tile(channels: int, length: int, batch: int = 1, dtype_bytes: int = 4) -> int | None:
-    """Output steps per tile for a stage of ``channels`` run on ``batch`` rows of ``length`` steps,
-    or None to run it whole: tiles of ``STAGE_TILE_BYTES`` (2 MiB) of activations once the stage's
-    input is at least three of them (6 MiB), at up to ``MAX_TILED_CHANNELS`` (128) channels.
+def stage_tile(channels: int, length: int, batch: int = 1, reach: int = 0, dtype_bytes: int = 4) -> int | None:
+    """Output steps per tile for a stage of ``channels`` run on ``batch`` rows of ``length`` steps
+    whose outputs read ``reach`` steps either side, or None to run it whole: tiles of
+    ``STAGE_TILE_BYTES`` (2 MiB) of activations, and at least ``MIN_TILE_REACHES`` (16) reaches
+    long (so that the recomputed edges stay under 1/8 of a tile, also for a batch of many rows),
+    once the stage's input is at least three tiles long, at up to ``MAX_TILED_CHANNELS`` (128)
+    channels.
 
     Why: a residual block passes over its stage's activations ~20 times (convolutions, activations,
     residual adds), and a stage's three blocks read the same input; once an activation outgrows
@@ -434,7 +443,7 @@ def stage_tile(channels: int, length: int, batch: int = 1, dtype_bytes: int = 4)
     128-channel one from 24.6 s (vocoder/README.md, "Tiled stages")."""
     if channels > MAX_TILED_CHANNELS:
         return None
-    tile = max(1, STAGE_TILE_BYTES // (batch * channels * dtype_bytes))
+    tile = max(1, STAGE_TILE_BYTES // (batch * channels * dtype_bytes), MIN_TILE_REACHES * reach)
     return tile if length >= 3 * tile else None
 
 
