@@ -187,21 +187,38 @@ def test_fft_conv_equals_direct_conv(k, d, n):
             lambda w, x, bias, res: fft_conv(x, weight_spectrum(w, block), bias, k, d, block, residual=res), k, d, n, 1e-5)
 
 
+def _assert_base_sized_layers_close(convolve, cases, seed: int, exact: bool, atol: float) -> None:
+    """``convolve(w, x, c, k, d, t)`` (a fast path at its rule's block or tile) on ``base``-sized
+    ``c → c`` layers of kernel ``k``, dilation ``d``, ``t`` steps, against ``F.conv1d`` (``exact``:
+    in float64, the tolerance a share of the output's scale): close everywhere, the first and last
+    outputs (zero padding) too."""
+    torch.manual_seed(seed)
+    for c, k, d, t in cases:
+        w = torch.randn(c, c, k) / (c * k) ** 0.5
+        x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
+        got = convolve(w, x, c, k, d, t)[:, :, 0]
+        if exact:
+            ref = torch.nn.functional.conv1d(x[:, :, 0].double(), w.double(), padding=d * (k - 1) // 2, dilation=d).float()
+        else:
+            ref = torch.nn.functional.conv1d(x[:, :, 0], w, padding=d * (k - 1) // 2, dilation=d)
+        tol = atol * float(ref.abs().max()) if exact else atol
+        torch.testing.assert_close(got, ref, atol=tol, rtol=0)
+        torch.testing.assert_close(got[..., :30], ref[..., :30], atol=tol, rtol=0)
+        torch.testing.assert_close(got[..., -30:], ref[..., -30:], atol=tol, rtol=0)
+
+
 def test_fft_conv_many_channels_and_edges():
     """``base``-sized layers (128 / 256 channels, kernels 11 and 7, dilations 1 / 3 / 5, the rule's
     block): equal to the direct convolution within 2e-5 at unit scale, the first and last outputs
     (zero padding) too."""
-    torch.manual_seed(3)
-    for c, k, d, t in ((128, 11, 1, 2000), (256, 11, 1, 500), (256, 11, 5, 500), (128, 7, 3, 2000), (64, 11, 5, 1001)):
+
+    def convolve(w, x, c, k, d, t):
         block = fft_block_size(c, c, k, d, t)
         assert block is not None
-        w = torch.randn(c, c, k) / (c * k) ** 0.5
-        x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
-        got = fft_conv(x, weight_spectrum(w, block), None, k, d, block)[:, :, 0]
-        ref = torch.nn.functional.conv1d(x[:, :, 0], w, padding=d * (k - 1) // 2, dilation=d)
-        torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
-        torch.testing.assert_close(got[..., :30], ref[..., :30], atol=2e-5, rtol=0)
-        torch.testing.assert_close(got[..., -30:], ref[..., -30:], atol=2e-5, rtol=0)
+        return fft_conv(x, weight_spectrum(w, block), None, k, d, block)
+
+    cases = ((128, 11, 1, 2000), (256, 11, 1, 500), (256, 11, 5, 500), (128, 7, 3, 2000), (64, 11, 5, 1001))
+    _assert_base_sized_layers_close(convolve, cases, seed=3, exact=False, atol=2e-5)
 
 
 def test_fft_block_size_rule():
@@ -254,19 +271,16 @@ def test_winograd_conv_equals_direct_conv(k, d, n):
 def test_winograd_conv_many_channels_and_edges():
     """``base``-sized layers (the rule's tiles, dilations 1 / 3 / 5): within 3e-5 of the output's
     scale of the exact (float64) convolution (float32 rounding of the transforms: up to ~13x the
-    direct path's for ``F(6, 7)``), the first and last outputs (zero padding) too."""
-    torch.manual_seed(7)
-    for c, k, d, t in ((256, 7, 1, 500), (256, 3, 5, 500), (128, 7, 3, 2000), (64, 7, 5, 1001), (128, 3, 1, 2000)):
+    direct path's for ``F(6, 7)``; outputs reach ~5 here), the first and last outputs (zero
+    padding) too."""
+
+    def convolve(w, x, c, k, d, t):
         tile = winograd_tile(c, c, k, d, t)
         assert tile is not None
-        w = torch.randn(c, c, k) / (c * k) ** 0.5
-        x = torch.randn(1, c, 1, t).contiguous(memory_format=torch.channels_last)
-        got = winograd_conv(x, kernel_transform(w, tile), None, k, d, tile)[:, :, 0]
-        ref = torch.nn.functional.conv1d(x[:, :, 0].double(), w.double(), padding=d * (k - 1) // 2, dilation=d).float()
-        tol = 3e-5 * float(ref.abs().max())  # outputs reach ~5 here
-        torch.testing.assert_close(got, ref, atol=tol, rtol=0)
-        torch.testing.assert_close(got[..., :30], ref[..., :30], atol=tol, rtol=0)
-        torch.testing.assert_close(got[..., -30:], ref[..., -30:], atol=tol, rtol=0)
+        return winograd_conv(x, kernel_transform(w, tile), None, k, d, tile)
+
+    cases = ((256, 7, 1, 500), (256, 3, 5, 500), (128, 7, 3, 2000), (64, 7, 5, 1001), (128, 3, 1, 2000))
+    _assert_base_sized_layers_close(convolve, cases, seed=7, exact=True, atol=3e-5)
 
 
 def test_winograd_tile_rule():
